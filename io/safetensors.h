@@ -1,0 +1,109 @@
+/* io/safetensors.h: safetensors files, memory-mapped, validated, read lazily.
+ *
+ * Format: u64 little-endian header length N, N bytes of JSON
+ * {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
+ *  "__metadata__": {str: str}}, then the data block. Offsets are relative to the
+ * data block. e8q_st_open validates everything before returning: header size
+ * limits, JSON well-formed, dtype known, shape consistent with the byte count,
+ * offsets inside the file and not overlapping. Every failure is a fatal error
+ * naming the file (and tensor) and saying what is wrong.
+ */
+#ifndef E8Q_IO_SAFETENSORS_H
+#define E8Q_IO_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+  E8Q_DT_F32 = 0,
+  E8Q_DT_F16,
+  E8Q_DT_BF16,
+  E8Q_DT_F64,
+  E8Q_DT_I64,
+  E8Q_DT_I32,
+  E8Q_DT_U32,
+  E8Q_DT_I16,
+  E8Q_DT_U16,
+  E8Q_DT_I8,
+  E8Q_DT_U8,
+  E8Q_DT_BOOL,
+  E8Q_DT_COUNT
+} e8q_dtype;
+
+const char *e8q_dtype_name(e8q_dtype dt); /* "F32", "BF16", ... as in safetensors */
+size_t e8q_dtype_size(e8q_dtype dt);      /* bytes per element */
+
+#define E8Q_ST_MAX_DIMS 8
+
+typedef struct {
+  char *name;                       /* owned */
+  e8q_dtype dtype;
+  int ndim;
+  int64_t shape[E8Q_ST_MAX_DIMS];
+  uint64_t begin, end;              /* byte offsets in the data block */
+} e8q_st_tensor;
+
+typedef struct {
+  char *path;                       /* owned copy of the file name */
+  int fd;
+  const uint8_t *map;               /* [file_size] read-only mapping */
+  size_t file_size;
+  size_t data_offset;               /* 8 + header length */
+  int n_tensors;
+  e8q_st_tensor *tensors;           /* [n_tensors], sorted by name */
+  int n_meta;
+  char **meta_keys, **meta_values;  /* [n_meta] __metadata__ entries, owned */
+} e8q_safetensors;
+
+e8q_safetensors *e8q_st_open(const char *path);
+void e8q_st_close(e8q_safetensors *st);
+/* NULL when absent */
+const e8q_st_tensor *e8q_st_find(const e8q_safetensors *st, const char *name);
+/* pointer to the tensor's bytes inside the mapping (unaligned possible for f16/bf16) */
+const void *e8q_st_data(const e8q_safetensors *st, const e8q_st_tensor *t);
+int64_t e8q_st_numel(const e8q_st_tensor *t);
+
+/* Reads tensor `name` converted to f32 into dst (numel floats). Fatal, naming the file and
+ * tensor, if it is absent, not a float dtype, its shape differs from expect[0..ndim) (pass
+ * ndim < 0 to skip the shape check), or any value is NaN/Inf. */
+void e8q_st_read_f32(const e8q_safetensors *st, const char *name, int ndim, const int64_t *expect,
+                     float *dst);
+
+/* ---------------------------------------------------------------- HF model directories
+ * model.safetensors, or model.safetensors.index.json naming several shards. Tensor lookups go
+ * to the shard that holds the tensor; shards are opened (mmapped) once. */
+typedef struct {
+  char *dir;                        /* owned */
+  int n_files;
+  e8q_safetensors **files;          /* [n_files] */
+  int n_index;                      /* index entries (sharded models), 0 for one file */
+  char **index_names;               /* [n_index] tensor names, sorted */
+  int *index_file;                  /* [n_index] which file holds each */
+} e8q_st_model;
+
+e8q_st_model *e8q_st_model_open(const char *dir);
+void e8q_st_model_close(e8q_st_model *m);
+/* finds the tensor and the file holding it; NULL when absent */
+const e8q_st_tensor *e8q_st_model_find(const e8q_st_model *m, const char *name, const e8q_safetensors **file);
+/* as e8q_st_read_f32, across shards; the message names the model directory and tensor */
+void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, const int64_t *expect, float *dst);
+
+/* ---------------------------------------------------------------- writing
+ * Streaming writer: declare every tensor (name, dtype, shape), then write their bytes in the
+ * declared order (any chunking); finish() checks every byte was written, fsyncs and renames
+ * the temporary file into place, so a reader never sees a partial file. A full disk or any
+ * I/O error is a fatal error naming the file; the temporary is removed. */
+typedef struct e8q_st_writer e8q_st_writer;
+e8q_st_writer *e8q_st_writer_begin(const char *path);
+void e8q_st_writer_meta(e8q_st_writer *w, const char *key, const char *value);
+void e8q_st_writer_declare(e8q_st_writer *w, const char *name, e8q_dtype dt, int ndim, const int64_t *shape);
+void e8q_st_writer_write(e8q_st_writer *w, const void *data, size_t bytes);
+void e8q_st_writer_finish(e8q_st_writer *w);
+
+/* f32 <-> f16/bf16 (round to nearest even) */
+float e8q_bf16_to_f32(uint16_t h);
+uint16_t e8q_f32_to_bf16(float f);
+float e8q_f16_to_f32(uint16_t h);
+uint16_t e8q_f32_to_f16(float f);
+
+#endif

@@ -1,0 +1,27 @@
+/* io/text.h: evaluation and calibration text, and pre-tokenized id files.
+ *
+ * Wherever text is accepted, a file of little-endian uint32 token ids is accepted too:
+ * it is recognised by the extension ".ids" or ".u32" (documented in the README). */
+#ifndef E8Q_IO_TEXT_H
+#define E8Q_IO_TEXT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Whole file as a NUL-terminated string. Fatal, naming the file, when it is missing, empty,
+ * or not valid UTF-8 (with the byte offset of the first bad sequence). */
+char *e8q_text_read(const char *path, size_t *len);
+
+/* Non-empty lines (after stripping trailing \r\n; a line of only whitespace counts as empty),
+ * at most max_lines (<= 0: all), starting after `skip` non-empty lines. Returns the count;
+ * *lines is a malloc'd array of malloc'd strings. */
+int e8q_text_lines(const char *text, int skip, int max_lines, char ***lines);
+void e8q_text_lines_free(char **lines, int n);
+
+/* true when path names a pre-tokenized id file */
+int e8q_ids_is_file(const char *path);
+/* reads a uint32 id file; fatal if its size is not a multiple of 4, or an id >= vocab_size
+ * (vocab_size <= 0 skips that check). Returns the count, *ids malloc'd. */
+size_t e8q_ids_read(const char *path, int vocab_size, int **ids);
+
+#endif

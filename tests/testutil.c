@@ -1,0 +1,83 @@
+/* tests/testutil.c */
+#include "testutil.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+char *t_shared_path(const char *rel) {
+  const char *root = getenv("E8Q_SHARED");
+  if (!root || !*root) root = "../shared";
+  size_t n = strlen(root) + strlen(rel) + 2;
+  char *p = malloc(n);
+  snprintf(p, n, "%s/%s", root, rel);
+  struct stat st;
+  if (stat(p, &st) != 0) {
+    print_message("shared data %s not found (set E8Q_SHARED): skipping\n", p);
+    free(p);
+    skip();
+  }
+  return p;
+}
+
+char *t_tmpdir(const char *tag) {
+  const char *root = getenv("E8Q_TEST_TMP");
+  if (!root || !*root) root = "/tmp";
+  size_t n = strlen(root) + strlen(tag) + 64;
+  char *p = malloc(n);
+  snprintf(p, n, "%s/%s-%d", root, tag, (int)getpid());
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", p);
+  if (system(cmd) != 0) fail_msg("cannot clear %s", p);
+  if (mkdir(p, 0755) != 0) fail_msg("cannot create %s: %s", p, strerror(errno));
+  return p;
+}
+
+char *t_read_file(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) fail_msg("cannot open %s: %s", path, strerror(errno));
+  fseek(f, 0, SEEK_END);
+  long len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *buf = malloc((size_t)len + 1);
+  if (fread(buf, 1, (size_t)len, f) != (size_t)len) fail_msg("short read of %s", path);
+  buf[len] = '\0';
+  fclose(f);
+  if (n) *n = (size_t)len;
+  return buf;
+}
+
+void t_write_file(const char *path, const void *data, size_t n) {
+  FILE *f = fopen(path, "wb");
+  if (!f) fail_msg("cannot create %s: %s", path, strerror(errno));
+  if (fwrite(data, 1, n, f) != n) fail_msg("short write to %s", path);
+  fclose(f);
+}
+
+uint64_t t_rng_u64(t_rng *r) {
+  /* splitmix64 */
+  uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+double t_rng_uniform(t_rng *r) { return (double)(t_rng_u64(r) >> 11) * 0x1.0p-53; }
+
+double t_rng_normal(t_rng *r) {
+  double u1 = t_rng_uniform(r), u2 = t_rng_uniform(r);
+  if (u1 < 1e-300) u1 = 1e-300;
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+uint64_t t_fresh_seed(const char *test) {
+  const char *env = getenv("E8Q_TEST_SEED");
+  uint64_t s = env ? strtoull(env, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+  print_message("%s: seed %llu (E8Q_TEST_SEED to repeat)\n", test, (unsigned long long)s);
+  return s;
+}
