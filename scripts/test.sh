@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# scripts/test.sh: configure a fresh build with warnings as errors, build everything (CUDA objects
+# too when nvcc is present) and run the whole test suite with CTest. Exits non-zero on any failure.
+# Tests read ../shared (override with E8Q_SHARED). MPI tests run under `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build_dir=${E8Q_TEST_BUILD_DIR:-build-test}
+rm -rf "$build_dir"
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DE8Q_WERROR=ON -DE8Q_CUDA="${E8Q_CUDA:-AUTO}"
+cmake --build "$build_dir" -j"$(nproc)"
+cd "$build_dir"
+ctest --output-on-failure --timeout 900 -j"${E8Q_TEST_JOBS:-2}"
