@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# slurm/submit.sh: turn an e8q command into an sbatch job script and submit it.
+#
+#   slurm/submit.sh [--nodes N] [--ntasks-per-node R] [--cpus-per-task C] [--gpus-per-node G]
+#                   [--time HH:MM:SS] [--partition P] [--launcher srun|mpirun] [--dry-run]
+#                   -- quantize --model DIR --out OUT.e8q --run-dir RUN [options...]
+#
+# The job script is written to RUN/job.sbatch (the run directory is required: it is what makes a
+# requeued job resume). Use `e8q plan --model DIR --ranks N` first to pick N and the memory.
+# --dry-run writes the script and prints it without submitting.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+nodes=1 tpn=1 cpt=1 gpn=0 time=24:00:00 partition="" launcher=srun dry=0
+e8q=${E8Q_BIN:-$(command -v e8q || echo "$here/../build/e8q")}
+die() { echo "slurm/submit.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) nodes=$2; shift 2 ;;
+    --ntasks-per-node) tpn=$2; shift 2 ;;
+    --cpus-per-task) cpt=$2; shift 2 ;;
+    --gpus-per-node) gpn=$2; shift 2 ;;
+    --time) time=$2; shift 2 ;;
+    --partition) partition=$2; shift 2 ;;
+    --launcher) launcher=$2; shift 2 ;;
+    --dry-run) dry=1; shift ;;
+    --) shift; break ;;
+    *) die "unknown option '$1' (options go before --, the e8q command after it)" ;;
+  esac
+done
+[ $# -gt 0 ] || die "no e8q command after --"
+for v in "$nodes" "$tpn" "$cpt" "$gpn"; do [[ "$v" =~ ^[0-9]+$ ]] || die "counts must be integers, got '$v'"; done
+run_dir=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  [ "${args[$i]}" = "--run-dir" ] && run_dir=${args[$((i + 1))]:-}
+done
+[ -n "$run_dir" ] || die "the e8q command needs --run-dir RUN so that a requeued job resumes from it"
+mkdir -p "$run_dir"
+run_dir=$(cd "$run_dir" && pwd)
+[ -x "$e8q" ] || die "e8q binary not found at '$e8q' (set E8Q_BIN)"
+case "$launcher" in
+  srun) launch="srun --mpi=pmix" ;;
+  mpirun) launch="mpirun" ;;
+  *) die "--launcher must be srun or mpirun" ;;
+esac
+extra=""
+[ -n "$partition" ] && extra+="#SBATCH --partition=$partition"$'\n'
+[ "$gpn" -gt 0 ] && extra+="#SBATCH --gpus-per-node=$gpn"$'\n'
+quoted=$(printf '%q ' "${args[@]}")
+script="$run_dir/job.sbatch"
+tmpl=$(<"$here/e8q.sbatch.in")
+for kv in "JOB_NAME=e8q-${args[0]}" "NODES=$nodes" "TASKS_PER_NODE=$tpn" "CPUS_PER_TASK=$cpt" \
+          "TIME=$time" "RUN_DIR=$run_dir" "LAUNCHER=$launch" "E8Q=$(printf '%q' "$e8q")" \
+          "ARGS=${quoted% }"; do
+  tmpl=${tmpl//"@${kv%%=*}@"/"${kv#*=}"}
+done
+tmpl=${tmpl//"@EXTRA_SBATCH@"$'\n'/"$extra"}
+printf '%s\n' "$tmpl" > "$script.tmp"
+mv "$script.tmp" "$script"
+if [ "$dry" = 1 ]; then cat "$script"; exit 0; fi
+sbatch --parsable "$script"
