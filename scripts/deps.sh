@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # scripts/deps.sh: install e8q's Debian 12 build and test dependencies (idempotent).
-# Usage: bash scripts/deps.sh        (as root, or with sudo available)
+# Usage: bash scripts/deps.sh [--slurm]   (as root, or with sudo available)
+#   --slurm  also the one-machine Slurm the Slurm tests bring up (munge, slurmctld, slurmd, client);
+#            without it those tests are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,7 @@ packages=(
   libssl-dev                                      # SHA-256 (libcrypto)
   libcmocka-dev                                   # unit tests
 )
+[ "${1:-}" = --slurm ] && packages+=(munge slurmctld slurmd slurm-client)
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
 missing=()
