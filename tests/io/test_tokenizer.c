@@ -306,8 +306,8 @@ static void test_truncated_model(void **state) {
   char *raw = t_read_file(mpath, &n);
   char *dir = t_tmpdir("tok_trunc");
   char *p = join(dir, "tokenizer.model");
-  int fatal = 0;
-  for (size_t cut = 1; cut < 4000; cut += 7) {
+  volatile int fatal = 0;
+  for (volatile size_t cut = 1; cut < 4000; cut += 7) {
     t_write_file(p, raw, cut);
     e8q_error_trap trap;
     if (setjmp(trap.env) == 0) {
