@@ -598,6 +598,7 @@ struct e8q_st_writer {
   uint64_t written;/* data bytes written */
   uint8_t *buf;    /* [WR_BUF] staging buffer */
   size_t fill;
+  int holes;       /* e8q_st_writer_skip was used */
 };
 
 #define WR_BUF ((size_t)1 << 20)
@@ -733,6 +734,17 @@ void e8q_st_writer_write(e8q_st_writer *w, const void *data, size_t bytes) {
   }
 }
 
+void e8q_st_writer_skip(e8q_st_writer *w, uint64_t bytes) {
+  if (!w->started) wr_header(w);
+  E8Q_CHECK(bytes <= w->total - w->written,
+            "%s: %llu bytes skipped past the %llu declared tensor bytes (%llu already written)", w->path,
+            (unsigned long long)bytes, (unsigned long long)w->total, (unsigned long long)w->written);
+  wr_flush(w);
+  if (lseek(w->fd, (off_t)bytes, SEEK_CUR) < 0) wr_fail(w, errno, "cannot seek in");
+  w->written += bytes;
+  w->holes = 1;
+}
+
 void e8q_st_writer_finish(e8q_st_writer *w) {
   if (!w->started) wr_header(w);
   if (w->written != w->total) {
@@ -741,6 +753,10 @@ void e8q_st_writer_finish(e8q_st_writer *w) {
               (unsigned long long)w->written, (unsigned long long)w->total, w->tmp);
   }
   wr_flush(w);
+  if (w->holes) { /* a trailing hole: give the file its full length */
+    off_t end = lseek(w->fd, 0, SEEK_CUR);
+    if (end < 0 || ftruncate(w->fd, end) != 0) wr_fail(w, errno, "cannot set the length of");
+  }
   if (fsync(w->fd) != 0) wr_fail(w, errno, "cannot fsync");
   if (close(w->fd) != 0) {
     w->fd = -1;

@@ -29,6 +29,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "io/text.h"
 
 /* SentencePiece piece types (sentencepiece_model.proto) */
 enum { SP_NORMAL = 1, SP_UNKNOWN = 2, SP_CONTROL = 3, SP_USER_DEFINED = 4, SP_UNUSED = 5, SP_BYTE = 6 };
@@ -748,4 +749,25 @@ void e8q_tokenizer_write_spm(const char *path, int n, const char **pieces, const
   }
   free(tmp);
   free(o.b);
+}
+
+/* ---------------------------------------------------------------- files */
+
+size_t e8q_tokenizer_encode_file(const e8q_tokenizer *t, const char *path, int bos, int **ids) {
+  if (e8q_ids_is_file(path)) {
+    size_t n = e8q_ids_read(path, t->n, ids);
+    if (bos && (n == 0 || (*ids)[0] != t->bos_id)) {
+      int *o = e8q_malloc((n + 1) * sizeof(int), "token ids");
+      o[0] = t->bos_id;
+      memcpy(o + 1, *ids, n * sizeof(int));
+      free(*ids);
+      *ids = o;
+      n++;
+    }
+    return n;
+  }
+  char *text = e8q_text_read(path, NULL);
+  int n = e8q_tokenizer_encode(t, text, bos, 0, ids);
+  free(text);
+  return (size_t)n;
 }

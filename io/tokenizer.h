@@ -35,6 +35,11 @@ const char *e8q_tokenizer_piece(const e8q_tokenizer *t, int id);
 /* fatal, naming the tokenizer file and the model, unless the vocabulary has model_vocab_size pieces */
 void e8q_tokenizer_check_vocab(const e8q_tokenizer *t, int model_vocab_size, const char *model);
 
+/* Token ids of a whole file: a pre-tokenized id file (.ids/.u32, ids checked against this
+ * vocabulary; BOS prepended when bos and the file does not start with it) or UTF-8 text
+ * (validated, encoded in one piece with BOS when bos). Returns the count; *ids malloc'd. */
+size_t e8q_tokenizer_encode_file(const e8q_tokenizer *t, const char *path, int bos, int **ids);
+
 /* Writes a minimal valid SentencePiece tokenizer.model (BPE, identity normalizer, dummy prefix,
  * byte fallback when byte pieces are given), atomically (temporary + fsync + rename).
  * pieces[i]: UTF-8, a space is written as U+2581; scores[i]: merge priority; types[i]: the

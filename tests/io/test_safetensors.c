@@ -610,6 +610,41 @@ static void test_writer_io_error(void **state) {
   free(dir);
 }
 
+/* skip() leaves holes: a Llama-2-70B-sized layer costs no disk, reads as zeros, has real headers */
+static void test_writer_sparse(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("st_sparse");
+  char *p = join(dir, "model.safetensors");
+  int64_t big[2] = {28672, 8192}, small[1] = {8192};
+  e8q_st_writer *w = e8q_st_writer_begin(p);
+  e8q_st_writer_declare(w, "model.layers.0.mlp.up_proj.weight", E8Q_DT_BF16, 2, big);
+  e8q_st_writer_declare(w, "model.layers.0.input_layernorm.weight", E8Q_DT_BF16, 1, small);
+  e8q_st_writer_declare(w, "model.layers.0.mlp.gate_proj.weight", E8Q_DT_BF16, 2, big);
+  e8q_st_writer_skip(w, (uint64_t)28672 * 8192 * 2);
+  uint16_t ones[8192];
+  for (int i = 0; i < 8192; i++) ones[i] = 0x3f80; /* 1.0 */
+  e8q_st_writer_write(w, ones, sizeof ones);
+  e8q_st_writer_skip(w, (uint64_t)28672 * 8192 * 2); /* a trailing hole */
+  e8q_st_writer_finish(w);
+  struct stat sb;
+  assert_int_equal(stat(p, &sb), 0);
+  assert_true((uint64_t)sb.st_size > (uint64_t)2 * 28672 * 8192 * 2);
+  assert_true((uint64_t)sb.st_blocks * 512 < (uint64_t)16 << 20); /* sparse */
+  e8q_safetensors *st = e8q_st_open(p);
+  assert_int_equal(st->n_tensors, 3);
+  const e8q_st_tensor *t = e8q_st_find(st, "model.layers.0.mlp.gate_proj.weight");
+  assert_int_equal(t->shape[0], 28672);
+  assert_true(st->data_offset + t->end == st->file_size);
+  float norm[8192];
+  e8q_st_read_f32(st, "model.layers.0.input_layernorm.weight", 1, small, norm);
+  for (int i = 0; i < 8192; i++) assert_true(norm[i] == 1.0f);
+  const uint16_t *g = e8q_st_data(st, t);
+  assert_int_equal(g[0] | g[12345] | g[e8q_st_numel(t) - 1], 0);
+  e8q_st_close(st);
+  free(p);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_f16_exhaustive),
@@ -618,6 +653,7 @@ int main(void) {
       cmocka_unit_test(test_writer_roundtrip_all_dtypes),
       cmocka_unit_test(test_writer_float_conversions),
       cmocka_unit_test(test_sharded_model),
+      cmocka_unit_test(test_writer_sparse),
       cmocka_unit_test(test_bad_truncated),
       cmocka_unit_test(test_bad_header_length_past_eof),
       cmocka_unit_test(test_bad_offsets_past_end),

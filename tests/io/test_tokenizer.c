@@ -331,6 +331,35 @@ static void test_truncated_model(void **state) {
   free(mpath);
 }
 
+/* a text file and the id file of its encoding give the same ids; an id file with an id outside
+ * the tokenizer's vocabulary is refused */
+static void test_encode_file_text_and_ids(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  char *dir = t_tmpdir("tok_file");
+  char *txt = join(dir, "calib.txt"), *idf = join(dir, "calib.ids");
+  const char *s = "Lily and Ben went to the park.\nThey saw a big dog!\n";
+  t_write_file(txt, s, strlen(s));
+  int *a, *b;
+  size_t na = e8q_tokenizer_encode_file(t, txt, 1, &a);
+  assert_true(na > 10);
+  assert_int_equal(a[0], 1);
+  e8q_ids_write(idf, a + 1, na - 1); /* without BOS: added on read */
+  size_t nb = e8q_tokenizer_encode_file(t, idf, 1, &b);
+  assert_ids_equal(a, (int)na, b, (int)nb, "text vs id file");
+  free(b);
+  a[3] = 512;
+  e8q_ids_write(idf, a, na);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_encode_file(t, idf, 1, &b), idf, "token id 512", "index 3");
+  free(a);
+  free(txt);
+  free(idf);
+  free(dir);
+  e8q_tokenizer_free(t);
+  free(mpath);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_first_line_both_formats),
@@ -339,6 +368,7 @@ int main(void) {
       cmocka_unit_test(test_encode_long_text),
       cmocka_unit_test(test_write_spm_roundtrip),
       cmocka_unit_test(test_vocab_mismatch),
+      cmocka_unit_test(test_encode_file_text_and_ids),
       cmocka_unit_test(test_truncated_model),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
