@@ -352,6 +352,13 @@ e8q_tokenizer *e8q_tokenizer_load(const char *path) {
   size_t size;
   uint8_t *data = read_all(path, &size);
   int nb = bin_count(data, size);
+  size_t pl = strlen(path);
+  if (pl > 4 && strcmp(path + pl - 4, ".bin") == 0)
+    E8Q_CHECK(nb > 0,
+              "%s: not a valid llama2.c tokenizer.bin (int32 max_token_length, then per token a float score, an "
+              "int32 length <= max_token_length and the bytes, up to the end of the file); the file is truncated "
+              "or corrupt, or pass a SentencePiece tokenizer.model",
+              path);
   if (nb > 0) {
     t->format = 1;
     load_bin(t, data, nb);

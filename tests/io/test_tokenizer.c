@@ -360,6 +360,26 @@ static void test_encode_file_text_and_ids(void **state) {
   free(mpath);
 }
 
+/* a truncated or corrupted tokenizer.bin is refused naming the file */
+static void test_bad_bin(void **state) {
+  (void)state;
+  char *bpath = t_shared_path("models/stories260K/tok512.bin");
+  size_t n;
+  char *raw = t_read_file(bpath, &n);
+  char *dir = t_tmpdir("tok_bin");
+  char *p = join(dir, "tokenizer.bin");
+  t_write_file(p, raw, n - 3);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "not a valid llama2.c tokenizer.bin");
+  int32_t huge = 1 << 30; /* first token's length */
+  memcpy(raw + 8, &huge, 4);
+  t_write_file(p, raw, n);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "not a valid llama2.c tokenizer.bin");
+  free(p);
+  free(dir);
+  free(raw);
+  free(bpath);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_first_line_both_formats),
@@ -370,6 +390,7 @@ int main(void) {
       cmocka_unit_test(test_vocab_mismatch),
       cmocka_unit_test(test_encode_file_text_and_ids),
       cmocka_unit_test(test_truncated_model),
+      cmocka_unit_test(test_bad_bin),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
