@@ -99,6 +99,9 @@ void e8q_st_writer_meta(e8q_st_writer *w, const char *key, const char *value);
 void e8q_st_writer_declare(e8q_st_writer *w, const char *name, e8q_dtype dt, int ndim, const int64_t *shape);
 void e8q_st_writer_write(e8q_st_writer *w, const void *data, size_t bytes);
 void e8q_st_writer_finish(e8q_st_writer *w);
+/* Advances past `bytes` of tensor data without writing them: they read as zeros and take no
+ * disk space (a sparse file). For tests and planning on large model shapes. */
+void e8q_st_writer_skip(e8q_st_writer *w, uint64_t bytes);
 
 /* f32 <-> f16/bf16 (round to nearest even) */
 float e8q_bf16_to_f32(uint16_t h);
