@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config python3         # python3: JSON checks in the integration tests
   openmpi-bin libopenmpi-dev                      # MPI
   libopenblas-dev liblapacke-dev                  # BLAS / LAPACK(E)
   libscalapack-openmpi-dev                        # distributed Cholesky of large Hessians
