@@ -402,3 +402,39 @@ void e8q_quant_result_free(e8q_quant_result *r) {
   free(r->codes), free(r->codes2), free(r->SU), free(r->SV), free(r->What);
   memset(r, 0, sizeof *r);
 }
+
+/* ---------------------------------------------------------------- fused groups */
+void e8q_quantize_fused(const float *const *W, const int64_t *m, int npieces, int64_t n, const double *H,
+                        const e8q_quant_opts *o, e8q_quant_result *res, float *fuse_scales) {
+  E8Q_CHECK(npieces >= 1, "fused group with %d pieces", npieces);
+  int64_t mt = 0;
+  for (int p = 0; p < npieces; p++) {
+    E8Q_CHECK(m[p] > 0, "fused group piece %d has %lld rows", p, (long long)m[p]);
+    mt += m[p];
+  }
+  float *S = e8q_malloc(sizeof(float) * (size_t)(mt * n), "stacked fused group");
+  int64_t off = 0;
+  for (int p = 0; p < npieces; p++) {
+    double ss = 0;
+    for (int64_t i = 0; i < m[p] * n; i++) ss += (double)W[p][i] * (double)W[p][i];
+    double rms = sqrt(ss / (double)(m[p] * n));
+    fuse_scales[p] = rms > 0 ? (float)rms : 1.0f; /* an all-zero piece keeps scale 1 */
+    for (int64_t i = 0; i < m[p] * n; i++) S[off * n + i] = W[p][i] / fuse_scales[p];
+    off += m[p];
+  }
+  e8q_quantize_linear(S, mt, n, H, o, res);
+  free(S);
+  if (!res->What) return; /* factorisation failed: res->status says why */
+  double num = 0, den = 0;
+  off = 0;
+  for (int p = 0; p < npieces; p++) {
+    for (int64_t i = 0; i < m[p] * n; i++) {
+      float v = res->What[off * n + i] * fuse_scales[p];
+      res->What[off * n + i] = v;
+      num += ((double)v - W[p][i]) * ((double)v - W[p][i]);
+      den += (double)W[p][i] * W[p][i];
+    }
+    off += m[p];
+  }
+  res->rel_fro = den > 0 ? sqrt(num / den) : sqrt(num);
+}

@@ -136,4 +136,12 @@ void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, 
                          e8q_quant_result *res);
 void e8q_quant_result_free(e8q_quant_result *r);
 
+/* A fused group (q, k, v or up, gate: one input, one Hessian): each piece W_p [m_p, n] is
+ * divided by its own RMS, fuse_scales[p] (DESIGN "Fused groups"), the pieces are stacked in
+ * order into one [sum m_p, n] matrix and quantized as one linear. res describes the stacked
+ * matrix (codes, SV, Wscale, proxy of the normalised stack); res->What and res->rel_fro are
+ * rescaled back, so What rows of piece p approximate W_p. fuse_scales [npieces] out. */
+void e8q_quantize_fused(const float *const *W, const int64_t *m, int npieces, int64_t n, const double *H,
+                        const e8q_quant_opts *o, e8q_quant_result *res, float *fuse_scales);
+
 #endif
