@@ -111,6 +111,7 @@ static struct {
   double full_n2[E8Q_E8P_NCODES];
   double e81b[E8Q_E81B_SIZE][8];
   double e81b_n2[E8Q_E81B_SIZE];
+  double e81b_t[8][E8Q_E81B_SIZE]; /* transposed, for the vectorised scores */
   /* the reference's canonical half of D8^ (its "grid_part"): points decode(c) + 1/4 of the
    * parity-1 codes c in ascending order with at most one negative among the first seven
    * coordinates, none below -1/2 */
@@ -157,6 +158,7 @@ static void tables_init(void) {
     double n2 = 0;
     for (int i = 0; i < 8; i++) {
       T.e81b[g][i] = 0.5 * e8q_e81b_grid2_host[g][i];
+      T.e81b_t[i][g] = T.e81b[g][i];
       n2 += T.e81b[g][i] * T.e81b[g][i];
     }
     T.e81b_n2[g] = n2;
@@ -340,19 +342,34 @@ uint16_t e8q_rvq4_encode(const double x[8], uint16_t *c2, double xhat[8]) {
   return c1;
 }
 
+/* s[g] = 2 r.g - |g|^2 for the 256 points (sum over i left to right in every clone) */
+__attribute__((target_clones("avx2", "default")))
+static void e81b_scores(const double r[8], double *restrict s) {
+  const double *restrict g0 = T.e81b_t[0], *restrict g1 = T.e81b_t[1], *restrict g2 = T.e81b_t[2], *restrict g3 = T.e81b_t[3];
+  const double *restrict g4 = T.e81b_t[4], *restrict g5 = T.e81b_t[5], *restrict g6 = T.e81b_t[6], *restrict g7 = T.e81b_t[7];
+  const double *restrict n2 = T.e81b_n2;
+  const double r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3], r4 = r[4], r5 = r[5], r6 = r[6], r7 = r[7];
+#pragma GCC ivdep
+  for (int g = 0; g < E8Q_E81B_SIZE; g++) {
+    double d = r0 * g0[g];
+    d += r1 * g1[g];
+    d += r2 * g2[g];
+    d += r3 * g3[g];
+    d += r4 * g4[g];
+    d += r5 * g5[g];
+    d += r6 * g6[g];
+    d += r7 * g7[g];
+    s[g] = 2 * d - n2[g];
+  }
+}
+
 uint8_t e8q_e81b_encode(const double r[8]) {
   tables_ready();
+  double s[E8Q_E81B_SIZE];
+  e81b_scores(r, s);
   int best = 0;
-  double bs = -INFINITY;
-  for (int g = 0; g < E8Q_E81B_SIZE; g++) {
-    double d = 0;
-    for (int i = 0; i < 8; i++) d += r[i] * T.e81b[g][i];
-    double s = 2 * d - T.e81b_n2[g];
-    if (s > bs) {
-      bs = s;
-      best = g;
-    }
-  }
+  for (int g = 1; g < E8Q_E81B_SIZE; g++)
+    if (s[g] > s[best]) best = g; /* first maximum wins */
   return (uint8_t)best;
 }
 
