@@ -184,11 +184,14 @@ int e8q_had_choose_K(int64_t n) {
     o /= 2;
     p++;
   }
-  E8Q_CHECK(o * 4 <= 1 << 16 || p < 2, "Hadamard transform of length %lld: odd part %lld is too large for a dense factor", (long long)n, (long long)o);
   /* a large factor costs K flops per element: look no further than E8Q_HAD_MAX_PALEY */
   for (int j = 2; j <= p && ((o << j) <= E8Q_HAD_MAX_PALEY || j == 2); j++)
     if (e8q_had_paley_kind((int)(o << j)) != E8Q_HAD_NONE) return (int)(o << j);
-  return p >= 2 ? (int)(o * 4) : (int)n;
+  int64_t K = p >= 2 ? o * 4 : n;
+  E8Q_CHECK(K <= E8Q_HAD_MAX_K,
+            "Hadamard transform of length %lld needs a dense %lld x %lld factor (odd part %lld): at most %d is supported; "
+            "pad or split this dimension", (long long)n, (long long)K, (long long)K, (long long)o, E8Q_HAD_MAX_K);
+  return (int)K;
 }
 
 static void paley1(int K, double *R) {
