@@ -355,7 +355,17 @@ void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, 
       e8q_had_free(&hm), e8q_had_free(&hn);
       return; /* res->What == NULL; the caller reports res->status.message */
     }
-    e8q_hessian_prep(Hd, np, res->status.sigma_reg);
+    /* the prepared rotated Hessian for the proxy: the factorisation's own copy in f64 (the raw
+     * one is no longer needed: one n x n matrix less at peak), else prepare the raw one */
+    const double *Hp;
+    if (f.H) {
+      free(Hd);
+      Hd = NULL;
+      Hp = f.H;
+    } else {
+      e8q_hessian_prep(Hd, np, res->status.sigma_reg);
+      Hp = Hd;
+    }
     double ms = 0;
     for (int64_t i = 0; i < m * np; i++) ms += Wd[i] * Wd[i];
     double rho = o->method == E8Q_METHOD_NOE8 ? e8q_noe8_rho(o->bits) : o->rho > 0 ? o->rho : e8q_cb_default_rho(cb);
@@ -375,10 +385,10 @@ void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, 
     }
     e8q_ldlq_rows(&f, &lo, Ws, m, 0, m, res->codes, res->codes2, hat);
     for (int64_t i = 0; i < m * np; i++) hat[i] *= (double)res->Wscale;
-    e8q_ldl_free(&f);
     free(Ws);
     /* proxy in the rotated basis (orthogonal invariance), then back to the original basis */
-    res->proxy = e8q_proxy_loss(Wd, hat, Hd, np, 0, m);
+    res->proxy = e8q_proxy_loss(Wd, hat, Hp, np, 0, m);
+    e8q_ldl_free(&f);
     e8q_rht_weight_inv(&hm, &hn, SU, SV, hat);
     free(SU), free(SV);
     e8q_had_free(&hm), e8q_had_free(&hn);
