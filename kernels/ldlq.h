@@ -14,6 +14,9 @@
  * buffered variant; exact in exact arithmetic). Rows are independent given L and H: they are
  * processed in tiles of E8Q_LDLQ_ROW_TILE rows aligned to absolute row indices, so splitting
  * the rows at multiples of the tile (e8q_ldlq_split_rows) gives bit-identical codes to one call.
+ * Ranks sharing one matrix must also share the factorisation bits: build e8q_ldl on every rank
+ * from the same (allreduced) Hessian with the same BLAS thread count, or build it on one rank
+ * and broadcast H, L and Hkk_inv.
  */
 #ifndef E8Q_KERNELS_LDLQ_H
 #define E8Q_KERNELS_LDLQ_H
