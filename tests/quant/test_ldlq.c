@@ -2,6 +2,7 @@
  * fast path against the unbuffered reference, row splits, ordering of the proxy loss on an
  * ill-conditioned Hessian, the factorisation fallbacks, and the one-linear helper. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,14 @@ static void test_ldlq_split_rows_identical(void **state) {
     assert_memory_equal(one2, split2, 2 * m * nb);
     assert_memory_equal(h1, h2, sizeof(double) * m * n);
   }
+  /* and independent of the thread count */
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  e8q_ldlq_rows(&f, &o, W, m, 0, m, split, split2, h2);
+  omp_set_num_threads(threads > 1 ? threads : 2);
+  assert_memory_equal(one, split, 2 * m * nb);
+  assert_memory_equal(one2, split2, 2 * m * nb);
+  omp_set_num_threads(threads);
   e8q_ldl_free(&f);
   free(H), free(W), free(one), free(one2), free(split), free(split2), free(h1), free(h2);
 }
