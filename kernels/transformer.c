@@ -7,6 +7,10 @@
 
 #include "common/error.h"
 
+/* below this many element operations a loop runs on one thread: a parallel region costs more
+ * than it saves, and far more when the cores are shared */
+#define E8Q_PAR_MIN ((size_t)1 << 18)
+
 /* ---------------------------------------------------------------- RMSNorm */
 
 void e8q_rmsnorm_ref(int T, int d, const float *x, const float *w, float eps, float *y) {
@@ -21,7 +25,7 @@ void e8q_rmsnorm_ref(int T, int d, const float *x, const float *w, float eps, fl
 }
 
 void e8q_rmsnorm(int T, int d, const float *x, const float *w, float eps, float *y) {
-#pragma omp parallel for schedule(static) if (T > 16)
+#pragma omp parallel for schedule(static) if ((size_t)T * d > E8Q_PAR_MIN)
   for (int t = 0; t < T; t++) {
     const float *xr = x + (size_t)t * d;
     float *yr = y + (size_t)t * d;
@@ -66,7 +70,7 @@ void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, flo
       cs[((size_t)t * half + i) * 2 + 1] = (float)sin(ang);
     }
   int N = n_seq * T;
-#pragma omp parallel for schedule(static) if (N > 16)
+#pragma omp parallel for schedule(static) if ((size_t)N * n_heads * hd > E8Q_PAR_MIN)
   for (int r = 0; r < N; r++) {
     const float *c = cs + (size_t)(r % T) * half * 2;
     float *row = x + (size_t)r * ld;
@@ -157,7 +161,7 @@ void e8q_attention(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const 
   int group = n_heads / n_kv_heads;
   float scale = 1.0f / sqrtf((float)hd);
   int jobs = n_seq * n_heads;
-#pragma omp parallel if (jobs > 1 && (size_t)T * T * hd > 4096)
+#pragma omp parallel if (jobs > 1 && (size_t)jobs * T * T * hd > 8 * E8Q_PAR_MIN)
   {
     float *att = e8q_malloc(sizeof(float) * (size_t)T, "attention scores");
 #pragma omp for schedule(dynamic, 1)
@@ -181,7 +185,7 @@ void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const floa
   size_t ldkv = (size_t)n_kv_heads * hd;
   int group = n_heads / n_kv_heads;
   float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for schedule(static) if ((size_t)pos * n_heads * hd > 65536)
+#pragma omp parallel for schedule(static) if ((size_t)pos * n_heads * hd > E8Q_PAR_MIN)
   for (int h = 0; h < n_heads; h++) {
     int kvh = h / group;
     attend_row(pos + 1, hd, scale, q + (size_t)h * hd, kc + (size_t)kvh * hd, ldkv, vc + (size_t)kvh * hd, ldkv,
@@ -192,7 +196,7 @@ void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const floa
 /* ---------------------------------------------------------------- SwiGLU */
 
 void e8q_swiglu(int T, int hidden, const float *ug, float *h) {
-#pragma omp parallel for schedule(static) if ((size_t)T * hidden > 65536)
+#pragma omp parallel for schedule(static) if ((size_t)T * hidden > E8Q_PAR_MIN)
   for (int t = 0; t < T; t++) {
     const float *up = ug + (size_t)t * 2 * hidden, *gate = up + hidden;
     float *hr = h + (size_t)t * hidden;
