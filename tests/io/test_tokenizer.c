@@ -399,6 +399,83 @@ static void test_bad_bin(void **state) {
   free(bpath);
 }
 
+/* loads path and encodes a sample; 1 when loading raised a fatal error naming the file */
+static int fuzz_load_encode(const char *path) {
+  e8q_error_trap trap;
+  if (setjmp(trap.env) == 0) {
+    e8q_error_trap_arm(&trap);
+    e8q_tokenizer *t = e8q_tokenizer_load(path);
+    e8q_error_trap_arm(NULL);
+    int *a, *b;
+    const char *sample = "Once upon a time, \xe4\xb8\xad a little dog.";
+    int na = e8q_tokenizer_encode(t, sample, 1, 1, &a);
+    int nb = e8q_tokenizer_encode_ref(t, sample, 1, 1, &b);
+    assert_ids_equal(a, na, b, nb, "fuzzed vocabulary: encode vs encode_ref");
+    for (int i = 0; i < na; i++) {
+      assert_true(a[i] >= 0 && a[i] < e8q_tokenizer_vocab_size(t));
+      (void)e8q_tokenizer_decode(t, i ? a[i - 1] : -1, a[i]);
+    }
+    free(a);
+    free(b);
+    e8q_tokenizer_free(t);
+    return 0;
+  }
+  assert_non_null(strstr(trap.message, path));
+  return 1;
+}
+
+/* random byte edits of tokenizer.model: a fatal error naming the file or a loadable vocabulary
+ * that encodes without crashing; never a crash */
+static void test_fuzz_model_edits(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  size_t n;
+  char *raw = t_read_file(mpath, &n);
+  int mfd = memfd_create("e8q_tok_fuzz", 0);
+  if (mfd < 0) skip();
+  char vp[64];
+  snprintf(vp, sizeof vp, "/proc/self/fd/%d", mfd);
+  t_rng rng = {t_fresh_seed("tok_fuzz")};
+  char *mut = malloc(n);
+  int fails = 0, loads = 0;
+  for (int it = 0; it < 400; it++) {
+    memcpy(mut, raw, n);
+    int edits = 1 + (int)(t_rng_u64(&rng) % 4);
+    for (int e = 0; e < edits; e++) mut[t_rng_u64(&rng) % n] = (char)t_rng_u64(&rng);
+    assert_int_equal(ftruncate(mfd, 0), 0);
+    assert_int_equal(pwrite(mfd, mut, n, 0), (ssize_t)n);
+    if (fuzz_load_encode(vp)) fails++;
+    else loads++;
+  }
+  print_message("tokenizer.model edits: %d loaded, %d refused\n", loads, fails);
+  close(mfd);
+  free(mut);
+  free(raw);
+  free(mpath);
+}
+
+/* a SentencePiece model that is not BPE (model_type 1 = unigram) is refused */
+static void test_unigram_refused(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  size_t n;
+  char *raw = t_read_file(mpath, &n);
+  /* TrainerSpec: field 3 (model_type, key 0x18) = 2, then field 4 (vocab_size, key 0x20) */
+  char *at = NULL;
+  for (size_t i = 0; i + 3 < n && !at; i++)
+    if (raw[i] == 0x18 && raw[i + 1] == 0x02 && raw[i + 2] == 0x20) at = raw + i;
+  assert_non_null(at);
+  at[1] = 0x01;
+  char *dir = t_tmpdir("tok_unigram");
+  char *p = join(dir, "tokenizer.model");
+  t_write_file(p, raw, n);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model_type 1 is not BPE");
+  free(p);
+  free(dir);
+  free(raw);
+  free(mpath);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_first_line_both_formats),
@@ -410,6 +487,8 @@ int main(void) {
       cmocka_unit_test(test_encode_file_text_and_ids),
       cmocka_unit_test(test_truncated_model),
       cmocka_unit_test(test_bad_bin),
+      cmocka_unit_test(test_fuzz_model_edits),
+      cmocka_unit_test(test_unigram_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
