@@ -679,6 +679,43 @@ static void test_writer_sparse(void **state) {
   free(dir);
 }
 
+/* row ranges of stories260K tensors (f32 and bf16, sharded or not) equal the whole-tensor read;
+ * e8q_f32_convert matches the scalar converters */
+static void test_read_range_and_convert(void **state) {
+  (void)state;
+  char *d16 = t_shared_path("models/stories260K-hf-bf16");
+  e8q_st_model *m = e8q_st_model_open(d16);
+  const char *name = "model.embed_tokens.weight";
+  float *all = malloc(512 * 64 * 4), *part = malloc(512 * 64 * 4);
+  e8q_st_model_read_f32(m, name, 2, (int64_t[]){512, 64}, all);
+  t_rng rng = {t_fresh_seed("range")};
+  for (int it = 0; it < 50; it++) {
+    int64_t a = (int64_t)(t_rng_u64(&rng) % (512 * 64)), b = (int64_t)(t_rng_u64(&rng) % (512 * 64 + 1));
+    if (a > b) { int64_t x = a; a = b; b = x; }
+    e8q_st_model_read_f32_range(m, name, a, b - a, part);
+    assert_memory_equal(part, all + a, (size_t)(b - a) * 4);
+  }
+  E8Q_EXPECT_FATAL(e8q_st_model_read_f32_range(m, name, 512 * 64 - 10, 11, part), name, "[32758, 32769)",
+                   "of 32768");
+  E8Q_EXPECT_FATAL(e8q_st_read_f32_range(m->files[0], "nope", 0, 1, part), "missing tensor", "nope");
+  /* convert back to bf16: the file's bytes exactly */
+  const e8q_safetensors *f;
+  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
+  uint16_t *h = malloc(512 * 64 * 2);
+  e8q_f32_convert(all, E8Q_DT_BF16, h, 512 * 64);
+  assert_memory_equal(h, e8q_st_data(f, t), 512 * 64 * 2);
+  e8q_f32_convert(all, E8Q_DT_F16, h, 512 * 64);
+  for (int i = 0; i < 512 * 64; i++) assert_int_equal(h[i], e8q_f32_to_f16(all[i]));
+  e8q_f32_convert(all, E8Q_DT_F32, part, 512 * 64);
+  assert_memory_equal(part, all, 512 * 64 * 4);
+  E8Q_EXPECT_FATAL(e8q_f32_convert(all, E8Q_DT_I8, h, 1), "I8");
+  free(h);
+  free(all);
+  free(part);
+  e8q_st_model_close(m);
+  free(d16);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_f16_exhaustive),
@@ -688,6 +725,7 @@ int main(void) {
       cmocka_unit_test(test_writer_float_conversions),
       cmocka_unit_test(test_sharded_model),
       cmocka_unit_test(test_writer_sparse),
+      cmocka_unit_test(test_read_range_and_convert),
       cmocka_unit_test(test_bad_truncated),
       cmocka_unit_test(test_bad_header_length_past_eof),
       cmocka_unit_test(test_bad_offsets_past_end),
