@@ -476,12 +476,75 @@ static void test_unigram_refused(void **state) {
   free(mpath);
 }
 
+/* A vocabulary with pieces that hold a space after another character ("e t", "d a") cannot be
+ * split into words: the encoder then merges over the whole text. Both paths equal the _ref twin,
+ * and the added pieces are really used. */
+static void test_encode_unsplittable_vocab(void **state) {
+  (void)state;
+  char *bpath = t_shared_path("models/stories260K/tok512.bin");
+  char *tpath = t_shared_path("text/tinystories_valid_head.txt");
+  e8q_tokenizer *src = e8q_tokenizer_load(bpath);
+  size_t fsz;
+  char *raw = t_read_file(bpath, &fsz);
+  int n = 512 + 2;
+  const char **pieces = malloc((size_t)n * sizeof(char *));
+  float *scores = malloc((size_t)n * sizeof(float));
+  int *types = malloc((size_t)n * sizeof(int));
+  size_t off = 4;
+  for (int i = 0; i < 512; i++) {
+    int32_t l;
+    memcpy(&scores[i], raw + off, 4);
+    memcpy(&l, raw + off + 4, 4);
+    off += 8 + (size_t)l;
+    pieces[i] = i == 1 ? "<s>" : i == 2 ? "</s>" : e8q_tokenizer_piece(src, i);
+    types[i] = i == 0 ? 2 : i <= 2 ? 3 : (i < 259 ? 6 : 1);
+  }
+  pieces[512] = "e t", scores[512] = 10.0f, types[512] = 1;
+  pieces[513] = "d a", scores[513] = -0.5f, types[513] = 1;
+  char *dir = t_tmpdir("tok_unsplit");
+  char *out = join(dir, "tokenizer.model");
+  e8q_tokenizer_write_spm(out, n, pieces, scores, types);
+  e8q_tokenizer *t = e8q_tokenizer_load(out);
+  char *text = e8q_text_read(tpath, NULL);
+  text[6000] = 0;
+  int *a, *r;
+  int na = e8q_tokenizer_encode(t, text, 1, 0, &a);
+  int nr = e8q_tokenizer_encode_ref(t, text, 1, 0, &r);
+  assert_ids_equal(a, na, r, nr, "unsplittable vocabulary: encode vs encode_ref");
+  int used512 = 0, used513 = 0;
+  for (int i = 0; i < na; i++) used512 += a[i] == 512, used513 += a[i] == 513;
+  assert_true(used512 > 0 && used513 > 0);
+  char *back = decode_all(t, a, na);
+  assert_string_equal(back, text);
+  free(back);
+  free(a);
+  free(r);
+  /* the splittable stock vocabulary gives the same ids as _ref on the same text */
+  na = e8q_tokenizer_encode(src, text, 1, 0, &a);
+  nr = e8q_tokenizer_encode_ref(src, text, 1, 0, &r);
+  assert_ids_equal(a, na, r, nr, "stock vocabulary: encode vs encode_ref");
+  free(a);
+  free(r);
+  free(text);
+  e8q_tokenizer_free(t);
+  e8q_tokenizer_free(src);
+  free(out);
+  free(dir);
+  free(raw);
+  free(pieces);
+  free(scores);
+  free(types);
+  free(tpath);
+  free(bpath);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_first_line_both_formats),
       cmocka_unit_test(test_formats_agree_200_lines),
       cmocka_unit_test(test_encode_matches_ref_random),
       cmocka_unit_test(test_encode_long_text),
+      cmocka_unit_test(test_encode_unsplittable_vocab),
       cmocka_unit_test(test_write_spm_roundtrip),
       cmocka_unit_test(test_vocab_mismatch),
       cmocka_unit_test(test_encode_file_text_and_ids),
