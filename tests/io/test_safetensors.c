@@ -469,15 +469,30 @@ static void test_bad_shape_byte_mismatch(void **state) {
   bad_free(&c);
 }
 
-static void test_bad_missing_tensor_and_shape(void **state) {
+static void test_bad_missing_tensor(void **state) {
   (void)state;
   badctx c = bad_setup("st_bad_missing");
   e8q_safetensors *st = e8q_st_open(c.good);
   float buf[64];
   E8Q_EXPECT_FATAL(e8q_st_read_f32(st, "model.layers.0.self_attn.k_proj.weight", -1, NULL, buf), c.good,
                    "missing tensor", "model.layers.0.self_attn.k_proj.weight");
+  e8q_st_close(st);
+  e8q_st_model *m = e8q_st_model_open(c.good);
+  E8Q_EXPECT_FATAL(e8q_st_model_read_f32(m, "lm_head.weight", -1, NULL, buf), c.good, "missing tensor",
+                   "lm_head.weight");
+  e8q_st_model_close(m);
+  bad_free(&c);
+}
+
+/* a tensor whose shape differs from what the config implies */
+static void test_bad_expected_shape(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_expect");
+  e8q_safetensors *st = e8q_st_open(c.good);
+  float buf[64];
   int64_t want[2] = {4, 8};
   E8Q_EXPECT_FATAL(e8q_st_read_f32(st, k_q, 2, want, buf), c.good, k_q, "shape [8, 4]", "[4, 8]");
+  E8Q_EXPECT_FATAL(e8q_st_read_f32(st, k_q, 1, want, buf), c.good, k_q, "shape [8, 4]", "[4]");
   e8q_st_close(st);
   bad_free(&c);
 }
@@ -732,7 +747,8 @@ int main(void) {
       cmocka_unit_test(test_bad_overlapping_offsets),
       cmocka_unit_test(test_bad_unknown_dtype),
       cmocka_unit_test(test_bad_shape_byte_mismatch),
-      cmocka_unit_test(test_bad_missing_tensor_and_shape),
+      cmocka_unit_test(test_bad_missing_tensor),
+      cmocka_unit_test(test_bad_expected_shape),
       cmocka_unit_test(test_bad_model_dir),
       cmocka_unit_test(test_bad_nan_in_weight),
       cmocka_unit_test(test_bad_inf_in_weight),
