@@ -131,6 +131,25 @@ static void test_forward_eval_windows(void **s) {
   assert_int_equal(set.n, 1);
   assert_int_equal(set.len[0], 157);
   e8q_eval_set_free(&set);
+  /* a sequence longer than the model's 512 positions is scored on its first 512 tokens */
+  uint32_t lraw[600];
+  int lids[600];
+  for (int i = 0; i < 600; i++) lids[i] = (int)(lraw[i] = (uint32_t)(i ? (i * 17 + 3) % 512 : 1));
+  for (int i = 1; i < 600; i++)
+    if (lids[i] == 1) lids[i] = (int)(lraw[i] = 5); /* one BOS: one sequence */
+  char lp[1024];
+  snprintf(lp, sizeof lp, "%s/long.ids", dir);
+  t_write_file(lp, lraw, sizeof lraw);
+  e8q_eval_set_lines(&set, lp, NULL, 3);
+  assert_int_equal(set.n, 1);
+  assert_int_equal(set.len[0], 600);
+  r = e8q_eval_run(m, &set, 0);
+  assert_int_equal(r.tokens, 511);
+  int tg512[512];
+  for (int t = 0; t < 512; t++) tg512[t] = t < 511 ? lids[t + 1] : -1;
+  double direct512 = e8q_model_nll(m, 1, 512, lids, tg512, &cnt);
+  T_NEAR(r.sum_nll, direct512, 1e-9 * direct512, "truncated sequence NLL");
+  e8q_eval_set_free(&set);
   /* an id beyond the vocabulary is refused */
   E8Q_EXPECT_FATAL(e8q_eval_set_windows(&set, path, NULL, 100, 50), "x.ids");
   e8q_model_free(m);
