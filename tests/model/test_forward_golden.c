@@ -206,6 +206,15 @@ static void test_forward_bad_bin(void **s) {
   snprintf(path, sizeof path, "%s/nan.bin", dir);
   t_write_file(path, bytes, n);
   E8Q_EXPECT_FATAL(e8q_model_load(path), "nan.bin", "tensor wk", "non-finite");
+  /* not a checkpoint at all: text where the header should be */
+  snprintf(path, sizeof path, "%s/text.bin", dir);
+  const char *txt = "Once upon a time there was a checkpoint that was not one.";
+  t_write_file(path, txt, strlen(txt));
+  E8Q_EXPECT_FATAL(e8q_model_load(path), "text.bin", "not a llama2.c v0 checkpoint");
+  /* shorter than the header */
+  snprintf(path, sizeof path, "%s/tiny.bin", dir);
+  t_write_file(path, bytes, 10);
+  E8Q_EXPECT_FATAL(e8q_model_load(path), "tiny.bin", "28-byte llama2.c header");
   free(bytes), free(src), free(dir);
 }
 
