@@ -21,7 +21,7 @@ static void generate_usage(FILE *f) {
           "sampled from softmax(logits / T) (nucleus of probability P) with --temperature T > 0.\n\n"
           "  --model PATH      model directory (config.json + safetensors) or llama2.c .bin\n"
           "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
-          "                    tokenizer.bin / tok<vocab>.bin beside a .bin)\n"
+          "                    tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin)\n"
           "  --prompt TEXT     text to continue (default: none, start from BOS)\n"
           "  --tokens N        tokens to generate (default 100; capped by the model's max positions)\n"
           "  --ids             print the generated ids as a JSON list instead of text\n"

@@ -74,7 +74,7 @@ void e8q_block_free(e8q_block *b);
 void e8q_model_check_tokenizer(const e8q_config *cfg, const char *model_path, int tokenizer_vocab,
                                const char *tokenizer_path);
 /* The tokenizer that belongs with a model: DIR/tokenizer.model for a HF directory;
- * for a .bin, tokenizer.bin or tok<vocab>.bin beside it. NULL if none; malloc'd. */
+ * for a .bin, tokenizer.bin, tok<vocab>.bin or tokenizer.model beside it. NULL if none; malloc'd. */
 char *e8q_model_default_tokenizer(const char *model_path, const e8q_config *cfg);
 
 #endif
