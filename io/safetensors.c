@@ -105,6 +105,26 @@ uint16_t e8q_f32_to_f16(float f) {
   return (uint16_t)(sign | (r >> 13));
 }
 
+void e8q_f32_convert(const float *src, e8q_dtype dt, void *dst, size_t n) {
+  uint8_t *d = dst;
+  switch (dt) {
+    case E8Q_DT_F32: memcpy(dst, src, n * 4); break;
+    case E8Q_DT_F16:
+      for (size_t i = 0; i < n; i++) {
+        uint16_t h = e8q_f32_to_f16(src[i]);
+        memcpy(d + 2 * i, &h, 2);
+      }
+      break;
+    case E8Q_DT_BF16:
+      for (size_t i = 0; i < n; i++) {
+        uint16_t h = e8q_f32_to_bf16(src[i]);
+        memcpy(d + 2 * i, &h, 2);
+      }
+      break;
+    default: E8Q_FATAL("e8q_f32_convert: dtype %s is not F32, F16 or BF16", e8q_dtype_name(dt));
+  }
+}
+
 /* ---------------------------------------------------------------- reading */
 
 static int cmp_tensor_name(const void *a, const void *b) {
@@ -180,36 +200,68 @@ static void parse_tensor(e8q_safetensors *st, const cJSON *item, e8q_st_tensor *
             (unsigned long long)(t->end - t->begin));
 }
 
-e8q_safetensors *e8q_st_open(const char *path) {
+/* maps bytes [offset, offset + size) of `file` (size UINT64_MAX: to the end); `path` is the name
+ * used in messages (the file, or "archive:member" for a region) */
+static e8q_safetensors *st_map(const char *file, const char *path, uint64_t offset, uint64_t size) {
   e8q_safetensors *st = e8q_calloc(1, sizeof(*st), "safetensors handle");
   st->path = strdup(path);
   E8Q_CHECK(st->path, "out of memory");
   st->fd = -1;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot open safetensors file %s", path);
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  E8Q_CHECK_ERRNO(fd >= 0, "cannot open safetensors file %s", file);
   struct stat sb;
   if (fstat(fd, &sb) != 0) {
     int e = errno;
     close(fd);
-    e8q_fatal_errno(__FILE__, __LINE__, e, "cannot stat %s", path);
+    e8q_fatal_errno(__FILE__, __LINE__, e, "cannot stat %s", file);
   }
   if (!S_ISREG(sb.st_mode)) {
     close(fd);
-    E8Q_FATAL("%s: not a regular file; pass a .safetensors file", path);
+    E8Q_FATAL("%s: not a regular file; pass a .safetensors file", file);
   }
-  st->file_size = (size_t)sb.st_size;
+  uint64_t fsize = (uint64_t)sb.st_size;
+  if (size == UINT64_MAX) size = offset <= fsize ? fsize - offset : 0;
+  if (offset > fsize || size > fsize - offset) {
+    close(fd);
+    E8Q_FATAL("%s: the region [%llu, %llu) lies past the end of %s (%llu bytes); the archive is truncated", path,
+              (unsigned long long)offset, (unsigned long long)(offset + size), file, (unsigned long long)fsize);
+  }
+  st->file_size = (size_t)size;
   if (st->file_size < 8) {
     close(fd);
     E8Q_FATAL("%s: truncated safetensors file: %zu bytes, shorter than the 8-byte header length; download "
               "it again",
               path, st->file_size);
   }
-  void *map = mmap(NULL, st->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  long page = sysconf(_SC_PAGESIZE);
+  uint64_t base = offset - offset % (uint64_t)(page > 0 ? page : 4096);
+  st->map_len = (size_t)(offset - base) + st->file_size;
+  void *map = mmap(NULL, st->map_len, PROT_READ, MAP_PRIVATE, fd, (off_t)base);
   int e = errno;
   close(fd);
   if (map == MAP_FAILED) e8q_fatal_errno(__FILE__, __LINE__, e, "cannot mmap %s", path);
-  st->map = map;
+  st->map_base = map;
+  st->map = (const uint8_t *)map + (offset - base);
+  return st;
+}
 
+static void st_parse(e8q_safetensors *st);
+
+e8q_safetensors *e8q_st_open(const char *path) {
+  e8q_safetensors *st = st_map(path, path, 0, UINT64_MAX);
+  st_parse(st);
+  return st;
+}
+
+e8q_safetensors *e8q_st_open_region(const char *file, uint64_t offset, uint64_t size, const char *label) {
+  e8q_safetensors *st = st_map(file, label ? label : file, offset, size);
+  st_parse(st);
+  return st;
+}
+
+/* validates the header and builds the tensor table */
+static void st_parse(e8q_safetensors *st) {
+  const char *path = st->path;
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | st->map[i]; /* little-endian */
   E8Q_CHECK(hlen >= 2 && hlen <= ST_MAX_HEADER,
@@ -289,12 +341,11 @@ e8q_safetensors *e8q_st_open(const char *path) {
     }
     free(by);
   }
-  return st;
 }
 
 void e8q_st_close(e8q_safetensors *st) {
   if (!st) return;
-  if (st->map) munmap((void *)st->map, st->file_size);
+  if (st->map_base) munmap((void *)st->map_base, st->map_len);
   if (st->fd >= 0) close(st->fd);
   for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
   free(st->tensors);
@@ -330,24 +381,12 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
   if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
-/* converts and checks one tensor; `where` names the file (or model directory) in messages */
-static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int ndim,
-                     const int64_t *expect, float *dst) {
+/* converts elements [first, first + n) of t to f32 and checks them; `where` names the file (or
+ * model directory) in messages */
+static void convert_range(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int64_t first,
+                          int64_t n, float *dst) {
   const char *name = t->name;
-  if (ndim >= 0) {
-    int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == expect[i];
-    if (!same) {
-      char have[256], want[256];
-      shape_str(have, sizeof have, t->ndim, t->shape);
-      shape_str(want, sizeof want, ndim, expect);
-      E8Q_FATAL("%s: tensor \"%s\" has shape %s but the model config implies %s; config.json and the "
-                "weights do not match",
-                where, name, have, want);
-    }
-  }
-  int64_t n = e8q_st_numel(t);
-  const uint8_t *src = e8q_st_data(st, t);
+  const uint8_t *src = (const uint8_t *)e8q_st_data(st, t) + (size_t)first * g_dtype_sizes[t->dtype];
   switch (t->dtype) {
     case E8Q_DT_F32: memcpy(dst, src, (size_t)n * 4); break;
     case E8Q_DT_F16:
@@ -378,7 +417,7 @@ static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const ch
   for (int64_t i = 0; i < n; i++)
     if (!isfinite(dst[i])) {
       char idx[256];
-      int64_t rem = i, coord[E8Q_ST_MAX_DIMS] = {0};
+      int64_t rem = first + i, coord[E8Q_ST_MAX_DIMS] = {0};
       for (int d = t->ndim - 1; d >= 0; d--) {
         if (t->shape[d] > 0) {
           coord[d] = rem % t->shape[d];
@@ -388,9 +427,44 @@ static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const ch
       shape_str(idx, sizeof idx, t->ndim, coord);
       E8Q_FATAL("%s: tensor \"%s\" holds %s at element %lld (index %s)%s; the checkpoint is corrupt or "
                 "diverged, e8q cannot quantize it",
-                where, name, isnan(dst[i]) ? "NaN" : (dst[i] > 0 ? "+Inf" : "-Inf"), (long long)i, idx,
+                where, name, isnan(dst[i]) ? "NaN" : (dst[i] > 0 ? "+Inf" : "-Inf"), (long long)(first + i), idx,
                 t->dtype == E8Q_DT_F64 ? " (possibly an F64 value out of f32 range)" : "");
     }
+}
+
+/* converts and checks one whole tensor after checking its shape */
+static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int ndim,
+                     const int64_t *expect, float *dst) {
+  if (ndim >= 0) {
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == expect[i];
+    if (!same) {
+      char have[256], want[256];
+      shape_str(have, sizeof have, t->ndim, t->shape);
+      shape_str(want, sizeof want, ndim, expect);
+      E8Q_FATAL("%s: tensor \"%s\" has shape %s but the model config implies %s; config.json and the "
+                "weights do not match",
+                where, t->name, have, want);
+    }
+  }
+  convert_range(st, t, where, 0, e8q_st_numel(t), dst);
+}
+
+static void read_range(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int64_t first,
+                       int64_t count, float *dst) {
+  int64_t n = e8q_st_numel(t);
+  E8Q_CHECK(first >= 0 && count >= 0 && first <= n && count <= n - first,
+            "%s: tensor \"%s\": elements [%lld, %lld) requested of %lld", where, t->name, (long long)first,
+            (long long)(first + count), (long long)n);
+  convert_range(st, t, where, first, count, dst);
+}
+
+void e8q_st_read_f32_range(const e8q_safetensors *st, const char *name, int64_t first, int64_t count,
+                           float *dst) {
+  const e8q_st_tensor *t = e8q_st_find(st, name);
+  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
+            st->path, name);
+  read_range(st, t, st->path, first, count, dst);
 }
 
 void e8q_st_read_f32(const e8q_safetensors *st, const char *name, int ndim, const int64_t *expect,
@@ -571,9 +645,16 @@ void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, co
   const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
   E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
             m->dir, name);
-  char where[4096];
-  snprintf(where, sizeof where, "%s", f->path);
-  read_f32(f, t, where, ndim, expect, dst);
+  read_f32(f, t, f->path, ndim, expect, dst);
+}
+
+void e8q_st_model_read_f32_range(const e8q_st_model *m, const char *name, int64_t first, int64_t count,
+                                 float *dst) {
+  const e8q_safetensors *f = NULL;
+  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
+  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
+            m->dir, name);
+  read_range(f, t, f->path, first, count, dst);
 }
 
 /* ---------------------------------------------------------------- writing */

@@ -53,9 +53,16 @@ typedef struct {
   e8q_st_tensor *tensors;           /* [n_tensors], sorted by name */
   int n_meta;
   char **meta_keys, **meta_values;  /* [n_meta] __metadata__ entries, owned */
+  const void *map_base;             /* the mapping as made (page-aligned, map_len bytes) */
+  size_t map_len;
 } e8q_safetensors;
 
 e8q_safetensors *e8q_st_open(const char *path);
+/* A safetensors file stored as bytes [offset, offset + size) of `file` (a member of an
+ * uncompressed tar archive, mapped in place); `label` names it in messages (for example
+ * "model.e8q:model.safetensors"), NULL for the file name. Same validation as e8q_st_open;
+ * `path` of the result is the label. */
+e8q_safetensors *e8q_st_open_region(const char *file, uint64_t offset, uint64_t size, const char *label);
 void e8q_st_close(e8q_safetensors *st);
 /* NULL when absent */
 const e8q_st_tensor *e8q_st_find(const e8q_safetensors *st, const char *name);
@@ -68,6 +75,11 @@ int64_t e8q_st_numel(const e8q_st_tensor *t);
  * ndim < 0 to skip the shape check), or any value is NaN/Inf. */
 void e8q_st_read_f32(const e8q_safetensors *st, const char *name, int ndim, const int64_t *expect,
                      float *dst);
+
+/* Elements [first, first + count) of tensor `name` in row-major order, converted to f32 and
+ * checked as e8q_st_read_f32 (for reading some rows of a large tensor). */
+void e8q_st_read_f32_range(const e8q_safetensors *st, const char *name, int64_t first, int64_t count,
+                           float *dst);
 
 /* ---------------------------------------------------------------- HF model directories
  * model.safetensors, or model.safetensors.index.json naming several shards. Tensor lookups go
@@ -87,6 +99,9 @@ void e8q_st_model_close(e8q_st_model *m);
 const e8q_st_tensor *e8q_st_model_find(const e8q_st_model *m, const char *name, const e8q_safetensors **file);
 /* as e8q_st_read_f32, across shards; the message names the model directory and tensor */
 void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, const int64_t *expect, float *dst);
+/* as e8q_st_read_f32_range, across shards */
+void e8q_st_model_read_f32_range(const e8q_st_model *m, const char *name, int64_t first, int64_t count,
+                                 float *dst);
 
 /* ---------------------------------------------------------------- writing
  * Streaming writer: declare every tensor (name, dtype, shape), then write their bytes in the
@@ -108,5 +123,8 @@ float e8q_bf16_to_f32(uint16_t h);
 uint16_t e8q_f32_to_bf16(float f);
 float e8q_f16_to_f32(uint16_t h);
 uint16_t e8q_f32_to_f16(float f);
+/* n floats to dtype F32, F16 or BF16 (round to nearest even) into dst (n * dtype size bytes, any
+ * alignment); for writing tensors */
+void e8q_f32_convert(const float *src, e8q_dtype dt, void *dst, size_t n);
 
 #endif

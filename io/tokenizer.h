@@ -3,7 +3,14 @@
  *
  * Encoding is Llama's: the text gets the dummy-prefix space (" " + text), spaces become
  * U+2581, each UTF-8 character becomes a piece (or byte-fallback tokens <0xNN>), then pairs
- * are merged greedily by highest score. BOS/EOS added on request. */
+ * are merged greedily by highest score. BOS/EOS added on request.
+ *
+ * SentencePiece piece types (sentencepiece_model.proto): 1 normal, 2 unknown, 3 control,
+ * 4 user defined, 5 unused, 6 byte. Only normal and user-defined pieces are formed from text.
+ * Read from tokenizer.model: pieces, scores, types, trainer_spec.model_type (must be BPE),
+ * unk/bos/eos ids, normalizer_spec.add_dummy_prefix. Not applied: remove_extra_whitespaces
+ * (llama2.c does not either, and Llama's models set it false) and non-identity normalizers
+ * (warned). llama2.c tokenizer.bin: ids 0 unk, 1 BOS, 2 EOS, <0xNN> pieces are bytes. */
 #ifndef E8Q_IO_TOKENIZER_H
 #define E8Q_IO_TOKENIZER_H
 

@@ -469,15 +469,30 @@ static void test_bad_shape_byte_mismatch(void **state) {
   bad_free(&c);
 }
 
-static void test_bad_missing_tensor_and_shape(void **state) {
+static void test_bad_missing_tensor(void **state) {
   (void)state;
   badctx c = bad_setup("st_bad_missing");
   e8q_safetensors *st = e8q_st_open(c.good);
   float buf[64];
   E8Q_EXPECT_FATAL(e8q_st_read_f32(st, "model.layers.0.self_attn.k_proj.weight", -1, NULL, buf), c.good,
                    "missing tensor", "model.layers.0.self_attn.k_proj.weight");
+  e8q_st_close(st);
+  e8q_st_model *m = e8q_st_model_open(c.good);
+  E8Q_EXPECT_FATAL(e8q_st_model_read_f32(m, "lm_head.weight", -1, NULL, buf), c.good, "missing tensor",
+                   "lm_head.weight");
+  e8q_st_model_close(m);
+  bad_free(&c);
+}
+
+/* a tensor whose shape differs from what the config implies */
+static void test_bad_expected_shape(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_expect");
+  e8q_safetensors *st = e8q_st_open(c.good);
+  float buf[64];
   int64_t want[2] = {4, 8};
   E8Q_EXPECT_FATAL(e8q_st_read_f32(st, k_q, 2, want, buf), c.good, k_q, "shape [8, 4]", "[4, 8]");
+  E8Q_EXPECT_FATAL(e8q_st_read_f32(st, k_q, 1, want, buf), c.good, k_q, "shape [8, 4]", "[4]");
   e8q_st_close(st);
   bad_free(&c);
 }
@@ -679,6 +694,81 @@ static void test_writer_sparse(void **state) {
   free(dir);
 }
 
+/* row ranges of stories260K tensors (f32 and bf16, sharded or not) equal the whole-tensor read;
+ * e8q_f32_convert matches the scalar converters */
+static void test_read_range_and_convert(void **state) {
+  (void)state;
+  char *d16 = t_shared_path("models/stories260K-hf-bf16");
+  e8q_st_model *m = e8q_st_model_open(d16);
+  const char *name = "model.embed_tokens.weight";
+  float *all = malloc(512 * 64 * 4), *part = malloc(512 * 64 * 4);
+  e8q_st_model_read_f32(m, name, 2, (int64_t[]){512, 64}, all);
+  t_rng rng = {t_fresh_seed("range")};
+  for (int it = 0; it < 50; it++) {
+    int64_t a = (int64_t)(t_rng_u64(&rng) % (512 * 64)), b = (int64_t)(t_rng_u64(&rng) % (512 * 64 + 1));
+    if (a > b) { int64_t x = a; a = b; b = x; }
+    e8q_st_model_read_f32_range(m, name, a, b - a, part);
+    assert_memory_equal(part, all + a, (size_t)(b - a) * 4);
+  }
+  E8Q_EXPECT_FATAL(e8q_st_model_read_f32_range(m, name, 512 * 64 - 10, 11, part), name, "[32758, 32769)",
+                   "of 32768");
+  E8Q_EXPECT_FATAL(e8q_st_read_f32_range(m->files[0], "nope", 0, 1, part), "missing tensor", "nope");
+  /* convert back to bf16: the file's bytes exactly */
+  const e8q_safetensors *f;
+  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
+  uint16_t *h = malloc(512 * 64 * 2);
+  e8q_f32_convert(all, E8Q_DT_BF16, h, 512 * 64);
+  assert_memory_equal(h, e8q_st_data(f, t), 512 * 64 * 2);
+  e8q_f32_convert(all, E8Q_DT_F16, h, 512 * 64);
+  for (int i = 0; i < 512 * 64; i++) assert_int_equal(h[i], e8q_f32_to_f16(all[i]));
+  e8q_f32_convert(all, E8Q_DT_F32, part, 512 * 64);
+  assert_memory_equal(part, all, 512 * 64 * 4);
+  E8Q_EXPECT_FATAL(e8q_f32_convert(all, E8Q_DT_I8, h, 1), "I8");
+  free(h);
+  free(all);
+  free(part);
+  e8q_st_model_close(m);
+  free(d16);
+}
+
+/* a safetensors file stored inside another file (as a tar member) at an unaligned offset is
+ * mapped in place and reads exactly as the file itself; a region past the end is refused */
+static void test_open_region(void **state) {
+  (void)state;
+  char *src = t_shared_path("models/stories260K-hf/model.safetensors");
+  size_t n;
+  char *raw = t_read_file(src, &n);
+  char *dir = t_tmpdir("st_region");
+  char *arch = join(dir, "model.e8q");
+  size_t pre = 4096 * 3 + 512; /* like a tar member: 512-aligned, not page-aligned */
+  char *buf = calloc(1, pre + n + 1000);
+  memset(buf, 'x', pre);
+  memcpy(buf + pre, raw, n);
+  memset(buf + pre + n, 'y', 1000);
+  t_write_file(arch, buf, pre + n + 1000);
+  e8q_safetensors *a = e8q_st_open(src), *b = e8q_st_open_region(arch, pre, n, "model.e8q:model.safetensors");
+  assert_string_equal(b->path, "model.e8q:model.safetensors");
+  assert_int_equal(a->n_tensors, b->n_tensors);
+  for (int i = 0; i < a->n_tensors; i++) {
+    const e8q_st_tensor *x = &a->tensors[i], *y = e8q_st_find(b, x->name);
+    assert_non_null(y);
+    assert_int_equal(x->end - x->begin, y->end - y->begin);
+    assert_memory_equal(e8q_st_data(a, x), e8q_st_data(b, y), x->end - x->begin);
+  }
+  e8q_st_close(a);
+  e8q_st_close(b);
+  E8Q_EXPECT_FATAL(e8q_st_open_region(arch, pre, n + 1001, "m.e8q:model.safetensors"), "m.e8q:model.safetensors",
+                   "past the end");
+  /* a region that cuts the member short is a truncated safetensors file */
+  E8Q_EXPECT_FATAL(e8q_st_open_region(arch, pre, n - 1, "m.e8q:model.safetensors"), "m.e8q:model.safetensors",
+                   "past the end of the data block");
+  free(buf);
+  free(arch);
+  free(dir);
+  free(raw);
+  free(src);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_f16_exhaustive),
@@ -688,13 +778,16 @@ int main(void) {
       cmocka_unit_test(test_writer_float_conversions),
       cmocka_unit_test(test_sharded_model),
       cmocka_unit_test(test_writer_sparse),
+      cmocka_unit_test(test_open_region),
+      cmocka_unit_test(test_read_range_and_convert),
       cmocka_unit_test(test_bad_truncated),
       cmocka_unit_test(test_bad_header_length_past_eof),
       cmocka_unit_test(test_bad_offsets_past_end),
       cmocka_unit_test(test_bad_overlapping_offsets),
       cmocka_unit_test(test_bad_unknown_dtype),
       cmocka_unit_test(test_bad_shape_byte_mismatch),
-      cmocka_unit_test(test_bad_missing_tensor_and_shape),
+      cmocka_unit_test(test_bad_missing_tensor),
+      cmocka_unit_test(test_bad_expected_shape),
       cmocka_unit_test(test_bad_model_dir),
       cmocka_unit_test(test_bad_nan_in_weight),
       cmocka_unit_test(test_bad_inf_in_weight),
