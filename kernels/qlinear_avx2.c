@@ -54,100 +54,105 @@ static AVX2 inline float hsum(__m256 v) {
 }
 
 /* ---------------------------------------------------------------- batch 1 */
-/* z[r] for rows r0..r0+R-1 (R = 4 or 1); cb is a literal at every call site so the switch
- * folds away. Units: acc1 quarter units of stage 1, acc2 quarter (RVQ4) or half (RVQ3) units
- * of stage 2. */
-#define MV_ROWS(R)                                                                             \
-  static AVX2 void mv_rows##R(const e8q_qlinear *q, int cb, int r0, const float *u, float *z) { \
-    const int nc = q->nc;                                                                      \
-    const uint16_t *c1[R];                                                                     \
-    const uint16_t *c2w[R];                                                                    \
-    const uint8_t *c2b[R];                                                                     \
-    __m256 a1[R], a2[R];                                                                       \
-    for (int i = 0; i < R; i++) {                                                              \
-      c1[i] = q->d.codes + (size_t)(r0 + i) * nc;                                              \
-      c2w[i] = cb == E8Q_CB_E8P12RVQ4B ? (const uint16_t *)q->d.codes2 + (size_t)(r0 + i) * nc : NULL; \
-      c2b[i] = cb == E8Q_CB_E8P12RVQ3B ? (const uint8_t *)q->d.codes2 + (size_t)(r0 + i) * nc : NULL; \
-      a1[i] = _mm256_setzero_ps();                                                             \
-      a2[i] = _mm256_setzero_ps();                                                             \
-    }                                                                                          \
-    for (int j = 0; j < nc; j++) {                                                             \
-      const __m256 x = _mm256_loadu_ps(u + 8 * j);                                             \
-      for (int i = 0; i < R; i++) {                                                            \
-        a1[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c1[i][j]]), x, a1[i]);                            \
-        if (cb == E8Q_CB_E8P12RVQ4B) a2[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[i][j]]), x, a2[i]); \
-        if (cb == E8Q_CB_E8P12RVQ3B) a2[i] = _mm256_fmadd_ps(ld_i8(e81b_h2[c2b[i][j]]), x, a2[i]); \
-      }                                                                                        \
-    }                                                                                          \
-    const float k2 = cb == E8Q_CB_E8P12RVQ4B ? 0.25f / q->resid_scale : 0.5f / q->resid_scale; \
-    for (int i = 0; i < R; i++) {                                                              \
-      float s = 0.25f * hsum(a1[i]);                                                           \
-      if (cb != E8Q_CB_E8P12) s += k2 * hsum(a2[i]);                                           \
-      z[r0 + i] = s;                                                                           \
-    }                                                                                          \
+#define INLINE __attribute__((always_inline)) inline
+/* z[r] for rows r0..r0+R-1. cb and R are literals at every call site (the wrappers below), so
+ * the codebook tests fold away and the row loops unroll into registers. Units: a1 quarter
+ * units of stage 1, a2 quarter (RVQ4) or half (RVQ3) units of stage 2. */
+static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R, int r0, const float *u,
+                                float *z) {
+  const int nc = q->nc;
+  const uint16_t *c1[4];
+  const uint16_t *c2w[4];
+  const uint8_t *c2b[4];
+  __m256 a1[4], a2[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; i++) {
+    c1[i] = q->d.codes + (size_t)(r0 + i) * nc;
+    c2w[i] = cb == E8Q_CB_E8P12RVQ4B ? (const uint16_t *)q->d.codes2 + (size_t)(r0 + i) * nc : NULL;
+    c2b[i] = cb == E8Q_CB_E8P12RVQ3B ? (const uint8_t *)q->d.codes2 + (size_t)(r0 + i) * nc : NULL;
+    a1[i] = _mm256_setzero_ps();
+    a2[i] = _mm256_setzero_ps();
   }
-MV_ROWS(4)
-MV_ROWS(1)
-
-static AVX2 __attribute__((always_inline)) inline void matvec_cb(const e8q_qlinear *q, int cb, const float *u, float *z) {
-  const int m = q->d.m, groups = m / 4;
-#pragma omp parallel for schedule(static)
-  for (int g = 0; g < groups; g++) mv_rows4(q, cb, 4 * g, u, z);
-  for (int r = 4 * groups; r < m; r++) mv_rows1(q, cb, r, u, z);
-}
-
-static AVX2 inline void matvec(const e8q_qlinear *q, const float *u, float *z) {
-  switch (q->d.codebook) {
-    case E8Q_CB_E8P12: matvec_cb(q, E8Q_CB_E8P12, u, z); break;
-    case E8Q_CB_E8P12RVQ4B: matvec_cb(q, E8Q_CB_E8P12RVQ4B, u, z); break;
-    case E8Q_CB_E8P12RVQ3B: matvec_cb(q, E8Q_CB_E8P12RVQ3B, u, z); break;
+  for (int j = 0; j < nc; j++) {
+    const __m256 x = _mm256_loadu_ps(u + 8 * j);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++) {
+      a1[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c1[i][j]]), x, a1[i]);
+      if (cb == E8Q_CB_E8P12RVQ4B) a2[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[i][j]]), x, a2[i]);
+      if (cb == E8Q_CB_E8P12RVQ3B) a2[i] = _mm256_fmadd_ps(ld_i8(e81b_h2[c2b[i][j]]), x, a2[i]);
+    }
+  }
+  const float k2 = cb == E8Q_CB_E8P12RVQ4B ? 0.25f / q->resid_scale : 0.5f / q->resid_scale;
+#pragma GCC unroll 4
+  for (int i = 0; i < R; i++) {
+    float s = 0.25f * hsum(a1[i]);
+    if (cb != E8Q_CB_E8P12) s += k2 * hsum(a2[i]);
+    z[r0 + i] = s;
   }
 }
+
+/* the OpenMP region must sit in each specialised function: the outlined body is created
+ * before inlining, so a shared region would keep cb as a run-time value */
+#define MATVEC_FN(name, CB)                                                            \
+  static AVX2 void name(const e8q_qlinear *q, const float *u, float *z) {              \
+    const int m = q->d.m, groups = m / 4;                                              \
+    _Pragma("omp parallel for schedule(static)")                                      \
+    for (int g = 0; g < groups; g++) mv_rows(q, CB, 4, 4 * g, u, z);                   \
+    for (int r = 4 * groups; r < m; r++) mv_rows(q, CB, 1, r, u, z);                   \
+  }
+MATVEC_FN(matvec_e8p, E8Q_CB_E8P12)
+MATVEC_FN(matvec_rvq4, E8Q_CB_E8P12RVQ4B)
+MATVEC_FN(matvec_rvq3, E8Q_CB_E8P12RVQ3B)
 
 /* ---------------------------------------------------------------- batch > 1 */
 /* one row, batch columns b0..b0+BT-1 of the transposed input ut [nc][batch][8] */
-#define MM_TILE(BT)                                                                              \
-  static AVX2 void mm_tile##BT(const e8q_qlinear *q, int cb, int r, int batch, int b0,            \
-                               const float *ut, float *z) {                                      \
-    const int nc = q->nc, m = q->d.m;                                                            \
-    const uint16_t *c1 = q->d.codes + (size_t)r * nc;                                            \
-    const uint16_t *c2w = cb == E8Q_CB_E8P12RVQ4B ? (const uint16_t *)q->d.codes2 + (size_t)r * nc : NULL; \
-    const uint8_t *c2b = cb == E8Q_CB_E8P12RVQ3B ? (const uint8_t *)q->d.codes2 + (size_t)r * nc : NULL; \
-    /* stage 2 in quarter units: value/rs = q4/(4 rs) (RVQ4) or h2/(2 rs) = (2 h2/rs)/4 (RVQ3) */ \
-    const __m256 k2 = _mm256_set1_ps(cb == E8Q_CB_E8P12RVQ4B ? 1.0f / q->resid_scale : 2.0f / q->resid_scale); \
-    __m256 acc[BT];                                                                              \
-    for (int t = 0; t < BT; t++) acc[t] = _mm256_setzero_ps();                                   \
-    for (int j = 0; j < nc; j++) {                                                               \
-      __m256 w = ld_i8(e8p_q4[c1[j]]);                                                           \
-      if (cb == E8Q_CB_E8P12RVQ4B) w = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[j]]), k2, w);            \
-      if (cb == E8Q_CB_E8P12RVQ3B) w = _mm256_fmadd_ps(ld_i8(e81b_h2[c2b[j]]), k2, w);           \
-      const float *x = ut + ((size_t)j * batch + b0) * 8;                                        \
-      for (int t = 0; t < BT; t++) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8 * t), acc[t]); \
-    }                                                                                            \
-    for (int t = 0; t < BT; t++) z[(size_t)(b0 + t) * m + r] = 0.25f * hsum(acc[t]);             \
+static AVX2 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int BT, int r, int batch, int b0,
+                                const float *ut, float *z) {
+  const int nc = q->nc, m = q->d.m;
+  const uint16_t *c1 = q->d.codes + (size_t)r * nc;
+  const uint16_t *c2w = cb == E8Q_CB_E8P12RVQ4B ? (const uint16_t *)q->d.codes2 + (size_t)r * nc : NULL;
+  const uint8_t *c2b = cb == E8Q_CB_E8P12RVQ3B ? (const uint8_t *)q->d.codes2 + (size_t)r * nc : NULL;
+  /* stage 2 in quarter units: value/rs = q4/(4 rs) (RVQ4) or h2/(2 rs) = (2 h2/rs)/4 (RVQ3) */
+  const __m256 k2 = _mm256_set1_ps(cb == E8Q_CB_E8P12RVQ4B ? 1.0f / q->resid_scale : 2.0f / q->resid_scale);
+  __m256 acc[8];
+#pragma GCC unroll 8
+  for (int t = 0; t < BT; t++) acc[t] = _mm256_setzero_ps();
+  for (int j = 0; j < nc; j++) {
+    __m256 w = ld_i8(e8p_q4[c1[j]]);
+    if (cb == E8Q_CB_E8P12RVQ4B) w = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[j]]), k2, w);
+    if (cb == E8Q_CB_E8P12RVQ3B) w = _mm256_fmadd_ps(ld_i8(e81b_h2[c2b[j]]), k2, w);
+    const float *x = ut + ((size_t)j * batch + b0) * 8;
+#pragma GCC unroll 8
+    for (int t = 0; t < BT; t++) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8 * t), acc[t]);
   }
-MM_TILE(8)
-MM_TILE(4)
-MM_TILE(2)
-MM_TILE(1)
-
-static AVX2 __attribute__((always_inline)) inline void matmul_cb(const e8q_qlinear *q, int cb, int batch,
-                                                                 const float *ut, float *z) {
-  const int m = q->d.m;
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < m; r++) {
-    int b0 = 0;
-    for (; b0 + 8 <= batch; b0 += 8) mm_tile8(q, cb, r, batch, b0, ut, z);
-    if (b0 + 4 <= batch) { mm_tile4(q, cb, r, batch, b0, ut, z); b0 += 4; }
-    if (b0 + 2 <= batch) { mm_tile2(q, cb, r, batch, b0, ut, z); b0 += 2; }
-    if (b0 < batch) mm_tile1(q, cb, r, batch, b0, ut, z);
-  }
+#pragma GCC unroll 8
+  for (int t = 0; t < BT; t++) z[(size_t)(b0 + t) * m + r] = 0.25f * hsum(acc[t]);
 }
 
-AVX2 void e8q_qlinear_codes_matmul_avx2(const e8q_qlinear *q, int batch, const float *u, float *z) {
+#define MATMUL_FN(name, CB)                                                                  \
+  static AVX2 void name(const e8q_qlinear *q, int batch, const float *ut, float *z) {        \
+    const int m = q->d.m;                                                                    \
+    _Pragma("omp parallel for schedule(static)")                                            \
+    for (int r = 0; r < m; r++) {                                                            \
+      int b0 = 0;                                                                            \
+      for (; b0 + 8 <= batch; b0 += 8) mm_tile(q, CB, 8, r, batch, b0, ut, z);              \
+      if (b0 + 4 <= batch) { mm_tile(q, CB, 4, r, batch, b0, ut, z); b0 += 4; }             \
+      if (b0 + 2 <= batch) { mm_tile(q, CB, 2, r, batch, b0, ut, z); b0 += 2; }             \
+      if (b0 < batch) mm_tile(q, CB, 1, r, batch, b0, ut, z);                                \
+    }                                                                                        \
+  }
+MATMUL_FN(matmul_e8p, E8Q_CB_E8P12)
+MATMUL_FN(matmul_rvq4, E8Q_CB_E8P12RVQ4B)
+MATMUL_FN(matmul_rvq3, E8Q_CB_E8P12RVQ3B)
+
+void e8q_qlinear_codes_matmul_avx2(const e8q_qlinear *q, int batch, const float *u, float *z) {
   pthread_once(&tables_once, tables_build);
   if (batch == 1) {
-    matvec(q, u, z);
+    switch (q->d.codebook) {
+      case E8Q_CB_E8P12: matvec_e8p(q, u, z); break;
+      case E8Q_CB_E8P12RVQ4B: matvec_rvq4(q, u, z); break;
+      case E8Q_CB_E8P12RVQ3B: matvec_rvq3(q, u, z); break;
+    }
     return;
   }
   const int nc = q->nc, np = q->d.n_pad;
@@ -155,9 +160,9 @@ AVX2 void e8q_qlinear_codes_matmul_avx2(const e8q_qlinear *q, int batch, const f
   for (int b = 0; b < batch; b++)
     for (int j = 0; j < nc; j++) memcpy(ut + ((size_t)j * batch + b) * 8, u + (size_t)b * np + 8 * j, 32);
   switch (q->d.codebook) {
-    case E8Q_CB_E8P12: matmul_cb(q, E8Q_CB_E8P12, batch, ut, z); break;
-    case E8Q_CB_E8P12RVQ4B: matmul_cb(q, E8Q_CB_E8P12RVQ4B, batch, ut, z); break;
-    case E8Q_CB_E8P12RVQ3B: matmul_cb(q, E8Q_CB_E8P12RVQ3B, batch, ut, z); break;
+    case E8Q_CB_E8P12: matmul_e8p(q, batch, ut, z); break;
+    case E8Q_CB_E8P12RVQ4B: matmul_rvq4(q, batch, ut, z); break;
+    case E8Q_CB_E8P12RVQ3B: matmul_rvq3(q, batch, ut, z); break;
   }
   free(ut);
 }
