@@ -5,6 +5,14 @@
 #ifndef E8Q_KERNELS_QLINEAR_HAD_H
 #define E8Q_KERNELS_QLINEAR_HAD_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 void e8q_qlinear_had(int k, int K, const float *R, int transpose, float *x /* [k] */);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
