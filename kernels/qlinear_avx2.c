@@ -55,17 +55,18 @@ static AVX2 inline float hsum(__m256 v) {
 
 /* ---------------------------------------------------------------- batch 1 */
 #define INLINE __attribute__((always_inline)) inline
+#define MV_RMAX 8
 /* z[r] for rows r0..r0+R-1. cb and R are literals at every call site (the wrappers below), so
  * the codebook tests fold away and the row loops unroll into registers. Units: a1 quarter
  * units of stage 1, a2 quarter (RVQ4) or half (RVQ3) units of stage 2. */
 static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R, int r0, const float *u,
                                 float *z) {
   const int nc = q->nc;
-  const uint16_t *c1[4];
-  const uint16_t *c2w[4];
-  const uint8_t *c2b[4];
-  __m256 a1[4], a2[4];
-#pragma GCC unroll 4
+  const uint16_t *c1[MV_RMAX];
+  const uint16_t *c2w[MV_RMAX];
+  const uint8_t *c2b[MV_RMAX];
+  __m256 a1[MV_RMAX], a2[MV_RMAX];
+#pragma GCC unroll 8
   for (int i = 0; i < R; i++) {
     c1[i] = q->d.codes + (size_t)(r0 + i) * nc;
     c2w[i] = cb == E8Q_CB_E8P12RVQ4B ? (const uint16_t *)q->d.codes2 + (size_t)(r0 + i) * nc : NULL;
@@ -75,7 +76,7 @@ static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R,
   }
   for (int j = 0; j < nc; j++) {
     const __m256 x = _mm256_loadu_ps(u + 8 * j);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
       a1[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c1[i][j]]), x, a1[i]);
       if (cb == E8Q_CB_E8P12RVQ4B) a2[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[i][j]]), x, a2[i]);
@@ -83,7 +84,7 @@ static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R,
     }
   }
   const float k2 = cb == E8Q_CB_E8P12RVQ4B ? 0.25f / q->resid_scale : 0.5f / q->resid_scale;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int i = 0; i < R; i++) {
     float s = 0.25f * hsum(a1[i]);
     if (cb != E8Q_CB_E8P12) s += k2 * hsum(a2[i]);
@@ -93,16 +94,17 @@ static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R,
 
 /* the OpenMP region must sit in each specialised function: the outlined body is created
  * before inlining, so a shared region would keep cb as a run-time value */
-#define MATVEC_FN(name, CB)                                                            \
+#define MATVEC_FN(name, CB, MV_R)                                                      \
   static AVX2 void name(const e8q_qlinear *q, const float *u, float *z) {              \
-    const int m = q->d.m, groups = m / 4;                                              \
+    const int m = q->d.m, groups = m / MV_R;                                           \
     _Pragma("omp parallel for schedule(static)")                                      \
-    for (int g = 0; g < groups; g++) mv_rows(q, CB, 4, 4 * g, u, z);                   \
-    for (int r = 4 * groups; r < m; r++) mv_rows(q, CB, 1, r, u, z);                   \
+    for (int g = 0; g < groups; g++) mv_rows(q, CB, MV_R, MV_R * g, u, z);             \
+    for (int r = MV_R * groups; r < m; r++) mv_rows(q, CB, 1, r, u, z);                \
   }
-MATVEC_FN(matvec_e8p, E8Q_CB_E8P12)
-MATVEC_FN(matvec_rvq4, E8Q_CB_E8P12RVQ4B)
-MATVEC_FN(matvec_rvq3, E8Q_CB_E8P12RVQ3B)
+/* rows per group sharing each input load: 8 for E8P (8 accumulators), 4 for RVQ (8 too) */
+MATVEC_FN(matvec_e8p, E8Q_CB_E8P12, 8)
+MATVEC_FN(matvec_rvq4, E8Q_CB_E8P12RVQ4B, 4)
+MATVEC_FN(matvec_rvq3, E8Q_CB_E8P12RVQ3B, 4)
 
 /* ---------------------------------------------------------------- batch > 1 */
 /* one row, batch columns b0..b0+BT-1 of the transposed input ut [nc][batch][8] */
