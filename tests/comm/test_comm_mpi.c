@@ -134,6 +134,10 @@ static void test_xsum_convert(void) {
   __int128 big = e8q_xsum_from_double(0x1p61 + 0x1p9, f);
   CHECK(big == (((__int128)1 << 125) + ((__int128)1 << 73)), "big split wrong");
   CHECK(e8q_xsum_from_double(-(0x1p61 + 0x1p9), f) == -big, "negative big split wrong");
+  /* a full 53-bit mantissa straddling the 64-bit halves, both signs: (2^52 + 1) 2^10 units */
+  const __int128 odd = (((__int128)1 << 52) + 1) << 10;
+  CHECK(e8q_xsum_from_double(ldexp(0x1p52 + 1, 10 - f), f) == odd, "positive straddling split wrong");
+  CHECK(e8q_xsum_from_double(-ldexp(0x1p52 + 1, 10 - f), f) == -odd, "negative straddling split wrong");
   /* 1000 additions of 1e-17 onto 1 are not lost (a double sum would lose them all) */
   e8q_xsum s;
   e8q_xsum_init(&s, 1, f);
