@@ -84,14 +84,14 @@ static double copy_bw(size_t bytes, int reps) {
   return 2.0 * (double)n * sizeof(float) / t;
 }
 
-static int K_of(int d) { /* a Hadamard factor that fits (timing only: the entries are random +-1) */
-  static const int Ks[] = {172, 156, 140, 124, 116, 108, 60, 52, 36, 28, 20, 12, 1};
-  for (int i = 0; i < 13; i++)
-    if (d % Ks[i] == 0) {
-      int p = d / Ks[i];
-      if ((p & (p - 1)) == 0) return Ks[i];
-    }
-  E8Q_FATAL("bench: no Hadamard factor for %d", d);
+static int K_of(int d) { return e8q_had_choose_K(d); } /* the factor e8q would choose */
+
+static void factor_f32(float *R, int K) {
+  if (K == 1) return;
+  e8q_had_factor f;
+  e8q_had_factor_build(&f, K, E8Q_HAD_SEED);
+  memcpy(R, f.Rf, sizeof(float) * K * K);
+  e8q_had_factor_free(&f);
 }
 
 static int g_kernels_only, g_cb = -1; /* --cb 0|1|2: only E8P, RVQ3 or RVQ4 */
@@ -111,8 +111,8 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
   for (int i = 0; i < np; i++) SU[i] = rnd() & 1 ? 1.f : -1.f;
   for (int i = 0; i < m; i++) SV[i] = rnd() & 1 ? 1.f : -1.f;
   float *R_in = e8q_malloc(sizeof(float) * K_in * K_in, "R_in"), *R_out = e8q_malloc(sizeof(float) * K_out * K_out, "R_out");
-  for (int i = 0; i < K_in * K_in; i++) R_in[i] = rnd() & 1 ? 1.f : -1.f;
-  for (int i = 0; i < K_out * K_out; i++) R_out[i] = rnd() & 1 ? 1.f : -1.f;
+  factor_f32(R_in, K_in);
+  factor_f32(R_out, K_out);
   float *x = e8q_malloc(sizeof(float) * (size_t)batch * n, "x"), *y = e8q_malloc(sizeof(float) * (size_t)batch * m, "y");
   for (size_t i = 0; i < (size_t)batch * n; i++) x[i] = rndf();
 

@@ -23,6 +23,13 @@
 #include <stdint.h>
 
 #include "kernels/codebook.h"
+#ifdef __cplusplus
+extern "C" { /* kernels/hadamard.h has no C++ guards of its own (CUDA/C++ includers) */
+#endif
+#include "kernels/hadamard.h"
+#ifdef __cplusplus
+}
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -52,10 +59,12 @@ typedef struct {
   int nc;                        /* codes per row = n_pad / 8 */
   float resid_scale;             /* resolved second-stage divisor */
   float *out_scale;              /* [m] fs(r) * SV[r], owned */
+  e8q_had h_in;                  /* M_n_pad from (K_in, R_in), owned (kernels/hadamard.h) */
+  e8q_had h_out;                 /* M_m from (K_out, R_out), owned */
 } e8q_qlinear;
 
-/* Validates the description (fatal with a message naming `name` and the bad field) and builds
- * the per-row scales. name: the tensor group for messages, e.g. "model.layers.3.mlp.down_proj". */
+/* Validates the description (fatal with a message naming `name` and the bad field; a factor
+ * with R Rᵀ != K·I is refused) and builds the per-row scales and the two transforms. name: the tensor group for messages, e.g. "model.layers.3.mlp.down_proj". */
 void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *name);
 void e8q_qlinear_free(e8q_qlinear *q);
 
