@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/rng.h"
 
 /* ---------------------------------------------------------------- validation */
 static int is_pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -250,4 +251,61 @@ void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W) {
   free(T);
   free(Mm);
   free(Mn);
+}
+
+/* ---------------------------------------------------------------- validation */
+void e8q_qlinear_forward_f64_ref(const e8q_qlinear *q, int batch, const double *x, double *y) {
+  const int m = q->d.m, n = q->d.n, np = q->d.n_pad, nc = q->nc;
+  double *u = e8q_malloc(sizeof(double) * (size_t)batch * np, "f64 reference input");
+  double *z = e8q_malloc(sizeof(double) * (size_t)batch * m, "f64 reference output");
+  for (int b = 0; b < batch; b++)
+    for (int k = 0; k < np; k++) u[(size_t)b * np + k] = k < n ? (double)q->d.SU[k] * x[(size_t)b * n + k] : 0.0;
+  e8q_had_rows_f64(&q->h_in, u, batch, np, 1);
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < m; r++) {
+    double *acc = e8q_calloc((size_t)batch, sizeof(double), "f64 reference row");
+    for (int j = 0; j < nc; j++) {
+      double w[8];
+      decode_f64(q, (size_t)r * nc + j, w);
+      for (int b = 0; b < batch; b++)
+        for (int t = 0; t < 8; t++) acc[b] += w[t] * u[(size_t)b * np + 8 * j + t];
+    }
+    for (int b = 0; b < batch; b++) z[(size_t)b * m + r] = (double)q->d.Wscale * acc[b];
+    free(acc);
+  }
+  e8q_had_rows_f64(&q->h_out, z, batch, m, 0);
+  for (int b = 0; b < batch; b++)
+    for (int r = 0; r < m; r++) y[(size_t)b * m + r] = (double)q->out_scale[r] * z[(size_t)b * m + r];
+  free(u);
+  free(z);
+}
+
+double e8q_qlinear_validate(const e8q_qlinear *q, int batch, uint64_t seed) {
+  const int m = q->d.m, n = q->d.n;
+  E8Q_CHECK(batch >= 1, "e8q_qlinear_validate: batch %d < 1", batch);
+  double *xd = e8q_malloc(sizeof(double) * (size_t)batch * n, "validation input");
+  float *xf = e8q_malloc(sizeof(float) * (size_t)batch * n, "validation input (f32)");
+  double *yd = e8q_malloc(sizeof(double) * (size_t)batch * m, "validation reference");
+  float *yf = e8q_malloc(sizeof(float) * (size_t)batch * m, "validation output");
+  e8q_rng_fill_normal(seed, E8Q_RNG_STREAM_TEST, 0, (size_t)batch * n, xd);
+  for (size_t i = 0; i < (size_t)batch * n; i++) {
+    xf[i] = (float)xd[i];
+    xd[i] = (double)xf[i]; /* both products see the same inputs */
+  }
+  e8q_qlinear_forward(q, batch, xf, yf);
+  e8q_qlinear_forward_f64_ref(q, batch, xd, yd);
+  double worst = 0;
+  for (int b = 0; b < batch; b++) {
+    double mx = 0, d = 0;
+    for (int r = 0; r < m; r++) {
+      mx = fmax(mx, fabs(yd[(size_t)b * m + r]));
+      d = fmax(d, fabs((double)yf[(size_t)b * m + r] - yd[(size_t)b * m + r]));
+    }
+    worst = fmax(worst, mx > 0 ? d / mx : d);
+  }
+  free(xd);
+  free(xf);
+  free(yd);
+  free(yf);
+  return worst;
 }

@@ -95,6 +95,16 @@ void e8q_qlinear_decode_f64(const e8q_qlinear *q, double *what);
  * W = diag(fs ⊙ SV) · M_m · Wscale·Ŵr · M_n_padᵀ · diag(SU), first n columns */
 void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W);
 
+/* ---------------------------------------------------------------- validation (pipeline)
+ * The same product in float64 without the dense matrix: exact decode, f64 transforms
+ * (kernels/hadamard.h), O(m·n) per input. x: [batch, n], y: [batch, m]. */
+void e8q_qlinear_forward_f64_ref(const e8q_qlinear *q, int batch, const double *x, double *y);
+/* Runs e8q_qlinear_forward on `batch` standard-normal inputs drawn from (seed, stream
+ * E8Q_RNG_STREAM_TEST) and returns max over inputs of max_r |y - y64| / max_r |y64|, the
+ * error of the fused f32 kernel against the float64 product (recorded per linear in the
+ * artifact's validation record). */
+double e8q_qlinear_validate(const e8q_qlinear *q, int batch, uint64_t seed);
+
 #ifdef __cplusplus
 }
 #endif

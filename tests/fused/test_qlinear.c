@@ -224,6 +224,40 @@ static void test_forward_vs_dense(void **state) {
   }
 }
 
+/* ---------------------------------------------------------------- float64 product, validation */
+static void test_f64_ref_and_validate(void **state) {
+  (void)state;
+  t_rng g = {g_seed ^ 0x5555};
+  for (int cbi = 0; cbi < 3; cbi++) {
+    layer L;
+    layer_make(&L, &g, 13, 172, 13, 11, CBS[cbi]);
+    e8q_qlinear q;
+    e8q_qlinear_init(&q, &L.d, "test layer");
+    const int m = 13, n = 172, batch = 3;
+    double *W = malloc(sizeof(double) * m * n), *x = malloc(sizeof(double) * batch * n),
+           *y = malloc(sizeof(double) * batch * m);
+    e8q_qlinear_dequant_ref(&q, W);
+    for (int i = 0; i < batch * n; i++) x[i] = t_rng_normal(&g) + 0.01;
+    e8q_qlinear_forward_f64_ref(&q, batch, x, y);
+    for (int b = 0; b < batch; b++) {
+      double mx = 0;
+      for (int r = 0; r < m; r++) {
+        double acc = 0;
+        for (int c = 0; c < n; c++) acc += W[r * n + c] * x[b * n + c];
+        mx = fmax(mx, fabs(acc));
+        T_NEAR(y[b * m + r], acc, 1e-12 * (1 + fabs(acc)) + 1e-12 * mx, "f64 product vs dense");
+      }
+    }
+    double e = e8q_qlinear_validate(&q, 4, g_seed);
+    if (!(e > 0 && e < 1e-5)) fail_msg("%s: validate error %.3g outside (0, 1e-5)", CBN[cbi], e);
+    free(W);
+    free(x);
+    free(y);
+    e8q_qlinear_free(&q);
+    layer_free(&L);
+  }
+}
+
 /* ---------------------------------------------------------------- the decoded weight */
 /* e8q_qlinear_decode_f64 agrees with codebook.h's f32 decoders, code by code */
 static void test_decode_f64_matches_codebook(void **state) {
@@ -292,6 +326,7 @@ int main(void) {
       cmocka_unit_test(test_decode_f64_matches_codebook),
       cmocka_unit_test(test_core_avx2_vs_ref),
       cmocka_unit_test(test_forward_vs_dense),
+      cmocka_unit_test(test_f64_ref_and_validate),
       cmocka_unit_test(test_bad_desc),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
