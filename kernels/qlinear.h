@@ -35,8 +35,9 @@ extern "C" { /* kernels/hadamard.h has no C++ guards of its own (CUDA/C++ includ
 extern "C" {
 #endif
 
-/* what the caller provides (all pointers borrowed; they must outlive the e8q_qlinear) */
-typedef struct {
+/* what the caller provides (codes, codes2 and SU are borrowed and must outlive the
+ * e8q_qlinear; SV, piece_rows, fuse_scales and the factors are only read by e8q_qlinear_init) */
+typedef struct e8q_qlinear_desc {
   int m, n, n_pad;               /* out, in, in padded to a multiple of 8 (n <= n_pad < n + 8) */
   e8q_codebook_id codebook;      /* E8Q_CB_E8P12 | E8Q_CB_E8P12RVQ3B | E8Q_CB_E8P12RVQ4B */
   const uint16_t *codes;         /* [m, n_pad/8] E8P codes, row-major */
@@ -54,7 +55,7 @@ typedef struct {
   const float *R_out;            /* [K_out, K_out]; NULL when K_out == 1 */
 } e8q_qlinear_desc;
 
-typedef struct {
+typedef struct e8q_qlinear { /* tag named: shard/model.h (fwd) forward-declares struct e8q_qlinear */
   e8q_qlinear_desc d;            /* validated copy of the description */
   int nc;                        /* codes per row = n_pad / 8 */
   float resid_scale;             /* resolved second-stage divisor */
