@@ -276,20 +276,36 @@ void e8q_xsum_free(e8q_xsum *s) {
 
 void e8q_xsum_zero(e8q_xsum *s) { memset(s->v, 0, s->n * sizeof(__int128)); }
 
+/* x · 2^frac_bits rounded to the nearest integer (ties to even), from the bits of x: exact, no
+ * floating-point rounding involved, the same on every machine */
 __int128 e8q_xsum_from_double(double x, int frac_bits) {
-  E8Q_CHECK(isfinite(x), "e8q_xsum: non-finite value %g cannot be summed exactly", x);
-  double y = ldexp(x, frac_bits); /* exact: power-of-two scaling of a normal number */
-  E8Q_CHECK(fabs(y) < 0x1p126,
-            "e8q_xsum: |%g| exceeds the exact accumulator's range 2^%d (lower frac_bits)", x,
-            126 - frac_bits);
-  if (fabs(y) < 0x1p62) return (__int128)llrint(y); /* rounds to nearest, ties to even */
-  /* |y| >= 2^62 is an integer: split the magnitude into 64-bit halves exactly (the low half
-   * holds a subset of |y|'s 53 significant bits, so it is representable), then negate */
-  double a = fabs(y);
-  double hi = floor(ldexp(a, -64));
-  double lo = a - ldexp(hi, 64);
-  __int128 v = (__int128)hi * ((__int128)1 << 64) + (__int128)(uint64_t)lo;
-  return y < 0 ? -v : v;
+  uint64_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  const int neg = (int)(bits >> 63), E = (int)((bits >> 52) & 0x7FF);
+  uint64_t M = bits & ((UINT64_C(1) << 52) - 1);
+  E8Q_CHECK(E != 0x7FF, "e8q_xsum: non-finite value %g cannot be summed exactly", x);
+  int e; /* |x| = M · 2^e */
+  if (E == 0) e = -1074; /* subnormal */
+  else {
+    M |= UINT64_C(1) << 52;
+    e = E - 1075;
+  }
+  if (M == 0) return 0;
+  const int sh = e + frac_bits;
+  __int128 v;
+  if (sh >= 0) {
+    E8Q_CHECK(64 - __builtin_clzll(M) + sh <= 126,
+              "e8q_xsum: |%g| exceeds the exact accumulator's range 2^%d (lower frac_bits)", x,
+              126 - frac_bits);
+    v = (__int128)M << sh;
+  } else {
+    const int r = -sh;
+    if (r >= 64) return 0; /* M < 2^53: below half a unit */
+    uint64_t q = M >> r, rem = M & ((UINT64_C(1) << r) - 1), half = UINT64_C(1) << (r - 1);
+    if (rem > half || (rem == half && (q & 1))) q++;
+    v = (__int128)q;
+  }
+  return neg ? -v : v;
 }
 
 double e8q_xsum_to_double(__int128 v, int frac_bits) {
@@ -305,7 +321,9 @@ static inline __int128 xsum_add1(__int128 a, __int128 b) {
 
 void e8q_xsum_add(e8q_xsum *s, const double *x) {
   const int f = s->frac_bits;
-  for (size_t i = 0; i < s->n; i++) s->v[i] = xsum_add1(s->v[i], e8q_xsum_from_double(x[i], f));
+  for (size_t i = 0; i < s->n; i++) {
+    s->v[i] = xsum_add1(s->v[i], e8q_xsum_from_double(x[i], f));
+  }
 }
 
 void e8q_xsum_get(const e8q_xsum *s, double *out) {

@@ -140,6 +140,16 @@ static void test_xsum_convert(void) {
   const __int128 odd = (((__int128)1 << 52) + 1) << 10;
   CHECK(e8q_xsum_from_double(ldexp(0x1p52 + 1, 10 - f), f) == odd, "positive straddling split wrong");
   CHECK(e8q_xsum_from_double(-ldexp(0x1p52 + 1, 10 - f), f) == -odd, "negative straddling split wrong");
+  /* random values against libm's rounding (llrint: nearest, ties to even) where it applies */
+  t_rng g = {12345};
+  int bad = 0;
+  for (int i = 0; i < 200000; i++) {
+    double x = ldexp(t_rng_normal(&g), (int)(t_rng_u64(&g) % 120) - 100);
+    if (i % 7 == 0) x = ldexp(floor(ldexp(x, 70)) + 0.5, -70); /* exact ties */
+    double y = ldexp(x, f);
+    if (fabs(y) < 0x1p62) bad += e8q_xsum_from_double(x, f) != (__int128)llrint(y);
+  }
+  CHECK(bad == 0, "%d random conversions differ from llrint", bad);
   /* 1000 additions of 1e-17 onto 1 are not lost (a double sum would lose them all) */
   e8q_xsum s;
   e8q_xsum_init(&s, 1, f);
