@@ -8,6 +8,8 @@
 //   codes_kernel  one warp per output row, 8 rows per block; lane l decodes codes l, l+32, ...
 //                 of the row (codebook tables staged in shared memory), multiplies them into up
 //                 to 8 batch columns at a time, warp-shuffle reduction, lane 0 writes z.
+//   codes_kernel_b1  the same at batch 1 with the input vector staged in shared memory per
+//                 block (used when n_pad floats fit).
 // The launchers own the geometry and report unsupported shapes instead of launching; the C
 // side (qlinear_gpu.c) then falls back to the CPU path. No e8q_common calls here: errors are
 // returned as text.
@@ -24,6 +26,7 @@
 
 struct e8q_cu_qlinear {
   int device, m, n, n_pad, nc, cb, K_in, K_out;
+  int b1_smem;          // batch 1 stages the input in shared memory when this is set
   float Wscale, inv_rs;
   uint16_t *codes;      // [m, nc] device
   void *codes2;         // [m, nc] u16 or u8, device (NULL at 2 bit)
@@ -100,6 +103,34 @@ __global__ void codes_kernel(int cb, const uint16_t *codes, const void *codes2, 
   }
 }
 
+// batch 1: the block's 8 rows share one input vector, staged in shared memory once per block
+// (the input is read 8x less from L2 than by codes_kernel); dynamic shared memory = n_pad floats
+__global__ void codes_kernel_b1(int cb, const uint16_t *codes, const void *codes2, int m, int nc, float inv_rs,
+                                const uint32_t *abs_g, const int8_t *grid_g, const float *u, int n_pad, float *z) {
+  extern __shared__ float us[];
+  __shared__ uint32_t abs_tab[256];
+  __shared__ int8_t grid2[256 * 8];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) abs_tab[i] = abs_g[i];
+  if (cb == E8Q_CB_E8P12RVQ3B)
+    for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) grid2[i] = grid_g[i];
+  for (int i = threadIdx.x; i < n_pad; i += blockDim.x) us[i] = u[i];
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = blockIdx.x * ROWS_PER_BLOCK + warp;
+  if (row >= m) return;
+  const uint16_t *c1 = codes + (size_t)row * nc;
+  const void *c2 = cb == E8Q_CB_E8P12RVQ4B ? (const void *)((const uint16_t *)codes2 + (size_t)row * nc)
+                 : cb == E8Q_CB_E8P12RVQ3B ? (const void *)((const uint8_t *)codes2 + (size_t)row * nc)
+                                           : (const void *)0;
+  float acc[E8Q_QDEV_BT];
+#pragma unroll
+  for (int t = 0; t < E8Q_QDEV_BT; t++) acc[t] = 0.0f;
+  e8q_qdev_row_partial(cb, abs_tab, grid2, c1, c2, nc, inv_rs, us, n_pad, 0, 1, lane, 32, acc);
+  float v = acc[0];
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (lane == 0) z[row] = v;
+}
+
 // ---------------------------------------------------------------- host side
 extern "C" void e8q_cu_qlinear_free(void *h) {
   e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
@@ -173,6 +204,12 @@ extern "C" int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **ou
   if (!rc) rc |= cu_err(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking), "cudaStreamCreate", err, errlen);
   if (!rc) rc |= cu_err(cudaFuncSetAttribute(had_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem(device)),
                         "cudaFuncSetAttribute(had_kernel)", err, errlen);
+  // static shared memory of codes_kernel_b1: 1 KiB abs table + 2 KiB grid
+  g->b1_smem = (size_t)q->d.n_pad * sizeof(float) + 3 * 1024 + 1024 <= (size_t)max_smem(device);
+  if (!rc && g->b1_smem)
+    rc |= cu_err(cudaFuncSetAttribute(codes_kernel_b1, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      max_smem(device) - 4 * 1024),
+                 "cudaFuncSetAttribute(codes_kernel_b1)", err, errlen);
   if (rc) {
     e8q_cu_qlinear_free(g);
     return -1;
@@ -208,8 +245,12 @@ extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, fl
                                                                    1.0f, NULL, g->u);
   CU_TRY(cudaGetLastError());
   int blocks = (g->m + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
-  codes_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, st>>>(g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs, g->abs_tab,
-                                                      g->grid2, g->u, g->n_pad, batch, g->z);
+  if (batch == 1 && g->b1_smem)
+    codes_kernel_b1<<<blocks, 32 * ROWS_PER_BLOCK, sizeof(float) * g->n_pad, st>>>(
+        g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs, g->abs_tab, g->grid2, g->u, g->n_pad, g->z);
+  else
+    codes_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, st>>>(g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs,
+                                                        g->abs_tab, g->grid2, g->u, g->n_pad, batch, g->z);
   CU_TRY(cudaGetLastError());
   had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->m, st>>>(g->z, g->m, g->m, NULL, g->m, g->K_out, g->R_out, 0,
                                                                g->Wscale, g->out_scale, y);
