@@ -12,9 +12,11 @@
  * OpenMP threads over output rows; batch 1 (matvec) and batches of any size (tuned for 2..64).
  * Inputs and outputs f32, accumulation f32.
  *
- * The struct borrows the caller's arrays (for example memory-mapped safetensors tensors) and
- * owns only what e8q_qlinear_init builds from them (per-row output scales, decode tables). The
- * canonical code layout stays as given; kernels read it directly.
+ * The struct borrows the codes and SU (for example memory-mapped safetensors tensors) and owns
+ * what e8q_qlinear_init builds (per-row output scales, the two transforms); the AVX2 decode
+ * table (512 KiB, all E8P codes) is process-wide, built once. The canonical code layout stays
+ * as given: the kernels read it directly, nothing is repacked. Concurrent forwards on the same
+ * layer are safe (work buffers are per call).
  */
 #ifndef E8Q_KERNELS_QLINEAR_H
 #define E8Q_KERNELS_QLINEAR_H
@@ -65,7 +67,8 @@ typedef struct e8q_qlinear { /* tag named: shard/model.h (fwd) forward-declares 
 } e8q_qlinear;
 
 /* Validates the description (fatal with a message naming `name` and the bad field; a factor
- * with R Rᵀ != K·I is refused) and builds the per-row scales and the two transforms. name: the tensor group for messages, e.g. "model.layers.3.mlp.down_proj". */
+ * with R Rᵀ != K·I is refused) and builds the per-row scales and the two transforms.
+ * name: the tensor group for messages, e.g. "model.layers.3.mlp.down_proj". */
 void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *name);
 void e8q_qlinear_free(e8q_qlinear *q);
 
