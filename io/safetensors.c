@@ -1,0 +1,770 @@
+/* io/safetensors.c: safetensors files, memory-mapped and validated; HF model directories
+ * (single file or sharded with model.safetensors.index.json); an atomic streaming writer;
+ * f16/bf16 conversions. See io/safetensors.h for the format. */
+#include "io/safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "common/error.h"
+
+/* the header may not exceed this (the safetensors reference uses the same limit) */
+#define ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
+/* offsets and sizes above 2^53 cannot be exact JSON numbers in cJSON (double) */
+#define ST_MAX_EXACT ((double)(1ULL << 53))
+
+/* ---------------------------------------------------------------- dtypes */
+
+static const char *const g_dtype_names[E8Q_DT_COUNT] = {"F32", "F16", "BF16", "F64", "I64", "I32",
+                                                        "U32", "I16", "U16", "I8",  "U8",  "BOOL"};
+static const size_t g_dtype_sizes[E8Q_DT_COUNT] = {4, 2, 2, 8, 8, 4, 4, 2, 2, 1, 1, 1};
+
+const char *e8q_dtype_name(e8q_dtype dt) {
+  E8Q_CHECK(dt >= 0 && dt < E8Q_DT_COUNT, "e8q_dtype_name: invalid dtype code %d", (int)dt);
+  return g_dtype_names[dt];
+}
+
+size_t e8q_dtype_size(e8q_dtype dt) {
+  E8Q_CHECK(dt >= 0 && dt < E8Q_DT_COUNT, "e8q_dtype_size: invalid dtype code %d", (int)dt);
+  return g_dtype_sizes[dt];
+}
+
+/* -1 when unknown */
+static int dtype_parse(const char *s) {
+  for (int i = 0; i < E8Q_DT_COUNT; i++)
+    if (strcmp(s, g_dtype_names[i]) == 0) return i;
+  return -1;
+}
+
+/* ---------------------------------------------------------------- f16 / bf16 */
+
+static inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+static inline float bits_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+float e8q_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t e8q_f32_to_bf16(float f) {
+  uint32_t u = f32_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
+  u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
+  return (uint16_t)(u >> 16);
+}
+
+float e8q_f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (man << 13)); /* Inf / NaN */
+  if (exp == 0) {
+    /* zero or subnormal: man * 2^-24, exact in f32 */
+    float v = (float)man * 0x1p-24f;
+    return sign ? -v : v;
+  }
+  return bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+uint16_t e8q_f32_to_f16(float f) {
+  uint32_t u = f32_bits(f);
+  uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu)); /* NaN stays NaN */
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to Inf */
+  if (a < 0x38800000u) {
+    /* below the smallest normal 2^-14: subnormal f16, value = m * 2^-24 with m rounded */
+    if (a < 0x33000000u) return sign; /* < 2^-25: rounds to zero (2^-25 itself ties to even 0) */
+    uint32_t e = a >> 23;             /* 102..112 */
+    uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126u - e;        /* so that the result is m >> shift in units of 2^-24 */
+    uint32_t q = m >> shift;
+    uint32_t rem = m & ((1u << shift) - 1u);
+    uint32_t half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (q & 1u))) q++;
+    return (uint16_t)(sign | q);
+  }
+  /* normal: rebias exponent, round the 13 dropped mantissa bits to nearest even */
+  uint32_t r = a - 0x38000000u; /* exponent 127 -> 15 */
+  r += 0xfffu + ((r >> 13) & 1u);
+  return (uint16_t)(sign | (r >> 13));
+}
+
+/* ---------------------------------------------------------------- reading */
+
+static int cmp_tensor_name(const void *a, const void *b) {
+  return strcmp(((const e8q_st_tensor *)a)->name, ((const e8q_st_tensor *)b)->name);
+}
+
+static int cmp_tensor_begin(const void *a, const void *b) {
+  const e8q_st_tensor *x = *(const e8q_st_tensor *const *)a, *y = *(const e8q_st_tensor *const *)b;
+  if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+  if (x->end != y->end) return x->end < y->end ? -1 : 1;
+  return 0;
+}
+
+/* a JSON number that is a non-negative integer exactly representable; fatal otherwise */
+static uint64_t json_uint(const cJSON *v, const char *path, const char *tensor, const char *what) {
+  E8Q_CHECK(cJSON_IsNumber(v), "%s: tensor \"%s\": %s is not a number; the safetensors header is corrupt",
+            path, tensor, what);
+  double d = v->valuedouble;
+  E8Q_CHECK(d >= 0 && d < ST_MAX_EXACT && d == floor(d),
+            "%s: tensor \"%s\": %s = %.17g is not a non-negative integer below 2^53; the safetensors "
+            "header is corrupt",
+            path, tensor, what, d);
+  return (uint64_t)d;
+}
+
+static void parse_tensor(e8q_safetensors *st, const cJSON *item, e8q_st_tensor *t, uint64_t data_size) {
+  const char *path = st->path, *name = item->string;
+  E8Q_CHECK(cJSON_IsObject(item), "%s: tensor \"%s\": header entry is not a JSON object", path, name);
+  t->name = strdup(name);
+  E8Q_CHECK(t->name, "out of memory copying a tensor name");
+
+  const cJSON *dt = cJSON_GetObjectItemCaseSensitive(item, "dtype");
+  E8Q_CHECK(cJSON_IsString(dt), "%s: tensor \"%s\": missing or non-string \"dtype\"", path, name);
+  int code = dtype_parse(dt->valuestring);
+  E8Q_CHECK(code >= 0,
+            "%s: tensor \"%s\": unknown dtype \"%s\" (e8q reads F32, F16, BF16, F64, I64, I32, U32, I16, "
+            "U16, I8, U8, BOOL); convert the checkpoint",
+            path, name, dt->valuestring);
+  t->dtype = (e8q_dtype)code;
+
+  const cJSON *shape = cJSON_GetObjectItemCaseSensitive(item, "shape");
+  E8Q_CHECK(cJSON_IsArray(shape), "%s: tensor \"%s\": missing or non-array \"shape\"", path, name);
+  int nd = cJSON_GetArraySize(shape);
+  E8Q_CHECK(nd <= E8Q_ST_MAX_DIMS, "%s: tensor \"%s\": %d dimensions, at most %d supported", path, name, nd,
+            E8Q_ST_MAX_DIMS);
+  t->ndim = nd;
+  uint64_t numel = 1;
+  int overflow = 0;
+  for (int i = 0; i < nd; i++) {
+    uint64_t d = json_uint(cJSON_GetArrayItem(shape, i), path, name, "a shape entry");
+    t->shape[i] = (int64_t)d;
+    if (d != 0 && numel > UINT64_MAX / d) overflow = 1;
+    numel *= d;
+  }
+  const cJSON *off = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
+  E8Q_CHECK(cJSON_IsArray(off) && cJSON_GetArraySize(off) == 2,
+            "%s: tensor \"%s\": \"data_offsets\" must be an array [begin, end]", path, name);
+  t->begin = json_uint(cJSON_GetArrayItem(off, 0), path, name, "data_offsets[0]");
+  t->end = json_uint(cJSON_GetArrayItem(off, 1), path, name, "data_offsets[1]");
+  E8Q_CHECK(t->begin <= t->end, "%s: tensor \"%s\": data_offsets [%llu, %llu] end before begin", path, name,
+            (unsigned long long)t->begin, (unsigned long long)t->end);
+  E8Q_CHECK(t->end <= data_size,
+            "%s: tensor \"%s\": data_offsets [%llu, %llu] past the end of the data block (%llu bytes); the "
+            "file is truncated or corrupt, download it again",
+            path, name, (unsigned long long)t->begin, (unsigned long long)t->end,
+            (unsigned long long)data_size);
+  uint64_t esz = g_dtype_sizes[t->dtype];
+  E8Q_CHECK(!overflow && numel <= UINT64_MAX / esz && numel * esz == t->end - t->begin,
+            "%s: tensor \"%s\": shape/byte-count mismatch: %s with %llu elements needs %llu bytes but "
+            "data_offsets [%llu, %llu] hold %llu",
+            path, name, g_dtype_names[t->dtype], (unsigned long long)numel,
+            (unsigned long long)(numel * esz), (unsigned long long)t->begin, (unsigned long long)t->end,
+            (unsigned long long)(t->end - t->begin));
+}
+
+e8q_safetensors *e8q_st_open(const char *path) {
+  e8q_safetensors *st = e8q_calloc(1, sizeof(*st), "safetensors handle");
+  st->path = strdup(path);
+  E8Q_CHECK(st->path, "out of memory");
+  st->fd = -1;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  E8Q_CHECK_ERRNO(fd >= 0, "cannot open safetensors file %s", path);
+  struct stat sb;
+  if (fstat(fd, &sb) != 0) {
+    int e = errno;
+    close(fd);
+    e8q_fatal_errno(__FILE__, __LINE__, e, "cannot stat %s", path);
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    close(fd);
+    E8Q_FATAL("%s: not a regular file; pass a .safetensors file", path);
+  }
+  st->file_size = (size_t)sb.st_size;
+  if (st->file_size < 8) {
+    close(fd);
+    E8Q_FATAL("%s: truncated safetensors file: %zu bytes, shorter than the 8-byte header length; download "
+              "it again",
+              path, st->file_size);
+  }
+  void *map = mmap(NULL, st->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  int e = errno;
+  close(fd);
+  if (map == MAP_FAILED) e8q_fatal_errno(__FILE__, __LINE__, e, "cannot mmap %s", path);
+  st->map = map;
+
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | st->map[i]; /* little-endian */
+  E8Q_CHECK(hlen >= 2 && hlen <= ST_MAX_HEADER,
+            "%s: header length %llu is not in [2, %llu] bytes; not a safetensors file or corrupt", path,
+            (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
+  E8Q_CHECK(hlen <= st->file_size - 8,
+            "%s: truncated safetensors file: header length %llu runs past the end of the file (%zu bytes); "
+            "download it again",
+            path, (unsigned long long)hlen, st->file_size);
+  st->data_offset = 8 + (size_t)hlen;
+  uint64_t data_size = st->file_size - st->data_offset;
+
+  const char *hdr = (const char *)st->map + 8;
+  const char *end = NULL;
+  cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
+  if (!root) {
+    size_t at = (cJSON_GetErrorPtr() && cJSON_GetErrorPtr() >= hdr) ? (size_t)(cJSON_GetErrorPtr() - hdr) : 0;
+    E8Q_FATAL("%s: the JSON header (%llu bytes) does not parse (near byte %zu of the header); truncated or "
+              "corrupt file",
+              path, (unsigned long long)hlen, at);
+  }
+  for (const char *p = end; p && p < hdr + hlen; p++) /* the format allows trailing space padding */
+    E8Q_CHECK(*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '\0',
+              "%s: unexpected bytes after the JSON header at header byte %zu; corrupt file", path,
+              (size_t)(p - hdr));
+  E8Q_CHECK(cJSON_IsObject(root), "%s: the JSON header is not an object", path);
+
+  int n = 0;
+  for (const cJSON *it = root->child; it; it = it->next)
+    if (strcmp(it->string, "__metadata__") != 0) n++;
+  st->tensors = e8q_calloc(n ? (size_t)n : 1, sizeof(e8q_st_tensor), "safetensors tensor table");
+  for (const cJSON *it = root->child; it; it = it->next) {
+    if (strcmp(it->string, "__metadata__") == 0) {
+      E8Q_CHECK(cJSON_IsObject(it), "%s: \"__metadata__\" is not an object", path);
+      int m = cJSON_GetArraySize(it);
+      st->meta_keys = e8q_calloc(m ? (size_t)m : 1, sizeof(char *), "metadata keys");
+      st->meta_values = e8q_calloc(m ? (size_t)m : 1, sizeof(char *), "metadata values");
+      for (const cJSON *kv = it->child; kv; kv = kv->next) {
+        E8Q_CHECK(cJSON_IsString(kv), "%s: __metadata__ entry \"%s\" is not a string", path, kv->string);
+        st->meta_keys[st->n_meta] = strdup(kv->string);
+        st->meta_values[st->n_meta] = strdup(kv->valuestring);
+        E8Q_CHECK(st->meta_keys[st->n_meta] && st->meta_values[st->n_meta], "out of memory");
+        st->n_meta++;
+      }
+      continue;
+    }
+    parse_tensor(st, it, &st->tensors[st->n_tensors], data_size);
+    st->n_tensors++;
+  }
+  cJSON_Delete(root);
+
+  /* names unique, sorted for bsearch */
+  qsort(st->tensors, (size_t)st->n_tensors, sizeof(e8q_st_tensor), cmp_tensor_name);
+  for (int i = 1; i < st->n_tensors; i++)
+    E8Q_CHECK(strcmp(st->tensors[i - 1].name, st->tensors[i].name) != 0,
+              "%s: tensor \"%s\" appears twice in the header; corrupt file", path, st->tensors[i].name);
+  /* byte ranges must not overlap (empty tensors take no bytes) */
+  if (st->n_tensors > 1) {
+    e8q_st_tensor **by = e8q_malloc((size_t)st->n_tensors * sizeof(*by), "overlap check");
+    for (int i = 0; i < st->n_tensors; i++) by[i] = &st->tensors[i];
+    qsort(by, (size_t)st->n_tensors, sizeof(*by), cmp_tensor_begin);
+    const e8q_st_tensor *prev = NULL;
+    for (int i = 0; i < st->n_tensors; i++) {
+      if (by[i]->begin == by[i]->end) continue;
+      if (prev && by[i]->begin < prev->end) {
+        char a[512], b[512];
+        snprintf(a, sizeof a, "%s", prev->name);
+        snprintf(b, sizeof b, "%s", by[i]->name);
+        uint64_t pb = prev->begin, pe = prev->end, bb = by[i]->begin, be = by[i]->end;
+        free(by);
+        E8Q_FATAL("%s: tensors \"%s\" [%llu, %llu] and \"%s\" [%llu, %llu] have overlapping data_offsets; "
+                  "corrupt file",
+                  path, a, (unsigned long long)pb, (unsigned long long)pe, b, (unsigned long long)bb,
+                  (unsigned long long)be);
+      }
+      prev = by[i];
+    }
+    free(by);
+  }
+  return st;
+}
+
+void e8q_st_close(e8q_safetensors *st) {
+  if (!st) return;
+  if (st->map) munmap((void *)st->map, st->file_size);
+  if (st->fd >= 0) close(st->fd);
+  for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
+  free(st->tensors);
+  for (int i = 0; i < st->n_meta; i++) {
+    free(st->meta_keys[i]);
+    free(st->meta_values[i]);
+  }
+  free(st->meta_keys);
+  free(st->meta_values);
+  free(st->path);
+  free(st);
+}
+
+const e8q_st_tensor *e8q_st_find(const e8q_safetensors *st, const char *name) {
+  e8q_st_tensor key = {.name = (char *)name};
+  return bsearch(&key, st->tensors, (size_t)st->n_tensors, sizeof(e8q_st_tensor), cmp_tensor_name);
+}
+
+const void *e8q_st_data(const e8q_safetensors *st, const e8q_st_tensor *t) {
+  return st->map + st->data_offset + t->begin;
+}
+
+int64_t e8q_st_numel(const e8q_st_tensor *t) {
+  int64_t n = 1;
+  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+  return n;
+}
+
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+  size_t k = (size_t)snprintf(buf, cap, "[");
+  for (int i = 0; i < ndim && k < cap; i++)
+    k += (size_t)snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+  if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+/* converts and checks one tensor; `where` names the file (or model directory) in messages */
+static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int ndim,
+                     const int64_t *expect, float *dst) {
+  const char *name = t->name;
+  if (ndim >= 0) {
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == expect[i];
+    if (!same) {
+      char have[256], want[256];
+      shape_str(have, sizeof have, t->ndim, t->shape);
+      shape_str(want, sizeof want, ndim, expect);
+      E8Q_FATAL("%s: tensor \"%s\" has shape %s but the model config implies %s; config.json and the "
+                "weights do not match",
+                where, name, have, want);
+    }
+  }
+  int64_t n = e8q_st_numel(t);
+  const uint8_t *src = e8q_st_data(st, t);
+  switch (t->dtype) {
+    case E8Q_DT_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case E8Q_DT_F16:
+      for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        dst[i] = e8q_f16_to_f32(h);
+      }
+      break;
+    case E8Q_DT_BF16:
+      for (int64_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        dst[i] = e8q_bf16_to_f32(h);
+      }
+      break;
+    case E8Q_DT_F64:
+      for (int64_t i = 0; i < n; i++) {
+        double d;
+        memcpy(&d, src + 8 * i, 8);
+        dst[i] = (float)d;
+      }
+      break;
+    default:
+      E8Q_FATAL("%s: tensor \"%s\" has dtype %s, expected a float dtype (F32, F16, BF16, F64)", where, name,
+                g_dtype_names[t->dtype]);
+  }
+  for (int64_t i = 0; i < n; i++)
+    if (!isfinite(dst[i])) {
+      char idx[256];
+      int64_t rem = i, coord[E8Q_ST_MAX_DIMS] = {0};
+      for (int d = t->ndim - 1; d >= 0; d--) {
+        if (t->shape[d] > 0) {
+          coord[d] = rem % t->shape[d];
+          rem /= t->shape[d];
+        }
+      }
+      shape_str(idx, sizeof idx, t->ndim, coord);
+      E8Q_FATAL("%s: tensor \"%s\" holds %s at element %lld (index %s)%s; the checkpoint is corrupt or "
+                "diverged, e8q cannot quantize it",
+                where, name, isnan(dst[i]) ? "NaN" : (dst[i] > 0 ? "+Inf" : "-Inf"), (long long)i, idx,
+                t->dtype == E8Q_DT_F64 ? " (possibly an F64 value out of f32 range)" : "");
+    }
+}
+
+void e8q_st_read_f32(const e8q_safetensors *st, const char *name, int ndim, const int64_t *expect,
+                     float *dst) {
+  const e8q_st_tensor *t = e8q_st_find(st, name);
+  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
+            st->path, name);
+  read_f32(st, t, st->path, ndim, expect, dst);
+}
+
+/* ---------------------------------------------------------------- HF model directories */
+
+static char *path_join(const char *dir, const char *name) {
+  size_t n = strlen(dir) + strlen(name) + 2;
+  char *p = e8q_malloc(n, "path");
+  snprintf(p, n, "%s/%s", dir, name);
+  return p;
+}
+
+static int file_exists(const char *p) {
+  struct stat sb;
+  return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  E8Q_CHECK_ERRNO(f, "cannot open %s", path);
+  E8Q_CHECK_ERRNO(fseek(f, 0, SEEK_END) == 0, "cannot seek %s", path);
+  long n = ftell(f);
+  E8Q_CHECK_ERRNO(n >= 0, "cannot size %s", path);
+  rewind(f);
+  char *buf = e8q_malloc((size_t)n + 1, path);
+  size_t got = fread(buf, 1, (size_t)n, f);
+  int e = ferror(f) ? errno : 0;
+  fclose(f);
+  if (got != (size_t)n) e8q_fatal_errno(__FILE__, __LINE__, e ? e : EIO, "short read of %s", path);
+  buf[n] = 0;
+  if (len) *len = (size_t)n;
+  return buf;
+}
+
+typedef struct {
+  const char *name;
+  int file;
+} index_entry;
+
+static int cmp_index_entry(const void *a, const void *b) {
+  return strcmp(((const index_entry *)a)->name, ((const index_entry *)b)->name);
+}
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+e8q_st_model *e8q_st_model_open(const char *dir) {
+  e8q_st_model *m = e8q_calloc(1, sizeof(*m), "safetensors model");
+  struct stat sb;
+  E8Q_CHECK_ERRNO(stat(dir, &sb) == 0, "cannot open model %s", dir);
+  if (S_ISREG(sb.st_mode)) { /* a single .safetensors file */
+    m->dir = strdup(dir);
+    m->n_files = 1;
+    m->files = e8q_malloc(sizeof(e8q_safetensors *), "model files");
+    m->files[0] = e8q_st_open(dir);
+    return m;
+  }
+  m->dir = strdup(dir);
+  E8Q_CHECK(m->dir, "out of memory");
+  char *index = path_join(dir, "model.safetensors.index.json");
+  char *single = path_join(dir, "model.safetensors");
+  if (!file_exists(index)) {
+    E8Q_CHECK(file_exists(single),
+              "%s: neither model.safetensors nor model.safetensors.index.json found; pass a Hugging Face "
+              "model directory with safetensors weights",
+              dir);
+    m->n_files = 1;
+    m->files = e8q_malloc(sizeof(e8q_safetensors *), "model files");
+    m->files[0] = e8q_st_open(single);
+    free(index);
+    free(single);
+    return m;
+  }
+  free(single);
+
+  size_t len;
+  char *text = slurp(index, &len);
+  cJSON *root = cJSON_ParseWithLength(text, len);
+  E8Q_CHECK(root, "%s: not valid JSON; download it again", index);
+  const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+  E8Q_CHECK(cJSON_IsObject(wm) && wm->child, "%s: missing or empty \"weight_map\" object", index);
+  int n = cJSON_GetArraySize(wm);
+  /* distinct shard file names, sorted */
+  char **names = e8q_malloc((size_t)n * sizeof(char *), "shard names");
+  int k = 0;
+  for (const cJSON *it = wm->child; it; it = it->next) {
+    E8Q_CHECK(cJSON_IsString(it) && it->valuestring[0],
+              "%s: weight_map entry \"%s\" is not a file name string", index, it->string);
+    E8Q_CHECK(!strchr(it->valuestring, '/'),
+              "%s: weight_map entry \"%s\" names \"%s\", outside the model directory; refused", index,
+              it->string, it->valuestring);
+    names[k++] = it->valuestring;
+  }
+  qsort(names, (size_t)n, sizeof(char *), cmp_str);
+  int nf = 0;
+  for (int i = 0; i < n; i++)
+    if (i == 0 || strcmp(names[i], names[i - 1]) != 0) names[nf++] = names[i];
+  m->n_files = nf;
+  m->files = e8q_calloc((size_t)nf, sizeof(e8q_safetensors *), "model files");
+  for (int i = 0; i < nf; i++) {
+    char *p = path_join(dir, names[i]);
+    E8Q_CHECK(file_exists(p), "%s: shard file %s named in the index is missing; download it again", index, p);
+    m->files[i] = e8q_st_open(p);
+    free(p);
+  }
+  /* the index, sorted by tensor name; every entry must exist in its shard */
+  index_entry *ents = e8q_malloc((size_t)n * sizeof(index_entry), "index entries");
+  k = 0;
+  for (const cJSON *it = wm->child; it; it = it->next) {
+    char *key = it->valuestring;
+    char **hit = bsearch(&key, names, (size_t)nf, sizeof(char *), cmp_str);
+    ents[k].name = it->string;
+    ents[k].file = (int)(hit - names);
+    E8Q_CHECK(e8q_st_find(m->files[ents[k].file], it->string),
+              "%s: tensor \"%s\" is listed in the index for %s, which does not hold it; the shards and the "
+              "index do not match",
+              index, it->string, m->files[ents[k].file]->path);
+    k++;
+  }
+  qsort(ents, (size_t)n, sizeof(index_entry), cmp_index_entry);
+  for (int i = 1; i < n; i++)
+    E8Q_CHECK(strcmp(ents[i - 1].name, ents[i].name) != 0, "%s: tensor \"%s\" listed twice", index,
+              ents[i].name);
+  m->n_index = n;
+  m->index_names = e8q_malloc((size_t)n * sizeof(char *), "index names");
+  m->index_file = e8q_malloc((size_t)n * sizeof(int), "index files");
+  for (int i = 0; i < n; i++) {
+    m->index_names[i] = strdup(ents[i].name);
+    E8Q_CHECK(m->index_names[i], "out of memory");
+    m->index_file[i] = ents[i].file;
+  }
+  free(ents);
+  free(names);
+  cJSON_Delete(root);
+  free(text);
+  free(index);
+  return m;
+}
+
+void e8q_st_model_close(e8q_st_model *m) {
+  if (!m) return;
+  for (int i = 0; i < m->n_files; i++) e8q_st_close(m->files[i]);
+  free(m->files);
+  for (int i = 0; i < m->n_index; i++) free(m->index_names[i]);
+  free(m->index_names);
+  free(m->index_file);
+  free(m->dir);
+  free(m);
+}
+
+const e8q_st_tensor *e8q_st_model_find(const e8q_st_model *m, const char *name, const e8q_safetensors **file) {
+  if (m->n_index > 0) {
+    const char *key = name;
+    char **hit = bsearch(&key, m->index_names, (size_t)m->n_index, sizeof(char *), cmp_str);
+    if (!hit) return NULL;
+    const e8q_safetensors *f = m->files[m->index_file[hit - m->index_names]];
+    if (file) *file = f;
+    return e8q_st_find(f, name);
+  }
+  for (int i = 0; i < m->n_files; i++) {
+    const e8q_st_tensor *t = e8q_st_find(m->files[i], name);
+    if (t) {
+      if (file) *file = m->files[i];
+      return t;
+    }
+  }
+  return NULL;
+}
+
+void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, const int64_t *expect,
+                           float *dst) {
+  const e8q_safetensors *f = NULL;
+  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
+  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
+            m->dir, name);
+  char where[4096];
+  snprintf(where, sizeof where, "%s", f->path);
+  read_f32(f, t, where, ndim, expect, dst);
+}
+
+/* ---------------------------------------------------------------- writing */
+
+typedef struct {
+  char *name;
+  e8q_dtype dt;
+  int ndim;
+  int64_t shape[E8Q_ST_MAX_DIMS];
+  uint64_t bytes;
+} wr_tensor;
+
+struct e8q_st_writer {
+  char *path;      /* final name */
+  char *tmp;       /* temporary in the same directory */
+  int fd;
+  int n, cap;
+  wr_tensor *t;    /* [n] declared tensors, in data order */
+  cJSON *meta;     /* __metadata__ object or NULL */
+  int started;     /* header written */
+  uint64_t total;  /* data bytes declared */
+  uint64_t written;/* data bytes written */
+  uint8_t *buf;    /* [WR_BUF] staging buffer */
+  size_t fill;
+};
+
+#define WR_BUF ((size_t)1 << 20)
+
+/* closes and removes the temporary */
+static void wr_discard(e8q_st_writer *w) {
+  if (w->fd >= 0) close(w->fd);
+  w->fd = -1;
+  if (w->tmp) unlink(w->tmp);
+}
+
+/* removes the temporary and raises the fatal error for errno e */
+E8Q_NORETURN static void wr_fail(e8q_st_writer *w, int e, const char *what) {
+  wr_discard(w);
+  e8q_fatal_errno(__FILE__, __LINE__, e, "%s %s (temporary %s removed)%s", what, w->path, w->tmp,
+                  e == ENOSPC || e == EDQUOT ? "; free disk space and run again" : "");
+}
+
+static void wr_raw(e8q_st_writer *w, const void *data, size_t n) {
+  const uint8_t *p = data;
+  while (n > 0) {
+    ssize_t k = write(w->fd, p, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) wr_fail(w, k < 0 ? errno : ENOSPC, "cannot write");
+    p += k;
+    n -= (size_t)k;
+  }
+}
+
+static void wr_flush(e8q_st_writer *w) {
+  if (w->fill) wr_raw(w, w->buf, w->fill);
+  w->fill = 0;
+}
+
+e8q_st_writer *e8q_st_writer_begin(const char *path) {
+  e8q_st_writer *w = e8q_calloc(1, sizeof(*w), "safetensors writer");
+  w->path = strdup(path);
+  size_t n = strlen(path) + 16;
+  w->tmp = e8q_malloc(n, "temporary name");
+  snprintf(w->tmp, n, "%s.tmp.XXXXXX", path);
+  w->fd = mkstemp(w->tmp);
+  E8Q_CHECK_ERRNO(w->fd >= 0, "cannot create a temporary file %s next to %s", w->tmp, path);
+  if (fchmod(w->fd, 0644) != 0) wr_fail(w, errno, "cannot chmod the temporary for");
+  w->buf = e8q_malloc(WR_BUF, "writer buffer");
+  return w;
+}
+
+void e8q_st_writer_meta(e8q_st_writer *w, const char *key, const char *value) {
+  E8Q_CHECK(!w->started, "%s: metadata \"%s\" added after tensor data started", w->path, key);
+  if (!w->meta) w->meta = cJSON_CreateObject();
+  E8Q_CHECK(!cJSON_GetObjectItemCaseSensitive(w->meta, key), "%s: metadata key \"%s\" given twice", w->path,
+            key);
+  cJSON_AddStringToObject(w->meta, key, value);
+}
+
+void e8q_st_writer_declare(e8q_st_writer *w, const char *name, e8q_dtype dt, int ndim, const int64_t *shape) {
+  E8Q_CHECK(!w->started, "%s: tensor \"%s\" declared after tensor data started; declare every tensor first",
+            w->path, name);
+  E8Q_CHECK(dt >= 0 && dt < E8Q_DT_COUNT, "%s: tensor \"%s\": invalid dtype code %d", w->path, name, (int)dt);
+  E8Q_CHECK(ndim >= 0 && ndim <= E8Q_ST_MAX_DIMS, "%s: tensor \"%s\": %d dimensions", w->path, name, ndim);
+  E8Q_CHECK(strcmp(name, "__metadata__") != 0, "%s: \"__metadata__\" is not a tensor name", w->path);
+  for (int i = 0; i < w->n; i++)
+    E8Q_CHECK(strcmp(w->t[i].name, name) != 0, "%s: tensor \"%s\" declared twice", w->path, name);
+  if (w->n == w->cap) {
+    w->cap = w->cap ? 2 * w->cap : 16;
+    w->t = realloc(w->t, (size_t)w->cap * sizeof(wr_tensor));
+    E8Q_CHECK(w->t, "out of memory");
+  }
+  wr_tensor *t = &w->t[w->n++];
+  t->name = strdup(name);
+  t->dt = dt;
+  t->ndim = ndim;
+  uint64_t numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    E8Q_CHECK(shape[i] >= 0, "%s: tensor \"%s\": negative dimension %lld", w->path, name, (long long)shape[i]);
+    t->shape[i] = shape[i];
+    numel *= (uint64_t)shape[i];
+  }
+  t->bytes = numel * g_dtype_sizes[dt];
+  w->total += t->bytes;
+}
+
+static void wr_header(e8q_st_writer *w) {
+  cJSON *root = cJSON_CreateObject();
+  if (w->meta) {
+    cJSON_AddItemToObject(root, "__metadata__", w->meta);
+    w->meta = NULL;
+  }
+  uint64_t off = 0;
+  for (int i = 0; i < w->n; i++) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "dtype", g_dtype_names[w->t[i].dt]);
+    cJSON *sh = cJSON_AddArrayToObject(o, "shape");
+    for (int d = 0; d < w->t[i].ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)w->t[i].shape[d]));
+    cJSON *of = cJSON_AddArrayToObject(o, "data_offsets");
+    cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
+    cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + w->t[i].bytes)));
+    off += w->t[i].bytes;
+    cJSON_AddItemToObject(root, w->t[i].name, o);
+  }
+  char *json = cJSON_PrintUnformatted(root);
+  E8Q_CHECK(json, "%s: out of memory printing the header", w->path);
+  cJSON_Delete(root);
+  size_t len = strlen(json), padded = (len + 7) & ~(size_t)7; /* data block 8-byte aligned */
+  uint8_t lenb[8];
+  for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+  wr_raw(w, lenb, 8);
+  wr_raw(w, json, len);
+  wr_raw(w, "        ", padded - len);
+  free(json);
+  w->started = 1;
+}
+
+void e8q_st_writer_write(e8q_st_writer *w, const void *data, size_t bytes) {
+  if (!w->started) wr_header(w);
+  E8Q_CHECK(bytes <= w->total - w->written,
+            "%s: %zu bytes written past the %llu declared tensor bytes (%llu already written)", w->path, bytes,
+            (unsigned long long)w->total, (unsigned long long)w->written);
+  w->written += bytes;
+  const uint8_t *p = data;
+  if (bytes >= WR_BUF) {
+    wr_flush(w);
+    wr_raw(w, p, bytes);
+    return;
+  }
+  while (bytes > 0) {
+    size_t k = WR_BUF - w->fill < bytes ? WR_BUF - w->fill : bytes;
+    memcpy(w->buf + w->fill, p, k);
+    w->fill += k;
+    p += k;
+    bytes -= k;
+    if (w->fill == WR_BUF) wr_flush(w);
+  }
+}
+
+void e8q_st_writer_finish(e8q_st_writer *w) {
+  if (!w->started) wr_header(w);
+  if (w->written != w->total) {
+    wr_discard(w);
+    E8Q_FATAL("%s: incomplete tensor data: %llu of %llu declared bytes written; temporary %s removed", w->path,
+              (unsigned long long)w->written, (unsigned long long)w->total, w->tmp);
+  }
+  wr_flush(w);
+  if (fsync(w->fd) != 0) wr_fail(w, errno, "cannot fsync");
+  if (close(w->fd) != 0) {
+    w->fd = -1;
+    wr_fail(w, errno, "cannot close");
+  }
+  w->fd = -1;
+  if (rename(w->tmp, w->path) != 0) wr_fail(w, errno, "cannot rename the temporary onto");
+  /* fsync the directory so the rename survives a crash */
+  char *dir = strdup(w->path);
+  char *slash = strrchr(dir, '/');
+  if (slash == dir) slash[1] = 0;
+  else if (slash) *slash = 0;
+  else strcpy(dir, ".");
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+  free(dir);
+  for (int i = 0; i < w->n; i++) free(w->t[i].name);
+  free(w->t);
+  if (w->meta) cJSON_Delete(w->meta);
+  free(w->buf);
+  free(w->tmp);
+  free(w->path);
+  free(w);
+}
