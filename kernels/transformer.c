@@ -1,0 +1,236 @@
+/* kernels/transformer.c: RMSNorm, RoPE, causal GQA attention, SwiGLU, softmax, NLL (fp32). */
+#include "kernels/transformer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+
+/* ---------------------------------------------------------------- RMSNorm */
+
+void e8q_rmsnorm_ref(int T, int d, const float *x, const float *w, float eps, float *y) {
+  for (int t = 0; t < T; t++) {
+    const float *xr = x + (size_t)t * d;
+    float *yr = y + (size_t)t * d;
+    double ss = 0.0;
+    for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
+    float r = (float)(1.0 / sqrt(ss / d + eps));
+    for (int i = 0; i < d; i++) yr[i] = xr[i] * r * w[i];
+  }
+}
+
+void e8q_rmsnorm(int T, int d, const float *x, const float *w, float eps, float *y) {
+#pragma omp parallel for schedule(static) if (T > 16)
+  for (int t = 0; t < T; t++) {
+    const float *xr = x + (size_t)t * d;
+    float *yr = y + (size_t)t * d;
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
+    float r = (float)(1.0 / sqrt(ss / d + eps));
+#pragma omp simd
+    for (int i = 0; i < d; i++) yr[i] = xr[i] * r * w[i];
+  }
+}
+
+/* ---------------------------------------------------------------- RoPE */
+
+void e8q_rope_ref(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *x, int ld) {
+  E8Q_CHECK(hd % 2 == 0, "rope: head_dim %d is odd", hd);
+  int half = hd / 2;
+  for (int s = 0; s < n_seq; s++)
+    for (int t = 0; t < T; t++) {
+      float *row = x + ((size_t)s * T + t) * ld;
+      for (int h = 0; h < n_heads; h++) {
+        float *v = row + (size_t)h * hd;
+        for (int i = 0; i < half; i++) {
+          double ang = (double)(pos0 + t) * pow(theta, -2.0 * i / hd);
+          double a = v[i], b = v[i + half];
+          v[i] = (float)(a * cos(ang) - b * sin(ang));
+          v[i + half] = (float)(b * cos(ang) + a * sin(ang));
+        }
+      }
+    }
+}
+
+void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *x, int ld) {
+  E8Q_CHECK(hd % 2 == 0, "rope: head_dim %d is odd", hd);
+  int half = hd / 2;
+  /* angles in double, once per (position, frequency) */
+  float *cs = e8q_malloc(sizeof(float) * 2 * (size_t)T * half, "rope cos/sin table");
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < half; i++) {
+      double ang = (double)(pos0 + t) * pow(theta, -2.0 * i / hd);
+      cs[((size_t)t * half + i) * 2] = (float)cos(ang);
+      cs[((size_t)t * half + i) * 2 + 1] = (float)sin(ang);
+    }
+  int N = n_seq * T;
+#pragma omp parallel for schedule(static) if (N > 16)
+  for (int r = 0; r < N; r++) {
+    const float *c = cs + (size_t)(r % T) * half * 2;
+    float *row = x + (size_t)r * ld;
+    for (int h = 0; h < n_heads; h++) {
+      float *v = row + (size_t)h * hd;
+      for (int i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half], co = c[2 * i], si = c[2 * i + 1];
+        v[i] = a * co - b * si;
+        v[i + half] = b * co + a * si;
+      }
+    }
+  }
+  free(cs);
+}
+
+/* ---------------------------------------------------------------- attention
+ * One query row: scores against keys 0..n-1 (row stride ldk), softmax, weighted sum of
+ * values (row stride ldv). att: scratch [n]. */
+static void attend_row(int n, int hd, float scale, const float *q, const float *k, size_t ldk,
+                       const float *v, size_t ldv, float *att, float *out) {
+  float mx = -INFINITY;
+  for (int j = 0; j < n; j++) {
+    const float *kr = k + (size_t)j * ldk;
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < hd; i++) s += q[i] * kr[i];
+    s *= scale;
+    att[j] = s;
+    if (s > mx) mx = s;
+  }
+  float sum = 0.0f;
+  for (int j = 0; j < n; j++) {
+    att[j] = expf(att[j] - mx);
+    sum += att[j];
+  }
+  float inv = 1.0f / sum;
+  memset(out, 0, sizeof(float) * hd);
+  for (int j = 0; j < n; j++) {
+    const float *vr = v + (size_t)j * ldv;
+    float p = att[j] * inv;
+#pragma omp simd
+    for (int i = 0; i < hd; i++) out[i] += p * vr[i];
+  }
+}
+
+void e8q_attention_ref(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv, float *out) {
+  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
+            n_heads, n_kv_heads);
+  size_t ld = (size_t)(n_heads + 2 * n_kv_heads) * hd, ldo = (size_t)n_heads * hd;
+  int group = n_heads / n_kv_heads;
+  float scale = 1.0f / sqrtf((float)hd);
+  float *att = e8q_malloc(sizeof(float) * (size_t)T, "attention scores");
+  for (int s = 0; s < n_seq; s++)
+    for (int t = 0; t < T; t++)
+      for (int h = 0; h < n_heads; h++) {
+        int kvh = h / group;
+        const float *base = qkv + (size_t)s * T * ld;
+        const float *q = base + (size_t)t * ld + (size_t)h * hd;
+        const float *k = base + (size_t)(n_heads + kvh) * hd;
+        const float *v = base + (size_t)(n_heads + n_kv_heads + kvh) * hd;
+        /* scores, softmax, weighted values, written out plainly */
+        float mx = -INFINITY;
+        for (int j = 0; j <= t; j++) {
+          float sc = 0.0f;
+          for (int i = 0; i < hd; i++) sc += q[i] * k[(size_t)j * ld + i];
+          att[j] = sc * scale;
+          if (att[j] > mx) mx = att[j];
+        }
+        float sum = 0.0f;
+        for (int j = 0; j <= t; j++) {
+          att[j] = expf(att[j] - mx);
+          sum += att[j];
+        }
+        float *o = out + ((size_t)s * T + t) * ldo + (size_t)h * hd;
+        for (int i = 0; i < hd; i++) {
+          float acc = 0.0f;
+          for (int j = 0; j <= t; j++) acc += att[j] / sum * v[(size_t)j * ld + i];
+          o[i] = acc;
+        }
+      }
+  free(att);
+}
+
+void e8q_attention(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv, float *out) {
+  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
+            n_heads, n_kv_heads);
+  size_t ld = (size_t)(n_heads + 2 * n_kv_heads) * hd, ldo = (size_t)n_heads * hd;
+  int group = n_heads / n_kv_heads;
+  float scale = 1.0f / sqrtf((float)hd);
+  int jobs = n_seq * n_heads;
+#pragma omp parallel if (jobs > 1 && (size_t)T * T * hd > 4096)
+  {
+    float *att = e8q_malloc(sizeof(float) * (size_t)T, "attention scores");
+#pragma omp for schedule(dynamic, 1)
+    for (int job = 0; job < jobs; job++) {
+      int s = job / n_heads, h = job % n_heads, kvh = h / group;
+      const float *base = qkv + (size_t)s * T * ld;
+      const float *k = base + (size_t)(n_heads + kvh) * hd;
+      const float *v = base + (size_t)(n_heads + n_kv_heads + kvh) * hd;
+      for (int t = 0; t < T; t++)
+        attend_row(t + 1, hd, scale, base + (size_t)t * ld + (size_t)h * hd, k, ld, v, ld, att,
+                   out + ((size_t)s * T + t) * ldo + (size_t)h * hd);
+    }
+    free(att);
+  }
+}
+
+void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const float *q, const float *kc,
+                        const float *vc, float *out, float *att) {
+  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
+            n_heads, n_kv_heads);
+  size_t ldkv = (size_t)n_kv_heads * hd;
+  int group = n_heads / n_kv_heads;
+  float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(static) if ((size_t)pos * n_heads * hd > 65536)
+  for (int h = 0; h < n_heads; h++) {
+    int kvh = h / group;
+    attend_row(pos + 1, hd, scale, q + (size_t)h * hd, kc + (size_t)kvh * hd, ldkv, vc + (size_t)kvh * hd, ldkv,
+               att + (size_t)h * (pos + 1), out + (size_t)h * hd);
+  }
+}
+
+/* ---------------------------------------------------------------- SwiGLU */
+
+void e8q_swiglu(int T, int hidden, const float *ug, float *h) {
+#pragma omp parallel for schedule(static) if ((size_t)T * hidden > 65536)
+  for (int t = 0; t < T; t++) {
+    const float *up = ug + (size_t)t * 2 * hidden, *gate = up + hidden;
+    float *hr = h + (size_t)t * hidden;
+    for (int i = 0; i < hidden; i++) {
+      float g = gate[i];
+      hr[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- softmax and NLL */
+
+void e8q_softmax(int n, float *x) {
+  float mx = x[0];
+  for (int i = 1; i < n; i++)
+    if (x[i] > mx) mx = x[i];
+  double sum = 0.0;
+  for (int i = 0; i < n; i++) {
+    x[i] = expf(x[i] - mx);
+    sum += x[i];
+  }
+  float inv = (float)(1.0 / sum);
+  for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+double e8q_nll(int n, const float *logits, int target) {
+  E8Q_CHECK(target >= 0 && target < n, "nll: target id %d outside the vocabulary [0, %d)", target, n);
+  double mx = logits[0];
+  for (int i = 1; i < n; i++)
+    if (logits[i] > mx) mx = logits[i];
+  double sum = 0.0;
+  for (int i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
+  return mx + log(sum) - (double)logits[target];
+}
+
+int e8q_argmax(int n, const float *x) {
+  int best = 0;
+  for (int i = 1; i < n; i++)
+    if (x[i] > x[best]) best = i;
+  return best;
+}

@@ -1,0 +1,80 @@
+/* shard/model.h: the in-memory fp32 Llama model, in the artifact's fused-group layout.
+ *
+ * Each decoder block holds two RMSNorm weights and four linears (DESIGN §4):
+ *   qkv    [(n_heads + 2*n_kv_heads)*hd, dim]  rows q, then k, then v (q_proj, k_proj, v_proj)
+ *   o      [dim, n_heads*hd]                   o_proj
+ *   upgate [2*hidden, dim]                     rows up, then gate (up_proj, gate_proj)
+ *   down   [dim, hidden]                       down_proj
+ * Weights of a linear W of shape [m, n] map inputs x [n] to outputs W x [m]; every product
+ * goes through e8q_linear_forward (worker/linear.h) so quantized linears plug in there.
+ *
+ * Sources: a Hugging Face directory (config.json + model.safetensors[.index.json], f32/f16/
+ * bf16) or a llama2.c .bin (io/llama2c.h). Every expected tensor must be present with its
+ * shape and finite values; errors name the file and tensor.
+ */
+#ifndef E8Q_SHARD_MODEL_H
+#define E8Q_SHARD_MODEL_H
+
+#include "io/config.h"
+#include "io/safetensors.h"
+
+struct e8q_qlinear; /* a quantized linear (codes, SU/SV, ...): defined by the kernels */
+
+/* A linear layer y = W x, W [m, n].
+ * w is the dense row-major weight (owned by whoever filled it, see e8q_block_free); it is
+ * NULL when the linear is quantized, and then q points at the quantized form that
+ * e8q_linear_forward decodes on the fly. Until the quantized kernels exist q is unused
+ * (always NULL); e8q_linear_forward refuses a linear with neither. */
+typedef struct e8q_linear {
+  int m, n;                      /* out features, in features */
+  float *w;                      /* [m, n] row-major, NULL when quantized */
+  const struct e8q_qlinear *q;   /* quantized form; not owned */
+} e8q_linear;
+
+/* linear groups of a block, in quantization order (the Hessian taps use the same ids) */
+enum { E8Q_GROUP_QKV = 0, E8Q_GROUP_O = 1, E8Q_GROUP_UPGATE = 2, E8Q_GROUP_DOWN = 3, E8Q_N_GROUPS = 4 };
+extern const char *const e8q_group_names[E8Q_N_GROUPS]; /* "self_attn.qkv_proj", ... (DESIGN §4) */
+
+typedef struct {
+  float *attn_norm;              /* [dim] input_layernorm */
+  float *ffn_norm;               /* [dim] post_attention_layernorm */
+  union {                        /* the four linears, by name or by E8Q_GROUP_* index */
+    e8q_linear lin[E8Q_N_GROUPS];
+    struct { e8q_linear qkv, o, upgate, down; };
+  };
+} e8q_block;
+
+typedef struct {
+  e8q_config cfg;
+  float *embed;                  /* [vocab, dim] */
+  float *final_norm;             /* [dim] */
+  float *lm_head;                /* [vocab, dim]; == embed when cfg.tied */
+  e8q_block *blocks;             /* [n_layers], NULL when loaded without blocks */
+  char *path;                    /* owned copy of the source path */
+} e8q_model;
+
+/* shape of group g of a block: rows m, columns n */
+void e8q_group_shape(const e8q_config *cfg, int group, int *m, int *n);
+
+/* ---------------------------------------------------------------- whole model
+ * path: a HF model directory or a llama2.c .bin file. with_blocks = 0 loads only embed,
+ * final_norm and lm_head (workers then load blocks one at a time with e8q_block_load). */
+e8q_model *e8q_model_load(const char *path);
+e8q_model *e8q_model_load_ex(const char *path, int with_blocks);
+void e8q_model_free(e8q_model *m);
+
+/* ---------------------------------------------------------------- one block at a time
+ * Reads block i of a HF model (its 9 tensors) into freshly allocated fp32 buffers. */
+void e8q_block_load(const e8q_st_model *st, const e8q_config *cfg, int i, e8q_block *b);
+/* frees the buffers e8q_block_load (or e8q_model_load) allocated; quantized forms are not owned */
+void e8q_block_free(e8q_block *b);
+
+/* ---------------------------------------------------------------- checks
+ * Fatal, naming both files, when the tokenizer's vocabulary size differs from the model's. */
+void e8q_model_check_tokenizer(const e8q_config *cfg, const char *model_path, int tokenizer_vocab,
+                               const char *tokenizer_path);
+/* The tokenizer that belongs with a model: DIR/tokenizer.model for a HF directory;
+ * for a .bin, tokenizer.bin or tok<vocab>.bin beside it. NULL if none; malloc'd. */
+char *e8q_model_default_tokenizer(const char *model_path, const e8q_config *cfg);
+
+#endif

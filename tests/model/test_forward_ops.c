@@ -1,0 +1,226 @@
+/* tests/model/test_forward_ops.c: transformer ops (fast and _ref) against float64 references
+ * written here from the definitions, plus invariants. Fresh random inputs per run. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/transformer.h"
+#include "testutil.h"
+#include "worker/linear.h"
+
+static uint64_t g_seed;
+
+static float *rand_vec(t_rng *r, size_t n, double scale) {
+  float *x = malloc(sizeof(float) * n);
+  for (size_t i = 0; i < n; i++) x[i] = (float)(scale * t_rng_normal(r));
+  return x;
+}
+
+static void expect_close(const float *a, const double *ref, size_t n, double rtol, double atol, const char *what) {
+  for (size_t i = 0; i < n; i++) {
+    double tol = atol + rtol * fabs(ref[i]);
+    if (!(fabs(a[i] - ref[i]) <= tol))
+      fail_msg("%s[%zu]: %.9g vs reference %.9g (seed %llu)", what, i, (double)a[i], ref[i], (unsigned long long)g_seed);
+  }
+}
+
+/* ---------------------------------------------------------------- rmsnorm */
+static void test_rmsnorm(void **state) {
+  (void)state;
+  t_rng r = {g_seed};
+  int T = 37, d = 200;
+  float *x = rand_vec(&r, (size_t)T * d, 3.0), *w = rand_vec(&r, d, 1.0);
+  float *y = malloc(sizeof(float) * T * d), *yr = malloc(sizeof(float) * T * d);
+  double *ref = malloc(sizeof(double) * T * d);
+  for (int t = 0; t < T; t++) {
+    double ss = 0;
+    for (int i = 0; i < d; i++) ss += (double)x[t * d + i] * x[t * d + i];
+    double inv = 1.0 / sqrt(ss / d + 1e-5);
+    for (int i = 0; i < d; i++) ref[t * d + i] = x[t * d + i] * inv * w[i];
+  }
+  e8q_rmsnorm(T, d, x, w, 1e-5f, y);
+  e8q_rmsnorm_ref(T, d, x, w, 1e-5f, yr);
+  expect_close(y, ref, (size_t)T * d, 1e-5, 1e-6, "rmsnorm");
+  expect_close(yr, ref, (size_t)T * d, 1e-5, 1e-6, "rmsnorm_ref");
+  /* in place */
+  e8q_rmsnorm(T, d, x, w, 1e-5f, x);
+  expect_close(x, ref, (size_t)T * d, 1e-5, 1e-6, "rmsnorm in place");
+  free(x), free(w), free(y), free(yr), free(ref);
+}
+
+/* ---------------------------------------------------------------- rope */
+static void rope_double(int n_seq, int T, int pos0, int nh, int hd, double theta, const float *x, int ld, double *out) {
+  /* complex rotation of (x_i, x_{i+hd/2}) by (pos) * theta^(-2i/hd) */
+  for (int s = 0; s < n_seq; s++)
+    for (int t = 0; t < T; t++)
+      for (int c = 0; c < ld; c++) {
+        size_t row = (size_t)s * T + t;
+        double v = x[row * ld + c];
+        if (c < nh * hd) {
+          int h = c / hd, i = c % hd, half = hd / 2, j = i % half;
+          double ang = (pos0 + t) * exp(-2.0 * j / hd * log(theta));
+          double a = x[row * ld + h * hd + j], b = x[row * ld + h * hd + j + half];
+          v = i < half ? a * cos(ang) - b * sin(ang) : a * sin(ang) + b * cos(ang);
+        }
+        out[row * ld + c] = v;
+      }
+}
+
+static void test_rope(void **state) {
+  (void)state;
+  t_rng r = {g_seed + 1};
+  int n_seq = 3, T = 11, nh = 4, hd = 16, ld = nh * hd + 24, pos0 = 5;
+  double theta = 500000.0;
+  size_t n = (size_t)n_seq * T * ld;
+  float *x = rand_vec(&r, n, 1.0), *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+  double *ref = malloc(sizeof(double) * n);
+  memcpy(a, x, sizeof(float) * n);
+  memcpy(b, x, sizeof(float) * n);
+  rope_double(n_seq, T, pos0, nh, hd, theta, x, ld, ref);
+  e8q_rope(n_seq, T, pos0, nh, hd, theta, a, ld);
+  e8q_rope_ref(n_seq, T, pos0, nh, hd, theta, b, ld);
+  expect_close(a, ref, n, 1e-5, 2e-6, "rope");
+  expect_close(b, ref, n, 1e-5, 2e-6, "rope_ref");
+  /* columns past n_heads*hd untouched (bitwise) */
+  for (size_t row = 0; row < (size_t)n_seq * T; row++)
+    for (int c = nh * hd; c < ld; c++) assert_true(a[row * ld + c] == x[row * ld + c]);
+  /* relative position: <rope(q,p), rope(k,p')> depends only on p - p' */
+  float q[16], k[16], q1[16], k1[16], q2[16], k2[16];
+  for (int i = 0; i < 16; i++) q[i] = (float)t_rng_normal(&r), k[i] = (float)t_rng_normal(&r);
+  memcpy(q1, q, sizeof q), memcpy(k1, k, sizeof k), memcpy(q2, q, sizeof q), memcpy(k2, k, sizeof k);
+  e8q_rope(1, 1, 9, 1, 16, 10000.0, q1, 16);
+  e8q_rope(1, 1, 3, 1, 16, 10000.0, k1, 16);
+  e8q_rope(1, 1, 106, 1, 16, 10000.0, q2, 16);
+  e8q_rope(1, 1, 100, 1, 16, 10000.0, k2, 16);
+  double d1 = 0, d2 = 0;
+  for (int i = 0; i < 16; i++) d1 += (double)q1[i] * k1[i], d2 += (double)q2[i] * k2[i];
+  T_NEAR(d1, d2, 1e-4 * (1 + fabs(d1)), "rope relative-position dot product");
+  free(x), free(a), free(b), free(ref);
+}
+
+/* ---------------------------------------------------------------- attention */
+static void attention_double(int n_seq, int T, int nh, int nkv, int hd, const float *qkv, double *out) {
+  int ld = (nh + 2 * nkv) * hd;
+  double *p = malloc(sizeof(double) * T);
+  for (int s = 0; s < n_seq; s++)
+    for (int h = 0; h < nh; h++) {
+      int kvh = h * nkv / nh;
+      for (int t = 0; t < T; t++) {
+        const float *q = qkv + ((size_t)s * T + t) * ld + h * hd;
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j <= t; j++) {
+          const float *k = qkv + ((size_t)s * T + j) * ld + (nh + kvh) * hd;
+          double d = 0;
+          for (int i = 0; i < hd; i++) d += (double)q[i] * k[i];
+          p[j] = d / sqrt((double)hd);
+          if (p[j] > mx) mx = p[j];
+        }
+        for (int j = 0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
+        for (int i = 0; i < hd; i++) {
+          double acc = 0;
+          for (int j = 0; j <= t; j++) acc += p[j] / sum * qkv[((size_t)s * T + j) * ld + (nh + nkv + kvh) * hd + i];
+          out[((size_t)s * T + t) * nh * hd + h * hd + i] = acc;
+        }
+      }
+    }
+  free(p);
+}
+
+static void check_attention(int n_seq, int T, int nh, int nkv, int hd, uint64_t seed) {
+  t_rng r = {seed};
+  int ld = (nh + 2 * nkv) * hd;
+  size_t n_in = (size_t)n_seq * T * ld, n_out = (size_t)n_seq * T * nh * hd;
+  float *qkv = rand_vec(&r, n_in, 1.5);
+  float *a = malloc(sizeof(float) * n_out), *b = malloc(sizeof(float) * n_out);
+  double *ref = malloc(sizeof(double) * n_out);
+  attention_double(n_seq, T, nh, nkv, hd, qkv, ref);
+  e8q_attention(n_seq, T, nh, nkv, hd, qkv, a);
+  e8q_attention_ref(n_seq, T, nh, nkv, hd, qkv, b);
+  expect_close(a, ref, n_out, 1e-4, 1e-5, "attention");
+  expect_close(b, ref, n_out, 1e-4, 1e-5, "attention_ref");
+
+  /* one token at a time against a cache equals the batched rows (sequence 0) */
+  int kvd = nkv * hd;
+  float *kc = malloc(sizeof(float) * T * kvd), *vc = malloc(sizeof(float) * T * kvd);
+  float *o = malloc(sizeof(float) * nh * hd), *att = malloc(sizeof(float) * nh * T);
+  for (int t = 0; t < T; t++) {
+    memcpy(kc + (size_t)t * kvd, qkv + (size_t)t * ld + nh * hd, sizeof(float) * kvd);
+    memcpy(vc + (size_t)t * kvd, qkv + (size_t)t * ld + nh * hd + kvd, sizeof(float) * kvd);
+    e8q_attention_step(t, nh, nkv, hd, qkv + (size_t)t * ld, kc, vc, o, att);
+    expect_close(o, ref + (size_t)t * nh * hd, (size_t)nh * hd, 1e-4, 1e-5, "attention_step");
+  }
+  free(qkv), free(a), free(b), free(ref), free(kc), free(vc), free(o), free(att);
+}
+
+static void test_attention(void **state) {
+  (void)state;
+  check_attention(2, 9, 4, 2, 8, g_seed + 2);   /* GQA */
+  check_attention(1, 33, 3, 3, 16, g_seed + 3); /* MHA, odd length */
+  check_attention(3, 20, 8, 1, 4, g_seed + 4);  /* MQA */
+}
+
+/* ---------------------------------------------------------------- swiglu, softmax, nll */
+static void test_swiglu_softmax_nll(void **state) {
+  (void)state;
+  t_rng r = {g_seed + 5};
+  int T = 5, H = 43;
+  float *ug = rand_vec(&r, (size_t)T * 2 * H, 4.0), *h = malloc(sizeof(float) * T * H);
+  double *ref = malloc(sizeof(double) * T * H);
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < H; i++) {
+      double up = ug[t * 2 * H + i], g = ug[t * 2 * H + H + i];
+      ref[t * H + i] = g / (1 + exp(-g)) * up;
+    }
+  e8q_swiglu(T, H, ug, h);
+  expect_close(h, ref, (size_t)T * H, 1e-5, 1e-6, "swiglu");
+
+  int V = 301;
+  float *l = rand_vec(&r, V, 8.0), *p = malloc(sizeof(float) * V);
+  l[17] = 80.0f; /* large logit: the max-subtraction must hold */
+  memcpy(p, l, sizeof(float) * V);
+  e8q_softmax(V, p);
+  double mx = 80.0, z = 0;
+  for (int i = 0; i < V; i++) z += exp(l[i] - mx);
+  double *pr = malloc(sizeof(double) * V);
+  for (int i = 0; i < V; i++) pr[i] = exp(l[i] - mx) / z;
+  expect_close(p, pr, V, 1e-5, 1e-9, "softmax");
+  for (int tgt = 0; tgt < V; tgt += 50) {
+    double want = log(z) - ((double)l[tgt] - mx); /* -log softmax, exact in double */
+    T_NEAR(e8q_nll(V, l, tgt), want, 1e-9 * (1 + want), "nll");
+  }
+  T_NEAR(e8q_nll(V, l, 17), log(z), 1e-9, "nll of the max");
+  assert_int_equal(e8q_argmax(V, l), 17);
+  E8Q_EXPECT_FATAL(e8q_nll(V, l, V), "target id 301", "outside the vocabulary");
+  free(ug), free(h), free(ref), free(l), free(p), free(pr);
+}
+
+/* ---------------------------------------------------------------- linear */
+static void test_linear(void **state) {
+  (void)state;
+  t_rng r = {g_seed + 6};
+  int shapes[][3] = {{1, 7, 13}, {5, 64, 172}, {33, 96, 40}};
+  for (size_t s = 0; s < 3; s++) {
+    int T = shapes[s][0], m = shapes[s][1], n = shapes[s][2];
+    e8q_linear L = {.m = m, .n = n, .w = rand_vec(&r, (size_t)m * n, 1.0), .q = NULL};
+    float *x = rand_vec(&r, (size_t)T * n, 1.0), *y = malloc(sizeof(float) * T * m), *yr = malloc(sizeof(float) * T * m);
+    double *ref = malloc(sizeof(double) * T * m);
+    e8q_linear_forward(&L, T, x, y);
+    e8q_linear_forward_ref(&L, T, x, yr);
+    for (int i = 0; i < T * m; i++) ref[i] = yr[i];
+    expect_close(y, ref, (size_t)T * m, 1e-5, 1e-5, "linear vs _ref");
+    free(L.w), free(x), free(y), free(yr), free(ref);
+  }
+  e8q_linear none = {.m = 3, .n = 4, .w = NULL, .q = NULL};
+  float x[4] = {0}, y[3];
+  E8Q_EXPECT_FATAL(e8q_linear_forward(&none, 1, x, y), "neither dense weights nor a quantized form");
+}
+
+int main(void) {
+  g_seed = t_fresh_seed("test_forward_ops");
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_rmsnorm), cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
+      cmocka_unit_test(test_swiglu_softmax_nll), cmocka_unit_test(test_linear),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,31 @@
+/* worker/linear.c: y = x Wᵀ, dense through BLAS (quantized linears: see linear.h). */
+#include "worker/linear.h"
+
+#include <cblas.h>
+
+#include "common/error.h"
+
+void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) {
+  if (T <= 0) return;
+  if (L->w) {
+    if (T == 1)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, L->m, L->n, 1.0f, L->w, L->n, x, 1, 0.0f, y, 1);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L->m, L->n, 1.0f, x, L->n, L->w, L->n, 0.0f, y, L->m);
+    return;
+  }
+  /* The quantized path (fused decode kernels, issue 4) goes here. */
+  E8Q_CHECK(!L->q, "linear [%d x %d] is quantized but this build has no quantized kernel wired into "
+                   "e8q_linear_forward", L->m, L->n);
+  E8Q_FATAL("linear [%d x %d] has neither dense weights nor a quantized form", L->m, L->n);
+}
+
+void e8q_linear_forward_ref(const e8q_linear *L, int T, const float *x, float *y) {
+  E8Q_CHECK(L->w, "e8q_linear_forward_ref: linear [%d x %d] has no dense weights", L->m, L->n);
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < L->m; i++) {
+      double acc = 0.0;
+      for (int j = 0; j < L->n; j++) acc += (double)x[(size_t)t * L->n + j] * L->w[(size_t)i * L->n + j];
+      y[(size_t)t * L->m + i] = (float)acc;
+    }
+}

@@ -1,0 +1,15 @@
+/* worker/linear.h: the one entry point for every weight product of the forward pass.
+ *
+ * y = x Wᵀ for a batch of T input rows. Dense linears (L->w set) go through cblas_sgemm.
+ * Quantized linears (L->w NULL, L->q set) are decoded on the fly by the fused kernels: that
+ * path is the single place where they plug in (not yet implemented: refused with a message). */
+#ifndef E8Q_WORKER_LINEAR_H
+#define E8Q_WORKER_LINEAR_H
+
+#include "shard/model.h"
+
+void e8q_linear_forward(const e8q_linear *L, int T, const float *x /* [T, n] */, float *y /* [T, m] */);
+/* plain loops in double accumulation, dense only: the reference for tests */
+void e8q_linear_forward_ref(const e8q_linear *L, int T, const float *x /* [T, n] */, float *y /* [T, m] */);
+
+#endif
