@@ -1,0 +1,346 @@
+/* common/comm.c: e8q_comm over MPI (host buffers) and NCCL (device buffers, comm_nccl.c). */
+#include "common/comm.h"
+
+#include <limits.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#ifdef E8Q_HAVE_CUDA
+#include "common/comm_nccl.h"
+#endif
+
+struct e8q_comm {
+  MPI_Comm mpi;   /* duplicate of MPI_COMM_WORLD */
+  int rank, size;
+#ifdef E8Q_HAVE_CUDA
+  e8q_nccl *nccl; /* NULL for a host-only communicator */
+#endif
+};
+
+/* largest element count handed to one MPI call (int counts) */
+#define COMM_SEG ((size_t)1 << 30)
+
+/* ---------------------------------------------------------------- lifetime */
+e8q_comm *e8q_comm_world(int cuda_device) {
+  int inited = 0;
+  MPI_Initialized(&inited);
+  E8Q_CHECK(inited, "e8q_comm_world: MPI is not initialised (call MPI_Init first)");
+  e8q_comm *c = e8q_calloc(1, sizeof *c, "communicator");
+  E8Q_CHECK_MPI(MPI_Comm_dup(MPI_COMM_WORLD, &c->mpi));
+  E8Q_CHECK_MPI(MPI_Comm_rank(c->mpi, &c->rank));
+  E8Q_CHECK_MPI(MPI_Comm_size(c->mpi, &c->size));
+  if (cuda_device >= 0) {
+#ifdef E8Q_HAVE_CUDA
+    c->nccl = e8q_nccl_open(c->mpi, cuda_device);
+#else
+    E8Q_FATAL("e8q_comm_world: CUDA device %d requested but e8q was built without CUDA/NCCL "
+              "(rebuild with the CUDA toolkit, or pass -1 for a host-only communicator)",
+              cuda_device);
+#endif
+  }
+  return c;
+}
+
+void e8q_comm_free(e8q_comm *c) {
+  if (!c) return;
+#ifdef E8Q_HAVE_CUDA
+  if (c->nccl) e8q_nccl_close(c->nccl);
+#endif
+  MPI_Comm_free(&c->mpi);
+  free(c);
+}
+
+int e8q_comm_rank(const e8q_comm *c) { return c->rank; }
+int e8q_comm_size(const e8q_comm *c) { return c->size; }
+
+int e8q_comm_has_device(const e8q_comm *c) {
+#ifdef E8Q_HAVE_CUDA
+  return c->nccl != NULL;
+#else
+  (void)c;
+  return 0;
+#endif
+}
+
+void *e8q_comm_stream(const e8q_comm *c) {
+#ifdef E8Q_HAVE_CUDA
+  return c->nccl ? e8q_nccl_stream(c->nccl) : NULL;
+#else
+  (void)c;
+  return NULL;
+#endif
+}
+
+/* ---------------------------------------------------------------- helpers */
+#ifdef E8Q_HAVE_CUDA
+#define DEVICE_OR_FATAL(c, what)                                                         \
+  E8Q_CHECK((c)->nccl, "%s: device buffer given to a host-only communicator (create it with " \
+            "e8q_comm_world(device) to use NCCL)", (what))
+#else
+#define DEVICE_OR_FATAL(c, what)                                                         \
+  E8Q_FATAL("%s: device buffer given but e8q was built without CUDA/NCCL", (what))
+#endif
+
+static MPI_Datatype dt_mpi(e8q_dtype dt) {
+  switch (dt) {
+    case E8Q_DT_F32: return MPI_FLOAT;
+    case E8Q_DT_F64: return MPI_DOUBLE;
+    case E8Q_DT_I64: return MPI_INT64_T;
+  }
+  E8Q_FATAL("e8q_comm: unknown dtype %d", (int)dt);
+}
+
+static size_t dt_size(e8q_dtype dt) {
+  return dt == E8Q_DT_F32 ? 4 : 8;
+}
+
+static void check_root(const e8q_comm *c, int root, const char *what) {
+  E8Q_CHECK(root >= 0 && root < c->size, "%s: root %d out of range [0, %d)", what, root, c->size);
+}
+
+/* ---------------------------------------------------------------- collectives */
+void e8q_comm_barrier(e8q_comm *c) { E8Q_CHECK_MPI(MPI_Barrier(c->mpi)); }
+
+void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_dtype dt, void *buf, size_t n) {
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_allreduce_sum");
+#ifdef E8Q_HAVE_CUDA
+    e8q_nccl_allreduce_sum(c->nccl, (int)dt, buf, n);
+#endif
+    return;
+  }
+  MPI_Datatype t = dt_mpi(dt);
+  char *p = buf;
+  for (size_t off = 0; off < n; off += COMM_SEG) {
+    size_t k = n - off < COMM_SEG ? n - off : COMM_SEG;
+    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, p + off * dt_size(dt), (int)k, t, MPI_SUM, c->mpi));
+  }
+}
+
+void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_dtype dt, void *buf, size_t n, int root) {
+  check_root(c, root, "e8q_comm_reduce_sum");
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_reduce_sum");
+#ifdef E8Q_HAVE_CUDA
+    e8q_nccl_reduce_sum(c->nccl, (int)dt, buf, n, root);
+#endif
+    return;
+  }
+  MPI_Datatype t = dt_mpi(dt);
+  char *p = buf;
+  for (size_t off = 0; off < n; off += COMM_SEG) {
+    size_t k = n - off < COMM_SEG ? n - off : COMM_SEG;
+    void *b = p + off * dt_size(dt);
+    if (c->rank == root)
+      E8Q_CHECK_MPI(MPI_Reduce(MPI_IN_PLACE, b, (int)k, t, MPI_SUM, root, c->mpi));
+    else
+      E8Q_CHECK_MPI(MPI_Reduce(b, NULL, (int)k, t, MPI_SUM, root, c->mpi));
+  }
+}
+
+void e8q_comm_bcast(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int root) {
+  check_root(c, root, "e8q_comm_bcast");
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_bcast");
+#ifdef E8Q_HAVE_CUDA
+    e8q_nccl_bcast(c->nccl, buf, bytes, root);
+#endif
+    return;
+  }
+  char *p = buf;
+  for (size_t off = 0; off < bytes; off += COMM_SEG) {
+    size_t k = bytes - off < COMM_SEG ? bytes - off : COMM_SEG;
+    E8Q_CHECK_MPI(MPI_Bcast(p + off, (int)k, MPI_BYTE, root, c->mpi));
+  }
+}
+
+/* MPI gatherv/allgatherv with int counts and displacements: checked, else fatal */
+static void mpi_counts(const e8q_comm *c, const size_t *counts, int *ic, int *id, const char *what) {
+  size_t off = 0;
+  for (int r = 0; r < c->size; r++) {
+    E8Q_CHECK(counts[r] <= INT_MAX && off <= INT_MAX,
+              "%s: rank %d's %zu bytes at offset %zu exceed MPI's int counts (2 GiB); "
+              "split the transfer", what, r, counts[r], off);
+    ic[r] = (int)counts[r];
+    id[r] = (int)off;
+    off += counts[r];
+  }
+}
+
+void e8q_comm_gatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send_bytes, void *recv,
+                      const size_t *counts, int root) {
+  check_root(c, root, "e8q_comm_gatherv");
+  if (c->rank == root) {
+    E8Q_CHECK(counts, "e8q_comm_gatherv: counts must be given on the root");
+    E8Q_CHECK(counts[c->rank] == send_bytes, "e8q_comm_gatherv: counts[%d] = %zu but rank %d sends %zu bytes",
+              c->rank, counts[c->rank], c->rank, send_bytes);
+  }
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_gatherv");
+#ifdef E8Q_HAVE_CUDA
+    E8Q_CHECK(counts, "e8q_comm_gatherv: device buffers need counts on every rank");
+    e8q_nccl_gatherv(c->nccl, send, send_bytes, recv, counts, root);
+#endif
+    return;
+  }
+  E8Q_CHECK(send_bytes <= INT_MAX, "e8q_comm_gatherv: %zu bytes from rank %d exceed 2 GiB", send_bytes, c->rank);
+  int *ic = NULL, *id = NULL;
+  if (c->rank == root) {
+    ic = e8q_malloc(sizeof(int) * c->size, "gatherv counts");
+    id = e8q_malloc(sizeof(int) * c->size, "gatherv displacements");
+    mpi_counts(c, counts, ic, id, "e8q_comm_gatherv");
+  }
+  E8Q_CHECK_MPI(MPI_Gatherv(send, (int)send_bytes, MPI_BYTE, recv, ic, id, MPI_BYTE, root, c->mpi));
+  free(ic);
+  free(id);
+}
+
+void e8q_comm_allgatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send_bytes, void *recv,
+                         const size_t *counts) {
+  E8Q_CHECK(counts, "e8q_comm_allgatherv: counts must be given on every rank");
+  E8Q_CHECK(counts[c->rank] == send_bytes, "e8q_comm_allgatherv: counts[%d] = %zu but rank %d sends %zu bytes",
+            c->rank, counts[c->rank], c->rank, send_bytes);
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_allgatherv");
+#ifdef E8Q_HAVE_CUDA
+    e8q_nccl_gatherv(c->nccl, send, send_bytes, recv, counts, -1);
+#endif
+    return;
+  }
+  int *ic = e8q_malloc(sizeof(int) * c->size, "allgatherv counts");
+  int *id = e8q_malloc(sizeof(int) * c->size, "allgatherv displacements");
+  mpi_counts(c, counts, ic, id, "e8q_comm_allgatherv");
+  E8Q_CHECK_MPI(MPI_Allgatherv(send, (int)send_bytes, MPI_BYTE, recv, ic, id, MPI_BYTE, c->mpi));
+  free(ic);
+  free(id);
+}
+
+void e8q_comm_send(e8q_comm *c, e8q_mem mem, const void *buf, size_t bytes, int peer, int tag) {
+  check_root(c, peer, "e8q_comm_send (peer)");
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_send");
+#ifdef E8Q_HAVE_CUDA
+    e8q_nccl_send(c->nccl, buf, bytes, peer);
+#endif
+    return;
+  }
+  const char *p = buf;
+  for (size_t off = 0; off < bytes || off == 0; off += COMM_SEG) {
+    size_t k = bytes - off < COMM_SEG ? bytes - off : COMM_SEG;
+    E8Q_CHECK_MPI(MPI_Send(p + off, (int)k, MPI_BYTE, peer, tag, c->mpi));
+    if (bytes == 0) break;
+  }
+}
+
+void e8q_comm_recv(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int peer, int tag) {
+  check_root(c, peer, "e8q_comm_recv (peer)");
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_recv");
+#ifdef E8Q_HAVE_CUDA
+    e8q_nccl_recv(c->nccl, buf, bytes, peer);
+#endif
+    return;
+  }
+  char *p = buf;
+  for (size_t off = 0; off < bytes || off == 0; off += COMM_SEG) {
+    size_t k = bytes - off < COMM_SEG ? bytes - off : COMM_SEG;
+    MPI_Status st;
+    E8Q_CHECK_MPI(MPI_Recv(p + off, (int)k, MPI_BYTE, peer, tag, c->mpi, &st));
+    int got = 0;
+    MPI_Get_count(&st, MPI_BYTE, &got);
+    E8Q_CHECK((size_t)got == k, "e8q_comm_recv: expected %zu bytes from rank %d (tag %d), got %d",
+              k, peer, tag, got);
+    if (bytes == 0) break;
+  }
+}
+
+/* ---------------------------------------------------------------- reproducible sums */
+#define XSUM_MAX_FRAC 120
+
+void e8q_xsum_init(e8q_xsum *s, size_t n, int frac_bits) {
+  E8Q_CHECK(frac_bits >= 0 && frac_bits <= XSUM_MAX_FRAC,
+            "e8q_xsum_init: frac_bits %d out of range [0, %d]", frac_bits, XSUM_MAX_FRAC);
+  s->n = n;
+  s->frac_bits = frac_bits;
+  s->v = e8q_alloc_aligned((n ? n : 1) * sizeof(__int128), "exact sum accumulator");
+}
+
+void e8q_xsum_free(e8q_xsum *s) {
+  free(s->v);
+  s->v = NULL;
+  s->n = 0;
+}
+
+void e8q_xsum_zero(e8q_xsum *s) { memset(s->v, 0, s->n * sizeof(__int128)); }
+
+__int128 e8q_xsum_from_double(double x, int frac_bits) {
+  E8Q_CHECK(isfinite(x), "e8q_xsum: non-finite value %g cannot be summed exactly", x);
+  double y = ldexp(x, frac_bits); /* exact: power-of-two scaling of a normal number */
+  E8Q_CHECK(fabs(y) < 0x1p126,
+            "e8q_xsum: |%g| exceeds the exact accumulator's range 2^%d (lower frac_bits)", x,
+            126 - frac_bits);
+  if (fabs(y) < 0x1p62) return (__int128)llrint(y); /* rounds to nearest, ties to even */
+  /* |y| >= 2^62 is an integer: split into 64-bit halves exactly */
+  double hi = floor(ldexp(y, -64));
+  double lo = y - ldexp(hi, 64); /* in [0, 2^64), representable (subset of y's bits) */
+  return (__int128)hi * ((__int128)1 << 64) + (__int128)(uint64_t)lo;
+}
+
+double e8q_xsum_to_double(__int128 v, int frac_bits) {
+  return ldexp((double)v, -frac_bits); /* (double) of __int128 rounds to nearest */
+}
+
+static inline __int128 xsum_add1(__int128 a, __int128 b) {
+  __int128 r;
+  E8Q_CHECK(!__builtin_add_overflow(a, b, &r),
+            "e8q_xsum: exact accumulator overflow (|sum| >= 2^127 units); lower frac_bits");
+  return r;
+}
+
+void e8q_xsum_add(e8q_xsum *s, const double *x) {
+  const int f = s->frac_bits;
+  for (size_t i = 0; i < s->n; i++) s->v[i] = xsum_add1(s->v[i], e8q_xsum_from_double(x[i], f));
+}
+
+void e8q_xsum_get(const e8q_xsum *s, double *out) {
+  for (size_t i = 0; i < s->n; i++) out[i] = e8q_xsum_to_double(s->v[i], s->frac_bits);
+}
+
+/* MPI user op on 16-byte two's-complement integers (byte blocks; commutative, exact) */
+static void xsum_mpi_op(void *in, void *inout, int *len, MPI_Datatype *dt) {
+  (void)dt;
+  __int128 a, b;
+  char *pi = in, *po = inout;
+  for (int i = 0; i < *len; i++) {
+    memcpy(&a, pi + 16 * (size_t)i, 16);
+    memcpy(&b, po + 16 * (size_t)i, 16);
+    b = xsum_add1(a, b);
+    memcpy(po + 16 * (size_t)i, &b, 16);
+  }
+}
+
+void e8q_comm_allreduce_sum_ordered(e8q_comm *c, e8q_xsum *s, double *out) {
+  long long mine[2] = {(long long)s->n, s->frac_bits}, lo[2], hi[2];
+  E8Q_CHECK_MPI(MPI_Allreduce(mine, lo, 2, MPI_LONG_LONG, MPI_MIN, c->mpi));
+  E8Q_CHECK_MPI(MPI_Allreduce(mine, hi, 2, MPI_LONG_LONG, MPI_MAX, c->mpi));
+  E8Q_CHECK(lo[0] == hi[0] && lo[1] == hi[1],
+            "e8q_comm_allreduce_sum_ordered: ranks disagree on the accumulator (n %lld..%lld, "
+            "frac_bits %lld..%lld); every rank must init the same shape",
+            lo[0], hi[0], lo[1], hi[1]);
+  MPI_Datatype t;
+  MPI_Op op;
+  E8Q_CHECK_MPI(MPI_Type_contiguous(16, MPI_BYTE, &t));
+  E8Q_CHECK_MPI(MPI_Type_commit(&t));
+  E8Q_CHECK_MPI(MPI_Op_create(xsum_mpi_op, 1, &op));
+  const size_t seg = (size_t)1 << 24; /* 256 MiB per call */
+  for (size_t off = 0; off < s->n; off += seg) {
+    size_t k = s->n - off < seg ? s->n - off : seg;
+    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, s->v + off, (int)k, t, op, c->mpi));
+  }
+  MPI_Op_free(&op);
+  MPI_Type_free(&t);
+  if (out) e8q_xsum_get(s, out);
+}

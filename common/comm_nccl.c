@@ -1,0 +1,130 @@
+/* common/comm_nccl.c: NCCL backend of e8q_comm for device buffers (built with E8Q_HAVE_CUDA).
+ * The NCCL unique id is created on rank 0 and broadcast over MPI (host bytes only). */
+#ifdef E8Q_HAVE_CUDA
+#include "common/comm_nccl.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+#include <stdlib.h>
+
+#include "common/error.h"
+
+struct e8q_nccl {
+  ncclComm_t comm;
+  cudaStream_t stream;
+  int rank, size, device;
+};
+
+#define CUDA_OK(call)                                                                     \
+  do {                                                                                    \
+    cudaError_t e8q_ce_ = (call);                                                         \
+    E8Q_CHECK(e8q_ce_ == cudaSuccess, "CUDA call %s failed: %s", #call,                  \
+              cudaGetErrorString(e8q_ce_));                                               \
+  } while (0)
+#define NCCL_OK(call)                                                                     \
+  do {                                                                                    \
+    ncclResult_t e8q_nr_ = (call);                                                        \
+    E8Q_CHECK(e8q_nr_ == ncclSuccess, "NCCL call %s failed: %s", #call,                  \
+              ncclGetErrorString(e8q_nr_));                                               \
+  } while (0)
+
+e8q_nccl *e8q_nccl_open(MPI_Comm comm, int cuda_device) {
+  int ndev = 0;
+  cudaError_t ce = cudaGetDeviceCount(&ndev);
+  E8Q_CHECK(ce == cudaSuccess && ndev > 0,
+            "NCCL communicator: CUDA device %d requested but no CUDA device is usable (%s); "
+            "run on a GPU node or create a host-only communicator (device -1)",
+            cuda_device, ce == cudaSuccess ? "0 devices" : cudaGetErrorString(ce));
+  E8Q_CHECK(cuda_device < ndev, "NCCL communicator: CUDA device %d requested, %d present", cuda_device, ndev);
+  e8q_nccl *g = e8q_calloc(1, sizeof *g, "NCCL communicator");
+  E8Q_CHECK_MPI(MPI_Comm_rank(comm, &g->rank));
+  E8Q_CHECK_MPI(MPI_Comm_size(comm, &g->size));
+  g->device = cuda_device;
+  CUDA_OK(cudaSetDevice(cuda_device));
+  CUDA_OK(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking));
+  ncclUniqueId id;
+  if (g->rank == 0) NCCL_OK(ncclGetUniqueId(&id));
+  E8Q_CHECK_MPI(MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, comm));
+  NCCL_OK(ncclCommInitRank(&g->comm, g->size, id, g->rank));
+  return g;
+}
+
+void e8q_nccl_close(e8q_nccl *g) {
+  if (!g) return;
+  ncclCommDestroy(g->comm);
+  cudaStreamDestroy(g->stream);
+  free(g);
+}
+
+void *e8q_nccl_stream(e8q_nccl *g) { return (void *)g->stream; }
+
+static ncclDataType_t nccl_dt(int dt) {
+  switch (dt) {
+    case 0: return ncclFloat32;
+    case 1: return ncclFloat64;
+    case 2: return ncclInt64;
+  }
+  E8Q_FATAL("NCCL communicator: unknown dtype %d", dt);
+}
+
+static void sync_stream(e8q_nccl *g) { CUDA_OK(cudaStreamSynchronize(g->stream)); }
+
+void e8q_nccl_allreduce_sum(e8q_nccl *g, int dt, void *buf, size_t n) {
+  CUDA_OK(cudaSetDevice(g->device));
+  NCCL_OK(ncclAllReduce(buf, buf, n, nccl_dt(dt), ncclSum, g->comm, g->stream));
+  sync_stream(g);
+}
+
+void e8q_nccl_reduce_sum(e8q_nccl *g, int dt, void *buf, size_t n, int root) {
+  CUDA_OK(cudaSetDevice(g->device));
+  NCCL_OK(ncclReduce(buf, buf, n, nccl_dt(dt), ncclSum, root, g->comm, g->stream));
+  sync_stream(g);
+}
+
+void e8q_nccl_bcast(e8q_nccl *g, void *buf, size_t bytes, int root) {
+  CUDA_OK(cudaSetDevice(g->device));
+  NCCL_OK(ncclBroadcast(buf, buf, bytes, ncclUint8, root, g->comm, g->stream));
+  sync_stream(g);
+}
+
+/* gatherv as grouped point-to-point; allgatherv (root < 0) as one broadcast per rank */
+void e8q_nccl_gatherv(e8q_nccl *g, const void *send, size_t send_bytes, void *recv,
+                      const size_t *counts, int root) {
+  CUDA_OK(cudaSetDevice(g->device));
+  size_t off = 0;
+  NCCL_OK(ncclGroupStart());
+  for (int r = 0; r < g->size; r++) {
+    char *dst = (char *)recv + off;
+    if (root < 0) {
+      NCCL_OK(ncclBroadcast(r == g->rank ? send : dst, dst, counts[r], ncclUint8, r, g->comm, g->stream));
+    } else if (g->rank == root) {
+      if (r == root) {
+        if (send_bytes)
+          CUDA_OK(cudaMemcpyAsync(dst, send, send_bytes, cudaMemcpyDeviceToDevice, g->stream));
+      } else if (counts[r]) {
+        NCCL_OK(ncclRecv(dst, counts[r], ncclUint8, r, g->comm, g->stream));
+      }
+    }
+    off += counts[r];
+  }
+  if (root >= 0 && g->rank != root && send_bytes)
+    NCCL_OK(ncclSend(send, send_bytes, ncclUint8, root, g->comm, g->stream));
+  NCCL_OK(ncclGroupEnd());
+  sync_stream(g);
+}
+
+void e8q_nccl_send(e8q_nccl *g, const void *buf, size_t bytes, int peer) {
+  CUDA_OK(cudaSetDevice(g->device));
+  NCCL_OK(ncclSend(buf, bytes, ncclUint8, peer, g->comm, g->stream));
+  sync_stream(g);
+}
+
+void e8q_nccl_recv(e8q_nccl *g, void *buf, size_t bytes, int peer) {
+  CUDA_OK(cudaSetDevice(g->device));
+  NCCL_OK(ncclRecv(buf, bytes, ncclUint8, peer, g->comm, g->stream));
+  sync_stream(g);
+}
+#else
+/* built without CUDA: this translation unit is intentionally empty */
+typedef int e8q_comm_nccl_unused;
+#endif

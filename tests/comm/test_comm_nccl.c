@@ -1,0 +1,104 @@
+/* tests/comm/test_comm_nccl.c: e8q_comm on device buffers (NCCL), one GPU per rank.
+ * Skips (exit code 77, with the reason) when there are fewer CUDA devices than ranks.
+ * Values are exact; results are copied back to the host and checked there. */
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/comm.h"
+#include "common/cuda_util.h"
+#include "common/error.h"
+
+static int n_pass, n_fail, g_rank;
+#define CHECK(cond, ...)                                                     \
+  do {                                                                       \
+    if (cond) n_pass++;                                                      \
+    else {                                                                   \
+      n_fail++;                                                              \
+      fprintf(stderr, "[rank %d] FAIL %s:%d: ", g_rank, __FILE__, __LINE__); \
+      fprintf(stderr, __VA_ARGS__);                                          \
+      fprintf(stderr, "\n");                                                 \
+    }                                                                        \
+  } while (0)
+#define CU(call) E8Q_CHECK((call) == cudaSuccess, "%s failed", #call)
+
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  int p;
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &p);
+  int ndev = e8q_cuda_device_count();
+  if (ndev < p) {
+    const char *why = e8q_cuda_unavailable_reason();
+    if (g_rank == 0)
+      printf("SKIP test_comm_nccl: %d CUDA device(s) for %d ranks (%s); NCCL needs one GPU per rank\n",
+             ndev, p, why ? why : "too few devices");
+    MPI_Finalize();
+    return 77;
+  }
+  e8q_comm *c = e8q_comm_world(g_rank % ndev);
+  CHECK(e8q_comm_has_device(c), "device communicator has no device");
+  enum { N = 4097 };
+  float *hf = malloc(sizeof(float) * N), *df;
+  double *hd = malloc(sizeof(double) * N), *dd;
+  CU(cudaMalloc((void **)&df, sizeof(float) * N));
+  CU(cudaMalloc((void **)&dd, sizeof(double) * N));
+  for (int i = 0; i < N; i++) {
+    hf[i] = (float)((g_rank + 1) * (i % 1000));
+    hd[i] = (double)(g_rank + 1) * i;
+  }
+  CU(cudaMemcpy(df, hf, sizeof(float) * N, cudaMemcpyHostToDevice));
+  CU(cudaMemcpy(dd, hd, sizeof(double) * N, cudaMemcpyHostToDevice));
+  e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_DT_F32, df, N);
+  e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_DT_F64, dd, N);
+  CU(cudaMemcpy(hf, df, sizeof(float) * N, cudaMemcpyDeviceToHost));
+  CU(cudaMemcpy(hd, dd, sizeof(double) * N, cudaMemcpyDeviceToHost));
+  int bad = 0;
+  for (int i = 0; i < N; i++) {
+    double t = (double)p * (p + 1) / 2;
+    bad += hf[i] != (float)(t * (i % 1000)) || hd[i] != t * i;
+  }
+  CHECK(bad == 0, "device allreduce: %d wrong", bad);
+
+  /* bcast from the last rank */
+  for (int i = 0; i < N; i++) hd[i] = g_rank == p - 1 ? i * 3.0 : -1.0;
+  CU(cudaMemcpy(dd, hd, sizeof(double) * N, cudaMemcpyHostToDevice));
+  e8q_comm_bcast(c, E8Q_MEM_DEVICE, dd, sizeof(double) * N, p - 1);
+  CU(cudaMemcpy(hd, dd, sizeof(double) * N, cudaMemcpyDeviceToHost));
+  bad = 0;
+  for (int i = 0; i < N; i++) bad += hd[i] != i * 3.0;
+  CHECK(bad == 0, "device bcast: %d wrong", bad);
+
+  /* allgatherv and gatherv of bytes: rank k sends 5k+3 bytes of value 11k + j */
+  size_t *counts = malloc(sizeof(size_t) * p), total = 0;
+  for (int k = 0; k < p; k++) total += counts[k] = (size_t)(5 * k + 3);
+  unsigned char *hs = malloc(counts[g_rank]), *hr = malloc(total), *ds, *dr;
+  for (size_t j = 0; j < counts[g_rank]; j++) hs[j] = (unsigned char)(11 * g_rank + j);
+  CU(cudaMalloc((void **)&ds, counts[g_rank]));
+  CU(cudaMalloc((void **)&dr, total));
+  CU(cudaMemcpy(ds, hs, counts[g_rank], cudaMemcpyHostToDevice));
+  for (int pass = 0; pass < 2; pass++) {
+    CU(cudaMemset(dr, 0xAB, total));
+    if (pass == 0) e8q_comm_allgatherv(c, E8Q_MEM_DEVICE, ds, counts[g_rank], dr, counts);
+    else e8q_comm_gatherv(c, E8Q_MEM_DEVICE, ds, counts[g_rank], dr, counts, 0);
+    if (pass == 1 && g_rank != 0) continue;
+    CU(cudaMemcpy(hr, dr, total, cudaMemcpyDeviceToHost));
+    bad = 0;
+    size_t off = 0;
+    for (int k = 0; k < p; k++)
+      for (size_t j = 0; j < counts[k]; j++) bad += hr[off++] != (unsigned char)(11 * k + j);
+    CHECK(bad == 0, "device %s: %d wrong bytes", pass ? "gatherv" : "allgatherv", bad);
+  }
+
+  int fails = n_fail, passes = n_pass;
+  MPI_Allreduce(MPI_IN_PLACE, &fails, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &passes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  if (g_rank == 0) printf("test_comm_nccl on %d ranks: %d passed, %d failed\n", p, passes, fails);
+  cudaFree(df); cudaFree(dd); cudaFree(ds); cudaFree(dr);
+  free(hf); free(hd); free(hs); free(hr); free(counts);
+  e8q_comm_free(c);
+  MPI_Finalize();
+  return fails ? 1 : 0;
+}
