@@ -16,4 +16,8 @@ int cmd_plan(int argc, char **argv);
 /* the table, NULL-terminated (coordinator/commands.c) */
 extern const e8q_command e8q_commands[];
 
+int cmd_generate(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+
 #endif

@@ -24,4 +24,12 @@ int e8q_ids_is_file(const char *path);
  * (vocab_size <= 0 skips that check). Returns the count, *ids malloc'd. */
 size_t e8q_ids_read(const char *path, int vocab_size, int **ids);
 
+/* ---------------------------------------------------------------- additions */
+
+/* byte offset of the first invalid UTF-8 sequence in text[0..len) (overlong forms, surrogates,
+ * code points above U+10FFFF and NUL bytes are invalid), or len when all of it is valid */
+size_t e8q_utf8_check(const char *text, size_t len);
+/* writes n ids as a little-endian uint32 file, atomically; fatal on a negative id or I/O error */
+void e8q_ids_write(const char *path, const int *ids, size_t n);
+
 #endif

@@ -24,4 +24,22 @@ int e8q_tokenizer_encode(const e8q_tokenizer *t, const char *text, int bos, int 
  * <0xNN> into the raw byte). Pointer valid until the next call. */
 const char *e8q_tokenizer_decode(const e8q_tokenizer *t, int prev, int id);
 
+/* ---------------------------------------------------------------- additions */
+
+/* The readable O(n^2) twin of e8q_tokenizer_encode (llama2.c's merge loop): same ids. */
+int e8q_tokenizer_encode_ref(const e8q_tokenizer *t, const char *text, int bos, int eos, int **ids);
+int e8q_tokenizer_bos_id(const e8q_tokenizer *t);
+int e8q_tokenizer_eos_id(const e8q_tokenizer *t);
+/* the piece of id in llama2.c form (spaces, not U+2581); fatal when out of range */
+const char *e8q_tokenizer_piece(const e8q_tokenizer *t, int id);
+/* fatal, naming the tokenizer file and the model, unless the vocabulary has model_vocab_size pieces */
+void e8q_tokenizer_check_vocab(const e8q_tokenizer *t, int model_vocab_size, const char *model);
+
+/* Writes a minimal valid SentencePiece tokenizer.model (BPE, identity normalizer, dummy prefix,
+ * byte fallback when byte pieces are given), atomically (temporary + fsync + rename).
+ * pieces[i]: UTF-8, a space is written as U+2581; scores[i]: merge priority; types[i]: the
+ * SentencePiece type (1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte <0xNN>),
+ * NULL for all normal. Llama convention: 0 <unk>, 1 <s>, 2 </s>. */
+void e8q_tokenizer_write_spm(const char *path, int n, const char **pieces, const float *scores, const int *types);
+
 #endif

@@ -51,6 +51,9 @@ void e8q_block_forward(const e8q_block *b, const e8q_config *c, int n_seq, int T
   e8q_fwd_scratch *s = scratch ? scratch : &local;
   int N = n_seq * T, D = c->dim, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
   int ld = (nh + 2 * nkv) * hd;
+  E8Q_CHECK(c->sliding_window <= 0 || T <= c->sliding_window,
+            "sequences of %d tokens exceed the model's sliding_window %d, which e8q does not implement: use a "
+            "shorter context", T, c->sliding_window);
   scratch_ensure(s, c, (size_t)N);
 
   /* attention */
@@ -188,6 +191,9 @@ const float *e8q_model_step(const e8q_model *m, e8q_kv_cache *c, int token, int 
   const e8q_config *cfg = &m->cfg;
   E8Q_CHECK(m->blocks, "model %s was loaded without its blocks", m->path ? m->path : "(memory)");
   E8Q_CHECK(pos >= 0 && pos < c->max_T, "position %d outside the KV cache's %d positions", pos, c->max_T);
+  E8Q_CHECK(cfg->sliding_window <= 0 || pos < cfg->sliding_window,
+            "position %d is beyond the model's sliding_window %d, which e8q does not implement: generate fewer tokens",
+            pos, cfg->sliding_window);
   int D = cfg->dim, hd = cfg->head_dim, nh = cfg->n_heads, nkv = cfg->n_kv_heads;
   size_t kvd = (size_t)nkv * hd;
   float eps = (float)cfg->norm_eps;

@@ -1,0 +1,124 @@
+/* coordinator/cmd_eval.c: `e8q eval`: perplexity of a model on a text, per line or in windows.
+ * The last line on stdout is one JSON object (mean_nll, ppl, tokens, ...). */
+#include <cjson/cJSON.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "coordinator/commands.h"
+#include "coordinator/eval.h"
+#include "io/text.h"
+
+static void eval_usage(FILE *f) {
+  fprintf(f,
+          "usage: [mpirun -np N] e8q eval --model PATH --text FILE [--tokenizer FILE] [--per-line N | --ctx T]\n\n"
+          "Perplexity of a model (Hugging Face directory or llama2.c .bin) on a text.\n\n"
+          "  --model PATH      model directory (config.json + safetensors) or llama2.c .bin\n"
+          "  --text FILE       UTF-8 text, or pre-tokenized ids (.ids / .u32: little-endian uint32)\n"
+          "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
+          "                    tokenizer.bin / tok<vocab>.bin beside a .bin)\n"
+          "  --per-line N      score the first N non-empty lines, each [BOS]+tokens with a fresh context\n"
+          "  --ctx T           score non-overlapping windows of T tokens over the whole text\n"
+          "                    (default when neither is given: the model's max positions, at most 2048)\n"
+          "  --help            this text\n\n"
+          "Sequences are split across MPI ranks; the result does not depend on the rank count.\n"
+          "The last line printed on stdout is one JSON object with mean_nll, ppl and tokens.\n");
+}
+
+/* the value of option argv[*i]; fatal when missing */
+static const char *opt_value(int argc, char **argv, int *i) {
+  E8Q_CHECK(*i + 1 < argc, "eval: option %s needs a value (see e8q eval --help)", argv[*i]);
+  return argv[++*i];
+}
+
+static int opt_int(const char *opt, const char *v) {
+  char *end = NULL;
+  long x = strtol(v, &end, 10);
+  E8Q_CHECK(end && *end == '\0' && x > 0 && x < (1L << 30), "eval: option %s wants a positive integer, got '%s'", opt,
+            v);
+  return (int)x;
+}
+
+int cmd_eval(int argc, char **argv) {
+  const char *model_path = NULL, *text_path = NULL, *tok_path = NULL;
+  int per_line = 0, ctx = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      if (e8q_rank() == 0) eval_usage(stdout);
+      return 0;
+    } else if (!strcmp(a, "--model")) {
+      model_path = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--text")) {
+      text_path = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--tokenizer")) {
+      tok_path = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--per-line")) {
+      per_line = opt_int(a, opt_value(argc, argv, &i));
+    } else if (!strcmp(a, "--ctx")) {
+      ctx = opt_int(a, opt_value(argc, argv, &i));
+    } else {
+      E8Q_FATAL("eval: unknown option '%s' (see e8q eval --help)", a);
+    }
+  }
+  E8Q_CHECK(model_path, "eval: --model PATH is required (see e8q eval --help)");
+  E8Q_CHECK(text_path, "eval: --text FILE is required (see e8q eval --help)");
+  E8Q_CHECK(!(per_line && ctx), "eval: --per-line and --ctx exclude each other; give one");
+
+  double t0 = e8q_now();
+  e8q_model *m = e8q_model_load(model_path);
+  const e8q_config *c = &m->cfg;
+  if (!per_line && !ctx) ctx = c->max_seq_len < 2048 ? c->max_seq_len : 2048;
+  E8Q_CHECK(!ctx || ctx <= c->max_seq_len, "eval: --ctx %d exceeds the model's max_position_embeddings %d", ctx,
+            c->max_seq_len);
+  int need_tok = per_line || !e8q_ids_is_file(text_path);
+  char *tok_used = NULL;
+  e8q_tokenizer *tok = e8q_eval_open_tokenizer(model_path, c, tok_path, need_tok, &tok_used);
+
+  e8q_eval_set set;
+  if (per_line)
+    e8q_eval_set_lines(&set, text_path, tok, per_line);
+  else
+    e8q_eval_set_windows(&set, text_path, tok, c->vocab_size, ctx);
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  e8q_info("eval: %s on %s: %d %s, %d rank%s", model_path, text_path, set.n, per_line ? "lines" : "windows", size,
+           size > 1 ? "s" : "");
+  double t1 = e8q_now();
+  e8q_eval_result r = e8q_eval_run(m, &set, 1);
+  double t2 = e8q_now();
+
+  if (e8q_rank() == 0) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", model_path);
+    cJSON_AddStringToObject(o, "text", text_path);
+    if (tok_used) cJSON_AddStringToObject(o, "tokenizer", tok_used);
+    cJSON_AddStringToObject(o, "mode", per_line ? "per-line" : "ctx");
+    if (per_line)
+      cJSON_AddNumberToObject(o, "lines", set.n);
+    else {
+      cJSON_AddNumberToObject(o, "ctx", ctx);
+      cJSON_AddNumberToObject(o, "windows", set.n);
+    }
+    cJSON_AddNumberToObject(o, "tokens", (double)r.tokens);
+    cJSON_AddNumberToObject(o, "sum_nll", r.sum_nll);
+    cJSON_AddNumberToObject(o, "mean_nll", r.mean_nll);
+    cJSON_AddNumberToObject(o, "ppl", r.ppl);
+    cJSON_AddNumberToObject(o, "ranks", size);
+    cJSON_AddNumberToObject(o, "seconds", t2 - t0);
+    cJSON_AddNumberToObject(o, "tokens_per_s", (t2 - t1) > 0 ? (double)r.tokens / (t2 - t1) : 0.0);
+    char *js = cJSON_PrintUnformatted(o);
+    printf("%s\n", js);
+    fflush(stdout);
+    free(js);
+    cJSON_Delete(o);
+  }
+  e8q_eval_set_free(&set);
+  if (tok) e8q_tokenizer_free(tok);
+  free(tok_used);
+  e8q_model_free(m);
+  return 0;
+}

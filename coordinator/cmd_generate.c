@@ -1,0 +1,131 @@
+/* coordinator/cmd_generate.c: `e8q generate`: greedy decoding with the KV-cached step.
+ * Text (or, with --ids, a JSON list of the generated ids) on stdout; tokens/s on stderr.
+ * Runs on rank 0 only. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "coordinator/commands.h"
+#include "coordinator/eval.h"
+#include "kernels/transformer.h"
+#include "worker/forward.h"
+
+static void generate_usage(FILE *f) {
+  fprintf(f,
+          "usage: e8q generate --model PATH [--tokenizer FILE] [--prompt TEXT] [--tokens N] [--ids]\n\n"
+          "Greedy (argmax) generation from [BOS] + prompt, stopping at EOS or after N tokens.\n\n"
+          "  --model PATH      model directory (config.json + safetensors) or llama2.c .bin\n"
+          "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
+          "                    tokenizer.bin / tok<vocab>.bin beside a .bin)\n"
+          "  --prompt TEXT     text to continue (default: none, start from BOS)\n"
+          "  --tokens N        tokens to generate (default 100; capped by the model's max positions)\n"
+          "  --ids             print the generated ids as a JSON list instead of text\n"
+          "  --help            this text\n");
+}
+
+static const char *opt_value(int argc, char **argv, int *i) {
+  E8Q_CHECK(*i + 1 < argc, "generate: option %s needs a value (see e8q generate --help)", argv[*i]);
+  return argv[++*i];
+}
+
+/* prints a decoded piece, dropping lone control bytes other than newline and tab */
+static void print_piece(const char *p) {
+  if (!p || !*p) return;
+  if (p[1] == '\0') {
+    unsigned char b = (unsigned char)p[0];
+    if (b < 32 && b != '\n' && b != '\t') return;
+  }
+  fputs(p, stdout);
+}
+
+int cmd_generate(int argc, char **argv) {
+  const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
+  int n_tokens = 100, want_ids = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      if (e8q_rank() == 0) generate_usage(stdout);
+      return 0;
+    } else if (!strcmp(a, "--model")) {
+      model_path = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--tokenizer")) {
+      tok_path = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--prompt")) {
+      prompt = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--tokens")) {
+      const char *v = opt_value(argc, argv, &i);
+      char *end = NULL;
+      long x = strtol(v, &end, 10);
+      E8Q_CHECK(end && *end == '\0' && x > 0 && x < (1L << 30), "generate: --tokens wants a positive integer, got '%s'",
+                v);
+      n_tokens = (int)x;
+    } else if (!strcmp(a, "--ids")) {
+      want_ids = 1;
+    } else {
+      E8Q_FATAL("generate: unknown option '%s' (see e8q generate --help)", a);
+    }
+  }
+  E8Q_CHECK(model_path, "generate: --model PATH is required (see e8q generate --help)");
+  if (e8q_rank() != 0) return 0; /* generation is not distributed */
+
+  e8q_model *m = e8q_model_load(model_path);
+  const e8q_config *c = &m->cfg;
+  /* a tokenizer is needed for a prompt or for text output */
+  e8q_tokenizer *tok = e8q_eval_open_tokenizer(model_path, c, tok_path, prompt || !want_ids, NULL);
+  int *prompt_ids = NULL, n_prompt;
+  if (prompt) {
+    n_prompt = e8q_tokenizer_encode(tok, prompt, 1, 0, &prompt_ids);
+  } else {
+    prompt_ids = e8q_malloc(sizeof(int), "prompt");
+    prompt_ids[0] = c->bos_id;
+    n_prompt = 1;
+  }
+  E8Q_CHECK(n_prompt < c->max_seq_len, "generate: the prompt has %d tokens, the model only %d positions", n_prompt,
+            c->max_seq_len);
+  if (n_prompt + n_tokens > c->max_seq_len) {
+    e8q_warn("generate: %d prompt + %d new tokens exceed the model's %d positions; generating %d", n_prompt, n_tokens,
+             c->max_seq_len, c->max_seq_len - n_prompt);
+    n_tokens = c->max_seq_len - n_prompt;
+  }
+
+  e8q_kv_cache kv;
+  e8q_kv_init(&kv, c, n_prompt + n_tokens);
+  int *out = e8q_malloc(sizeof(int) * (size_t)n_tokens, "generated ids");
+  int n_out = 0;
+  if (!want_ids && prompt) fputs(prompt, stdout);
+  double t0 = e8q_now();
+  const float *logits = NULL;
+  for (int p = 0; p < n_prompt; p++) logits = e8q_model_step(m, &kv, prompt_ids[p], p);
+  double t1 = e8q_now();
+  int prev = prompt_ids[n_prompt - 1];
+  while (n_out < n_tokens) {
+    int next = e8q_argmax(c->vocab_size, logits);
+    if (next == c->eos_id) break;
+    out[n_out++] = next;
+    if (!want_ids) {
+      print_piece(e8q_tokenizer_decode(tok, prev, next));
+      fflush(stdout);
+    }
+    prev = next;
+    if (n_out < n_tokens) logits = e8q_model_step(m, &kv, next, n_prompt + n_out - 1);
+  }
+  double t2 = e8q_now();
+  if (want_ids) {
+    printf("[");
+    for (int i = 0; i < n_out; i++) printf(i ? ", %d" : "%d", out[i]);
+    printf("]\n");
+  } else {
+    printf("\n");
+  }
+  fflush(stdout);
+  fprintf(stderr, "generate: %d prompt tokens in %.3f s, %d new tokens at %.1f tokens/s\n", n_prompt, t1 - t0, n_out,
+          t2 > t1 ? n_out / (t2 - t1) : 0.0);
+  free(out);
+  free(prompt_ids);
+  e8q_kv_free(&kv);
+  if (tok) e8q_tokenizer_free(tok);
+  e8q_model_free(m);
+  return 0;
+}

@@ -1,0 +1,138 @@
+/* coordinator/eval.c: building evaluation sequences and scoring them across ranks. */
+#include "coordinator/eval.h"
+
+#include <math.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "io/text.h"
+#include "worker/forward.h"
+
+/* ---------------------------------------------------------------- building sets */
+
+void e8q_eval_set_lines(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int n_lines) {
+  memset(s, 0, sizeof *s);
+  E8Q_CHECK(!e8q_ids_is_file(text_path),
+            "%s is a pre-tokenized id file, which has no lines: use --ctx T with it, or give the text for --per-line",
+            text_path);
+  E8Q_CHECK(tok, "--per-line needs a tokenizer for %s", text_path);
+  E8Q_CHECK(n_lines > 0, "--per-line %d: the number of lines must be positive", n_lines);
+  size_t len = 0;
+  char *text = e8q_text_read(text_path, &len);
+  char **lines = NULL;
+  int n = e8q_text_lines(text, 0, n_lines, &lines);
+  E8Q_CHECK(n > 0, "%s has no non-empty lines to score", text_path);
+  if (n < n_lines) e8q_warn("%s has only %d non-empty lines (--per-line %d asked for more)", text_path, n, n_lines);
+  s->n = n;
+  s->seq = e8q_calloc((size_t)n, sizeof(int *), "eval sequences");
+  s->len = e8q_calloc((size_t)n, sizeof(int), "eval lengths");
+  for (int i = 0; i < n; i++) s->len[i] = e8q_tokenizer_encode(tok, lines[i], 1, 0, &s->seq[i]);
+  e8q_text_lines_free(lines, n);
+  free(text);
+}
+
+void e8q_eval_set_windows(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int vocab_size, int ctx) {
+  memset(s, 0, sizeof *s);
+  E8Q_CHECK(ctx >= 2, "--ctx %d: a window needs at least 2 tokens", ctx);
+  int *ids = NULL;
+  long n_ids;
+  if (e8q_ids_is_file(text_path)) {
+    n_ids = (long)e8q_ids_read(text_path, vocab_size, &ids);
+  } else {
+    E8Q_CHECK(tok, "--ctx needs a tokenizer for the text %s", text_path);
+    size_t len = 0;
+    char *text = e8q_text_read(text_path, &len);
+    n_ids = e8q_tokenizer_encode(tok, text, 1, 0, &ids);
+    free(text);
+  }
+  E8Q_CHECK(n_ids >= 2, "%s holds %ld tokens: nothing to score", text_path, n_ids);
+  long n_win = n_ids / ctx;
+  int tail_only = 0;
+  if (n_win == 0) {
+    e8q_warn("%s holds %ld tokens, fewer than --ctx %d: scoring it as one shorter window", text_path, n_ids, ctx);
+    n_win = 1;
+    tail_only = 1;
+  }
+  E8Q_CHECK(n_win < (1L << 30), "%s: too many windows", text_path);
+  s->n = (int)n_win;
+  s->seq = e8q_calloc((size_t)n_win, sizeof(int *), "eval windows");
+  s->len = e8q_calloc((size_t)n_win, sizeof(int), "eval lengths");
+  for (long w = 0; w < n_win; w++) {
+    int L = tail_only ? (int)n_ids : ctx;
+    s->len[w] = L;
+    s->seq[w] = e8q_malloc(sizeof(int) * (size_t)L, "eval window");
+    memcpy(s->seq[w], ids + w * ctx, sizeof(int) * (size_t)L);
+  }
+  free(ids);
+}
+
+void e8q_eval_set_free(e8q_eval_set *s) {
+  for (int i = 0; i < s->n; i++) free(s->seq[i]);
+  free(s->seq);
+  free(s->len);
+  memset(s, 0, sizeof *s);
+}
+
+/* ---------------------------------------------------------------- scoring */
+
+e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int progress) {
+  int rank = 0, size = 1, init = 0;
+  MPI_Initialized(&init);
+  if (init) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  }
+  double *nll = e8q_calloc((size_t)s->n, sizeof(double), "per-sequence NLL");
+  long *cnt = e8q_calloc((size_t)s->n, sizeof(long), "per-sequence counts");
+  double t0 = e8q_now(), last = t0;
+  for (int i = rank; i < s->n; i += size) {
+    const int *seq = s->seq[i];
+    e8q_score_seqs(m, 1, &seq, &s->len[i], &nll[i], &cnt[i]);
+    if (progress && e8q_now() - last > 2.0) {
+      last = e8q_now();
+      e8q_info("eval: %d/%d sequences on rank 0, %.1f s", (i - rank) / size + 1, (s->n - rank + size - 1) / size,
+               last - t0);
+    }
+  }
+  /* every other rank holds zeros for sequence i: the sums are exact, the order fixed */
+  if (init && size > 1) {
+    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, nll, s->n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, cnt, s->n, MPI_LONG, MPI_SUM, MPI_COMM_WORLD));
+  }
+  e8q_eval_result r = {0};
+  for (int i = 0; i < s->n; i++) {
+    r.sum_nll += nll[i];
+    r.tokens += cnt[i];
+  }
+  E8Q_CHECK(r.tokens > 0, "evaluation scored no tokens (every sequence shorter than 2 tokens)");
+  r.mean_nll = r.sum_nll / (double)r.tokens;
+  r.ppl = exp(r.mean_nll);
+  free(nll);
+  free(cnt);
+  return r;
+}
+
+/* ---------------------------------------------------------------- tokenizer */
+
+e8q_tokenizer *e8q_eval_open_tokenizer(const char *model_path, const e8q_config *cfg, const char *tok_opt, int required,
+                                       char **used) {
+  char *path = tok_opt ? strdup(tok_opt) : e8q_model_default_tokenizer(model_path, cfg);
+  if (!path) {
+    E8Q_CHECK(!required,
+              "no tokenizer found for model %s (looked for tokenizer.model in a model directory, tokenizer.bin or "
+              "tok%d.bin beside a .bin): pass --tokenizer FILE",
+              model_path, cfg->vocab_size);
+    if (used) *used = NULL;
+    return NULL;
+  }
+  e8q_tokenizer *t = e8q_tokenizer_load(path);
+  e8q_model_check_tokenizer(cfg, model_path, e8q_tokenizer_vocab_size(t), path);
+  if (used)
+    *used = path;
+  else
+    free(path);
+  return t;
+}

@@ -1,0 +1,45 @@
+/* coordinator/eval.h: perplexity evaluation, shared by `e8q eval` and the pipeline.
+ *
+ * An evaluation is a list of token sequences, each scored with a fresh context (tokens
+ * 1..len-1 predicted from their prefixes). Sequences are split across MPI ranks round-robin;
+ * per-sequence sums come back to every rank and are added in sequence order, so the result
+ * is bit-identical for any number of ranks. */
+#ifndef E8Q_COORDINATOR_EVAL_H
+#define E8Q_COORDINATOR_EVAL_H
+
+#include "io/tokenizer.h"
+#include "shard/model.h"
+
+typedef struct {
+  int n;          /* sequences */
+  int **seq;      /* [n] token ids, owned */
+  int *len;       /* [n] */
+} e8q_eval_set;
+
+/* --per-line N: the first n_lines non-empty lines of a text file, each [BOS] + encode(line).
+ * (An id file has no lines: refused.) */
+void e8q_eval_set_lines(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int n_lines);
+/* --ctx T: the whole text encoded once ([BOS] + encode(text); an id file is taken as is) and cut
+ * into non-overlapping windows of T tokens; a shorter tail is dropped unless it is the only
+ * window. tok may be NULL for an id file; vocab_size bounds the ids. */
+void e8q_eval_set_windows(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int vocab_size, int ctx);
+void e8q_eval_set_free(e8q_eval_set *s);
+
+typedef struct {
+  double sum_nll; /* nats over all scored tokens */
+  long tokens;    /* scored tokens */
+  double mean_nll, ppl;
+} e8q_eval_result;
+
+/* Scores the set on all ranks of MPI_COMM_WORLD (every rank holds the model). progress: print
+ * a line per sequence batch on rank 0. */
+e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int progress);
+
+/* The tokenizer for a model: tok_opt when given, else the model's own (DIR/tokenizer.model,
+ * or tokenizer.bin / tok<vocab>.bin beside a .bin). Its vocabulary size must equal the model's
+ * (fatal naming both files). NULL when none is found and !required (fatal otherwise).
+ * *used gets the path (malloc'd) when not NULL. */
+e8q_tokenizer *e8q_eval_open_tokenizer(const char *model_path, const e8q_config *cfg, const char *tok_opt, int required,
+                                       char **used);
+
+#endif

@@ -1,0 +1,345 @@
+/* tests/io/test_tokenizer.c: SentencePiece tokenizer.model and llama2.c tokenizer.bin against the
+ * golden ids of stories260K_tsval40.json, against each other, the fast encoder against its _ref
+ * twin, decoding round trips, and writing a tokenizer.model. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "io/text.h"
+#include "io/tokenizer.h"
+#include "testutil.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+static char *join(const char *a, const char *b) {
+  size_t n = strlen(a) + strlen(b) + 2;
+  char *p = malloc(n);
+  snprintf(p, n, "%s/%s", a, b);
+  return p;
+}
+
+static void assert_ids_equal(const int *a, int na, const int *b, int nb, const char *what) {
+  if (na != nb) fail_msg("%s: %d vs %d ids", what, na, nb);
+  for (int i = 0; i < na; i++)
+    if (a[i] != b[i]) fail_msg("%s: id %d differs: %d vs %d", what, i, a[i], b[i]);
+}
+
+/* the concatenated decoding of ids (after BOS) */
+static char *decode_all(const e8q_tokenizer *t, const int *ids, int n) {
+  size_t cap = 16, len = 0;
+  char *s = malloc(cap);
+  s[0] = 0;
+  for (int i = 1; i < n; i++) {
+    const char *p = e8q_tokenizer_decode(t, ids[i - 1], ids[i]);
+    size_t k = strlen(p);
+    while (len + k + 1 > cap) s = realloc(s, cap *= 2);
+    memcpy(s + len, p, k);
+    len += k;
+    s[len] = 0;
+  }
+  return s;
+}
+
+/* ---------------------------------------------------------------- golden ids */
+
+static void test_golden_first_line_both_formats(void **state) {
+  (void)state;
+  char *gpath = t_shared_path("golden/stories260K_tsval40.json");
+  char *tpath = t_shared_path("text/tinystories_valid_head.txt");
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  char *bpath = t_shared_path("models/stories260K/tok512.bin");
+  size_t gn;
+  char *gtext = t_read_file(gpath, &gn);
+  cJSON *g = cJSON_Parse(gtext);
+  assert_non_null(g);
+  const cJSON *want = cJSON_GetObjectItem(g, "first_line_ids");
+  assert_true(cJSON_IsArray(want));
+  int nw = cJSON_GetArraySize(want);
+  assert_true(nw > 10);
+
+  char *text = e8q_text_read(tpath, NULL);
+  char **lines;
+  int nl = e8q_text_lines(text, 0, 1, &lines);
+  assert_int_equal(nl, 1);
+  const char *paths[2] = {mpath, bpath};
+  for (int f = 0; f < 2; f++) {
+    e8q_tokenizer *t = e8q_tokenizer_load(paths[f]);
+    assert_int_equal(e8q_tokenizer_vocab_size(t), 512);
+    int *ids;
+    int n = e8q_tokenizer_encode(t, lines[0], 1, 0, &ids);
+    if (n != nw) fail_msg("%s: %d ids, golden %d", paths[f], n, nw);
+    for (int i = 0; i < n; i++)
+      if (ids[i] != cJSON_GetArrayItem(want, i)->valueint)
+        fail_msg("%s: id %d is %d, golden %d", paths[f], i, ids[i], cJSON_GetArrayItem(want, i)->valueint);
+    /* decoding gives the line back */
+    char *back = decode_all(t, ids, n);
+    assert_string_equal(back, lines[0]);
+    free(back);
+    free(ids);
+    e8q_tokenizer_free(t);
+  }
+  e8q_text_lines_free(lines, nl);
+  free(text);
+  cJSON_Delete(g);
+  free(gtext);
+  free(gpath);
+  free(tpath);
+  free(mpath);
+  free(bpath);
+}
+
+/* .model and .bin agree on the first 200 lines; fast encoder equals _ref; decode round trips */
+static void test_formats_agree_200_lines(void **state) {
+  (void)state;
+  char *tpath = t_shared_path("text/tinystories_valid_head.txt");
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  char *bpath = t_shared_path("models/stories260K/tok512.bin");
+  e8q_tokenizer *tm = e8q_tokenizer_load(mpath), *tb = e8q_tokenizer_load(bpath);
+  for (int i = 0; i < 512; i++) { /* same pieces, same order */
+    if (i == 1 || i == 2) continue; /* .bin stores BOS/EOS as "\n<s>\n" */
+    assert_string_equal(e8q_tokenizer_piece(tm, i), e8q_tokenizer_piece(tb, i));
+  }
+  char *text = e8q_text_read(tpath, NULL);
+  char **lines;
+  int nl = e8q_text_lines(text, 0, 200, &lines);
+  assert_int_equal(nl, 200);
+  long total = 0;
+  for (int l = 0; l < nl; l++) {
+    int *a, *b, *r;
+    int na = e8q_tokenizer_encode(tm, lines[l], 1, 1, &a);
+    int nb = e8q_tokenizer_encode(tb, lines[l], 1, 1, &b);
+    int nr = e8q_tokenizer_encode_ref(tb, lines[l], 1, 1, &r);
+    assert_ids_equal(a, na, b, nb, ".model vs .bin");
+    assert_ids_equal(a, na, r, nr, "encode vs encode_ref");
+    assert_int_equal(a[0], 1);
+    assert_int_equal(a[na - 1], 2);
+    char *back = decode_all(tm, a, na - 1);
+    assert_string_equal(back, lines[l]);
+    free(back);
+    total += na;
+    free(a);
+    free(b);
+    free(r);
+  }
+  assert_true(total > 200 * 10);
+  e8q_text_lines_free(lines, nl);
+  free(text);
+  e8q_tokenizer_free(tm);
+  e8q_tokenizer_free(tb);
+  free(tpath);
+  free(mpath);
+  free(bpath);
+}
+
+/* random byte strings (invalid UTF-8, control bytes, characters outside the vocabulary): the fast
+ * encoder equals the _ref twin and decoding gives the bytes back */
+static void test_encode_matches_ref_random(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  t_rng rng = {t_fresh_seed("tok_random")};
+  static const char *alphabet[] = {"a", "e", "t", "h", " ", "  ", "the", "\n", "\xc3\xa9", "\xe2\x80\x99", "\xf0\x9f\x98\x80",
+                                   "\xff", "\x80", "\x01", "Once", ",", "\xe4\xb8\xad"};
+  int na = (int)(sizeof alphabet / sizeof alphabet[0]);
+  for (int it = 0; it < 300; it++) {
+    char buf[400];
+    size_t len = 0;
+    int parts = (int)(t_rng_u64(&rng) % 40);
+    for (int k = 0; k < parts; k++) {
+      const char *p = alphabet[t_rng_u64(&rng) % (uint64_t)na];
+      size_t pl = strlen(p);
+      memcpy(buf + len, p, pl);
+      len += pl;
+    }
+    buf[len] = 0;
+    int *a, *r;
+    int n = e8q_tokenizer_encode(t, buf, 1, 0, &a);
+    int nr = e8q_tokenizer_encode_ref(t, buf, 1, 0, &r);
+    assert_ids_equal(a, n, r, nr, "encode vs encode_ref on random text");
+    /* decoding restores valid UTF-8 text exactly; invalid bytes may group with the dummy-prefix
+     * space (as in llama2.c), which then decodes as a byte and is not stripped */
+    char *back = decode_all(t, a, n);
+    if (e8q_utf8_check(buf, len) == len && strcmp(back, buf) != 0)
+      fail_msg("round trip of a %zu-byte random string differs", len);
+    if (strcmp(back, buf) != 0 && strcmp(back + 1, buf) != 0) fail_msg("round trip of invalid UTF-8 differs");
+    free(back);
+    free(a);
+    free(r);
+  }
+  /* empty text: no dummy prefix, only BOS/EOS */
+  int *ids;
+  assert_int_equal(e8q_tokenizer_encode(t, "", 1, 1, &ids), 2);
+  free(ids);
+  /* a character outside the vocabulary falls back to its UTF-8 bytes <0xNN> = byte + 3 */
+  int n = e8q_tokenizer_encode(t, "\xe4\xb8\xad", 0, 0, &ids);
+  assert_int_equal(n, 4);
+  assert_string_equal(e8q_tokenizer_piece(t, ids[0]), " ");
+  assert_int_equal(ids[1], 0xe4 + 3);
+  assert_int_equal(ids[2], 0xb8 + 3);
+  assert_int_equal(ids[3], 0xad + 3);
+  free(ids);
+  e8q_tokenizer_free(t);
+  free(mpath);
+}
+
+/* the whole 800 KB text in one call: fast encoder equals the per-line ids joined where lines
+ * are independent is not guaranteed, so compare against _ref on a 20 KB prefix and check that
+ * the full text round-trips */
+static void test_encode_long_text(void **state) {
+  (void)state;
+  char *tpath = t_shared_path("text/tinystories_valid_head.txt");
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  size_t len;
+  char *text = e8q_text_read(tpath, &len);
+  char saved = text[20000];
+  text[20000] = 0;
+  int *a, *r;
+  int n = e8q_tokenizer_encode(t, text, 0, 0, &a);
+  int nr = e8q_tokenizer_encode_ref(t, text, 0, 0, &r);
+  assert_ids_equal(a, n, r, nr, "encode vs encode_ref on 20 KB");
+  free(a);
+  free(r);
+  text[20000] = saved;
+  n = e8q_tokenizer_encode(t, text, 1, 0, &a);
+  assert_true(n > (int)(len / 8));
+  char *back = decode_all(t, a, n);
+  assert_int_equal(strlen(back), len);
+  assert_true(strcmp(back, text) == 0);
+  free(back);
+  free(a);
+  free(text);
+  e8q_tokenizer_free(t);
+  free(mpath);
+  free(tpath);
+}
+
+/* ---------------------------------------------------------------- writing tokenizer.model */
+
+static void test_write_spm_roundtrip(void **state) {
+  (void)state;
+  char *bpath = t_shared_path("models/stories260K/tok512.bin");
+  e8q_tokenizer *src = e8q_tokenizer_load(bpath);
+  int n = e8q_tokenizer_vocab_size(src);
+  const char **pieces = malloc((size_t)n * sizeof(char *));
+  float *scores = malloc((size_t)n * sizeof(float));
+  int *types = malloc((size_t)n * sizeof(int));
+  /* scores are not exposed: recover them from the .bin file itself (float, int32 len, bytes) */
+  size_t fsz;
+  char *raw = t_read_file(bpath, &fsz);
+  size_t off = 4;
+  for (int i = 0; i < n; i++) {
+    int32_t l;
+    memcpy(&scores[i], raw + off, 4);
+    memcpy(&l, raw + off + 4, 4);
+    off += 8 + (size_t)l;
+    pieces[i] = e8q_tokenizer_piece(src, i);
+    types[i] = i == 0 ? 2 : i <= 2 ? 3 : (i < 259 ? 6 : 1);
+  }
+  pieces[0] = "<unk>";
+  pieces[1] = "<s>";
+  pieces[2] = "</s>";
+  char *dir = t_tmpdir("tok_write");
+  char *out = join(dir, "tokenizer.model");
+  e8q_tokenizer_write_spm(out, n, pieces, scores, types);
+  e8q_tokenizer *back = e8q_tokenizer_load(out);
+  assert_int_equal(e8q_tokenizer_vocab_size(back), n);
+  for (int i = 0; i < n; i++) assert_string_equal(e8q_tokenizer_piece(back, i), pieces[i]);
+  /* the written file is byte-identical in its pieces to the reference tok512.model */
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  e8q_tokenizer *ref = e8q_tokenizer_load(mpath);
+  const char *samples[] = {"Once upon a time, there was a little girl named Lily.", "  two  spaces ", "\xe4\xb8\xad!", ""};
+  for (size_t s = 0; s < sizeof samples / sizeof samples[0]; s++) {
+    int *a, *b;
+    int na = e8q_tokenizer_encode(back, samples[s], 1, 0, &a);
+    int nb = e8q_tokenizer_encode(ref, samples[s], 1, 0, &b);
+    assert_ids_equal(a, na, b, nb, "written tokenizer.model vs tok512.model");
+    free(a);
+    free(b);
+  }
+  /* the tokenizer is found in a model directory */
+  char *found = e8q_tokenizer_find(dir);
+  assert_non_null(found);
+  assert_string_equal(found, out);
+  free(found);
+  char *d260 = t_shared_path("models/stories260K/stories260K.bin");
+  found = e8q_tokenizer_find(d260);
+  assert_non_null(found);
+  assert_non_null(strstr(found, "tok512.model"));
+  free(found);
+  free(d260);
+  e8q_tokenizer_free(ref);
+  e8q_tokenizer_free(back);
+  e8q_tokenizer_free(src);
+  free(mpath);
+  free(raw);
+  free(out);
+  free(dir);
+  free(pieces);
+  free(scores);
+  free(types);
+  free(bpath);
+}
+
+/* ---------------------------------------------------------------- bad input */
+
+static void test_vocab_mismatch(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  e8q_tokenizer_check_vocab(t, 512, "stories260K");
+  E8Q_EXPECT_FATAL(e8q_tokenizer_check_vocab(t, 32000, "llama-7b"), "tok512.model", "512", "32000", "llama-7b");
+  E8Q_EXPECT_FATAL(e8q_tokenizer_decode(t, 1, 512), "tok512.model", "512");
+  e8q_tokenizer_free(t);
+  free(mpath);
+}
+
+/* every truncation of tokenizer.model inside a piece is a fatal error or a smaller valid
+ * vocabulary (protobuf has no end marker), never a crash */
+static void test_truncated_model(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  size_t n;
+  char *raw = t_read_file(mpath, &n);
+  char *dir = t_tmpdir("tok_trunc");
+  char *p = join(dir, "tokenizer.model");
+  int fatal = 0;
+  for (size_t cut = 1; cut < 4000; cut += 7) {
+    t_write_file(p, raw, cut);
+    e8q_error_trap trap;
+    if (setjmp(trap.env) == 0) {
+      e8q_error_trap_arm(&trap);
+      e8q_tokenizer *t = e8q_tokenizer_load(p);
+      e8q_error_trap_arm(NULL);
+      assert_true(e8q_tokenizer_vocab_size(t) < 512);
+      e8q_tokenizer_free(t);
+    } else {
+      assert_non_null(strstr(trap.message, p));
+      fatal++;
+    }
+  }
+  assert_true(fatal > 0);
+  /* a piece length running past the end */
+  t_write_file(p, raw, 5);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "past the end");
+  free(p);
+  free(dir);
+  free(raw);
+  free(mpath);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_golden_first_line_both_formats),
+      cmocka_unit_test(test_formats_agree_200_lines),
+      cmocka_unit_test(test_encode_matches_ref_random),
+      cmocka_unit_test(test_encode_long_text),
+      cmocka_unit_test(test_write_spm_roundtrip),
+      cmocka_unit_test(test_vocab_mismatch),
+      cmocka_unit_test(test_truncated_model),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
