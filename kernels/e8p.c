@@ -1,0 +1,369 @@
+/* kernels/e8p.c: E8P12 / RVQ encoders, tables from their definitions, reference packing. */
+#include "kernels/e8p.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "common/error.h"
+
+/* ---------------------------------------------------------------- definitions */
+/* The 29 rows of |v|^2 = 12 (five 3/2 and three 1/2) that complete the table, in half units,
+ * as in the reference implementation (Cornell-RelaxML/quip-sharp @ 1d8f873). */
+static const int8_t norm12_rows2[29][8] = {
+    {3, 1, 1, 1, 3, 3, 3, 3}, {1, 3, 1, 1, 3, 3, 3, 3}, {1, 1, 3, 1, 3, 3, 3, 3}, {1, 1, 1, 3, 3, 3, 3, 3},
+    {3, 3, 3, 1, 3, 3, 1, 1}, {3, 3, 3, 1, 3, 1, 3, 1}, {3, 3, 3, 1, 1, 3, 3, 1}, {3, 3, 3, 1, 3, 1, 1, 3},
+    {3, 3, 3, 1, 1, 3, 1, 3}, {3, 3, 3, 1, 1, 1, 3, 3}, {3, 3, 1, 3, 3, 3, 1, 1}, {3, 3, 1, 3, 3, 1, 3, 1},
+    {3, 3, 1, 3, 1, 3, 3, 1}, {3, 3, 1, 3, 3, 1, 1, 3}, {3, 3, 1, 3, 1, 3, 1, 3}, {3, 3, 1, 3, 1, 1, 3, 3},
+    {3, 1, 3, 3, 3, 3, 1, 1}, {3, 1, 3, 3, 3, 1, 3, 1}, {3, 1, 3, 3, 1, 3, 3, 1}, {3, 1, 3, 3, 3, 1, 1, 3},
+    {3, 1, 3, 3, 1, 3, 1, 3}, {1, 3, 3, 3, 1, 1, 3, 3}, {1, 3, 3, 3, 3, 3, 1, 1}, {1, 3, 3, 3, 3, 1, 3, 1},
+    {1, 3, 3, 3, 1, 3, 3, 1}, {1, 3, 3, 3, 3, 1, 1, 3}, {1, 3, 3, 3, 1, 3, 1, 3}, {1, 1, 3, 3, 1, 3, 3, 3},
+    {3, 3, 1, 1, 3, 3, 3, 1},
+};
+
+void e8q_e8p_build_abs_rows(double rows[E8Q_E8P_ROWS][8]) {
+  /* |v| for v in (Z+1/2)^8 with even sum and |v|^2 <= 10. |v_i| <= sqrt(10) leaves 1/2, 3/2,
+   * 5/2; a sign flip changes the sum by the odd integer 2|v_i|, so every such abs vector is
+   * reached by a v with even sum. Counting t = 0..3^8-1 with digit 7 least significant
+   * enumerates the candidates in lexicographic order, so no sort is needed. */
+  int n = 0;
+  for (int t = 0; t < 6561; t++) {
+    double a[8];
+    int u = t;
+    double n2 = 0;
+    for (int i = 7; i >= 0; i--) {
+      a[i] = 0.5 + (double)(u % 3);
+      u /= 3;
+      n2 += a[i] * a[i];
+    }
+    if (n2 > 10.0) continue;
+    E8Q_CHECK(n < E8Q_E8P_ROWS_ENUM, "E8P table: more than %d rows of norm <= 10", E8Q_E8P_ROWS_ENUM);
+    memcpy(rows[n++], a, sizeof a);
+  }
+  E8Q_CHECK(n == E8Q_E8P_ROWS_ENUM, "E8P table: %d rows of norm <= 10, expected %d", n, E8Q_E8P_ROWS_ENUM);
+  for (int r = 0; r < 29; r++)
+    for (int i = 0; i < 8; i++) rows[n + r][i] = 0.5 * norm12_rows2[r][i];
+}
+
+void e8q_e8p_build_packed_abs(uint32_t packed[E8Q_E8P_ROWS]) {
+  static const int perm[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+  double rows[E8Q_E8P_ROWS][8];
+  e8q_e8p_build_abs_rows(rows);
+  for (int r = 0; r < E8Q_E8P_ROWS; r++) {
+    double sum = 0;
+    for (int i = 0; i < 8; i++) sum += rows[r][i];
+    uint32_t w = 0;
+    for (int j = 0; j < 8; j++) {
+      double u = rows[r][perm[j]];
+      if (j == 7 && ((int)sum & 1)) u = -u;
+      w |= (uint32_t)(int)(2 * u + 8) << (4 * j);
+    }
+    packed[r] = w;
+  }
+}
+
+void e8q_e81b_build_grid2(int8_t g[E8Q_E81B_SIZE][8]) {
+  int n = 0;
+  /* integer points of norm 0 or 2 in {-1,0,1}^8, lexicographic */
+  for (int t = 0; t < 6561; t++) {
+    int v[8], u = t, n2 = 0;
+    for (int i = 7; i >= 0; i--) {
+      v[i] = u % 3 - 1;
+      u /= 3;
+      n2 += v[i] * v[i];
+    }
+    if (n2 != 0 && n2 != 2) continue;
+    for (int i = 0; i < 8; i++) g[n][i] = (int8_t)(2 * v[i]);
+    n++;
+  }
+  /* (+-1/2)^8 with an even number of minus signs, lexicographic (bit 7-i set = minus... ) */
+  for (int t = 0; t < 256; t++) {
+    int neg = 0;
+    int8_t v[8];
+    for (int i = 0; i < 8; i++) {
+      /* most significant bit first; a clear bit is -1/2 so that -1/2 sorts first */
+      int bit = (t >> (7 - i)) & 1;
+      v[i] = bit ? 1 : -1;
+      neg += !bit;
+    }
+    if (neg & 1) continue;
+    memcpy(g[n++], v, 8);
+  }
+  for (int i = 0; i < 8; i++, n++) {
+    memset(g[n], 0, 8);
+    g[n][i] = 4;
+  }
+  for (int i = 0; i < 7; i++, n++) {
+    memset(g[n], 0, 8);
+    g[n][i] = -4;
+  }
+  E8Q_CHECK(n == E8Q_E81B_SIZE, "1-bit E8 grid: built %d points, expected %d", n, E8Q_E81B_SIZE);
+}
+
+/* ---------------------------------------------------------------- encoder tables
+ * Structure of arrays so the 256-row search vectorises: a[i][r] = |v| of row r, element i. */
+static struct {
+  double a[8][E8Q_E8P_ROWS];
+  double n2[E8Q_E8P_ROWS];
+  double mismatch[2][E8Q_E8P_ROWS]; /* [parity of negatives in y][row]: 1 if a flip is forced */
+  uint32_t odd[E8Q_E8P_ROWS];      /* sum |v| odd: packed element 7 is negative */
+  double full[E8Q_E8P_NCODES][8];  /* every point, for the brute force */
+  double full_n2[E8Q_E8P_NCODES];
+  double e81b[E8Q_E81B_SIZE][8];
+  double e81b_n2[E8Q_E81B_SIZE];
+} T;
+static pthread_once_t T_once = PTHREAD_ONCE_INIT;
+
+static void tables_init(void) {
+  for (int r = 0; r < E8Q_E8P_ROWS; r++) {
+    uint32_t w = e8q_e8p_packed_abs_host[r];
+    double n2 = 0, sum = 0;
+    for (int i = 0; i < 8; i++) {
+      double v = fabs((double)((int)((w >> (4 * e8q_e8p_sigma(i))) & 15u) - 8) * 0.5);
+      T.a[i][r] = v;
+      n2 += v * v;
+      sum += v;
+    }
+    T.n2[r] = n2;
+    T.odd[r] = (uint32_t)((int)sum & 1);
+    T.mismatch[0][r] = T.odd[r] ? 1.0 : 0.0;
+    T.mismatch[1][r] = T.odd[r] ? 0.0 : 1.0;
+  }
+  for (uint32_t c = 0; c < E8Q_E8P_NCODES; c++) {
+    e8q_e8p_decode_f64((uint16_t)c, T.full[c]);
+    double n2 = 0;
+    for (int i = 0; i < 8; i++) n2 += T.full[c][i] * T.full[c][i];
+    T.full_n2[c] = n2;
+  }
+  for (int g = 0; g < E8Q_E81B_SIZE; g++) {
+    double n2 = 0;
+    for (int i = 0; i < 8; i++) {
+      T.e81b[g][i] = 0.5 * e8q_e81b_grid2_host[g][i];
+      n2 += T.e81b[g][i] * T.e81b[g][i];
+    }
+    T.e81b_n2[g] = n2;
+  }
+}
+static inline void tables_ready(void) { pthread_once(&T_once, tables_init); }
+
+/* ---------------------------------------------------------------- E8P encoder */
+/* score[r] = max over allowed signs of 2 y.v - |v|^2 for row r (v = signed row),
+ * given ay = |y| and the parity of the number of negative coordinates of y. The same code
+ * runs in every clone (no FMA contraction without the fma target), so all machines agree. */
+__attribute__((target_clones("avx2", "default")))
+static void row_scores(const double ay[8], int negpar, double score[E8Q_E8P_ROWS]) {
+  const double *mis = T.mismatch[negpar];
+  for (int r = 0; r < E8Q_E8P_ROWS; r++) {
+    double p0 = T.a[0][r] * ay[0], p1 = T.a[1][r] * ay[1], p2 = T.a[2][r] * ay[2], p3 = T.a[3][r] * ay[3];
+    double p4 = T.a[4][r] * ay[4], p5 = T.a[5][r] * ay[5], p6 = T.a[6][r] * ay[6], p7 = T.a[7][r] * ay[7];
+    double d = ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7));
+    double m01 = p0 < p1 ? p0 : p1, m23 = p2 < p3 ? p2 : p3, m45 = p4 < p5 ? p4 : p5, m67 = p6 < p7 ? p6 : p7;
+    double ma = m01 < m23 ? m01 : m23, mb = m45 < m67 ? m45 : m67;
+    double mn = ma < mb ? ma : mb;
+    score[r] = 2.0 * d - T.n2[r] - 4.0 * mn * mis[r];
+  }
+}
+
+/* best code for one shift: returns the score, writes the code */
+static double encode_shift(const double x[8], double shift, uint16_t *code) {
+  double y[8], ay[8];
+  uint32_t neg = 0;
+  int negpar = 0;
+  for (int i = 0; i < 8; i++) {
+    y[i] = x[i] - shift;
+    ay[i] = fabs(y[i]);
+    if (y[i] < 0) {
+      neg |= 1u << i;
+      negpar ^= 1;
+    }
+  }
+  double score[E8Q_E8P_ROWS];
+  row_scores(ay, negpar, score);
+  int best = 0;
+  for (int r = 1; r < E8Q_E8P_ROWS; r++)
+    if (score[r] > score[best]) best = r;
+  /* signs of the best row: follow y; flip the weakest coordinate when the parity is wrong */
+  if (T.odd[best] != (uint32_t)negpar) {
+    int k = 0;
+    double mk = T.a[0][best] * ay[0];
+    for (int i = 1; i < 8; i++)
+      if (T.a[i][best] * ay[i] < mk) {
+        mk = T.a[i][best] * ay[i];
+        k = i;
+      }
+    neg ^= 1u << k;
+  }
+  /* sign bits relative to the packed row (its element 7 is already negative when odd) */
+  uint32_t s = 0;
+  for (int i = 0; i < 8; i++) {
+    uint32_t t = (neg >> i) & 1u;
+    if (i == 7) t ^= T.odd[best];
+    s |= t << e8q_e8p_sigma(i);
+  }
+  uint32_t b = shift > 0 ? s : (s ^ 1u); /* s has even parity; B = S ^ p */
+  *code = (uint16_t)(((uint32_t)best << 8) | b);
+  return score[best];
+}
+
+uint16_t e8q_e8p_encode(const double x[8], double xhat[8]) {
+  tables_ready();
+  uint16_t cp, cm;
+  double sp = encode_shift(x, 0.25, &cp), sm = encode_shift(x, -0.25, &cm);
+  /* the scores are relative to x - shift: put both on the scale of ||x - q||^2 */
+  double ep = -sp - 0.5 * (x[0] + x[1] + x[2] + x[3] + x[4] + x[5] + x[6] + x[7]);
+  double em = -sm + 0.5 * (x[0] + x[1] + x[2] + x[3] + x[4] + x[5] + x[6] + x[7]);
+  uint16_t c = (ep < em || (ep == em && cp < cm)) ? cp : cm;
+  if (xhat) e8q_e8p_decode_f64(c, xhat);
+  return c;
+}
+
+uint16_t e8q_e8p_encode_ref(const double x[8], double xhat[8]) {
+  tables_ready();
+  uint32_t best = 0;
+  double bs = -INFINITY;
+  for (uint32_t c = 0; c < E8Q_E8P_NCODES; c++) {
+    double d = 0;
+    for (int i = 0; i < 8; i++) d += x[i] * T.full[c][i];
+    double s = 2 * d - T.full_n2[c];
+    if (s > bs) {
+      bs = s;
+      best = c;
+    }
+  }
+  if (xhat) e8q_e8p_decode_f64((uint16_t)best, xhat);
+  return (uint16_t)best;
+}
+
+void e8q_e8p_encode_batch(const double *x, size_t n, uint16_t *codes, double *xhat) {
+  tables_ready();
+#pragma omp parallel for schedule(static)
+  for (size_t k = 0; k < n; k++) codes[k] = e8q_e8p_encode(x + 8 * k, xhat ? xhat + 8 * k : NULL);
+}
+
+/* ---------------------------------------------------------------- RVQ */
+uint16_t e8q_rvq4_encode(const double x[8], uint16_t *c2, double xhat[8]) {
+  double q1[8], r[8], q2[8];
+  uint16_t c1 = e8q_e8p_encode(x, q1);
+  for (int i = 0; i < 8; i++) r[i] = (x[i] - q1[i]) * E8Q_RVQ4_RESID_SCALE;
+  *c2 = e8q_e8p_encode(r, q2);
+  if (xhat)
+    for (int i = 0; i < 8; i++) xhat[i] = q1[i] + q2[i] / E8Q_RVQ4_RESID_SCALE;
+  return c1;
+}
+
+uint8_t e8q_e81b_encode(const double r[8]) {
+  tables_ready();
+  int best = 0;
+  double bs = -INFINITY;
+  for (int g = 0; g < E8Q_E81B_SIZE; g++) {
+    double d = 0;
+    for (int i = 0; i < 8; i++) d += r[i] * T.e81b[g][i];
+    double s = 2 * d - T.e81b_n2[g];
+    if (s > bs) {
+      bs = s;
+      best = g;
+    }
+  }
+  return (uint8_t)best;
+}
+
+uint16_t e8q_rvq3_encode(const double x[8], uint8_t *c2, double xhat[8]) {
+  double q1[8], r[8];
+  uint16_t c1 = e8q_e8p_encode(x, q1);
+  for (int i = 0; i < 8; i++) r[i] = (x[i] - q1[i]) * E8Q_RVQ3_RESID_SCALE;
+  *c2 = e8q_e81b_encode(r);
+  if (xhat)
+    for (int i = 0; i < 8; i++) xhat[i] = q1[i] + T.e81b[*c2][i] / E8Q_RVQ3_RESID_SCALE;
+  return c1;
+}
+
+void e8q_cb_encode(e8q_codebook_id cb, const double x[8], uint16_t *c1, uint16_t *c2, double xhat[8]) {
+  switch (cb) {
+  case E8Q_CB_E8P12:
+    *c1 = e8q_e8p_encode(x, xhat);
+    if (c2) *c2 = 0;
+    return;
+  case E8Q_CB_E8P12RVQ4B: {
+    uint16_t s;
+    *c1 = e8q_rvq4_encode(x, &s, xhat);
+    if (c2) *c2 = s;
+    return;
+  }
+  case E8Q_CB_E8P12RVQ3B: {
+    uint8_t s;
+    *c1 = e8q_rvq3_encode(x, &s, xhat);
+    if (c2) *c2 = s;
+    return;
+  }
+  }
+  E8Q_FATAL("unknown codebook id %d (expected 2, 3 or 4 bits)", (int)cb);
+}
+
+void e8q_cb_decode_f64(e8q_codebook_id cb, uint16_t c1, uint16_t c2, double out[8]) {
+  e8q_e8p_decode_f64(c1, out);
+  double b[8];
+  if (cb == E8Q_CB_E8P12RVQ4B) {
+    e8q_e8p_decode_f64(c2, b);
+    for (int i = 0; i < 8; i++) out[i] += b[i] / E8Q_RVQ4_RESID_SCALE;
+  } else if (cb == E8Q_CB_E8P12RVQ3B) {
+    e8q_e81b_decode_f64(c2, b);
+    for (int i = 0; i < 8; i++) out[i] += b[i] / E8Q_RVQ3_RESID_SCALE;
+  }
+}
+
+const char *e8q_cb_name(e8q_codebook_id cb) {
+  switch (cb) {
+  case E8Q_CB_E8P12: return "E8P12";
+  case E8Q_CB_E8P12RVQ3B: return "E8P12RVQ3B";
+  case E8Q_CB_E8P12RVQ4B: return "E8P12RVQ4B";
+  }
+  return "?";
+}
+
+e8q_codebook_id e8q_cb_from_bits(int bits) {
+  E8Q_CHECK(bits >= 2 && bits <= 4, "--bits %d is not supported: use 2 (E8P12), 3 (E8P12RVQ3B) or 4 (E8P12RVQ4B)", bits);
+  return (e8q_codebook_id)bits;
+}
+
+double e8q_cb_default_rho(e8q_codebook_id cb) {
+  return cb == E8Q_CB_E8P12RVQ3B ? E8Q_RHO_RVQ3 : cb == E8Q_CB_E8P12RVQ4B ? E8Q_RHO_RVQ4 : E8Q_RHO_E8P_REF;
+}
+
+/* ---------------------------------------------------------------- reference packing */
+static inline int64_t pack_word_index(int64_t R, int64_t C, int64_t nc) {
+  int64_t A = R / 8, a = R % 8, B = C / 4, b = C % 4;
+  return ((A * (nc / 8) + B) * 8 + a) * 4 + b;
+}
+
+void e8q_e8p_pack_ref(const uint16_t *codes, int64_t m, int64_t nc, uint64_t *words) {
+  E8Q_CHECK(m % 16 == 0 && nc % 8 == 0,
+            "reference E8P packing needs rows %% 16 == 0 and codes per row %% 8 == 0 (got %lld x %lld)",
+            (long long)m, (long long)nc);
+  for (int64_t R = 0; R < m / 2; R++)
+    for (int64_t C = 0; C < nc / 2; C++) {
+      uint16_t q[4] = {codes[(2 * R) * nc + 2 * C], codes[(2 * R + 1) * nc + 2 * C], codes[(2 * R) * nc + 2 * C + 1],
+                       codes[(2 * R + 1) * nc + 2 * C + 1]};
+      uint64_t abs32 = 0, sign32 = 0;
+      for (int k = 0; k < 4; k++) {
+        abs32 |= (uint64_t)(q[k] >> 8) << (8 * k);
+        for (int j = 0; j < 8; j++) sign32 |= (uint64_t)((q[k] >> j) & 1u) << (4 * j + k);
+      }
+      words[pack_word_index(R, C, nc)] = (sign32 << 32) | abs32;
+    }
+}
+
+void e8q_e8p_unpack_ref(const uint64_t *words, int64_t m, int64_t nc, uint16_t *codes) {
+  E8Q_CHECK(m % 16 == 0 && nc % 8 == 0,
+            "reference E8P unpacking needs rows %% 16 == 0 and codes per row %% 8 == 0 (got %lld x %lld)",
+            (long long)m, (long long)nc);
+  for (int64_t R = 0; R < m / 2; R++)
+    for (int64_t C = 0; C < nc / 2; C++) {
+      uint64_t w = words[pack_word_index(R, C, nc)];
+      for (int k = 0; k < 4; k++) {
+        uint32_t c = (uint32_t)((w >> (8 * k)) & 0xFFu) << 8;
+        for (int j = 0; j < 8; j++) c |= (uint32_t)((w >> (32 + 4 * j + k)) & 1u) << j;
+        int64_t r = 2 * R + (k & 1), col = 2 * C + (k >> 1);
+        codes[r * nc + col] = (uint16_t)c;
+      }
+    }
+}
