@@ -166,7 +166,8 @@ int e8q_atomic_sweep(const char *dir) {
   int removed = 0;
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] != '.' || !strstr(e->d_name, ".tmp.")) continue;
+    /* ours: ".<name>.tmp.<pid>"; the safetensors writer's: "<name>.tmp.XXXXXX" */
+    if (!strstr(e->d_name, ".tmp.")) continue;
     char p[4096];
     snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
     if (unlink(p) == 0) removed++;

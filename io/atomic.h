@@ -34,7 +34,7 @@ void e8q_atomic_write_file(const char *path, const char *kind, const void *data,
 void e8q_fsync_dir(const char *dir);
 /* mkdir -p; fatal naming the directory on error */
 void e8q_mkdirs(const char *dir);
-/* removes leftover temporaries ".*.tmp.*" of killed runs from a directory; returns how many */
+/* removes leftover temporaries "*.tmp.*" of killed runs from a directory; returns how many */
 int e8q_atomic_sweep(const char *dir);
 
 #endif
