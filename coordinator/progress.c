@@ -1,6 +1,7 @@
 /* coordinator/progress.c: progress bar, plain lines and JSON events (coordinator/progress.h). */
 #include "coordinator/progress.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
