@@ -1,0 +1,174 @@
+/* bench/bench_qlinear.c: fused quantized-linear products against f32 BLAS and memory bandwidth,
+ * all measured in the same run.
+ *
+ *   bench_qlinear [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R]
+ *
+ * For each shape (default 4096x14336 and 8192x28672), threads (1, 2) and batch (1, 8):
+ *   - e8q_qlinear_forward (the whole fused call: SU, input Hadamard, decode product, output
+ *     Hadamard, scales) for E8P (2 bit), RVQ3, RVQ4: median time per product;
+ *   - OpenBLAS sgemv (batch 1) / sgemm (batch 8) on an f32 matrix of the same shape;
+ *   - STREAM-style copy bandwidth with the same thread count, for arrays far larger than the
+ *     caches (DRAM) and for arrays the size of the E8P codes (cache resident, as the codes are
+ *     between repeated products when they fit in the last-level cache).
+ * Ratios printed: speedup over f32 BLAS; effective weight bandwidth (code bytes / time) as a
+ * fraction of the copy bandwidth (the bound for streaming those bytes).
+ */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "kernels/qlinear.h"
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return rng_state;
+}
+static float rndf(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1); }
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* median seconds of reps runs (one warm-up run first) */
+#define TIME_MEDIAN(reps, out, stmt)                        \
+  do {                                                      \
+    double t_[64];                                          \
+    int r_ = (reps) > 64 ? 64 : (reps);                     \
+    stmt;                                                   \
+    for (int i_ = 0; i_ < r_; i_++) {                       \
+      double t0_ = e8q_now();                               \
+      stmt;                                                 \
+      t_[i_] = e8q_now() - t0_;                             \
+    }                                                       \
+    qsort(t_, r_, sizeof(double), cmp_d);                   \
+    (out) = t_[r_ / 2];                                     \
+  } while (0)
+
+static void copy_once(float *restrict b, const float *restrict a, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) b[i] = a[i];
+}
+
+/* STREAM copy: bytes moved (read + write) per second */
+static double copy_bw(size_t bytes, int reps) {
+  size_t n = bytes / sizeof(float);
+  float *a = e8q_alloc_aligned(n * sizeof(float), "stream a"), *b = e8q_alloc_aligned(n * sizeof(float), "stream b");
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) a[i] = (float)i;
+  double t;
+  TIME_MEDIAN(reps, t, copy_once(b, a, n));
+  volatile float sink = b[n / 3];
+  (void)sink;
+  free(a);
+  free(b);
+  return 2.0 * (double)n * sizeof(float) / t;
+}
+
+static int K_of(int d) { /* a Hadamard factor that fits (timing only: the entries are random +-1) */
+  static const int Ks[] = {172, 156, 140, 124, 116, 108, 60, 52, 36, 28, 20, 12, 1};
+  for (int i = 0; i < 13; i++)
+    if (d % Ks[i] == 0) {
+      int p = d / Ks[i];
+      if ((p & (p - 1)) == 0) return Ks[i];
+    }
+  E8Q_FATAL("bench: no Hadamard factor for %d", d);
+}
+
+static int g_kernels_only, g_cb = -1; /* --cb 0|1|2: only E8P, RVQ3 or RVQ4 */
+
+static void run_shape(int m, int n, int threads, int batch, int reps, double bw_dram) {
+  const int np = n, nc = np / 8, K_in = K_of(np), K_out = K_of(m);
+  size_t ncodes = (size_t)m * nc;
+  uint16_t *codes = e8q_malloc(ncodes * 2, "codes"), *codes2 = e8q_malloc(ncodes * 2, "codes2");
+  uint8_t *codes3 = e8q_malloc(ncodes, "codes2 (3 bit)");
+  for (size_t i = 0; i < ncodes; i++) {
+    uint64_t v = rnd();
+    codes[i] = (uint16_t)v;
+    codes2[i] = (uint16_t)(v >> 16);
+    codes3[i] = (uint8_t)(v >> 32);
+  }
+  float *SU = e8q_malloc(sizeof(float) * np, "SU"), *SV = e8q_malloc(sizeof(float) * m, "SV");
+  for (int i = 0; i < np; i++) SU[i] = rnd() & 1 ? 1.f : -1.f;
+  for (int i = 0; i < m; i++) SV[i] = rnd() & 1 ? 1.f : -1.f;
+  float *R_in = e8q_malloc(sizeof(float) * K_in * K_in, "R_in"), *R_out = e8q_malloc(sizeof(float) * K_out * K_out, "R_out");
+  for (int i = 0; i < K_in * K_in; i++) R_in[i] = rnd() & 1 ? 1.f : -1.f;
+  for (int i = 0; i < K_out * K_out; i++) R_out[i] = rnd() & 1 ? 1.f : -1.f;
+  float *x = e8q_malloc(sizeof(float) * (size_t)batch * n, "x"), *y = e8q_malloc(sizeof(float) * (size_t)batch * m, "y");
+  for (size_t i = 0; i < (size_t)batch * n; i++) x[i] = rndf();
+
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+  double bw_codes = 1, t_blas = 1;
+  if (!g_kernels_only) {
+  bw_codes = copy_bw(ncodes * 2, reps * 4); /* copy of arrays the size of the E8P codes */
+
+  /* f32 BLAS on the same shape */
+  float *W = e8q_malloc(sizeof(float) * (size_t)m * n, "f32 weight");
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < (size_t)m * n; i++) W[i] = (float)((int)(i % 17) - 8) * 0.01f;
+  if (batch == 1)
+    TIME_MEDIAN(reps, t_blas, cblas_sgemv(CblasRowMajor, CblasNoTrans, m, n, 1.f, W, n, x, 1, 0.f, y, 1));
+  else
+    TIME_MEDIAN(reps, t_blas, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, m, n, 1.f, x, n, W, n,
+                                          0.f, y, m));
+  free(W);
+  printf("%5dx%-5d thr %d batch %2d | f32 %s %8.3f ms (%5.1f GB/s of weights) | copy DRAM %5.1f GB/s, codes-sized %5.1f GB/s\n",
+         m, n, threads, batch, batch == 1 ? "sgemv" : "sgemm", t_blas * 1e3, 4.0 * m * n / t_blas / 1e9, bw_dram / 1e9,
+         bw_codes / 1e9);
+  }
+
+  const e8q_codebook_id cbs[3] = {E8Q_CB_E8P12, E8Q_CB_E8P12RVQ3B, E8Q_CB_E8P12RVQ4B};
+  const char *names[3] = {"E8P ", "RVQ3", "RVQ4"};
+  const double bytes_per_code[3] = {2, 3, 4};
+  double t_e8p = 0;
+  for (int c = 0; c < 3; c++) {
+    if (g_cb >= 0 && c != g_cb) continue;
+    e8q_qlinear_desc d = {.m = m, .n = n, .n_pad = np, .codebook = cbs[c], .codes = codes,
+                          .codes2 = c == 0 ? NULL : c == 1 ? (const void *)codes3 : (const void *)codes2,
+                          .SU = SU, .SV = SV, .Wscale = 0.01f, .n_pieces = 1, .K_in = K_in,
+                          .R_in = K_in > 1 ? R_in : NULL, .K_out = K_out, .R_out = K_out > 1 ? R_out : NULL};
+    e8q_qlinear q;
+    e8q_qlinear_init(&q, &d, names[c]);
+    double t;
+    TIME_MEDIAN(reps, t, e8q_qlinear_forward(&q, batch, x, y));
+    if (c == 0) t_e8p = t;
+    double wb = bytes_per_code[c] * (double)ncodes / t;
+    printf("    %s %8.3f ms | %5.1fx f32 | weights %5.1f GB/s = %3.0f%% of DRAM copy, %3.0f%% of codes-sized copy%s\n",
+           names[c], t * 1e3, t_blas / t, wb / 1e9, 100 * wb / bw_dram, 100 * wb / bw_codes,
+           c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "");
+    e8q_qlinear_free(&q);
+  }
+  free(codes); free(codes2); free(codes3); free(SU); free(SV); free(R_in); free(R_out); free(x); free(y);
+}
+
+int main(int argc, char **argv) {
+  int shapes[2][2] = {{4096, 14336}, {8192, 28672}}, nshapes = 2;
+  int thr_list[2] = {1, 2}, nthr = 2, b_list[2] = {1, 8}, nb = 2, reps = 9;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--kernels-only")) g_kernels_only = 1;
+    else if (!strcmp(argv[i], "--cb") && i + 1 < argc) g_cb = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--quick")) { nshapes = 1; reps = 5; }
+    else if (!strcmp(argv[i], "--shape") && i + 1 < argc) { sscanf(argv[++i], "%dx%d", &shapes[0][0], &shapes[0][1]); nshapes = 1; }
+    else if (!strcmp(argv[i], "--threads") && i + 1 < argc) { thr_list[0] = atoi(argv[++i]); nthr = 1; }
+    else if (!strcmp(argv[i], "--batch") && i + 1 < argc) { b_list[0] = atoi(argv[++i]); nb = 1; }
+    else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+    else { fprintf(stderr, "usage: %s [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R]\n", argv[0]); return 2; }
+  }
+  printf("bench_qlinear: AVX2 %s; median of %d runs; GB = 1e9 bytes\n", e8q_cpu_has_avx2() ? "yes" : "no (scalar _ref)", reps);
+  for (int t = 0; t < nthr; t++) {
+    omp_set_num_threads(thr_list[t]);
+    double bw = g_kernels_only ? 1 : copy_bw((size_t)1 << 29, 5); /* 2 x 512 MiB: beyond any cache */
+    for (int s = 0; s < nshapes; s++)
+      for (int b = 0; b < nb; b++) run_shape(shapes[s][0], shapes[s][1], thr_list[t], b_list[b], reps, bw);
+  }
+  return 0;
+}

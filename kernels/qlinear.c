@@ -1,0 +1,250 @@
+/* kernels/qlinear.c: quantized linear (see qlinear.h): validation, the scalar reference
+ * product, dense float64 references and the run-time dispatch to the AVX2 path. */
+#include "kernels/qlinear.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "kernels/qlinear_had.h"
+
+/* ---------------------------------------------------------------- validation */
+static int is_pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
+
+static void check_factor(const char *name, const char *side, int dim, int K, const float *R) {
+  E8Q_CHECK(K >= 1 && dim % K == 0 && is_pow2(dim / K),
+            "%s: Hadamard factor K_%s = %d does not fit dimension %d (need %d = K * 2^p); "
+            "use the factor recorded in the artifact for this dimension", name, side, K, dim, dim);
+  E8Q_CHECK(K == 1 || R, "%s: Hadamard factor K_%s = %d > 1 needs its matrix R_%s [%d, %d]",
+            name, side, K, side, K, K);
+}
+
+void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *name) {
+  if (!name) name = "quantized linear";
+  memset(q, 0, sizeof *q);
+  E8Q_CHECK(d->m >= 1 && d->n >= 1, "%s: bad shape m = %d, n = %d", name, d->m, d->n);
+  E8Q_CHECK(d->n_pad % 8 == 0 && d->n_pad >= d->n && d->n_pad < d->n + 8,
+            "%s: n_pad = %d must be n = %d rounded up to a multiple of 8", name, d->n_pad, d->n);
+  E8Q_CHECK(d->codes, "%s: codes [%d, %d] missing", name, d->m, d->n_pad / 8);
+  E8Q_CHECK(d->SU && d->SV, "%s: SU [%d] and SV [%d] are required", name, d->n_pad, d->m);
+  E8Q_CHECK(isfinite(d->Wscale), "%s: Wscale is not finite", name);
+  switch (d->codebook) {
+    case E8Q_CB_E8P12:
+      E8Q_CHECK(!d->codes2, "%s: codebook E8P12 (2 bit) takes no codes2", name);
+      break;
+    case E8Q_CB_E8P12RVQ3B:
+    case E8Q_CB_E8P12RVQ4B:
+      E8Q_CHECK(d->codes2, "%s: codebook %s needs codes2 [%d, %d]", name,
+                d->codebook == E8Q_CB_E8P12RVQ3B ? "E8P12RVQ3B" : "E8P12RVQ4B", d->m, d->n_pad / 8);
+      break;
+    default:
+      E8Q_FATAL("%s: unknown codebook id %d (expected 2, 3 or 4 bits)", name, (int)d->codebook);
+  }
+  check_factor(name, "in", d->n_pad, d->K_in, d->R_in);
+  check_factor(name, "out", d->m, d->K_out, d->R_out);
+  E8Q_CHECK(d->n_pieces >= 1, "%s: n_pieces = %d must be >= 1", name, d->n_pieces);
+  E8Q_CHECK(d->n_pieces == 1 || d->piece_rows, "%s: %d fused pieces need piece_rows", name, d->n_pieces);
+  if (d->piece_rows) {
+    long tot = 0;
+    for (int i = 0; i < d->n_pieces; i++) {
+      E8Q_CHECK(d->piece_rows[i] >= 1, "%s: piece %d has %d rows", name, i, d->piece_rows[i]);
+      tot += d->piece_rows[i];
+    }
+    E8Q_CHECK(tot == d->m, "%s: piece rows sum to %ld, expected m = %d", name, tot, d->m);
+  }
+  q->d = *d;
+  q->nc = d->n_pad / 8;
+  q->resid_scale = d->resid_scale;
+  if (q->resid_scale == 0)
+    q->resid_scale = d->codebook == E8Q_CB_E8P12RVQ3B ? (float)E8Q_RVQ3_RESID_SCALE : (float)E8Q_RVQ4_RESID_SCALE;
+  E8Q_CHECK(isfinite(q->resid_scale) && q->resid_scale > 0, "%s: resid_scale %g must be positive",
+            name, (double)q->resid_scale);
+  q->out_scale = e8q_alloc_aligned(sizeof(float) * (size_t)d->m, "qlinear output scales");
+  int piece = 0, left = d->piece_rows ? d->piece_rows[0] : d->m;
+  for (int r = 0; r < d->m; r++) {
+    while (left == 0) left = d->piece_rows[++piece];
+    float fs = d->fuse_scales ? d->fuse_scales[piece] : 1.0f;
+    q->out_scale[r] = fs * d->SV[r];
+    left--;
+  }
+}
+
+void e8q_qlinear_free(e8q_qlinear *q) {
+  free(q->out_scale);
+  memset(q, 0, sizeof *q);
+}
+
+/* ---------------------------------------------------------------- decoding one code */
+/* Ŵr[r, 8j..8j+7] in f32, exactly as codebook.h decodes it */
+static inline void decode_f32(const e8q_qlinear *q, size_t idx, float w[8]) {
+  const uint16_t c = q->d.codes[idx];
+  switch (q->d.codebook) {
+    case E8Q_CB_E8P12:
+      e8q_e8p_decode(c, w);
+      return;
+    case E8Q_CB_E8P12RVQ4B: {
+      float a[8], b[8];
+      e8q_e8p_decode(c, a);
+      e8q_e8p_decode(((const uint16_t *)q->d.codes2)[idx], b);
+      for (int t = 0; t < 8; t++) w[t] = a[t] + b[t] / q->resid_scale;
+      return;
+    }
+    case E8Q_CB_E8P12RVQ3B: {
+      float a[8], b[8];
+      e8q_e8p_decode(c, a);
+      e8q_e81b_decode(((const uint8_t *)q->d.codes2)[idx], b);
+      for (int t = 0; t < 8; t++) w[t] = a[t] + b[t] / q->resid_scale;
+      return;
+    }
+  }
+}
+
+static inline void decode_f64(const e8q_qlinear *q, size_t idx, double w[8]) {
+  double b[8];
+  e8q_e8p_decode_f64(q->d.codes[idx], w);
+  if (q->d.codebook == E8Q_CB_E8P12RVQ4B) e8q_e8p_decode_f64(((const uint16_t *)q->d.codes2)[idx], b);
+  else if (q->d.codebook == E8Q_CB_E8P12RVQ3B) e8q_e81b_decode_f64(((const uint8_t *)q->d.codes2)[idx], b);
+  else return;
+  for (int t = 0; t < 8; t++) w[t] += b[t] / (double)q->resid_scale;
+}
+
+/* ---------------------------------------------------------------- scalar reference */
+void e8q_qlinear_codes_matmul_ref(const e8q_qlinear *q, int batch, const float *u, float *z) {
+  const int m = q->d.m, nc = q->nc, np = q->d.n_pad;
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < m; r++) {
+    for (int b = 0; b < batch; b++) {
+      const float *ub = u + (size_t)b * np;
+      float acc = 0;
+      for (int j = 0; j < nc; j++) {
+        float w[8];
+        decode_f32(q, (size_t)r * nc + j, w);
+        for (int t = 0; t < 8; t++) acc += w[t] * ub[8 * j + t];
+      }
+      z[(size_t)b * m + r] = acc;
+    }
+  }
+}
+
+/* the shared frame of both paths: rotate inputs, run the core, rotate outputs */
+typedef void (*core_fn)(const e8q_qlinear *, int, const float *, float *);
+
+static void forward_with(const e8q_qlinear *q, int batch, const float *x, float *y, core_fn core) {
+  const int m = q->d.m, n = q->d.n, np = q->d.n_pad;
+  E8Q_CHECK(batch >= 0, "e8q_qlinear_forward: batch %d < 0", batch);
+  if (batch == 0) return;
+  float *u = e8q_alloc_aligned(sizeof(float) * (size_t)batch * np, "qlinear rotated input");
+  float *z = e8q_alloc_aligned(sizeof(float) * (size_t)batch * m, "qlinear rotated output");
+  for (int b = 0; b < batch; b++) {
+    float *ub = u + (size_t)b * np;
+    const float *xb = x + (size_t)b * n;
+    for (int k = 0; k < n; k++) ub[k] = q->d.SU[k] * xb[k];
+    for (int k = n; k < np; k++) ub[k] = 0;
+    e8q_qlinear_had(np, q->d.K_in, q->d.R_in, 1, ub); /* M_n_padᵀ */
+  }
+  core(q, batch, u, z);
+  for (int b = 0; b < batch; b++) {
+    float *zb = z + (size_t)b * m;
+    for (int r = 0; r < m; r++) zb[r] *= q->d.Wscale;
+    e8q_qlinear_had(m, q->d.K_out, q->d.R_out, 0, zb); /* M_m */
+    float *yb = y + (size_t)b * m;
+    for (int r = 0; r < m; r++) yb[r] = q->out_scale[r] * zb[r];
+  }
+  free(u);
+  free(z);
+}
+
+void e8q_qlinear_forward_ref(const e8q_qlinear *q, int batch, const float *x, float *y) {
+  forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_ref);
+}
+
+/* ---------------------------------------------------------------- dispatch */
+int e8q_cpu_has_avx2(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return 0;
+#endif
+}
+
+static int use_avx2(void) {
+  static int decided = -1;
+  int v = __atomic_load_n(&decided, __ATOMIC_RELAXED);
+  if (v < 0) {
+    const char *env = getenv("E8Q_NO_AVX2");
+    v = e8q_cpu_has_avx2() && !(env && *env && strcmp(env, "0") != 0);
+    __atomic_store_n(&decided, v, __ATOMIC_RELAXED);
+  }
+  return v;
+}
+
+void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (use_avx2()) {
+    forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx2);
+    return;
+  }
+#endif
+  forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_ref);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+void e8q_qlinear_forward_avx2(const e8q_qlinear *q, int batch, const float *x, float *y) {
+  E8Q_CHECK(e8q_cpu_has_avx2(), "e8q_qlinear_forward_avx2: this CPU lacks AVX2/FMA");
+  forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx2);
+}
+#endif
+
+/* ---------------------------------------------------------------- dense float64 references */
+void e8q_qlinear_decode_f64(const e8q_qlinear *q, double *what) {
+  const int m = q->d.m, nc = q->nc;
+  for (int r = 0; r < m; r++)
+    for (int j = 0; j < nc; j++) decode_f64(q, (size_t)r * nc + j, what + (size_t)r * q->d.n_pad + 8 * j);
+}
+
+/* M_k as a dense matrix, straight from the definition kron(R_K, WHT_{k/K}) / sqrt(k) */
+static double *dense_hadamard_f64(int k, int K, const float *R) {
+  double *M = e8q_malloc(sizeof(double) * (size_t)k * k, "dense Hadamard reference");
+  const int p = k / K;
+  const double s = 1.0 / sqrt((double)k);
+  for (int a = 0; a < K; a++)
+    for (int b = 0; b < p; b++)
+      for (int c = 0; c < K; c++)
+        for (int e = 0; e < p; e++) {
+          double rk = K == 1 ? 1.0 : (double)R[a * K + c];
+          double h = (__builtin_popcount((unsigned)(b & e)) & 1) ? -1.0 : 1.0;
+          M[(size_t)(a * p + b) * k + (c * p + e)] = rk * h * s;
+        }
+  return M;
+}
+
+void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W) {
+  const int m = q->d.m, n = q->d.n, np = q->d.n_pad;
+  double *Wh = e8q_malloc(sizeof(double) * (size_t)m * np, "decoded weight");
+  double *T = e8q_calloc((size_t)m * np, sizeof(double), "dequant temp");
+  e8q_qlinear_decode_f64(q, Wh);
+  double *Mm = dense_hadamard_f64(m, q->d.K_out, q->d.R_out);
+  double *Mn = dense_hadamard_f64(np, q->d.K_in, q->d.R_in);
+  /* T = M_m (Wscale Ŵr) */
+  for (int r = 0; r < m; r++)
+    for (int i = 0; i < m; i++) {
+      double a = Mm[(size_t)r * m + i] * (double)q->d.Wscale;
+      const double *src = Wh + (size_t)i * np;
+      double *dst = T + (size_t)r * np;
+      for (int k = 0; k < np; k++) dst[k] += a * src[k];
+    }
+  /* W[r, c] = os[r] * Σ_k T[r, k] M_n[c, k] * SU[c]   (T M_nᵀ: (M_nᵀ)[k, c] = M_n[c, k]) */
+  for (int r = 0; r < m; r++)
+    for (int c = 0; c < n; c++) {
+      double acc = 0;
+      const double *t = T + (size_t)r * np, *mc = Mn + (size_t)c * np;
+      for (int k = 0; k < np; k++) acc += t[k] * mc[k];
+      W[(size_t)r * n + c] = (double)q->out_scale[r] * acc * (double)q->d.SU[c];
+    }
+  free(Wh);
+  free(T);
+  free(Mm);
+  free(Mn);
+}

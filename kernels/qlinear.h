@@ -1,0 +1,92 @@
+/* kernels/qlinear.h: a quantized linear layer and its fused forward product.
+ *
+ * For a linear W of shape (m out, n in), quantized as in DESIGN.md §3-4:
+ *   y = fs ⊙ SV ⊙ M_m( Wscale · Ŵr · ( M_n_padᵀ (SU ⊙ pad(x)) ) )
+ * where Ŵr [m, n_pad] is decoded on the fly from the codes (never materialised):
+ *   Ŵr[r, 8j+t] = E8P(codes[r,j])[t] + S2(codes2[r,j])[t] / resid_scale   (no S2 at 2 bit),
+ * M_k = kron(R_K, WHT_{k/K}) / sqrt(k) (index a·(k/K)+b), pad() appends n_pad - n zeros and
+ * fs is the fuse scale of the row's piece (q/k/v or up/gate of a stacked group).
+ *
+ * One call does the whole product for a batch of inputs: e8q_qlinear_forward. It runs the
+ * AVX2+FMA kernel when the CPU has it (cpuid at run time) and the scalar _ref otherwise, with
+ * OpenMP threads over output rows; batch 1 (matvec) and batches of any size (tuned for 2..64).
+ * Inputs and outputs f32, accumulation f32.
+ *
+ * The struct borrows the caller's arrays (for example memory-mapped safetensors tensors) and
+ * owns only what e8q_qlinear_init builds from them (per-row output scales, decode tables). The
+ * canonical code layout stays as given; kernels read it directly.
+ */
+#ifndef E8Q_KERNELS_QLINEAR_H
+#define E8Q_KERNELS_QLINEAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/codebook.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* what the caller provides (all pointers borrowed; they must outlive the e8q_qlinear) */
+typedef struct {
+  int m, n, n_pad;               /* out, in, in padded to a multiple of 8 (n <= n_pad < n + 8) */
+  e8q_codebook_id codebook;      /* E8Q_CB_E8P12 | E8Q_CB_E8P12RVQ3B | E8Q_CB_E8P12RVQ4B */
+  const uint16_t *codes;         /* [m, n_pad/8] E8P codes, row-major */
+  const void *codes2;            /* [m, n_pad/8] u16 (RVQ4) or u8 (RVQ3); NULL at 2 bit */
+  float resid_scale;             /* RVQ second-stage divisor; 0 = the codebook's default */
+  const float *SU;               /* [n_pad] input-side scales (signs before fine-tuning) */
+  const float *SV;               /* [m] output-side scales */
+  float Wscale;                  /* global weight scale */
+  int n_pieces;                  /* >= 1: q,k,v = 3; up,gate = 2; unfused = 1 */
+  const int *piece_rows;         /* [n_pieces] rows of each piece, summing to m; NULL if n_pieces == 1 */
+  const float *fuse_scales;      /* [n_pieces] fuse scale of each piece; NULL means all 1 */
+  int K_in;                      /* Hadamard factor of n_pad: n_pad = K_in * 2^p */
+  const float *R_in;             /* [K_in, K_in] with R Rᵀ = K_in·I; NULL when K_in == 1 */
+  int K_out;                     /* Hadamard factor of m: m = K_out * 2^q */
+  const float *R_out;            /* [K_out, K_out]; NULL when K_out == 1 */
+} e8q_qlinear_desc;
+
+typedef struct {
+  e8q_qlinear_desc d;            /* validated copy of the description */
+  int nc;                        /* codes per row = n_pad / 8 */
+  float resid_scale;             /* resolved second-stage divisor */
+  float *out_scale;              /* [m] fs(r) * SV[r], owned */
+} e8q_qlinear;
+
+/* Validates the description (fatal with a message naming `name` and the bad field) and builds
+ * the per-row scales. name: the tensor group for messages, e.g. "model.layers.3.mlp.down_proj". */
+void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *name);
+void e8q_qlinear_free(e8q_qlinear *q);
+
+/* ---------------------------------------------------------------- the product */
+/* y[b, :] = layer(x[b, :]) for b < batch. x: [batch, n], y: [batch, m], row-major, not
+ * aliased. Dispatches to AVX2 when available (E8Q_NO_AVX2=1 in the environment forces _ref). */
+void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y);
+/* the scalar reference of the same product (same arithmetic in plain loops, OpenMP rows) */
+void e8q_qlinear_forward_ref(const e8q_qlinear *q, int batch, const float *x, float *y);
+#if defined(__x86_64__) || defined(__i386__)
+/* the AVX2+FMA path; callers must check e8q_cpu_has_avx2() first */
+void e8q_qlinear_forward_avx2(const e8q_qlinear *q, int batch, const float *x, float *y);
+#endif
+int e8q_cpu_has_avx2(void); /* AVX2 and FMA present (cpuid) */
+
+/* ---------------------------------------------------------------- the core (exposed for tests)
+ * z[b, r] = Σ_k Ŵr[r, k] · u[b, k]: the decoded codes times already-rotated inputs, no scales.
+ * u: [batch, n_pad], z: [batch, m]. */
+void e8q_qlinear_codes_matmul_ref(const e8q_qlinear *q, int batch, const float *u, float *z);
+#if defined(__x86_64__) || defined(__i386__)
+void e8q_qlinear_codes_matmul_avx2(const e8q_qlinear *q, int batch, const float *u, float *z);
+#endif
+
+/* ---------------------------------------------------------------- dense references (tests) */
+/* Ŵr decoded to float64: what [m, n_pad] */
+void e8q_qlinear_decode_f64(const e8q_qlinear *q, double *what);
+/* the dense equivalent weight in float64: W [m, n] with y = W x, i.e.
+ * W = diag(fs ⊙ SV) · M_m · Wscale·Ŵr · M_n_padᵀ · diag(SU), first n columns */
+void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

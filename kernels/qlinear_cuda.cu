@@ -1,0 +1,230 @@
+// kernels/qlinear_cuda.cu: CUDA kernels of the fused quantized linear (see qlinear_gpu.h for
+// the public C API, qlinear_cuda_dev.h for the arithmetic shared with the host tests).
+//
+//   had_kernel    one block per batch row: the vector is staged in shared memory (pre-scaled,
+//                 zero-padded), butterflies per segment, then the cross-segment mix and the
+//                 post scales are written to global memory. Used for the input (SU, M_n_padᵀ)
+//                 and output (Wscale, M_m, fs ⊙ SV) transforms.
+//   codes_kernel  one warp per output row, 8 rows per block; lane l decodes codes l, l+32, ...
+//                 of the row (codebook tables staged in shared memory), multiplies them into up
+//                 to 8 batch columns at a time, warp-shuffle reduction, lane 0 writes z.
+// The launchers own the geometry and report unsupported shapes instead of launching; the C
+// side (qlinear_gpu.c) then falls back to the CPU path. No e8q_common calls here: errors are
+// returned as text.
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels/codebook.h"
+#include "kernels/qlinear.h"
+#include "kernels/qlinear_cuda_dev.h"
+
+#define ROWS_PER_BLOCK 8
+#define HAD_THREADS 1024
+
+struct e8q_cu_qlinear {
+  int device, m, n, n_pad, nc, cb, K_in, K_out;
+  float Wscale, inv_rs;
+  uint16_t *codes;      // [m, nc] device
+  void *codes2;         // [m, nc] u16 or u8, device (NULL at 2 bit)
+  float *SU;            // [n_pad]
+  float *out_scale;     // [m]
+  float *R_in, *R_out;  // [K, K] or NULL
+  uint32_t *abs_tab;    // [256] packed abs rows (codebook.h host table, uploaded)
+  int8_t *grid2;        // [256 * 8] 1-bit grid in half units
+  int cap_batch;        // capacity of the work buffers below
+  float *x, *u, *z, *y; // [cap, n], [cap, n_pad], [cap, m], [cap, m]
+  cudaStream_t stream;
+};
+
+static int cu_err(cudaError_t e, const char *what, char *err, size_t errlen) {
+  if (e == cudaSuccess) return 0;
+  snprintf(err, errlen, "%s: %s", what, cudaGetErrorString(e));
+  return -1;
+}
+#define CU_TRY(call)                                            \
+  do {                                                          \
+    if (cu_err((call), #call, err, errlen)) return -1;          \
+  } while (0)
+
+// ---------------------------------------------------------------- kernels
+__global__ void had_kernel(const float *in, int in_stride, int n_valid, const float *pre, int k, int K,
+                           const float *R, int transpose, float scalar, const float *post, float *out) {
+  extern __shared__ float sm[];
+  const int b = blockIdx.x, p = k / K;
+  const float *x = in + (size_t)b * in_stride;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) sm[i] = i < n_valid ? (pre ? pre[i] * x[i] : x[i]) : 0.0f;
+  __syncthreads();
+  for (int h = 1; h < p; h *= 2) {
+    for (int t = threadIdx.x; t < k / 2; t += blockDim.x) {
+      int seg = t / (p / 2), idx = t % (p / 2);
+      e8q_qdev_fwht_pair(sm + seg * p, h, idx);
+    }
+    __syncthreads();
+  }
+  const float sc = scalar * rsqrtf((float)k);
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    float v = e8q_qdev_had_mix(sm, R, K, p, transpose, i / p, i % p, sc);
+    out[(size_t)b * k + i] = post ? post[i] * v : v;
+  }
+}
+
+__global__ void codes_kernel(int cb, const uint16_t *codes, const void *codes2, int m, int nc, float inv_rs,
+                             const uint32_t *abs_g, const int8_t *grid_g, const float *u, int n_pad, int batch,
+                             float *z) {
+  __shared__ uint32_t abs_tab[256];
+  __shared__ int8_t grid2[256 * 8];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) abs_tab[i] = abs_g[i];
+  if (cb == E8Q_CB_E8P12RVQ3B)
+    for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) grid2[i] = grid_g[i];
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = blockIdx.x * ROWS_PER_BLOCK + warp;
+  if (row >= m) return;
+  const uint16_t *c1 = codes + (size_t)row * nc;
+  const void *c2 = cb == E8Q_CB_E8P12RVQ4B ? (const void *)((const uint16_t *)codes2 + (size_t)row * nc)
+                 : cb == E8Q_CB_E8P12RVQ3B ? (const void *)((const uint8_t *)codes2 + (size_t)row * nc)
+                                           : (const void *)0;
+  for (int b0 = 0; b0 < batch; b0 += E8Q_QDEV_BT) {
+    const int bt = batch - b0 < E8Q_QDEV_BT ? batch - b0 : E8Q_QDEV_BT;
+    float acc[E8Q_QDEV_BT];
+#pragma unroll
+    for (int t = 0; t < E8Q_QDEV_BT; t++) acc[t] = 0.0f;
+    e8q_qdev_row_partial(cb, abs_tab, grid2, c1, c2, nc, inv_rs, u, n_pad, b0, bt, lane, 32, acc);
+#pragma unroll
+    for (int t = 0; t < E8Q_QDEV_BT; t++) {
+      float v = acc[t];
+      for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0 && t < bt) z[(size_t)(b0 + t) * m + row] = v;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- host side
+extern "C" void e8q_cu_qlinear_free(void *h) {
+  e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
+  if (!g) return;
+  cudaSetDevice(g->device);
+  cudaFree(g->codes); cudaFree(g->codes2); cudaFree(g->SU); cudaFree(g->out_scale);
+  cudaFree(g->R_in); cudaFree(g->R_out); cudaFree(g->abs_tab); cudaFree(g->grid2);
+  cudaFree(g->x); cudaFree(g->u); cudaFree(g->z); cudaFree(g->y);
+  if (g->stream) cudaStreamDestroy(g->stream);
+  delete g;
+}
+
+static int upload(void **dst, const void *src, size_t bytes, char *err, size_t errlen) {
+  CU_TRY(cudaMalloc(dst, bytes));
+  CU_TRY(cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice));
+  return 0;
+}
+
+// the largest dynamic shared memory a block may use on this device (opt-in included)
+static int max_smem(int device) {
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) return 48 * 1024;
+  return v;
+}
+
+// Shapes the kernels support: both Hadamard vectors fit in shared memory. Returns 0 or -1 with
+// the reason in err (no device needed for the shape part when device < 0).
+extern "C" int e8q_cu_qlinear_supported(const e8q_qlinear *q, int device, char *err, size_t errlen) {
+  int smem = device >= 0 ? max_smem(device) : 227 * 1024;
+  size_t need = sizeof(float) * (size_t)(q->d.n_pad > q->d.m ? q->d.n_pad : q->d.m);
+  if (need > (size_t)smem) {
+    snprintf(err, errlen, "Hadamard of length %d needs %zu bytes of shared memory, the device allows %d",
+             q->d.n_pad > q->d.m ? q->d.n_pad : q->d.m, need, smem);
+    return -1;
+  }
+  return 0;
+}
+
+extern "C" int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **out, char *err, size_t errlen) {
+  *out = NULL;
+  int ndev = 0;
+  cudaError_t e = cudaGetDeviceCount(&ndev);
+  if (e != cudaSuccess || ndev == 0) {
+    (void)cudaGetLastError();
+    snprintf(err, errlen, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    return -1;
+  }
+  if (device < 0 || device >= ndev) {
+    snprintf(err, errlen, "CUDA device %d requested, %d present", device, ndev);
+    return -1;
+  }
+  if (e8q_cu_qlinear_supported(q, device, err, errlen)) return -1;
+  CU_TRY(cudaSetDevice(device));
+  e8q_cu_qlinear *g = new e8q_cu_qlinear();
+  memset(g, 0, sizeof *g);
+  g->device = device;
+  g->m = q->d.m; g->n = q->d.n; g->n_pad = q->d.n_pad; g->nc = q->nc; g->cb = (int)q->d.codebook;
+  g->K_in = q->d.K_in; g->K_out = q->d.K_out; g->Wscale = q->d.Wscale; g->inv_rs = 1.0f / q->resid_scale;
+  const size_t ncodes = (size_t)q->d.m * q->nc;
+  int rc = 0;
+  rc |= upload((void **)&g->codes, q->d.codes, ncodes * 2, err, errlen);
+  if (!rc && q->d.codes2)
+    rc |= upload(&g->codes2, q->d.codes2, ncodes * (q->d.codebook == E8Q_CB_E8P12RVQ4B ? 2 : 1), err, errlen);
+  if (!rc) rc |= upload((void **)&g->SU, q->d.SU, sizeof(float) * q->d.n_pad, err, errlen);
+  if (!rc) rc |= upload((void **)&g->out_scale, q->out_scale, sizeof(float) * q->d.m, err, errlen);
+  if (!rc && q->d.K_in > 1) rc |= upload((void **)&g->R_in, q->d.R_in, sizeof(float) * q->d.K_in * q->d.K_in, err, errlen);
+  if (!rc && q->d.K_out > 1) rc |= upload((void **)&g->R_out, q->d.R_out, sizeof(float) * q->d.K_out * q->d.K_out, err, errlen);
+  if (!rc) rc |= upload((void **)&g->abs_tab, e8q_e8p_packed_abs_host, sizeof e8q_e8p_packed_abs_host, err, errlen);
+  if (!rc) rc |= upload((void **)&g->grid2, e8q_e81b_grid2_host, sizeof e8q_e81b_grid2_host, err, errlen);
+  if (!rc) rc |= cu_err(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking), "cudaStreamCreate", err, errlen);
+  if (!rc) rc |= cu_err(cudaFuncSetAttribute(had_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem(device)),
+                        "cudaFuncSetAttribute(had_kernel)", err, errlen);
+  if (rc) {
+    e8q_cu_qlinear_free(g);
+    return -1;
+  }
+  *out = g;
+  return 0;
+}
+
+// work buffers for `batch` rows (kept between calls, grown when needed)
+static int grow(e8q_cu_qlinear *g, int batch, char *err, size_t errlen) {
+  if (batch <= g->cap_batch) return 0;
+  cudaFree(g->x); cudaFree(g->u); cudaFree(g->z); cudaFree(g->y);
+  g->x = g->u = g->z = g->y = NULL;
+  g->cap_batch = 0;
+  CU_TRY(cudaMalloc((void **)&g->x, sizeof(float) * (size_t)batch * g->n));
+  CU_TRY(cudaMalloc((void **)&g->u, sizeof(float) * (size_t)batch * g->n_pad));
+  CU_TRY(cudaMalloc((void **)&g->z, sizeof(float) * (size_t)batch * g->m));
+  CU_TRY(cudaMalloc((void **)&g->y, sizeof(float) * (size_t)batch * g->m));
+  g->cap_batch = batch;
+  return 0;
+}
+
+// device pointers: x [batch, n] -> y [batch, m] on `stream` (NULL: the layer's own stream).
+// Work buffers u, z are the layer's own (grown as needed).
+extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, void *stream_,
+                                          char *err, size_t errlen) {
+  e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
+  cudaStream_t st = stream_ ? (cudaStream_t)stream_ : g->stream;
+  if (batch <= 0) return 0;
+  CU_TRY(cudaSetDevice(g->device));
+  if (grow(g, batch, err, errlen)) return -1;
+  had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->n_pad, st>>>(x, g->n, g->n, g->SU, g->n_pad, g->K_in, g->R_in, 1,
+                                                                   1.0f, NULL, g->u);
+  CU_TRY(cudaGetLastError());
+  int blocks = (g->m + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+  codes_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, st>>>(g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs, g->abs_tab,
+                                                      g->grid2, g->u, g->n_pad, batch, g->z);
+  CU_TRY(cudaGetLastError());
+  had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->m, st>>>(g->z, g->m, g->m, NULL, g->m, g->K_out, g->R_out, 0,
+                                                               g->Wscale, g->out_scale, y);
+  CU_TRY(cudaGetLastError());
+  return 0;
+}
+
+// host pointers: copies in, runs, copies out, synchronises
+extern "C" int e8q_cu_qlinear_forward_host(void *h, int batch, const float *x, float *y, char *err, size_t errlen) {
+  e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
+  if (batch <= 0) return 0;
+  CU_TRY(cudaSetDevice(g->device));
+  if (grow(g, batch, err, errlen)) return -1;
+  CU_TRY(cudaMemcpyAsync(g->x, x, sizeof(float) * (size_t)batch * g->n, cudaMemcpyHostToDevice, g->stream));
+  if (e8q_cu_qlinear_forward_dev(h, batch, g->x, g->y, g->stream, err, errlen)) return -1;
+  CU_TRY(cudaMemcpyAsync(y, g->y, sizeof(float) * (size_t)batch * g->m, cudaMemcpyDeviceToHost, g->stream));
+  CU_TRY(cudaStreamSynchronize(g->stream));
+  return 0;
+}

@@ -1,0 +1,75 @@
+/* kernels/qlinear_gpu.c: C side of the CUDA quantized linear (see qlinear_gpu.h): owns the
+ * fallback decisions and turns the launchers' error text into fatal errors. */
+#include "kernels/qlinear_gpu.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/error.h"
+
+#ifdef E8Q_HAVE_CUDA
+/* kernels/qlinear_cuda.cu */
+int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **out, char *err, size_t errlen);
+void e8q_cu_qlinear_free(void *h);
+int e8q_cu_qlinear_forward_host(void *h, int batch, const float *x, float *y, char *err, size_t errlen);
+int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, void *stream, char *err, size_t errlen);
+#endif
+
+struct e8q_qlinear_gpu {
+  void *impl; /* e8q_cu_qlinear */
+  int m, n;
+};
+
+e8q_qlinear_gpu *e8q_qlinear_gpu_create(const e8q_qlinear *q, int device, const char **why_not) {
+  static _Thread_local char reason[256];
+#ifdef E8Q_HAVE_CUDA
+  void *impl = NULL;
+  if (e8q_cu_qlinear_create(q, device, &impl, reason, sizeof reason) != 0) {
+    if (why_not) *why_not = reason;
+    return NULL;
+  }
+  e8q_qlinear_gpu *g = e8q_calloc(1, sizeof *g, "GPU quantized linear");
+  g->impl = impl;
+  g->m = q->d.m;
+  g->n = q->d.n;
+  if (why_not) *why_not = NULL;
+  return g;
+#else
+  (void)q;
+  (void)device;
+  snprintf(reason, sizeof reason, "e8q was built without CUDA");
+  if (why_not) *why_not = reason;
+  return NULL;
+#endif
+}
+
+void e8q_qlinear_gpu_free(e8q_qlinear_gpu *g) {
+  if (!g) return;
+#ifdef E8Q_HAVE_CUDA
+  e8q_cu_qlinear_free(g->impl);
+#endif
+  free(g);
+}
+
+void e8q_qlinear_forward_gpu(const e8q_qlinear *q, e8q_qlinear_gpu *g, int batch, const float *x, float *y) {
+  if (!g) {
+    e8q_qlinear_forward(q, batch, x, y);
+    return;
+  }
+#ifdef E8Q_HAVE_CUDA
+  char err[256];
+  E8Q_CHECK(e8q_cu_qlinear_forward_host(g->impl, batch, x, y, err, sizeof err) == 0,
+            "GPU quantized linear [%d x %d], batch %d: %s", g->m, g->n, batch, err);
+#endif
+}
+
+void e8q_qlinear_forward_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, float *y, void *stream) {
+  E8Q_CHECK(g, "e8q_qlinear_forward_gpu_dev: no GPU layer (device buffers need e8q_qlinear_gpu_create)");
+#ifdef E8Q_HAVE_CUDA
+  char err[256];
+  E8Q_CHECK(e8q_cu_qlinear_forward_dev(g->impl, batch, x, y, stream, err, sizeof err) == 0,
+            "GPU quantized linear [%d x %d], batch %d: %s", g->m, g->n, batch, err);
+#else
+  (void)batch; (void)x; (void)y; (void)stream;
+#endif
+}

@@ -1,0 +1,33 @@
+/* kernels/qlinear_gpu.h: the quantized linear on a CUDA device, with a clean CPU fallback.
+ *
+ *   e8q_qlinear_gpu *g = e8q_qlinear_gpu_create(&q, device, &why);   // NULL: use the CPU
+ *   e8q_qlinear_forward_gpu(&q, g, batch, x, y);   // GPU when g, else e8q_qlinear_forward
+ *
+ * create returns NULL (and a static/thread-unsafe reason string in *why_not) when e8q was built
+ * without CUDA, no device is usable, or the shape is not supported by the kernels (both
+ * Hadamard vectors must fit in one block's shared memory); it never aborts for those. CUDA
+ * errors during a forward are fatal (message names the layer's shape and the CUDA error).
+ * Kernels and their expected H100 performance: kernels/qlinear_cuda.cu, bench/README.md. */
+#ifndef E8Q_KERNELS_QLINEAR_GPU_H
+#define E8Q_KERNELS_QLINEAR_GPU_H
+
+#include "kernels/qlinear.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct e8q_qlinear_gpu e8q_qlinear_gpu;
+
+/* uploads q's codes, scales and factors to `device`; q must stay alive while g is used */
+e8q_qlinear_gpu *e8q_qlinear_gpu_create(const e8q_qlinear *q, int device, const char **why_not);
+void e8q_qlinear_gpu_free(e8q_qlinear_gpu *g);
+/* host buffers x [batch, n] -> y [batch, m]; g NULL runs e8q_qlinear_forward on the CPU */
+void e8q_qlinear_forward_gpu(const e8q_qlinear *q, e8q_qlinear_gpu *g, int batch, const float *x, float *y);
+/* device buffers, asynchronous on stream (a cudaStream_t; NULL = the layer's own stream) */
+void e8q_qlinear_forward_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, float *y, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

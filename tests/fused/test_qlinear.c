@@ -1,0 +1,286 @@
+/* tests/fused/test_qlinear.c: the fused quantized-linear product.
+ *
+ *  - AVX2 core == scalar _ref core within 1e-5 relative, every codebook, batch 1..64, odd
+ *    shapes (n_pad = 8k not a multiple of 64, m odd, non-power-of-two Hadamard factors);
+ *  - the whole forward (_ref and AVX2) == a float64 dense reference built by decoding every
+ *    code and multiplying the Hadamard matrices written out from their definition;
+ *  - guard regions before and after every output catch out-of-bounds writes;
+ *  - bad descriptions are fatal with a message naming the layer and field.
+ * Inputs, codes and scales are fresh random values each run (t_fresh_seed); never zeros. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/qlinear.h"
+#include "testutil.h"
+
+static uint64_t g_seed;
+
+#define GUARD 16
+static const float GUARD_VAL = -1234.5678f;
+
+/* ---------------------------------------------------------------- a random layer */
+typedef struct {
+  e8q_qlinear_desc d;
+  uint16_t *codes;
+  void *codes2;
+  float *SU, *SV, *R_in, *R_out, *fs;
+  int piece_rows[3];
+} layer;
+
+static float nonzero_uniform(t_rng *g, float lo, float hi) {
+  float v;
+  do v = lo + (hi - lo) * (float)t_rng_uniform(g);
+  while (v == 0);
+  return v;
+}
+
+static void layer_make(layer *L, t_rng *g, int m, int n, int K_out, int K_in, e8q_codebook_id cb) {
+  memset(L, 0, sizeof *L);
+  const int np = (n + 7) / 8 * 8, nc = np / 8;
+  L->codes = malloc(sizeof(uint16_t) * (size_t)m * nc);
+  for (size_t i = 0; i < (size_t)m * nc; i++) L->codes[i] = (uint16_t)t_rng_u64(g);
+  if (cb == E8Q_CB_E8P12RVQ4B) {
+    uint16_t *c2 = malloc(sizeof(uint16_t) * (size_t)m * nc);
+    for (size_t i = 0; i < (size_t)m * nc; i++) c2[i] = (uint16_t)t_rng_u64(g);
+    L->codes2 = c2;
+  } else if (cb == E8Q_CB_E8P12RVQ3B) {
+    uint8_t *c2 = malloc((size_t)m * nc);
+    for (size_t i = 0; i < (size_t)m * nc; i++) c2[i] = (uint8_t)t_rng_u64(g);
+    L->codes2 = c2;
+  }
+  L->SU = malloc(sizeof(float) * np);
+  L->SV = malloc(sizeof(float) * m);
+  for (int i = 0; i < np; i++) L->SU[i] = (t_rng_u64(g) & 1 ? 1.f : -1.f) * nonzero_uniform(g, 0.5f, 1.5f);
+  for (int i = 0; i < m; i++) L->SV[i] = (t_rng_u64(g) & 1 ? 1.f : -1.f) * nonzero_uniform(g, 0.5f, 1.5f);
+  /* any K x K matrix exercises the transform; use +-1 entries as a Hadamard factor would */
+  if (K_in > 1) {
+    L->R_in = malloc(sizeof(float) * K_in * K_in);
+    for (int i = 0; i < K_in * K_in; i++) L->R_in[i] = t_rng_u64(g) & 1 ? 1.f : -1.f;
+  }
+  if (K_out > 1) {
+    L->R_out = malloc(sizeof(float) * K_out * K_out);
+    for (int i = 0; i < K_out * K_out; i++) L->R_out[i] = t_rng_u64(g) & 1 ? 1.f : -1.f;
+  }
+  /* three fused pieces when m allows it (like q, k, v) */
+  int pieces = m >= 3 ? 3 : 1;
+  L->fs = malloc(sizeof(float) * 3);
+  if (pieces == 3) {
+    L->piece_rows[0] = m / 2;
+    L->piece_rows[1] = m / 4;
+    L->piece_rows[2] = m - m / 2 - m / 4;
+  }
+  for (int i = 0; i < 3; i++) L->fs[i] = nonzero_uniform(g, 0.2f, 2.0f);
+  L->d = (e8q_qlinear_desc){
+      .m = m, .n = n, .n_pad = np, .codebook = cb, .codes = L->codes, .codes2 = L->codes2,
+      .resid_scale = 0, .SU = L->SU, .SV = L->SV, .Wscale = nonzero_uniform(g, 0.01f, 0.1f),
+      .n_pieces = pieces, .piece_rows = pieces == 3 ? L->piece_rows : NULL, .fuse_scales = L->fs,
+      .K_in = K_in, .R_in = L->R_in, .K_out = K_out, .R_out = L->R_out};
+}
+
+static void layer_free(layer *L) {
+  free(L->codes);
+  free(L->codes2);
+  free(L->SU);
+  free(L->SV);
+  free(L->R_in);
+  free(L->R_out);
+  free(L->fs);
+}
+
+/* buffer with GUARD floats of GUARD_VAL on each side; returns the inside */
+static float *guarded(size_t n) {
+  float *p = malloc(sizeof(float) * (n + 2 * GUARD));
+  for (size_t i = 0; i < n + 2 * GUARD; i++) p[i] = GUARD_VAL;
+  return p + GUARD;
+}
+static void guarded_check_free(float *p, size_t n, const char *what) {
+  for (int i = 0; i < GUARD; i++) {
+    if (p[-1 - i] != GUARD_VAL) fail_msg("%s: write before the output (guard %d)", what, i);
+    if (p[n + i] != GUARD_VAL) fail_msg("%s: write past the output (guard %d)", what, i);
+  }
+  free(p - GUARD);
+}
+
+static float *random_input(t_rng *g, size_t n) {
+  float *x = malloc(sizeof(float) * n);
+  for (size_t i = 0; i < n; i++) {
+    x[i] = (float)t_rng_normal(g);
+    if (x[i] == 0) x[i] = 0.5f;
+  }
+  return x;
+}
+
+static const e8q_codebook_id CBS[3] = {E8Q_CB_E8P12, E8Q_CB_E8P12RVQ3B, E8Q_CB_E8P12RVQ4B};
+static const char *CBN[3] = {"E8P12", "E8P12RVQ3B", "E8P12RVQ4B"};
+
+/* ---------------------------------------------------------------- core: AVX2 vs _ref */
+/* max |a - b| over a batch row, relative to max |b| of that row */
+static double rel_err_rows(const float *a, const float *b, int batch, int m) {
+  double worst = 0;
+  for (int i = 0; i < batch; i++) {
+    double mx = 0, d = 0;
+    for (int r = 0; r < m; r++) {
+      mx = fmax(mx, fabs((double)b[(size_t)i * m + r]));
+      d = fmax(d, fabs((double)a[(size_t)i * m + r] - (double)b[(size_t)i * m + r]));
+    }
+    worst = fmax(worst, d / (mx > 0 ? mx : 1));
+  }
+  return worst;
+}
+
+static void core_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
+  layer L;
+  layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
+  e8q_qlinear q;
+  e8q_qlinear_init(&q, &L.d, "test layer");
+  const int np = L.d.n_pad;
+  float *u = random_input(g, (size_t)batch * np);
+  float *z_ref = guarded((size_t)batch * m), *z_avx = guarded((size_t)batch * m);
+  e8q_qlinear_codes_matmul_ref(&q, batch, u, z_ref);
+  e8q_qlinear_codes_matmul_avx2(&q, batch, u, z_avx);
+  double e = rel_err_rows(z_avx, z_ref, batch, m);
+  if (!(e <= 1e-5))
+    fail_msg("%s m=%d n=%d batch=%d: AVX2 core differs from _ref by %.3g relative (seed %llu)",
+             CBN[cbi], m, n, batch, e, (unsigned long long)g_seed);
+  guarded_check_free(z_ref, (size_t)batch * m, "core _ref");
+  guarded_check_free(z_avx, (size_t)batch * m, "core AVX2");
+  free(u);
+  e8q_qlinear_free(&q);
+  layer_free(&L);
+}
+
+static void test_core_avx2_vs_ref(void **state) {
+  (void)state;
+  if (!e8q_cpu_has_avx2()) skip();
+  t_rng g = {g_seed ^ 0x1111};
+  for (int cbi = 0; cbi < 3; cbi++) {
+    for (int batch = 1; batch <= 64; batch++) core_case(&g, 13, 172, 13, 11, cbi, batch); /* m odd, n_pad 176 */
+    for (int batch = 1; batch <= 64; batch += 7) core_case(&g, 37, 104, 37, 13, cbi, batch);
+    const int bs[] = {1, 2, 3, 8, 17, 64};
+    for (int i = 0; i < 6; i++) core_case(&g, 96, 512, 3, 1, cbi, bs[i]);  /* 4-row groups, long rows */
+    for (int i = 0; i < 6; i++) core_case(&g, 7, 1000, 7, 125, cbi, bs[i]); /* m < 4 rows per group */
+  }
+}
+
+/* ---------------------------------------------------------------- forward vs float64 dense */
+static void forward_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
+  layer L;
+  layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
+  e8q_qlinear q;
+  e8q_qlinear_init(&q, &L.d, "test layer");
+  double *W = malloc(sizeof(double) * (size_t)m * n);
+  e8q_qlinear_dequant_ref(&q, W);
+  float *x = random_input(g, (size_t)batch * n);
+  float *y_ref = guarded((size_t)batch * m), *y_avx = guarded((size_t)batch * m),
+        *y_disp = guarded((size_t)batch * m);
+  e8q_qlinear_forward_ref(&q, batch, x, y_ref);
+  const int avx = e8q_cpu_has_avx2();
+  if (avx) e8q_qlinear_forward_avx2(&q, batch, x, y_avx);
+  e8q_qlinear_forward(&q, batch, x, y_disp);
+  for (int b = 0; b < batch; b++) {
+    double mx = 0, e_ref = 0, e_avx = 0;
+    for (int r = 0; r < m; r++) {
+      double acc = 0;
+      for (int c = 0; c < n; c++) acc += W[(size_t)r * n + c] * (double)x[(size_t)b * n + c];
+      mx = fmax(mx, fabs(acc));
+      e_ref = fmax(e_ref, fabs((double)y_ref[(size_t)b * m + r] - acc));
+      if (avx) e_avx = fmax(e_avx, fabs((double)y_avx[(size_t)b * m + r] - acc));
+    }
+    if (!(mx > 0)) fail_msg("dense output is zero: the test data is degenerate");
+    if (!(e_ref <= 1e-5 * mx) || !(e_avx <= 1e-5 * mx))
+      fail_msg("%s m=%d n=%d K_out=%d K_in=%d batch=%d: vs float64 dense: _ref %.3g, AVX2 %.3g "
+               "relative (seed %llu)", CBN[cbi], m, n, K_out, K_in, batch, e_ref / mx, e_avx / mx,
+               (unsigned long long)g_seed);
+  }
+  /* the dispatcher runs one of the two paths exactly */
+  const float *want = avx ? y_avx : y_ref;
+  if (memcmp(y_disp, want, sizeof(float) * (size_t)batch * m) != 0)
+    fail_msg("e8q_qlinear_forward differs from the path it should dispatch to");
+  guarded_check_free(y_ref, (size_t)batch * m, "forward _ref");
+  guarded_check_free(y_avx, (size_t)batch * m, "forward AVX2");
+  guarded_check_free(y_disp, (size_t)batch * m, "forward");
+  free(x);
+  free(W);
+  e8q_qlinear_free(&q);
+  layer_free(&L);
+}
+
+static void test_forward_vs_dense(void **state) {
+  (void)state;
+  t_rng g = {g_seed ^ 0x2222};
+  for (int cbi = 0; cbi < 3; cbi++) {
+    forward_case(&g, 13, 172, 13, 11, cbi, 1);   /* m odd (K_out = m), n = 172 padded to 176 */
+    forward_case(&g, 13, 172, 13, 11, cbi, 5);
+    forward_case(&g, 48, 104, 3, 13, cbi, 1);    /* n = 104 = 8*13, not a multiple of 64 */
+    forward_case(&g, 48, 104, 3, 13, cbi, 64);
+    forward_case(&g, 64, 256, 1, 1, cbi, 3);     /* powers of two: pure Sylvester */
+    forward_case(&g, 40, 61, 5, 1, cbi, 2);      /* n = 61 padded to 64 */
+  }
+}
+
+/* ---------------------------------------------------------------- the decoded weight */
+/* e8q_qlinear_decode_f64 agrees with codebook.h's f32 decoders, code by code */
+static void test_decode_f64_matches_codebook(void **state) {
+  (void)state;
+  t_rng g = {g_seed ^ 0x3333};
+  for (int cbi = 0; cbi < 3; cbi++) {
+    layer L;
+    layer_make(&L, &g, 5, 64, 5, 1, CBS[cbi]);
+    e8q_qlinear q;
+    e8q_qlinear_init(&q, &L.d, "test layer");
+    double *W = malloc(sizeof(double) * 5 * 64);
+    e8q_qlinear_decode_f64(&q, W);
+    for (int r = 0; r < 5; r++)
+      for (int j = 0; j < 8; j++) {
+        float w[8];
+        size_t i = (size_t)r * 8 + j;
+        if (cbi == 0) e8q_e8p_decode(L.codes[i], w);
+        else if (cbi == 1) e8q_rvq3_decode(L.codes[i], ((uint8_t *)L.codes2)[i], w);
+        else e8q_rvq4_decode(L.codes[i], ((uint16_t *)L.codes2)[i], w);
+        for (int t = 0; t < 8; t++) T_NEAR(W[(size_t)r * 64 + 8 * j + t], w[t], 1e-6, CBN[cbi]);
+      }
+    free(W);
+    e8q_qlinear_free(&q);
+    layer_free(&L);
+  }
+}
+
+/* ---------------------------------------------------------------- bad descriptions */
+static void test_bad_desc(void **state) {
+  (void)state;
+  t_rng g = {g_seed ^ 0x4444};
+  layer L;
+  layer_make(&L, &g, 12, 40, 3, 5, E8Q_CB_E8P12);
+  e8q_qlinear q;
+  e8q_qlinear_desc d = L.d;
+  d.n_pad = 48;
+  E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.down"), "layers.0.down", "n_pad = 48");
+  d = L.d;
+  d.K_in = 3;
+  E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.down"), "K_in = 3", "dimension 40");
+  d = L.d;
+  d.R_out = NULL;
+  E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.down"), "R_out");
+  d = L.d;
+  d.codes2 = L.codes;
+  E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.down"), "E8P12 (2 bit) takes no codes2");
+  d = L.d;
+  d.codebook = E8Q_CB_E8P12RVQ4B;
+  E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.down"), "needs codes2");
+  d = L.d;
+  L.piece_rows[2] += 1;
+  E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.qkv"), "layers.0.qkv", "sum to 13");
+  layer_free(&L);
+}
+
+int main(void) {
+  g_seed = t_fresh_seed("test_qlinear");
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_decode_f64_matches_codebook),
+      cmocka_unit_test(test_core_avx2_vs_ref),
+      cmocka_unit_test(test_forward_vs_dense),
+      cmocka_unit_test(test_bad_desc),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
