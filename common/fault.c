@@ -23,9 +23,11 @@ const char *const e8q_fault_points[] = {
     "propagate.done",     /* X_{b+1} committed */
     "commit.mid",         /* shard temp file written, not yet renamed */
     "commit.done",        /* shard renamed and journalled */
-    "gather.mid",         /* artifact partly written (temporary name) */
-    "gather.done",        /* artifact renamed into place */
-    "validate.done",      /* validation finished, manifest not rewritten yet */
+    "gather.mid",         /* R/model.safetensors written, not journalled */
+    "gather.done",        /* R/model.safetensors and R/config.json committed */
+    "validate.done",      /* R/validation.json committed */
+    "pack.mid",           /* OUT.e8q partly written (temporary name) */
+    "pack.done",          /* OUT.e8q renamed into place */
     "atomic.before_rename", /* any atomic file: data fsynced under its temporary name */
     "journal.torn",       /* half a journal record written */
     NULL,

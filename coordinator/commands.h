@@ -12,6 +12,7 @@ typedef struct {
 
 int cmd_inspect(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 
 /* the table, NULL-terminated (coordinator/commands.c) */
 extern const e8q_command e8q_commands[];

@@ -1,0 +1,32 @@
+/* coordinator/qmodel.h: a quantized model as stored in an artifact directory (config.json with
+ * "quantization_config" + model.safetensors, DESIGN §4), memory-mapped, every quantized linear
+ * described for the fused kernels (kernels/qlinear.h), and its dense decoded equivalent. */
+#ifndef E8Q_COORDINATOR_QMODEL_H
+#define E8Q_COORDINATOR_QMODEL_H
+
+#include "io/safetensors.h"
+#include "kernels/qlinear.h"
+#include "shard/model.h"
+
+typedef struct {
+  char *dir;                /* owned */
+  e8q_safetensors *st;      /* dir/model.safetensors, mapped */
+  e8q_config cfg;
+  e8q_codebook_id cb;
+  int bits;
+  e8q_qlinear *lin;         /* [n_layers * E8Q_N_GROUPS], layer-major */
+  int n_owned;
+  void **owned;             /* aligned copies of small tensors, owned */
+} e8q_qmodel;
+
+/* Fatal, naming the file and tensor, on anything missing or inconsistent. */
+void e8q_qmodel_open(e8q_qmodel *q, const char *dir);
+void e8q_qmodel_close(e8q_qmodel *q);
+static inline const e8q_qlinear *e8q_qmodel_linear(const e8q_qmodel *q, int layer, int group) {
+  return &q->lin[layer * E8Q_N_GROUPS + group];
+}
+/* The dense fp32 model: embeddings and norms from the safetensors, every linear decoded
+ * (e8q_qlinear_dequant_ref, float64 then rounded to float). */
+e8q_model *e8q_qmodel_dense(const e8q_qmodel *q);
+
+#endif
