@@ -21,6 +21,7 @@ static void eval_usage(FILE *f) {
           "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
           "                    tokenizer.bin / tok<vocab>.bin beside a .bin)\n"
           "  --per-line N      score the first N non-empty lines, each [BOS]+tokens with a fresh context\n"
+          "                    (an id file is cut into sequences before each BOS id)\n"
           "  --ctx T           score non-overlapping windows of T tokens over the whole text\n"
           "                    (default when neither is given: the model's max positions, at most 2048)\n"
           "  --help            this text\n\n"
@@ -74,7 +75,7 @@ int cmd_eval(int argc, char **argv) {
   if (!per_line && !ctx) ctx = c->max_seq_len < 2048 ? c->max_seq_len : 2048;
   E8Q_CHECK(!ctx || ctx <= c->max_seq_len, "eval: --ctx %d exceeds the model's max_position_embeddings %d", ctx,
             c->max_seq_len);
-  int need_tok = per_line || !e8q_ids_is_file(text_path);
+  int need_tok = !e8q_ids_is_file(text_path);
   char *tok_used = NULL;
   e8q_tokenizer *tok = e8q_eval_open_tokenizer(model_path, c, tok_path, need_tok, &tok_used);
 

@@ -13,13 +13,39 @@
 
 /* ---------------------------------------------------------------- building sets */
 
+/* an id file for --per-line: one sequence per BOS (each BOS starts a new "line") */
+static void set_lines_ids(e8q_eval_set *s, const char *path, int bos, int n_lines) {
+  int *ids = NULL;
+  long n = (long)e8q_ids_read(path, 0, &ids);
+  int count = 0;
+  for (long i = 0; i < n; i++)
+    if (ids[i] == bos || i == 0) count++;
+  if (count > n_lines) count = n_lines;
+  s->n = count;
+  s->seq = e8q_calloc((size_t)count, sizeof(int *), "eval sequences");
+  s->len = e8q_calloc((size_t)count, sizeof(int), "eval lengths");
+  long start = 0;
+  for (int k = 0; k < count; k++) {
+    long end = start + 1;
+    while (end < n && ids[end] != bos) end++;
+    E8Q_CHECK(end - start < (1L << 30), "%s: sequence %d is too long", path, k);
+    s->len[k] = (int)(end - start);
+    s->seq[k] = e8q_malloc(sizeof(int) * (size_t)s->len[k], "eval sequence");
+    memcpy(s->seq[k], ids + start, sizeof(int) * (size_t)s->len[k]);
+    start = end;
+  }
+  if (count < n_lines) e8q_warn("%s holds only %d BOS-separated sequences (--per-line %d asked for more)", path, count, n_lines);
+  free(ids);
+}
+
 void e8q_eval_set_lines(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int n_lines) {
   memset(s, 0, sizeof *s);
-  E8Q_CHECK(!e8q_ids_is_file(text_path),
-            "%s is a pre-tokenized id file, which has no lines: use --ctx T with it, or give the text for --per-line",
-            text_path);
-  E8Q_CHECK(tok, "--per-line needs a tokenizer for %s", text_path);
   E8Q_CHECK(n_lines > 0, "--per-line %d: the number of lines must be positive", n_lines);
+  if (e8q_ids_is_file(text_path)) {
+    set_lines_ids(s, text_path, tok ? e8q_tokenizer_bos_id(tok) : 1, n_lines);
+    return;
+  }
+  E8Q_CHECK(tok, "--per-line needs a tokenizer for %s", text_path);
   size_t len = 0;
   char *text = e8q_text_read(text_path, &len);
   char **lines = NULL;
@@ -88,15 +114,24 @@ e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int prog
   double *nll = e8q_calloc((size_t)s->n, sizeof(double), "per-sequence NLL");
   long *cnt = e8q_calloc((size_t)s->n, sizeof(long), "per-sequence counts");
   double t0 = e8q_now(), last = t0;
+  int cut = 0;
   for (int i = rank; i < s->n; i += size) {
     const int *seq = s->seq[i];
-    e8q_score_seqs(m, 1, &seq, &s->len[i], &nll[i], &cnt[i]);
+    int len = s->len[i];
+    if (len > m->cfg.max_seq_len) { /* positions beyond the model's are not scored */
+      len = m->cfg.max_seq_len;
+      cut++;
+    }
+    e8q_score_seqs(m, 1, &seq, &len, &nll[i], &cnt[i]);
     if (progress && e8q_now() - last > 2.0) {
       last = e8q_now();
       e8q_info("eval: %d/%d sequences on rank 0, %.1f s", (i - rank) / size + 1, (s->n - rank + size - 1) / size,
                last - t0);
     }
   }
+  if (cut)
+    e8q_warn("eval: %d sequence%s longer than the model's %d positions: only the first %d tokens of each were scored",
+             cut, cut > 1 ? "s" : "", m->cfg.max_seq_len, m->cfg.max_seq_len);
   /* every other rank holds zeros for sequence i: the sums are exact, the order fixed */
   if (init && size > 1) {
     E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, nll, s->n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));

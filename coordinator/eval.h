@@ -17,7 +17,8 @@ typedef struct {
 } e8q_eval_set;
 
 /* --per-line N: the first n_lines non-empty lines of a text file, each [BOS] + encode(line).
- * (An id file has no lines: refused.) */
+ * An id file (.ids/.u32) is cut before each BOS id (the tokenizer's, or 1 when tok is NULL):
+ * the first n_lines pieces, so [BOS]+ids of each line concatenated give the same result. */
 void e8q_eval_set_lines(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int n_lines);
 /* --ctx T: the whole text encoded once ([BOS] + encode(text); an id file is taken as is) and cut
  * into non-overlapping windows of T tokens; a shorter tail is dropped unless it is the only
@@ -31,8 +32,9 @@ typedef struct {
   double mean_nll, ppl;
 } e8q_eval_result;
 
-/* Scores the set on all ranks of MPI_COMM_WORLD (every rank holds the model). progress: print
- * a line per sequence batch on rank 0. */
+/* Scores the set on all ranks of MPI_COMM_WORLD (every rank holds the model). A sequence longer
+ * than the model's max positions is scored on its first max_seq_len tokens (with a warning).
+ * progress: a line every few seconds on rank 0. */
 e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int progress);
 
 /* The tokenizer for a model: tok_opt when given, else the model's own (DIR/tokenizer.model,

@@ -23,7 +23,13 @@ typedef struct {
 /* Parses DIR/config.json (or a path to a .json file). Fatal with the file and field named for:
  * missing required fields, model_type other than llama/mistral, hidden_act other than silu,
  * rope_scaling other than null, non-positive sizes, dim not divisible by n_heads, n_heads not
- * divisible by n_kv_heads. */
+ * divisible by n_kv_heads.
+ * Required: model_type, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+ * vocab_size. Defaults as in transformers: num_key_value_heads = heads, rms_norm_eps 1e-6,
+ * rope_theta 10000, max_position_embeddings 2048 (llama) / 32768 (mistral), tie false,
+ * bos/eos 1/2 (a list takes its first id). Also refused: rope_scaling other than
+ * {"rope_type": "default"}, attention_bias or mlp_bias true, use_qk_norm, quantization_config
+ * (an already quantized model), an odd head_dim, bos/eos outside the vocabulary. */
 void e8q_config_load(const char *path, e8q_config *cfg);
 /* The JSON text of the config, canonical (cJSON printed), malloc'd: for fingerprints and the
  * artifact's config.json. */

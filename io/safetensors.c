@@ -105,6 +105,26 @@ uint16_t e8q_f32_to_f16(float f) {
   return (uint16_t)(sign | (r >> 13));
 }
 
+void e8q_f32_convert(const float *src, e8q_dtype dt, void *dst, size_t n) {
+  uint8_t *d = dst;
+  switch (dt) {
+    case E8Q_DT_F32: memcpy(dst, src, n * 4); break;
+    case E8Q_DT_F16:
+      for (size_t i = 0; i < n; i++) {
+        uint16_t h = e8q_f32_to_f16(src[i]);
+        memcpy(d + 2 * i, &h, 2);
+      }
+      break;
+    case E8Q_DT_BF16:
+      for (size_t i = 0; i < n; i++) {
+        uint16_t h = e8q_f32_to_bf16(src[i]);
+        memcpy(d + 2 * i, &h, 2);
+      }
+      break;
+    default: E8Q_FATAL("e8q_f32_convert: dtype %s is not F32, F16 or BF16", e8q_dtype_name(dt));
+  }
+}
+
 /* ---------------------------------------------------------------- reading */
 
 static int cmp_tensor_name(const void *a, const void *b) {
@@ -330,24 +350,12 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
   if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
-/* converts and checks one tensor; `where` names the file (or model directory) in messages */
-static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int ndim,
-                     const int64_t *expect, float *dst) {
+/* converts elements [first, first + n) of t to f32 and checks them; `where` names the file (or
+ * model directory) in messages */
+static void convert_range(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int64_t first,
+                          int64_t n, float *dst) {
   const char *name = t->name;
-  if (ndim >= 0) {
-    int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == expect[i];
-    if (!same) {
-      char have[256], want[256];
-      shape_str(have, sizeof have, t->ndim, t->shape);
-      shape_str(want, sizeof want, ndim, expect);
-      E8Q_FATAL("%s: tensor \"%s\" has shape %s but the model config implies %s; config.json and the "
-                "weights do not match",
-                where, name, have, want);
-    }
-  }
-  int64_t n = e8q_st_numel(t);
-  const uint8_t *src = e8q_st_data(st, t);
+  const uint8_t *src = (const uint8_t *)e8q_st_data(st, t) + (size_t)first * g_dtype_sizes[t->dtype];
   switch (t->dtype) {
     case E8Q_DT_F32: memcpy(dst, src, (size_t)n * 4); break;
     case E8Q_DT_F16:
@@ -378,7 +386,7 @@ static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const ch
   for (int64_t i = 0; i < n; i++)
     if (!isfinite(dst[i])) {
       char idx[256];
-      int64_t rem = i, coord[E8Q_ST_MAX_DIMS] = {0};
+      int64_t rem = first + i, coord[E8Q_ST_MAX_DIMS] = {0};
       for (int d = t->ndim - 1; d >= 0; d--) {
         if (t->shape[d] > 0) {
           coord[d] = rem % t->shape[d];
@@ -388,9 +396,44 @@ static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const ch
       shape_str(idx, sizeof idx, t->ndim, coord);
       E8Q_FATAL("%s: tensor \"%s\" holds %s at element %lld (index %s)%s; the checkpoint is corrupt or "
                 "diverged, e8q cannot quantize it",
-                where, name, isnan(dst[i]) ? "NaN" : (dst[i] > 0 ? "+Inf" : "-Inf"), (long long)i, idx,
+                where, name, isnan(dst[i]) ? "NaN" : (dst[i] > 0 ? "+Inf" : "-Inf"), (long long)(first + i), idx,
                 t->dtype == E8Q_DT_F64 ? " (possibly an F64 value out of f32 range)" : "");
     }
+}
+
+/* converts and checks one whole tensor after checking its shape */
+static void read_f32(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int ndim,
+                     const int64_t *expect, float *dst) {
+  if (ndim >= 0) {
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == expect[i];
+    if (!same) {
+      char have[256], want[256];
+      shape_str(have, sizeof have, t->ndim, t->shape);
+      shape_str(want, sizeof want, ndim, expect);
+      E8Q_FATAL("%s: tensor \"%s\" has shape %s but the model config implies %s; config.json and the "
+                "weights do not match",
+                where, t->name, have, want);
+    }
+  }
+  convert_range(st, t, where, 0, e8q_st_numel(t), dst);
+}
+
+static void read_range(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int64_t first,
+                       int64_t count, float *dst) {
+  int64_t n = e8q_st_numel(t);
+  E8Q_CHECK(first >= 0 && count >= 0 && first <= n && count <= n - first,
+            "%s: tensor \"%s\": elements [%lld, %lld) requested of %lld", where, t->name, (long long)first,
+            (long long)(first + count), (long long)n);
+  convert_range(st, t, where, first, count, dst);
+}
+
+void e8q_st_read_f32_range(const e8q_safetensors *st, const char *name, int64_t first, int64_t count,
+                           float *dst) {
+  const e8q_st_tensor *t = e8q_st_find(st, name);
+  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
+            st->path, name);
+  read_range(st, t, st->path, first, count, dst);
 }
 
 void e8q_st_read_f32(const e8q_safetensors *st, const char *name, int ndim, const int64_t *expect,
@@ -571,9 +614,16 @@ void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, co
   const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
   E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
             m->dir, name);
-  char where[4096];
-  snprintf(where, sizeof where, "%s", f->path);
-  read_f32(f, t, where, ndim, expect, dst);
+  read_f32(f, t, f->path, ndim, expect, dst);
+}
+
+void e8q_st_model_read_f32_range(const e8q_st_model *m, const char *name, int64_t first, int64_t count,
+                                 float *dst) {
+  const e8q_safetensors *f = NULL;
+  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
+  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
+            m->dir, name);
+  read_range(f, t, f->path, first, count, dst);
 }
 
 /* ---------------------------------------------------------------- writing */
@@ -598,6 +648,7 @@ struct e8q_st_writer {
   uint64_t written;/* data bytes written */
   uint8_t *buf;    /* [WR_BUF] staging buffer */
   size_t fill;
+  int holes;       /* e8q_st_writer_skip was used */
 };
 
 #define WR_BUF ((size_t)1 << 20)
@@ -733,6 +784,17 @@ void e8q_st_writer_write(e8q_st_writer *w, const void *data, size_t bytes) {
   }
 }
 
+void e8q_st_writer_skip(e8q_st_writer *w, uint64_t bytes) {
+  if (!w->started) wr_header(w);
+  E8Q_CHECK(bytes <= w->total - w->written,
+            "%s: %llu bytes skipped past the %llu declared tensor bytes (%llu already written)", w->path,
+            (unsigned long long)bytes, (unsigned long long)w->total, (unsigned long long)w->written);
+  wr_flush(w);
+  if (lseek(w->fd, (off_t)bytes, SEEK_CUR) < 0) wr_fail(w, errno, "cannot seek in");
+  w->written += bytes;
+  w->holes = 1;
+}
+
 void e8q_st_writer_finish(e8q_st_writer *w) {
   if (!w->started) wr_header(w);
   if (w->written != w->total) {
@@ -741,6 +803,10 @@ void e8q_st_writer_finish(e8q_st_writer *w) {
               (unsigned long long)w->written, (unsigned long long)w->total, w->tmp);
   }
   wr_flush(w);
+  if (w->holes) { /* a trailing hole: give the file its full length */
+    off_t end = lseek(w->fd, 0, SEEK_CUR);
+    if (end < 0 || ftruncate(w->fd, end) != 0) wr_fail(w, errno, "cannot set the length of");
+  }
   if (fsync(w->fd) != 0) wr_fail(w, errno, "cannot fsync");
   if (close(w->fd) != 0) {
     w->fd = -1;

@@ -69,6 +69,11 @@ int64_t e8q_st_numel(const e8q_st_tensor *t);
 void e8q_st_read_f32(const e8q_safetensors *st, const char *name, int ndim, const int64_t *expect,
                      float *dst);
 
+/* Elements [first, first + count) of tensor `name` in row-major order, converted to f32 and
+ * checked as e8q_st_read_f32 (for reading some rows of a large tensor). */
+void e8q_st_read_f32_range(const e8q_safetensors *st, const char *name, int64_t first, int64_t count,
+                           float *dst);
+
 /* ---------------------------------------------------------------- HF model directories
  * model.safetensors, or model.safetensors.index.json naming several shards. Tensor lookups go
  * to the shard that holds the tensor; shards are opened (mmapped) once. */
@@ -87,6 +92,9 @@ void e8q_st_model_close(e8q_st_model *m);
 const e8q_st_tensor *e8q_st_model_find(const e8q_st_model *m, const char *name, const e8q_safetensors **file);
 /* as e8q_st_read_f32, across shards; the message names the model directory and tensor */
 void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, const int64_t *expect, float *dst);
+/* as e8q_st_read_f32_range, across shards */
+void e8q_st_model_read_f32_range(const e8q_st_model *m, const char *name, int64_t first, int64_t count,
+                                 float *dst);
 
 /* ---------------------------------------------------------------- writing
  * Streaming writer: declare every tensor (name, dtype, shape), then write their bytes in the
@@ -99,11 +107,17 @@ void e8q_st_writer_meta(e8q_st_writer *w, const char *key, const char *value);
 void e8q_st_writer_declare(e8q_st_writer *w, const char *name, e8q_dtype dt, int ndim, const int64_t *shape);
 void e8q_st_writer_write(e8q_st_writer *w, const void *data, size_t bytes);
 void e8q_st_writer_finish(e8q_st_writer *w);
+/* Advances past `bytes` of tensor data without writing them: they read as zeros and take no
+ * disk space (a sparse file). For tests and planning on large model shapes. */
+void e8q_st_writer_skip(e8q_st_writer *w, uint64_t bytes);
 
 /* f32 <-> f16/bf16 (round to nearest even) */
 float e8q_bf16_to_f32(uint16_t h);
 uint16_t e8q_f32_to_bf16(float f);
 float e8q_f16_to_f32(uint16_t h);
 uint16_t e8q_f32_to_f16(float f);
+/* n floats to dtype F32, F16 or BF16 (round to nearest even) into dst (n * dtype size bytes, any
+ * alignment); for writing tensors */
+void e8q_f32_convert(const float *src, e8q_dtype dt, void *dst, size_t n);
 
 #endif

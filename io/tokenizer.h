@@ -3,7 +3,14 @@
  *
  * Encoding is Llama's: the text gets the dummy-prefix space (" " + text), spaces become
  * U+2581, each UTF-8 character becomes a piece (or byte-fallback tokens <0xNN>), then pairs
- * are merged greedily by highest score. BOS/EOS added on request. */
+ * are merged greedily by highest score. BOS/EOS added on request.
+ *
+ * SentencePiece piece types (sentencepiece_model.proto): 1 normal, 2 unknown, 3 control,
+ * 4 user defined, 5 unused, 6 byte. Only normal and user-defined pieces are formed from text.
+ * Read from tokenizer.model: pieces, scores, types, trainer_spec.model_type (must be BPE),
+ * unk/bos/eos ids, normalizer_spec.add_dummy_prefix. Not applied: remove_extra_whitespaces
+ * (llama2.c does not either, and Llama's models set it false) and non-identity normalizers
+ * (warned). llama2.c tokenizer.bin: ids 0 unk, 1 BOS, 2 EOS, <0xNN> pieces are bytes. */
 #ifndef E8Q_IO_TOKENIZER_H
 #define E8Q_IO_TOKENIZER_H
 
@@ -34,6 +41,11 @@ int e8q_tokenizer_eos_id(const e8q_tokenizer *t);
 const char *e8q_tokenizer_piece(const e8q_tokenizer *t, int id);
 /* fatal, naming the tokenizer file and the model, unless the vocabulary has model_vocab_size pieces */
 void e8q_tokenizer_check_vocab(const e8q_tokenizer *t, int model_vocab_size, const char *model);
+
+/* Token ids of a whole file: a pre-tokenized id file (.ids/.u32, ids checked against this
+ * vocabulary; BOS prepended when bos and the file does not start with it) or UTF-8 text
+ * (validated, encoded in one piece with BOS when bos). Returns the count; *ids malloc'd. */
+size_t e8q_tokenizer_encode_file(const e8q_tokenizer *t, const char *path, int bos, int **ids);
 
 /* Writes a minimal valid SentencePiece tokenizer.model (BPE, identity normalizer, dummy prefix,
  * byte fallback when byte pieces are given), atomically (temporary + fsync + rename).

@@ -5,7 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "common/error.h"
+
+/* below this many element operations a loop runs on one thread: a parallel region costs more
+ * than it saves, and far more when the cores are shared */
+#define E8Q_PAR_MIN ((size_t)1 << 18)
 
 /* ---------------------------------------------------------------- RMSNorm */
 
@@ -21,7 +27,7 @@ void e8q_rmsnorm_ref(int T, int d, const float *x, const float *w, float eps, fl
 }
 
 void e8q_rmsnorm(int T, int d, const float *x, const float *w, float eps, float *y) {
-#pragma omp parallel for schedule(static) if (T > 16)
+#pragma omp parallel for schedule(static) if ((size_t)T * d > E8Q_PAR_MIN)
   for (int t = 0; t < T; t++) {
     const float *xr = x + (size_t)t * d;
     float *yr = y + (size_t)t * d;
@@ -66,7 +72,7 @@ void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, flo
       cs[((size_t)t * half + i) * 2 + 1] = (float)sin(ang);
     }
   int N = n_seq * T;
-#pragma omp parallel for schedule(static) if (N > 16)
+#pragma omp parallel for schedule(static) if ((size_t)N * n_heads * hd > E8Q_PAR_MIN)
   for (int r = 0; r < N; r++) {
     const float *c = cs + (size_t)(r % T) * half * 2;
     float *row = x + (size_t)r * ld;
@@ -150,28 +156,46 @@ void e8q_attention_ref(int n_seq, int T, int n_heads, int n_kv_heads, int hd, co
   free(att);
 }
 
+/* Fast path: per (sequence, head) and block of query rows, the scores and the weighted values
+ * are two BLAS products (S = Q Kᵀ over the keys the block can see, O = P V); the causal mask
+ * and the softmax run between them. BLAS threads itself, so this loop is sequential. */
+enum { ATT_BLOCK = 256 }; /* query rows per block: bounds the score scratch to ATT_BLOCK x T */
+
 void e8q_attention(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv, float *out) {
   E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
             n_heads, n_kv_heads);
-  size_t ld = (size_t)(n_heads + 2 * n_kv_heads) * hd, ldo = (size_t)n_heads * hd;
+  int ld = (n_heads + 2 * n_kv_heads) * hd, ldo = n_heads * hd;
   int group = n_heads / n_kv_heads;
   float scale = 1.0f / sqrtf((float)hd);
-  int jobs = n_seq * n_heads;
-#pragma omp parallel if (jobs > 1 && (size_t)T * T * hd > 4096)
-  {
-    float *att = e8q_malloc(sizeof(float) * (size_t)T, "attention scores");
-#pragma omp for schedule(dynamic, 1)
-    for (int job = 0; job < jobs; job++) {
-      int s = job / n_heads, h = job % n_heads, kvh = h / group;
+  int B = T < ATT_BLOCK ? T : ATT_BLOCK;
+  float *S = e8q_malloc(sizeof(float) * (size_t)B * T, "attention scores");
+  for (int s = 0; s < n_seq; s++)
+    for (int h = 0; h < n_heads; h++) {
+      int kvh = h / group;
       const float *base = qkv + (size_t)s * T * ld;
       const float *k = base + (size_t)(n_heads + kvh) * hd;
       const float *v = base + (size_t)(n_heads + n_kv_heads + kvh) * hd;
-      for (int t = 0; t < T; t++)
-        attend_row(t + 1, hd, scale, base + (size_t)t * ld + (size_t)h * hd, k, ld, v, ld, att,
-                   out + ((size_t)s * T + t) * ldo + (size_t)h * hd);
+      for (int i0 = 0; i0 < T; i0 += B) {
+        int rows = T - i0 < B ? T - i0 : B, keys = i0 + rows; /* rows i0..i0+rows-1 see keys 0..keys-1 */
+        const float *q = base + (size_t)i0 * ld + (size_t)h * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale, q, ld, k, ld, 0.0f, S, keys);
+#pragma omp parallel for schedule(static) if ((size_t)rows * keys > 4 * E8Q_PAR_MIN)
+        for (int r = 0; r < rows; r++) {
+          float *sr = S + (size_t)r * keys;
+          int n = i0 + r + 1; /* causal: keys 0..i0+r */
+          float mx = sr[0];
+          for (int j = 1; j < n; j++) mx = sr[j] > mx ? sr[j] : mx;
+          float sum = 0.0f;
+          for (int j = 0; j < n; j++) sum += (sr[j] = expf(sr[j] - mx));
+          float inv = 1.0f / sum;
+          for (int j = 0; j < n; j++) sr[j] *= inv;
+          for (int j = n; j < keys; j++) sr[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, S, keys, v, ld, 0.0f,
+                    out + ((size_t)s * T + i0) * ldo + (size_t)h * hd, ldo);
+      }
     }
-    free(att);
-  }
+  free(S);
 }
 
 void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const float *q, const float *kc,
@@ -181,7 +205,7 @@ void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const floa
   size_t ldkv = (size_t)n_kv_heads * hd;
   int group = n_heads / n_kv_heads;
   float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for schedule(static) if ((size_t)pos * n_heads * hd > 65536)
+#pragma omp parallel for schedule(static) if ((size_t)pos * n_heads * hd > E8Q_PAR_MIN)
   for (int h = 0; h < n_heads; h++) {
     int kvh = h / group;
     attend_row(pos + 1, hd, scale, q + (size_t)h * hd, kc + (size_t)kvh * hd, ldkv, vc + (size_t)kvh * hd, ldkv,
@@ -192,7 +216,7 @@ void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const floa
 /* ---------------------------------------------------------------- SwiGLU */
 
 void e8q_swiglu(int T, int hidden, const float *ug, float *h) {
-#pragma omp parallel for schedule(static) if ((size_t)T * hidden > 65536)
+#pragma omp parallel for schedule(static) if ((size_t)T * hidden > E8Q_PAR_MIN)
   for (int t = 0; t < T; t++) {
     const float *up = ug + (size_t)t * 2 * hidden, *gate = up + hidden;
     float *hr = h + (size_t)t * hidden;

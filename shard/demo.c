@@ -120,7 +120,7 @@ typedef struct {
   char name[96];
   int64_t shape[2];
   int ndim;
-  int kind; /* 0 embedding, 1 linear (fan in = shape[1]), 2 output projection, 3 norm, 4 lm_head */
+  int kind; /* 0 embedding, 1 linear (fan in = shape[1]), 2 output projection, 3 block norm, 4 final norm, 5 lm_head */
 } demo_tensor;
 
 static const int demo_outliers[3] = {7, 42, 99}; /* hidden channels with large norm weights */
@@ -132,11 +132,14 @@ static void fill_tensor(demo_rng *r, const demo_tensor *t, float *w) {
   case 0: for (int64_t i = 0; i < n; i++) w[i] = (float)rng_t4(r); break;
   case 1: for (int64_t i = 0; i < n; i++) w[i] = (float)(rng_t4(r) / sqrt(fan)); break;
   case 2: for (int64_t i = 0; i < n; i++) w[i] = (float)(0.5 * rng_t4(r) / sqrt(fan)); break;
-  case 3:
+  case 3: /* block norms: outlier channels */
     for (int64_t i = 0; i < n; i++) w[i] = (float)(1.0 + 0.1 * rng_t4(r));
     for (int k = 0; k < 3; k++) w[demo_outliers[k]] *= 8.0f;
     break;
-  default: for (int64_t i = 0; i < n; i++) w[i] = (float)(4.0 * rng_t4(r) / sqrt(fan)); break;
+  case 4: /* final norm */
+    for (int64_t i = 0; i < n; i++) w[i] = (float)(1.0 + 0.1 * rng_t4(r));
+    break;
+  default: for (int64_t i = 0; i < n; i++) w[i] = (float)(rng_t4(r) / sqrt(fan)); break;
   }
 }
 
@@ -165,8 +168,8 @@ static void write_weights(const char *dir, uint64_t seed) {
       ADD(nm, rows[j], cols[j], kind[j]);
     }
   }
-  ADD("model.norm.weight", DEMO_DIM, 0, 3);
-  ADD("lm_head.weight", E8Q_DEMO_VOCAB, DEMO_DIM, 4);
+  ADD("model.norm.weight", DEMO_DIM, 0, 4);
+  ADD("lm_head.weight", E8Q_DEMO_VOCAB, DEMO_DIM, 5);
 #undef ADD
 
   char *path = join(dir, "model.safetensors");

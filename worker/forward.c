@@ -35,7 +35,7 @@ void e8q_fwd_scratch_free(e8q_fwd_scratch *s) {
 }
 
 static void add_inplace(size_t n, float *x, const float *y) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n > ((size_t)1 << 20))
   for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 

@@ -32,9 +32,131 @@ static void test_config_stories(void **state) {
   free(d);
 }
 
+
+/* ---------------------------------------------------------------- variants of a good config */
+
+static char *g_dir;
+
+/* stories260K's config.json with `from` replaced by `to`, written to a temp dir; returns its path */
+static char *config_variant(const char *from, const char *to) {
+  char *src = t_shared_path("models/stories260K-hf/config.json");
+  size_t n;
+  char *text = t_read_file(src, &n);
+  char *at = strstr(text, from);
+  if (!at) fail_msg("config.json lacks \"%s\"", from);
+  size_t cap = n + strlen(to) + 1;
+  char *out = malloc(cap);
+  size_t pre = (size_t)(at - text);
+  memcpy(out, text, pre);
+  strcpy(out + pre, to);
+  strcat(out, at + strlen(from));
+  if (!g_dir) g_dir = t_tmpdir("config");
+  size_t pn = strlen(g_dir) + 32;
+  char *p = malloc(pn);
+  snprintf(p, pn, "%s/config.json", g_dir);
+  t_write_file(p, out, strlen(out));
+  free(out);
+  free(text);
+  free(src);
+  return p;
+}
+
+static void test_config_mistral_gqa_head_dim(void **state) {
+  (void)state;
+  char *p = config_variant("\"model_type\": \"llama\",",
+                           "\"model_type\": \"mistral\", \"sliding_window\": 4096, \"head_dim\": 16,");
+  e8q_config c;
+  e8q_config_load(p, &c);
+  assert_string_equal(c.model_type, "mistral");
+  assert_int_equal(c.head_dim, 16);
+  assert_int_equal(c.sliding_window, 4096);
+  free(p);
+  p = config_variant("\"num_key_value_heads\": 4,", "\"rope_scaling\": null,");
+  e8q_config_load(p, &c); /* absent kv heads = n_heads */
+  assert_int_equal(c.n_kv_heads, 8);
+  free(p);
+  p = config_variant("\"tie_word_embeddings\": true,", "\"tie_word_embeddings\": false, \"eos_token_id\": [2, 7],");
+  e8q_config_load(p, &c);
+  assert_int_equal(c.tied, 0);
+  assert_int_equal(c.eos_id, 2);
+  free(p);
+}
+
+static void test_config_bad_model_type(void **state) {
+  (void)state;
+  char *p = config_variant("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"");
+  e8q_config c;
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "unsupported model_type \"gpt2\"", "llama");
+  free(p);
+}
+
+static void test_config_missing_field(void **state) {
+  (void)state;
+  char *p = config_variant("\"hidden_size\": 64,", "");
+  e8q_config c;
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"hidden_size\"", "missing");
+  free(p);
+  p = config_variant("\"vocab_size\": 512,", "\"vocab_size\": null,");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"vocab_size\"", "missing");
+  free(p);
+  p = config_variant("\"model_type\": \"llama\",", "");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"model_type\"", "missing");
+  free(p);
+}
+
+static void test_config_rope_scaling_refused(void **state) {
+  (void)state;
+  char *p = config_variant("\"rope_theta\": 10000.0,",
+                           "\"rope_theta\": 10000.0, \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0},");
+  e8q_config c;
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"rope_scaling\"", "linear", "not supported");
+  free(p);
+  p = config_variant("\"rope_theta\": 10000.0,",
+                     "\"rope_theta\": 10000.0, \"rope_scaling\": {\"rope_type\": \"default\"},");
+  e8q_config_load(p, &c); /* the explicit default is plain RoPE */
+  free(p);
+}
+
+static void test_config_other_refusals(void **state) {
+  (void)state;
+  e8q_config c;
+  char *p = config_variant("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"hidden_act\"", "gelu", "silu");
+  free(p);
+  p = config_variant("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 3");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "not divisible by num_key_value_heads 3");
+  free(p);
+  p = config_variant("\"hidden_size\": 64", "\"hidden_size\": 60");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "hidden_size 60", "num_attention_heads 8");
+  free(p);
+  p = config_variant("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 0");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"num_hidden_layers\"", "positive");
+  free(p);
+  p = config_variant("\"intermediate_size\": 172", "\"intermediate_size\": 172.5");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"intermediate_size\"", "integer");
+  free(p);
+  p = config_variant("\"hidden_act\": \"silu\"", "\"hidden_act\": \"silu\", \"attention_bias\": true");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"attention_bias\"");
+  free(p);
+  p = config_variant("\"hidden_act\": \"silu\"", "\"hidden_act\": \"silu\", \"quantization_config\": {}");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "already quantized");
+  free(p);
+  p = config_variant("\"hidden_act\": \"silu\",", "\"hidden_act\": \"silu\"");
+  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "not valid JSON");
+  free(p);
+  E8Q_EXPECT_FATAL(e8q_config_load("/nonexistent/model", &c), "/nonexistent/model");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_stories),
+      cmocka_unit_test(test_config_mistral_gqa_head_dim),
+      cmocka_unit_test(test_config_bad_model_type),
+      cmocka_unit_test(test_config_missing_field),
+      cmocka_unit_test(test_config_rope_scaling_refused),
+      cmocka_unit_test(test_config_other_refusals),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  free(g_dir);
+  return rc;
 }

@@ -1,11 +1,13 @@
 /* tests/io/test_safetensors.c: safetensors reading (stories260K f32 and bf16), the HF directory
  * layer (single and sharded), the atomic writer, f16/bf16 conversions, and every kind of bad
  * header, each built from a good file by byte edits. */
+#define _GNU_SOURCE /* memfd_create */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -304,6 +306,431 @@ static void test_sharded_model(void **state) {
   free(src);
 }
 
+
+/* ---------------------------------------------------------------- bad files
+ * Every bad file is made from a good one written by the writer: byte edits of the data, or a
+ * string edit of the JSON header with the length prefix recomputed. */
+
+typedef struct {
+  char *dir, *good;   /* temp dir, path of the good file */
+  uint8_t *bytes;     /* [n] the good file */
+  size_t n;
+  uint64_t hlen;      /* header length */
+} badctx;
+
+static const char *k_q = "model.layers.0.self_attn.q_proj.weight";
+static const char *k_n = "model.norm.weight";
+
+static badctx bad_setup(const char *tag) {
+  badctx c;
+  c.dir = t_tmpdir(tag);
+  c.good = join(c.dir, "good.safetensors");
+  int64_t sq[2] = {8, 4}, sn[1] = {4};
+  float q[32], nw[4] = {1, 2, 3, 4};
+  for (int i = 0; i < 32; i++) q[i] = 0.5f * (float)i - 3;
+  uint16_t emb[6] = {0x3c00, 0x4000, 0xbc00, 0, 0x3800, 0x4200}; /* f16 */
+  int64_t se[2] = {3, 2};
+  e8q_st_writer *w = e8q_st_writer_begin(c.good);
+  e8q_st_writer_meta(w, "format", "pt");
+  e8q_st_writer_declare(w, "model.embed_tokens.weight", E8Q_DT_F16, 2, se);
+  e8q_st_writer_declare(w, k_q, E8Q_DT_F32, 2, sq);
+  e8q_st_writer_declare(w, k_n, E8Q_DT_F32, 1, sn);
+  e8q_st_writer_write(w, emb, sizeof emb);
+  e8q_st_writer_write(w, q, sizeof q);
+  e8q_st_writer_write(w, nw, sizeof nw);
+  e8q_st_writer_finish(w);
+  c.bytes = (uint8_t *)t_read_file(c.good, &c.n);
+  c.hlen = 0;
+  for (int i = 7; i >= 0; i--) c.hlen = (c.hlen << 8) | c.bytes[i];
+  /* the good file is good */
+  e8q_safetensors *st = e8q_st_open(c.good);
+  float back[32];
+  e8q_st_read_f32(st, k_q, 2, sq, back);
+  assert_memory_equal(back, q, sizeof q);
+  e8q_st_read_f32(st, "model.embed_tokens.weight", 2, se, back);
+  assert_true(back[0] == 1.0f && back[2] == -1.0f && back[5] == 3.0f);
+  e8q_st_close(st);
+  return c;
+}
+
+static void bad_free(badctx *c) {
+  free(c->bytes);
+  free(c->good);
+  free(c->dir);
+}
+
+/* the good file with the header's first `from` replaced by `to`; returns the path (malloc'd) */
+static char *bad_header_edit(badctx *c, const char *from, const char *to) {
+  char *h = malloc(c->hlen + 1);
+  memcpy(h, c->bytes + 8, c->hlen);
+  h[c->hlen] = 0;
+  char *at = strstr(h, from);
+  if (!at) fail_msg("header lacks \"%s\"", from);
+  size_t nh = c->hlen - strlen(from) + strlen(to);
+  uint8_t *out = malloc(8 + nh + (c->n - 8 - c->hlen));
+  for (int i = 0; i < 8; i++) out[i] = (uint8_t)((uint64_t)nh >> (8 * i));
+  size_t pre = (size_t)(at - h);
+  memcpy(out + 8, h, pre);
+  memcpy(out + 8 + pre, to, strlen(to));
+  memcpy(out + 8 + pre + strlen(to), at + strlen(from), c->hlen - pre - strlen(from));
+  memcpy(out + 8 + nh, c->bytes + 8 + c->hlen, c->n - 8 - c->hlen);
+  char *p = join(c->dir, "bad.safetensors");
+  t_write_file(p, out, 8 + nh + (c->n - 8 - c->hlen));
+  free(out);
+  free(h);
+  return p;
+}
+
+/* the good file cut to `len` bytes, or with bytes edited when `patch` is given */
+static char *bad_bytes(badctx *c, size_t len, size_t at, const void *patch, size_t plen) {
+  uint8_t *out = malloc(c->n);
+  memcpy(out, c->bytes, c->n);
+  if (patch) memcpy(out + at, patch, plen);
+  char *p = join(c->dir, "bad.safetensors");
+  t_write_file(p, out, len);
+  free(out);
+  return p;
+}
+
+static void test_bad_truncated(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_trunc");
+  char *p = bad_bytes(&c, c.n - 3, 0, NULL, 0); /* inside the last tensor's data */
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, k_n, "past the end of the data block");
+  free(p);
+  p = bad_bytes(&c, 5, 0, NULL, 0); /* not even the length prefix */
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, "truncated", "5 bytes");
+  free(p);
+  p = bad_bytes(&c, 0, 0, NULL, 0);
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, "truncated");
+  free(p);
+  bad_free(&c);
+}
+
+static void test_bad_header_length_past_eof(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_hlen");
+  uint8_t len[8] = {0};
+  uint64_t v = c.n; /* 8 + n > file size */
+  for (int i = 0; i < 8; i++) len[i] = (uint8_t)(v >> (8 * i));
+  char *p = bad_bytes(&c, c.n, 0, len, 8);
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, "header length", "past the end of the file");
+  free(p);
+  v = (uint64_t)1 << 40; /* absurd */
+  for (int i = 0; i < 8; i++) len[i] = (uint8_t)(v >> (8 * i));
+  p = bad_bytes(&c, c.n, 0, len, 8);
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, "header length", "not a safetensors file");
+  free(p);
+  bad_free(&c);
+}
+
+static void test_bad_offsets_past_end(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_off");
+  /* norm: 16 bytes at [172, 188] (12 f16 bytes + 128 f32 bytes before it) -> shifted past the end */
+  char *p = bad_header_edit(&c, "[140,156]", "[1140,1156]");
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, k_n, "data_offsets [1140, 1156]", "past the end");
+  free(p);
+  bad_free(&c);
+}
+
+static void test_bad_overlapping_offsets(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_overlap");
+  /* the norm's 16 bytes moved into q_proj's range [12, 140] */
+  char *p = bad_header_edit(&c, "[140,156]", "[100,116]");
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, k_q, k_n, "overlapping");
+  free(p);
+  bad_free(&c);
+}
+
+static void test_bad_unknown_dtype(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_dtype");
+  char *p = bad_header_edit(&c, "\"dtype\":\"F16\"", "\"dtype\":\"F8_E4M3\"");
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, "model.embed_tokens.weight", "unknown dtype \"F8_E4M3\"");
+  free(p);
+  bad_free(&c);
+}
+
+static void test_bad_shape_byte_mismatch(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_shape");
+  char *p = bad_header_edit(&c, "\"shape\":[8,4]", "\"shape\":[8,5]");
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, k_q, "shape/byte-count mismatch", "160 bytes");
+  free(p);
+  p = bad_header_edit(&c, "\"shape\":[8,4]", "\"shape\":[8,-4]");
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, k_q, "not a non-negative integer");
+  free(p);
+  /* dtype size changes the byte count too */
+  p = bad_header_edit(&c, "\"dtype\":\"F16\"", "\"dtype\":\"F32\"");
+  E8Q_EXPECT_FATAL(e8q_st_open(p), p, "model.embed_tokens.weight", "shape/byte-count mismatch");
+  free(p);
+  bad_free(&c);
+}
+
+static void test_bad_missing_tensor(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_missing");
+  e8q_safetensors *st = e8q_st_open(c.good);
+  float buf[64];
+  E8Q_EXPECT_FATAL(e8q_st_read_f32(st, "model.layers.0.self_attn.k_proj.weight", -1, NULL, buf), c.good,
+                   "missing tensor", "model.layers.0.self_attn.k_proj.weight");
+  e8q_st_close(st);
+  e8q_st_model *m = e8q_st_model_open(c.good);
+  E8Q_EXPECT_FATAL(e8q_st_model_read_f32(m, "lm_head.weight", -1, NULL, buf), c.good, "missing tensor",
+                   "lm_head.weight");
+  e8q_st_model_close(m);
+  bad_free(&c);
+}
+
+/* a tensor whose shape differs from what the config implies */
+static void test_bad_expected_shape(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_expect");
+  e8q_safetensors *st = e8q_st_open(c.good);
+  float buf[64];
+  int64_t want[2] = {4, 8};
+  E8Q_EXPECT_FATAL(e8q_st_read_f32(st, k_q, 2, want, buf), c.good, k_q, "shape [8, 4]", "[4, 8]");
+  E8Q_EXPECT_FATAL(e8q_st_read_f32(st, k_q, 1, want, buf), c.good, k_q, "shape [8, 4]", "[4]");
+  e8q_st_close(st);
+  bad_free(&c);
+}
+
+static void test_bad_model_dir(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("st_bad_dir");
+  E8Q_EXPECT_FATAL(e8q_st_model_open(dir), dir, "neither model.safetensors nor model.safetensors.index.json");
+  char *idx = join(dir, "model.safetensors.index.json");
+  t_write_file(idx, "{\"weight_map\": {\"a\": \"../x.safetensors\"}}", 42);
+  E8Q_EXPECT_FATAL(e8q_st_model_open(dir), idx, "outside the model directory");
+  t_write_file(idx, "{\"weight_map\": {\"a\": \"x.safetensors\"", 36);
+  E8Q_EXPECT_FATAL(e8q_st_model_open(dir), idx, "not valid JSON");
+  free(idx);
+  free(dir);
+}
+
+static void test_bad_nan_in_weight(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_nan");
+  uint32_t nan = 0x7fc00001u;
+  size_t at = 8 + c.hlen + 12 + 4 * 9; /* q_proj element 9 = [2, 1] */
+  char *p = bad_bytes(&c, c.n, at, &nan, 4);
+  e8q_safetensors *st = e8q_st_open(p);
+  float buf[32];
+  E8Q_EXPECT_FATAL(e8q_st_read_f32(st, k_q, -1, NULL, buf), p, k_q, "NaN", "element 9", "[2, 1]");
+  e8q_st_close(st);
+  free(p);
+  /* NaN in bf16/f16 data */
+  uint16_t hnan = 0x7e00;
+  p = bad_bytes(&c, c.n, 8 + c.hlen + 2, &hnan, 2);
+  st = e8q_st_open(p);
+  E8Q_EXPECT_FATAL(e8q_st_read_f32(st, "model.embed_tokens.weight", -1, NULL, buf), "model.embed_tokens.weight",
+                   "NaN", "element 1");
+  e8q_st_close(st);
+  free(p);
+  bad_free(&c);
+}
+
+static void test_bad_inf_in_weight(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_bad_inf");
+  uint32_t inf = 0xff800000u;
+  size_t at = 8 + c.hlen + 12 + 128 + 4 * 3; /* norm element 3 */
+  char *p = bad_bytes(&c, c.n, at, &inf, 4);
+  e8q_st_model *m = e8q_st_model_open(p);
+  float buf[4];
+  E8Q_EXPECT_FATAL(e8q_st_model_read_f32(m, k_n, 1, (int64_t[]){4}, buf), p, k_n, "-Inf", "element 3");
+  e8q_st_model_close(m);
+  free(p);
+  bad_free(&c);
+}
+
+/* every truncation of a valid file is a fatal error naming the file, never a crash; random byte
+ * flips in the header either parse or fail cleanly */
+/* fuzz files live in memory (memfd, opened by its /proc path) so that thousands of variants
+ * cost no disk I/O; a regular file is the fallback */
+typedef struct {
+  int fd;
+  char *path;
+} memfile;
+
+static memfile memfile_open(const char *dir) {
+  memfile m;
+  m.fd = memfd_create("e8q_st_fuzz", 0);
+  m.path = malloc(4096);
+  if (m.fd >= 0) snprintf(m.path, 4096, "/proc/self/fd/%d", m.fd);
+  else snprintf(m.path, 4096, "%s/fuzz.safetensors", dir);
+  return m;
+}
+
+static void memfile_set(memfile *m, const void *data, size_t n) {
+  if (m->fd < 0) {
+    t_write_file(m->path, data, n);
+    return;
+  }
+  assert_int_equal(ftruncate(m->fd, 0), 0);
+  assert_int_equal(pwrite(m->fd, data, n, 0), (ssize_t)n);
+}
+
+/* every truncation of a valid file is a fatal error naming the file, never a crash; random byte
+ * edits in the header either parse into something consistent or fail cleanly */
+static void test_fuzz_truncations_and_flips(void **state) {
+  (void)state;
+  badctx c = bad_setup("st_fuzz");
+  memfile mf = memfile_open(c.dir);
+  const char *p = mf.path;
+  for (size_t len = 0; len < c.n; len++) {
+    memfile_set(&mf, c.bytes, len);
+    E8Q_EXPECT_FATAL(e8q_st_open(p), p);
+  }
+  t_rng rng = {t_fresh_seed("st_fuzz")};
+  uint8_t *mut = malloc(c.n);
+  volatile int ok = 0, bad = 0;
+  for (volatile int it = 0; it < 3000; it++) {
+    memcpy(mut, c.bytes, c.n);
+    int flips = 1 + (int)(t_rng_u64(&rng) % 3);
+    for (int f = 0; f < flips; f++) {
+      size_t at = 8 + t_rng_u64(&rng) % c.hlen;
+      static const char pool[] = "0123456789[]{}\",:-. eE";
+      mut[at] = (t_rng_u64(&rng) & 1) ? (uint8_t)pool[t_rng_u64(&rng) % (sizeof pool - 1)] : (uint8_t)t_rng_u64(&rng);
+    }
+    memfile_set(&mf, mut, c.n);
+    e8q_error_trap trap;
+    if (setjmp(trap.env) == 0) {
+      e8q_error_trap_arm(&trap);
+      e8q_safetensors *st = e8q_st_open(p);
+      e8q_error_trap_arm(NULL);
+      /* whatever parsed is consistent: every tensor inside the data block, sizes matching */
+      for (int i = 0; i < st->n_tensors; i++) {
+        const e8q_st_tensor *t = &st->tensors[i];
+        assert_true(st->data_offset + t->end <= st->file_size);
+        assert_true((uint64_t)e8q_st_numel(t) * e8q_dtype_size(t->dtype) == t->end - t->begin);
+      }
+      e8q_st_close(st);
+      ok++;
+    } else {
+      assert_non_null(strstr(trap.message, p));
+      bad++;
+    }
+  }
+  assert_true(bad > 0);
+  print_message("header edits: %d parsed, %d refused\n", ok, bad);
+  free(mut);
+  if (mf.fd >= 0) close(mf.fd);
+  free(mf.path);
+  bad_free(&c);
+}
+
+/* a write error (the file size limit, as a full disk would) is fatal naming the file, and the
+ * temporary is removed */
+static void test_writer_io_error(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("st_wr_err");
+  char *p = join(dir, "big.safetensors");
+  struct rlimit old, lim;
+  assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+  lim = old;
+  lim.rlim_cur = 4096;
+  void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+  assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  int64_t shape[1] = {1 << 20};
+  e8q_st_writer *w = e8q_st_writer_begin(p);
+  e8q_st_writer_declare(w, "x", E8Q_DT_U8, 1, shape);
+  uint8_t *zeros = calloc(1, 1 << 20);
+  E8Q_EXPECT_FATAL(e8q_st_writer_write(w, zeros, 1 << 20), p, "cannot write", "removed");
+  setrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, prev);
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "test -z \"$(ls -A '%s')\"", dir);
+  assert_int_equal(system(cmd), 0); /* neither the file nor the temporary */
+  /* declared but not all written: finish() refuses */
+  w = e8q_st_writer_begin(p);
+  e8q_st_writer_declare(w, "x", E8Q_DT_U8, 1, shape);
+  e8q_st_writer_write(w, zeros, 1000);
+  E8Q_EXPECT_FATAL(e8q_st_writer_finish(w), p, "incomplete", "1000 of 1048576");
+  assert_int_equal(system(cmd), 0);
+  /* more than declared */
+  w = e8q_st_writer_begin(p);
+  e8q_st_writer_declare(w, "x", E8Q_DT_U8, 1, (int64_t[]){10});
+  E8Q_EXPECT_FATAL(e8q_st_writer_write(w, zeros, 11), p, "past the 10 declared");
+  free(zeros);
+  free(p);
+  free(dir);
+}
+
+/* skip() leaves holes: a Llama-2-70B-sized layer costs no disk, reads as zeros, has real headers */
+static void test_writer_sparse(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("st_sparse");
+  char *p = join(dir, "model.safetensors");
+  int64_t big[2] = {28672, 8192}, small[1] = {8192};
+  e8q_st_writer *w = e8q_st_writer_begin(p);
+  e8q_st_writer_declare(w, "model.layers.0.mlp.up_proj.weight", E8Q_DT_BF16, 2, big);
+  e8q_st_writer_declare(w, "model.layers.0.input_layernorm.weight", E8Q_DT_BF16, 1, small);
+  e8q_st_writer_declare(w, "model.layers.0.mlp.gate_proj.weight", E8Q_DT_BF16, 2, big);
+  e8q_st_writer_skip(w, (uint64_t)28672 * 8192 * 2);
+  uint16_t ones[8192];
+  for (int i = 0; i < 8192; i++) ones[i] = 0x3f80; /* 1.0 */
+  e8q_st_writer_write(w, ones, sizeof ones);
+  e8q_st_writer_skip(w, (uint64_t)28672 * 8192 * 2); /* a trailing hole */
+  e8q_st_writer_finish(w);
+  struct stat sb;
+  assert_int_equal(stat(p, &sb), 0);
+  assert_true((uint64_t)sb.st_size > (uint64_t)2 * 28672 * 8192 * 2);
+  assert_true((uint64_t)sb.st_blocks * 512 < (uint64_t)16 << 20); /* sparse */
+  e8q_safetensors *st = e8q_st_open(p);
+  assert_int_equal(st->n_tensors, 3);
+  const e8q_st_tensor *t = e8q_st_find(st, "model.layers.0.mlp.gate_proj.weight");
+  assert_int_equal(t->shape[0], 28672);
+  assert_true(st->data_offset + t->end == st->file_size);
+  float norm[8192];
+  e8q_st_read_f32(st, "model.layers.0.input_layernorm.weight", 1, small, norm);
+  for (int i = 0; i < 8192; i++) assert_true(norm[i] == 1.0f);
+  const uint16_t *g = e8q_st_data(st, t);
+  assert_int_equal(g[0] | g[12345] | g[e8q_st_numel(t) - 1], 0);
+  e8q_st_close(st);
+  free(p);
+  free(dir);
+}
+
+/* row ranges of stories260K tensors (f32 and bf16, sharded or not) equal the whole-tensor read;
+ * e8q_f32_convert matches the scalar converters */
+static void test_read_range_and_convert(void **state) {
+  (void)state;
+  char *d16 = t_shared_path("models/stories260K-hf-bf16");
+  e8q_st_model *m = e8q_st_model_open(d16);
+  const char *name = "model.embed_tokens.weight";
+  float *all = malloc(512 * 64 * 4), *part = malloc(512 * 64 * 4);
+  e8q_st_model_read_f32(m, name, 2, (int64_t[]){512, 64}, all);
+  t_rng rng = {t_fresh_seed("range")};
+  for (int it = 0; it < 50; it++) {
+    int64_t a = (int64_t)(t_rng_u64(&rng) % (512 * 64)), b = (int64_t)(t_rng_u64(&rng) % (512 * 64 + 1));
+    if (a > b) { int64_t x = a; a = b; b = x; }
+    e8q_st_model_read_f32_range(m, name, a, b - a, part);
+    assert_memory_equal(part, all + a, (size_t)(b - a) * 4);
+  }
+  E8Q_EXPECT_FATAL(e8q_st_model_read_f32_range(m, name, 512 * 64 - 10, 11, part), name, "[32758, 32769)",
+                   "of 32768");
+  E8Q_EXPECT_FATAL(e8q_st_read_f32_range(m->files[0], "nope", 0, 1, part), "missing tensor", "nope");
+  /* convert back to bf16: the file's bytes exactly */
+  const e8q_safetensors *f;
+  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
+  uint16_t *h = malloc(512 * 64 * 2);
+  e8q_f32_convert(all, E8Q_DT_BF16, h, 512 * 64);
+  assert_memory_equal(h, e8q_st_data(f, t), 512 * 64 * 2);
+  e8q_f32_convert(all, E8Q_DT_F16, h, 512 * 64);
+  for (int i = 0; i < 512 * 64; i++) assert_int_equal(h[i], e8q_f32_to_f16(all[i]));
+  e8q_f32_convert(all, E8Q_DT_F32, part, 512 * 64);
+  assert_memory_equal(part, all, 512 * 64 * 4);
+  E8Q_EXPECT_FATAL(e8q_f32_convert(all, E8Q_DT_I8, h, 1), "I8");
+  free(h);
+  free(all);
+  free(part);
+  e8q_st_model_close(m);
+  free(d16);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_f16_exhaustive),
@@ -312,6 +739,21 @@ int main(void) {
       cmocka_unit_test(test_writer_roundtrip_all_dtypes),
       cmocka_unit_test(test_writer_float_conversions),
       cmocka_unit_test(test_sharded_model),
+      cmocka_unit_test(test_writer_sparse),
+      cmocka_unit_test(test_read_range_and_convert),
+      cmocka_unit_test(test_bad_truncated),
+      cmocka_unit_test(test_bad_header_length_past_eof),
+      cmocka_unit_test(test_bad_offsets_past_end),
+      cmocka_unit_test(test_bad_overlapping_offsets),
+      cmocka_unit_test(test_bad_unknown_dtype),
+      cmocka_unit_test(test_bad_shape_byte_mismatch),
+      cmocka_unit_test(test_bad_missing_tensor),
+      cmocka_unit_test(test_bad_expected_shape),
+      cmocka_unit_test(test_bad_model_dir),
+      cmocka_unit_test(test_bad_nan_in_weight),
+      cmocka_unit_test(test_bad_inf_in_weight),
+      cmocka_unit_test(test_fuzz_truncations_and_flips),
+      cmocka_unit_test(test_writer_io_error),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,10 +1,13 @@
 /* tests/io/test_tokenizer.c: SentencePiece tokenizer.model and llama2.c tokenizer.bin against the
  * golden ids of stories260K_tsval40.json, against each other, the fast encoder against its _ref
  * twin, decoding round trips, and writing a tokenizer.model. */
+#define _GNU_SOURCE /* memfd_create */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -186,7 +189,7 @@ static void test_encode_matches_ref_random(void **state) {
 }
 
 /* the whole 800 KB text in one call: fast encoder equals the per-line ids joined where lines
- * are independent is not guaranteed, so compare against _ref on a 20 KB prefix and check that
+ * are independent is not guaranteed, so compare against _ref on an 8 KB prefix and check that
  * the full text round-trips */
 static void test_encode_long_text(void **state) {
   (void)state;
@@ -195,15 +198,15 @@ static void test_encode_long_text(void **state) {
   e8q_tokenizer *t = e8q_tokenizer_load(mpath);
   size_t len;
   char *text = e8q_text_read(tpath, &len);
-  char saved = text[20000];
-  text[20000] = 0;
+  char saved = text[8000];
+  text[8000] = 0;
   int *a, *r;
   int n = e8q_tokenizer_encode(t, text, 0, 0, &a);
   int nr = e8q_tokenizer_encode_ref(t, text, 0, 0, &r);
-  assert_ids_equal(a, n, r, nr, "encode vs encode_ref on 20 KB");
+  assert_ids_equal(a, n, r, nr, "encode vs encode_ref on 8 KB");
   free(a);
   free(r);
-  text[20000] = saved;
+  text[8000] = saved;
   n = e8q_tokenizer_encode(t, text, 1, 0, &a);
   assert_true(n > (int)(len / 8));
   char *back = decode_all(t, a, n);
@@ -297,6 +300,21 @@ static void test_vocab_mismatch(void **state) {
   free(mpath);
 }
 
+/* 1 when loading path is a fatal error naming it; 0 when it loads (a smaller vocabulary) */
+static int load_fails(const char *path) {
+  e8q_error_trap trap;
+  if (setjmp(trap.env) == 0) {
+    e8q_error_trap_arm(&trap);
+    e8q_tokenizer *t = e8q_tokenizer_load(path);
+    e8q_error_trap_arm(NULL);
+    assert_true(e8q_tokenizer_vocab_size(t) < 512);
+    e8q_tokenizer_free(t);
+    return 0;
+  }
+  assert_non_null(strstr(trap.message, path));
+  return 1;
+}
+
 /* every truncation of tokenizer.model inside a piece is a fatal error or a smaller valid
  * vocabulary (protobuf has no end marker), never a crash */
 static void test_truncated_model(void **state) {
@@ -306,21 +324,22 @@ static void test_truncated_model(void **state) {
   char *raw = t_read_file(mpath, &n);
   char *dir = t_tmpdir("tok_trunc");
   char *p = join(dir, "tokenizer.model");
+  /* the variants live in memory (memfd opened by its /proc path): no disk I/O per variant */
+  int mfd = memfd_create("e8q_tok_trunc", 0);
+  char mpathbuf[64];
+  if (mfd >= 0) snprintf(mpathbuf, sizeof mpathbuf, "/proc/self/fd/%d", mfd);
+  const char *vp = mfd >= 0 ? mpathbuf : p;
   int fatal = 0;
   for (size_t cut = 1; cut < 4000; cut += 7) {
-    t_write_file(p, raw, cut);
-    e8q_error_trap trap;
-    if (setjmp(trap.env) == 0) {
-      e8q_error_trap_arm(&trap);
-      e8q_tokenizer *t = e8q_tokenizer_load(p);
-      e8q_error_trap_arm(NULL);
-      assert_true(e8q_tokenizer_vocab_size(t) < 512);
-      e8q_tokenizer_free(t);
+    if (mfd >= 0) {
+      assert_int_equal(ftruncate(mfd, 0), 0);
+      assert_int_equal(pwrite(mfd, raw, cut, 0), (ssize_t)cut);
     } else {
-      assert_non_null(strstr(trap.message, p));
-      fatal++;
+      t_write_file(p, raw, cut);
     }
+    fatal += load_fails(vp);
   }
+  if (mfd >= 0) close(mfd);
   assert_true(fatal > 0);
   /* a piece length running past the end */
   t_write_file(p, raw, 5);
@@ -331,15 +350,208 @@ static void test_truncated_model(void **state) {
   free(mpath);
 }
 
+/* a text file and the id file of its encoding give the same ids; an id file with an id outside
+ * the tokenizer's vocabulary is refused */
+static void test_encode_file_text_and_ids(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  char *dir = t_tmpdir("tok_file");
+  char *txt = join(dir, "calib.txt"), *idf = join(dir, "calib.ids");
+  const char *s = "Lily and Ben went to the park.\nThey saw a big dog!\n";
+  t_write_file(txt, s, strlen(s));
+  int *a, *b;
+  size_t na = e8q_tokenizer_encode_file(t, txt, 1, &a);
+  assert_true(na > 10);
+  assert_int_equal(a[0], 1);
+  e8q_ids_write(idf, a + 1, na - 1); /* without BOS: added on read */
+  size_t nb = e8q_tokenizer_encode_file(t, idf, 1, &b);
+  assert_ids_equal(a, (int)na, b, (int)nb, "text vs id file");
+  free(b);
+  a[3] = 512;
+  e8q_ids_write(idf, a, na);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_encode_file(t, idf, 1, &b), idf, "token id 512", "index 3");
+  free(a);
+  free(txt);
+  free(idf);
+  free(dir);
+  e8q_tokenizer_free(t);
+  free(mpath);
+}
+
+/* a truncated or corrupted tokenizer.bin is refused naming the file */
+static void test_bad_bin(void **state) {
+  (void)state;
+  char *bpath = t_shared_path("models/stories260K/tok512.bin");
+  size_t n;
+  char *raw = t_read_file(bpath, &n);
+  char *dir = t_tmpdir("tok_bin");
+  char *p = join(dir, "tokenizer.bin");
+  t_write_file(p, raw, n - 3);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "not a valid llama2.c tokenizer.bin");
+  int32_t huge = 1 << 30; /* first token's length */
+  memcpy(raw + 8, &huge, 4);
+  t_write_file(p, raw, n);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "not a valid llama2.c tokenizer.bin");
+  free(p);
+  free(dir);
+  free(raw);
+  free(bpath);
+}
+
+/* loads path and encodes a sample; 1 when loading raised a fatal error naming the file */
+static int fuzz_load_encode(const char *path) {
+  e8q_error_trap trap;
+  if (setjmp(trap.env) == 0) {
+    e8q_error_trap_arm(&trap);
+    e8q_tokenizer *t = e8q_tokenizer_load(path);
+    e8q_error_trap_arm(NULL);
+    int *a, *b;
+    const char *sample = "Once upon a time, \xe4\xb8\xad a little dog.";
+    int na = e8q_tokenizer_encode(t, sample, 1, 1, &a);
+    int nb = e8q_tokenizer_encode_ref(t, sample, 1, 1, &b);
+    assert_ids_equal(a, na, b, nb, "fuzzed vocabulary: encode vs encode_ref");
+    for (int i = 0; i < na; i++) {
+      assert_true(a[i] >= 0 && a[i] < e8q_tokenizer_vocab_size(t));
+      (void)e8q_tokenizer_decode(t, i ? a[i - 1] : -1, a[i]);
+    }
+    free(a);
+    free(b);
+    e8q_tokenizer_free(t);
+    return 0;
+  }
+  assert_non_null(strstr(trap.message, path));
+  return 1;
+}
+
+/* random byte edits of tokenizer.model: a fatal error naming the file or a loadable vocabulary
+ * that encodes without crashing; never a crash */
+static void test_fuzz_model_edits(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  size_t n;
+  char *raw = t_read_file(mpath, &n);
+  int mfd = memfd_create("e8q_tok_fuzz", 0);
+  if (mfd < 0) skip();
+  char vp[64];
+  snprintf(vp, sizeof vp, "/proc/self/fd/%d", mfd);
+  t_rng rng = {t_fresh_seed("tok_fuzz")};
+  char *mut = malloc(n);
+  int fails = 0, loads = 0;
+  for (int it = 0; it < 400; it++) {
+    memcpy(mut, raw, n);
+    int edits = 1 + (int)(t_rng_u64(&rng) % 4);
+    for (int e = 0; e < edits; e++) mut[t_rng_u64(&rng) % n] = (char)t_rng_u64(&rng);
+    assert_int_equal(ftruncate(mfd, 0), 0);
+    assert_int_equal(pwrite(mfd, mut, n, 0), (ssize_t)n);
+    if (fuzz_load_encode(vp)) fails++;
+    else loads++;
+  }
+  print_message("tokenizer.model edits: %d loaded, %d refused\n", loads, fails);
+  close(mfd);
+  free(mut);
+  free(raw);
+  free(mpath);
+}
+
+/* a SentencePiece model that is not BPE (model_type 1 = unigram) is refused */
+static void test_unigram_refused(void **state) {
+  (void)state;
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  size_t n;
+  char *raw = t_read_file(mpath, &n);
+  /* TrainerSpec: field 3 (model_type, key 0x18) = 2, then field 4 (vocab_size, key 0x20) */
+  char *at = NULL;
+  for (size_t i = 0; i + 3 < n && !at; i++)
+    if (raw[i] == 0x18 && raw[i + 1] == 0x02 && raw[i + 2] == 0x20) at = raw + i;
+  assert_non_null(at);
+  at[1] = 0x01;
+  char *dir = t_tmpdir("tok_unigram");
+  char *p = join(dir, "tokenizer.model");
+  t_write_file(p, raw, n);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model_type 1 is not BPE");
+  free(p);
+  free(dir);
+  free(raw);
+  free(mpath);
+}
+
+/* A vocabulary with pieces that hold a space after another character ("e t", "d a") cannot be
+ * split into words: the encoder then merges over the whole text. Both paths equal the _ref twin,
+ * and the added pieces are really used. */
+static void test_encode_unsplittable_vocab(void **state) {
+  (void)state;
+  char *bpath = t_shared_path("models/stories260K/tok512.bin");
+  char *tpath = t_shared_path("text/tinystories_valid_head.txt");
+  e8q_tokenizer *src = e8q_tokenizer_load(bpath);
+  size_t fsz;
+  char *raw = t_read_file(bpath, &fsz);
+  int n = 512 + 2;
+  const char **pieces = malloc((size_t)n * sizeof(char *));
+  float *scores = malloc((size_t)n * sizeof(float));
+  int *types = malloc((size_t)n * sizeof(int));
+  size_t off = 4;
+  for (int i = 0; i < 512; i++) {
+    int32_t l;
+    memcpy(&scores[i], raw + off, 4);
+    memcpy(&l, raw + off + 4, 4);
+    off += 8 + (size_t)l;
+    pieces[i] = i == 1 ? "<s>" : i == 2 ? "</s>" : e8q_tokenizer_piece(src, i);
+    types[i] = i == 0 ? 2 : i <= 2 ? 3 : (i < 259 ? 6 : 1);
+  }
+  pieces[512] = "e t", scores[512] = 10.0f, types[512] = 1;
+  pieces[513] = "d a", scores[513] = -0.5f, types[513] = 1;
+  char *dir = t_tmpdir("tok_unsplit");
+  char *out = join(dir, "tokenizer.model");
+  e8q_tokenizer_write_spm(out, n, pieces, scores, types);
+  e8q_tokenizer *t = e8q_tokenizer_load(out);
+  char *text = e8q_text_read(tpath, NULL);
+  text[6000] = 0;
+  int *a, *r;
+  int na = e8q_tokenizer_encode(t, text, 1, 0, &a);
+  int nr = e8q_tokenizer_encode_ref(t, text, 1, 0, &r);
+  assert_ids_equal(a, na, r, nr, "unsplittable vocabulary: encode vs encode_ref");
+  int used512 = 0, used513 = 0;
+  for (int i = 0; i < na; i++) used512 += a[i] == 512, used513 += a[i] == 513;
+  assert_true(used512 > 0 && used513 > 0);
+  char *back = decode_all(t, a, na);
+  assert_string_equal(back, text);
+  free(back);
+  free(a);
+  free(r);
+  /* the splittable stock vocabulary gives the same ids as _ref on the same text */
+  na = e8q_tokenizer_encode(src, text, 1, 0, &a);
+  nr = e8q_tokenizer_encode_ref(src, text, 1, 0, &r);
+  assert_ids_equal(a, na, r, nr, "stock vocabulary: encode vs encode_ref");
+  free(a);
+  free(r);
+  free(text);
+  e8q_tokenizer_free(t);
+  e8q_tokenizer_free(src);
+  free(out);
+  free(dir);
+  free(raw);
+  free(pieces);
+  free(scores);
+  free(types);
+  free(tpath);
+  free(bpath);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_first_line_both_formats),
       cmocka_unit_test(test_formats_agree_200_lines),
       cmocka_unit_test(test_encode_matches_ref_random),
       cmocka_unit_test(test_encode_long_text),
+      cmocka_unit_test(test_encode_unsplittable_vocab),
       cmocka_unit_test(test_write_spm_roundtrip),
       cmocka_unit_test(test_vocab_mismatch),
+      cmocka_unit_test(test_encode_file_text_and_ids),
       cmocka_unit_test(test_truncated_model),
+      cmocka_unit_test(test_bad_bin),
+      cmocka_unit_test(test_fuzz_model_edits),
+      cmocka_unit_test(test_unigram_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

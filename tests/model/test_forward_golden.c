@@ -240,12 +240,90 @@ static void test_forward_bad_hf(void **s) {
   free(bytes), free(src), free(dir);
 }
 
+
+/* ---------------------------------------------------------------- unshared classifier
+ * stories260K rewritten with vocab_size -512 and the embedding appended as wcls: the
+ * unshared-classifier path must give the same logits. */
+static void test_forward_bin_unshared(void **s) {
+  (void)s;
+  char *src = t_shared_path("models/stories260K/stories260K.bin");
+  size_t n;
+  char *bytes = t_read_file(src, &n);
+  size_t emb = 4 * (size_t)512 * 64;
+  char *out = malloc(n + emb);
+  memcpy(out, bytes, n);
+  memcpy(out + n, bytes + 28, emb);
+  int32_t v = -512;
+  memcpy(out + 5 * 4, &v, 4);
+  char *dir = t_tmpdir("fwd_unshared"), path[1024];
+  snprintf(path, sizeof path, "%s/unshared.bin", dir);
+  t_write_file(path, out, n + emb);
+  e8q_model *a = e8q_model_load(src), *b = e8q_model_load(path);
+  assert_true(a->cfg.tied);
+  assert_false(b->cfg.tied);
+  assert_true(b->lm_head != b->embed);
+  int ids[6] = {1, 403, 407, 261, 378, 432};
+  float *la = malloc(sizeof(float) * 6 * 512), *lb = malloc(sizeof(float) * 6 * 512);
+  e8q_model_forward(a, 1, 6, ids, la);
+  e8q_model_forward(b, 1, 6, ids, lb);
+  assert_memory_equal(la, lb, sizeof(float) * 6 * 512);
+  /* one byte short of the unshared size is refused, naming the layout */
+  t_write_file(path, out, n + emb - 1);
+  E8Q_EXPECT_FATAL(e8q_model_load(path), "unshared.bin", "unshared classifier");
+  e8q_model_free(a), e8q_model_free(b);
+  free(la), free(lb), free(out), free(bytes), free(src), free(dir);
+}
+
+/* ---------------------------------------------------------------- HF tensors missing or misshapen
+ * The stories260K-hf tensors rewritten with one left out, or one declared with another shape
+ * of the same size. */
+static void rewrite_hf(const char *dir, const char *drop, const char *reshape) {
+  char *src = t_shared_path("models/stories260K-hf");
+  char a[1024], b[1024];
+  snprintf(a, sizeof a, "%s/config.json", src), snprintf(b, sizeof b, "%s/config.json", dir);
+  copy_file(a, b);
+  snprintf(a, sizeof a, "%s/model.safetensors", src), snprintf(b, sizeof b, "%s/model.safetensors", dir);
+  e8q_safetensors *st = e8q_st_open(a);
+  e8q_st_writer *w = e8q_st_writer_begin(b);
+  for (int i = 0; i < st->n_tensors; i++) {
+    const e8q_st_tensor *t = &st->tensors[i];
+    if (!strcmp(t->name, drop)) continue;
+    int64_t shape[E8Q_ST_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    if (!strcmp(t->name, reshape)) shape[0] = t->shape[1], shape[1] = t->shape[0];
+    e8q_st_writer_declare(w, t->name, t->dtype, t->ndim, shape);
+  }
+  for (int i = 0; i < st->n_tensors; i++) {
+    const e8q_st_tensor *t = &st->tensors[i];
+    if (!strcmp(t->name, drop)) continue;
+    e8q_st_writer_write(w, e8q_st_data(st, t), t->end - t->begin);
+  }
+  e8q_st_writer_finish(w);
+  e8q_st_close(st);
+  free(src);
+}
+
+static void test_forward_hf_tensor_checks(void **s) {
+  (void)s;
+  char *d1 = t_tmpdir("fwd_hf_missing"), *d2 = t_tmpdir("fwd_hf_shape");
+  rewrite_hf(d1, "model.layers.2.self_attn.v_proj.weight", "");
+  E8Q_EXPECT_FATAL(e8q_model_load(d1), "model.layers.2.self_attn.v_proj.weight", "missing");
+  rewrite_hf(d2, "", "model.layers.4.mlp.down_proj.weight"); /* [64, 172] declared as [172, 64] */
+  E8Q_EXPECT_FATAL(e8q_model_load(d2), "model.layers.4.mlp.down_proj.weight", "[64, 172]");
+  /* both load when nothing is changed */
+  char *d3 = t_tmpdir("fwd_hf_same");
+  rewrite_hf(d3, "", "");
+  e8q_model_free(e8q_model_load(d3));
+  free(d1), free(d2), free(d3);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forward_logits_bin),  cmocka_unit_test(test_forward_logits_hf),
       cmocka_unit_test(test_forward_greedy_bin),  cmocka_unit_test(test_forward_greedy_hf),
       cmocka_unit_test(test_forward_greedy_bf16), cmocka_unit_test(test_forward_block_streaming),
       cmocka_unit_test(test_forward_bad_bin),     cmocka_unit_test(test_forward_bad_hf),
+      cmocka_unit_test(test_forward_bin_unshared), cmocka_unit_test(test_forward_hf_tensor_checks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -158,6 +158,7 @@ static void test_attention(void **state) {
   check_attention(2, 9, 4, 2, 8, g_seed + 2);   /* GQA */
   check_attention(1, 33, 3, 3, 16, g_seed + 3); /* MHA, odd length */
   check_attention(3, 20, 8, 1, 4, g_seed + 4);  /* MQA */
+  check_attention(1, 300, 2, 1, 8, g_seed + 7); /* more rows than one query block */
 }
 
 /* ---------------------------------------------------------------- swiglu, softmax, nll */
