@@ -2,6 +2,7 @@
 #include "coordinator/qmodel.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
