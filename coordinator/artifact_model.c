@@ -37,7 +37,7 @@ void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fu
     a->m = e8q_qmodel_dense(&a->q);
     return;
   }
-  a->m = e8q_model_load_ex(dir, 0);
+  a->m = e8q_qmodel_head(&a->q);
   const e8q_config *c = &a->m->cfg;
   a->m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");
   int64_t D = c->dim;

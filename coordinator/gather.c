@@ -24,10 +24,7 @@
 #include "io/artifact.h"
 #include "io/ckpt.h"
 #include "kernels/e8p.h"
-#if __has_include("kernels/hadamard.h") /* TEMPORARY until the quant branch (Hadamard) is merged */
 #include "kernels/hadamard.h"
-#define E8Q_HAVE_HADAMARD 1
-#endif
 
 /* ---------------------------------------------------------------- quantization_config */
 static int distinct_factors(const e8q_plan *p, int *Ks) {
@@ -103,7 +100,6 @@ typedef struct {
   const void *data;
 } out_tensor;
 
-#ifdef E8Q_HAVE_HADAMARD
 void e8q_run_gather(e8q_run *R) {
   const e8q_plan *p = &R->plan;
   int L = p->n_layers;
@@ -218,13 +214,6 @@ void e8q_run_gather(e8q_run *R) {
   free(txt);
   e8q_run_step(R, "gather");
 }
-
-#else
-void e8q_run_gather(e8q_run *R) {
-  (void)R, (void)quantization_config, (void)distinct_factors;
-  E8Q_FATAL("this build lacks kernels/hadamard.h (merge the quant branch)");
-}
-#endif
 
 /* ---------------------------------------------------------------- pack */
 void e8q_run_pack(e8q_run *R) {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "io/config.h"
@@ -58,11 +59,26 @@ void e8q_qmodel_open(e8q_qmodel *q, const char *dir) {
   q->dir = strdup(dir);
   char path[4096];
   snprintf(path, sizeof path, "%s/config.json", dir);
-  e8q_config_load(path, &q->cfg);
   char *txt = slurp(path);
   cJSON *cj = cJSON_Parse(txt);
   free(txt);
   E8Q_CHECK(cj, "%s is not valid JSON", path);
+  /* the architecture: the config without its quantization_config, through the config loader
+   * (which refuses quantized configs as sources to quantize) */
+  {
+    cJSON *plain = cJSON_Duplicate(cj, 1);
+    cJSON_DeleteItemFromObjectCaseSensitive(plain, "quantization_config");
+    char *ptxt = cJSON_Print(plain);
+    cJSON_Delete(plain);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s/.config.float.%ld.json", dir, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    E8Q_CHECK_ERRNO(f, "cannot write %s", tmp);
+    E8Q_CHECK(fwrite(ptxt, 1, strlen(ptxt), f) == strlen(ptxt) && fclose(f) == 0, "cannot write %s", tmp);
+    free(ptxt);
+    e8q_config_load(tmp, &q->cfg);
+    unlink(tmp);
+  }
   const cJSON *qc = cJSON_GetObjectItemCaseSensitive(cj, "quantization_config");
   const cJSON *meth = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
   E8Q_CHECK(cJSON_IsString(meth) && !strcmp(meth->valuestring, "e8q"),
@@ -140,8 +156,27 @@ void e8q_qmodel_close(e8q_qmodel *q) {
   memset(q, 0, sizeof *q);
 }
 
+e8q_model *e8q_qmodel_head(const e8q_qmodel *q) {
+  e8q_model *m = e8q_calloc(1, sizeof *m, "model");
+  m->cfg = q->cfg;
+  m->path = strdup(q->dir);
+  int64_t D = q->cfg.dim, V = q->cfg.vocab_size;
+  int64_t s_embed[2] = {V, D};
+  m->embed = e8q_malloc(sizeof(float) * (size_t)(V * D), "embed_tokens");
+  e8q_st_read_f32(q->st, "model.embed_tokens.weight", 2, s_embed, m->embed);
+  m->final_norm = e8q_malloc(sizeof(float) * (size_t)D, "model.norm");
+  e8q_st_read_f32(q->st, "model.norm.weight", 1, &D, m->final_norm);
+  if (q->cfg.tied) {
+    m->lm_head = m->embed;
+  } else {
+    m->lm_head = e8q_malloc(sizeof(float) * (size_t)(V * D), "lm_head");
+    e8q_st_read_f32(q->st, "lm_head.weight", 2, s_embed, m->lm_head);
+  }
+  return m;
+}
+
 e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) {
-  e8q_model *m = e8q_model_load_ex(q->dir, 0);
+  e8q_model *m = e8q_qmodel_head(q);
   const e8q_config *c = &m->cfg;
   m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");
   int64_t D = c->dim;

@@ -25,6 +25,8 @@ void e8q_qmodel_close(e8q_qmodel *q);
 static inline const e8q_qlinear *e8q_qmodel_linear(const e8q_qmodel *q, int layer, int group) {
   return &q->lin[layer * E8Q_N_GROUPS + group];
 }
+/* embeddings, final norm and lm_head (no blocks) */
+e8q_model *e8q_qmodel_head(const e8q_qmodel *q);
 /* The dense fp32 model: embeddings and norms from the safetensors, every linear decoded
  * (e8q_qlinear_dequant_ref, float64 then rounded to float). */
 e8q_model *e8q_qmodel_dense(const e8q_qmodel *q);

@@ -413,7 +413,7 @@ static void run_block(e8q_run *R, int b) {
     acts_commit(R, b + 1, R->Y);
     e8q_fault_point("propagate.done");
   }
-  e8q_progress_step("propagate", b, NULL, have_next);
+  e8q_progress_step("propagate", b, NULL, have_next && !last);
   e8q_block_free(&blk);
 
   /* ---------------------------------------------------------- commit */

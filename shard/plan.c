@@ -8,18 +8,12 @@
 
 #include "common/error.h"
 #include "io/safetensors.h"
+#include "kernels/hadamard.h"
 
 /* ---------------------------------------------------------------- small rules */
 int e8q_plan_hadamard_factor(int n, const char *what) {
   E8Q_CHECK(n > 0, "%s: dimension %d must be positive", what, n);
-  int odd = n;
-  while (odd % 2 == 0) odd /= 2;
-  if (odd == 1) return 1;
-  int rest = n / odd, k = odd;
-  for (int t = 0; t < 2 && rest % 2 == 0; t++) {
-    k *= 2;
-    rest /= 2;
-  }
+  int k = e8q_had_choose_K(n);
   E8Q_CHECK(k <= E8Q_HADAMARD_MAX_K,
             "%s: dimension %d = %d * 2^p needs a %dx%d Hadamard factor, larger than the %d e8q builds; this model "
             "shape is not supported (dimensions of the form K * 2^p with K <= %d are)",

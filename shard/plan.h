@@ -63,9 +63,8 @@ typedef struct {
   int64_t n_params_other;              /* embeddings, norms, lm_head */
 } e8q_plan;
 
-/* Hadamard factor K for a dimension n (n = K * 2^p): 1 for powers of two, else the odd part of
- * n times the largest power of two <= 4 that still divides n/odd. Fatal, naming `what`, when K
- * would exceed E8Q_HADAMARD_MAX_K. */
+/* Hadamard factor K for a dimension n (n = K * 2^p): e8q_had_choose_K (kernels/hadamard.h).
+ * Fatal, naming `what`, when K would exceed E8Q_HADAMARD_MAX_K. */
 int e8q_plan_hadamard_factor(int n, const char *what);
 /* first index of [0, total) owned by part r of `parts` (balanced contiguous split) */
 int e8q_plan_split(int total, int parts, int r);

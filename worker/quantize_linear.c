@@ -14,10 +14,7 @@
 #include "common/error.h"
 #include "common/rng.h"
 #include "kernels/e8p.h"
-#if __has_include("kernels/hadamard.h") /* TEMPORARY until the quant branch (Hadamard) is merged */
 #include "kernels/hadamard.h"
-#define E8Q_HAVE_HADAMARD 1
-#endif
 #include "worker/cholesky.h"
 #include "worker/exact_sum.h"
 
@@ -97,7 +94,6 @@ static void ldlq_rows(e8q_codebook_id cb, e8q_method method, int tune, int rows,
   free(X);
 }
 
-#ifdef E8Q_HAVE_HADAMARD
 /* ---------------------------------------------------------------- block LDL
  * C [n, n] lower Cholesky factor (H = C Cᵀ) -> L unit block-lower (8x8 blocks), in place:
  * L[j, k] = C[j, k] C[k, k]^-1 for j > k, identity diagonal blocks, zero above. */
@@ -261,14 +257,6 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   e8q_had_free(&hn);
   e8q_had_free(&hm);
 }
-
-#else
-void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
-                        const double *H, long tokens, e8q_qlin_result *res) {
-  (void)o, (void)g, (void)layer, (void)group, (void)W, (void)H, (void)tokens, (void)res, (void)ldlq_rows, (void)default_rho;
-  E8Q_FATAL("this build lacks kernels/hadamard.h (merge the quant branch)");
-}
-#endif
 
 void e8q_qlin_result_free(e8q_qlin_result *r) {
   free(r->codes);
