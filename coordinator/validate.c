@@ -65,8 +65,22 @@ void e8q_run_validate(e8q_run *R) {
       e8q_rundir_path(R->rd, rel, path, sizeof path);
       e8q_safetensors *sh = e8q_ckpt_open(path, "shard");
       cJSON *stats = cJSON_Parse(e8q_ckpt_meta(sh, "stats") ? e8q_ckpt_meta(sh, "stats") : "{}");
+      e8q_block orig;
+      e8q_block_load(R->st, &R->cfg, b, &orig);
       for (int g = 0; g < E8Q_N_GROUPS; g++) {
-        double e = e8q_validate_linear(e8q_qmodel_linear(&q, b, g), R->o->seed + (uint64_t)(b * E8Q_N_GROUPS + g));
+        const e8q_qlinear *ql = e8q_qmodel_linear(&q, b, g);
+        double e = e8q_validate_linear(ql, R->o->seed + (uint64_t)(b * E8Q_N_GROUPS + g));
+        /* relative Frobenius error of the decoded weight against the source */
+        size_t mn = (size_t)ql->d.m * ql->d.n;
+        double *Wd = e8q_malloc(sizeof(double) * mn, "decoded weight");
+        e8q_qlinear_dequant_ref(ql, Wd);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < mn; i++) {
+          double d = Wd[i] - orig.lin[g].w[i];
+          num += d * d;
+          den += (double)orig.lin[g].w[i] * orig.lin[g].w[i];
+        }
+        free(Wd);
         const cJSON *s = cJSON_GetObjectItemCaseSensitive(stats, e8q_group_names[g]);
         const cJSON *pl = cJSON_GetObjectItemCaseSensitive(s, "proxy_loss");
         const cJSON *rt = cJSON_GetObjectItemCaseSensitive(s, "retries");
@@ -76,6 +90,7 @@ void e8q_run_validate(e8q_run *R) {
         cJSON_AddNumberToObject(o, "proxy_loss", cJSON_IsNumber(pl) ? pl->valuedouble : -1);
         cJSON_AddNumberToObject(o, "retries", cJSON_IsNumber(rt) ? rt->valueint : 0);
         cJSON_AddNumberToObject(o, "fused_vs_dense_max_rel_err", e);
+        cJSON_AddNumberToObject(o, "weight_rel_err", den > 0 ? sqrt(num / den) : 0);
         cJSON_AddItemToArray(lin, o);
         E8Q_CHECK(e <= E8Q_VALIDATE_TOL,
                   "validation failed: layer %d %s: the fused kernel differs from the dense decode by %.3g (relative), "
@@ -85,6 +100,7 @@ void e8q_run_validate(e8q_run *R) {
         sum_proxy += cJSON_IsNumber(pl) ? pl->valuedouble : 0;
         n++;
       }
+      e8q_block_free(&orig);
       cJSON_Delete(stats);
       e8q_st_close(sh);
     }
