@@ -10,6 +10,7 @@
 #include "coordinator/commands.h"
 #include "coordinator/options.h"
 #include "coordinator/run.h"
+#include "io/atomic.h"
 #include "io/config.h"
 
 #define E8Q_DEFAULT_SEED 0
@@ -94,6 +95,8 @@ int cmd_quantize(int argc, char **argv) {
     snprintf(run_dir, sizeof run_dir, "%s.run", o.out);
     o.run_dir = run_dir;
   }
+  /* an unwritable output is refused before any work (the artifact is written last) */
+  if (e8q_rank() == 0) e8q_atomic_abort(e8q_atomic_begin(o.out, "artifact"));
   e8q_config cfg;
   e8q_config_load(o.model, &cfg);
   if (!o.ctx) o.ctx = cfg.max_seq_len < E8Q_DEFAULT_CTX ? cfg.max_seq_len : E8Q_DEFAULT_CTX;

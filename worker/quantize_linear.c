@@ -139,6 +139,9 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   }
   /* prepare H: / mean(diag H) over the real columns, pad, damp */
   double *Hr = e8q_calloc((size_t)np * np, sizeof(double), "prepared Hessian");
+  for (size_t i = 0; i < (size_t)n * n; i++)
+    E8Q_CHECK(isfinite(H[i]), "layer %d %s: the Hessian has a non-finite entry (%g at [%zu, %zu]): the calibration "
+              "activations overflowed or the checkpoint holds NaN/Inf", layer, g->name, H[i], i / (size_t)n, i % (size_t)n);
   double md = 0;
   for (int i = 0; i < n; i++) md += H[(size_t)i * n + i];
   md /= n;

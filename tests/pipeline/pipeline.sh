@@ -48,7 +48,7 @@ assert all(0 < l["proxy_loss"] < 1 for l in lin), [l["proxy_loss"] for l in lin]
 assert m["validation"]["max_fused_vs_dense_rel_err"] < 1e-3
 ev = m["evaluation"]
 assert ev["per_line"] == 40 and ev["tokens"] > 1000
-assert 1.35651 < ev["mean_nll"] < 4.0, ev["mean_nll"]  # worse than FP, far better than uniform (6.2)
+assert 1.35651 < ev["mean_nll"] < 5.5, ev["mean_nll"]  # worse than FP (1.357), better than uniform (6.24)
 assert 1.9 < m["size"]["linear_codes_bpw"] < 2.2, m["size"]
 print("mean_nll", ev["mean_nll"], "ppl", ev["ppl"])
 PY
@@ -71,9 +71,11 @@ PY
 resume)
   # kill at every named stage boundary and mid-stage, rerun the same command: identical artifact
   q 1 "$TMP/ref.e8q" > "$TMP/ref.log" 2>&1 || { cat "$TMP/ref.log"; fail "reference run failed"; }
-  for point in ${POINTS:-plan.done embed.done hessian.mid hessian.done quantize.mid quantize.done propagate.done commit.mid commit.done gather.mid gather.done validate.done pack.mid atomic.before_rename:7 journal.torn:5}; do
+  for point in ${POINTS:-plan.done embed.done hessian.mid hessian.done quantize.mid quantize.done propagate.done commit.mid commit.done gather.mid gather.done validate.done pack.mid atomic.before_rename:7 journal.torn:5 hessian.done:3@1 quantize.mid:7@0 propagate.done:4@1}; do
     rm -rf "$TMP/r.e8q" "$TMP/r.e8q.run"
-    E8Q_FAULT=$point q ${NP:-2} "$TMP/r.e8q" > "$TMP/kill.log" 2>&1 && fail "$point: the run was not killed"
+    # POINT[:n][@rank]: kill every rank (default) or only the given one
+    local_rank=""; [[ $point == *@* ]] && local_rank=${point#*@}
+    E8Q_FAULT=${point%@*} E8Q_FAULT_RANK=$local_rank q ${NP:-2} "$TMP/r.e8q" > "$TMP/kill.log" 2>&1 && fail "$point: the run was not killed"
     grep -q "fault injection: killing" "$TMP/kill.log" || { cat "$TMP/kill.log"; fail "$point: no fault message"; }
     [ -e "$TMP/r.e8q" ] && [ "$point" != "pack.done" ] && fail "$point: an artifact exists after the kill"
     q ${NP:-2} "$TMP/r.e8q" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "$point: the rerun failed"; }
@@ -85,7 +87,7 @@ corrupt)
   # damaged checkpoints are detected by their checksum and recomputed
   q 1 "$TMP/ref.e8q" > "$TMP/ref.log" 2>&1 || fail "reference run failed"
   rm -rf "$TMP/r.e8q.run"
-  E8Q_FAULT=quantize.mid:3 q 1 "$TMP/r.e8q" > "$TMP/kill.log" 2>&1 && fail "not killed"
+  E8Q_FAULT=quantize.mid:5 q 1 "$TMP/r.e8q" > "$TMP/kill.log" 2>&1 && fail "not killed"
   R=$TMP/r.e8q.run
   ls "$R"/shards/*.e8qs "$R"/hessians/*.ckpt >/dev/null || fail "expected checkpoints after the kill"
   f=$(ls "$R"/shards/*.e8qs | head -1); printf '\x00\x01' | dd of="$f" bs=1 seek=200 conv=notrunc 2>/dev/null
