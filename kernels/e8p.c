@@ -111,6 +111,12 @@ static struct {
   double full_n2[E8Q_E8P_NCODES];
   double e81b[E8Q_E81B_SIZE][8];
   double e81b_n2[E8Q_E81B_SIZE];
+  /* the reference's canonical half of D8^ (its "grid_part"): points decode(c) + 1/4 of the
+   * parity-1 codes c in ascending order with at most one negative among the first seven
+   * coordinates, none below -1/2 */
+  double part[2048][8];
+  double part_n2[2048];
+  int npart;
 } T;
 static pthread_once_t T_once = PTHREAD_ONCE_INIT;
 
@@ -134,6 +140,18 @@ static void tables_init(void) {
     double n2 = 0;
     for (int i = 0; i < 8; i++) n2 += T.full[c][i] * T.full[c][i];
     T.full_n2[c] = n2;
+  }
+  T.npart = 0;
+  for (uint32_t c = 0; c < E8Q_E8P_NCODES; c++) {
+    if (!e8q_parity8(c)) continue;
+    double g[8], mn = 1e9, n2 = 0;
+    int neg = 0;
+    for (int i = 0; i < 8; i++) g[i] = T.full[c][i] + 0.25;
+    for (int i = 0; i < 7; i++) neg += g[i] < 0, mn = g[i] < mn ? g[i] : mn;
+    if (neg > 1 || mn < -0.5) continue;
+    E8Q_CHECK(T.npart < 2048, "E8P canonical half: too many points");
+    for (int i = 0; i < 8; i++) T.part[T.npart][i] = g[i], n2 += g[i] * g[i];
+    T.part_n2[T.npart++] = n2;
   }
   for (int g = 0; g < E8Q_E81B_SIZE; g++) {
     double n2 = 0;
@@ -164,8 +182,9 @@ static void row_scores(const double ay[8], int negpar, double score[E8Q_E8P_ROWS
   }
 }
 
-/* best code for one shift: returns the score, writes the code */
-static double encode_shift(const double x[8], double shift, uint16_t *code) {
+/* best code for one shift: returns the score, writes the code; *tie is set when another
+ * candidate scores within a relative 1e-9 (an exact tie in exact arithmetic is then possible) */
+static double encode_shift(const double x[8], double shift, uint16_t *code, int *tie) {
   double y[8], ay[8];
   uint32_t neg = 0;
   int negpar = 0;
@@ -182,17 +201,22 @@ static double encode_shift(const double x[8], double shift, uint16_t *code) {
   int best = 0;
   for (int r = 1; r < E8Q_E8P_ROWS; r++)
     if (score[r] > score[best]) best = r;
+  double tol = 1e-9 * (1.0 + fabs(score[best]));
+  for (int r = 0; r < E8Q_E8P_ROWS; r++)
+    if (r != best && score[r] >= score[best] - tol) *tie = 1;
   /* signs of the best row: follow y; flip the weakest coordinate when the parity is wrong */
-  if (T.odd[best] != (uint32_t)negpar) {
-    int k = 0;
-    double mk = T.a[0][best] * ay[0];
-    for (int i = 1; i < 8; i++)
-      if (T.a[i][best] * ay[i] < mk) {
-        mk = T.a[i][best] * ay[i];
-        k = i;
-      }
-    neg ^= 1u << k;
+  int k = 0;
+  double mk = T.a[0][best] * ay[0];
+  for (int i = 1; i < 8; i++)
+    if (T.a[i][best] * ay[i] < mk) {
+      mk = T.a[i][best] * ay[i];
+      k = i;
+    }
+  for (int i = 0; i < 8; i++) {
+    double pi = T.a[i][best] * ay[i];
+    if (pi <= tol || (i != k && pi <= mk + tol)) *tie = 1; /* a sign choice ties */
   }
+  if (T.odd[best] != (uint32_t)negpar) neg ^= 1u << k;
   /* sign bits relative to the packed row (its element 7 is already negative when odd) */
   uint32_t s = 0;
   for (int i = 0; i < 8; i++) {
@@ -205,14 +229,65 @@ static double encode_shift(const double x[8], double shift, uint16_t *code) {
   return score[best];
 }
 
+/* ---- the reference's own search, for (near-)ties
+ * Exact ties are real (weights on a rational grid hit them) and the reference breaks them by
+ * the order and the floating-point rounding of its search: quantize x - 1/4 and x + 1/4 each
+ * by canonicalising signs (|y|, last coordinate negated when y has an odd number of
+ * negatives), taking the first maximum over its canonical half of D8^ of
+ * (2|y|) . g - |g|^2 (the dot product accumulated left to right with fused multiply-adds, as
+ * its float64 matmul did), restoring the signs, and keeping the x + 1/4 candidate only when
+ * its error (the norm, squares summed pairwise) is strictly smaller. The floating-point
+ * details were chosen because they reproduce every tie in golden [ldlq_example]. This path reproduces the golden codes on ties; it is used
+ * only when the fast search sees a near tie, so generic inputs never pay for it. */
+static double compat_part(const double y[8], double vals[8]) {
+  double P[8], mask[8];
+  int cnt = 0;
+  for (int i = 0; i < 8; i++) {
+    P[i] = fabs(y[i]);
+    mask[i] = y[i] < 0 ? -1.0 : 1.0;
+    cnt += y[i] < 0;
+  }
+  if (cnt & 1) P[7] = -P[7], mask[7] = -mask[7];
+  int best = 0;
+  double bs = -INFINITY;
+  for (int k = 0; k < T.npart; k++) {
+    double d = 0;
+    for (int i = 0; i < 8; i++) d = fma(2.0 * P[i], T.part[k][i], d);
+    double sc = d - T.part_n2[k];
+    if (sc > bs) bs = sc, best = k;
+  }
+  double r[8];
+  for (int i = 0; i < 8; i++) {
+    vals[i] = T.part[best][i] * mask[i];
+    r[i] = (y[i] - vals[i]) * (y[i] - vals[i]);
+  }
+  /* pairwise sum, as numpy and torch reduce 8 elements */
+  return sqrt(((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])));
+}
+
+static uint16_t encode_compat(const double x[8]) {
+  double yp[8], ym[8], vp[8], vm[8], q[8];
+  for (int i = 0; i < 8; i++) yp[i] = x[i] + 0.25, ym[i] = x[i] - 0.25;
+  double ep = compat_part(yp, vp), em = compat_part(ym, vm);
+  for (int i = 0; i < 8; i++) q[i] = ep < em ? vp[i] - 0.25 : vm[i] + 0.25;
+  /* q is a codebook point: the fast search at distance 0 has no tie and returns its code */
+  uint16_t cp, cm;
+  int tie = 0;
+  double sp = encode_shift(q, 0.25, &cp, &tie), sm = encode_shift(q, -0.25, &cm, &tie);
+  double sum = q[0] + q[1] + q[2] + q[3] + q[4] + q[5] + q[6] + q[7];
+  return (-sp - 0.5 * sum) < (-sm + 0.5 * sum) ? cp : cm;
+}
+
 uint16_t e8q_e8p_encode(const double x[8], double xhat[8]) {
   tables_ready();
   uint16_t cp, cm;
-  double sp = encode_shift(x, 0.25, &cp), sm = encode_shift(x, -0.25, &cm);
+  int tie = 0;
+  double sp = encode_shift(x, 0.25, &cp, &tie), sm = encode_shift(x, -0.25, &cm, &tie);
   /* the scores are relative to x - shift: put both on the scale of ||x - q||^2 */
-  double ep = -sp - 0.5 * (x[0] + x[1] + x[2] + x[3] + x[4] + x[5] + x[6] + x[7]);
-  double em = -sm + 0.5 * (x[0] + x[1] + x[2] + x[3] + x[4] + x[5] + x[6] + x[7]);
-  uint16_t c = (ep < em || (ep == em && cp < cm)) ? cp : cm;
+  double sum = x[0] + x[1] + x[2] + x[3] + x[4] + x[5] + x[6] + x[7];
+  double ep = -sp - 0.5 * sum, em = -sm + 0.5 * sum;
+  if (fabs(ep - em) <= 1e-9 * (1.0 + fabs(ep))) tie = 1;
+  uint16_t c = tie ? encode_compat(x) : ep < em ? cp : cm;
   if (xhat) e8q_e8p_decode_f64(c, xhat);
   return c;
 }

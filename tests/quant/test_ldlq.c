@@ -1,0 +1,298 @@
+/* tests/quant/test_ldlq.c: block LDLQ against the reference's golden example, the buffered
+ * fast path against the unbuffered reference, row splits, ordering of the proxy loss on an
+ * ill-conditioned Hessian, the factorisation fallbacks, and the one-linear helper. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rng.h"
+#include "golden.h"
+#include "kernels/e8p.h"
+#include "kernels/ldlq.h"
+#include "testutil.h"
+
+/* ---------------------------------------------------------------- golden [ldlq_example] */
+static void golden_problem(double *H, double *W) {
+  enum { M = 8, N = 32, R = 64 };
+  double A[R * N];
+  for (int i = 0; i < R; i++)
+    for (int j = 0; j < N; j++) A[i * N + j] = (double)(((7 * i + 13 * j + i * j) % 67) - 33) / 33;
+  for (int i = 0; i < N; i++)
+    for (int j = 0; j < N; j++) {
+      double s = 0;
+      for (int k = 0; k < R; k++) s += A[k * N + i] * A[k * N + j];
+      H[i * N + j] = s / R;
+    }
+  for (int r = 0; r < M; r++)
+    for (int c = 0; c < N; c++) W[r * N + c] = (double)(((31 * r + 17 * c + r * c) % 29) - 14) / 9;
+}
+
+static void test_ldlq_golden_example(void **state) {
+  (void)state;
+  enum { M = 8, N = 32 };
+  double H[N * N], W[M * N], Hp[N * N];
+  golden_problem(H, W);
+  memcpy(Hp, H, sizeof H);
+  e8q_hessian_prep(Hp, N, 0.01);
+  e8q_ldl f;
+  e8q_ldl_status st;
+  assert_true(e8q_ldl_build(&f, H, N, 0.01, E8Q_PREC_F64, &st));
+  assert_int_equal(st.attempts, 1);
+  char *all = g_constants();
+  const char *p = g_section(all, "ldlq_example");
+  char line[512];
+  int tune = -1, rows_checked = 0;
+  double proxy_want = 0;
+  uint16_t codes[M * 4], codes_ref[M * 4];
+  double hat[M * N], hat_ref[M * N];
+  while ((p = g_line(p, line, sizeof line))) {
+    if (sscanf(line, "tune_iters=%d proxy=%lf", &tune, &proxy_want) == 2) {
+      e8q_ldlq_opts o = {.cb = E8Q_CB_E8P12, .tune_iters = tune, .feedback = 1};
+      e8q_ldlq_rows(&f, &o, W, M, 0, M, codes, NULL, hat);
+      e8q_ldlq_rows_ref(&f, &o, W, M, 0, M, codes_ref, NULL, hat_ref);
+      double proxy = e8q_proxy_loss(W, hat, Hp, N, 0, M), proxy_ref = e8q_proxy_loss(W, hat_ref, Hp, N, 0, M);
+      print_message("tune %d: proxy %.17g (reference %.17g), golden %.17g\n", tune, proxy, proxy_ref, proxy_want);
+      T_NEAR(proxy, proxy_want, 1e-9, "LDLQ proxy loss");
+      T_NEAR(proxy_ref, proxy_want, 1e-9, "LDLQ reference proxy loss");
+      continue;
+    }
+    int r;
+    unsigned q[4];
+    if (sscanf(line, " Q[%d] = %x %x %x %x", &r, q, q + 1, q + 2, q + 3) != 5) continue;
+    for (int k = 0; k < 4; k++) {
+      if (codes[r * 4 + k] != q[k]) fail_msg("tune %d row %d block %d: 0x%04x, golden 0x%04x", tune, r, k, codes[r * 4 + k], q[k]);
+      if (codes_ref[r * 4 + k] != q[k]) fail_msg("reference, tune %d row %d block %d: 0x%04x, golden 0x%04x", tune, r, k, codes_ref[r * 4 + k], q[k]);
+    }
+    rows_checked++;
+  }
+  assert_int_equal(rows_checked, 16);
+  e8q_ldl_free(&f);
+  free(all);
+}
+
+/* ---------------------------------------------------------------- synthetic problems */
+/* H = Q diag(lambda) Q^T + noise-free, lambda log-spaced over `decades`; W Gaussian */
+static double *synth_hessian(int64_t n, double decades, uint64_t seed) {
+  e8q_had_factor q;
+  e8q_had_factor_build(&q, (int)n, seed); /* random orthogonal when no Paley order: any n works */
+  double *H = calloc((size_t)(n * n), sizeof(double));
+  double s = 1.0 / (double)n;
+  for (int64_t k = 0; k < n; k++) {
+    double lam = pow(10.0, -decades * (double)k / (double)(n - 1));
+    for (int64_t i = 0; i < n; i++)
+      for (int64_t j = 0; j < n; j++) H[i * n + j] += lam * q.R[i * n + k] * q.R[j * n + k] * s;
+  }
+  e8q_had_factor_free(&q);
+  return H;
+}
+
+static double *synth_weight(int64_t m, int64_t n, uint64_t seed) {
+  double *W = malloc(sizeof(double) * (size_t)(m * n));
+  e8q_rng_fill_normal(seed, E8Q_RNG_STREAM_TEST, 0, (size_t)(m * n), W);
+  return W;
+}
+
+static void test_ldlq_fast_equals_ref(void **state) {
+  (void)state;
+  const int64_t m = 40, n = 264; /* 3 column buffers (128 + 128 + 8) */
+  double *H = synth_hessian(n, 3, 41), *W = synth_weight(m, n, 42);
+  e8q_ldl f;
+  e8q_ldl_status st;
+  assert_true(e8q_ldl_build(&f, H, n, 0.01, E8Q_PREC_F64, &st));
+  const e8q_codebook_id cbs[3] = {E8Q_CB_E8P12, E8Q_CB_E8P12RVQ4B, E8Q_CB_E8P12RVQ3B};
+  for (int c = 0; c < 3; c++) {
+    for (int tune = 0; tune <= 2; tune += 2) {
+      e8q_ldlq_opts o = {.cb = cbs[c], .tune_iters = tune, .feedback = 1};
+      uint16_t *a = malloc(2 * m * n / 8), *b = malloc(2 * m * n / 8), *a2 = calloc((size_t)(m * n / 8), 2), *b2 = calloc((size_t)(m * n / 8), 2);
+      double *ha = malloc(sizeof(double) * m * n), *hb = malloc(sizeof(double) * m * n);
+      e8q_ldlq_rows(&f, &o, W, m, 0, m, a, a2, ha);
+      e8q_ldlq_rows_ref(&f, &o, W, m, 0, m, b, b2, hb);
+      int diff = 0;
+      for (int64_t i = 0; i < m * n / 8; i++) diff += a[i] != b[i] || a2[i] != b2[i];
+      if (diff) fail_msg("%s tune %d: %d of %lld codes differ between buffered and reference LDLQ", e8q_cb_name(cbs[c]), tune, diff, (long long)(m * n / 8));
+      /* the decoded values are the codebook points of the codes */
+      for (int64_t i = 0; i < m * n / 8; i++) {
+        double v[8];
+        e8q_cb_decode_f64(cbs[c], a[i], cbs[c] == E8Q_CB_E8P12RVQ3B ? ((uint8_t *)a2)[i] : a2[i], v);
+        for (int t = 0; t < 8; t++) assert_true(v[t] == ha[8 * i + t]);
+      }
+      free(a), free(b), free(a2), free(b2), free(ha), free(hb);
+    }
+  }
+  e8q_ldl_free(&f);
+  free(H), free(W);
+}
+
+static void test_ldlq_split_rows_identical(void **state) {
+  (void)state;
+  const int64_t m = 600, n = 64, nb = n / 8;
+  double *H = synth_hessian(n, 2, 51), *W = synth_weight(m, n, 52);
+  e8q_ldl f;
+  e8q_ldl_status st;
+  assert_true(e8q_ldl_build(&f, H, n, 0.01, E8Q_PREC_F32, &st));
+  assert_int_equal(st.prec, E8Q_PREC_F32);
+  e8q_ldlq_opts o = {.cb = E8Q_CB_E8P12RVQ4B, .tune_iters = 3, .feedback = 1};
+  uint16_t *one = malloc(2 * m * nb), *one2 = malloc(2 * m * nb), *split = malloc(2 * m * nb), *split2 = malloc(2 * m * nb);
+  double *h1 = malloc(sizeof(double) * m * n), *h2 = malloc(sizeof(double) * m * n);
+  e8q_ldlq_rows(&f, &o, W, m, 0, m, one, one2, h1);
+  for (int parts = 2; parts <= 3; parts++) {
+    memset(split, 0, 2 * m * nb);
+    int64_t covered = 0;
+    for (int p = parts - 1; p >= 0; p--) { /* any order */
+      int64_t r0, r1;
+      e8q_ldlq_split_rows(m, parts, p, &r0, &r1);
+      assert_true(r0 % E8Q_LDLQ_ROW_TILE == 0);
+      covered += r1 - r0;
+      e8q_ldlq_rows(&f, &o, W, m, r0, r1, split, split2, h2);
+    }
+    assert_int_equal(covered, m);
+    assert_memory_equal(one, split, 2 * m * nb);
+    assert_memory_equal(one2, split2, 2 * m * nb);
+    assert_memory_equal(h1, h2, sizeof(double) * m * n);
+  }
+  e8q_ldl_free(&f);
+  free(H), free(W), free(one), free(one2), free(split), free(split2), free(h1), free(h2);
+}
+
+/* ---------------------------------------------------------------- proxy ordering */
+static void test_ill_conditioned_ordering(void **state) {
+  (void)state;
+  const int64_t m = 64, n = 128;
+  double *H = synth_hessian(n, 5, 61), *Wd = synth_weight(m, n, 62);
+  float *W = malloc(sizeof(float) * m * n);
+  for (int64_t i = 0; i < m * n; i++) W[i] = (float)Wd[i];
+  double proxy[6];
+  const char *name[6] = {"ldlq+tune", "ldlq", "nearest", "noe8", "rtn", "ldlq+tune 4 bit"};
+  for (int v = 0; v < 6; v++) {
+    e8q_quant_opts o = {.bits = v == 5 ? 4 : 2, .rho = 0, .tune_iters = v == 0 || v == 5 ? 10 : 0, .seed = 7, .prec = E8Q_PREC_F64,
+                        .method = v <= 1 || v == 5 ? E8Q_METHOD_LDLQ : v == 2 ? E8Q_METHOD_NEAREST : v == 3 ? E8Q_METHOD_NOE8 : E8Q_METHOD_RTN};
+    e8q_quant_result r;
+    e8q_quantize_linear(W, m, n, H, &o, &r);
+    assert_true(r.status.ok);
+    assert_non_null(r.What);
+    proxy[v] = r.proxy;
+    print_message("%-16s proxy %.5f  rel_fro %.4f  (%s)\n", name[v], r.proxy, r.rel_fro, r.status.message);
+    /* the helper's proxy equals the proxy of its What in the original basis */
+    if (v == 0) {
+      double *Hp = malloc(sizeof(double) * n * n), *Wh = malloc(sizeof(double) * m * n);
+      memcpy(Hp, H, sizeof(double) * n * n);
+      e8q_hessian_prep(Hp, n, 0.01);
+      for (int64_t i = 0; i < m * n; i++) Wh[i] = r.What[i];
+      double direct = e8q_proxy_loss(Wd, Wh, Hp, n, 0, m);
+      T_NEAR(direct, r.proxy, 1e-5 * r.proxy + 1e-9, "proxy in the original basis");
+      assert_non_null(r.codes);
+      assert_null(r.codes2);
+      assert_int_equal(r.K_n, 1);
+      free(Hp), free(Wh);
+    }
+    e8q_quant_result_free(&r);
+  }
+  assert_true(proxy[0] < proxy[1]);
+  assert_true(proxy[1] < proxy[2]);
+  assert_true(proxy[0] < proxy[3]); /* E8 beats the scalar grid */
+  assert_true(proxy[0] < proxy[4]); /* and plain round to nearest */
+  assert_true(proxy[5] < proxy[0] / 4);
+  free(H), free(Wd), free(W);
+}
+
+/* ---------------------------------------------------------------- fallbacks */
+static void test_non_pd_retry(void **state) {
+  (void)state;
+  const int64_t n = 32;
+  /* H = I - 1.05 v v^T: eigenvalue -0.05 along v; after normalisation + 0.01 still negative
+   * (f32 and f64 fail), + 0.1 positive */
+  double *H = malloc(sizeof(double) * n * n), v[32];
+  double nv = 0;
+  for (int64_t i = 0; i < n; i++) v[i] = sin(1.0 + i), nv += v[i] * v[i];
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < n; j++) H[i * n + j] = (i == j) - 1.05 * v[i] * v[j] / nv;
+  e8q_ldl f;
+  e8q_ldl_status st;
+  assert_true(e8q_ldl_build(&f, H, n, 0.01, E8Q_PREC_F32, &st));
+  print_message("%s\n", st.message);
+  assert_int_equal(st.attempts, 3);
+  assert_true(st.fell_back_f64 && st.more_damping);
+  assert_int_equal(st.prec, E8Q_PREC_F64);
+  T_NEAR(st.sigma_reg, 0.1, 1e-15, "damping after retry");
+  assert_non_null(strstr(st.message, "10x damping"));
+  e8q_ldl_free(&f);
+  /* hopeless: eigenvalue about -2 along v, far beyond any damping */
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < n; j++) H[i * n + j] = (i == j) - 3.0 * v[i] * v[j] / nv;
+  assert_false(e8q_ldl_build(&f, H, n, 0.01, E8Q_PREC_F32, &st));
+  assert_int_equal(st.attempts, 3);
+  assert_non_null(strstr(st.message, "unusable"));
+  /* the one-linear helper reports it instead of failing */
+  float W[8 * 32];
+  for (int i = 0; i < 8 * 32; i++) W[i] = (float)cos(i);
+  e8q_quant_opts o = {.bits = 2, .tune_iters = 0, .seed = 1, .method = E8Q_METHOD_LDLQ};
+  e8q_quant_result r;
+  e8q_quantize_linear(W, 8, n, H, &o, &r);
+  assert_false(r.status.ok);
+  assert_null(r.What);
+  e8q_quant_result_free(&r);
+  /* non-finite Hessians are bad input */
+  H[5] = NAN;
+  E8Q_EXPECT_FATAL(e8q_quantize_linear(W, 8, n, H, &o, &r), "Hessian entry (0, 5)");
+  free(H);
+}
+
+/* ---------------------------------------------------------------- one linear, padded shape */
+static void test_quantize_linear_padded(void **state) {
+  (void)state;
+  /* stories260K's down_proj shape: n = 172 -> 176, K = 44 (Paley) for the padded input */
+  const int64_t m = 64, n = 172;
+  double *H = synth_hessian(n, 2, 71), *Wd = synth_weight(m, n, 72);
+  float *W = malloc(sizeof(float) * m * n);
+  for (int64_t i = 0; i < m * n; i++) W[i] = (float)(0.02 * Wd[i]);
+  double proxies[5] = {0};
+  for (int bits = 2; bits <= 4; bits++) {
+    e8q_quant_opts o = {.bits = bits, .rho = 0, .tune_iters = 2, .seed = 99, .method = E8Q_METHOD_LDLQ, .prec = E8Q_PREC_F32};
+    e8q_quant_result r;
+    e8q_quantize_linear(W, m, n, H, &o, &r);
+    assert_true(r.status.ok);
+    assert_int_equal(r.n_pad, 176);
+    assert_int_equal(r.K_n, 44);
+    assert_int_equal(r.K_m, 1);
+    print_message("bits %d: proxy %.5f rel_fro %.4f Wscale %g\n", bits, r.proxy, r.rel_fro, r.Wscale);
+    /* decode the codes by hand: What = first n columns of SV M_m (Wscale Q) M_n^T SU */
+    e8q_had hm, hn;
+    e8q_had_init(&hm, m, E8Q_HAD_SEED);
+    e8q_had_init(&hn, r.n_pad, E8Q_HAD_SEED);
+    double *Q = malloc(sizeof(double) * m * r.n_pad), SU[176], SV[64];
+    for (int64_t i = 0; i < m * r.n_pad / 8; i++) {
+      uint16_t c2 = bits == 4 ? ((uint16_t *)r.codes2)[i] : bits == 3 ? ((uint8_t *)r.codes2)[i] : 0;
+      e8q_cb_decode_f64(r.cb, r.codes[i], c2, Q + 8 * i);
+    }
+    for (int64_t i = 0; i < m * r.n_pad; i++) Q[i] *= r.Wscale;
+    for (int64_t j = 0; j < r.n_pad; j++) SU[j] = r.SU[j];
+    for (int64_t i = 0; i < m; i++) SV[i] = r.SV[i];
+    e8q_rht_weight_inv(&hm, &hn, SU, SV, Q);
+    for (int64_t i = 0; i < m; i++)
+      for (int64_t j = 0; j < n; j++) T_NEAR(Q[i * r.n_pad + j], r.What[i * n + j], 1e-6, "decoded codes vs What");
+    proxies[bits] = r.proxy;
+    free(Q);
+    e8q_had_free(&hm), e8q_had_free(&hn);
+    e8q_quant_result_free(&r);
+  }
+  /* more bits, less loss: each extra bit should cut the proxy loss by well over half */
+  assert_true(proxies[2] < 0.1);
+  assert_true(proxies[3] < proxies[2] / 2);
+  assert_true(proxies[4] < proxies[3] / 2);
+  E8Q_EXPECT_FATAL(e8q_method_from_name("gptq"), "gptq", "ldlq");
+  assert_int_equal(e8q_method_from_name("noe8"), E8Q_METHOD_NOE8);
+  free(H), free(Wd), free(W);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_ldlq_golden_example),
+      cmocka_unit_test(test_ldlq_fast_equals_ref),
+      cmocka_unit_test(test_ldlq_split_rows_identical),
+      cmocka_unit_test(test_ill_conditioned_ordering),
+      cmocka_unit_test(test_non_pd_retry),
+      cmocka_unit_test(test_quantize_linear_padded),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
