@@ -200,36 +200,68 @@ static void parse_tensor(e8q_safetensors *st, const cJSON *item, e8q_st_tensor *
             (unsigned long long)(t->end - t->begin));
 }
 
-e8q_safetensors *e8q_st_open(const char *path) {
+/* maps bytes [offset, offset + size) of `file` (size UINT64_MAX: to the end); `path` is the name
+ * used in messages (the file, or "archive:member" for a region) */
+static e8q_safetensors *st_map(const char *file, const char *path, uint64_t offset, uint64_t size) {
   e8q_safetensors *st = e8q_calloc(1, sizeof(*st), "safetensors handle");
   st->path = strdup(path);
   E8Q_CHECK(st->path, "out of memory");
   st->fd = -1;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot open safetensors file %s", path);
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  E8Q_CHECK_ERRNO(fd >= 0, "cannot open safetensors file %s", file);
   struct stat sb;
   if (fstat(fd, &sb) != 0) {
     int e = errno;
     close(fd);
-    e8q_fatal_errno(__FILE__, __LINE__, e, "cannot stat %s", path);
+    e8q_fatal_errno(__FILE__, __LINE__, e, "cannot stat %s", file);
   }
   if (!S_ISREG(sb.st_mode)) {
     close(fd);
-    E8Q_FATAL("%s: not a regular file; pass a .safetensors file", path);
+    E8Q_FATAL("%s: not a regular file; pass a .safetensors file", file);
   }
-  st->file_size = (size_t)sb.st_size;
+  uint64_t fsize = (uint64_t)sb.st_size;
+  if (size == UINT64_MAX) size = offset <= fsize ? fsize - offset : 0;
+  if (offset > fsize || size > fsize - offset) {
+    close(fd);
+    E8Q_FATAL("%s: the region [%llu, %llu) lies past the end of %s (%llu bytes); the archive is truncated", path,
+              (unsigned long long)offset, (unsigned long long)(offset + size), file, (unsigned long long)fsize);
+  }
+  st->file_size = (size_t)size;
   if (st->file_size < 8) {
     close(fd);
     E8Q_FATAL("%s: truncated safetensors file: %zu bytes, shorter than the 8-byte header length; download "
               "it again",
               path, st->file_size);
   }
-  void *map = mmap(NULL, st->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  long page = sysconf(_SC_PAGESIZE);
+  uint64_t base = offset - offset % (uint64_t)(page > 0 ? page : 4096);
+  st->map_len = (size_t)(offset - base) + st->file_size;
+  void *map = mmap(NULL, st->map_len, PROT_READ, MAP_PRIVATE, fd, (off_t)base);
   int e = errno;
   close(fd);
   if (map == MAP_FAILED) e8q_fatal_errno(__FILE__, __LINE__, e, "cannot mmap %s", path);
-  st->map = map;
+  st->map_base = map;
+  st->map = (const uint8_t *)map + (offset - base);
+  return st;
+}
 
+static void st_parse(e8q_safetensors *st);
+
+e8q_safetensors *e8q_st_open(const char *path) {
+  e8q_safetensors *st = st_map(path, path, 0, UINT64_MAX);
+  st_parse(st);
+  return st;
+}
+
+e8q_safetensors *e8q_st_open_region(const char *file, uint64_t offset, uint64_t size, const char *label) {
+  e8q_safetensors *st = st_map(file, label ? label : file, offset, size);
+  st_parse(st);
+  return st;
+}
+
+/* validates the header and builds the tensor table */
+static void st_parse(e8q_safetensors *st) {
+  const char *path = st->path;
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | st->map[i]; /* little-endian */
   E8Q_CHECK(hlen >= 2 && hlen <= ST_MAX_HEADER,
@@ -309,12 +341,11 @@ e8q_safetensors *e8q_st_open(const char *path) {
     }
     free(by);
   }
-  return st;
 }
 
 void e8q_st_close(e8q_safetensors *st) {
   if (!st) return;
-  if (st->map) munmap((void *)st->map, st->file_size);
+  if (st->map_base) munmap((void *)st->map_base, st->map_len);
   if (st->fd >= 0) close(st->fd);
   for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
   free(st->tensors);

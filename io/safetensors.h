@@ -53,9 +53,16 @@ typedef struct {
   e8q_st_tensor *tensors;           /* [n_tensors], sorted by name */
   int n_meta;
   char **meta_keys, **meta_values;  /* [n_meta] __metadata__ entries, owned */
+  const void *map_base;             /* the mapping as made (page-aligned, map_len bytes) */
+  size_t map_len;
 } e8q_safetensors;
 
 e8q_safetensors *e8q_st_open(const char *path);
+/* A safetensors file stored as bytes [offset, offset + size) of `file` (a member of an
+ * uncompressed tar archive, mapped in place); `label` names it in messages (for example
+ * "model.e8q:model.safetensors"), NULL for the file name. Same validation as e8q_st_open;
+ * `path` of the result is the label. */
+e8q_safetensors *e8q_st_open_region(const char *file, uint64_t offset, uint64_t size, const char *label);
 void e8q_st_close(e8q_safetensors *st);
 /* NULL when absent */
 const e8q_st_tensor *e8q_st_find(const e8q_safetensors *st, const char *name);

@@ -731,6 +731,44 @@ static void test_read_range_and_convert(void **state) {
   free(d16);
 }
 
+/* a safetensors file stored inside another file (as a tar member) at an unaligned offset is
+ * mapped in place and reads exactly as the file itself; a region past the end is refused */
+static void test_open_region(void **state) {
+  (void)state;
+  char *src = t_shared_path("models/stories260K-hf/model.safetensors");
+  size_t n;
+  char *raw = t_read_file(src, &n);
+  char *dir = t_tmpdir("st_region");
+  char *arch = join(dir, "model.e8q");
+  size_t pre = 4096 * 3 + 512; /* like a tar member: 512-aligned, not page-aligned */
+  char *buf = calloc(1, pre + n + 1000);
+  memset(buf, 'x', pre);
+  memcpy(buf + pre, raw, n);
+  memset(buf + pre + n, 'y', 1000);
+  t_write_file(arch, buf, pre + n + 1000);
+  e8q_safetensors *a = e8q_st_open(src), *b = e8q_st_open_region(arch, pre, n, "model.e8q:model.safetensors");
+  assert_string_equal(b->path, "model.e8q:model.safetensors");
+  assert_int_equal(a->n_tensors, b->n_tensors);
+  for (int i = 0; i < a->n_tensors; i++) {
+    const e8q_st_tensor *x = &a->tensors[i], *y = e8q_st_find(b, x->name);
+    assert_non_null(y);
+    assert_int_equal(x->end - x->begin, y->end - y->begin);
+    assert_memory_equal(e8q_st_data(a, x), e8q_st_data(b, y), x->end - x->begin);
+  }
+  e8q_st_close(a);
+  e8q_st_close(b);
+  E8Q_EXPECT_FATAL(e8q_st_open_region(arch, pre, n + 1001, "m.e8q:model.safetensors"), "m.e8q:model.safetensors",
+                   "past the end");
+  /* a region that cuts the member short is a truncated safetensors file */
+  E8Q_EXPECT_FATAL(e8q_st_open_region(arch, pre, n - 1, "m.e8q:model.safetensors"), "m.e8q:model.safetensors",
+                   "past the end of the data block");
+  free(buf);
+  free(arch);
+  free(dir);
+  free(raw);
+  free(src);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_f16_exhaustive),
@@ -740,6 +778,7 @@ int main(void) {
       cmocka_unit_test(test_writer_float_conversions),
       cmocka_unit_test(test_sharded_model),
       cmocka_unit_test(test_writer_sparse),
+      cmocka_unit_test(test_open_region),
       cmocka_unit_test(test_read_range_and_convert),
       cmocka_unit_test(test_bad_truncated),
       cmocka_unit_test(test_bad_header_length_past_eof),
