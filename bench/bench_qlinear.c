@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -39,16 +40,28 @@ static int cmp_d(const void *a, const void *b) {
 }
 
 /* median seconds of reps runs (one warm-up run first) */
+/* also sets g_cpu: mean CPU seconds of the calling thread per run, a noise-robust figure on a
+ * shared machine where other processes steal the cores (time while descheduled is not
+ * counted). With T OpenMP threads the calling thread does 1/T of the rows and waits for the
+ * others, so this estimates the run time on free cores. Idle BLAS threads are not counted. */
+static double g_cpu;
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 #define TIME_MEDIAN(reps, out, stmt)                        \
   do {                                                      \
     double t_[64];                                          \
     int r_ = (reps) > 64 ? 64 : (reps);                     \
     stmt;                                                   \
+    double c0_ = cpu_now();                                 \
     for (int i_ = 0; i_ < r_; i_++) {                       \
       double t0_ = e8q_now();                               \
       stmt;                                                 \
       t_[i_] = e8q_now() - t0_;                             \
     }                                                       \
+    g_cpu = (cpu_now() - c0_) / r_;                         \
     qsort(t_, r_, sizeof(double), cmp_d);                   \
     (out) = t_[r_ / 2];                                     \
   } while (0)
@@ -73,14 +86,14 @@ static double copy_bw(size_t bytes, int reps) {
   return 2.0 * (double)n * sizeof(float) / t;
 }
 
-static int K_of(int d) { /* a Hadamard factor that fits (timing only: the entries are random +-1) */
-  static const int Ks[] = {172, 156, 140, 124, 116, 108, 60, 52, 36, 28, 20, 12, 1};
-  for (int i = 0; i < 13; i++)
-    if (d % Ks[i] == 0) {
-      int p = d / Ks[i];
-      if ((p & (p - 1)) == 0) return Ks[i];
-    }
-  E8Q_FATAL("bench: no Hadamard factor for %d", d);
+static int K_of(int d) { return e8q_had_choose_K(d); } /* the factor e8q would choose */
+
+static void factor_f32(float *R, int K) {
+  if (K == 1) return;
+  e8q_had_factor f;
+  e8q_had_factor_build(&f, K, E8Q_HAD_SEED);
+  memcpy(R, f.Rf, sizeof(float) * K * K);
+  e8q_had_factor_free(&f);
 }
 
 static int g_kernels_only, g_cb = -1; /* --cb 0|1|2: only E8P, RVQ3 or RVQ4 */
@@ -100,8 +113,8 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
   for (int i = 0; i < np; i++) SU[i] = rnd() & 1 ? 1.f : -1.f;
   for (int i = 0; i < m; i++) SV[i] = rnd() & 1 ? 1.f : -1.f;
   float *R_in = e8q_malloc(sizeof(float) * K_in * K_in, "R_in"), *R_out = e8q_malloc(sizeof(float) * K_out * K_out, "R_out");
-  for (int i = 0; i < K_in * K_in; i++) R_in[i] = rnd() & 1 ? 1.f : -1.f;
-  for (int i = 0; i < K_out * K_out; i++) R_out[i] = rnd() & 1 ? 1.f : -1.f;
+  factor_f32(R_in, K_in);
+  factor_f32(R_out, K_out);
   float *x = e8q_malloc(sizeof(float) * (size_t)batch * n, "x"), *y = e8q_malloc(sizeof(float) * (size_t)batch * m, "y");
   for (size_t i = 0; i < (size_t)batch * n; i++) x[i] = rndf();
 
@@ -121,8 +134,9 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
     TIME_MEDIAN(reps, t_blas, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, m, n, 1.f, x, n, W, n,
                                           0.f, y, m));
   free(W);
-  printf("%5dx%-5d thr %d batch %2d | f32 %s %8.3f ms (%5.1f GB/s of weights) | copy DRAM %5.1f GB/s, codes-sized %5.1f GB/s\n",
-         m, n, threads, batch, batch == 1 ? "sgemv" : "sgemm", t_blas * 1e3, 4.0 * m * n / t_blas / 1e9, bw_dram / 1e9,
+  double cpu_blas = g_cpu;
+  printf("%5dx%-5d thr %d batch %2d | f32 %s %8.3f ms (cpu %7.3f ms; %5.1f GB/s of weights) | copy DRAM %5.1f GB/s, codes-sized %5.1f GB/s\n",
+         m, n, threads, batch, batch == 1 ? "sgemv" : "sgemm", t_blas * 1e3, cpu_blas * 1e3, 4.0 * m * n / t_blas / 1e9, bw_dram / 1e9,
          bw_codes / 1e9);
   }
 
@@ -142,8 +156,8 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
     TIME_MEDIAN(reps, t, e8q_qlinear_forward(&q, batch, x, y));
     if (c == 0) t_e8p = t;
     double wb = bytes_per_code[c] * (double)ncodes / t;
-    printf("    %s %8.3f ms | %5.1fx f32 | weights %5.1f GB/s = %3.0f%% of DRAM copy, %3.0f%% of codes-sized copy%s\n",
-           names[c], t * 1e3, t_blas / t, wb / 1e9, 100 * wb / bw_dram, 100 * wb / bw_codes,
+    printf("    %s %8.3f ms (cpu %7.3f ms) | %5.1fx f32 | weights %5.1f GB/s = %3.0f%% of DRAM copy, %3.0f%% of codes-sized copy%s\n",
+           names[c], t * 1e3, g_cpu * 1e3, t_blas / t, wb / 1e9, 100 * wb / bw_dram, 100 * wb / bw_codes,
            c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "");
     e8q_qlinear_free(&q);
   }

@@ -283,10 +283,13 @@ __int128 e8q_xsum_from_double(double x, int frac_bits) {
             "e8q_xsum: |%g| exceeds the exact accumulator's range 2^%d (lower frac_bits)", x,
             126 - frac_bits);
   if (fabs(y) < 0x1p62) return (__int128)llrint(y); /* rounds to nearest, ties to even */
-  /* |y| >= 2^62 is an integer: split into 64-bit halves exactly */
-  double hi = floor(ldexp(y, -64));
-  double lo = y - ldexp(hi, 64); /* in [0, 2^64), representable (subset of y's bits) */
-  return (__int128)hi * ((__int128)1 << 64) + (__int128)(uint64_t)lo;
+  /* |y| >= 2^62 is an integer: split the magnitude into 64-bit halves exactly (the low half
+   * holds a subset of |y|'s 53 significant bits, so it is representable), then negate */
+  double a = fabs(y);
+  double hi = floor(ldexp(a, -64));
+  double lo = a - ldexp(hi, 64);
+  __int128 v = (__int128)hi * ((__int128)1 << 64) + (__int128)(uint64_t)lo;
+  return y < 0 ? -v : v;
 }
 
 double e8q_xsum_to_double(__int128 v, int frac_bits) {

@@ -53,8 +53,8 @@ void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_dtype dt, void *buf, size
 void e8q_comm_bcast(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int root);
 /* Every rank sends send[0..send_bytes); recv (on root only for gatherv, everywhere for
  * allgatherv) receives rank 0's bytes, then rank 1's, ... packed without gaps;
- * counts [size] gives every rank's send_bytes (must be the same array on all ranks; on
- * non-root ranks of gatherv it may be NULL). */
+ * counts [size] gives every rank's send_bytes (the same values on all ranks; for host buffers
+ * non-root ranks of gatherv may pass NULL, device buffers need it everywhere). */
 void e8q_comm_gatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send_bytes, void *recv,
                       const size_t *counts, int root);
 void e8q_comm_allgatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send_bytes, void *recv,

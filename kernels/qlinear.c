@@ -3,11 +3,12 @@
 #include "kernels/qlinear.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
-#include "kernels/qlinear_had.h"
+#include "common/rng.h"
 
 /* ---------------------------------------------------------------- validation */
 static int is_pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -18,6 +19,22 @@ static void check_factor(const char *name, const char *side, int dim, int K, con
             "use the factor recorded in the artifact for this dimension", name, side, K, dim, dim);
   E8Q_CHECK(K == 1 || R, "%s: Hadamard factor K_%s = %d > 1 needs its matrix R_%s [%d, %d]",
             name, side, K, side, K, K);
+}
+
+/* M_dim from the given factor (checked orthogonal by e8q_had_factor_from) */
+static void had_make(e8q_had *h, int dim, int K, const float *R, const char *name, const char *field) {
+  double *Rd = NULL;
+  if (K > 1) {
+    Rd = e8q_malloc(sizeof(double) * (size_t)K * K, "Hadamard factor copy");
+    for (size_t i = 0; i < (size_t)K * K; i++) Rd[i] = (double)R[i];
+  }
+  char what[512];
+  snprintf(what, sizeof what, "%s: %s", name, field);
+  e8q_had_factor f;
+  e8q_had_factor_from(&f, K, Rd, E8Q_HAD_GIVEN, what);
+  e8q_had_init_factor(h, dim, &f);
+  e8q_had_factor_free(&f);
+  free(Rd);
 }
 
 void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *name) {
@@ -68,10 +85,14 @@ void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *nam
     q->out_scale[r] = fs * d->SV[r];
     left--;
   }
+  had_make(&q->h_in, d->n_pad, d->K_in, d->R_in, name, "R_in");
+  had_make(&q->h_out, d->m, d->K_out, d->R_out, name, "R_out");
 }
 
 void e8q_qlinear_free(e8q_qlinear *q) {
   free(q->out_scale);
+  e8q_had_free(&q->h_in);
+  e8q_had_free(&q->h_out);
   memset(q, 0, sizeof *q);
 }
 
@@ -141,16 +162,13 @@ static void forward_with(const e8q_qlinear *q, int batch, const float *x, float 
     const float *xb = x + (size_t)b * n;
     for (int k = 0; k < n; k++) ub[k] = q->d.SU[k] * xb[k];
     for (int k = n; k < np; k++) ub[k] = 0;
-    e8q_qlinear_had(np, q->d.K_in, q->d.R_in, 1, ub); /* M_n_padᵀ */
   }
+  e8q_had_rows_f32(&q->h_in, u, batch, np, 1); /* M_n_padᵀ, OpenMP over the batch */
   core(q, batch, u, z);
-  for (int b = 0; b < batch; b++) {
-    float *zb = z + (size_t)b * m;
-    for (int r = 0; r < m; r++) zb[r] *= q->d.Wscale;
-    e8q_qlinear_had(m, q->d.K_out, q->d.R_out, 0, zb); /* M_m */
-    float *yb = y + (size_t)b * m;
-    for (int r = 0; r < m; r++) yb[r] = q->out_scale[r] * zb[r];
-  }
+  for (size_t i = 0; i < (size_t)batch * m; i++) z[i] *= q->d.Wscale;
+  e8q_had_rows_f32(&q->h_out, z, batch, m, 0); /* M_m */
+  for (int b = 0; b < batch; b++)
+    for (int r = 0; r < m; r++) y[(size_t)b * m + r] = q->out_scale[r] * z[(size_t)b * m + r];
   free(u);
   free(z);
 }
@@ -204,29 +222,15 @@ void e8q_qlinear_decode_f64(const e8q_qlinear *q, double *what) {
     for (int j = 0; j < nc; j++) decode_f64(q, (size_t)r * nc + j, what + (size_t)r * q->d.n_pad + 8 * j);
 }
 
-/* M_k as a dense matrix, straight from the definition kron(R_K, WHT_{k/K}) / sqrt(k) */
-static double *dense_hadamard_f64(int k, int K, const float *R) {
-  double *M = e8q_malloc(sizeof(double) * (size_t)k * k, "dense Hadamard reference");
-  const int p = k / K;
-  const double s = 1.0 / sqrt((double)k);
-  for (int a = 0; a < K; a++)
-    for (int b = 0; b < p; b++)
-      for (int c = 0; c < K; c++)
-        for (int e = 0; e < p; e++) {
-          double rk = K == 1 ? 1.0 : (double)R[a * K + c];
-          double h = (__builtin_popcount((unsigned)(b & e)) & 1) ? -1.0 : 1.0;
-          M[(size_t)(a * p + b) * k + (c * p + e)] = rk * h * s;
-        }
-  return M;
-}
-
 void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W) {
   const int m = q->d.m, n = q->d.n, np = q->d.n_pad;
   double *Wh = e8q_malloc(sizeof(double) * (size_t)m * np, "decoded weight");
   double *T = e8q_calloc((size_t)m * np, sizeof(double), "dequant temp");
   e8q_qlinear_decode_f64(q, Wh);
-  double *Mm = dense_hadamard_f64(m, q->d.K_out, q->d.R_out);
-  double *Mn = dense_hadamard_f64(np, q->d.K_in, q->d.R_in);
+  double *Mm = e8q_malloc(sizeof(double) * (size_t)m * m, "dense M_m");
+  double *Mn = e8q_malloc(sizeof(double) * (size_t)np * np, "dense M_n_pad");
+  e8q_had_matrix_ref(&q->h_out, Mm); /* explicit kron(R_K, WHT)/sqrt(k), O(k^2) */
+  e8q_had_matrix_ref(&q->h_in, Mn);
   /* T = M_m (Wscale Ŵr) */
   for (int r = 0; r < m; r++)
     for (int i = 0; i < m; i++) {
@@ -247,4 +251,61 @@ void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W) {
   free(T);
   free(Mm);
   free(Mn);
+}
+
+/* ---------------------------------------------------------------- validation */
+void e8q_qlinear_forward_f64_ref(const e8q_qlinear *q, int batch, const double *x, double *y) {
+  const int m = q->d.m, n = q->d.n, np = q->d.n_pad, nc = q->nc;
+  double *u = e8q_malloc(sizeof(double) * (size_t)batch * np, "f64 reference input");
+  double *z = e8q_malloc(sizeof(double) * (size_t)batch * m, "f64 reference output");
+  for (int b = 0; b < batch; b++)
+    for (int k = 0; k < np; k++) u[(size_t)b * np + k] = k < n ? (double)q->d.SU[k] * x[(size_t)b * n + k] : 0.0;
+  e8q_had_rows_f64(&q->h_in, u, batch, np, 1);
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < m; r++) {
+    double *acc = e8q_calloc((size_t)batch, sizeof(double), "f64 reference row");
+    for (int j = 0; j < nc; j++) {
+      double w[8];
+      decode_f64(q, (size_t)r * nc + j, w);
+      for (int b = 0; b < batch; b++)
+        for (int t = 0; t < 8; t++) acc[b] += w[t] * u[(size_t)b * np + 8 * j + t];
+    }
+    for (int b = 0; b < batch; b++) z[(size_t)b * m + r] = (double)q->d.Wscale * acc[b];
+    free(acc);
+  }
+  e8q_had_rows_f64(&q->h_out, z, batch, m, 0);
+  for (int b = 0; b < batch; b++)
+    for (int r = 0; r < m; r++) y[(size_t)b * m + r] = (double)q->out_scale[r] * z[(size_t)b * m + r];
+  free(u);
+  free(z);
+}
+
+double e8q_qlinear_validate(const e8q_qlinear *q, int batch, uint64_t seed) {
+  const int m = q->d.m, n = q->d.n;
+  E8Q_CHECK(batch >= 1, "e8q_qlinear_validate: batch %d < 1", batch);
+  double *xd = e8q_malloc(sizeof(double) * (size_t)batch * n, "validation input");
+  float *xf = e8q_malloc(sizeof(float) * (size_t)batch * n, "validation input (f32)");
+  double *yd = e8q_malloc(sizeof(double) * (size_t)batch * m, "validation reference");
+  float *yf = e8q_malloc(sizeof(float) * (size_t)batch * m, "validation output");
+  e8q_rng_fill_normal(seed, E8Q_RNG_STREAM_TEST, 0, (size_t)batch * n, xd);
+  for (size_t i = 0; i < (size_t)batch * n; i++) {
+    xf[i] = (float)xd[i];
+    xd[i] = (double)xf[i]; /* both products see the same inputs */
+  }
+  e8q_qlinear_forward(q, batch, xf, yf);
+  e8q_qlinear_forward_f64_ref(q, batch, xd, yd);
+  double worst = 0;
+  for (int b = 0; b < batch; b++) {
+    double mx = 0, d = 0;
+    for (int r = 0; r < m; r++) {
+      mx = fmax(mx, fabs(yd[(size_t)b * m + r]));
+      d = fmax(d, fabs((double)yf[(size_t)b * m + r] - yd[(size_t)b * m + r]));
+    }
+    worst = fmax(worst, mx > 0 ? d / mx : d);
+  }
+  free(xd);
+  free(xf);
+  free(yd);
+  free(yf);
+  return worst;
 }

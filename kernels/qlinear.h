@@ -23,13 +23,21 @@
 #include <stdint.h>
 
 #include "kernels/codebook.h"
+#ifdef __cplusplus
+extern "C" { /* kernels/hadamard.h has no C++ guards of its own (CUDA/C++ includers) */
+#endif
+#include "kernels/hadamard.h"
+#ifdef __cplusplus
+}
+#endif
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* what the caller provides (all pointers borrowed; they must outlive the e8q_qlinear) */
-typedef struct {
+/* what the caller provides (codes, codes2 and SU are borrowed and must outlive the
+ * e8q_qlinear; SV, piece_rows, fuse_scales and the factors are only read by e8q_qlinear_init) */
+typedef struct e8q_qlinear_desc {
   int m, n, n_pad;               /* out, in, in padded to a multiple of 8 (n <= n_pad < n + 8) */
   e8q_codebook_id codebook;      /* E8Q_CB_E8P12 | E8Q_CB_E8P12RVQ3B | E8Q_CB_E8P12RVQ4B */
   const uint16_t *codes;         /* [m, n_pad/8] E8P codes, row-major */
@@ -47,15 +55,17 @@ typedef struct {
   const float *R_out;            /* [K_out, K_out]; NULL when K_out == 1 */
 } e8q_qlinear_desc;
 
-typedef struct {
+typedef struct e8q_qlinear { /* tag named: shard/model.h (fwd) forward-declares struct e8q_qlinear */
   e8q_qlinear_desc d;            /* validated copy of the description */
   int nc;                        /* codes per row = n_pad / 8 */
   float resid_scale;             /* resolved second-stage divisor */
   float *out_scale;              /* [m] fs(r) * SV[r], owned */
+  e8q_had h_in;                  /* M_n_pad from (K_in, R_in), owned (kernels/hadamard.h) */
+  e8q_had h_out;                 /* M_m from (K_out, R_out), owned */
 } e8q_qlinear;
 
-/* Validates the description (fatal with a message naming `name` and the bad field) and builds
- * the per-row scales. name: the tensor group for messages, e.g. "model.layers.3.mlp.down_proj". */
+/* Validates the description (fatal with a message naming `name` and the bad field; a factor
+ * with R Rᵀ != K·I is refused) and builds the per-row scales and the two transforms. name: the tensor group for messages, e.g. "model.layers.3.mlp.down_proj". */
 void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *name);
 void e8q_qlinear_free(e8q_qlinear *q);
 
@@ -85,6 +95,16 @@ void e8q_qlinear_decode_f64(const e8q_qlinear *q, double *what);
 /* the dense equivalent weight in float64: W [m, n] with y = W x, i.e.
  * W = diag(fs ⊙ SV) · M_m · Wscale·Ŵr · M_n_padᵀ · diag(SU), first n columns */
 void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W);
+
+/* ---------------------------------------------------------------- validation (pipeline)
+ * The same product in float64 without the dense matrix: exact decode, f64 transforms
+ * (kernels/hadamard.h), O(m·n) per input. x: [batch, n], y: [batch, m]. */
+void e8q_qlinear_forward_f64_ref(const e8q_qlinear *q, int batch, const double *x, double *y);
+/* Runs e8q_qlinear_forward on `batch` standard-normal inputs drawn from (seed, stream
+ * E8Q_RNG_STREAM_TEST) and returns max over inputs of max_r |y - y64| / max_r |y64|, the
+ * error of the fused f32 kernel against the float64 product (recorded per linear in the
+ * artifact's validation record). */
+double e8q_qlinear_validate(const e8q_qlinear *q, int batch, uint64_t seed);
 
 #ifdef __cplusplus
 }

@@ -7,14 +7,16 @@
  * The power-of-two unit scales (1/4, 1/2) are applied once per output.
  *
  * batch 1: four rows at a time share each load of the input block; independent accumulators.
- * batch > 1: inputs transposed to [n_pad/8][batch][8]; each code is decoded once per tile of
- *            up to 8 batch columns and multiplied into 8 accumulators.
+ * batch > 1: inputs regrouped in column tiles of 8 (then 4, 2, 1), each tile stored
+ *            [n_pad/8][BT][8] so a row pass streams it sequentially; each code is decoded once
+ *            per tile and multiplied into BT accumulators.
  * Rows are split across OpenMP threads. Compiled for AVX2/FMA by function attribute, so the
  * rest of the project keeps the baseline ISA; callers dispatch on e8q_cpu_has_avx2().
  */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,17 +57,18 @@ static AVX2 inline float hsum(__m256 v) {
 
 /* ---------------------------------------------------------------- batch 1 */
 #define INLINE __attribute__((always_inline)) inline
+#define MV_RMAX 8
 /* z[r] for rows r0..r0+R-1. cb and R are literals at every call site (the wrappers below), so
  * the codebook tests fold away and the row loops unroll into registers. Units: a1 quarter
  * units of stage 1, a2 quarter (RVQ4) or half (RVQ3) units of stage 2. */
 static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R, int r0, const float *u,
                                 float *z) {
   const int nc = q->nc;
-  const uint16_t *c1[4];
-  const uint16_t *c2w[4];
-  const uint8_t *c2b[4];
-  __m256 a1[4], a2[4];
-#pragma GCC unroll 4
+  const uint16_t *c1[MV_RMAX];
+  const uint16_t *c2w[MV_RMAX];
+  const uint8_t *c2b[MV_RMAX];
+  __m256 a1[MV_RMAX], a2[MV_RMAX];
+#pragma GCC unroll 8
   for (int i = 0; i < R; i++) {
     c1[i] = q->d.codes + (size_t)(r0 + i) * nc;
     c2w[i] = cb == E8Q_CB_E8P12RVQ4B ? (const uint16_t *)q->d.codes2 + (size_t)(r0 + i) * nc : NULL;
@@ -75,7 +78,7 @@ static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R,
   }
   for (int j = 0; j < nc; j++) {
     const __m256 x = _mm256_loadu_ps(u + 8 * j);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
       a1[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c1[i][j]]), x, a1[i]);
       if (cb == E8Q_CB_E8P12RVQ4B) a2[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[i][j]]), x, a2[i]);
@@ -83,7 +86,7 @@ static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R,
     }
   }
   const float k2 = cb == E8Q_CB_E8P12RVQ4B ? 0.25f / q->resid_scale : 0.5f / q->resid_scale;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int i = 0; i < R; i++) {
     float s = 0.25f * hsum(a1[i]);
     if (cb != E8Q_CB_E8P12) s += k2 * hsum(a2[i]);
@@ -93,22 +96,24 @@ static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R,
 
 /* the OpenMP region must sit in each specialised function: the outlined body is created
  * before inlining, so a shared region would keep cb as a run-time value */
-#define MATVEC_FN(name, CB)                                                            \
+#define MATVEC_FN(name, CB, MV_R)                                                      \
   static AVX2 void name(const e8q_qlinear *q, const float *u, float *z) {              \
-    const int m = q->d.m, groups = m / 4;                                              \
+    const int m = q->d.m, groups = m / MV_R;                                           \
     _Pragma("omp parallel for schedule(static)")                                      \
-    for (int g = 0; g < groups; g++) mv_rows(q, CB, 4, 4 * g, u, z);                   \
-    for (int r = 4 * groups; r < m; r++) mv_rows(q, CB, 1, r, u, z);                   \
+    for (int g = 0; g < groups; g++) mv_rows(q, CB, MV_R, MV_R * g, u, z);             \
+    for (int r = MV_R * groups; r < m; r++) mv_rows(q, CB, 1, r, u, z);                \
   }
-MATVEC_FN(matvec_e8p, E8Q_CB_E8P12)
-MATVEC_FN(matvec_rvq4, E8Q_CB_E8P12RVQ4B)
-MATVEC_FN(matvec_rvq3, E8Q_CB_E8P12RVQ3B)
+/* rows per group sharing each input load: 8 for E8P (8 accumulators), 4 for RVQ (8 too) */
+MATVEC_FN(matvec_e8p, E8Q_CB_E8P12, 8)
+MATVEC_FN(matvec_rvq4, E8Q_CB_E8P12RVQ4B, 4)
+MATVEC_FN(matvec_rvq3, E8Q_CB_E8P12RVQ3B, 4)
 
 /* ---------------------------------------------------------------- batch > 1 */
-/* one row, batch columns b0..b0+BT-1 of the transposed input ut [nc][batch][8] */
-static AVX2 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int BT, int r, int batch, int b0,
+/* one row, batch columns b0..b0+BT-1; the tile's inputs are contiguous at ut + b0·n_pad,
+ * laid out [nc][BT][8] */
+static AVX2 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int BT, int r, int b0,
                                 const float *ut, float *z) {
-  const int nc = q->nc, m = q->d.m;
+  const int nc = q->nc, m = q->d.m, np = q->d.n_pad;
   const uint16_t *c1 = q->d.codes + (size_t)r * nc;
   const uint16_t *c2w = cb == E8Q_CB_E8P12RVQ4B ? (const uint16_t *)q->d.codes2 + (size_t)r * nc : NULL;
   const uint8_t *c2b = cb == E8Q_CB_E8P12RVQ3B ? (const uint8_t *)q->d.codes2 + (size_t)r * nc : NULL;
@@ -121,7 +126,7 @@ static AVX2 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int BT
     __m256 w = ld_i8(e8p_q4[c1[j]]);
     if (cb == E8Q_CB_E8P12RVQ4B) w = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[j]]), k2, w);
     if (cb == E8Q_CB_E8P12RVQ3B) w = _mm256_fmadd_ps(ld_i8(e81b_h2[c2b[j]]), k2, w);
-    const float *x = ut + ((size_t)j * batch + b0) * 8;
+    const float *x = ut + (size_t)b0 * np + (size_t)j * BT * 8;
 #pragma GCC unroll 8
     for (int t = 0; t < BT; t++) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8 * t), acc[t]);
   }
@@ -129,16 +134,28 @@ static AVX2 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int BT
   for (int t = 0; t < BT; t++) z[(size_t)(b0 + t) * m + r] = 0.25f * hsum(acc[t]);
 }
 
+/* column tiles outermost: one tile's inputs (BT·n_pad floats) stay in L2 while all the rows of
+ * the thread pass over it; the codes are re-read once per tile */
 #define MATMUL_FN(name, CB)                                                                  \
   static AVX2 void name(const e8q_qlinear *q, int batch, const float *ut, float *z) {        \
     const int m = q->d.m;                                                                    \
-    _Pragma("omp parallel for schedule(static)")                                            \
-    for (int r = 0; r < m; r++) {                                                            \
+    _Pragma("omp parallel")                                                                 \
+    {                                                                                        \
+      const int nth = omp_get_num_threads(), tid = omp_get_thread_num();                     \
+      const int r0 = (int)((long)m * tid / nth), r1 = (int)((long)m * (tid + 1) / nth);      \
       int b0 = 0;                                                                            \
-      for (; b0 + 8 <= batch; b0 += 8) mm_tile(q, CB, 8, r, batch, b0, ut, z);              \
-      if (b0 + 4 <= batch) { mm_tile(q, CB, 4, r, batch, b0, ut, z); b0 += 4; }             \
-      if (b0 + 2 <= batch) { mm_tile(q, CB, 2, r, batch, b0, ut, z); b0 += 2; }             \
-      if (b0 < batch) mm_tile(q, CB, 1, r, batch, b0, ut, z);                                \
+      for (; b0 + 8 <= batch; b0 += 8)                                                       \
+        for (int r = r0; r < r1; r++) mm_tile(q, CB, 8, r, b0, ut, z);                       \
+      if (b0 + 4 <= batch) {                                                                 \
+        for (int r = r0; r < r1; r++) mm_tile(q, CB, 4, r, b0, ut, z);                       \
+        b0 += 4;                                                                             \
+      }                                                                                      \
+      if (b0 + 2 <= batch) {                                                                 \
+        for (int r = r0; r < r1; r++) mm_tile(q, CB, 2, r, b0, ut, z);                       \
+        b0 += 2;                                                                             \
+      }                                                                                      \
+      if (b0 < batch)                                                                        \
+        for (int r = r0; r < r1; r++) mm_tile(q, CB, 1, r, b0, ut, z);                       \
     }                                                                                        \
   }
 MATMUL_FN(matmul_e8p, E8Q_CB_E8P12)
@@ -157,8 +174,13 @@ void e8q_qlinear_codes_matmul_avx2(const e8q_qlinear *q, int batch, const float 
   }
   const int nc = q->nc, np = q->d.n_pad;
   float *ut = e8q_alloc_aligned(sizeof(float) * (size_t)batch * np, "qlinear transposed input");
-  for (int b = 0; b < batch; b++)
-    for (int j = 0; j < nc; j++) memcpy(ut + ((size_t)j * batch + b) * 8, u + (size_t)b * np + 8 * j, 32);
+  /* tiles of 8, 4, 2, 1 columns (as the kernels walk them), each stored [nc][BT][8] */
+  for (int b0 = 0, bt = 8; b0 < batch; b0 += bt) {
+    while (b0 + bt > batch) bt /= 2;
+    for (int t = 0; t < bt; t++)
+      for (int j = 0; j < nc; j++)
+        memcpy(ut + (size_t)b0 * np + ((size_t)j * bt + t) * 8, u + (size_t)(b0 + t) * np + 8 * j, 32);
+  }
   switch (q->d.codebook) {
     case E8Q_CB_E8P12: matmul_e8p(q, batch, ut, z); break;
     case E8Q_CB_E8P12RVQ4B: matmul_rvq4(q, batch, ut, z); break;

@@ -165,8 +165,9 @@ extern "C" int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **ou
     rc |= upload(&g->codes2, q->d.codes2, ncodes * (q->d.codebook == E8Q_CB_E8P12RVQ4B ? 2 : 1), err, errlen);
   if (!rc) rc |= upload((void **)&g->SU, q->d.SU, sizeof(float) * q->d.n_pad, err, errlen);
   if (!rc) rc |= upload((void **)&g->out_scale, q->out_scale, sizeof(float) * q->d.m, err, errlen);
-  if (!rc && q->d.K_in > 1) rc |= upload((void **)&g->R_in, q->d.R_in, sizeof(float) * q->d.K_in * q->d.K_in, err, errlen);
-  if (!rc && q->d.K_out > 1) rc |= upload((void **)&g->R_out, q->d.R_out, sizeof(float) * q->d.K_out * q->d.K_out, err, errlen);
+  // the factors from the layer's own transforms (the desc's R pointers are only valid during init)
+  if (!rc && q->d.K_in > 1) rc |= upload((void **)&g->R_in, q->h_in.f.Rf, sizeof(float) * q->d.K_in * q->d.K_in, err, errlen);
+  if (!rc && q->d.K_out > 1) rc |= upload((void **)&g->R_out, q->h_out.f.Rf, sizeof(float) * q->d.K_out * q->d.K_out, err, errlen);
   if (!rc) rc |= upload((void **)&g->abs_tab, e8q_e8p_packed_abs_host, sizeof e8q_e8p_packed_abs_host, err, errlen);
   if (!rc) rc |= upload((void **)&g->grid2, e8q_e81b_grid2_host, sizeof e8q_e81b_grid2_host, err, errlen);
   if (!rc) rc |= cu_err(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking), "cudaStreamCreate", err, errlen);

@@ -3,7 +3,7 @@
  *   e8q_qlinear_gpu *g = e8q_qlinear_gpu_create(&q, device, &why);   // NULL: use the CPU
  *   e8q_qlinear_forward_gpu(&q, g, batch, x, y);   // GPU when g, else e8q_qlinear_forward
  *
- * create returns NULL (and a static/thread-unsafe reason string in *why_not) when e8q was built
+ * create returns NULL (and a reason in *why_not, a thread-local buffer valid until the next call) when e8q was built
  * without CUDA, no device is usable, or the shape is not supported by the kernels (both
  * Hadamard vectors must fit in one block's shared memory); it never aborts for those. CUDA
  * errors during a forward are fatal (message names the layer's shape and the CUDA error).

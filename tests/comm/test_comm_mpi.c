@@ -6,6 +6,7 @@
  * sum, and for equality across ranks. Prints "N passed, M failed" on rank 0; exits 1 on any
  * failure. */
 #include <math.h>
+#include <setjmp.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "common/comm.h"
+#include "common/cuda_util.h"
 #include "common/error.h"
 #include "testutil.h"
 
@@ -134,6 +136,10 @@ static void test_xsum_convert(void) {
   __int128 big = e8q_xsum_from_double(0x1p61 + 0x1p9, f);
   CHECK(big == (((__int128)1 << 125) + ((__int128)1 << 73)), "big split wrong");
   CHECK(e8q_xsum_from_double(-(0x1p61 + 0x1p9), f) == -big, "negative big split wrong");
+  /* a full 53-bit mantissa straddling the 64-bit halves, both signs: (2^52 + 1) 2^10 units */
+  const __int128 odd = (((__int128)1 << 52) + 1) << 10;
+  CHECK(e8q_xsum_from_double(ldexp(0x1p52 + 1, 10 - f), f) == odd, "positive straddling split wrong");
+  CHECK(e8q_xsum_from_double(-ldexp(0x1p52 + 1, 10 - f), f) == -odd, "negative straddling split wrong");
   /* 1000 additions of 1e-17 onto 1 are not lost (a double sum would lose them all) */
   e8q_xsum s;
   e8q_xsum_init(&s, 1, f);
@@ -227,6 +233,47 @@ static void test_ordered_sum(e8q_comm *c, uint64_t seed) {
   free(local);
 }
 
+/* ---------------------------------------------------------------- errors */
+/* runs stmt with a fatal-error trap; checks that it fails with a message containing need */
+#define EXPECT_FATAL(stmt, need)                                                       \
+  do {                                                                                 \
+    e8q_error_trap trap_;                                                              \
+    if (setjmp(trap_.env) == 0) {                                                      \
+      e8q_error_trap_arm(&trap_);                                                      \
+      stmt;                                                                            \
+      e8q_error_trap_arm(NULL);                                                        \
+      CHECK(0, "expected a fatal error from %s", #stmt);                               \
+    } else {                                                                           \
+      CHECK(strstr(trap_.message, need) != NULL, "message \"%s\" lacks \"%s\"", trap_.message, need); \
+    }                                                                                  \
+  } while (0)
+
+static void test_errors(e8q_comm *c) {
+  const int r = e8q_comm_rank(c), p = e8q_comm_size(c);
+  float f[4] = {0};
+  /* device buffers on a host-only communicator: refused before any communication */
+  EXPECT_FATAL(e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_DT_F32, f, 4), "e8q_comm_allreduce_sum: device buffer");
+  EXPECT_FATAL(e8q_comm_bcast(c, E8Q_MEM_HOST, f, 4, p), "e8q_comm_bcast: root");
+  /* a GPU communicator without a usable GPU: every rank fails the same way, before NCCL */
+  if (!e8q_cuda_device_count()) EXPECT_FATAL(e8q_comm_world(0), "CUDA device 0 requested");
+  /* ranks that disagree on the exact accumulator's shape (collective: all ranks detect it) */
+  if (p > 1) {
+    e8q_xsum s;
+    e8q_xsum_init(&s, r == 0 ? 5 : 6, E8Q_XSUM_FRAC_DEFAULT);
+    EXPECT_FATAL(e8q_comm_allreduce_sum_ordered(c, &s, NULL), "ranks disagree on the accumulator");
+    e8q_xsum_free(&s);
+  }
+  /* overflow of the exact accumulator names the remedy */
+  e8q_xsum s1;
+  e8q_xsum_init(&s1, 1, E8Q_XSUM_FRAC_DEFAULT);
+  double big = 0x1p61;
+  for (int i = 0; i < 3; i++) e8q_xsum_add(&s1, &big); /* 3 * 2^125 units < 2^127 */
+  EXPECT_FATAL(e8q_xsum_add(&s1, &big), "lower frac_bits");
+  double inf = INFINITY;
+  EXPECT_FATAL(e8q_xsum_add(&s1, &inf), "non-finite");
+  e8q_xsum_free(&s1);
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
@@ -243,6 +290,7 @@ int main(int argc, char **argv) {
   test_xsum_convert();
   test_ordered_sum(c, seed);
   test_ordered_sum(c, 12345); /* fixed seed: the printed hash is comparable across rank counts */
+  test_errors(c);
 
   int fails = n_fail, passes = n_pass;
   MPI_Allreduce(MPI_IN_PLACE, &fails, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

@@ -35,6 +35,17 @@ static float nonzero_uniform(t_rng *g, float lo, float hi) {
   return v;
 }
 
+/* the float copy of a Hadamard factor of order K (NULL for K = 1), caller frees */
+static float *factor_f32(int K, uint64_t seed) {
+  if (K == 1) return NULL;
+  e8q_had_factor f;
+  e8q_had_factor_build(&f, K, seed);
+  float *R = malloc(sizeof(float) * K * K);
+  memcpy(R, f.Rf, sizeof(float) * K * K);
+  e8q_had_factor_free(&f);
+  return R;
+}
+
 static void layer_make(layer *L, t_rng *g, int m, int n, int K_out, int K_in, e8q_codebook_id cb) {
   memset(L, 0, sizeof *L);
   const int np = (n + 7) / 8 * 8, nc = np / 8;
@@ -53,15 +64,9 @@ static void layer_make(layer *L, t_rng *g, int m, int n, int K_out, int K_in, e8
   L->SV = malloc(sizeof(float) * m);
   for (int i = 0; i < np; i++) L->SU[i] = (t_rng_u64(g) & 1 ? 1.f : -1.f) * nonzero_uniform(g, 0.5f, 1.5f);
   for (int i = 0; i < m; i++) L->SV[i] = (t_rng_u64(g) & 1 ? 1.f : -1.f) * nonzero_uniform(g, 0.5f, 1.5f);
-  /* any K x K matrix exercises the transform; use +-1 entries as a Hadamard factor would */
-  if (K_in > 1) {
-    L->R_in = malloc(sizeof(float) * K_in * K_in);
-    for (int i = 0; i < K_in * K_in; i++) L->R_in[i] = t_rng_u64(g) & 1 ? 1.f : -1.f;
-  }
-  if (K_out > 1) {
-    L->R_out = malloc(sizeof(float) * K_out * K_out);
-    for (int i = 0; i < K_out * K_out; i++) L->R_out[i] = t_rng_u64(g) & 1 ? 1.f : -1.f;
-  }
+  /* real factors (Paley or seeded random orthogonal, kernels/hadamard.h), fresh seed */
+  L->R_in = factor_f32(K_in, t_rng_u64(g));
+  L->R_out = factor_f32(K_out, t_rng_u64(g));
   /* three fused pieces when m allows it (like q, k, v) */
   int pieces = m >= 3 ? 3 : 1;
   L->fs = malloc(sizeof(float) * 3);
@@ -219,6 +224,40 @@ static void test_forward_vs_dense(void **state) {
   }
 }
 
+/* ---------------------------------------------------------------- float64 product, validation */
+static void test_f64_ref_and_validate(void **state) {
+  (void)state;
+  t_rng g = {g_seed ^ 0x5555};
+  for (int cbi = 0; cbi < 3; cbi++) {
+    layer L;
+    layer_make(&L, &g, 13, 172, 13, 11, CBS[cbi]);
+    e8q_qlinear q;
+    e8q_qlinear_init(&q, &L.d, "test layer");
+    const int m = 13, n = 172, batch = 3;
+    double *W = malloc(sizeof(double) * m * n), *x = malloc(sizeof(double) * batch * n),
+           *y = malloc(sizeof(double) * batch * m);
+    e8q_qlinear_dequant_ref(&q, W);
+    for (int i = 0; i < batch * n; i++) x[i] = t_rng_normal(&g) + 0.01;
+    e8q_qlinear_forward_f64_ref(&q, batch, x, y);
+    for (int b = 0; b < batch; b++) {
+      double mx = 0;
+      for (int r = 0; r < m; r++) {
+        double acc = 0;
+        for (int c = 0; c < n; c++) acc += W[r * n + c] * x[b * n + c];
+        mx = fmax(mx, fabs(acc));
+        T_NEAR(y[b * m + r], acc, 1e-12 * (1 + fabs(acc)) + 1e-12 * mx, "f64 product vs dense");
+      }
+    }
+    double e = e8q_qlinear_validate(&q, 4, g_seed);
+    if (!(e > 0 && e < 1e-5)) fail_msg("%s: validate error %.3g outside (0, 1e-5)", CBN[cbi], e);
+    free(W);
+    free(x);
+    free(y);
+    e8q_qlinear_free(&q);
+    layer_free(&L);
+  }
+}
+
 /* ---------------------------------------------------------------- the decoded weight */
 /* e8q_qlinear_decode_f64 agrees with codebook.h's f32 decoders, code by code */
 static void test_decode_f64_matches_codebook(void **state) {
@@ -269,6 +308,13 @@ static void test_bad_desc(void **state) {
   d.codebook = E8Q_CB_E8P12RVQ4B;
   E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.down"), "needs codes2");
   d = L.d;
+  float *bad_R = malloc(sizeof(float) * 25);
+  memcpy(bad_R, L.R_in, sizeof(float) * 25);
+  bad_R[7] = -bad_R[7]; /* one flipped entry: no longer orthogonal */
+  d.R_in = bad_R;
+  E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.down"), "layers.0.down: R_in", "not orthogonal");
+  free(bad_R);
+  d = L.d;
   L.piece_rows[2] += 1;
   E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.qkv"), "layers.0.qkv", "sum to 13");
   layer_free(&L);
@@ -280,6 +326,7 @@ int main(void) {
       cmocka_unit_test(test_decode_f64_matches_codebook),
       cmocka_unit_test(test_core_avx2_vs_ref),
       cmocka_unit_test(test_forward_vs_dense),
+      cmocka_unit_test(test_f64_ref_and_validate),
       cmocka_unit_test(test_bad_desc),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4,7 +4,7 @@
 //   - e8q_qdev_decode == the CPU decoders (codebook.h) and the float64 dense decode, all codes;
 //   - a warp's partial sums (32 lanes emulated) == e8q_qlinear_codes_matmul_ref, every codebook,
 //     batch sizes 1..20 and 64, odd shapes;
-//   - the Hadamard kernel's butterflies + mix == e8q_qlinear_had (CPU), both directions;
+//   - the Hadamard kernel's butterflies + mix == e8q_had_vec_f32 (CPU, kernels/hadamard.h), both ways;
 //   - the three kernels chained as the launcher chains them == e8q_qlinear_forward_ref.
 // Fresh random data each run (seed printed; E8Q_TEST_SEED repeats it). Prints "N passed, M failed".
 #include <math.h>
@@ -18,7 +18,6 @@
 
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_cuda_dev.h"
-#include "kernels/qlinear_had.h"
 
 static int n_pass, n_fail;
 static unsigned long long g_seed;
@@ -45,6 +44,16 @@ static float rndf() { // in [-1, 1), never exactly 0
   return v == 0 ? 0.5f : v;
 }
 
+// a real Hadamard factor of order K (Paley or seeded random orthogonal), float copy
+static void factor(std::vector<float> &R, int K) {
+  R.assign((size_t)K * K, 1.0f);
+  if (K == 1) return;
+  e8q_had_factor f;
+  e8q_had_factor_build(&f, K, rnd());
+  memcpy(R.data(), f.Rf, sizeof(float) * K * K);
+  e8q_had_factor_free(&f);
+}
+
 struct Layer {
   std::vector<uint16_t> codes, c2w;
   std::vector<uint8_t> c2b;
@@ -64,10 +73,8 @@ static void make(Layer &L, int m, int n, int K_out, int K_in, e8q_codebook_id cb
   for (auto &v : L.SU) v = rndf() + (rnd() & 1 ? 1.5f : -1.5f);
   L.SV.resize(m);
   for (auto &v : L.SV) v = rndf() + (rnd() & 1 ? 1.5f : -1.5f);
-  L.R_in.resize((size_t)K_in * K_in);
-  for (auto &v : L.R_in) v = rnd() & 1 ? 1.f : -1.f;
-  L.R_out.resize((size_t)K_out * K_out);
-  for (auto &v : L.R_out) v = rnd() & 1 ? 1.f : -1.f;
+  factor(L.R_in, K_in);
+  factor(L.R_out, K_out);
   e8q_qlinear_desc d;
   memset(&d, 0, sizeof d);
   d.m = m; d.n = n; d.n_pad = np; d.codebook = cb; d.codes = L.codes.data();
@@ -170,15 +177,22 @@ static void emulate_had(int k, int K, const float *R, int transpose, float *x) {
 }
 
 static void test_hadamard() {
-  const int cases[][2] = {{176, 11}, {104, 13}, {512, 1}, {13, 13}, {96, 3}, {1, 1}};
-  for (int c = 0; c < 6; c++)
+  const int cases[][2] = {{176, 44}, {176, 11}, {104, 13}, {512, 1}, {13, 13}, {96, 12}, {1, 1}};
+  for (int c = 0; c < 7; c++)
     for (int tr = 0; tr < 2; tr++) {
       int k = cases[c][0], K = cases[c][1];
-      std::vector<float> R((size_t)K * K), x(k), y;
-      for (auto &v : R) v = rnd() & 1 ? 1.f : -1.f;
+      std::vector<float> R, x(k), y;
+      factor(R, K);
       for (auto &v : x) v = rndf();
       y = x;
-      e8q_qlinear_had(k, K, K > 1 ? R.data() : NULL, tr, x.data());
+      e8q_had_factor f;
+      std::vector<double> Rd(R.begin(), R.end());
+      e8q_had_factor_from(&f, K, Rd.data(), E8Q_HAD_GIVEN, "test factor");
+      e8q_had h;
+      e8q_had_init_factor(&h, k, &f);
+      e8q_had_vec_f32(&h, x.data(), tr);
+      e8q_had_free(&h);
+      e8q_had_factor_free(&f);
       emulate_had(k, K, R.data(), tr, y.data());
       CHECK(rel_err(y.data(), x.data(), k) <= 1e-6, "Hadamard kernel (host) vs CPU: k %d K %d transpose %d", k, K, tr);
     }

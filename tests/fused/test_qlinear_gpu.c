@@ -28,6 +28,15 @@ static unsigned long long seed, rs;
 static unsigned long long rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return rs; }
 static float rndf(void) { float v = (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1); return v == 0 ? 0.5f : v; }
 
+/* a real Hadamard factor of order K into R [K*K] (untouched for K = 1) */
+static void factor(float *R, int K) {
+  if (K == 1) return;
+  e8q_had_factor f;
+  e8q_had_factor_build(&f, K, rnd());
+  memcpy(R, f.Rf, sizeof(float) * K * K);
+  e8q_had_factor_free(&f);
+}
+
 typedef struct { uint16_t *codes; void *codes2; float *SU, *SV, *R_in, *R_out; e8q_qlinear q; } layer;
 
 static void make(layer *L, int m, int n, int K_out, int K_in, e8q_codebook_id cb) {
@@ -42,8 +51,8 @@ static void make(layer *L, int m, int n, int K_out, int K_in, e8q_codebook_id cb
   for (int i = 0; i < m; i++) L->SV[i] = rndf() + (rnd() & 1 ? 1.5f : -1.5f);
   L->R_in = malloc(4 * (size_t)K_in * K_in);
   L->R_out = malloc(4 * (size_t)K_out * K_out);
-  for (int i = 0; i < K_in * K_in; i++) L->R_in[i] = rnd() & 1 ? 1.f : -1.f;
-  for (int i = 0; i < K_out * K_out; i++) L->R_out[i] = rnd() & 1 ? 1.f : -1.f;
+  factor(L->R_in, K_in);
+  factor(L->R_out, K_out);
   e8q_qlinear_desc d = {.m = m, .n = n, .n_pad = np, .codebook = cb, .codes = L->codes,
                         .codes2 = cb == E8Q_CB_E8P12 ? NULL : L->codes2, .SU = L->SU, .SV = L->SV,
                         .Wscale = 0.05f, .n_pieces = 1, .K_in = K_in, .R_in = K_in > 1 ? L->R_in : NULL,
