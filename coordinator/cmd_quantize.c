@@ -50,7 +50,7 @@ int cmd_quantize(int argc, char **argv) {
   o.tune_iters = E8Q_DEFAULT_TUNE;
   o.scalapack_min = E8Q_DEFAULT_SCALAPACK_MIN;
   o.eval_lines = 40;
-  o.method = E8Q_METHOD_E8P;
+  o.method = E8Q_METHOD_LDLQ;
   o.rho = 0;
   const char *method = "e8p";
   for (int i = 1; i < argc; i++) {

@@ -49,7 +49,7 @@ static cJSON *quantization_config(const e8q_run *R) {
   cJSON_AddNumberToObject(q, "bits", R->o->bits);
   if (R->o->bits == 4) cJSON_AddNumberToObject(q, "resid_scale", 3.45);
   if (R->o->bits == 3) cJSON_AddNumberToObject(q, "resid_scale", 2.04);
-  cJSON_AddStringToObject(q, "method", e8q_method_name(R->o->method));
+  cJSON_AddStringToObject(q, "method", e8q_method_cli_name(R->o->method));
   cJSON *pad = cJSON_AddObjectToObject(q, "padding");
   cJSON *had = cJSON_AddObjectToObject(q, "hadamard");
   char key[32];

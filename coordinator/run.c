@@ -432,7 +432,7 @@ static void run_block(e8q_run *R, int b) {
 static cJSON *options_json(const e8q_run_opts *o, const e8q_run *R) {
   cJSON *j = cJSON_CreateObject();
   cJSON_AddNumberToObject(j, "bits", o->bits);
-  cJSON_AddStringToObject(j, "method", e8q_method_name(o->method));
+  cJSON_AddStringToObject(j, "method", e8q_method_cli_name(o->method));
   cJSON_AddNumberToObject(j, "rho", R->q.rho);
   cJSON_AddNumberToObject(j, "tune_iters", o->tune_iters);
   cJSON_AddNumberToObject(j, "devset", o->devset);

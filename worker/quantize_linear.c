@@ -1,13 +1,11 @@
-/* worker/quantize_linear.c: one linear group across all ranks (worker/quantize_linear.h).
- *
- * The LDLQ here (ldlq_rows) is the readable double-precision form of DESIGN §3 "LDLQ"; when
- * the kernels' LDLQ lands it replaces it behind the same call. */
+/* worker/quantize_linear.c: one linear group across all ranks (worker/quantize_linear.h). */
 #include "worker/quantize_linear.h"
 
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,94 +18,60 @@
 
 /* ---------------------------------------------------------------- methods */
 e8q_method e8q_method_parse(const char *s) {
-  if (!strcmp(s, "e8p")) return E8Q_METHOD_E8P;
+  if (!strcmp(s, "e8p") || !strcmp(s, "ldlq")) return E8Q_METHOD_LDLQ;
   if (!strcmp(s, "nearest")) return E8Q_METHOD_NEAREST;
   if (!strcmp(s, "noe8") || !strcmp(s, "rtn"))
-    E8Q_FATAL("--method %s: the scalar-grid ablations are not available yet (their codes do not fit the E8P "
-              "artifact layout); use e8p or nearest",
+    E8Q_FATAL("--method %s: this ablation writes no E8P codes and the artifact format has no layout for it yet; "
+              "use e8p or nearest",
               s);
   E8Q_FATAL("--method '%s': use e8p (default), nearest, noe8 or rtn", s);
 }
 
-const char *e8q_method_name(e8q_method m) {
-  static const char *const n[] = {"e8p", "nearest", "noe8", "rtn"};
-  return m >= 0 && m <= E8Q_METHOD_RTN ? n[m] : "?";
-}
+const char *e8q_method_cli_name(e8q_method m) { return m == E8Q_METHOD_LDLQ ? "e8p" : e8q_method_name(m); }
 
 /* DESIGN §3: rho 0.9 for E8P (the paper's runs), 0.98 for RVQ3, 1.03 for RVQ4 */
 static double default_rho(int bits) { return bits == 2 ? 0.9 : bits == 3 ? 0.98 : 1.03; }
 
-/* ---------------------------------------------------------------- LDLQ (rows of one chunk)
- * Wr [rows, n] (scaled), L [n, n] unit block-lower (8x8 blocks), Hr [n, n]; writes codes and
- * What [rows, n]. */
-static void ldlq_rows(e8q_codebook_id cb, e8q_method method, int tune, int rows, int n, const double *Wr,
-                      const double *L, const double *Hr, uint16_t *c1, uint16_t *c2, double *What) {
-  int nb = n / 8, nc = n / 8;
-  double *E = e8q_calloc((size_t)rows * n, sizeof(double), "LDLQ residual"); /* Wr - What on done blocks */
-  double *X = e8q_malloc(sizeof(double) * (size_t)rows * 8, "LDLQ block");
-  memset(What, 0, sizeof(double) * (size_t)rows * n);
-  for (int k = nb - 1; k >= 0; k--) {
-    int c = 8 * k, rest = n - c - 8;
-    for (int r = 0; r < rows; r++) memcpy(X + r * 8, Wr + (size_t)r * n + c, sizeof(double) * 8);
-    if (method == E8Q_METHOD_E8P && rest > 0) /* X += E[:, >k] L[>k, k] */
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, 8, rest, 1.0, E + c + 8, n, L + (size_t)(c + 8) * n + c,
-                  n, 1.0, X, 8);
-    for (int r = 0; r < rows; r++) {
-      uint16_t a = 0, b = 0;
-      e8q_cb_encode(cb, X + r * 8, &a, &b, What + (size_t)r * n + c);
-      c1[(size_t)r * nc + k] = a;
-      if (c2) c2[(size_t)r * nc + k] = b;
-      for (int t = 0; t < 8; t++) E[(size_t)r * n + c + t] = Wr[(size_t)r * n + c + t] - What[(size_t)r * n + c + t];
-    }
+/* ---------------------------------------------------------------- ScaLAPACK factorisation
+ * Fills an e8q_ldl (kernels/ldlq.h) as e8q_ldl_build would, with the Cholesky factor computed by
+ * ScaLAPACK across all ranks: prepared H, unit block-lower L, inverses of H's diagonal blocks.
+ * Collective. Returns 0 when the Cholesky failed (not positive definite). */
+static int ldl_build_scalapack(e8q_ldl *f, const double *H_raw, int n, double sigma) {
+  memset(f, 0, sizeof *f);
+  f->n = n;
+  f->prec = E8Q_PREC_F64;
+  f->sigma_reg = sigma;
+  f->H = e8q_malloc(sizeof(double) * (size_t)n * n, "prepared Hessian");
+  memcpy(f->H, H_raw, sizeof(double) * (size_t)n * n);
+  e8q_hessian_prep(f->H, n, sigma);
+  f->L = e8q_malloc(sizeof(double) * (size_t)n * n, "LDL factor");
+  memcpy(f->L, f->H, sizeof(double) * (size_t)n * n);
+  if (e8q_cholesky_scalapack(n, f->L, 0) != 0) {
+    e8q_ldl_free(f);
+    return 0;
   }
-  /* block coordinate descent: X = What[:,k] + (Wr - What) Hr[:,k] Hr[k,k]^-1, with
-   * G = blockdiag(Hr)^-1 Hr precomputed ([n, n]; rows 8k..8k+7 = Hkk^-1 Hr[k, :]) */
-  if (method == E8Q_METHOD_E8P && tune > 0) {
-    double *G = e8q_malloc(sizeof(double) * (size_t)n * n, "tune feedback matrix");
-    double *Hkk = e8q_malloc(sizeof(double) * 64, "Hkk");
-    double *P = e8q_malloc(sizeof(double) * (size_t)rows * 8, "feedback");
-    memcpy(G, Hr, sizeof(double) * (size_t)n * n);
-    for (int k = 0; k < nb; k++) {
-      for (int i = 0; i < 8; i++) memcpy(Hkk + i * 8, Hr + (size_t)(8 * k + i) * n + 8 * k, sizeof(double) * 8);
-      int info = LAPACKE_dposv(LAPACK_ROW_MAJOR, 'L', 8, n, Hkk, 8, G + (size_t)8 * k * n, n);
-      E8Q_CHECK(info == 0, "internal: a diagonal 8x8 block of the prepared Hessian is singular (info %d)", info);
-    }
-    for (int it = 0; it < tune; it++)
-      for (int k = nb - 1; k >= 0; k--) {
-        int c = 8 * k;
-        /* P = E Gᵀ[:, k] = E (rows 8k.. of G)ᵀ */
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, 8, n, 1.0, E, n, G + (size_t)c * n, n, 0.0, P, 8);
-        for (int r = 0; r < rows; r++) {
-          for (int t = 0; t < 8; t++) X[r * 8 + t] = What[(size_t)r * n + c + t] + P[r * 8 + t];
-          uint16_t a = 0, b = 0;
-          e8q_cb_encode(cb, X + r * 8, &a, &b, What + (size_t)r * n + c);
-          c1[(size_t)r * nc + k] = a;
-          if (c2) c2[(size_t)r * nc + k] = b;
-          for (int t = 0; t < 8; t++) E[(size_t)r * n + c + t] = Wr[(size_t)r * n + c + t] - What[(size_t)r * n + c + t];
-        }
-      }
-    free(G);
-    free(Hkk);
-    free(P);
-  }
-  free(E);
-  free(X);
-}
-
-/* ---------------------------------------------------------------- block LDL
- * C [n, n] lower Cholesky factor (H = C Cᵀ) -> L unit block-lower (8x8 blocks), in place:
- * L[j, k] = C[j, k] C[k, k]^-1 for j > k, identity diagonal blocks, zero above. */
-static void block_ldl_from_cholesky(int n, double *C) {
+  /* L[j, k] = C[j, k] C[k, k]^-1 below the diagonal blocks; identity on them */
   int nb = n / 8;
   for (int k = 0; k < nb; k++) {
     int c = 8 * k, below = n - c - 8;
     if (below > 0)
-      cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, below, 8, 1.0, C + (size_t)c * n + c, n,
-                  C + (size_t)(c + 8) * n + c, n);
+      cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, below, 8, 1.0, f->L + (size_t)c * n + c,
+                  n, f->L + (size_t)(c + 8) * n + c, n);
   }
   for (int k = 0; k < nb; k++)
     for (int i = 0; i < 8; i++)
-      for (int j = 0; j < 8; j++) C[(size_t)(8 * k + i) * n + 8 * k + j] = i == j ? 1.0 : 0.0;
+      for (int j = 0; j < 8; j++) f->L[(size_t)(8 * k + i) * n + 8 * k + j] = i == j ? 1.0 : 0.0;
+  f->Hkk_inv = e8q_malloc(sizeof(double) * (size_t)n * 8, "Hessian block inverses");
+  for (int k = 0; k < nb; k++) {
+    double *B = f->Hkk_inv + (size_t)k * 64;
+    for (int a = 0; a < 8; a++)
+      for (int b = 0; b < 8; b++) B[a * 8 + b] = f->H[(size_t)(8 * k + a) * n + 8 * k + b];
+    E8Q_CHECK(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', 8, B, 8) == 0 && LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'L', 8, B, 8) == 0,
+              "internal: a diagonal 8x8 block of a positive definite Hessian is singular");
+    for (int a = 0; a < 8; a++)
+      for (int b = a + 1; b < 8; b++) B[a * 8 + b] = B[b * 8 + a];
+  }
+  return 1;
 }
 
 /* ---------------------------------------------------------------- one group */
@@ -118,6 +82,9 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int m = g->m, n = g->n, np = g->n_pad, nc = np / 8;
   E8Q_CHECK(tokens > 0, "layer %d %s: the Hessian holds no tokens", layer, g->name);
+  for (size_t i = 0; i < (size_t)n * n; i++)
+    E8Q_CHECK(isfinite(H[i]), "layer %d %s: the Hessian has a non-finite entry (%g at [%zu, %zu]): the calibration "
+              "activations overflowed or the checkpoint holds NaN/Inf", layer, g->name, H[i], i / (size_t)n, i % (size_t)n);
   memset(res, 0, sizeof *res);
   res->m = m, res->n = n, res->n_pad = np, res->nc = nc, res->n_pieces = g->n_pieces;
   e8q_codebook_id cb = e8q_cb_from_bits(o->bits);
@@ -137,18 +104,9 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
       for (int j = 0; j < n; j++) Wr[(size_t)r * np + j] = W[(size_t)r * n + j] / (double)res->fuse_scales[p];
     row += g->piece_rows[p];
   }
-  /* prepare H: / mean(diag H) over the real columns, pad, damp */
-  double *Hr = e8q_calloc((size_t)np * np, sizeof(double), "prepared Hessian");
-  for (size_t i = 0; i < (size_t)n * n; i++)
-    E8Q_CHECK(isfinite(H[i]), "layer %d %s: the Hessian has a non-finite entry (%g at [%zu, %zu]): the calibration "
-              "activations overflowed or the checkpoint holds NaN/Inf", layer, g->name, H[i], i / (size_t)n, i % (size_t)n);
-  double md = 0;
-  for (int i = 0; i < n; i++) md += H[(size_t)i * n + i];
-  md /= n;
-  E8Q_CHECK(md > 0 && isfinite(md), "layer %d %s: the Hessian's diagonal mean is %g (no signal in the calibration "
-            "activations?)", layer, g->name, md);
-  for (int i = 0; i < n; i++)
-    for (int j = 0; j < n; j++) Hr[(size_t)i * np + j] = H[(size_t)i * n + j] / md;
+  double *Hr = e8q_calloc((size_t)np * np, sizeof(double), "rotated Hessian");
+  for (int i = 0; i < n; i++) memcpy(Hr + (size_t)i * np, H + (size_t)i * n, sizeof(double) * (size_t)n);
+
   /* RHT */
   res->SU = e8q_malloc(sizeof(float) * (size_t)np, "SU");
   res->SV = e8q_malloc(sizeof(float) * (size_t)m, "SV");
@@ -171,51 +129,57 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   res->Wscale = (float)(wrms > 0 ? wrms / rho : 1);
   for (size_t i = 0; i < (size_t)m * np; i++) Wr[i] /= (double)res->Wscale;
 
-  /* factor Hr + damp I, retrying with ten times the damping */
-  double *C = e8q_malloc(sizeof(double) * (size_t)np * np, "Cholesky factor");
-  double damp = 0.01;
-  for (;;) {
-    memcpy(C, Hr, sizeof(double) * (size_t)np * np);
-    for (int i = 0; i < np; i++) C[(size_t)i * np + i] += damp;
-    int info = o->scalapack ? e8q_cholesky_scalapack(np, C, 0) : e8q_cholesky_lapack(np, C);
-    if (info == 0) break;
-    E8Q_CHECK(res->retries < 4,
-              "layer %d %s: the Hessian is not positive definite even with damping %g (leading minor %d); the "
-              "calibration data may be degenerate: use more or other --calib data",
-              layer, g->name, damp, info);
-    res->retries++;
-    damp *= 10;
+  /* factor (prepared H, block LDL) */
+  e8q_ldl f;
+  if (o->scalapack) {
+    double sigma = E8Q_SIGMA_REG;
+    int ok = ldl_build_scalapack(&f, Hr, np, sigma);
+    if (!ok) {
+      res->retries = 1;
+      sigma *= 10;
+      ok = ldl_build_scalapack(&f, Hr, np, sigma);
+    }
+    E8Q_CHECK(ok, "layer %d %s: the Hessian is not positive definite even with damping %g (ScaLAPACK); the calibration "
+              "data may be degenerate: use more or other --calib data", layer, g->name, sigma);
+    res->damp = sigma;
+    snprintf(res->ldl_message, sizeof res->ldl_message, "ScaLAPACK LDL ok (f64, sigma_reg %g%s)", sigma,
+             res->retries ? ", after a retry with 10x damping" : "");
+  } else {
+    e8q_ldl_status st;
+    int ok = e8q_ldl_build(&f, Hr, np, E8Q_SIGMA_REG, E8Q_PREC_F64, &st);
+    E8Q_CHECK(ok, "layer %d %s: %s", layer, g->name, st.message);
+    res->retries = st.attempts - 1;
+    res->damp = st.sigma_reg;
+    snprintf(res->ldl_message, sizeof res->ldl_message, "%s", st.message);
   }
-  res->damp = damp;
-  for (int i = 0; i < np; i++) Hr[(size_t)i * np + i] += damp;
-  block_ldl_from_cholesky(np, C);
 
-  /* LDLQ on this rank's row chunks */
-  int n_chunks = (m + E8Q_QLIN_ROW_CHUNK - 1) / E8Q_QLIN_ROW_CHUNK;
-  int c0 = (int)((int64_t)n_chunks * rank / size), c1 = (int)((int64_t)n_chunks * (rank + 1) / size);
-  int r0 = c0 * E8Q_QLIN_ROW_CHUNK, r1 = c1 * E8Q_QLIN_ROW_CHUNK < m ? c1 * E8Q_QLIN_ROW_CHUNK : m;
-  int my_rows = r1 > r0 ? r1 - r0 : 0;
+  /* LDLQ on this rank's row tiles; proxy loss per tile (rank-count independent), reduced exactly */
+  int64_t r0, r1;
+  e8q_ldlq_split_rows(m, size, rank, &r0, &r1);
+  int my_rows = (int)(r1 - r0);
+  size_t c2sz = o->bits == 4 ? 2 : 1;
   uint16_t *codes = e8q_calloc((size_t)(my_rows ? my_rows : 1) * nc, sizeof(uint16_t), "codes");
-  uint16_t *codes2 = o->bits > 2 ? e8q_calloc((size_t)(my_rows ? my_rows : 1) * nc, sizeof(uint16_t), "codes2") : NULL;
-  double *What = e8q_malloc(sizeof(double) * (size_t)E8Q_QLIN_ROW_CHUNK * np, "quantized rows");
-  double *HE = e8q_malloc(sizeof(double) * (size_t)E8Q_QLIN_ROW_CHUNK * np, "H E");
-  double *chunk_loss = e8q_calloc(2, sizeof(double), "chunk loss");
+  uint8_t *codes2 = o->bits > 2 ? e8q_calloc((size_t)(my_rows ? my_rows : 1) * nc, c2sz, "codes2") : NULL;
+  int tile = E8Q_LDLQ_ROW_TILE;
+  double *What = e8q_malloc(sizeof(double) * (size_t)tile * np, "quantized rows");
+  double *HE = e8q_malloc(sizeof(double) * (size_t)tile * np, "H E");
+  e8q_ldlq_opts lo = {.cb = cb, .tune_iters = o->tune_iters, .feedback = o->method == E8Q_METHOD_LDLQ, .noe8_bits = 0};
+  E8Q_CHECK(o->method == E8Q_METHOD_LDLQ || o->method == E8Q_METHOD_NEAREST, "internal: method %s not supported here",
+            e8q_method_name(o->method));
   e8q_exact_sum *loss = e8q_exact_sum_new(2);
-  for (int c = c0; c < c1; c++) {
-    int a = c * E8Q_QLIN_ROW_CHUNK, b = a + E8Q_QLIN_ROW_CHUNK < m ? a + E8Q_QLIN_ROW_CHUNK : m, rows = b - a;
-    ldlq_rows(cb, o->method, o->tune_iters, rows, np, Wr + (size_t)a * np, C, Hr, codes + (size_t)(a - r0) * nc,
-              codes2 ? codes2 + (size_t)(a - r0) * nc : NULL, What);
-    /* proxy loss terms of the chunk: sum_r e_r Hr e_rᵀ and sum_r w_r Hr w_rᵀ */
-    for (int r = 0; r < rows; r++)
-      for (int j = 0; j < np; j++) What[(size_t)r * np + j] = Wr[(size_t)(a + r) * np + j] - What[(size_t)r * np + j];
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, np, np, 1.0, What, np, Hr, np, 0.0, HE, np);
-    double num = 0, den = 0;
-    for (size_t i = 0; i < (size_t)rows * np; i++) num += HE[i] * What[i];
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, np, np, 1.0, Wr + (size_t)a * np, np, Hr, np, 0.0, HE, np);
-    for (size_t i = 0; i < (size_t)rows * np; i++) den += HE[i] * Wr[(size_t)a * np + i];
-    chunk_loss[0] = num;
-    chunk_loss[1] = den;
-    e8q_exact_sum_add(loss, chunk_loss);
+  for (int64_t a = r0; a < r1; a += tile) {
+    int rows = (int)(a + tile < r1 ? tile : r1 - a);
+    /* rows [a, a+rows) as their own matrix: tile boundaries are absolute, so the codes are
+     * those of one call over all rows */
+    e8q_ldlq_rows(&f, &lo, Wr + (size_t)a * np, rows, 0, rows, codes + (size_t)(a - r0) * nc,
+                  codes2 ? codes2 + (size_t)(a - r0) * nc * c2sz : NULL, What);
+    for (size_t i = 0; i < (size_t)rows * np; i++) What[i] = Wr[(size_t)a * np + i] - What[i];
+    double t[2] = {0, 0};
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, np, np, 1.0, What, np, f.H, np, 0.0, HE, np);
+    for (size_t i = 0; i < (size_t)rows * np; i++) t[0] += HE[i] * What[i];
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, np, np, 1.0, Wr + (size_t)a * np, np, f.H, np, 0.0, HE, np);
+    for (size_t i = 0; i < (size_t)rows * np; i++) t[1] += HE[i] * Wr[(size_t)a * np + i];
+    e8q_exact_sum_add(loss, t);
   }
   double tot[2];
   e8q_exact_sum_allreduce(loss, tot);
@@ -224,35 +188,28 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
 
   /* gather codes (row order = rank order) to rank 0 */
   int *counts = e8q_malloc(sizeof(int) * (size_t)size, "counts"), *displ = e8q_malloc(sizeof(int) * (size_t)size, "displ");
-  for (int r = 0; r < size; r++) {
-    int q0 = (int)((int64_t)n_chunks * r / size) * E8Q_QLIN_ROW_CHUNK, q1 = (int)((int64_t)n_chunks * (r + 1) / size) * E8Q_QLIN_ROW_CHUNK;
-    if (q1 > m) q1 = m;
-    if (q0 > m) q0 = m;
-    counts[r] = (q1 - q0) * nc;
-    displ[r] = q0 * nc;
-  }
-  if (rank == 0) {
-    res->codes = e8q_malloc(sizeof(uint16_t) * (size_t)m * nc, "codes");
-    if (o->bits > 2) res->codes2 = e8q_malloc(sizeof(uint16_t) * (size_t)m * nc, "codes2");
-  }
-  E8Q_CHECK_MPI(MPI_Gatherv(codes, my_rows * nc, MPI_UINT16_T, res->codes, counts, displ, MPI_UINT16_T, 0, MPI_COMM_WORLD));
-  if (o->bits > 2)
-    E8Q_CHECK_MPI(MPI_Gatherv(codes2, my_rows * nc, MPI_UINT16_T, res->codes2, counts, displ, MPI_UINT16_T, 0, MPI_COMM_WORLD));
-  if (rank == 0 && o->bits == 3) { /* 3 bit: the second stage is a u8 index */
-    uint8_t *u8 = e8q_malloc((size_t)m * nc, "codes2 u8");
-    const uint16_t *c16 = res->codes2;
-    for (size_t i = 0; i < (size_t)m * nc; i++) u8[i] = (uint8_t)c16[i];
-    free(res->codes2);
-    res->codes2 = u8;
+  for (int pass = 0; pass < (o->bits > 2 ? 2 : 1); pass++) {
+    size_t el = pass == 0 ? 2 : c2sz;
+    for (int r = 0; r < size; r++) {
+      int64_t q0, q1;
+      e8q_ldlq_split_rows(m, size, r, &q0, &q1);
+      counts[r] = (int)((q1 - q0) * nc * (int64_t)el);
+      displ[r] = (int)(q0 * nc * (int64_t)el);
+    }
+    void *dst = NULL;
+    if (rank == 0) dst = e8q_malloc(el * (size_t)m * nc, pass == 0 ? "codes" : "codes2");
+    E8Q_CHECK_MPI(MPI_Gatherv(pass == 0 ? (void *)codes : (void *)codes2, (int)(my_rows * nc * el), MPI_BYTE, dst, counts,
+                              displ, MPI_BYTE, 0, MPI_COMM_WORLD));
+    if (pass == 0) res->codes = dst;
+    else res->codes2 = dst;
   }
   free(counts);
   free(displ);
-  free(chunk_loss);
   free(What);
   free(HE);
   free(codes);
   free(codes2);
-  free(C);
+  e8q_ldl_free(&f);
   free(SU);
   free(SV);
   free(Wr);

@@ -3,17 +3,19 @@
  * Steps (DESIGN §3), for the stacked W [m, n] of group g of layer l and its Hessian sum H:
  *   fuse      each piece (q, k, v / up, gate) divided by its RMS, kept as its fuse scale;
  *   pad       n -> n_pad (zero columns of W, zero rows/columns of H);
- *   prepare   H / mean(diag H), + damping on the diagonal (0.01, raised tenfold on a failed
- *             factorisation: the retry is counted and recorded);
  *   RHT       SU [n_pad], SV [m] random signs from (seed, layer, group); Wr = M_mᵀ SV W SU M_n,
  *             Hr = M_nᵀ SU H SU M_n; Wscale = RMS(Wr) / rho;
- *   factor    Cholesky of Hr with LAPACK on every rank, or ScaLAPACK across ranks;
- *   LDLQ      rows in fixed chunks of E8Q_QLIN_ROW_CHUNK assigned to ranks (the chunking does not
- *             depend on the rank count, so neither do the codes), tune passes, proxy loss
- *             (sum over rows, reduced exactly);
+ *   prepare   Hr / mean(diag Hr), + damping 0.01 on the diagonal (kernels/ldlq.h);
+ *   factor    block LDL from a Cholesky with LAPACK on every rank (e8q_ldl_build, with its
+ *             reported fallbacks), or from ScaLAPACK's across all ranks (retried with tenfold
+ *             damping); retries are counted and recorded;
+ *   LDLQ      e8q_ldlq_rows (kernels/ldlq.h) on row tiles of E8Q_LDLQ_ROW_TILE split across
+ *             ranks at tile boundaries (the codes do not depend on the rank count); the proxy
+ *             loss is summed per tile and reduced exactly;
  *   gather    codes (and codes2) to rank 0.
- * Methods: e8p (LDLQ + E8P/RVQ, the default), nearest (RHT, E8P nearest point, no LDLQ),
- * noe8 (RHT + LDLQ onto the half-integer scalar grid), rtn (no RHT, nearest scalar grid).
+ * Methods (kernels/ldlq.h e8q_method): ldlq ("e8p" on the command line: LDLQ + tune onto
+ * E8P/RVQ, the default) and nearest (RHT, nearest codebook point, no LDLQ). noe8 and rtn write
+ * no E8P codes and are refused until the artifact format has a layout for them.
  */
 #ifndef E8Q_WORKER_QUANTIZE_LINEAR_H
 #define E8Q_WORKER_QUANTIZE_LINEAR_H
@@ -22,12 +24,12 @@
 
 #include "shard/plan.h"
 
-#define E8Q_QLIN_ROW_CHUNK 32
+#include "kernels/ldlq.h"
 
-typedef enum { E8Q_METHOD_E8P = 0, E8Q_METHOD_NEAREST, E8Q_METHOD_NOE8, E8Q_METHOD_RTN } e8q_method;
-/* "e8p" ... -> method; fatal naming the option otherwise */
+/* "e8p" (= "ldlq"), "nearest" -> method; noe8/rtn and anything else: fatal naming the option */
 e8q_method e8q_method_parse(const char *s);
-const char *e8q_method_name(e8q_method m);
+/* the command-line name: "e8p", "nearest", ... */
+const char *e8q_method_cli_name(e8q_method m);
 
 typedef struct {
   int bits;          /* 2, 3, 4 */
@@ -47,8 +49,9 @@ typedef struct {
   float Wscale;
   float fuse_scales[E8Q_PLAN_MAX_PIECES];
   double proxy_loss; /* tr((Ŵ-W) H (Ŵ-W)ᵀ) / tr(W H Wᵀ) in the rotated, fused frame */
-  int retries;       /* factorisations retried with more damping */
+  int retries;       /* factorisation attempts beyond the first (kernels/ldlq.h fallbacks) */
   double damp;       /* the damping finally used */
+  char ldl_message[320]; /* what the factorisation did (e8q_ldl_status.message) */
 } e8q_qlin_result;
 
 /* collective: every rank passes the same W [m, n] and H [n, n] (sums over `tokens` tokens);

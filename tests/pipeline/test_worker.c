@@ -113,7 +113,7 @@ static void test_quantize_group(void **state) {
   e8q_group_plan g = group(m, n, 3);
   double proxy[2];
   for (int meth = 0; meth < 2; meth++) {
-    e8q_qlin_opts o = {.bits = 2, .method = meth ? E8Q_METHOD_NEAREST : E8Q_METHOD_E8P, .rho = 0, .tune_iters = 3, .seed = 9};
+    e8q_qlin_opts o = {.bits = 2, .method = meth ? E8Q_METHOD_NEAREST : E8Q_METHOD_LDLQ, .rho = 0, .tune_iters = 3, .seed = 9};
     e8q_qlin_result q;
     e8q_quantize_group(&o, &g, 0, 0, W, H, 1000, &q);
     assert_int_equal(q.retries, 0);
@@ -157,26 +157,23 @@ static void test_not_positive_definite_retry(void **state) {
   float *W = malloc(sizeof(float) * m * n);
   double *H = malloc(sizeof(double) * n * n);
   make_problem(m, n, 6, W, H);
-  /* an indefinite H: a negative eigenvalue of -0.3 mean(diag) along e_0 + e_5 */
-  double md = 0;
-  for (int i = 0; i < n; i++) md += H[i * n + i];
-  md /= n;
-  double v[16] = {0};
-  v[0] = v[5] = sqrt(0.5);
-  double vHv = 0;
-  for (int i = 0; i < n; i++)
-    for (int j = 0; j < n; j++) vHv += v[i] * H[i * n + j] * v[j];
-  for (int i = 0; i < n; i++)
-    for (int j = 0; j < n; j++) H[i * n + j] -= (vHv + 0.3 * md) * v[i] * v[j];
+  /* an indefinite H: identity but for one eigenvalue of -0.06 (normalised: about -0.064) */
+  memset(H, 0, sizeof(double) * n * n);
+  for (int i = 0; i < n; i++) H[i * n + i] = 1.0;
+  H[5 * n + 5] = -0.06;
   e8q_group_plan g = group(m, n, 1);
-  e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_E8P, .tune_iters = 1, .seed = 1};
+  e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 1, .seed = 1};
   e8q_qlin_result q;
   e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q);
-  /* -0.3 relative needs damping 1.0: retried twice (0.01 -> 0.1 -> 1.0) and reported */
-  assert_int_equal(q.retries, 2);
-  T_NEAR(q.damp, 1.0, 1e-12, "damping after retries");
+  /* damping 0.01 is not enough, tenfold is: one retry, reported */
+  assert_int_equal(q.retries, 1);
+  T_NEAR(q.damp, 0.1, 1e-12, "damping after the retry");
+  assert_non_null(strstr(q.ldl_message, "10x damping"));
   assert_true(q.proxy_loss > 0 && q.proxy_loss < 1);
   e8q_qlin_result_free(&q);
+  /* beyond tenfold damping: a fatal error naming the layer and group */
+  H[5 * n + 5] = -0.5;
+  E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test", "damping");
   /* hopeless (NaN): a clear fatal error naming the layer */
   H[3] = NAN;
   E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3");
