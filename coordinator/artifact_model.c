@@ -33,7 +33,7 @@ void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fu
   }
   e8q_artifact_close(ar);
   e8q_qmodel_open(&a->q, dir);
-  if (!fused) {
+  if (!fused || a->q.dense) { /* dense ablations have no codes for the fused kernels */
     a->m = e8q_qmodel_dense(&a->q);
     return;
   }

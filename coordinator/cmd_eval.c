@@ -110,7 +110,8 @@ int cmd_eval(int argc, char **argv) {
   if (e8q_rank() == 0) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", artifact ? artifact : model_path);
-    if (artifact) cJSON_AddStringToObject(o, "linears", dense ? "dense decode" : "fused kernels");
+    if (artifact)
+      cJSON_AddStringToObject(o, "linears", am.q.dense ? "dense (ablation)" : dense ? "dense decode" : "fused kernels");
     cJSON_AddStringToObject(o, "text", text_path);
     if (tok_used && !artifact) cJSON_AddStringToObject(o, "tokenizer", tok_used);
     cJSON_AddStringToObject(o, "mode", per_line ? "per-line" : "ctx");

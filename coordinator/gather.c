@@ -50,6 +50,8 @@ static cJSON *quantization_config(const e8q_run *R) {
   if (R->o->bits == 4) cJSON_AddNumberToObject(q, "resid_scale", 3.45);
   if (R->o->bits == 3) cJSON_AddNumberToObject(q, "resid_scale", 2.04);
   cJSON_AddStringToObject(q, "method", e8q_method_cli_name(R->o->method));
+  if (e8q_method_dense(R->o->method)) /* noe8 / rtn: "{G}.weight" holds the quantized weight, dense */
+    cJSON_AddBoolToObject(q, "dense_ablation", 1);
   cJSON *pad = cJSON_AddObjectToObject(q, "padding");
   cJSON *had = cJSON_AddObjectToObject(q, "hadamard");
   char key[32];
@@ -116,13 +118,13 @@ void e8q_run_gather(e8q_run *R) {
   e8q_had_factor fac[2 * E8Q_N_GROUPS];
   for (int i = 0; i < nK; i++) e8q_had_factor_build(&fac[i], Ks[i], E8Q_HAD_SEED);
   /* the list of tensors: quantized linears, factors, float tensors of the source */
-  int cap = L * E8Q_N_GROUPS * 6 + nK + 3 * L + 8, n = 0;
+  int cap = L * E8Q_N_GROUPS * 7 + nK + 3 * L + 8, n = 0;
   out_tensor *t = e8q_calloc((size_t)cap, sizeof *t, "tensor list");
-  static const char *const fields[] = {"SU", "SV", "Wscale", "fuse_scales", "codes", "codes2"};
+  static const char *const fields[] = {"SU", "SV", "Wscale", "fuse_scales", "weight", "codes", "codes2"};
   for (int pass = 0; pass < 3; pass++) { /* F32, U16, U8 */
     for (int b = 0; b < L; b++)
       for (int g = 0; g < E8Q_N_GROUPS; g++)
-        for (int f = 0; f < 6; f++) {
+        for (int f = 0; f < 7; f++) {
           char src[160];
           snprintf(src, sizeof src, "%s.%s", p->groups[g].name, fields[f]);
           const e8q_st_tensor *x = e8q_st_find(sh[b], src);
@@ -233,6 +235,7 @@ void e8q_run_pack(e8q_run *R) {
     double bytes = (double)(x->end - x->begin);
     lin_bytes += bytes;
     if (strstr(x->name, ".codes")) code_bytes += bytes;
+    if (strstr(x->name, ".weight")) code_bytes += bytes * R->o->bits / 32.0; /* dense ablation: nominal bits */
   }
   double file_bytes = (double)st->file_size;
   e8q_st_close(st);

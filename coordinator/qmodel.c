@@ -93,8 +93,21 @@ void e8q_qmodel_open(e8q_qmodel *q, const char *dir) {
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   q->st = e8q_st_open(path);
   int L = q->cfg.n_layers;
-  q->lin = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *q->lin, "quantized linears");
   char name[256];
+  q->dense = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "dense_ablation"));
+  if (q->dense) {
+    q->W = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *q->W, "dense ablation weights");
+    for (int b = 0; b < L; b++)
+      for (int g = 0; g < E8Q_N_GROUPS; g++) {
+        int m, n;
+        e8q_group_shape(&q->cfg, g, &m, &n);
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", b, e8q_group_names[g]);
+        q->W[b * E8Q_N_GROUPS + g] = copy_tensor(q, name, E8Q_DT_F32, (int64_t)m * n);
+      }
+    cJSON_Delete(cj);
+    return;
+  }
+  q->lin = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *q->lin, "quantized linears");
   for (int b = 0; b < L; b++)
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
       e8q_qlinear_desc d;
@@ -149,6 +162,7 @@ void e8q_qmodel_close(e8q_qmodel *q) {
   if (q->lin)
     for (int i = 0; i < q->cfg.n_layers * E8Q_N_GROUPS; i++) e8q_qlinear_free(&q->lin[i]);
   free(q->lin);
+  free(q->W);
   for (int i = 0; i < q->n_owned; i++) free(q->owned[i]);
   free(q->owned);
   if (q->st) e8q_st_close(q->st);
@@ -190,16 +204,18 @@ e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) {
     snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", b);
     e8q_st_read_f32(q->st, name, 1, &D, blk->ffn_norm);
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
-      const e8q_qlinear *ql = e8q_qmodel_linear(q, b, g);
       e8q_linear *L = &blk->lin[g];
-      L->m = ql->d.m;
-      L->n = ql->d.n;
-      double *W = e8q_malloc(sizeof(double) * (size_t)L->m * L->n, "decoded weight");
-      e8q_qlinear_dequant_ref(ql, W);
+      e8q_group_shape(c, g, &L->m, &L->n);
       L->w = e8q_malloc(sizeof(float) * (size_t)L->m * L->n, e8q_group_names[g]);
+      L->q = NULL;
+      if (q->dense) {
+        memcpy(L->w, q->W[b * E8Q_N_GROUPS + g], sizeof(float) * (size_t)L->m * L->n);
+        continue;
+      }
+      double *W = e8q_malloc(sizeof(double) * (size_t)L->m * L->n, "decoded weight");
+      e8q_qlinear_dequant_ref(e8q_qmodel_linear(q, b, g), W);
       for (size_t i = 0; i < (size_t)L->m * L->n; i++) L->w[i] = (float)W[i];
       free(W);
-      L->q = NULL;
     }
   }
   return m;

@@ -14,7 +14,9 @@ typedef struct {
   e8q_config cfg;
   e8q_codebook_id cb;
   int bits;
-  e8q_qlinear *lin;         /* [n_layers * E8Q_N_GROUPS], layer-major */
+  int dense;                /* 1: a dense ablation (noe8 / rtn): no codes, `W` holds the weights */
+  e8q_qlinear *lin;         /* [n_layers * E8Q_N_GROUPS], layer-major (NULL when dense) */
+  float **W;                /* [n_layers * E8Q_N_GROUPS] dense weights [m, n] (dense only) */
   int n_owned;
   void **owned;             /* aligned copies of small tensors, owned */
 } e8q_qmodel;

@@ -219,6 +219,13 @@ static void part_rel(int b, int g, char *out, size_t cap) { snprintf(out, cap, "
 static int group_tensors(const e8q_run *R, const e8q_group_plan *gp, const e8q_qlin_result *q, const char *prefix,
                          char names[6][160], e8q_ckpt_tensor *t) {
   int k = 0, nc = gp->n_pad / 8;
+  if (e8q_method_dense(R->o->method)) { /* noe8 / rtn ablations: the quantized weight, dense */
+    snprintf(names[k], 160, "%sweight", prefix);
+    t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 2, {gp->m, gp->n}, q->dense};
+    snprintf(names[k], 160, "%sfuse_scales", prefix);
+    t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 1, {gp->n_pieces}, q->fuse_scales};
+    return k;
+  }
   snprintf(names[k], 160, "%scodes", prefix);
   t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_U16, 2, {gp->m, nc}, q->codes};
   if (R->o->bits == 4) {
@@ -285,12 +292,16 @@ static void block_commit(e8q_run *R, int b) {
     e8q_qlin_result q;
     memset(&q, 0, sizeof q);
     int64_t nc = gp->n_pad / 8;
-    q.codes = (uint16_t *)e8q_ckpt_get(parts[g], "codes", E8Q_DT_U16, gp->m * nc);
-    if (R->o->bits == 4) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", E8Q_DT_U16, gp->m * nc);
-    if (R->o->bits == 3) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", E8Q_DT_U8, gp->m * nc);
-    q.SU = (float *)e8q_ckpt_get(parts[g], "SU", E8Q_DT_F32, gp->n_pad);
-    q.SV = (float *)e8q_ckpt_get(parts[g], "SV", E8Q_DT_F32, gp->m);
-    memcpy(&q.Wscale, e8q_ckpt_get(parts[g], "Wscale", E8Q_DT_F32, 1), sizeof(float));
+    if (e8q_method_dense(R->o->method)) {
+      q.dense = (float *)e8q_ckpt_get(parts[g], "weight", E8Q_DT_F32, (int64_t)gp->m * gp->n);
+    } else {
+      q.codes = (uint16_t *)e8q_ckpt_get(parts[g], "codes", E8Q_DT_U16, gp->m * nc);
+      if (R->o->bits == 4) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", E8Q_DT_U16, gp->m * nc);
+      if (R->o->bits == 3) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", E8Q_DT_U8, gp->m * nc);
+      q.SU = (float *)e8q_ckpt_get(parts[g], "SU", E8Q_DT_F32, gp->n_pad);
+      q.SV = (float *)e8q_ckpt_get(parts[g], "SV", E8Q_DT_F32, gp->m);
+      memcpy(&q.Wscale, e8q_ckpt_get(parts[g], "Wscale", E8Q_DT_F32, 1), sizeof(float));
+    }
     memcpy(q.fuse_scales, e8q_ckpt_get(parts[g], "fuse_scales", E8Q_DT_F32, gp->n_pieces), sizeof(float) * gp->n_pieces);
     char prefix[96];
     snprintf(prefix, sizeof prefix, "%s.", gp->name);

@@ -20,10 +20,8 @@
 e8q_method e8q_method_parse(const char *s) {
   if (!strcmp(s, "e8p") || !strcmp(s, "ldlq")) return E8Q_METHOD_LDLQ;
   if (!strcmp(s, "nearest")) return E8Q_METHOD_NEAREST;
-  if (!strcmp(s, "noe8") || !strcmp(s, "rtn"))
-    E8Q_FATAL("--method %s: this ablation writes no E8P codes and the artifact format has no layout for it yet; "
-              "use e8p or nearest",
-              s);
+  if (!strcmp(s, "noe8")) return E8Q_METHOD_NOE8;
+  if (!strcmp(s, "rtn")) return E8Q_METHOD_RTN;
   E8Q_FATAL("--method '%s': use e8p (default), nearest, noe8 or rtn", s);
 }
 
@@ -74,6 +72,55 @@ static int ldl_build_scalapack(e8q_ldl *f, const double *H_raw, int n, double si
   return 1;
 }
 
+/* ---------------------------------------------------------------- dense ablations
+ * noe8 / rtn through e8q_quantize_linear on rank 0 (the others wait at the broadcast): each
+ * piece over its RMS as for the E8P methods, the quantized weight scaled back. */
+static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
+                           const double *H, e8q_qlin_result *res) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int m = g->m, n = g->n;
+  double info[2] = {0, 0}; /* proxy loss, attempts */
+  if (rank == 0) {
+    float *Wf = e8q_malloc(sizeof(float) * (size_t)m * n, "fused weight");
+    int row = 0;
+    for (int p = 0; p < g->n_pieces; p++) {
+      double ss = 0;
+      for (int r = row; r < row + g->piece_rows[p]; r++)
+        for (int j = 0; j < n; j++) ss += (double)W[(size_t)r * n + j] * W[(size_t)r * n + j];
+      double rms = sqrt(ss / ((double)g->piece_rows[p] * n));
+      if (!(rms > 0)) rms = 1;
+      res->fuse_scales[p] = (float)rms;
+      for (int r = row; r < row + g->piece_rows[p]; r++)
+        for (int j = 0; j < n; j++) Wf[(size_t)r * n + j] = (float)(W[(size_t)r * n + j] / rms);
+      row += g->piece_rows[p];
+    }
+    e8q_quant_opts qo = {.bits = o->bits, .rho = 0, .tune_iters = o->tune_iters, .method = o->method,
+                         .seed = o->seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group,
+                         .sigma_reg = 0, .prec = E8Q_PREC_F64};
+    e8q_quant_result qr;
+    e8q_quantize_linear(Wf, m, n, H, &qo, &qr);
+    E8Q_CHECK(qr.status.ok && qr.What, "layer %d %s: %s", layer, g->name, qr.status.message);
+    res->dense = e8q_malloc(sizeof(float) * (size_t)m * n, "dense ablation weight");
+    row = 0;
+    for (int p = 0; p < g->n_pieces; p++) {
+      for (int r = row; r < row + g->piece_rows[p]; r++)
+        for (int j = 0; j < n; j++) res->dense[(size_t)r * n + j] = qr.What[(size_t)r * n + j] * res->fuse_scales[p];
+      row += g->piece_rows[p];
+    }
+    info[0] = qr.proxy;
+    info[1] = qr.status.attempts;
+    res->damp = qr.status.sigma_reg;
+    snprintf(res->ldl_message, sizeof res->ldl_message, "%s", qr.status.message);
+    e8q_quant_result_free(&qr);
+    free(Wf);
+  }
+  E8Q_CHECK_MPI(MPI_Bcast(info, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  res->proxy_loss = info[0];
+  res->retries = info[1] > 1 ? (int)info[1] - 1 : 0;
+  res->Wscale = 1;
+}
+
 /* ---------------------------------------------------------------- one group */
 void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
                         const double *H, long tokens, e8q_qlin_result *res) {
@@ -89,6 +136,10 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   res->m = m, res->n = n, res->n_pad = np, res->nc = nc, res->n_pieces = g->n_pieces;
   e8q_codebook_id cb = e8q_cb_from_bits(o->bits);
   double rho = o->rho > 0 ? o->rho : default_rho(o->bits);
+  if (e8q_method_dense(o->method)) {
+    dense_ablation(o, g, layer, group, W, H, res);
+    return;
+  }
 
   /* fuse: each piece over its RMS; pad to n_pad */
   double *Wr = e8q_calloc((size_t)m * np, sizeof(double), "rotated weight");
@@ -219,6 +270,7 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
 }
 
 void e8q_qlin_result_free(e8q_qlin_result *r) {
+  free(r->dense);
   free(r->codes);
   free(r->codes2);
   free(r->SU);

@@ -14,8 +14,11 @@
  *             loss is summed per tile and reduced exactly;
  *   gather    codes (and codes2) to rank 0.
  * Methods (kernels/ldlq.h e8q_method): ldlq ("e8p" on the command line: LDLQ + tune onto
- * E8P/RVQ, the default) and nearest (RHT, nearest codebook point, no LDLQ). noe8 and rtn write
- * no E8P codes and are refused until the artifact format has a layout for them.
+ * E8P/RVQ, the default) and nearest (RHT, nearest codebook point, no LDLQ) write E8P codes.
+ * The ablations noe8 (RHT + LDLQ onto the scalar half-integer grid) and rtn (no RHT, per-row
+ * round to nearest) have no E8P codes: they run e8q_quantize_linear (kernels/ldlq.h) on rank 0
+ * and give the quantized weight as a dense matrix (`dense`), stored as such in the artifact
+ * (quantization_config "dense_ablation": true) so their perplexity can be measured.
  */
 #ifndef E8Q_WORKER_QUANTIZE_LINEAR_H
 #define E8Q_WORKER_QUANTIZE_LINEAR_H
@@ -26,10 +29,12 @@
 
 #include "kernels/ldlq.h"
 
-/* "e8p" (= "ldlq"), "nearest" -> method; noe8/rtn and anything else: fatal naming the option */
+/* "e8p" (= "ldlq"), "nearest", "noe8", "rtn" -> method; anything else: fatal naming the option */
 e8q_method e8q_method_parse(const char *s);
 /* the command-line name: "e8p", "nearest", ... */
 const char *e8q_method_cli_name(e8q_method m);
+/* 1 for methods whose result is a dense matrix (noe8, rtn) */
+static inline int e8q_method_dense(e8q_method m) { return m == E8Q_METHOD_NOE8 || m == E8Q_METHOD_RTN; }
 
 typedef struct {
   int bits;          /* 2, 3, 4 */
@@ -42,7 +47,8 @@ typedef struct {
 
 typedef struct {
   int m, n, n_pad, nc, n_pieces;
-  uint16_t *codes;   /* [m, nc] (rank 0) */
+  uint16_t *codes;   /* [m, nc] (rank 0); NULL for the dense ablations */
+  float *dense;      /* [m, n] quantized weight of a dense ablation (noe8, rtn; rank 0), else NULL */
   void *codes2;      /* [m, nc] u16 (4 bit) or u8 (3 bit); NULL at 2 bit */
   float *SU;         /* [n_pad] */
   float *SV;         /* [m] */

@@ -142,6 +142,23 @@ assert abs(r[3]["mean_nll"] - m["evaluation"]["mean_nll"]) < 1e-12
 print("fused", r[0]["mean_nll"], "dense", r[3]["mean_nll"])
 PY
   ;;
+ablation)
+  # the noe8 and rtn ablations run end to end (dense weights in the artifact) and rank as expected
+  for m in e8p noe8 rtn; do
+    q 1 "$TMP/$m.e8q" --method $m > "$TMP/$m.log" 2>&1 || { cat "$TMP/$m.log"; fail "$m run failed"; }
+    member "$TMP/$m.e8q" manifest.json > "$TMP/$m.json"
+    member "$TMP/$m.e8q" config.json > "$TMP/$m.config"
+  done
+  python3 - "$TMP" <<'PY' || fail "ablation results"
+import json, sys
+d = sys.argv[1]
+nll = {m: json.load(open(f"{d}/{m}.json"))["evaluation"]["mean_nll"] for m in ("e8p", "noe8", "rtn")}
+cfg = {m: json.load(open(f"{d}/{m}.config"))["quantization_config"] for m in ("e8p", "noe8", "rtn")}
+assert cfg["rtn"]["dense_ablation"] and cfg["noe8"]["method"] == "noe8" and "dense_ablation" not in cfg["e8p"]
+assert nll["e8p"] < nll["rtn"], nll
+print(nll)
+PY
+  ;;
 *) fail "unknown case" ;;
 esac
 rm -rf "$TMP"
