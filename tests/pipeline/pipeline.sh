@@ -29,7 +29,18 @@ ranks)
   q 1 "$TMP/a1.e8q" > "$TMP/log1" 2>&1 || { cat "$TMP/log1"; fail "1-rank run failed"; }
   "$E8Q" inspect "$TMP/a1.e8q" --verify > "$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect --verify"; }
   grep -q "verify: *OK" "$TMP/inspect" || fail "inspect did not verify"
-  q 2 "$TMP/a2.e8q" > "$TMP/log2" 2>&1 || { cat "$TMP/log2"; fail "2-rank run failed"; }
+  q 2 "$TMP/a2.e8q" --log-json "$TMP/events.jsonl" > "$TMP/log2" 2>&1 || { cat "$TMP/log2"; fail "2-rank run failed"; }
+  python3 - "$TMP/events.jsonl" <<'PY' || fail "--log-json events"
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+steps = [e for e in ev if e["event"] == "step"]
+assert steps[-1]["done"] == steps[-1]["total"] == len(steps), (len(steps), steps[-1])
+stages = [e["stage"] for e in steps]
+assert stages[:3] == ["plan", "embed", "hessian"] and stages[-3:] == ["gather", "validate", "pack"], stages
+assert sum(1 for e in ev if e["event"] == "linear") == 20
+done = [e for e in ev if e["event"] == "done"][0]
+assert len(done["peak_rss_bytes"]) == 2 and all(x > 1e6 for x in done["peak_rss_bytes"])
+PY
   q 4 "$TMP/a4.e8q" > "$TMP/log4" 2>&1 || { cat "$TMP/log4"; fail "4-rank run failed"; }
   cmp "$TMP/a1.e8q" "$TMP/a2.e8q" || fail "1 and 2 ranks differ"
   cmp "$TMP/a1.e8q" "$TMP/a4.e8q" || fail "1 and 4 ranks differ"
