@@ -368,6 +368,8 @@ static void run_block(e8q_run *R, int b) {
     memcpy(R->Y, R->X, sizeof(float) * (size_t)n_my * act_floats(R));
     for (int i = 0; i < n_my; i++) {
       e8q_hessian_acc_seq(&acc, &blk, &R->cfg, R->Y + (size_t)i * act_floats(R), &sc);
+      /* chunks of E8Q_SEQ_CHUNK sequences (absolute indices; rank splits are chunk-aligned) */
+      if ((R->s0 + i + 1) % E8Q_SEQ_CHUNK == 0) e8q_hessian_acc_flush(&acc);
       if (i == 0) e8q_fault_point("hessian.mid");
     }
     e8q_fwd_scratch_free(&sc);

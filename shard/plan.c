@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "io/safetensors.h"
 #include "kernels/hadamard.h"
+#include "kernels/ldlq.h"
 
 /* ---------------------------------------------------------------- small rules */
 int e8q_plan_hadamard_factor(int n, const char *what) {
@@ -65,13 +66,17 @@ static void group_fill(e8q_group_plan *g, const e8q_config *cfg, int id) {
 /* ---------------------------------------------------------------- memory */
 static void plan_memory(e8q_plan *p) {
   const e8q_config *c = &p->cfg;
-  size_t weights = 2 * (size_t)c->dim, hess = 0;
+  size_t weights = 2 * (size_t)c->dim, sum_n2 = 0, nmax = 0, ldlq = 0;
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
-    weights += (size_t)p->groups[g].m * p->groups[g].n;
-    hess += (size_t)p->groups[g].n_pad * p->groups[g].n_pad;
+    const e8q_group_plan *gp = &p->groups[g];
+    size_t m = (size_t)gp->m, n = (size_t)gp->n, np = (size_t)gp->n_pad;
+    weights += m * n;
+    sum_n2 += n * n;
+    if (n > nmax) nmax = n;
+    size_t need = 8 * m * np + 8 * 3 * np * np + 8 * 2 * 256 * np + 4 * m * np / 8;
+    if (need > ldlq) ldlq = need;
   }
   weights *= 4;
-  hess *= 8;
   size_t T = (size_t)p->ctx;
   size_t scratch = 4 * T *
                        ((size_t)c->dim + p->groups[E8Q_GROUP_QKV].m + p->groups[E8Q_GROUP_O].n + c->dim +
@@ -82,14 +87,11 @@ static void plan_memory(e8q_plan *p) {
     size_t seqs = (size_t)(p->seq_start[r + 1] - p->seq_start[r]);
     m->weights = weights;
     m->acts = 2 * 4 * seqs * T * c->dim + scratch;
-    m->hessians = hess;
-    m->ldlq = 0;
-    for (int g = 0; g < E8Q_N_GROUPS; g++) {
-      size_t np = (size_t)p->groups[g].n_pad, rows = (size_t)(p->row_start[g][r + 1] - p->row_start[g][r]);
-      size_t need = 8 * 2 * np * np + 8 * 3 * rows * np + 2 * rows * np / 8;
-      if (need > m->ldlq) m->ldlq = need;
-    }
-    m->peak = m->weights + m->acts + m->hessians + m->ldlq;
+    m->hess_acc = 24 * sum_n2 + 8 * 256 * nmax;
+    m->hessians = 8 * sum_n2;
+    m->ldlq = ldlq;
+    size_t quant = m->hessians + m->ldlq;
+    m->peak = m->weights + m->acts + (m->hess_acc > quant ? m->hess_acc : quant);
   }
 }
 
@@ -107,10 +109,19 @@ void e8q_plan_from_config(e8q_plan *p, const e8q_config *cfg, int n_ranks, int d
   p->ctx = ctx;
   for (int g = 0; g < E8Q_N_GROUPS; g++) group_fill(&p->groups[g], cfg, g);
   p->seq_start = e8q_malloc(sizeof(int) * (size_t)(n_ranks + 1), "plan sequence split");
-  for (int r = 0; r <= n_ranks; r++) p->seq_start[r] = e8q_plan_split(devset, n_ranks, r);
+  int chunks = (devset + E8Q_SEQ_CHUNK - 1) / E8Q_SEQ_CHUNK;
+  for (int r = 0; r <= n_ranks; r++) {
+    int s0 = e8q_plan_split(chunks, n_ranks, r) * E8Q_SEQ_CHUNK;
+    p->seq_start[r] = s0 < devset ? s0 : devset;
+  }
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     p->row_start[g] = e8q_malloc(sizeof(int) * (size_t)(n_ranks + 1), "plan row split");
-    for (int r = 0; r <= n_ranks; r++) p->row_start[g][r] = e8q_plan_split(p->groups[g].m, n_ranks, r);
+    for (int r = 0; r < n_ranks; r++) {
+      int64_t r0, r1;
+      e8q_ldlq_split_rows(p->groups[g].m, n_ranks, r, &r0, &r1);
+      p->row_start[g][r] = (int)r0;
+      p->row_start[g][r + 1] = (int)r1;
+    }
   }
   p->mem = e8q_calloc((size_t)n_ranks, sizeof *p->mem, "plan memory");
   int64_t lin = 0;
@@ -188,9 +199,10 @@ void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file) {
     for (int k = 0; k < gp->n_pieces; k++) fprintf(f, "%s%s(%d)", k ? ", " : "", gp->piece_names[k], gp->piece_rows[k]);
     fprintf(f, "\n");
   }
-  fprintf(f, "\nper rank (rows of qkv/o/upgate/down; memory in GiB, peak = weights + acts + hessians + ldlq):\n");
-  fprintf(f, "  %4s %11s %27s %9s %9s %9s %9s %9s%s\n", "rank", "sequences", "rows", "weights", "acts", "hessians", "ldlq",
-          "peak", gpu_mem_gib > 0 ? "  fits" : "");
+  fprintf(f, "\nper rank (rows of qkv/o/upgate/down; memory in GiB,\n"
+             "peak = weights + acts + max(hess_acc, hessians + ldlq)):\n");
+  fprintf(f, "  %4s %11s %27s %9s %9s %9s %9s %9s %9s%s\n", "rank", "sequences", "rows", "weights", "acts", "hess_acc",
+          "hessians", "ldlq", "peak", gpu_mem_gib > 0 ? "  fits" : "");
   int all_fit = 1;
   for (int r = 0; r < p->n_ranks; r++) {
     const e8q_rank_mem *m = &p->mem[r];
@@ -199,13 +211,14 @@ void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file) {
              p->row_start[1][r + 1] - p->row_start[1][r], p->row_start[2][r + 1] - p->row_start[2][r],
              p->row_start[3][r + 1] - p->row_start[3][r]);
     char seqs[32];
-    snprintf(seqs, sizeof seqs, "%d-%d", p->seq_start[r], p->seq_start[r + 1] - 1);
+    if (p->seq_start[r + 1] > p->seq_start[r]) snprintf(seqs, sizeof seqs, "%d-%d", p->seq_start[r], p->seq_start[r + 1] - 1);
+    else snprintf(seqs, sizeof seqs, "none");
     int fits = gib(m->peak) <= gpu_mem_gib;
     all_fit &= fits;
-    fprintf(f, "  %4d %11s %27s %9.3f %9.3f %9.3f %9.3f %9.3f%s\n", r, seqs, rows, gib(m->weights), gib(m->acts),
-            gib(m->hessians), gib(m->ldlq), gib(m->peak), gpu_mem_gib > 0 ? (fits ? "  yes" : "  NO") : "");
-    fprintf(f, "       bytes: weights %zu acts %zu hessians %zu ldlq %zu peak %zu\n", m->weights, m->acts, m->hessians,
-            m->ldlq, m->peak);
+    fprintf(f, "  %4d %11s %27s %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f%s\n", r, seqs, rows, gib(m->weights), gib(m->acts),
+            gib(m->hess_acc), gib(m->hessians), gib(m->ldlq), gib(m->peak), gpu_mem_gib > 0 ? (fits ? "  yes" : "  NO") : "");
+    fprintf(f, "       bytes: weights %zu acts %zu hess_acc %zu hessians %zu ldlq %zu peak %zu\n", m->weights, m->acts,
+            m->hess_acc, m->hessians, m->ldlq, m->peak);
   }
   if (gpu_mem_gib > 0 && !all_fit)
     fprintf(f, "\nsome ranks need more than %.1f GiB: use more ranks or a smaller --devset/--ctx\n", gpu_mem_gib);

@@ -11,18 +11,26 @@
  * calibration sequences are split across ranks (data parallel), and the rows of each group are
  * split across ranks for LDLQ.
  *
+ * Sequences are split across ranks in whole chunks of E8Q_SEQ_CHUNK (the Hessian of a chunk
+ * is accumulated in float64 in sequence order, then added exactly: chunk-aligned splits keep
+ * the sums independent of the rank count); rows in whole tiles of E8Q_LDLQ_ROW_TILE.
+ *
  * Peak memory per rank (bytes; what `e8q plan` prints and tests check), while block b is
- * quantized:
+ * worked on (rows_r etc. do not enter: every rank rotates the whole group, and rank 0 gathers
+ * all codes):
  *   weights   = 4 * (sum over groups of m*n + 2*dim)                 the block in fp32
  *   acts      = 2 * 4 * seqs_r*ctx*dim                               X_b and X_{b+1} of its sequences
  *             + 4 * ctx * (dim + m_qkv + q_dim + dim + 2*hidden + hidden)  forward scratch, one sequence
  *             + 4 * n_heads*ctx*ctx                                  attention scores, one sequence
- *   hessians  = 8 * sum over groups of n_pad^2                       the four fp64 sums
- *   ldlq      = max over groups of  8 * 2*n_pad^2                    Hr and its factor L
- *                                 + 8 * 3*rows_r(g)*n_pad            Wr, W-hat and the feedback
- *                                 + 2 * rows_r(g)*n_pad/8            codes
- *   peak      = weights + acts + hessians + ldlq
- * with seqs_r = the sequences of rank r and rows_r(g) its rows of group g.
+ *   hess_acc  = 24 * sum over groups of n^2 + 8 * 256 * max n        accumulating: exact sums (16 B),
+ *                                                                    chunk sums (8 B), tap scratch
+ *   hessians  = 8 * sum over groups of n^2                           the four reduced sums
+ *   ldlq      = max over groups of  8 * m*n_pad                      the rotated group
+ *                                 + 8 * 3*n_pad^2                    rotated H, prepared H, factor L
+ *                                 + 8 * 2*256*n_pad                  a row tile's residual and H E
+ *                                 + 4 * m*n_pad/8                    codes and codes2 (rank 0)
+ *   peak      = weights + acts + max(hess_acc, hessians + ldlq)
+ * with seqs_r = the sequences of rank r.
  */
 #ifndef E8Q_SHARD_PLAN_H
 #define E8Q_SHARD_PLAN_H
@@ -46,8 +54,11 @@ typedef struct {
   const char *piece_names[E8Q_PLAN_MAX_PIECES]; /* HF names: "self_attn.q_proj", ... */
 } e8q_group_plan;
 
+/* calibration sequences per Hessian chunk (a constant of the format of the sums) */
+#define E8Q_SEQ_CHUNK 8
+
 typedef struct {
-  size_t weights, acts, hessians, ldlq, peak; /* bytes, see the formula above */
+  size_t weights, acts, hess_acc, hessians, ldlq, peak; /* bytes, see the formula above */
 } e8q_rank_mem;
 
 typedef struct {
@@ -56,8 +67,9 @@ typedef struct {
   e8q_group_plan groups[E8Q_N_GROUPS]; /* identical for every layer */
   int n_ranks;
   int devset, ctx;                     /* calibration sequences and their length */
-  int *seq_start;                      /* [n_ranks+1] rank r holds sequences [seq_start[r], seq_start[r+1]) */
-  int *row_start[E8Q_N_GROUPS];        /* [n_ranks+1] per group: rows of rank r */
+  int *seq_start;                      /* [n_ranks+1] rank r holds sequences [seq_start[r], seq_start[r+1]),
+                                          split at multiples of E8Q_SEQ_CHUNK */
+  int *row_start[E8Q_N_GROUPS];        /* [n_ranks+1] per group: rows of rank r (e8q_ldlq_split_rows) */
   e8q_rank_mem *mem;                   /* [n_ranks] */
   int64_t n_params_linear;             /* weights in quantized linears, whole model */
   int64_t n_params_other;              /* embeddings, norms, lm_head */

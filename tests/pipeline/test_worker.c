@@ -25,9 +25,18 @@ static void test_gram_vs_ref(void **state) {
   for (int i = 0; i < rows * cols; i++) x[i] = (float)t_rng_normal(&r);
   double *a = malloc(sizeof(double) * cols * cols), *b = malloc(sizeof(double) * cols * cols),
          *xd = malloc(sizeof(double) * rows * cols);
-  e8q_hessian_gram(rows, cols, x, xd, a);
+  e8q_hessian_gram(rows, cols, x, xd, a, 0);
   e8q_hessian_gram_ref(rows, cols, x, b);
   for (int i = 0; i < cols * cols; i++) T_NEAR(a[i], b[i], 1e-10 * (1 + fabs(b[i])), "gram entry");
+  /* more rows than one block of E8Q_HESS_ROWS, accumulated onto an existing sum */
+  int big = 2 * E8Q_HESS_ROWS + 17;
+  float *y = malloc(sizeof(float) * big * cols);
+  for (int i = 0; i < big * cols; i++) y[i] = (float)t_rng_normal(&r);
+  double *yd = malloc(sizeof(double) * E8Q_HESS_ROWS * cols), *c = malloc(sizeof(double) * cols * cols);
+  e8q_hessian_gram(big, cols, y, yd, a, 1);
+  e8q_hessian_gram_ref(big, cols, y, c);
+  for (int i = 0; i < cols * cols; i++) T_NEAR(a[i], b[i] + c[i], 1e-9 * (1 + fabs(c[i])), "accumulated gram entry");
+  free(y), free(yd), free(c);
   free(x), free(a), free(b), free(xd);
 }
 
