@@ -55,13 +55,21 @@ static int had_K(const cJSON *had, int dim, const char *path) {
 }
 
 void e8q_qmodel_open(e8q_qmodel *q, const char *dir) {
-  memset(q, 0, sizeof *q);
-  q->dir = strdup(dir);
   char path[4096];
   snprintf(path, sizeof path, "%s/config.json", dir);
   char *txt = slurp(path);
-  cJSON *cj = cJSON_Parse(txt);
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  e8q_qmodel_open_st(q, dir, txt, e8q_st_open(path));
   free(txt);
+}
+
+void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text, e8q_safetensors *st) {
+  memset(q, 0, sizeof *q);
+  q->dir = strdup(dir);
+  q->st = st;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  cJSON *cj = cJSON_Parse(config_text);
   E8Q_CHECK(cj, "%s is not valid JSON", path);
   /* the architecture: the config without its quantization_config, through the config loader
    * (which refuses quantized configs as sources to quantize) */
@@ -70,10 +78,11 @@ void e8q_qmodel_open(e8q_qmodel *q, const char *dir) {
     cJSON_DeleteItemFromObjectCaseSensitive(plain, "quantization_config");
     char *ptxt = cJSON_Print(plain);
     cJSON_Delete(plain);
+    const char *tmpdir = getenv("TMPDIR");
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s/.config.float.%ld.json", dir, (long)getpid());
+    snprintf(tmp, sizeof tmp, "%s/e8q-config-%ld.json", tmpdir && *tmpdir ? tmpdir : "/tmp", (long)getpid());
     FILE *f = fopen(tmp, "wb");
-    E8Q_CHECK_ERRNO(f, "cannot write %s", tmp);
+    E8Q_CHECK_ERRNO(f, "cannot write %s (set TMPDIR to a writable directory)", tmp);
     E8Q_CHECK(fwrite(ptxt, 1, strlen(ptxt), f) == strlen(ptxt) && fclose(f) == 0, "cannot write %s", tmp);
     free(ptxt);
     e8q_config_load(tmp, &q->cfg);
@@ -90,8 +99,7 @@ void e8q_qmodel_open(e8q_qmodel *q, const char *dir) {
   q->cb = q->bits == 2 ? E8Q_CB_E8P12 : q->bits == 3 ? E8Q_CB_E8P12RVQ3B : E8Q_CB_E8P12RVQ4B;
   const cJSON *had = cJSON_GetObjectItemCaseSensitive(qc, "hadamard");
   const cJSON *rs = cJSON_GetObjectItemCaseSensitive(qc, "resid_scale");
-  snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  q->st = e8q_st_open(path);
+  snprintf(path, sizeof path, "%s", q->st->path);
   int L = q->cfg.n_layers;
   char name[256];
   q->dense = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "dense_ablation"));

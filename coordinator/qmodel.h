@@ -23,6 +23,9 @@ typedef struct {
 
 /* Fatal, naming the file and tensor, on anything missing or inconsistent. */
 void e8q_qmodel_open(e8q_qmodel *q, const char *dir);
+/* the same from a config text and an open safetensors (owned from here on; e.g. a member of an
+ * artifact mapped in place with e8q_st_open_region); label names it in messages */
+void e8q_qmodel_open_st(e8q_qmodel *q, const char *label, const char *config_text, e8q_safetensors *st);
 void e8q_qmodel_close(e8q_qmodel *q);
 static inline const e8q_qlinear *e8q_qmodel_linear(const e8q_qmodel *q, int layer, int group) {
   return &q->lin[layer * E8Q_N_GROUPS + group];
