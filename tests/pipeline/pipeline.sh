@@ -125,11 +125,18 @@ badinput)
   q 1 /proc/nonexistent-e8q/x.e8q --run-dir "$TMP/u.run" > "$TMP/log" 2>&1 && fail "unwritable output accepted"
   grep -q "/proc/nonexistent-e8q/x.e8q" "$TMP/log" || { cat "$TMP/log"; fail "output path not named"; }
   q 1 "$TMP/ref.e8q" > "$TMP/ref.log" 2>&1 || fail "reference run failed"
-  E8Q_FAULT_ENOSPC=shard q 1 "$TMP/f.e8q" > "$TMP/log" 2>&1 && fail "ENOSPC not reported"
-  grep -q "No space left on device" "$TMP/log" || { cat "$TMP/log"; fail "no ENOSPC message"; }
-  "$E8Q" inspect "$TMP/f.e8q" >/dev/null 2>&1 && fail "an artifact exists after ENOSPC"
-  q 1 "$TMP/f.e8q" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "rerun after ENOSPC failed"; }
-  cmp "$TMP/ref.e8q" "$TMP/f.e8q" || fail "artifact after ENOSPC differs"
+  # the disk fills while writing each kind of file (the n-th write of that kind fails)
+  for kind in acts:30 hessian:6 part:3 shard:2 journal:40 validation artifact:5; do
+    rm -rf "$TMP/f.e8q" "$TMP/f.e8q.run"
+    E8Q_FAULT_ENOSPC=$kind q 1 "$TMP/f.e8q" > "$TMP/log" 2>&1 && fail "$kind: ENOSPC not reported"
+    grep -q "No space left on device" "$TMP/log" || { cat "$TMP/log"; fail "$kind: no ENOSPC message"; }
+    grep -q "rerun the same command" "$TMP/log" || { cat "$TMP/log"; fail "$kind: the message does not say what to do"; }
+    [ -e "$TMP/f.e8q" ] && fail "$kind: an artifact exists after ENOSPC"
+    ls -a "$TMP/f.e8q.run" "$TMP/f.e8q.run"/* 2>/dev/null | grep -q '\.tmp\.' && fail "$kind: a temporary file was left"
+    q 1 "$TMP/f.e8q" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "$kind: rerun after ENOSPC failed"; }
+    cmp "$TMP/ref.e8q" "$TMP/f.e8q" || fail "$kind: artifact after ENOSPC differs"
+    echo "ENOSPC on $kind: reported, resumed, identical"
+  done
   ;;
 eval)
   # multi-rank evaluation of the artifact through the fused kernels: identical on 1, 2, 4 ranks,
