@@ -23,7 +23,7 @@ static void eval_usage(FILE *f) {
           "  --dense           with --artifact: use the dense decode of the quantized linears instead\n"
           "  --text FILE       UTF-8 text, or pre-tokenized ids (.ids / .u32: little-endian uint32)\n"
           "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
-          "                    tokenizer.bin / tok<vocab>.bin beside a .bin)\n"
+          "                    tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin)\n"
           "  --per-line N      score the first N non-empty lines, each [BOS]+tokens with a fresh context\n"
           "                    (an id file is cut into sequences before each BOS id)\n"
           "  --ctx T           score non-overlapping windows of T tokens over the whole text\n"

@@ -1,6 +1,7 @@
-/* coordinator/cmd_generate.c: `e8q generate`: greedy decoding with the KV-cached step.
+/* coordinator/cmd_generate.c: `e8q generate`: greedy (or sampled) decoding with the KV-cached step.
  * Text (or, with --ids, a JSON list of the generated ids) on stdout; tokens/s on stderr.
  * Runs on rank 0 only. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,20 +15,65 @@
 
 static void generate_usage(FILE *f) {
   fprintf(f,
-          "usage: e8q generate --model PATH [--tokenizer FILE] [--prompt TEXT] [--tokens N] [--ids]\n\n"
-          "Greedy (argmax) generation from [BOS] + prompt, stopping at EOS or after N tokens.\n\n"
+          "usage: e8q generate --model PATH [--tokenizer FILE] [--prompt TEXT] [--tokens N] [--ids]\n"
+          "                    [--temperature T [--top-p P] [--seed S]]\n\n"
+          "Generation from [BOS] + prompt, stopping at EOS or after N tokens: greedy (argmax) by default,\n"
+          "sampled from softmax(logits / T) (nucleus of probability P) with --temperature T > 0.\n\n"
           "  --model PATH      model directory (config.json + safetensors) or llama2.c .bin\n"
           "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
-          "                    tokenizer.bin / tok<vocab>.bin beside a .bin)\n"
+          "                    tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin)\n"
           "  --prompt TEXT     text to continue (default: none, start from BOS)\n"
           "  --tokens N        tokens to generate (default 100; capped by the model's max positions)\n"
           "  --ids             print the generated ids as a JSON list instead of text\n"
+          "  --temperature T   sample at temperature T (default 0: greedy)\n"
+          "  --top-p P         sample from the smallest set of tokens with probability >= P (default 1)\n"
+          "  --seed S          sampling seed (default 1; same seed, same text)\n"
           "  --help            this text\n");
 }
 
 static const char *opt_value(int argc, char **argv, int *i) {
   E8Q_CHECK(*i + 1 < argc, "generate: option %s needs a value (see e8q generate --help)", argv[*i]);
   return argv[++*i];
+}
+
+/* ---------------------------------------------------------------- sampling */
+typedef struct { uint64_t s; } gen_rng;
+static double gen_uniform(gen_rng *r) { /* splitmix64 -> [0,1) */
+  uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+}
+
+typedef struct { float p; int id; } prob_id;
+static int cmp_prob_desc(const void *a, const void *b) {
+  const prob_id *x = a, *y = b;
+  return x->p < y->p ? 1 : x->p > y->p ? -1 : (x->id - y->id);
+}
+
+/* greedy when temp <= 0; else a draw from softmax(logits/temp) restricted to the top-p nucleus.
+ * probs: scratch [n] */
+static int pick_token(int n, const float *logits, float temp, float top_p, gen_rng *r, prob_id *probs, float *tmp) {
+  if (temp <= 0.0f) return e8q_argmax(n, logits);
+  for (int i = 0; i < n; i++) tmp[i] = logits[i] / temp;
+  e8q_softmax(n, tmp);
+  for (int i = 0; i < n; i++) probs[i].p = tmp[i], probs[i].id = i;
+  qsort(probs, (size_t)n, sizeof *probs, cmp_prob_desc);
+  int keep = n;
+  double cum = 0;
+  for (int i = 0; i < n; i++) {
+    cum += probs[i].p;
+    if (cum >= top_p) {
+      keep = i + 1;
+      break;
+    }
+  }
+  double u = gen_uniform(r) * cum, acc = 0; /* cum: the nucleus mass */
+  for (int i = 0; i < keep; i++) {
+    acc += probs[i].p;
+    if (u < acc) return probs[i].id;
+  }
+  return probs[keep - 1].id;
 }
 
 /* prints a decoded piece, dropping lone control bytes other than newline and tab */
@@ -43,6 +89,8 @@ static void print_piece(const char *p) {
 int cmd_generate(int argc, char **argv) {
   const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
   int n_tokens = 100, want_ids = 0;
+  float temp = 0.0f, top_p = 1.0f;
+  unsigned long long seed = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -63,6 +111,20 @@ int cmd_generate(int argc, char **argv) {
       n_tokens = (int)x;
     } else if (!strcmp(a, "--ids")) {
       want_ids = 1;
+    } else if (!strcmp(a, "--temperature") || !strcmp(a, "--top-p")) {
+      const char *v = opt_value(argc, argv, &i);
+      char *end = NULL;
+      double x = strtod(v, &end);
+      int is_t = !strcmp(a, "--temperature");
+      E8Q_CHECK(end && *end == '\0' && (is_t ? x >= 0 && x < 1e6 : x > 0 && x <= 1),
+                "generate: %s wants a number %s, got '%s'", a, is_t ? ">= 0" : "in (0, 1]", v);
+      if (is_t) temp = (float)x;
+      else top_p = (float)x;
+    } else if (!strcmp(a, "--seed")) {
+      const char *v = opt_value(argc, argv, &i);
+      char *end = NULL;
+      seed = strtoull(v, &end, 0);
+      E8Q_CHECK(end && *end == '\0' && v[0] != '-', "generate: --seed wants a non-negative integer, got '%s'", v);
     } else {
       E8Q_FATAL("generate: unknown option '%s' (see e8q generate --help)", a);
     }
@@ -93,6 +155,9 @@ int cmd_generate(int argc, char **argv) {
   e8q_kv_cache kv;
   e8q_kv_init(&kv, c, n_prompt + n_tokens);
   int *out = e8q_malloc(sizeof(int) * (size_t)n_tokens, "generated ids");
+  prob_id *probs = e8q_malloc(sizeof(prob_id) * (size_t)c->vocab_size, "sampling scratch");
+  float *tmp = e8q_malloc(sizeof(float) * (size_t)c->vocab_size, "sampling scratch");
+  gen_rng rng = {seed};
   int n_out = 0;
   if (!want_ids && prompt) fputs(prompt, stdout);
   double t0 = e8q_now();
@@ -101,7 +166,7 @@ int cmd_generate(int argc, char **argv) {
   double t1 = e8q_now();
   int prev = prompt_ids[n_prompt - 1];
   while (n_out < n_tokens) {
-    int next = e8q_argmax(c->vocab_size, logits);
+    int next = pick_token(c->vocab_size, logits, temp, top_p, &rng, probs, tmp);
     if (next == c->eos_id) break;
     out[n_out++] = next;
     if (!want_ids) {
@@ -123,6 +188,8 @@ int cmd_generate(int argc, char **argv) {
   fprintf(stderr, "generate: %d prompt tokens in %.3f s, %d new tokens at %.1f tokens/s\n", n_prompt, t1 - t0, n_out,
           t2 > t1 ? n_out / (t2 - t1) : 0.0);
   free(out);
+  free(probs);
+  free(tmp);
   free(prompt_ids);
   e8q_kv_free(&kv);
   if (tok) e8q_tokenizer_free(tok);

@@ -157,8 +157,8 @@ e8q_tokenizer *e8q_eval_open_tokenizer(const char *model_path, const e8q_config 
   char *path = tok_opt ? strdup(tok_opt) : e8q_model_default_tokenizer(model_path, cfg);
   if (!path) {
     E8Q_CHECK(!required,
-              "no tokenizer found for model %s (looked for tokenizer.model in a model directory, tokenizer.bin or "
-              "tok%d.bin beside a .bin): pass --tokenizer FILE",
+              "no tokenizer found for model %s (looked for tokenizer.model in a model directory, tokenizer.bin, "
+              "tok%d.bin or tokenizer.model beside a .bin): pass --tokenizer FILE",
               model_path, cfg->vocab_size);
     if (used) *used = NULL;
     return NULL;

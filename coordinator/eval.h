@@ -38,7 +38,7 @@ typedef struct {
 e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int progress);
 
 /* The tokenizer for a model: tok_opt when given, else the model's own (DIR/tokenizer.model,
- * or tokenizer.bin / tok<vocab>.bin beside a .bin). Its vocabulary size must equal the model's
+ * or tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin). Its vocabulary size must equal the model's
  * (fatal naming both files). NULL when none is found and !required (fatal otherwise).
  * *used gets the path (malloc'd) when not NULL. */
 e8q_tokenizer *e8q_eval_open_tokenizer(const char *model_path, const e8q_config *cfg, const char *tok_opt, int required,

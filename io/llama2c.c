@@ -55,6 +55,11 @@ void e8q_llama2c_load(const char *path, e8q_llama2c *ck) {
             "%s: llama2.c header has a non-positive size (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
             "n_kv_heads %d, vocab_size %d, seq_len %d): not a llama2.c v0 checkpoint?",
             path, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
+  E8Q_CHECK(dim <= (1 << 20) && hidden <= (1 << 22) && L <= 4096 && nh <= dim && nkv <= nh && vocab <= (1 << 24) &&
+                seq <= (1 << 24),
+            "%s: llama2.c header sizes are implausible (dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, "
+            "vocab_size %d, seq_len %d): not a llama2.c v0 checkpoint?",
+            path, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);
   E8Q_CHECK(dim % nh == 0 && (dim / nh) % 2 == 0,
             "%s: dim %d is not a multiple of 2*n_heads (n_heads %d): head_dim must be an even integer", path, dim, nh);
   E8Q_CHECK(nh % nkv == 0, "%s: n_heads %d is not a multiple of n_kv_heads %d", path, nh, nkv);

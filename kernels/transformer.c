@@ -65,12 +65,15 @@ void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, flo
   int half = hd / 2;
   /* angles in double, once per (position, frequency) */
   float *cs = e8q_malloc(sizeof(float) * 2 * (size_t)T * half, "rope cos/sin table");
+  double *inv_freq = e8q_malloc(sizeof(double) * (size_t)half, "rope frequencies");
+  for (int i = 0; i < half; i++) inv_freq[i] = pow(theta, -2.0 * i / hd);
   for (int t = 0; t < T; t++)
     for (int i = 0; i < half; i++) {
-      double ang = (double)(pos0 + t) * pow(theta, -2.0 * i / hd);
+      double ang = (double)(pos0 + t) * inv_freq[i];
       cs[((size_t)t * half + i) * 2] = (float)cos(ang);
       cs[((size_t)t * half + i) * 2 + 1] = (float)sin(ang);
     }
+  free(inv_freq);
   int N = n_seq * T;
 #pragma omp parallel for schedule(static) if ((size_t)N * n_heads * hd > E8Q_PAR_MIN)
   for (int r = 0; r < N; r++) {

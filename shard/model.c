@@ -187,7 +187,7 @@ char *e8q_model_default_tokenizer(const char *model_path, const e8q_config *cfg)
     free(p);
     return NULL;
   }
-  /* beside a .bin: tokenizer.bin, then tok<vocab>.bin */
+  /* beside a .bin: tokenizer.bin, then tok<vocab>.bin, then tokenizer.model */
   char *dir = strdup(model_path);
   char *slash = strrchr(dir, '/');
   if (slash)
@@ -195,9 +195,9 @@ char *e8q_model_default_tokenizer(const char *model_path, const e8q_config *cfg)
   else
     strcpy(dir, ".");
   char name[64];
-  const char *cands[2] = {"tokenizer.bin", name};
+  const char *cands[3] = {"tokenizer.bin", name, "tokenizer.model"};
   snprintf(name, sizeof name, "tok%d.bin", cfg->vocab_size);
-  for (int i = 0; i < 2; i++) {
+  for (int i = 0; i < 3; i++) {
     char *p = join(dir, cands[i]);
     if (access(p, R_OK) == 0) {
       free(dir);

@@ -18,13 +18,15 @@
 #include "io/config.h"
 #include "io/safetensors.h"
 
-struct e8q_qlinear; /* a quantized linear (codes, SU/SV, ...): defined by the kernels */
+/* A quantized linear (codes, SU/SV, Hadamard factors): defined by the fused kernels
+ * (kernels/qlinear.h), whose typedef must carry this tag: typedef struct e8q_qlinear {...}. */
+struct e8q_qlinear;
 
 /* A linear layer y = W x, W [m, n].
  * w is the dense row-major weight (owned by whoever filled it, see e8q_block_free); it is
  * NULL when the linear is quantized, and then q points at the quantized form that
- * e8q_linear_forward decodes on the fly. Until the quantized kernels exist q is unused
- * (always NULL); e8q_linear_forward refuses a linear with neither. */
+ * e8q_linear_forward decodes on the fly (the one place to wire e8q_qlinear_forward in; until
+ * then q is unused and a linear with q set is refused there with a message). */
 typedef struct e8q_linear {
   int m, n;                      /* out features, in features */
   float *w;                      /* [m, n] row-major, NULL when quantized */
@@ -74,7 +76,7 @@ void e8q_block_free(e8q_block *b);
 void e8q_model_check_tokenizer(const e8q_config *cfg, const char *model_path, int tokenizer_vocab,
                                const char *tokenizer_path);
 /* The tokenizer that belongs with a model: DIR/tokenizer.model for a HF directory;
- * for a .bin, tokenizer.bin or tok<vocab>.bin beside it. NULL if none; malloc'd. */
+ * for a .bin, tokenizer.bin, tok<vocab>.bin or tokenizer.model beside it. NULL if none; malloc'd. */
 char *e8q_model_default_tokenizer(const char *model_path, const e8q_config *cfg);
 
 #endif

@@ -94,6 +94,30 @@ static void test_forward_cmd_generate_text(void **s) {
   free(out), free(mp);
 }
 
+
+static void test_forward_cmd_generate_sampled(void **s) {
+  (void)s;
+  /* the same seed gives the same ids; sampling at temperature 1.5 departs from greedy */
+  cJSON *g = golden_greedy();
+  const cJSON *greedy = cJSON_GetObjectItemCaseSensitive(g, "ids");
+  char *mp = t_shared_path("models/stories260K-hf"), cmd[2048];
+  snprintf(cmd, sizeof cmd, "timeout 120 %s generate --model %s --tokens 30 --ids --temperature 1.5 --top-p 0.95 --seed 7",
+           E8Q_BIN, mp);
+  int st;
+  char *o1 = run(cmd, &st);
+  assert_int_equal(st, 0);
+  char *o2 = run(cmd, &st);
+  assert_int_equal(st, 0);
+  assert_string_equal(o1, o2);
+  cJSON *ids = last_json(o1);
+  int differ = 0;
+  for (int i = 0; i < cJSON_GetArraySize(ids); i++)
+    differ |= cJSON_GetArrayItem(ids, i)->valueint != cJSON_GetArrayItem(greedy, i)->valueint;
+  assert_true(differ);
+  cJSON_Delete(ids), cJSON_Delete(g);
+  free(o1), free(o2), free(mp);
+}
+
 /* ---------------------------------------------------------------- eval */
 static char *eval_cmd(const char *launcher, const char *model_rel, const char *extra, int *st) {
   char *mp = t_shared_path(model_rel), *tp = t_shared_path("text/tinystories_valid_head.txt"), cmd[4096];
@@ -211,6 +235,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forward_cmd_generate_bin),  cmocka_unit_test(test_forward_cmd_generate_hf),
       cmocka_unit_test(test_forward_cmd_generate_bf16), cmocka_unit_test(test_forward_cmd_generate_text),
+      cmocka_unit_test(test_forward_cmd_generate_sampled),
       cmocka_unit_test(test_forward_cmd_eval),          cmocka_unit_test(test_forward_cmd_eval_ranks),
       cmocka_unit_test(test_forward_cmd_options),       cmocka_unit_test(test_forward_cmd_demo),
   };
