@@ -111,6 +111,7 @@ static struct {
   double full_n2[E8Q_E8P_NCODES];
   double e81b[E8Q_E81B_SIZE][8];
   double e81b_n2[E8Q_E81B_SIZE];
+  double e81b_t[8][E8Q_E81B_SIZE]; /* transposed, for the vectorised scores */
   /* the reference's canonical half of D8^ (its "grid_part"): points decode(c) + 1/4 of the
    * parity-1 codes c in ascending order with at most one negative among the first seven
    * coordinates, none below -1/2 */
@@ -157,6 +158,7 @@ static void tables_init(void) {
     double n2 = 0;
     for (int i = 0; i < 8; i++) {
       T.e81b[g][i] = 0.5 * e8q_e81b_grid2_host[g][i];
+      T.e81b_t[i][g] = T.e81b[g][i];
       n2 += T.e81b[g][i] * T.e81b[g][i];
     }
     T.e81b_n2[g] = n2;
@@ -168,17 +170,22 @@ static inline void tables_ready(void) { pthread_once(&T_once, tables_init); }
 /* score[r] = max over allowed signs of 2 y.v - |v|^2 for row r (v = signed row),
  * given ay = |y| and the parity of the number of negative coordinates of y. The same code
  * runs in every clone (no FMA contraction without the fma target), so all machines agree. */
-__attribute__((target_clones("avx2", "default")))
-static void row_scores(const double ay[8], int negpar, double score[E8Q_E8P_ROWS]) {
-  const double *mis = T.mismatch[negpar];
+__attribute__((target_clones("avx2", "default"), optimize("O3", "tree-vectorize")))
+static void row_scores(const double ay[8], int negpar, double *restrict score) {
+  const double *restrict mis = T.mismatch[negpar];
+  const double *restrict n2 = T.n2;
+  const double *restrict a0 = T.a[0], *restrict a1 = T.a[1], *restrict a2 = T.a[2], *restrict a3 = T.a[3];
+  const double *restrict a4 = T.a[4], *restrict a5 = T.a[5], *restrict a6 = T.a[6], *restrict a7 = T.a[7];
+  const double y0 = ay[0], y1 = ay[1], y2 = ay[2], y3 = ay[3], y4 = ay[4], y5 = ay[5], y6 = ay[6], y7 = ay[7];
+#pragma GCC ivdep
   for (int r = 0; r < E8Q_E8P_ROWS; r++) {
-    double p0 = T.a[0][r] * ay[0], p1 = T.a[1][r] * ay[1], p2 = T.a[2][r] * ay[2], p3 = T.a[3][r] * ay[3];
-    double p4 = T.a[4][r] * ay[4], p5 = T.a[5][r] * ay[5], p6 = T.a[6][r] * ay[6], p7 = T.a[7][r] * ay[7];
+    double p0 = a0[r] * y0, p1 = a1[r] * y1, p2 = a2[r] * y2, p3 = a3[r] * y3;
+    double p4 = a4[r] * y4, p5 = a5[r] * y5, p6 = a6[r] * y6, p7 = a7[r] * y7;
     double d = ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7));
     double m01 = p0 < p1 ? p0 : p1, m23 = p2 < p3 ? p2 : p3, m45 = p4 < p5 ? p4 : p5, m67 = p6 < p7 ? p6 : p7;
     double ma = m01 < m23 ? m01 : m23, mb = m45 < m67 ? m45 : m67;
     double mn = ma < mb ? ma : mb;
-    score[r] = 2.0 * d - T.n2[r] - 4.0 * mn * mis[r];
+    score[r] = 2.0 * d - n2[r] - 4.0 * mn * mis[r];
   }
 }
 
@@ -198,12 +205,21 @@ static double encode_shift(const double x[8], double shift, uint16_t *code, int 
   }
   double score[E8Q_E8P_ROWS];
   row_scores(ay, negpar, score);
+  /* best row (first maximum) and the runner-up score, in one scan */
   int best = 0;
-  for (int r = 1; r < E8Q_E8P_ROWS; r++)
-    if (score[r] > score[best]) best = r;
-  double tol = 1e-9 * (1.0 + fabs(score[best]));
-  for (int r = 0; r < E8Q_E8P_ROWS; r++)
-    if (r != best && score[r] >= score[best] - tol) *tie = 1;
+  double s1 = score[0], s2 = -INFINITY;
+  for (int r = 1; r < E8Q_E8P_ROWS; r++) {
+    double v = score[r];
+    if (v > s1) {
+      s2 = s1;
+      s1 = v;
+      best = r;
+    } else if (v > s2) {
+      s2 = v;
+    }
+  }
+  double tol = 1e-9 * (1.0 + fabs(s1));
+  if (s2 >= s1 - tol) *tie = 1;
   /* signs of the best row: follow y; flip the weakest coordinate when the parity is wrong */
   int k = 0;
   double mk = T.a[0][best] * ay[0];
@@ -326,19 +342,34 @@ uint16_t e8q_rvq4_encode(const double x[8], uint16_t *c2, double xhat[8]) {
   return c1;
 }
 
+/* s[g] = 2 r.g - |g|^2 for the 256 points (sum over i left to right in every clone) */
+__attribute__((target_clones("avx2", "default")))
+static void e81b_scores(const double r[8], double *restrict s) {
+  const double *restrict g0 = T.e81b_t[0], *restrict g1 = T.e81b_t[1], *restrict g2 = T.e81b_t[2], *restrict g3 = T.e81b_t[3];
+  const double *restrict g4 = T.e81b_t[4], *restrict g5 = T.e81b_t[5], *restrict g6 = T.e81b_t[6], *restrict g7 = T.e81b_t[7];
+  const double *restrict n2 = T.e81b_n2;
+  const double r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3], r4 = r[4], r5 = r[5], r6 = r[6], r7 = r[7];
+#pragma GCC ivdep
+  for (int g = 0; g < E8Q_E81B_SIZE; g++) {
+    double d = r0 * g0[g];
+    d += r1 * g1[g];
+    d += r2 * g2[g];
+    d += r3 * g3[g];
+    d += r4 * g4[g];
+    d += r5 * g5[g];
+    d += r6 * g6[g];
+    d += r7 * g7[g];
+    s[g] = 2 * d - n2[g];
+  }
+}
+
 uint8_t e8q_e81b_encode(const double r[8]) {
   tables_ready();
+  double s[E8Q_E81B_SIZE];
+  e81b_scores(r, s);
   int best = 0;
-  double bs = -INFINITY;
-  for (int g = 0; g < E8Q_E81B_SIZE; g++) {
-    double d = 0;
-    for (int i = 0; i < 8; i++) d += r[i] * T.e81b[g][i];
-    double s = 2 * d - T.e81b_n2[g];
-    if (s > bs) {
-      bs = s;
-      best = g;
-    }
-  }
+  for (int g = 1; g < E8Q_E81B_SIZE; g++)
+    if (s[g] > s[best]) best = g; /* first maximum wins */
   return (uint8_t)best;
 }
 

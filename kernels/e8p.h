@@ -3,7 +3,9 @@
  * reference implementation's packed int64 layout.
  *
  * Every encoder is an exact nearest-point search in double precision: ||x - q||^2 is
- * minimised over the whole codebook (ties: the smallest code wins, as the reference's argmax).
+ * minimised over the whole codebook. Exact ties do occur (weights on a rational grid): the
+ * fast encoder then breaks them as the reference implementation's search does, so golden codes
+ * match bit for bit (kernels/e8p.c, encode_compat); the brute force takes the smallest code.
  * e8q_e8p_encode searches 2 shifts x 256 abs rows, choosing signs per row in closed form (the
  * sign of each coordinate, with the weakest coordinate flipped when the row's sign parity
  * requires it); e8q_e8p_encode_ref is the brute force over all 65,536 points.

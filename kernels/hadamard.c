@@ -13,27 +13,90 @@
 
 static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
 
+/* 32-byte GCC vectors for the wide butterfly stages (lowered to SSE2 pairs in the default
+ * clone); element-wise adds and subtracts, so every clone gives the same bits */
+typedef float e8q_v8f __attribute__((vector_size(32)));
+typedef double e8q_v4d __attribute__((vector_size(32)));
+
 /* ---------------------------------------------------------------- FWHT */
+__attribute__((target_clones("avx2", "default")))
 void e8q_fwht_f64(double *x, int64_t n) {
   E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", (long long)n);
-  for (int64_t h = 1; h < n; h <<= 1)
-    for (int64_t i = 0; i < n; i += 2 * h)
-      for (int64_t j = i; j < i + h; j++) {
-        double a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
+  int64_t h0 = 1;
+  if (n >= 4) {
+    /* stages h = 1 and 2 fused per 4 elements (same operations, same order: same bits) */
+    for (int64_t i = 0; i < n; i += 4) {
+      double a = x[i], b = x[i + 1], c = x[i + 2], d = x[i + 3];
+      double s0 = a + b, d0 = a - b, s1 = c + d, d1 = c - d;
+      x[i] = s0 + s1;
+      x[i + 1] = d0 + d1;
+      x[i + 2] = s0 - s1;
+      x[i + 3] = d0 - d1;
+    }
+    h0 = 4;
+  }
+  for (int64_t h = h0; h < n; h <<= 1)
+    for (int64_t i = 0; i < n; i += 2 * h) {
+      double *restrict u = x + i, *restrict v = x + i + h;
+      if (h >= 8) {
+        /* 32 bytes at a time: h is a power of two >= 8, a multiple of the lane count */
+        for (int64_t j = 0; j < h; j += 32 / (int64_t)sizeof(double)) {
+          e8q_v4d a, b, s, d;
+          memcpy(&a, u + j, 32);
+          memcpy(&b, v + j, 32);
+          s = a + b;
+          d = a - b;
+          memcpy(u + j, &s, 32);
+          memcpy(v + j, &d, 32);
+        }
+      } else {
+        for (int64_t j = 0; j < h; j++) {
+          double a = u[j], b = v[j];
+          u[j] = a + b;
+          v[j] = a - b;
+        }
       }
+    }
 }
 
+__attribute__((target_clones("avx2", "default")))
 void e8q_fwht_f32(float *x, int64_t n) {
   E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", (long long)n);
-  for (int64_t h = 1; h < n; h <<= 1)
-    for (int64_t i = 0; i < n; i += 2 * h)
-      for (int64_t j = i; j < i + h; j++) {
-        float a = x[j], b = x[j + h];
-        x[j] = a + b;
-        x[j + h] = a - b;
+  int64_t h0 = 1;
+  if (n >= 4) {
+    /* stages h = 1 and 2 fused per 4 elements (same operations, same order: same bits) */
+    for (int64_t i = 0; i < n; i += 4) {
+      float a = x[i], b = x[i + 1], c = x[i + 2], d = x[i + 3];
+      float s0 = a + b, d0 = a - b, s1 = c + d, d1 = c - d;
+      x[i] = s0 + s1;
+      x[i + 1] = d0 + d1;
+      x[i + 2] = s0 - s1;
+      x[i + 3] = d0 - d1;
+    }
+    h0 = 4;
+  }
+  for (int64_t h = h0; h < n; h <<= 1)
+    for (int64_t i = 0; i < n; i += 2 * h) {
+      float *restrict u = x + i, *restrict v = x + i + h;
+      if (h >= 8) {
+        /* 32 bytes at a time: h is a power of two >= 8, a multiple of the lane count */
+        for (int64_t j = 0; j < h; j += 32 / (int64_t)sizeof(float)) {
+          e8q_v8f a, b, s, d;
+          memcpy(&a, u + j, 32);
+          memcpy(&b, v + j, 32);
+          s = a + b;
+          d = a - b;
+          memcpy(u + j, &s, 32);
+          memcpy(v + j, &d, 32);
+        }
+      } else {
+        for (int64_t j = 0; j < h; j++) {
+          float a = u[j], b = v[j];
+          u[j] = a + b;
+          v[j] = a - b;
+        }
       }
+    }
 }
 
 void e8q_fwht_f64_ref(const double *x, int64_t n, double *out) {
@@ -121,11 +184,14 @@ int e8q_had_choose_K(int64_t n) {
     o /= 2;
     p++;
   }
-  E8Q_CHECK(o * 4 <= 1 << 16 || p < 2, "Hadamard transform of length %lld: odd part %lld is too large for a dense factor", (long long)n, (long long)o);
   /* a large factor costs K flops per element: look no further than E8Q_HAD_MAX_PALEY */
   for (int j = 2; j <= p && ((o << j) <= E8Q_HAD_MAX_PALEY || j == 2); j++)
     if (e8q_had_paley_kind((int)(o << j)) != E8Q_HAD_NONE) return (int)(o << j);
-  return p >= 2 ? (int)(o * 4) : (int)n;
+  int64_t K = p >= 2 ? o * 4 : n;
+  E8Q_CHECK(K <= E8Q_HAD_MAX_K,
+            "Hadamard transform of length %lld needs a dense %lld x %lld factor (odd part %lld): at most %d is supported; "
+            "pad or split this dimension", (long long)n, (long long)K, (long long)K, (long long)o, E8Q_HAD_MAX_K);
+  return (int)K;
 }
 
 static void paley1(int K, double *R) {
@@ -297,9 +363,40 @@ void e8q_had_free(e8q_had *h) {
   memset(h, 0, sizeof *h);
 }
 
+/* y += r z over b entries (32-byte vectors when b allows; separate multiply and add, as the
+ * scalar tail, so results do not depend on the path) */
+static inline void axpy_f64(double *restrict y, double r, const double *restrict z, int64_t b) {
+  int64_t c = 0;
+  if (b % 4 == 0) {
+    e8q_v4d rv = {r, r, r, r};
+    for (; c < b; c += 4) {
+      e8q_v4d yv, zv;
+      memcpy(&yv, y + c, 32);
+      memcpy(&zv, z + c, 32);
+      yv = yv + rv * zv;
+      memcpy(y + c, &yv, 32);
+    }
+  }
+  for (; c < b; c++) y[c] += r * z[c];
+}
+static inline void axpy_f32(float *restrict y, float r, const float *restrict z, int64_t b) {
+  int64_t c = 0;
+  if (b % 8 == 0) {
+    e8q_v8f rv = {r, r, r, r, r, r, r, r};
+    for (; c < b; c += 8) {
+      e8q_v8f yv, zv;
+      memcpy(&yv, y + c, 32);
+      memcpy(&zv, z + c, 32);
+      yv = yv + rv * zv;
+      memcpy(y + c, &yv, 32);
+    }
+  }
+  for (; c < b; c++) y[c] += r * z[c];
+}
+
 /* one vector: FWHT of each block, then y_a = sum_a' R[a][a'] z_a' (R^T when transposed),
  * divided by sqrt(n). tmp [n] scratch. */
-#define DEFINE_VEC(NAME, T, FWHT, RMEMBER)                                                    \
+#define DEFINE_VEC(NAME, T, FWHT, RMEMBER, AXPY)                                                    \
   static void NAME(const e8q_had *h, T *x, int transpose, T *tmp) {                          \
     int64_t n = h->n, b = h->b;                                                              \
     int K = h->f.K;                                                                          \
@@ -315,14 +412,13 @@ void e8q_had_free(e8q_had *h) {
       for (int64_t c = 0; c < b; c++) y[c] = 0;                                              \
       for (int a2 = 0; a2 < K; a2++) {                                                       \
         T r = transpose ? R[(size_t)a2 * K + a] : R[(size_t)a * K + a2];                     \
-        const T *z = x + a2 * b;                                                             \
-        for (int64_t c = 0; c < b; c++) y[c] += r * z[c];                                    \
+        AXPY(y, r, x + a2 * b, b);                                                           \
       }                                                                                      \
     }                                                                                        \
     for (int64_t i = 0; i < n; i++) x[i] = tmp[i] / sn;                                      \
   }
-DEFINE_VEC(vec_f64, double, e8q_fwht_f64, R)
-DEFINE_VEC(vec_f32, float, e8q_fwht_f32, Rf)
+DEFINE_VEC(vec_f64, double, e8q_fwht_f64, R, axpy_f64)
+DEFINE_VEC(vec_f32, float, e8q_fwht_f32, Rf, axpy_f32)
 
 void e8q_had_vec_f64(const e8q_had *h, double *x, int transpose) {
   double *tmp = h->f.K > 1 ? e8q_malloc(sizeof(double) * h->n, "Hadamard scratch") : NULL;

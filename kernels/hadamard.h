@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #define E8Q_HAD_MAX_PALEY 256 /* largest Paley order preferred over a random order o * 4 */
+#define E8Q_HAD_MAX_K 8192 /* largest dense factor (random orthogonal: QR of K x K) */
 #define E8Q_HAD_SEED 0x6538712048414421ull /* default seed of random orthogonal factors */
 
 /* ---------------------------------------------------------------- FWHT (unnormalized) */

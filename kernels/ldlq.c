@@ -355,7 +355,17 @@ void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, 
       e8q_had_free(&hm), e8q_had_free(&hn);
       return; /* res->What == NULL; the caller reports res->status.message */
     }
-    e8q_hessian_prep(Hd, np, res->status.sigma_reg);
+    /* the prepared rotated Hessian for the proxy: the factorisation's own copy in f64 (the raw
+     * one is no longer needed: one n x n matrix less at peak), else prepare the raw one */
+    const double *Hp;
+    if (f.H) {
+      free(Hd);
+      Hd = NULL;
+      Hp = f.H;
+    } else {
+      e8q_hessian_prep(Hd, np, res->status.sigma_reg);
+      Hp = Hd;
+    }
     double ms = 0;
     for (int64_t i = 0; i < m * np; i++) ms += Wd[i] * Wd[i];
     double rho = o->method == E8Q_METHOD_NOE8 ? e8q_noe8_rho(o->bits) : o->rho > 0 ? o->rho : e8q_cb_default_rho(cb);
@@ -375,10 +385,10 @@ void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, 
     }
     e8q_ldlq_rows(&f, &lo, Ws, m, 0, m, res->codes, res->codes2, hat);
     for (int64_t i = 0; i < m * np; i++) hat[i] *= (double)res->Wscale;
-    e8q_ldl_free(&f);
     free(Ws);
     /* proxy in the rotated basis (orthogonal invariance), then back to the original basis */
-    res->proxy = e8q_proxy_loss(Wd, hat, Hd, np, 0, m);
+    res->proxy = e8q_proxy_loss(Wd, hat, Hp, np, 0, m);
+    e8q_ldl_free(&f);
     e8q_rht_weight_inv(&hm, &hn, SU, SV, hat);
     free(SU), free(SV);
     e8q_had_free(&hm), e8q_had_free(&hn);
@@ -401,4 +411,40 @@ void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, 
 void e8q_quant_result_free(e8q_quant_result *r) {
   free(r->codes), free(r->codes2), free(r->SU), free(r->SV), free(r->What);
   memset(r, 0, sizeof *r);
+}
+
+/* ---------------------------------------------------------------- fused groups */
+void e8q_quantize_fused(const float *const *W, const int64_t *m, int npieces, int64_t n, const double *H,
+                        const e8q_quant_opts *o, e8q_quant_result *res, float *fuse_scales) {
+  E8Q_CHECK(npieces >= 1, "fused group with %d pieces", npieces);
+  int64_t mt = 0;
+  for (int p = 0; p < npieces; p++) {
+    E8Q_CHECK(m[p] > 0, "fused group piece %d has %lld rows", p, (long long)m[p]);
+    mt += m[p];
+  }
+  float *S = e8q_malloc(sizeof(float) * (size_t)(mt * n), "stacked fused group");
+  int64_t off = 0;
+  for (int p = 0; p < npieces; p++) {
+    double ss = 0;
+    for (int64_t i = 0; i < m[p] * n; i++) ss += (double)W[p][i] * (double)W[p][i];
+    double rms = sqrt(ss / (double)(m[p] * n));
+    fuse_scales[p] = rms > 0 ? (float)rms : 1.0f; /* an all-zero piece keeps scale 1 */
+    for (int64_t i = 0; i < m[p] * n; i++) S[off * n + i] = W[p][i] / fuse_scales[p];
+    off += m[p];
+  }
+  e8q_quantize_linear(S, mt, n, H, o, res);
+  free(S);
+  if (!res->What) return; /* factorisation failed: res->status says why */
+  double num = 0, den = 0;
+  off = 0;
+  for (int p = 0; p < npieces; p++) {
+    for (int64_t i = 0; i < m[p] * n; i++) {
+      float v = res->What[off * n + i] * fuse_scales[p];
+      res->What[off * n + i] = v;
+      num += ((double)v - W[p][i]) * ((double)v - W[p][i]);
+      den += (double)W[p][i] * W[p][i];
+    }
+    off += m[p];
+  }
+  res->rel_fro = den > 0 ? sqrt(num / den) : sqrt(num);
 }

@@ -14,6 +14,9 @@
  * buffered variant; exact in exact arithmetic). Rows are independent given L and H: they are
  * processed in tiles of E8Q_LDLQ_ROW_TILE rows aligned to absolute row indices, so splitting
  * the rows at multiples of the tile (e8q_ldlq_split_rows) gives bit-identical codes to one call.
+ * Ranks sharing one matrix must also share the factorisation bits: build e8q_ldl on every rank
+ * from the same (allreduced) Hessian with the same BLAS thread count, or build it on one rank
+ * and broadcast H, L and Hkk_inv.
  */
 #ifndef E8Q_KERNELS_LDLQ_H
 #define E8Q_KERNELS_LDLQ_H
@@ -135,5 +138,13 @@ typedef struct {
 void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, const e8q_quant_opts *o,
                          e8q_quant_result *res);
 void e8q_quant_result_free(e8q_quant_result *r);
+
+/* A fused group (q, k, v or up, gate: one input, one Hessian): each piece W_p [m_p, n] is
+ * divided by its own RMS, fuse_scales[p] (DESIGN "Fused groups"), the pieces are stacked in
+ * order into one [sum m_p, n] matrix and quantized as one linear. res describes the stacked
+ * matrix (codes, SV, Wscale, proxy of the normalised stack); res->What and res->rel_fro are
+ * rescaled back, so What rows of piece p approximate W_p. fuse_scales [npieces] out. */
+void e8q_quantize_fused(const float *const *W, const int64_t *m, int npieces, int64_t n, const double *H,
+                        const e8q_quant_opts *o, e8q_quant_result *res, float *fuse_scales);
 
 #endif

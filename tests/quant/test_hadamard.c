@@ -80,6 +80,7 @@ static void test_choose_K(void **state) {
   const int K[] = {1, 1, 12, 12, 20, 28, 36, 52, 60, 172, 44, 172, 20, 12, 20, 172, 12, 108, 28, 60, 148, 172, 108, 28, 28};
   for (size_t i = 0; i < sizeof n / sizeof *n; i++)
     if (e8q_had_choose_K(n[i]) != K[i]) fail_msg("n=%lld: K=%d, expected %d", (long long)n[i], e8q_had_choose_K(n[i]), K[i]);
+  E8Q_EXPECT_FATAL(e8q_had_choose_K(32001), "32001", "at most");
 }
 
 /* ---------------------------------------------------------------- orthonormality

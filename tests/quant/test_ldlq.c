@@ -2,6 +2,7 @@
  * fast path against the unbuffered reference, row splits, ordering of the proxy loss on an
  * ill-conditioned Hessian, the factorisation fallbacks, and the one-linear helper. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,14 @@ static void test_ldlq_split_rows_identical(void **state) {
     assert_memory_equal(one2, split2, 2 * m * nb);
     assert_memory_equal(h1, h2, sizeof(double) * m * n);
   }
+  /* and independent of the thread count */
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  e8q_ldlq_rows(&f, &o, W, m, 0, m, split, split2, h2);
+  omp_set_num_threads(threads > 1 ? threads : 2);
+  assert_memory_equal(one, split, 2 * m * nb);
+  assert_memory_equal(one2, split2, 2 * m * nb);
+  omp_set_num_threads(threads);
   e8q_ldl_free(&f);
   free(H), free(W), free(one), free(one2), free(split), free(split2), free(h1), free(h2);
 }
@@ -285,6 +294,45 @@ static void test_quantize_linear_padded(void **state) {
   free(H), free(Wd), free(W);
 }
 
+/* ---------------------------------------------------------------- fused groups */
+static void test_quantize_fused(void **state) {
+  (void)state;
+  /* q, k, v with very different scales: v is 1000x smaller. With fuse scales every piece keeps
+   * its own relative precision; stacking raw rows would leave v with almost none. */
+  const int64_t n = 64, mq = 64, mk = 32, mv = 32;
+  double *H = synth_hessian(n, 2, 81);
+  double *Wd = synth_weight(mq + mk + mv, n, 82);
+  float *q = malloc(sizeof(float) * mq * n), *k = malloc(sizeof(float) * mk * n), *v = malloc(sizeof(float) * mv * n);
+  for (int64_t i = 0; i < mq * n; i++) q[i] = (float)(0.05 * Wd[i]);
+  for (int64_t i = 0; i < mk * n; i++) k[i] = (float)(0.02 * Wd[mq * n + i]);
+  for (int64_t i = 0; i < mv * n; i++) v[i] = (float)(5e-5 * Wd[(mq + mk) * n + i]);
+  const float *W[3] = {q, k, v};
+  const int64_t m[3] = {mq, mk, mv};
+  float fs[3];
+  e8q_quant_opts o = {.bits = 2, .tune_iters = 2, .seed = 3, .method = E8Q_METHOD_LDLQ, .prec = E8Q_PREC_F64};
+  e8q_quant_result r;
+  e8q_quantize_fused(W, m, 3, n, H, &o, &r, fs);
+  assert_true(r.status.ok);
+  assert_int_equal(r.m, mq + mk + mv);
+  T_NEAR(fs[0], 0.05, 0.005, "fuse scale of q");
+  T_NEAR(fs[2], 5e-5, 5e-6, "fuse scale of v");
+  double err[3];
+  int64_t off = 0;
+  for (int p = 0; p < 3; p++) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < m[p] * n; i++) {
+      double d = (double)r.What[off * n + i] - W[p][i];
+      num += d * d, den += (double)W[p][i] * W[p][i];
+    }
+    err[p] = sqrt(num / den);
+    off += m[p];
+  }
+  print_message("fused q/k/v relative errors %.3f %.3f %.3f (stack %.3f)\n", err[0], err[1], err[2], r.rel_fro);
+  assert_true(err[2] < 2 * err[0] && err[2] < 0.8);
+  e8q_quant_result_free(&r);
+  free(H), free(Wd), free(q), free(k), free(v);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ldlq_golden_example),
@@ -293,6 +341,7 @@ int main(void) {
       cmocka_unit_test(test_ill_conditioned_ordering),
       cmocka_unit_test(test_non_pd_retry),
       cmocka_unit_test(test_quantize_linear_padded),
+      cmocka_unit_test(test_quantize_fused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
