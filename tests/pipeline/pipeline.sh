@@ -93,6 +93,14 @@ resume)
     cmp "$TMP/ref.e8q" "$TMP/r.e8q" || fail "$point: resumed artifact differs"
     echo "resume after $point: identical"
   done
+  # killed on 2 ranks, resumed on 4 and on 1: the run directory does not depend on the rank count
+  for np2 in 4 1; do
+    rm -rf "$TMP/r.e8q" "$TMP/r.e8q.run"
+    E8Q_FAULT=quantize.mid:6 q 2 "$TMP/r.e8q" > "$TMP/kill.log" 2>&1 && fail "not killed (rank change)"
+    q $np2 "$TMP/r.e8q" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "resume on $np2 ranks failed"; }
+    cmp "$TMP/ref.e8q" "$TMP/r.e8q" || fail "killed on 2 ranks, resumed on $np2: artifact differs"
+    echo "killed on 2 ranks, resumed on $np2: identical"
+  done
   ;;
 corrupt)
   # damaged checkpoints are detected by their checksum and recomputed
