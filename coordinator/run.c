@@ -82,6 +82,7 @@ static void acts_commit(e8q_run *R, int b, const float *X) {
     snprintf(rel, sizeof rel, "acts/x%d", b);
     e8q_rundir_path(R->rd, rel, path, sizeof path);
     e8q_mkdirs(path);
+    e8q_atomic_sweep(path); /* temporaries of a killed run (no rank writes before the barrier) */
   }
   barrier();
   size_t cap = 256 * (size_t)(R->s1 - R->s0 + 1);
