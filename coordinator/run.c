@@ -261,7 +261,8 @@ static void part_commit(e8q_run *R, int b, int g, const e8q_qlin_result *q) {
   snprintf(pl, sizeof pl, "%.17g", q->proxy_loss);
   snprintf(rt, sizeof rt, "%d", q->retries);
   snprintf(dp, sizeof dp, "%.17g", q->damp);
-  const char *meta[] = {"layer", lb, "group", gb, "group_name", gp->name, "proxy_loss", pl, "retries", rt, "damp", dp, NULL};
+  const char *meta[] = {"layer", lb, "group", gb, "group_name", gp->name, "proxy_loss", pl, "retries", rt, "damp", dp,
+                        "factorisation", q->ldl_message, NULL};
   uint64_t size = 0;
   e8q_ckpt_write(path, "part", meta, k, t, sha, &size);
   e8q_journal_file(R->rd->journal, rel, sha, size);
@@ -322,6 +323,8 @@ static void block_commit(e8q_run *R, int b) {
     cJSON_AddNumberToObject(s, "proxy_loss", pl ? atof(pl) : -1);
     cJSON_AddNumberToObject(s, "retries", rt ? atoi(rt) : 0);
     cJSON_AddNumberToObject(s, "damp", dp ? atof(dp) : 0);
+    const char *fm = e8q_ckpt_meta(parts[g], "factorisation");
+    cJSON_AddStringToObject(s, "factorisation", fm ? fm : "");
   }
   char *stats_s = cJSON_PrintUnformatted(stats);
   cJSON_Delete(stats);
@@ -390,6 +393,9 @@ static void run_block(e8q_run *R, int b) {
     int done = e8q_run_have(R, rel);
     if (!done) {
       e8q_qlin_result q;
+      /* ScaLAPACK for Hessians of n_pad >= --scalapack-min on more than one rank, or always */
+      R->q.scalapack = R->o->scalapack == E8Q_SCALAPACK_ALWAYS ||
+                       (R->o->scalapack == E8Q_SCALAPACK_AUTO && R->size > 1 && gp->n_pad >= R->o->scalapack_min);
       e8q_quantize_group(&R->q, gp, b, g, blk.lin[g].w, H[g], tokens, &q);
       part_commit(R, b, g, &q);
       if (R->rank == 0) {
@@ -575,8 +581,6 @@ int e8q_run_quantize(const e8q_run_opts *o) {
     e8q_progress_step("commit", b, NULL, 1);
   }
   for (int b = start; b < R->cfg.n_layers; b++) {
-    R->q.scalapack = o->scalapack == E8Q_SCALAPACK_ALWAYS ||
-                     (o->scalapack == E8Q_SCALAPACK_AUTO && R->size > 1 && R->plan.groups[E8Q_GROUP_DOWN].n_pad >= o->scalapack_min);
     run_block(R, b);
     float *t = R->X;
     R->X = R->Y;

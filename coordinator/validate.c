@@ -95,6 +95,8 @@ void e8q_run_validate(e8q_run *R) {
         cJSON_AddStringToObject(o, "group", e8q_group_names[g]);
         cJSON_AddNumberToObject(o, "proxy_loss", cJSON_IsNumber(pl) ? pl->valuedouble : -1);
         cJSON_AddNumberToObject(o, "retries", cJSON_IsNumber(rt) ? rt->valueint : 0);
+        const cJSON *fm = cJSON_GetObjectItemCaseSensitive(s, "factorisation");
+        cJSON_AddStringToObject(o, "factorisation", cJSON_IsString(fm) ? fm->valuestring : "");
         if (q.dense) cJSON_AddNullToObject(o, "fused_vs_dense_max_rel_err");
         else cJSON_AddNumberToObject(o, "fused_vs_dense_max_rel_err", e);
         cJSON_AddNumberToObject(o, "weight_rel_err", den > 0 ? sqrt(num / den) : 0);

@@ -68,15 +68,22 @@ scalapack)
   # ScaLAPACK forced on 4 ranks: same model up to rounding in the factorisation
   q 1 "$TMP/ref.e8q" --scalapack never > "$TMP/log1" 2>&1 || { cat "$TMP/log1"; fail "reference run failed"; }
   q 4 "$TMP/sc.e8q" --scalapack always > "$TMP/log4" 2>&1 || { cat "$TMP/log4"; fail "ScaLAPACK run failed"; }
+  # auto: only Hessians of n_pad >= 100 (down_proj, 176) go to ScaLAPACK
+  q 2 "$TMP/auto.e8q" --scalapack auto --scalapack-min 100 > "$TMP/log2" 2>&1 || { cat "$TMP/log2"; fail "auto run failed"; }
   member "$TMP/ref.e8q" manifest.json > "$TMP/m1.json"
   member "$TMP/sc.e8q" manifest.json > "$TMP/m4.json"
-  python3 - "$TMP/m1.json" "$TMP/m4.json" <<'PY' || fail "ScaLAPACK result differs"
+  member "$TMP/auto.e8q" manifest.json > "$TMP/m2.json"
+  python3 - "$TMP/m1.json" "$TMP/m4.json" "$TMP/m2.json" <<'PY' || fail "ScaLAPACK result differs"
 import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
+a, b, c = (json.load(open(p)) for p in sys.argv[1:4])
 assert b["options"]["scalapack"] == "always"
-for x, y in zip(a["validation"]["linears"], b["validation"]["linears"]):
-    assert abs(x["proxy_loss"] - y["proxy_loss"]) <= 1e-3 * x["proxy_loss"] + 1e-9, (x, y)
-assert abs(a["evaluation"]["mean_nll"] - b["evaluation"]["mean_nll"]) < 1e-3
+assert all(l["factorisation"].startswith("ScaLAPACK") for l in b["validation"]["linears"])
+assert not any(l["factorisation"].startswith("ScaLAPACK") for l in a["validation"]["linears"])
+assert all(l["factorisation"].startswith("ScaLAPACK") == (l["group"] == "mlp.down_proj") for l in c["validation"]["linears"])
+for other in (b, c):
+    for x, y in zip(a["validation"]["linears"], other["validation"]["linears"]):
+        assert abs(x["proxy_loss"] - y["proxy_loss"]) <= 1e-3 * x["proxy_loss"] + 1e-9, (x, y)
+    assert abs(a["evaluation"]["mean_nll"] - other["evaluation"]["mean_nll"]) < 1e-3
 PY
   ;;
 resume)
