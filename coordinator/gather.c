@@ -151,7 +151,6 @@ void e8q_run_gather(e8q_run *R) {
     }
   }
   /* float tensors, copied byte for byte in their source dtype */
-  char nm[192];
   for (int i = -1; i <= L; i++) {
     const char *names[3];
     char a[192], c[192];
@@ -180,7 +179,6 @@ void e8q_run_gather(e8q_run *R) {
       o->data = e8q_st_data(file, x);
     }
   }
-  (void)nm;
   e8q_rundir_path(R->rd, "model.safetensors", path, sizeof path);
   e8q_st_writer *w = e8q_st_writer_begin(path);
   e8q_st_writer_meta(w, "format", "e8q");
