@@ -1,6 +1,7 @@
 /* coordinator/run.c: the stage loop of `e8q quantize` (coordinator/run.h). */
 #include "coordinator/run.h"
 
+#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -480,6 +481,11 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   R->rank = e8q_rank();
   MPI_Comm_size(MPI_COMM_WORLD, &R->size);
   double t0 = e8q_now();
+  /* Determinism: OpenBLAS's multi-threaded kernels can change the last bits of sums (Hessians,
+   * LDLQ feedback, proxy losses) with the thread count; one BLAS thread per rank makes the
+   * artifact independent of OPENBLAS_NUM_THREADS. Parallelism comes from the ranks (and from
+   * OpenMP in the kernels, whose results do not depend on the thread count). */
+  openblas_set_num_threads(1);
   e8q_exact_comm_init();
 
   /* ---------------------------------------------------------- plan */

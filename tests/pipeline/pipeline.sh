@@ -44,6 +44,8 @@ PY
   q 4 "$TMP/a4.e8q" > "$TMP/log4" 2>&1 || { cat "$TMP/log4"; fail "4-rank run failed"; }
   cmp "$TMP/a1.e8q" "$TMP/a2.e8q" || fail "1 and 2 ranks differ"
   cmp "$TMP/a1.e8q" "$TMP/a4.e8q" || fail "1 and 4 ranks differ"
+  OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2 q 1 "$TMP/t2.e8q" > "$TMP/logt" 2>&1 || { cat "$TMP/logt"; fail "2-thread run failed"; }
+  cmp "$TMP/a1.e8q" "$TMP/t2.e8q" || fail "the thread count changed the artifact"
   rm -rf "$TMP/a1.e8q.run"
   q 1 "$TMP/a1b.e8q" --run-dir "$TMP/a1.e8q.run" > "$TMP/log1b" 2>&1 || fail "rerun failed"
   cmp "$TMP/a1.e8q" "$TMP/a1b.e8q" || fail "rerun differs"
