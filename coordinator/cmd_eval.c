@@ -9,14 +9,18 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "coordinator/commands.h"
+#include "coordinator/artifact_model.h"
 #include "coordinator/eval.h"
 #include "io/text.h"
 
 static void eval_usage(FILE *f) {
   fprintf(f,
-          "usage: [mpirun -np N] e8q eval --model PATH --text FILE [--tokenizer FILE] [--per-line N | --ctx T]\n\n"
+          "usage: [mpirun -np N] e8q eval --model PATH | --artifact OUT.e8q [--dense] --text FILE [--tokenizer FILE]\n"
+          "                               [--per-line N | --ctx T]\n\n"
           "Perplexity of a model (Hugging Face directory or llama2.c .bin) on a text.\n\n"
           "  --model PATH      model directory (config.json + safetensors) or llama2.c .bin\n"
+          "  --artifact F      an .e8q archive from e8q quantize (linears through the fused kernels)\n"
+          "  --dense           with --artifact: use the dense decode of the quantized linears instead\n"
           "  --text FILE       UTF-8 text, or pre-tokenized ids (.ids / .u32: little-endian uint32)\n"
           "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
           "                    tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin)\n"
@@ -44,7 +48,8 @@ static int opt_int(const char *opt, const char *v) {
 }
 
 int cmd_eval(int argc, char **argv) {
-  const char *model_path = NULL, *text_path = NULL, *tok_path = NULL;
+  const char *model_path = NULL, *text_path = NULL, *tok_path = NULL, *artifact = NULL;
+  int dense = 0;
   int per_line = 0, ctx = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -53,6 +58,10 @@ int cmd_eval(int argc, char **argv) {
       return 0;
     } else if (!strcmp(a, "--model")) {
       model_path = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--artifact")) { /* an .e8q archive (coordinator/artifact_model.h) */
+      artifact = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--dense")) { /* with --artifact: dense decoded linears instead of the fused kernels */
+      dense = 1;
     } else if (!strcmp(a, "--text")) {
       text_path = opt_value(argc, argv, &i);
     } else if (!strcmp(a, "--tokenizer")) {
@@ -65,12 +74,18 @@ int cmd_eval(int argc, char **argv) {
       E8Q_FATAL("eval: unknown option '%s' (see e8q eval --help)", a);
     }
   }
-  E8Q_CHECK(model_path, "eval: --model PATH is required (see e8q eval --help)");
+  E8Q_CHECK(!(model_path && artifact), "eval: give --model or --artifact, not both");
+  e8q_artifact_model am = {0};
+  if (artifact) {
+    e8q_artifact_model_open(&am, artifact, !dense);
+    model_path = am.dir;
+  }
+  E8Q_CHECK(model_path, "eval: --model PATH or --artifact OUT.e8q is required (see e8q eval --help)");
   E8Q_CHECK(text_path, "eval: --text FILE is required (see e8q eval --help)");
   E8Q_CHECK(!(per_line && ctx), "eval: --per-line and --ctx exclude each other; give one");
 
   double t0 = e8q_now();
-  e8q_model *m = e8q_model_load(model_path);
+  e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
   const e8q_config *c = &m->cfg;
   if (!per_line && !ctx) ctx = c->max_seq_len < 2048 ? c->max_seq_len : 2048;
   E8Q_CHECK(!ctx || ctx <= c->max_seq_len, "eval: --ctx %d exceeds the model's max_position_embeddings %d", ctx,
@@ -94,9 +109,11 @@ int cmd_eval(int argc, char **argv) {
 
   if (e8q_rank() == 0) {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "model", model_path);
+    cJSON_AddStringToObject(o, "model", artifact ? artifact : model_path);
+    if (artifact)
+      cJSON_AddStringToObject(o, "linears", am.q.dense ? "dense (ablation)" : dense ? "dense decode" : "fused kernels");
     cJSON_AddStringToObject(o, "text", text_path);
-    if (tok_used) cJSON_AddStringToObject(o, "tokenizer", tok_used);
+    if (tok_used && !artifact) cJSON_AddStringToObject(o, "tokenizer", tok_used);
     cJSON_AddStringToObject(o, "mode", per_line ? "per-line" : "ctx");
     if (per_line)
       cJSON_AddNumberToObject(o, "lines", set.n);
@@ -120,6 +137,7 @@ int cmd_eval(int argc, char **argv) {
   e8q_eval_set_free(&set);
   if (tok) e8q_tokenizer_free(tok);
   free(tok_used);
-  e8q_model_free(m);
+  if (artifact) e8q_artifact_model_close(&am);
+  else e8q_model_free(m);
   return 0;
 }

@@ -10,6 +10,10 @@ typedef struct {
   const char *summary;
 } e8q_command;
 
+int cmd_inspect(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+
 /* the table, NULL-terminated (coordinator/commands.c) */
 extern const e8q_command e8q_commands[];
 

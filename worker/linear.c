@@ -4,6 +4,7 @@
 #include <cblas.h>
 
 #include "common/error.h"
+#include "kernels/qlinear.h"
 
 void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) {
   if (T <= 0) return;
@@ -14,9 +15,14 @@ void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L->m, L->n, 1.0f, x, L->n, L->w, L->n, 0.0f, y, L->m);
     return;
   }
-  /* The quantized path (fused decode kernels, issue 4) goes here. */
-  E8Q_CHECK(!L->q, "linear [%d x %d] is quantized but this build has no quantized kernel wired into "
-                   "e8q_linear_forward", L->m, L->n);
+  /* the quantized path: fused decode kernels (kernels/qlinear.h; L->q points at an e8q_qlinear) */
+  if (L->q) {
+    const e8q_qlinear *q = (const e8q_qlinear *)L->q;
+    E8Q_CHECK(q->d.m == L->m && q->d.n == L->n, "linear [%d x %d] has a quantized form of shape [%d x %d]", L->m, L->n,
+              q->d.m, q->d.n);
+    e8q_qlinear_forward(q, T, x, y);
+    return;
+  }
   E8Q_FATAL("linear [%d x %d] has neither dense weights nor a quantized form", L->m, L->n);
 }
 

@@ -1,0 +1,275 @@
+/* coordinator/gather.c: the gather and pack stages of `e8q quantize` (rank 0).
+ *
+ * gather: R/model.safetensors (DESIGN §4) from the block shards, the Hadamard factors and the
+ *         unquantized tensors copied byte for byte from the source, and R/config.json (the
+ *         source config plus "quantization_config"). Tensors are laid out F32 first, then U16,
+ *         then U8, so every tensor's data is aligned for its type in a memory mapping.
+ * pack:   OUT.e8q (io/artifact.h) from R/config.json, R/model.safetensors, the tokenizer files
+ *         of the source model and the manifest (fingerprint, options, seed, sizes, validation
+ *         and evaluation from R/validation.json). Everything in it is deterministic: the same
+ *         options and seed give the same bytes, with any number of ranks and after any resume.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/error.h"
+#include "common/fault.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "coordinator/run_internal.h"
+#include "io/artifact.h"
+#include "io/ckpt.h"
+#include "kernels/e8p.h"
+#include "kernels/hadamard.h"
+
+/* ---------------------------------------------------------------- quantization_config */
+static int distinct_factors(const e8q_plan *p, int *Ks) {
+  int n = 0;
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    int k2[2] = {p->groups[g].K_n, p->groups[g].K_m};
+    for (int t = 0; t < 2; t++) {
+      if (k2[t] <= 1) continue;
+      int seen = 0;
+      for (int i = 0; i < n; i++) seen |= Ks[i] == k2[t];
+      if (!seen) Ks[n++] = k2[t];
+    }
+  }
+  return n;
+}
+
+static cJSON *quantization_config(const e8q_run *R) {
+  cJSON *q = cJSON_CreateObject();
+  e8q_codebook_id cb = e8q_cb_from_bits(R->o->bits);
+  cJSON_AddStringToObject(q, "quant_method", "e8q");
+  cJSON_AddStringToObject(q, "codebook", e8q_cb_name(cb));
+  cJSON_AddNumberToObject(q, "bits", R->o->bits);
+  if (R->o->bits == 4) cJSON_AddNumberToObject(q, "resid_scale", 3.45);
+  if (R->o->bits == 3) cJSON_AddNumberToObject(q, "resid_scale", 2.04);
+  cJSON_AddStringToObject(q, "method", e8q_method_cli_name(R->o->method));
+  if (e8q_method_dense(R->o->method)) /* noe8 / rtn: "{G}.weight" holds the quantized weight, dense */
+    cJSON_AddBoolToObject(q, "dense_ablation", 1);
+  cJSON *pad = cJSON_AddObjectToObject(q, "padding");
+  cJSON *had = cJSON_AddObjectToObject(q, "hadamard");
+  char key[32];
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    const e8q_group_plan *gp = &R->plan.groups[g];
+    if (gp->n_pad != gp->n) {
+      snprintf(key, sizeof key, "%d", gp->n);
+      if (!cJSON_GetObjectItemCaseSensitive(pad, key)) cJSON_AddNumberToObject(pad, key, gp->n_pad);
+    }
+    snprintf(key, sizeof key, "%d", gp->n_pad);
+    if (!cJSON_GetObjectItemCaseSensitive(had, key)) cJSON_AddNumberToObject(had, key, gp->K_n);
+    snprintf(key, sizeof key, "%d", gp->m);
+    if (!cJSON_GetObjectItemCaseSensitive(had, key)) cJSON_AddNumberToObject(had, key, gp->K_m);
+  }
+  cJSON *fused = cJSON_AddObjectToObject(q, "groups");
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    const e8q_group_plan *gp = &R->plan.groups[g];
+    cJSON *a = cJSON_AddArrayToObject(fused, gp->name);
+    for (int k = 0; k < gp->n_pieces; k++) {
+      cJSON *pc = cJSON_CreateObject();
+      cJSON_AddStringToObject(pc, "name", gp->piece_names[k]);
+      cJSON_AddNumberToObject(pc, "rows", gp->piece_rows[k]);
+      cJSON_AddItemToArray(a, pc);
+    }
+  }
+  return q;
+}
+
+static char *read_all(const char *path) {
+  FILE *f = fopen(path, "rb");
+  E8Q_CHECK_ERRNO(f, "cannot open %s", path);
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = e8q_malloc((size_t)n + 1, path);
+  E8Q_CHECK(fread(s, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
+  s[n] = '\0';
+  fclose(f);
+  return s;
+}
+
+/* ---------------------------------------------------------------- gather */
+typedef struct {
+  char name[192];
+  e8q_dtype dt;
+  int ndim;
+  int64_t shape[2];
+  const void *data;
+} out_tensor;
+
+void e8q_run_gather(e8q_run *R) {
+  const e8q_plan *p = &R->plan;
+  int L = p->n_layers;
+  e8q_safetensors **sh = e8q_calloc((size_t)L, sizeof *sh, "shards");
+  char rel[256], path[4096];
+  for (int b = 0; b < L; b++) {
+    snprintf(rel, sizeof rel, "shards/%d.e8qs", b);
+    e8q_rundir_path(R->rd, rel, path, sizeof path);
+    sh[b] = e8q_ckpt_open(path, "shard");
+  }
+  /* the Hadamard factors, built exactly as quantization used them */
+  int Ks[2 * E8Q_N_GROUPS];
+  int nK = distinct_factors(p, Ks);
+  e8q_had_factor fac[2 * E8Q_N_GROUPS];
+  for (int i = 0; i < nK; i++) e8q_had_factor_build(&fac[i], Ks[i], E8Q_HAD_SEED);
+  /* the list of tensors: quantized linears, factors, float tensors of the source */
+  int cap = L * E8Q_N_GROUPS * 7 + nK + 3 * L + 8, n = 0;
+  out_tensor *t = e8q_calloc((size_t)cap, sizeof *t, "tensor list");
+  static const char *const fields[] = {"SU", "SV", "Wscale", "fuse_scales", "weight", "codes", "codes2"};
+  for (int pass = 0; pass < 3; pass++) { /* F32, U16, U8 */
+    for (int b = 0; b < L; b++)
+      for (int g = 0; g < E8Q_N_GROUPS; g++)
+        for (int f = 0; f < 7; f++) {
+          char src[160];
+          snprintf(src, sizeof src, "%s.%s", p->groups[g].name, fields[f]);
+          const e8q_st_tensor *x = e8q_st_find(sh[b], src);
+          if (!x) continue;
+          int want = x->dtype == E8Q_DT_F32 ? 0 : x->dtype == E8Q_DT_U16 ? 1 : 2;
+          if (want != pass) continue;
+          out_tensor *o = &t[n++];
+          snprintf(o->name, sizeof o->name, "model.layers.%d.%s", b, src);
+          o->dt = x->dtype;
+          o->ndim = x->ndim;
+          o->shape[0] = x->shape[0];
+          o->shape[1] = x->ndim > 1 ? x->shape[1] : 0;
+          o->data = e8q_st_data(sh[b], x);
+        }
+    if (pass == 0) {
+      for (int i = 0; i < nK; i++) {
+        out_tensor *o = &t[n++];
+        snprintf(o->name, sizeof o->name, "hadamard.K%d", Ks[i]);
+        o->dt = E8Q_DT_F32;
+        o->ndim = 2;
+        o->shape[0] = o->shape[1] = Ks[i];
+        o->data = fac[i].Rf;
+      }
+    }
+  }
+  /* float tensors, copied byte for byte in their source dtype */
+  for (int i = -1; i <= L; i++) {
+    const char *names[3];
+    char a[192], c[192];
+    int k = 0;
+    if (i == -1) {
+      names[k++] = "model.embed_tokens.weight";
+    } else if (i == L) {
+      names[k++] = "model.norm.weight";
+      if (!R->cfg.tied) names[k++] = "lm_head.weight";
+    } else {
+      snprintf(a, sizeof a, "model.layers.%d.input_layernorm.weight", i);
+      snprintf(c, sizeof c, "model.layers.%d.post_attention_layernorm.weight", i);
+      names[k++] = a;
+      names[k++] = c;
+    }
+    for (int j = 0; j < k; j++) {
+      const e8q_safetensors *file = NULL;
+      const e8q_st_tensor *x = e8q_st_model_find(R->st, names[j], &file);
+      E8Q_CHECK(x, "%s: tensor %s is missing", R->o->model, names[j]);
+      out_tensor *o = &t[n++];
+      snprintf(o->name, sizeof o->name, "%s", names[j]);
+      o->dt = x->dtype;
+      o->ndim = x->ndim;
+      o->shape[0] = x->shape[0];
+      o->shape[1] = x->ndim > 1 ? x->shape[1] : 0;
+      o->data = e8q_st_data(file, x);
+    }
+  }
+  e8q_rundir_path(R->rd, "model.safetensors", path, sizeof path);
+  e8q_st_writer *w = e8q_st_writer_begin(path);
+  e8q_st_writer_meta(w, "format", "e8q");
+  e8q_st_writer_meta(w, "e8q_version", E8Q_VERSION);
+  for (int i = 0; i < n; i++) e8q_st_writer_declare(w, t[i].name, t[i].dt, t[i].ndim, t[i].shape);
+  for (int i = 0; i < n; i++) {
+    int64_t numel = t[i].shape[0] * (t[i].ndim > 1 ? t[i].shape[1] : 1);
+    e8q_st_writer_write(w, t[i].data, (size_t)numel * e8q_dtype_size(t[i].dt));
+  }
+  e8q_st_writer_finish(w);
+  char sha[65];
+  e8q_sha256_file_hex(path, sha);
+  struct stat stt;
+  E8Q_CHECK_ERRNO(stat(path, &stt) == 0, "cannot stat %s", path);
+  e8q_fault_point("gather.mid");
+  e8q_journal_file(R->rd->journal, "model.safetensors", sha, (uint64_t)stt.st_size);
+  free(t);
+  for (int i = 0; i < nK; i++) e8q_had_factor_free(&fac[i]);
+  for (int b = 0; b < L; b++) e8q_st_close(sh[b]);
+  free(sh);
+
+  /* config.json */
+  snprintf(path, sizeof path, "%s/config.json", R->o->model);
+  char *src = read_all(path);
+  cJSON *cfg = cJSON_Parse(src);
+  free(src);
+  E8Q_CHECK(cfg, "%s is not valid JSON", path);
+  cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
+  cJSON_AddItemToObject(cfg, "quantization_config", quantization_config(R));
+  char *txt = cJSON_Print(cfg);
+  cJSON_Delete(cfg);
+  e8q_rundir_commit(R->rd, "config.json", "config", txt, strlen(txt));
+  free(txt);
+  e8q_run_step(R, "gather");
+}
+
+/* ---------------------------------------------------------------- pack */
+void e8q_run_pack(e8q_run *R) {
+  char path[4096];
+  const e8q_plan *p = &R->plan;
+  e8q_artifact_writer *w = e8q_artifact_create(R->o->out);
+  e8q_rundir_path(R->rd, "config.json", path, sizeof path);
+  e8q_artifact_add_file(w, "config.json", path);
+  e8q_rundir_path(R->rd, "model.safetensors", path, sizeof path);
+  e8q_artifact_add_file(w, "model.safetensors", path);
+  /* sizes: bits per weight of the quantized linears (codes and their scales) and of the file */
+  e8q_safetensors *st = e8q_st_open(path);
+  double lin_bytes = 0, code_bytes = 0;
+  for (int i = 0; i < st->n_tensors; i++) {
+    const e8q_st_tensor *x = &st->tensors[i];
+    if (strncmp(x->name, "model.layers.", 13) != 0 || strstr(x->name, "layernorm")) continue;
+    double bytes = (double)(x->end - x->begin);
+    lin_bytes += bytes;
+    if (strstr(x->name, ".codes")) code_bytes += bytes;
+    if (strstr(x->name, ".weight")) code_bytes += bytes * R->o->bits / 32.0; /* dense ablation: nominal bits */
+  }
+  double file_bytes = (double)st->file_size;
+  e8q_st_close(st);
+  e8q_fault_point("pack.mid");
+  static const char *const tok_files[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                                          "special_tokens_map.json", "generation_config.json", NULL};
+  for (int i = 0; tok_files[i]; i++) {
+    snprintf(path, sizeof path, "%s/%s", R->o->model, tok_files[i]);
+    struct stat stt;
+    if (stat(path, &stt) == 0) e8q_artifact_add_file(w, tok_files[i], path);
+  }
+  cJSON *m = cJSON_CreateObject();
+  cJSON_AddItemToObject(m, "fingerprint", cJSON_Duplicate(R->fingerprint, 1));
+  cJSON_AddItemToObject(m, "options", cJSON_Duplicate(R->options, 1));
+  cJSON_AddNumberToObject(m, "seed", (double)R->o->seed);
+  cJSON *sz = cJSON_AddObjectToObject(m, "size");
+  double np_lin = (double)p->n_params_linear, np_all = np_lin + (double)p->n_params_other;
+  cJSON_AddNumberToObject(sz, "linear_params", np_lin);
+  cJSON_AddNumberToObject(sz, "total_params", np_all);
+  cJSON_AddNumberToObject(sz, "linear_codes_bpw", 8 * code_bytes / np_lin);
+  cJSON_AddNumberToObject(sz, "linear_bpw", 8 * lin_bytes / np_lin);
+  cJSON_AddNumberToObject(sz, "model_safetensors_bytes", file_bytes);
+  cJSON_AddNumberToObject(sz, "model_bpw", 8 * file_bytes / np_all);
+  e8q_rundir_path(R->rd, "validation.json", path, sizeof path);
+  char *v = read_all(path);
+  cJSON *val = cJSON_Parse(v);
+  free(v);
+  E8Q_CHECK(val, "%s is not valid JSON (damaged?): remove it and rerun", path);
+  cJSON *c = val->child;
+  while (c) {
+    cJSON *next = c->next;
+    cJSON_AddItemToObject(m, c->string, cJSON_DetachItemViaPointer(val, c));
+    c = next;
+  }
+  cJSON_Delete(val);
+  e8q_artifact_finish(w, m);
+  cJSON_Delete(m);
+  e8q_fault_point("pack.done");
+}

@@ -1,0 +1,230 @@
+/* coordinator/qmodel.c: loading a quantized model (coordinator/qmodel.h). */
+#include "coordinator/qmodel.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "io/config.h"
+
+static void *own(e8q_qmodel *q, size_t bytes) {
+  q->owned = realloc(q->owned, sizeof(void *) * (size_t)(q->n_owned + 1));
+  E8Q_CHECK(q->owned, "out of memory");
+  void *p = e8q_alloc_aligned(bytes ? bytes : 64, "quantized model tensor");
+  q->owned[q->n_owned++] = p;
+  return p;
+}
+
+/* an aligned copy of tensor `name` with dtype dt and numel elements */
+static void *copy_tensor(e8q_qmodel *q, const char *name, e8q_dtype dt, int64_t numel) {
+  const e8q_st_tensor *t = e8q_st_find(q->st, name);
+  E8Q_CHECK(t, "%s/model.safetensors: tensor %s is missing; the artifact is incomplete", q->dir, name);
+  E8Q_CHECK(t->dtype == dt && e8q_st_numel(t) == numel,
+            "%s/model.safetensors: tensor %s is %s with %lld elements, expected %s with %lld", q->dir, name,
+            e8q_dtype_name(t->dtype), (long long)e8q_st_numel(t), e8q_dtype_name(dt), (long long)numel);
+  size_t bytes = (size_t)numel * e8q_dtype_size(dt);
+  void *p = own(q, bytes);
+  memcpy(p, e8q_st_data(q->st, t), bytes);
+  return p;
+}
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  E8Q_CHECK_ERRNO(f, "cannot open %s", path);
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = e8q_malloc((size_t)n + 1, path);
+  E8Q_CHECK(fread(s, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
+  s[n] = '\0';
+  fclose(f);
+  return s;
+}
+
+static int had_K(const cJSON *had, int dim, const char *path) {
+  char key[32];
+  snprintf(key, sizeof key, "%d", dim);
+  const cJSON *k = cJSON_GetObjectItemCaseSensitive(had, key);
+  E8Q_CHECK(cJSON_IsNumber(k) && k->valueint >= 1,
+            "%s: quantization_config.hadamard has no factor for dimension %d; the artifact is incomplete", path, dim);
+  return k->valueint;
+}
+
+void e8q_qmodel_open(e8q_qmodel *q, const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  char *txt = slurp(path);
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  e8q_qmodel_open_st(q, dir, txt, e8q_st_open(path));
+  free(txt);
+}
+
+void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text, e8q_safetensors *st) {
+  memset(q, 0, sizeof *q);
+  q->dir = strdup(dir);
+  q->st = st;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  cJSON *cj = cJSON_Parse(config_text);
+  E8Q_CHECK(cj, "%s is not valid JSON", path);
+  /* the architecture: the config without its quantization_config, through the config loader
+   * (which refuses quantized configs as sources to quantize) */
+  {
+    cJSON *plain = cJSON_Duplicate(cj, 1);
+    cJSON_DeleteItemFromObjectCaseSensitive(plain, "quantization_config");
+    char *ptxt = cJSON_Print(plain);
+    cJSON_Delete(plain);
+    const char *tmpdir = getenv("TMPDIR");
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s/e8q-config-%ld.json", tmpdir && *tmpdir ? tmpdir : "/tmp", (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    E8Q_CHECK_ERRNO(f, "cannot write %s (set TMPDIR to a writable directory)", tmp);
+    E8Q_CHECK(fwrite(ptxt, 1, strlen(ptxt), f) == strlen(ptxt) && fclose(f) == 0, "cannot write %s", tmp);
+    free(ptxt);
+    e8q_config_load(tmp, &q->cfg);
+    unlink(tmp);
+  }
+  const cJSON *qc = cJSON_GetObjectItemCaseSensitive(cj, "quantization_config");
+  const cJSON *meth = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+  E8Q_CHECK(cJSON_IsString(meth) && !strcmp(meth->valuestring, "e8q"),
+            "%s: no \"quantization_config\" with quant_method \"e8q\": not an e8q-quantized model", path);
+  const cJSON *bits = cJSON_GetObjectItemCaseSensitive(qc, "bits");
+  E8Q_CHECK(cJSON_IsNumber(bits) && bits->valueint >= 2 && bits->valueint <= 4, "%s: quantization_config.bits must be 2, 3 or 4",
+            path);
+  q->bits = bits->valueint;
+  q->cb = q->bits == 2 ? E8Q_CB_E8P12 : q->bits == 3 ? E8Q_CB_E8P12RVQ3B : E8Q_CB_E8P12RVQ4B;
+  const cJSON *had = cJSON_GetObjectItemCaseSensitive(qc, "hadamard");
+  const cJSON *rs = cJSON_GetObjectItemCaseSensitive(qc, "resid_scale");
+  snprintf(path, sizeof path, "%s", q->st->path);
+  int L = q->cfg.n_layers;
+  char name[256];
+  q->dense = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "dense_ablation"));
+  if (q->dense) {
+    q->W = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *q->W, "dense ablation weights");
+    for (int b = 0; b < L; b++)
+      for (int g = 0; g < E8Q_N_GROUPS; g++) {
+        int m, n;
+        e8q_group_shape(&q->cfg, g, &m, &n);
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", b, e8q_group_names[g]);
+        q->W[b * E8Q_N_GROUPS + g] = copy_tensor(q, name, E8Q_DT_F32, (int64_t)m * n);
+      }
+    cJSON_Delete(cj);
+    return;
+  }
+  q->lin = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *q->lin, "quantized linears");
+  for (int b = 0; b < L; b++)
+    for (int g = 0; g < E8Q_N_GROUPS; g++) {
+      e8q_qlinear_desc d;
+      memset(&d, 0, sizeof d);
+      e8q_group_shape(&q->cfg, g, &d.m, &d.n);
+      d.n_pad = (d.n + 7) / 8 * 8;
+      d.codebook = q->cb;
+      int64_t nc = d.n_pad / 8;
+      const char *G = e8q_group_names[g];
+#define TN(field) (snprintf(name, sizeof name, "model.layers.%d.%s.%s", b, G, field), name)
+      d.codes = copy_tensor(q, TN("codes"), E8Q_DT_U16, d.m * nc);
+      if (q->bits == 4) d.codes2 = copy_tensor(q, TN("codes2"), E8Q_DT_U16, d.m * nc);
+      if (q->bits == 3) d.codes2 = copy_tensor(q, TN("codes2"), E8Q_DT_U8, d.m * nc);
+      d.resid_scale = cJSON_IsNumber(rs) ? (float)rs->valuedouble : 0;
+      d.SU = copy_tensor(q, TN("SU"), E8Q_DT_F32, d.n_pad);
+      d.SV = copy_tensor(q, TN("SV"), E8Q_DT_F32, d.m);
+      d.Wscale = *(const float *)copy_tensor(q, TN("Wscale"), E8Q_DT_F32, 1);
+      const e8q_st_tensor *fs = e8q_st_find(q->st, TN("fuse_scales"));
+      E8Q_CHECK(fs, "%s: tensor %s is missing", path, name);
+      d.n_pieces = (int)e8q_st_numel(fs);
+      d.fuse_scales = copy_tensor(q, name, E8Q_DT_F32, d.n_pieces);
+#undef TN
+      int *rows = own(q, sizeof(int) * 3);
+      int hd = q->cfg.head_dim;
+      if (g == E8Q_GROUP_QKV && d.n_pieces == 3) {
+        rows[0] = q->cfg.n_heads * hd;
+        rows[1] = rows[2] = q->cfg.n_kv_heads * hd;
+      } else if (g == E8Q_GROUP_UPGATE && d.n_pieces == 2) {
+        rows[0] = rows[1] = q->cfg.hidden_dim;
+      } else {
+        E8Q_CHECK(d.n_pieces == 1, "%s: layer %d %s has %d fuse scales", path, b, G, d.n_pieces);
+        rows[0] = d.m;
+      }
+      d.piece_rows = d.n_pieces > 1 ? rows : NULL;
+      d.K_in = had_K(had, d.n_pad, path);
+      d.K_out = had_K(had, d.m, path);
+      if (d.K_in > 1) {
+        snprintf(name, sizeof name, "hadamard.K%d", d.K_in);
+        d.R_in = copy_tensor(q, name, E8Q_DT_F32, (int64_t)d.K_in * d.K_in);
+      }
+      if (d.K_out > 1) {
+        snprintf(name, sizeof name, "hadamard.K%d", d.K_out);
+        d.R_out = copy_tensor(q, name, E8Q_DT_F32, (int64_t)d.K_out * d.K_out);
+      }
+      snprintf(name, sizeof name, "model.layers.%d.%s", b, G);
+      e8q_qlinear_init(&q->lin[b * E8Q_N_GROUPS + g], &d, name);
+    }
+  cJSON_Delete(cj);
+}
+
+void e8q_qmodel_close(e8q_qmodel *q) {
+  if (q->lin)
+    for (int i = 0; i < q->cfg.n_layers * E8Q_N_GROUPS; i++) e8q_qlinear_free(&q->lin[i]);
+  free(q->lin);
+  free(q->W);
+  for (int i = 0; i < q->n_owned; i++) free(q->owned[i]);
+  free(q->owned);
+  if (q->st) e8q_st_close(q->st);
+  free(q->dir);
+  memset(q, 0, sizeof *q);
+}
+
+e8q_model *e8q_qmodel_head(const e8q_qmodel *q) {
+  e8q_model *m = e8q_calloc(1, sizeof *m, "model");
+  m->cfg = q->cfg;
+  m->path = strdup(q->dir);
+  int64_t D = q->cfg.dim, V = q->cfg.vocab_size;
+  int64_t s_embed[2] = {V, D};
+  m->embed = e8q_malloc(sizeof(float) * (size_t)(V * D), "embed_tokens");
+  e8q_st_read_f32(q->st, "model.embed_tokens.weight", 2, s_embed, m->embed);
+  m->final_norm = e8q_malloc(sizeof(float) * (size_t)D, "model.norm");
+  e8q_st_read_f32(q->st, "model.norm.weight", 1, &D, m->final_norm);
+  if (q->cfg.tied) {
+    m->lm_head = m->embed;
+  } else {
+    m->lm_head = e8q_malloc(sizeof(float) * (size_t)(V * D), "lm_head");
+    e8q_st_read_f32(q->st, "lm_head.weight", 2, s_embed, m->lm_head);
+  }
+  return m;
+}
+
+e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) {
+  e8q_model *m = e8q_qmodel_head(q);
+  const e8q_config *c = &m->cfg;
+  m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");
+  int64_t D = c->dim;
+  char name[256];
+  for (int b = 0; b < c->n_layers; b++) {
+    e8q_block *blk = &m->blocks[b];
+    blk->attn_norm = e8q_malloc(sizeof(float) * (size_t)D, "attn_norm");
+    blk->ffn_norm = e8q_malloc(sizeof(float) * (size_t)D, "ffn_norm");
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", b);
+    e8q_st_read_f32(q->st, name, 1, &D, blk->attn_norm);
+    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", b);
+    e8q_st_read_f32(q->st, name, 1, &D, blk->ffn_norm);
+    for (int g = 0; g < E8Q_N_GROUPS; g++) {
+      e8q_linear *L = &blk->lin[g];
+      e8q_group_shape(c, g, &L->m, &L->n);
+      L->w = e8q_malloc(sizeof(float) * (size_t)L->m * L->n, e8q_group_names[g]);
+      L->q = NULL;
+      if (q->dense) {
+        memcpy(L->w, q->W[b * E8Q_N_GROUPS + g], sizeof(float) * (size_t)L->m * L->n);
+        continue;
+      }
+      double *W = e8q_malloc(sizeof(double) * (size_t)L->m * L->n, "decoded weight");
+      e8q_qlinear_dequant_ref(e8q_qmodel_linear(q, b, g), W);
+      for (size_t i = 0; i < (size_t)L->m * L->n; i++) L->w[i] = (float)W[i];
+      free(W);
+    }
+  }
+  return m;
+}

@@ -1,0 +1,39 @@
+/* coordinator/qmodel.h: a quantized model as stored in an artifact directory (config.json with
+ * "quantization_config" + model.safetensors, DESIGN §4), memory-mapped, every quantized linear
+ * described for the fused kernels (kernels/qlinear.h), and its dense decoded equivalent. */
+#ifndef E8Q_COORDINATOR_QMODEL_H
+#define E8Q_COORDINATOR_QMODEL_H
+
+#include "io/safetensors.h"
+#include "kernels/qlinear.h"
+#include "shard/model.h"
+
+typedef struct {
+  char *dir;                /* owned */
+  e8q_safetensors *st;      /* dir/model.safetensors, mapped */
+  e8q_config cfg;
+  e8q_codebook_id cb;
+  int bits;
+  int dense;                /* 1: a dense ablation (noe8 / rtn): no codes, `W` holds the weights */
+  e8q_qlinear *lin;         /* [n_layers * E8Q_N_GROUPS], layer-major (NULL when dense) */
+  float **W;                /* [n_layers * E8Q_N_GROUPS] dense weights [m, n] (dense only) */
+  int n_owned;
+  void **owned;             /* aligned copies of small tensors, owned */
+} e8q_qmodel;
+
+/* Fatal, naming the file and tensor, on anything missing or inconsistent. */
+void e8q_qmodel_open(e8q_qmodel *q, const char *dir);
+/* the same from a config text and an open safetensors (owned from here on; e.g. a member of an
+ * artifact mapped in place with e8q_st_open_region); label names it in messages */
+void e8q_qmodel_open_st(e8q_qmodel *q, const char *label, const char *config_text, e8q_safetensors *st);
+void e8q_qmodel_close(e8q_qmodel *q);
+static inline const e8q_qlinear *e8q_qmodel_linear(const e8q_qmodel *q, int layer, int group) {
+  return &q->lin[layer * E8Q_N_GROUPS + group];
+}
+/* embeddings, final norm and lm_head (no blocks) */
+e8q_model *e8q_qmodel_head(const e8q_qmodel *q);
+/* The dense fp32 model: embeddings and norms from the safetensors, every linear decoded
+ * (e8q_qlinear_dequant_ref, float64 then rounded to float). */
+e8q_model *e8q_qmodel_dense(const e8q_qmodel *q);
+
+#endif

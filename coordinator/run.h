@@ -1,0 +1,33 @@
+/* coordinator/run.h: the `e8q quantize` driver (DESIGN §2): plan, embed, then per block
+ * hessian -> quantize (qkv, o, upgate, down) -> propagate -> commit, then gather, validate and
+ * pack, every step committed atomically to the run directory and journalled, so a rerun of the
+ * same command resumes where a killed run stopped and produces the same bytes. */
+#ifndef E8Q_COORDINATOR_RUN_H
+#define E8Q_COORDINATOR_RUN_H
+
+#include <stdint.h>
+
+#include "worker/quantize_linear.h"
+
+typedef enum { E8Q_SCALAPACK_AUTO = 0, E8Q_SCALAPACK_ALWAYS, E8Q_SCALAPACK_NEVER } e8q_scalapack_mode;
+
+typedef struct {
+  const char *model;       /* HF directory */
+  const char *calib;       /* calibration text or id file */
+  const char *out;         /* OUT.e8q */
+  const char *run_dir;     /* run directory (default OUT.e8q.run) */
+  const char *log_json;    /* JSON events, or NULL */
+  const char *eval_text;   /* held-out text for the recorded perplexity, or NULL */
+  int eval_lines;          /* --eval-lines: per-line protocol on the first K lines */
+  int bits, devset, ctx, tune_iters, calib_skip;
+  int scalapack_min;       /* factorise with ScaLAPACK when n_pad >= this (auto mode) */
+  e8q_scalapack_mode scalapack;
+  uint64_t seed;
+  double rho;              /* <= 0: the codebook default */
+  e8q_method method;
+} e8q_run_opts;
+
+/* collective; returns the exit code */
+int e8q_run_quantize(const e8q_run_opts *o);
+
+#endif

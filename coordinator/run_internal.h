@@ -1,0 +1,47 @@
+/* coordinator/run_internal.h: state shared by the driver's files (run.c, gather.c,
+ * validate.c). Not a public interface. */
+#ifndef E8Q_COORDINATOR_RUN_INTERNAL_H
+#define E8Q_COORDINATOR_RUN_INTERNAL_H
+
+#include <cjson/cJSON.h>
+
+#include "coordinator/calib.h"
+#include "coordinator/run.h"
+#include "io/rundir.h"
+#include "shard/model.h"
+#include "shard/plan.h"
+
+typedef struct {
+  const e8q_run_opts *o;
+  int rank, size;
+  e8q_config cfg;
+  e8q_plan plan;
+  e8q_rundir *rd;        /* rank 0 only */
+  cJSON *fingerprint;    /* rank 0: the model's */
+  cJSON *options;        /* every rank: options that shape the result (plan.json "options") */
+  e8q_calib calib;
+  int s0, s1;            /* this rank's sequences [s0, s1) */
+  int T, dim;
+  float *X, *Y;          /* [s1-s0, T, dim] activations in / out of the current block */
+  int y_valid;           /* Y holds block(X) */
+  e8q_model *head;       /* embeddings, final norm, lm_head (no blocks) */
+  e8q_st_model *st;      /* the source checkpoint */
+  e8q_qlin_opts q;       /* per-linear options */
+} e8q_run;
+
+/* rank 0 decides, every rank gets the answer */
+int e8q_run_bcast_int(int v);
+/* 1 when rel was committed and is intact (checked on rank 0, broadcast) */
+int e8q_run_have(e8q_run *R, const char *rel);
+int e8q_run_has_step(e8q_run *R, const char *step);
+/* rank 0: journal a STEP */
+void e8q_run_step(e8q_run *R, const char *step);
+
+/* gather.c: R/model.safetensors and R/config.json from the block shards (rank 0) */
+void e8q_run_gather(e8q_run *R);
+/* validate.c: R/validation.json (collective: perplexity is evaluated on all ranks) */
+void e8q_run_validate(e8q_run *R);
+/* gather.c: OUT.e8q from R/ (rank 0) */
+void e8q_run_pack(e8q_run *R);
+
+#endif

@@ -1,0 +1,186 @@
+/* io/rundir.c: plan.json, the journal and checkpoint files of a run (io/rundir.h). */
+#include "io/rundir.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/error.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "io/atomic.h"
+
+/* ---------------------------------------------------------------- fingerprint */
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+cJSON *e8q_model_fingerprint(const char *model_dir) {
+  char p[4096];
+  char hex[65];
+  cJSON *fp = cJSON_CreateObject();
+  snprintf(p, sizeof p, "%s/config.json", model_dir);
+  e8q_sha256_file_hex(p, hex);
+  cJSON_AddStringToObject(fp, "config_sha256", hex);
+  DIR *d = opendir(model_dir);
+  E8Q_CHECK_ERRNO(d, "cannot list the model directory %s", model_dir);
+  char **names = NULL;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    size_t l = strlen(e->d_name);
+    if (l > 12 && !strcmp(e->d_name + l - 12, ".safetensors")) {
+      names = realloc(names, (size_t)(n + 1) * sizeof *names);
+      E8Q_CHECK(names, "out of memory");
+      names[n++] = strdup(e->d_name);
+    }
+  }
+  closedir(d);
+  E8Q_CHECK(n > 0, "model directory %s holds no .safetensors file", model_dir);
+  qsort(names, (size_t)n, sizeof *names, cmp_str);
+  cJSON *files = cJSON_AddObjectToObject(fp, "files");
+  for (int i = 0; i < n; i++) {
+    snprintf(p, sizeof p, "%s/%s", model_dir, names[i]);
+    e8q_sha256_file_hex(p, hex);
+    cJSON_AddStringToObject(files, names[i], hex);
+    free(names[i]);
+  }
+  free(names);
+  return fp;
+}
+
+/* ---------------------------------------------------------------- diff */
+static void appendf(char *out, size_t cap, const char *fmt, ...) E8Q_PRINTF(3, 4);
+static void appendf(char *out, size_t cap, const char *fmt, ...) {
+  size_t l = strlen(out);
+  if (l + 1 >= cap) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(out + l, cap - l, fmt, ap);
+  va_end(ap);
+}
+
+static char *short_json(const cJSON *v) {
+  if (!v) return strdup("(absent)");
+  char *s = cJSON_PrintUnformatted(v);
+  if (s && strlen(s) > 80) strcpy(s + 72, "...");
+  return s;
+}
+
+int e8q_json_diff(const cJSON *now, const cJSON *old, const char *path, const char *where, char *out, size_t cap) {
+  if (now && old && cJSON_IsObject(now) && cJSON_IsObject(old)) {
+    int n = 0;
+    char sub[512];
+    const cJSON *c;
+    cJSON_ArrayForEach(c, now) {
+      snprintf(sub, sizeof sub, "%s%s%s", path, *path ? "." : "", c->string);
+      n += e8q_json_diff(c, cJSON_GetObjectItemCaseSensitive(old, c->string), sub, where, out, cap);
+    }
+    cJSON_ArrayForEach(c, old) {
+      if (cJSON_GetObjectItemCaseSensitive(now, c->string)) continue;
+      snprintf(sub, sizeof sub, "%s%s%s", path, *path ? "." : "", c->string);
+      n += e8q_json_diff(NULL, c, sub, where, out, cap);
+    }
+    return n;
+  }
+  if (now && old && cJSON_Compare(now, old, 1)) return 0;
+  char *a = short_json(now), *b = short_json(old);
+  appendf(out, cap, "\n  %s: %s now, %s in %s", path, a, b, where);
+  free(a);
+  free(b);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- open */
+static char *read_text(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = e8q_malloc((size_t)n + 1, "plan.json text");
+  size_t got = fread(s, 1, (size_t)n, f);
+  fclose(f);
+  E8Q_CHECK(got == (size_t)n, "cannot read %s", path);
+  s[n] = '\0';
+  return s;
+}
+
+e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
+  static const char *const keys[] = {"fingerprint", "options", "seed"};
+  for (int i = 0; i < 3; i++)
+    E8Q_CHECK(cJSON_GetObjectItemCaseSensitive(plan, keys[i]), "internal: run plan lacks \"%s\"", keys[i]);
+  e8q_mkdirs(dir);
+  e8q_rundir *r = e8q_calloc(1, sizeof *r, "run directory");
+  r->dir = strdup(dir);
+  char p[4096];
+  e8q_atomic_sweep(dir);
+  static const char *const subs[] = {"hessians", "acts", "shards"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(p, sizeof p, "%s/%s", dir, subs[i]);
+    e8q_mkdirs(p);
+    e8q_atomic_sweep(p);
+  }
+  snprintf(p, sizeof p, "%s/plan.json", dir);
+  char *old_text = read_text(p);
+  if (old_text) {
+    cJSON *old = cJSON_Parse(old_text);
+    free(old_text);
+    E8Q_CHECK(old, "%s is not valid JSON (damaged?); remove the run directory %s or choose another --run-dir", p, dir);
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(old, "format");
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(old, "version");
+    E8Q_CHECK(cJSON_IsString(fmt) && !strcmp(fmt->valuestring, E8Q_PLAN_FORMAT),
+              "%s is not an e8q plan (\"format\" is not \"%s\"); choose another --run-dir", p, E8Q_PLAN_FORMAT);
+    E8Q_CHECK(cJSON_IsNumber(ver) && ver->valueint == E8Q_PLAN_VERSION,
+              "%s has plan version %d; this e8q reads version %d: use the e8q that made it or another --run-dir", p,
+              cJSON_IsNumber(ver) ? ver->valueint : -1, E8Q_PLAN_VERSION);
+    char diff[8192] = "";
+    int n = 0;
+    for (int i = 0; i < 3; i++)
+      n += e8q_json_diff(cJSON_GetObjectItemCaseSensitive(plan, keys[i]), cJSON_GetObjectItemCaseSensitive(old, keys[i]),
+                         keys[i], p, diff, sizeof diff);
+    if (n > 0) {
+      cJSON_Delete(old);
+      E8Q_FATAL("run directory %s belongs to a different run (%d difference%s):%s\nrerun with the model and options "
+                "recorded there, or choose another --run-dir (or remove %s) to start afresh",
+                dir, n, n > 1 ? "s" : "", diff, dir);
+    }
+    r->plan = old;
+    r->resumed = 1;
+  } else {
+    r->plan = cJSON_Duplicate(plan, 1);
+    cJSON_DeleteItemFromObjectCaseSensitive(r->plan, "format");
+    cJSON_DeleteItemFromObjectCaseSensitive(r->plan, "version");
+    cJSON_AddStringToObject(r->plan, "format", E8Q_PLAN_FORMAT);
+    cJSON_AddNumberToObject(r->plan, "version", E8Q_PLAN_VERSION);
+    char *text = cJSON_Print(r->plan);
+    e8q_atomic_write_file(p, "plan", text, strlen(text), NULL);
+    free(text);
+  }
+  r->journal = e8q_journal_open(dir);
+  return r;
+}
+
+void e8q_rundir_close(e8q_rundir *r) {
+  if (!r) return;
+  e8q_journal_close(r->journal);
+  cJSON_Delete(r->plan);
+  free(r->dir);
+  free(r);
+}
+
+void e8q_rundir_path(const e8q_rundir *r, const char *rel, char *out, size_t cap) {
+  int n = snprintf(out, cap, "%s/%s", r->dir, rel);
+  E8Q_CHECK(n > 0 && (size_t)n < cap, "path %s/%s is too long", r->dir, rel);
+}
+
+void e8q_rundir_commit(e8q_rundir *r, const char *rel, const char *kind, const void *data, size_t n) {
+  char p[4096], hex[65];
+  e8q_rundir_path(r, rel, p, sizeof p);
+  e8q_atomic_write_file(p, kind, data, n, hex);
+  e8q_journal_file(r->journal, rel, hex, n);
+}
+
+int e8q_rundir_have(const e8q_rundir *r, const char *rel) { return e8q_journal_file_ok(r->journal, rel); }

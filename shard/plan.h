@@ -1,0 +1,94 @@
+/* shard/plan.h: the quantization plan of a model, from config.json and safetensors headers
+ * only (no weight is read).
+ *
+ * Every decoder block has four linear groups, quantized in this order (DESIGN §2, §4):
+ *   qkv    m = (n_heads + 2*n_kv_heads)*hd   n = dim            pieces q, k, v
+ *   o      m = dim                           n = n_heads*hd     piece  o
+ *   upgate m = 2*hidden                      n = dim            pieces up, gate
+ *   down   m = dim                           n = hidden         piece  down
+ * The input dimension n is zero-padded to n_pad (next multiple of 8); the Hadamard factor K
+ * (n = K * 2^p) is chosen for n_pad and for m. Blocks go one after another through all ranks:
+ * calibration sequences are split across ranks (data parallel), and the rows of each group are
+ * split across ranks for LDLQ.
+ *
+ * Sequences are split across ranks in whole chunks of E8Q_SEQ_CHUNK (the Hessian of a chunk
+ * is accumulated in float64 in sequence order, then added exactly: chunk-aligned splits keep
+ * the sums independent of the rank count); rows in whole tiles of E8Q_LDLQ_ROW_TILE.
+ *
+ * Peak memory per rank (bytes; what `e8q plan` prints and tests check), while block b is
+ * worked on (rows_r etc. do not enter: every rank rotates the whole group, and rank 0 gathers
+ * all codes):
+ *   weights   = 4 * (sum over groups of m*n + 2*dim)                 the block in fp32
+ *   acts      = 2 * 4 * seqs_r*ctx*dim                               X_b and X_{b+1} of its sequences
+ *             + 4 * ctx * (dim + m_qkv + q_dim + dim + 2*hidden + hidden)  forward scratch, one sequence
+ *             + 4 * n_heads*ctx*ctx                                  attention scores, one sequence
+ *   hess_acc  = 24 * sum over groups of n^2 + 8 * 256 * max n        accumulating: exact sums (16 B),
+ *                                                                    chunk sums (8 B), tap scratch
+ *   hessians  = 8 * sum over groups of n^2                           the four reduced sums
+ *   ldlq      = max over groups of  8 * m*n_pad                      the rotated group
+ *                                 + 8 * 3*n_pad^2                    rotated H, prepared H, factor L
+ *                                 + 8 * 2*256*n_pad                  a row tile's residual and H E
+ *                                 + 4 * m*n_pad/8                    codes and codes2 (rank 0)
+ *   peak      = weights + acts + max(hess_acc, hessians + ldlq)
+ * with seqs_r = the sequences of rank r.
+ */
+#ifndef E8Q_SHARD_PLAN_H
+#define E8Q_SHARD_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "io/config.h"
+#include "shard/model.h"
+
+#define E8Q_PLAN_MAX_PIECES 3
+/* largest non-power-of-two Hadamard factor e8q builds */
+#define E8Q_HADAMARD_MAX_K 1024
+
+typedef struct {
+  const char *name;     /* "self_attn.qkv_proj", ... (e8q_group_names) */
+  int m, n, n_pad;      /* rows (out), columns (in), padded columns */
+  int K_n, K_m;         /* Hadamard factors for n_pad and m (1 = pure Sylvester) */
+  int n_pieces;         /* 3 (q, k, v), 1, 2 (up, gate), 1 */
+  int piece_rows[E8Q_PLAN_MAX_PIECES];          /* rows of each piece, stacked in order */
+  const char *piece_names[E8Q_PLAN_MAX_PIECES]; /* HF names: "self_attn.q_proj", ... */
+} e8q_group_plan;
+
+/* calibration sequences per Hessian chunk (a constant of the format of the sums) */
+#define E8Q_SEQ_CHUNK 8
+
+typedef struct {
+  size_t weights, acts, hess_acc, hessians, ldlq, peak; /* bytes, see the formula above */
+} e8q_rank_mem;
+
+typedef struct {
+  e8q_config cfg;
+  int n_layers;
+  e8q_group_plan groups[E8Q_N_GROUPS]; /* identical for every layer */
+  int n_ranks;
+  int devset, ctx;                     /* calibration sequences and their length */
+  int *seq_start;                      /* [n_ranks+1] rank r holds sequences [seq_start[r], seq_start[r+1]),
+                                          split at multiples of E8Q_SEQ_CHUNK */
+  int *row_start[E8Q_N_GROUPS];        /* [n_ranks+1] per group: rows of rank r (e8q_ldlq_split_rows) */
+  e8q_rank_mem *mem;                   /* [n_ranks] */
+  int64_t n_params_linear;             /* weights in quantized linears, whole model */
+  int64_t n_params_other;              /* embeddings, norms, lm_head */
+} e8q_plan;
+
+/* Hadamard factor K for a dimension n (n = K * 2^p): e8q_had_choose_K (kernels/hadamard.h).
+ * Fatal, naming `what`, when K would exceed E8Q_HADAMARD_MAX_K. */
+int e8q_plan_hadamard_factor(int n, const char *what);
+/* first index of [0, total) owned by part r of `parts` (balanced contiguous split) */
+int e8q_plan_split(int total, int parts, int r);
+
+/* Builds the plan of the HF model in model_dir: checks every block's tensors exist with the
+ * shapes of config.json (headers only); fatal naming the file and tensor otherwise. */
+void e8q_plan_build(e8q_plan *p, const char *model_dir, int n_ranks, int devset, int ctx);
+/* The same from a config alone (no files): for tests and the memory formula. */
+void e8q_plan_from_config(e8q_plan *p, const e8q_config *cfg, int n_ranks, int devset, int ctx);
+void e8q_plan_free(e8q_plan *p);
+
+/* prints the schedule and per-rank memory; gpu_mem_gib > 0 adds a "fits" column */
+void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file /* FILE* */);
+
+#endif

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# tests/pipeline/pipeline.sh: end-to-end checks of `e8q quantize` on stories260K-hf.
+#   pipeline.sh E8Q MPIEXEC CASE
+# Every case quantizes with a small calibration set (lines after the first 1000 of
+# tinystories_valid_head.txt, so calibration never overlaps the first-40-lines evaluation) and
+# checks real outcomes: bytes of artifacts, error messages, recorded values.
+set -u
+E8Q=$1; MPIEXEC=$2; CASE=$3
+SHARED=${E8Q_SHARED:?}
+MODEL=$SHARED/models/stories260K-hf
+TEXT=$SHARED/text/tinystories_valid_head.txt
+TMP=${E8Q_TEST_TMP:-/tmp}/pipeline-$CASE-$$
+rm -rf "$TMP"; mkdir -p "$TMP"
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive  # ranks fill the cores
+COMMON=(--model "$MODEL" --calib "$TEXT" --calib-skip 1000 --devset 24 --ctx 64 --tune-iters 2 --seed 7
+        --eval-text "$TEXT" --eval-lines 40)
+fail() { echo "FAIL [$CASE]: $*" >&2; exit 1; }
+q() { # q NP OUT [extra options...]: quantize on NP ranks
+  local np=$1 out=$2; shift 2
+  timeout -k 5 120 "$MPIEXEC" -np "$np" "$E8Q" quantize "${COMMON[@]}" --bits 2 --out "$out" "$@"
+}
+member() { # member ARCHIVE NAME: the member's bytes on stdout
+  tar -xOf "$1" "$2"
+}
+
+case $CASE in
+ranks)
+  # the same options and seed give the same artifact bytes on 1, 2 and 4 ranks (and on rerun)
+  q 1 "$TMP/a1.e8q" > "$TMP/log1" 2>&1 || { cat "$TMP/log1"; fail "1-rank run failed"; }
+  "$E8Q" inspect "$TMP/a1.e8q" --verify > "$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect --verify"; }
+  grep -q "verify: *OK" "$TMP/inspect" || fail "inspect did not verify"
+  q 2 "$TMP/a2.e8q" --log-json "$TMP/events.jsonl" > "$TMP/log2" 2>&1 || { cat "$TMP/log2"; fail "2-rank run failed"; }
+  python3 - "$TMP/events.jsonl" <<'PY' || fail "--log-json events"
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+steps = [e for e in ev if e["event"] == "step"]
+assert steps[-1]["done"] == steps[-1]["total"] == len(steps), (len(steps), steps[-1])
+stages = [e["stage"] for e in steps]
+assert stages[:3] == ["plan", "embed", "hessian"] and stages[-3:] == ["gather", "validate", "pack"], stages
+assert sum(1 for e in ev if e["event"] == "linear") == 20
+done = [e for e in ev if e["event"] == "done"][0]
+assert len(done["peak_rss_bytes"]) == 2 and all(x > 1e6 for x in done["peak_rss_bytes"])
+PY
+  q 4 "$TMP/a4.e8q" > "$TMP/log4" 2>&1 || { cat "$TMP/log4"; fail "4-rank run failed"; }
+  cmp "$TMP/a1.e8q" "$TMP/a2.e8q" || fail "1 and 2 ranks differ"
+  cmp "$TMP/a1.e8q" "$TMP/a4.e8q" || fail "1 and 4 ranks differ"
+  OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2 q 1 "$TMP/t2.e8q" > "$TMP/logt" 2>&1 || { cat "$TMP/logt"; fail "2-thread run failed"; }
+  cmp "$TMP/a1.e8q" "$TMP/t2.e8q" || fail "the thread count changed the artifact"
+  rm -rf "$TMP/a1.e8q.run"
+  q 1 "$TMP/a1b.e8q" --run-dir "$TMP/a1.e8q.run" > "$TMP/log1b" 2>&1 || fail "rerun failed"
+  cmp "$TMP/a1.e8q" "$TMP/a1b.e8q" || fail "rerun differs"
+  # recorded values: perplexity, validation of every linear (5 layers x 4 groups)
+  member "$TMP/a1.e8q" manifest.json > "$TMP/manifest.json"
+  python3 - "$TMP/manifest.json" <<'PY' || fail "manifest values"
+import json, sys
+m = json.load(open(sys.argv[1]))
+assert m["format"] == "e8q" and m["seed"] == 7 and m["options"]["bits"] == 2
+lin = m["validation"]["linears"]
+assert len(lin) == 20, len(lin)
+assert all(0 < l["proxy_loss"] < 1 for l in lin), [l["proxy_loss"] for l in lin]
+assert m["validation"]["max_fused_vs_dense_rel_err"] < 1e-3
+ev = m["evaluation"]
+assert ev["per_line"] == 40 and ev["tokens"] > 1000
+assert 1.35651 < ev["mean_nll"] < 5.5, ev["mean_nll"]  # worse than FP (1.357), better than uniform (6.24)
+assert 1.9 < m["size"]["linear_codes_bpw"] < 2.2, m["size"]
+print("mean_nll", ev["mean_nll"], "ppl", ev["ppl"])
+PY
+  ;;
+scalapack)
+  # ScaLAPACK forced on 4 ranks: same model up to rounding in the factorisation
+  q 1 "$TMP/ref.e8q" --scalapack never > "$TMP/log1" 2>&1 || { cat "$TMP/log1"; fail "reference run failed"; }
+  q 4 "$TMP/sc.e8q" --scalapack always > "$TMP/log4" 2>&1 || { cat "$TMP/log4"; fail "ScaLAPACK run failed"; }
+  # auto: only Hessians of n_pad >= 100 (down_proj, 176) go to ScaLAPACK
+  q 2 "$TMP/auto.e8q" --scalapack auto --scalapack-min 100 > "$TMP/log2" 2>&1 || { cat "$TMP/log2"; fail "auto run failed"; }
+  member "$TMP/ref.e8q" manifest.json > "$TMP/m1.json"
+  member "$TMP/sc.e8q" manifest.json > "$TMP/m4.json"
+  member "$TMP/auto.e8q" manifest.json > "$TMP/m2.json"
+  python3 - "$TMP/m1.json" "$TMP/m4.json" "$TMP/m2.json" <<'PY' || fail "ScaLAPACK result differs"
+import json, sys
+a, b, c = (json.load(open(p)) for p in sys.argv[1:4])
+assert b["options"]["scalapack"] == "always"
+assert all(l["factorisation"].startswith("ScaLAPACK") for l in b["validation"]["linears"])
+assert not any(l["factorisation"].startswith("ScaLAPACK") for l in a["validation"]["linears"])
+assert all(l["factorisation"].startswith("ScaLAPACK") == (l["group"] == "mlp.down_proj") for l in c["validation"]["linears"])
+for other in (b, c):
+    for x, y in zip(a["validation"]["linears"], other["validation"]["linears"]):
+        assert abs(x["proxy_loss"] - y["proxy_loss"]) <= 1e-3 * x["proxy_loss"] + 1e-9, (x, y)
+    assert abs(a["evaluation"]["mean_nll"] - other["evaluation"]["mean_nll"]) < 1e-3
+PY
+  ;;
+resume)
+  # kill at every named stage boundary and mid-stage, rerun the same command: identical artifact
+  q 1 "$TMP/ref.e8q" > "$TMP/ref.log" 2>&1 || { cat "$TMP/ref.log"; fail "reference run failed"; }
+  for point in ${POINTS:-plan.done embed.done hessian.mid hessian.done quantize.mid quantize.done propagate.done commit.mid commit.done gather.mid gather.done validate.done pack.mid atomic.before_rename:7 journal.torn:5 hessian.done:3@1 quantize.mid:7@0 propagate.done:4@1}; do
+    rm -rf "$TMP/r.e8q" "$TMP/r.e8q.run"
+    # POINT[:n][@rank]: kill every rank (default) or only the given one
+    local_rank=""; [[ $point == *@* ]] && local_rank=${point#*@}
+    E8Q_FAULT=${point%@*} E8Q_FAULT_RANK=$local_rank q ${NP:-2} "$TMP/r.e8q" > "$TMP/kill.log" 2>&1 && fail "$point: the run was not killed"
+    grep -q "fault injection: killing" "$TMP/kill.log" || { cat "$TMP/kill.log"; fail "$point: no fault message"; }
+    [ -e "$TMP/r.e8q" ] && [ "$point" != "pack.done" ] && fail "$point: an artifact exists after the kill"
+    q ${NP:-2} "$TMP/r.e8q" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "$point: the rerun failed"; }
+    cmp "$TMP/ref.e8q" "$TMP/r.e8q" || fail "$point: resumed artifact differs"
+    echo "resume after $point: identical"
+  done
+  # killed on 2 ranks, resumed on 4 and on 1: the run directory does not depend on the rank count
+  for np2 in 4 1; do
+    rm -rf "$TMP/r.e8q" "$TMP/r.e8q.run"
+    E8Q_FAULT=quantize.mid:6 q 2 "$TMP/r.e8q" > "$TMP/kill.log" 2>&1 && fail "not killed (rank change)"
+    q $np2 "$TMP/r.e8q" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "resume on $np2 ranks failed"; }
+    cmp "$TMP/ref.e8q" "$TMP/r.e8q" || fail "killed on 2 ranks, resumed on $np2: artifact differs"
+    echo "killed on 2 ranks, resumed on $np2: identical"
+  done
+  ;;
+corrupt)
+  # damaged checkpoints are detected by their checksum and recomputed
+  q 1 "$TMP/ref.e8q" > "$TMP/ref.log" 2>&1 || fail "reference run failed"
+  rm -rf "$TMP/r.e8q.run"
+  E8Q_FAULT=quantize.mid:5 q 1 "$TMP/r.e8q" > "$TMP/kill.log" 2>&1 && fail "not killed"
+  R=$TMP/r.e8q.run
+  ls "$R"/shards/*.e8qs "$R"/hessians/*.ckpt >/dev/null || fail "expected checkpoints after the kill"
+  f=$(ls "$R"/shards/*.e8qs | head -1); printf '\x00\x01' | dd of="$f" bs=1 seek=200 conv=notrunc 2>/dev/null
+  h=$(ls "$R"/hessians/*.ckpt | head -1); truncate -s 100 "$h"
+  q 1 "$TMP/r.e8q" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "rerun failed"; }
+  grep -q "does not match the sha256" "$TMP/resume.log" || fail "flipped shard not reported"
+  grep -q "truncated" "$TMP/resume.log" || fail "truncated Hessian not reported"
+  cmp "$TMP/ref.e8q" "$TMP/r.e8q" || fail "artifact after recomputation differs"
+  ;;
+refuse)
+  # a rerun with other options or another model is refused, naming what differs
+  q 1 "$TMP/r.e8q" > "$TMP/log" 2>&1 || fail "run failed"
+  q 1 "$TMP/r.e8q" --tune-iters 3 > "$TMP/log2" 2>&1 && fail "other options accepted"
+  grep -q "options.tune_iters: 3 now, 2 in" "$TMP/log2" || { cat "$TMP/log2"; fail "difference not named"; }
+  mkdir -p "$TMP/other"; cp "$MODEL"/* "$TMP/other/"
+  python3 -c "import sys; p=sys.argv[1]; d=open(p,'rb').read(); b=bytearray(d); b[-1]^=1; open(p,'wb').write(bytes(b))" "$TMP/other/model.safetensors"
+  timeout 60 "$E8Q" quantize "${COMMON[@]/$MODEL/$TMP/other}" --bits 2 --out "$TMP/r.e8q" > "$TMP/log3" 2>&1 && fail "other model accepted"
+  grep -q "fingerprint.files.model.safetensors" "$TMP/log3" || { cat "$TMP/log3"; fail "model difference not named"; }
+  ;;
+badinput)
+  # calibration too short, unwritable output, disk full (injected ENOSPC) with a resuming rerun
+  q 1 "$TMP/x.e8q" --devset 100000 > "$TMP/log" 2>&1 && fail "short calibration accepted"
+  grep -q "too short" "$TMP/log" || { cat "$TMP/log"; fail "no 'too short' message"; }
+  q 1 /proc/nonexistent-e8q/x.e8q --run-dir "$TMP/u.run" > "$TMP/log" 2>&1 && fail "unwritable output accepted"
+  grep -q "/proc/nonexistent-e8q/x.e8q" "$TMP/log" || { cat "$TMP/log"; fail "output path not named"; }
+  q 1 "$TMP/ref.e8q" > "$TMP/ref.log" 2>&1 || fail "reference run failed"
+  # the disk fills while writing each kind of file (the n-th write of that kind fails)
+  for kind in acts:30 hessian:6 part:3 shard:2 journal:40 validation artifact:5; do
+    rm -rf "$TMP/f.e8q" "$TMP/f.e8q.run"
+    E8Q_FAULT_ENOSPC=$kind q 1 "$TMP/f.e8q" > "$TMP/log" 2>&1 && fail "$kind: ENOSPC not reported"
+    grep -q "No space left on device" "$TMP/log" || { cat "$TMP/log"; fail "$kind: no ENOSPC message"; }
+    grep -q "rerun the same command" "$TMP/log" || { cat "$TMP/log"; fail "$kind: the message does not say what to do"; }
+    [ -e "$TMP/f.e8q" ] && fail "$kind: an artifact exists after ENOSPC"
+    ls -a "$TMP/f.e8q.run" "$TMP/f.e8q.run"/* 2>/dev/null | grep -q '\.tmp\.' && fail "$kind: a temporary file was left"
+    q 1 "$TMP/f.e8q" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "$kind: rerun after ENOSPC failed"; }
+    cmp "$TMP/ref.e8q" "$TMP/f.e8q" || fail "$kind: artifact after ENOSPC differs"
+    echo "ENOSPC on $kind: reported, resumed, identical"
+  done
+  ;;
+eval)
+  # multi-rank evaluation of the artifact through the fused kernels: identical on 1, 2, 4 ranks,
+  # within 1e-4 of the dense decoded model
+  q 2 "$TMP/a.e8q" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "quantize failed"; }
+  for np in 1 2 4; do
+    timeout -k 5 120 "$MPIEXEC" -np $np "$E8Q" eval --artifact "$TMP/a.e8q" --text "$TEXT" --per-line 40 > "$TMP/e$np" 2> "$TMP/e$np.err" ||
+      { cat "$TMP/e$np.err"; fail "eval on $np ranks failed"; }
+  done
+  timeout -k 5 120 "$E8Q" eval --artifact "$TMP/a.e8q" --dense --text "$TEXT" --per-line 40 > "$TMP/ed" 2>&1 || fail "dense eval failed"
+  member "$TMP/a.e8q" manifest.json > "$TMP/m.json"
+  python3 - "$TMP/e1" "$TMP/e2" "$TMP/e4" "$TMP/ed" "$TMP/m.json" <<'PY' || fail "evaluation results"
+import json, sys
+r = [json.loads(open(p).read().strip().splitlines()[-1]) for p in sys.argv[1:5]]
+m = json.load(open(sys.argv[5]))
+assert r[0]["linears"] == "fused kernels" and r[3]["linears"] == "dense decode"
+assert r[0]["sum_nll"] == r[1]["sum_nll"] == r[2]["sum_nll"], [x["sum_nll"] for x in r]
+assert r[0]["tokens"] == r[3]["tokens"] == m["evaluation"]["tokens"]
+assert abs(r[0]["mean_nll"] - r[3]["mean_nll"]) < 1e-4, (r[0]["mean_nll"], r[3]["mean_nll"])
+assert abs(r[3]["mean_nll"] - m["evaluation"]["mean_nll"]) < 1e-12
+print("fused", r[0]["mean_nll"], "dense", r[3]["mean_nll"])
+PY
+  ;;
+ablation)
+  # the noe8 and rtn ablations run end to end (dense weights in the artifact) and rank as expected
+  for m in e8p noe8 rtn; do
+    q 1 "$TMP/$m.e8q" --method $m > "$TMP/$m.log" 2>&1 || { cat "$TMP/$m.log"; fail "$m run failed"; }
+    member "$TMP/$m.e8q" manifest.json > "$TMP/$m.json"
+    member "$TMP/$m.e8q" config.json > "$TMP/$m.config"
+  done
+  python3 - "$TMP" <<'PY' || fail "ablation results"
+import json, sys
+d = sys.argv[1]
+nll = {m: json.load(open(f"{d}/{m}.json"))["evaluation"]["mean_nll"] for m in ("e8p", "noe8", "rtn")}
+cfg = {m: json.load(open(f"{d}/{m}.config"))["quantization_config"] for m in ("e8p", "noe8", "rtn")}
+assert cfg["rtn"]["dense_ablation"] and cfg["noe8"]["method"] == "noe8" and "dense_ablation" not in cfg["e8p"]
+assert nll["e8p"] < nll["rtn"], nll
+print(nll)
+PY
+  ;;
+demo)
+  # the built-in demo model through the whole pipeline with default settings, on 2 ranks
+  "$E8Q" demo --out "$TMP/demo" > "$TMP/demo.log" 2>&1 || { cat "$TMP/demo.log"; fail "demo failed"; }
+  timeout -k 5 200 "$MPIEXEC" -np 2 "$E8Q" quantize --model "$TMP/demo" --bits 2 --calib "$TMP/demo/calib.txt" \
+    --eval-text "$TMP/demo/eval.txt" --out "$TMP/demo.e8q" > "$TMP/q.log" 2>&1 || { cat "$TMP/q.log"; fail "quantize failed"; }
+  grep -q "devset 128 x ctx" "$TMP/q.log" || { cat "$TMP/q.log"; fail "defaults not printed"; }
+  "$E8Q" inspect "$TMP/demo.e8q" --verify > "$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect --verify"; }
+  grep -q "16 linears" "$TMP/inspect" || { cat "$TMP/inspect"; fail "validation record"; }
+  ;;
+*) fail "unknown case" ;;
+esac
+rm -rf "$TMP"
+echo "PASS [$CASE]"

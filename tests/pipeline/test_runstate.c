@@ -1,0 +1,270 @@
+/* tests/pipeline/test_runstate.c: atomic files, fault injection, the journal and the run
+ * directory: the pieces that make `e8q quantize` resumable. Crashes are real: a forked child
+ * SIGKILLs itself at a named fault point and the parent inspects what is left on disk. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/fault.h"
+#include "common/hash.h"
+#include "io/atomic.h"
+#include "io/journal.h"
+#include "io/rundir.h"
+#include "testutil.h"
+
+static int count_tmp(const char *dir) {
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -c '\\.tmp\\.' > '%s/.count'", dir, dir);
+  (void)system(cmd);
+  char p[4096];
+  snprintf(p, sizeof p, "%s/.count", dir);
+  char *s = t_read_file(p, NULL);
+  int n = atoi(s);
+  free(s);
+  unlink(p);
+  return n;
+}
+
+/* runs fn in a child with E8Q_FAULT=fault; returns the signal that ended it (0 if it exited) */
+static int run_child(const char *fault, void (*fn)(const char *), const char *arg) {
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setenv("E8Q_FAULT", fault, 1);
+    e8q_fault_reset();
+    fn(arg);
+    _exit(0);
+  }
+  int st = 0;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  return WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+}
+
+/* ---------------------------------------------------------------- atomic files */
+static void write_big(const char *path) {
+  e8q_atomic_file *f = e8q_atomic_begin(path, "shard");
+  char buf[1000];
+  for (int i = 0; i < 100; i++) {
+    memset(buf, 'a' + i % 26, sizeof buf);
+    e8q_atomic_write(f, buf, sizeof buf);
+  }
+  e8q_atomic_commit(f, NULL);
+}
+
+static void test_atomic_write_and_hash(void **state) {
+  (void)state;
+  char *d = t_tmpdir("atomic");
+  char p[4096];
+  snprintf(p, sizeof p, "%s/x.bin", d);
+  char hex[65], want[65];
+  e8q_atomic_write_file(p, "shard", "hello", 5, hex);
+  e8q_sha256_file_hex(p, want);
+  assert_string_equal(hex, want);
+  assert_string_equal(hex, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+  /* overwrite replaces whole */
+  write_big(p);
+  size_t n = 0;
+  char *s = t_read_file(p, &n);
+  assert_int_equal(n, 100000);
+  assert_int_equal(s[99999], 'a' + 99 % 26);
+  free(s);
+  assert_int_equal(count_tmp(d), 0);
+  free(d);
+}
+
+static void test_atomic_crash_before_rename(void **state) {
+  (void)state;
+  char *d = t_tmpdir("atomic-crash");
+  char p[4096];
+  snprintf(p, sizeof p, "%s/x.bin", d);
+  e8q_atomic_write_file(p, "shard", "old", 3, NULL);
+  assert_int_equal(run_child("atomic.before_rename", write_big, p), SIGKILL);
+  /* the final name still holds the old, whole content; the temporary is left behind */
+  size_t n = 0;
+  char *s = t_read_file(p, &n);
+  assert_int_equal(n, 3);
+  assert_memory_equal(s, "old", 3);
+  free(s);
+  assert_int_equal(count_tmp(d), 1);
+  assert_int_equal(e8q_atomic_sweep(d), 1);
+  assert_int_equal(count_tmp(d), 0);
+  /* a fault point on the second pass only: first write commits, second is killed */
+  free(d);
+}
+
+static void two_writes(const char *path) {
+  e8q_atomic_write_file(path, "shard", "one", 3, NULL);
+  e8q_atomic_write_file(path, "shard", "two", 3, NULL);
+}
+
+static void test_fault_nth_pass(void **state) {
+  (void)state;
+  char *d = t_tmpdir("fault-nth");
+  char p[4096];
+  snprintf(p, sizeof p, "%s/x.bin", d);
+  assert_int_equal(run_child("atomic.before_rename:2", two_writes, p), SIGKILL);
+  char *s = t_read_file(p, NULL);
+  assert_string_equal(s, "one");
+  free(s);
+  assert_int_equal(run_child("atomic.before_rename:3", two_writes, p), 0);
+  s = t_read_file(p, NULL);
+  assert_string_equal(s, "two");
+  free(s);
+  /* unknown points are programming errors */
+  E8Q_EXPECT_FATAL(e8q_fault_point("no.such.point"), "no.such.point", "e8q_fault_points");
+  free(d);
+}
+
+static void test_atomic_enospc(void **state) {
+  (void)state;
+  char *d = t_tmpdir("enospc");
+  char p[4096];
+  snprintf(p, sizeof p, "%s/shard.bin", d);
+  e8q_atomic_write_file(p, "shard", "old", 3, NULL);
+  setenv("E8Q_FAULT_ENOSPC", "shard:3", 1);
+  e8q_fault_reset();
+  E8Q_EXPECT_FATAL(write_big(p), p, "No space left on device", "Free space", "rerun the same command");
+  unsetenv("E8Q_FAULT_ENOSPC");
+  char *s = t_read_file(p, NULL);
+  assert_string_equal(s, "old"); /* untouched */
+  free(s);
+  assert_int_equal(count_tmp(d), 0); /* temporary removed */
+  /* an unwritable place */
+  E8Q_EXPECT_FATAL(e8q_atomic_write_file("/proc/e8q-nope/x", "artifact", "x", 1, NULL), "/proc/e8q-nope/x",
+                   "cannot create");
+  free(d);
+}
+
+/* ---------------------------------------------------------------- journal */
+static void journal_three(const char *dir) {
+  e8q_journal *j = e8q_journal_open(dir);
+  e8q_journal_step(j, "a");
+  e8q_journal_step(j, "b");
+  e8q_journal_step(j, "c");
+  e8q_journal_close(j);
+}
+
+static void test_journal_replay_and_torn(void **state) {
+  (void)state;
+  char *d = t_tmpdir("journal");
+  e8q_journal *j = e8q_journal_open(d);
+  assert_int_equal(j->n, 0);
+  e8q_journal_step(j, "plan");
+  e8q_journal_note(j, "{\"retry\":1}");
+  e8q_journal_close(j);
+  j = e8q_journal_open(d);
+  assert_int_equal(j->n, 2);
+  assert_true(e8q_journal_has_step(j, "plan"));
+  assert_false(e8q_journal_has_step(j, "embed"));
+  assert_int_equal(j->recs[1].type, E8Q_JREC_NOTE);
+  assert_string_equal(j->recs[1].payload, "{\"retry\":1}");
+  e8q_journal_close(j);
+  char jp[4096];
+  snprintf(jp, sizeof jp, "%s/journal", d);
+  size_t before = 0;
+  free(t_read_file(jp, &before));
+  /* killed in the middle of the 2nd of three new records */
+  assert_int_equal(run_child("journal.torn:2", journal_three, d), SIGKILL);
+  size_t torn = 0;
+  free(t_read_file(jp, &torn));
+  j = e8q_journal_open(d);
+  assert_int_equal(j->n, 3); /* plan, note, a */
+  assert_true(e8q_journal_has_step(j, "a"));
+  assert_false(e8q_journal_has_step(j, "b"));
+  assert_true(j->dropped > 0);
+  size_t after = 0;
+  free(t_read_file(jp, &after));
+  assert_int_equal(after + j->dropped, torn);
+  e8q_journal_step(j, "b"); /* appends cleanly after the cut */
+  e8q_journal_close(j);
+  j = e8q_journal_open(d);
+  assert_int_equal(j->n, 4);
+  assert_int_equal(j->dropped, 0);
+  e8q_journal_close(j);
+  /* a flipped byte in the middle record: replay stops there */
+  size_t n = 0;
+  char *s = t_read_file(jp, &n);
+  s[after - 20] ^= 0x40; /* inside the record of "a" (its checksum) */
+  t_write_file(jp, s, n);
+  free(s);
+  j = e8q_journal_open(d);
+  assert_int_equal(j->n, 2);
+  e8q_journal_close(j);
+  free(d);
+}
+
+static void test_journal_enospc_keeps_records(void **state) {
+  (void)state;
+  char *d = t_tmpdir("journal-enospc");
+  e8q_journal *j = e8q_journal_open(d);
+  e8q_journal_step(j, "one");
+  setenv("E8Q_FAULT_ENOSPC", "journal", 1);
+  E8Q_EXPECT_FATAL(e8q_journal_step(j, "two"), "run journal", "No space left", "rerun the same command");
+  unsetenv("E8Q_FAULT_ENOSPC");
+  e8q_journal *k = e8q_journal_open(d);
+  assert_int_equal(k->n, 1);
+  assert_int_equal(k->dropped, 0);
+  e8q_journal_close(k);
+  free(d);
+}
+
+static void test_journal_file_checks(void **state) {
+  (void)state;
+  char *d = t_tmpdir("journal-files");
+  cJSON *plan = cJSON_CreateObject();
+  cJSON *fp = cJSON_AddObjectToObject(plan, "fingerprint");
+  cJSON_AddStringToObject(fp, "config_sha256", "abc");
+  cJSON *opt = cJSON_AddObjectToObject(plan, "options");
+  cJSON_AddNumberToObject(opt, "bits", 2);
+  cJSON_AddNumberToObject(plan, "seed", 7);
+  e8q_rundir *r = e8q_rundir_open(d, plan);
+  assert_false(r->resumed);
+  assert_false(e8q_rundir_have(r, "shards/0.e8qs"));
+  e8q_rundir_commit(r, "shards/0.e8qs", "shard", "0123456789", 10);
+  e8q_rundir_commit(r, "shards/1.e8qs", "shard", "abcdefghij", 10);
+  assert_true(e8q_rundir_have(r, "shards/0.e8qs"));
+  e8q_rundir_close(r);
+  char p[4096];
+  /* truncated and flipped files are detected */
+  snprintf(p, sizeof p, "%s/shards/0.e8qs", d);
+  t_write_file(p, "01234", 5);
+  snprintf(p, sizeof p, "%s/shards/1.e8qs", d);
+  t_write_file(p, "abcdefghiJ", 10);
+  r = e8q_rundir_open(d, plan);
+  assert_true(r->resumed);
+  assert_false(e8q_rundir_have(r, "shards/0.e8qs"));
+  assert_false(e8q_rundir_have(r, "shards/1.e8qs"));
+  e8q_rundir_commit(r, "shards/1.e8qs", "shard", "abcdefghij", 10);
+  assert_true(e8q_rundir_have(r, "shards/1.e8qs")); /* the latest record wins */
+  e8q_rundir_close(r);
+  /* a different run is refused with each difference named */
+  cJSON *other = cJSON_Duplicate(plan, 1);
+  cJSON_ReplaceItemInObject(cJSON_GetObjectItem(other, "options"), "bits", cJSON_CreateNumber(3));
+  cJSON_AddStringToObject(cJSON_GetObjectItem(other, "options"), "method", "rtn");
+  cJSON_ReplaceItemInObject(cJSON_GetObjectItem(other, "fingerprint"), "config_sha256", cJSON_CreateString("def"));
+  E8Q_EXPECT_FATAL(e8q_rundir_open(d, other), "different run", "3 differences", "options.bits: 3 now, 2 in",
+                   "options.method: \"rtn\" now, (absent) in", "fingerprint.config_sha256: \"def\" now, \"abc\" in",
+                   "--run-dir");
+  cJSON_Delete(other);
+  cJSON_Delete(plan);
+  free(d);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_atomic_write_and_hash),
+      cmocka_unit_test(test_atomic_crash_before_rename),
+      cmocka_unit_test(test_fault_nth_pass),
+      cmocka_unit_test(test_atomic_enospc),
+      cmocka_unit_test(test_journal_replay_and_torn),
+      cmocka_unit_test(test_journal_enospc_keeps_records),
+      cmocka_unit_test(test_journal_file_checks),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

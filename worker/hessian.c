@@ -1,0 +1,99 @@
+/* worker/hessian.c: Hessian accumulation through the forward taps (worker/hessian.h). */
+#include "worker/hessian.h"
+
+#include <cblas.h>
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+
+/* ---------------------------------------------------------------- Gram matrices */
+/* upper triangle of G (+)= xᵀ x, row blocks of E8Q_HESS_ROWS in order */
+static void gram_upper(int rows, int cols, const float *x, double *xd, double *G, double beta) {
+  for (int r0 = 0; r0 < rows; r0 += E8Q_HESS_ROWS) {
+    int k = rows - r0 < E8Q_HESS_ROWS ? rows - r0 : E8Q_HESS_ROWS;
+    size_t nk = (size_t)k * cols;
+    for (size_t i = 0; i < nk; i++) xd[i] = x[(size_t)r0 * cols + i];
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, k, 1.0, xd, cols, beta, G, cols);
+    beta = 1.0;
+  }
+}
+
+static void mirror(int n, double *G) {
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < i; j++) G[(size_t)i * n + j] = G[(size_t)j * n + i];
+}
+
+void e8q_hessian_gram(int rows, int cols, const float *x, double *xd, double *G, int accumulate) {
+  if (!accumulate) memset(G, 0, sizeof(double) * (size_t)cols * cols);
+  gram_upper(rows, cols, x, xd, G, 1.0);
+  mirror(cols, G);
+}
+
+void e8q_hessian_gram_ref(int rows, int cols, const float *x, double *G) {
+  for (int i = 0; i < cols; i++)
+    for (int j = 0; j < cols; j++) {
+      double s = 0;
+      for (int t = 0; t < rows; t++) s += (double)x[(size_t)t * cols + i] * (double)x[(size_t)t * cols + j];
+      G[(size_t)i * cols + j] = s;
+    }
+}
+
+/* ---------------------------------------------------------------- accumulator */
+void e8q_hessian_acc_init(e8q_hessian_acc *a, const e8q_config *cfg, int T) {
+  memset(a, 0, sizeof *a);
+  a->T = T;
+  int nmax = 0;
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    int m;
+    e8q_group_shape(cfg, g, &m, &a->n[g]);
+    a->sum[g] = e8q_exact_sum_new((size_t)a->n[g] * a->n[g]);
+    a->chunk[g] = e8q_calloc((size_t)a->n[g] * a->n[g], sizeof(double), "Hessian chunk sum");
+    if (a->n[g] > nmax) nmax = a->n[g];
+  }
+  a->xd = e8q_malloc(sizeof(double) * (size_t)E8Q_HESS_ROWS * nmax, "Hessian tap scratch");
+}
+
+void e8q_hessian_acc_free(e8q_hessian_acc *a) {
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    e8q_exact_sum_free(a->sum[g]);
+    free(a->chunk[g]);
+  }
+  free(a->xd);
+  memset(a, 0, sizeof *a);
+}
+
+static void hessian_tap(void *ctx, int group, int rows, int cols, const float *x) {
+  e8q_hessian_acc *a = ctx;
+  E8Q_CHECK(group >= 0 && group < E8Q_N_GROUPS && cols == a->n[group] && rows == a->T,
+            "internal: Hessian tap of group %d got [%d, %d], expected [%d, %d]", group, rows, cols, a->T,
+            group >= 0 && group < E8Q_N_GROUPS ? a->n[group] : -1);
+  gram_upper(rows, cols, x, a->xd, a->chunk[group], 1.0);
+}
+
+void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_config *cfg, float *x,
+                         e8q_fwd_scratch *scratch) {
+  e8q_taps taps = {hessian_tap, a};
+  e8q_block_forward(b, cfg, 1, a->T, x, &taps, scratch);
+  a->tokens += a->T;
+  a->in_chunk++;
+}
+
+void e8q_hessian_acc_flush(e8q_hessian_acc *a) {
+  if (a->in_chunk == 0) return;
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    mirror(a->n[g], a->chunk[g]);
+    e8q_exact_sum_add(a->sum[g], a->chunk[g]);
+    memset(a->chunk[g], 0, sizeof(double) * (size_t)a->n[g] * a->n[g]);
+  }
+  a->in_chunk = 0;
+}
+
+void e8q_hessian_acc_reduce(e8q_hessian_acc *a, double *const H[E8Q_N_GROUPS], long *tokens) {
+  e8q_hessian_acc_flush(a);
+  for (int g = 0; g < E8Q_N_GROUPS; g++) e8q_exact_sum_allreduce(a->sum[g], H[g]);
+  long t = a->tokens;
+  E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD));
+  *tokens = t;
+}

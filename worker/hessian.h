@@ -1,0 +1,48 @@
+/* worker/hessian.h: the four input Hessians of a block (DESIGN §3 "Hessians").
+ *
+ * H_g = sum over calibration tokens of x xᵀ, x the input of linear group g exactly as
+ * multiplied (captured through the forward pass's taps), accumulated in float64 with a token
+ * count: sums, never means, so ranks and resumed runs merge by addition. The sequences of a
+ * chunk (E8Q_SEQ_CHUNK consecutive calibration sequences, shard/plan.h) are added in float64 in
+ * sequence order (dsyrk on row blocks of E8Q_HESS_ROWS tokens), then the chunk's sum goes into
+ * an exact accumulator (worker/exact_sum.h). Chunks never straddle ranks, so the reduced H is
+ * bit-identical for any number of ranks.
+ */
+#ifndef E8Q_WORKER_HESSIAN_H
+#define E8Q_WORKER_HESSIAN_H
+
+#include "shard/model.h"
+#include "worker/exact_sum.h"
+#include "worker/forward.h"
+
+#define E8Q_HESS_ROWS 256 /* tokens converted to float64 at a time */
+
+typedef struct {
+  int n[E8Q_N_GROUPS];               /* input dimension of each group */
+  int T;                             /* tokens per sequence */
+  e8q_exact_sum *sum[E8Q_N_GROUPS];  /* [n*n] exact running sums over flushed chunks */
+  double *chunk[E8Q_N_GROUPS];       /* [n*n] float64 sum of the current chunk (upper triangle) */
+  int in_chunk;                      /* sequences in the current chunk */
+  long tokens;                       /* tokens this rank added */
+  double *xd;                        /* [E8Q_HESS_ROWS, max n] tap rows converted to double */
+} e8q_hessian_acc;
+
+void e8q_hessian_acc_init(e8q_hessian_acc *a, const e8q_config *cfg, int T);
+void e8q_hessian_acc_free(e8q_hessian_acc *a);
+/* one sequence: x [T, dim] <- block(x) with the original weights, its four Gram matrices added */
+void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_config *cfg, float *x,
+                         e8q_fwd_scratch *scratch);
+/* ends the current chunk: its sums go into the exact accumulators (call after the last sequence
+ * of every chunk; a no-op when the chunk is empty) */
+void e8q_hessian_acc_flush(e8q_hessian_acc *a);
+/* collective: H[g] [n_g, n_g] (caller's buffers) = total over ranks; *tokens = total tokens
+ * (flushes first) */
+void e8q_hessian_acc_reduce(e8q_hessian_acc *a, double *const H[E8Q_N_GROUPS], long *tokens);
+
+/* G [cols, cols] (+)= xᵀ x for x [rows, cols] f32, in float64 through BLAS, upper triangle and
+ * mirrored (accumulate: 1 adds to G, 0 overwrites); xd: [E8Q_HESS_ROWS*cols] scratch */
+void e8q_hessian_gram(int rows, int cols, const float *x, double *xd, double *G, int accumulate);
+/* the same in plain loops (the readable twin) */
+void e8q_hessian_gram_ref(int rows, int cols, const float *x, double *G);
+
+#endif

@@ -1,0 +1,279 @@
+/* worker/quantize_linear.c: one linear group across all ranks (worker/quantize_linear.h). */
+#include "worker/quantize_linear.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/rng.h"
+#include "kernels/e8p.h"
+#include "kernels/hadamard.h"
+#include "worker/cholesky.h"
+#include "worker/exact_sum.h"
+
+/* ---------------------------------------------------------------- methods */
+e8q_method e8q_method_parse(const char *s) {
+  if (!strcmp(s, "e8p") || !strcmp(s, "ldlq")) return E8Q_METHOD_LDLQ;
+  if (!strcmp(s, "nearest")) return E8Q_METHOD_NEAREST;
+  if (!strcmp(s, "noe8")) return E8Q_METHOD_NOE8;
+  if (!strcmp(s, "rtn")) return E8Q_METHOD_RTN;
+  E8Q_FATAL("--method '%s': use e8p (default), nearest, noe8 or rtn", s);
+}
+
+const char *e8q_method_cli_name(e8q_method m) { return m == E8Q_METHOD_LDLQ ? "e8p" : e8q_method_name(m); }
+
+/* DESIGN §3: rho 0.9 for E8P (the paper's runs), 0.98 for RVQ3, 1.03 for RVQ4 */
+static double default_rho(int bits) { return bits == 2 ? 0.9 : bits == 3 ? 0.98 : 1.03; }
+
+/* ---------------------------------------------------------------- ScaLAPACK factorisation
+ * Fills an e8q_ldl (kernels/ldlq.h) as e8q_ldl_build would, with the Cholesky factor computed by
+ * ScaLAPACK across all ranks: prepared H, unit block-lower L, inverses of H's diagonal blocks.
+ * Collective. Returns 0 when the Cholesky failed (not positive definite). */
+static int ldl_build_scalapack(e8q_ldl *f, const double *H_raw, int n, double sigma) {
+  memset(f, 0, sizeof *f);
+  f->n = n;
+  f->prec = E8Q_PREC_F64;
+  f->sigma_reg = sigma;
+  f->H = e8q_malloc(sizeof(double) * (size_t)n * n, "prepared Hessian");
+  memcpy(f->H, H_raw, sizeof(double) * (size_t)n * n);
+  e8q_hessian_prep(f->H, n, sigma);
+  f->L = e8q_malloc(sizeof(double) * (size_t)n * n, "LDL factor");
+  memcpy(f->L, f->H, sizeof(double) * (size_t)n * n);
+  if (e8q_cholesky_scalapack(n, f->L, 0) != 0) {
+    e8q_ldl_free(f);
+    return 0;
+  }
+  /* L[j, k] = C[j, k] C[k, k]^-1 below the diagonal blocks; identity on them */
+  int nb = n / 8;
+  for (int k = 0; k < nb; k++) {
+    int c = 8 * k, below = n - c - 8;
+    if (below > 0)
+      cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, below, 8, 1.0, f->L + (size_t)c * n + c,
+                  n, f->L + (size_t)(c + 8) * n + c, n);
+  }
+  for (int k = 0; k < nb; k++)
+    for (int i = 0; i < 8; i++)
+      for (int j = 0; j < 8; j++) f->L[(size_t)(8 * k + i) * n + 8 * k + j] = i == j ? 1.0 : 0.0;
+  f->Hkk_inv = e8q_malloc(sizeof(double) * (size_t)n * 8, "Hessian block inverses");
+  for (int k = 0; k < nb; k++) {
+    double *B = f->Hkk_inv + (size_t)k * 64;
+    for (int a = 0; a < 8; a++)
+      for (int b = 0; b < 8; b++) B[a * 8 + b] = f->H[(size_t)(8 * k + a) * n + 8 * k + b];
+    E8Q_CHECK(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', 8, B, 8) == 0 && LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'L', 8, B, 8) == 0,
+              "internal: a diagonal 8x8 block of a positive definite Hessian is singular");
+    for (int a = 0; a < 8; a++)
+      for (int b = a + 1; b < 8; b++) B[a * 8 + b] = B[b * 8 + a];
+  }
+  return 1;
+}
+
+/* ---------------------------------------------------------------- dense ablations
+ * noe8 / rtn through e8q_quantize_linear on rank 0 (the others wait at the broadcast): each
+ * piece over its RMS as for the E8P methods, the quantized weight scaled back. */
+static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
+                           const double *H, e8q_qlin_result *res) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int m = g->m, n = g->n;
+  double info[2] = {0, 0}; /* proxy loss, attempts */
+  if (rank == 0) {
+    float *Wf = e8q_malloc(sizeof(float) * (size_t)m * n, "fused weight");
+    int row = 0;
+    for (int p = 0; p < g->n_pieces; p++) {
+      double ss = 0;
+      for (int r = row; r < row + g->piece_rows[p]; r++)
+        for (int j = 0; j < n; j++) ss += (double)W[(size_t)r * n + j] * W[(size_t)r * n + j];
+      double rms = sqrt(ss / ((double)g->piece_rows[p] * n));
+      if (!(rms > 0)) rms = 1;
+      res->fuse_scales[p] = (float)rms;
+      for (int r = row; r < row + g->piece_rows[p]; r++)
+        for (int j = 0; j < n; j++) Wf[(size_t)r * n + j] = (float)(W[(size_t)r * n + j] / rms);
+      row += g->piece_rows[p];
+    }
+    e8q_quant_opts qo = {.bits = o->bits, .rho = 0, .tune_iters = o->tune_iters, .method = o->method,
+                         .seed = o->seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group,
+                         .sigma_reg = 0, .prec = E8Q_PREC_F64};
+    e8q_quant_result qr;
+    e8q_quantize_linear(Wf, m, n, H, &qo, &qr);
+    E8Q_CHECK(qr.status.ok && qr.What, "layer %d %s: %s", layer, g->name, qr.status.message);
+    res->dense = e8q_malloc(sizeof(float) * (size_t)m * n, "dense ablation weight");
+    row = 0;
+    for (int p = 0; p < g->n_pieces; p++) {
+      for (int r = row; r < row + g->piece_rows[p]; r++)
+        for (int j = 0; j < n; j++) res->dense[(size_t)r * n + j] = qr.What[(size_t)r * n + j] * res->fuse_scales[p];
+      row += g->piece_rows[p];
+    }
+    info[0] = qr.proxy;
+    info[1] = qr.status.attempts;
+    res->damp = qr.status.sigma_reg;
+    snprintf(res->ldl_message, sizeof res->ldl_message, "%s", qr.status.message);
+    e8q_quant_result_free(&qr);
+    free(Wf);
+  }
+  E8Q_CHECK_MPI(MPI_Bcast(info, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  res->proxy_loss = info[0];
+  res->retries = info[1] > 1 ? (int)info[1] - 1 : 0;
+  res->Wscale = 1;
+}
+
+/* ---------------------------------------------------------------- one group */
+void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
+                        const double *H, long tokens, e8q_qlin_result *res) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int m = g->m, n = g->n, np = g->n_pad, nc = np / 8;
+  E8Q_CHECK(tokens > 0, "layer %d %s: the Hessian holds no tokens", layer, g->name);
+  for (size_t i = 0; i < (size_t)n * n; i++)
+    E8Q_CHECK(isfinite(H[i]), "layer %d %s: the Hessian has a non-finite entry (%g at [%zu, %zu]): the calibration "
+              "activations overflowed or the checkpoint holds NaN/Inf", layer, g->name, H[i], i / (size_t)n, i % (size_t)n);
+  memset(res, 0, sizeof *res);
+  res->m = m, res->n = n, res->n_pad = np, res->nc = nc, res->n_pieces = g->n_pieces;
+  e8q_codebook_id cb = e8q_cb_from_bits(o->bits);
+  double rho = o->rho > 0 ? o->rho : default_rho(o->bits);
+  if (e8q_method_dense(o->method)) {
+    dense_ablation(o, g, layer, group, W, H, res);
+    return;
+  }
+
+  /* fuse: each piece over its RMS; pad to n_pad */
+  double *Wr = e8q_calloc((size_t)m * np, sizeof(double), "rotated weight");
+  int row = 0;
+  for (int p = 0; p < g->n_pieces; p++) {
+    double ss = 0;
+    for (int r = row; r < row + g->piece_rows[p]; r++)
+      for (int j = 0; j < n; j++) ss += (double)W[(size_t)r * n + j] * W[(size_t)r * n + j];
+    double rms = sqrt(ss / ((double)g->piece_rows[p] * n));
+    if (!(rms > 0)) rms = 1; /* an all-zero piece stays zero */
+    res->fuse_scales[p] = (float)rms;
+    for (int r = row; r < row + g->piece_rows[p]; r++)
+      for (int j = 0; j < n; j++) Wr[(size_t)r * np + j] = W[(size_t)r * n + j] / (double)res->fuse_scales[p];
+    row += g->piece_rows[p];
+  }
+  double *Hr = e8q_calloc((size_t)np * np, sizeof(double), "rotated Hessian");
+  for (int i = 0; i < n; i++) memcpy(Hr + (size_t)i * np, H + (size_t)i * n, sizeof(double) * (size_t)n);
+
+  /* RHT */
+  res->SU = e8q_malloc(sizeof(float) * (size_t)np, "SU");
+  res->SV = e8q_malloc(sizeof(float) * (size_t)m, "SV");
+  uint64_t lin_seed = o->seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group;
+  e8q_rng_fill_signs(lin_seed, E8Q_RNG_STREAM_SU, 0, (size_t)np, res->SU);
+  e8q_rng_fill_signs(lin_seed, E8Q_RNG_STREAM_SV, 0, (size_t)m, res->SV);
+  double *SU = e8q_malloc(sizeof(double) * (size_t)np, "SU f64"), *SV = e8q_malloc(sizeof(double) * (size_t)m, "SV f64");
+  for (int i = 0; i < np; i++) SU[i] = res->SU[i];
+  for (int i = 0; i < m; i++) SV[i] = res->SV[i];
+  e8q_had hn, hm;
+  e8q_had_init(&hn, np, E8Q_HAD_SEED);
+  e8q_had_init(&hm, m, E8Q_HAD_SEED);
+  E8Q_CHECK(hn.f.K == g->K_n && hm.f.K == g->K_m, "internal: Hadamard factors %d/%d differ from the plan's %d/%d",
+            hn.f.K, hm.f.K, g->K_n, g->K_m);
+  e8q_rht_weight(&hm, &hn, SU, SV, Wr);
+  e8q_rht_hessian(&hn, SU, Hr);
+  double ss = 0;
+  for (size_t i = 0; i < (size_t)m * np; i++) ss += Wr[i] * Wr[i];
+  double wrms = sqrt(ss / ((double)m * np));
+  res->Wscale = (float)(wrms > 0 ? wrms / rho : 1);
+  for (size_t i = 0; i < (size_t)m * np; i++) Wr[i] /= (double)res->Wscale;
+
+  /* factor (prepared H, block LDL) */
+  e8q_ldl f;
+  if (o->scalapack) {
+    double sigma = E8Q_SIGMA_REG;
+    int ok = ldl_build_scalapack(&f, Hr, np, sigma);
+    if (!ok) {
+      res->retries = 1;
+      sigma *= 10;
+      ok = ldl_build_scalapack(&f, Hr, np, sigma);
+    }
+    E8Q_CHECK(ok, "layer %d %s: the Hessian is not positive definite even with damping %g (ScaLAPACK); the calibration "
+              "data may be degenerate: use more or other --calib data", layer, g->name, sigma);
+    res->damp = sigma;
+    snprintf(res->ldl_message, sizeof res->ldl_message, "ScaLAPACK LDL ok (f64, sigma_reg %g%s)", sigma,
+             res->retries ? ", after a retry with 10x damping" : "");
+  } else {
+    e8q_ldl_status st;
+    int ok = e8q_ldl_build(&f, Hr, np, E8Q_SIGMA_REG, E8Q_PREC_F64, &st);
+    E8Q_CHECK(ok, "layer %d %s: %s", layer, g->name, st.message);
+    res->retries = st.attempts - 1;
+    res->damp = st.sigma_reg;
+    snprintf(res->ldl_message, sizeof res->ldl_message, "%s", st.message);
+  }
+
+  /* LDLQ on this rank's row tiles; proxy loss per tile (rank-count independent), reduced exactly */
+  int64_t r0, r1;
+  e8q_ldlq_split_rows(m, size, rank, &r0, &r1);
+  int my_rows = (int)(r1 - r0);
+  size_t c2sz = o->bits == 4 ? 2 : 1;
+  uint16_t *codes = e8q_calloc((size_t)(my_rows ? my_rows : 1) * nc, sizeof(uint16_t), "codes");
+  uint8_t *codes2 = o->bits > 2 ? e8q_calloc((size_t)(my_rows ? my_rows : 1) * nc, c2sz, "codes2") : NULL;
+  int tile = E8Q_LDLQ_ROW_TILE;
+  double *What = e8q_malloc(sizeof(double) * (size_t)tile * np, "quantized rows");
+  double *HE = e8q_malloc(sizeof(double) * (size_t)tile * np, "H E");
+  e8q_ldlq_opts lo = {.cb = cb, .tune_iters = o->tune_iters, .feedback = o->method == E8Q_METHOD_LDLQ, .noe8_bits = 0};
+  E8Q_CHECK(o->method == E8Q_METHOD_LDLQ || o->method == E8Q_METHOD_NEAREST, "internal: method %s not supported here",
+            e8q_method_name(o->method));
+  e8q_exact_sum *loss = e8q_exact_sum_new(2);
+  for (int64_t a = r0; a < r1; a += tile) {
+    int rows = (int)(a + tile < r1 ? tile : r1 - a);
+    /* rows [a, a+rows) as their own matrix: tile boundaries are absolute, so the codes are
+     * those of one call over all rows */
+    e8q_ldlq_rows(&f, &lo, Wr + (size_t)a * np, rows, 0, rows, codes + (size_t)(a - r0) * nc,
+                  codes2 ? codes2 + (size_t)(a - r0) * nc * c2sz : NULL, What);
+    for (size_t i = 0; i < (size_t)rows * np; i++) What[i] = Wr[(size_t)a * np + i] - What[i];
+    double t[2] = {0, 0};
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, np, np, 1.0, What, np, f.H, np, 0.0, HE, np);
+    for (size_t i = 0; i < (size_t)rows * np; i++) t[0] += HE[i] * What[i];
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, np, np, 1.0, Wr + (size_t)a * np, np, f.H, np, 0.0, HE, np);
+    for (size_t i = 0; i < (size_t)rows * np; i++) t[1] += HE[i] * Wr[(size_t)a * np + i];
+    e8q_exact_sum_add(loss, t);
+  }
+  double tot[2];
+  e8q_exact_sum_allreduce(loss, tot);
+  res->proxy_loss = tot[1] > 0 ? tot[0] / tot[1] : 0;
+  e8q_exact_sum_free(loss);
+
+  /* gather codes (row order = rank order) to rank 0 */
+  int *counts = e8q_malloc(sizeof(int) * (size_t)size, "counts"), *displ = e8q_malloc(sizeof(int) * (size_t)size, "displ");
+  for (int pass = 0; pass < (o->bits > 2 ? 2 : 1); pass++) {
+    size_t el = pass == 0 ? 2 : c2sz;
+    for (int r = 0; r < size; r++) {
+      int64_t q0, q1;
+      e8q_ldlq_split_rows(m, size, r, &q0, &q1);
+      counts[r] = (int)((q1 - q0) * nc * (int64_t)el);
+      displ[r] = (int)(q0 * nc * (int64_t)el);
+    }
+    void *dst = NULL;
+    if (rank == 0) dst = e8q_malloc(el * (size_t)m * nc, pass == 0 ? "codes" : "codes2");
+    E8Q_CHECK_MPI(MPI_Gatherv(pass == 0 ? (void *)codes : (void *)codes2, (int)(my_rows * nc * el), MPI_BYTE, dst, counts,
+                              displ, MPI_BYTE, 0, MPI_COMM_WORLD));
+    if (pass == 0) res->codes = dst;
+    else res->codes2 = dst;
+  }
+  free(counts);
+  free(displ);
+  free(What);
+  free(HE);
+  free(codes);
+  free(codes2);
+  e8q_ldl_free(&f);
+  free(SU);
+  free(SV);
+  free(Wr);
+  free(Hr);
+  e8q_had_free(&hn);
+  e8q_had_free(&hm);
+}
+
+void e8q_qlin_result_free(e8q_qlin_result *r) {
+  free(r->dense);
+  free(r->codes);
+  free(r->codes2);
+  free(r->SU);
+  free(r->SV);
+  memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,69 @@
+/* worker/quantize_linear.h: quantize one linear group of a block across all ranks.
+ *
+ * Steps (DESIGN §3), for the stacked W [m, n] of group g of layer l and its Hessian sum H:
+ *   fuse      each piece (q, k, v / up, gate) divided by its RMS, kept as its fuse scale;
+ *   pad       n -> n_pad (zero columns of W, zero rows/columns of H);
+ *   RHT       SU [n_pad], SV [m] random signs from (seed, layer, group); Wr = M_mᵀ SV W SU M_n,
+ *             Hr = M_nᵀ SU H SU M_n; Wscale = RMS(Wr) / rho;
+ *   prepare   Hr / mean(diag Hr), + damping 0.01 on the diagonal (kernels/ldlq.h);
+ *   factor    block LDL from a Cholesky with LAPACK on every rank (e8q_ldl_build, with its
+ *             reported fallbacks), or from ScaLAPACK's across all ranks (retried with tenfold
+ *             damping); retries are counted and recorded;
+ *   LDLQ      e8q_ldlq_rows (kernels/ldlq.h) on row tiles of E8Q_LDLQ_ROW_TILE split across
+ *             ranks at tile boundaries (the codes do not depend on the rank count); the proxy
+ *             loss is summed per tile and reduced exactly;
+ *   gather    codes (and codes2) to rank 0.
+ * Methods (kernels/ldlq.h e8q_method): ldlq ("e8p" on the command line: LDLQ + tune onto
+ * E8P/RVQ, the default) and nearest (RHT, nearest codebook point, no LDLQ) write E8P codes.
+ * The ablations noe8 (RHT + LDLQ onto the scalar half-integer grid) and rtn (no RHT, per-row
+ * round to nearest) have no E8P codes: they run e8q_quantize_linear (kernels/ldlq.h) on rank 0
+ * and give the quantized weight as a dense matrix (`dense`), stored as such in the artifact
+ * (quantization_config "dense_ablation": true) so their perplexity can be measured.
+ */
+#ifndef E8Q_WORKER_QUANTIZE_LINEAR_H
+#define E8Q_WORKER_QUANTIZE_LINEAR_H
+
+#include <stdint.h>
+
+#include "shard/plan.h"
+
+#include "kernels/ldlq.h"
+
+/* "e8p" (= "ldlq"), "nearest", "noe8", "rtn" -> method; anything else: fatal naming the option */
+e8q_method e8q_method_parse(const char *s);
+/* the command-line name: "e8p", "nearest", ... */
+const char *e8q_method_cli_name(e8q_method m);
+/* 1 for methods whose result is a dense matrix (noe8, rtn) */
+static inline int e8q_method_dense(e8q_method m) { return m == E8Q_METHOD_NOE8 || m == E8Q_METHOD_RTN; }
+
+typedef struct {
+  int bits;          /* 2, 3, 4 */
+  e8q_method method;
+  double rho;        /* RMS of Wr before rounding; <= 0: the codebook default */
+  int tune_iters;    /* LDLQ block coordinate-descent passes */
+  uint64_t seed;     /* run seed */
+  int scalapack;     /* 1: factorise with ScaLAPACK across ranks */
+} e8q_qlin_opts;
+
+typedef struct {
+  int m, n, n_pad, nc, n_pieces;
+  uint16_t *codes;   /* [m, nc] (rank 0); NULL for the dense ablations */
+  float *dense;      /* [m, n] quantized weight of a dense ablation (noe8, rtn; rank 0), else NULL */
+  void *codes2;      /* [m, nc] u16 (4 bit) or u8 (3 bit); NULL at 2 bit */
+  float *SU;         /* [n_pad] */
+  float *SV;         /* [m] */
+  float Wscale;
+  float fuse_scales[E8Q_PLAN_MAX_PIECES];
+  double proxy_loss; /* tr((Ŵ-W) H (Ŵ-W)ᵀ) / tr(W H Wᵀ) in the rotated, fused frame */
+  int retries;       /* factorisation attempts beyond the first (kernels/ldlq.h fallbacks) */
+  double damp;       /* the damping finally used */
+  char ldl_message[320]; /* what the factorisation did (e8q_ldl_status.message) */
+} e8q_qlin_result;
+
+/* collective: every rank passes the same W [m, n] and H [n, n] (sums over `tokens` tokens);
+ * the complete result on rank 0 (other ranks: everything but codes/codes2). */
+void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
+                        const double *H, long tokens, e8q_qlin_result *r);
+void e8q_qlin_result_free(e8q_qlin_result *r);
+
+#endif
