@@ -8,7 +8,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <mpi.h>
+
 #include "common/error.h"
+#include "common/log.h"
 #include "io/artifact.h"
 
 static const char *const tok_names[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
@@ -17,6 +20,13 @@ static const char *const tok_names[] = {"tokenizer.model", "tokenizer.json", "to
 void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fused) {
   memset(a, 0, sizeof *a);
   e8q_artifact *ar = e8q_artifact_open(artifact);
+  /* every member against its sha256 (rank 0 reads, all ranks learn the outcome) */
+  int bad = 0;
+  char report[4096] = "";
+  if (e8q_rank() == 0) bad = e8q_artifact_verify(ar, report, sizeof report);
+  E8Q_CHECK_MPI(MPI_Bcast(&bad, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  E8Q_CHECK(bad == 0, "artifact %s fails verification (%d problem%s; e8q inspect --verify lists them): %s", artifact, bad,
+            bad > 1 ? "s" : "", report);
   /* the tokenizer files are unpacked (the tokenizer reads a path); the weights are mapped in
    * place inside the archive */
   const char *tmp = getenv("TMPDIR");

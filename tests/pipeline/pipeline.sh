@@ -164,6 +164,12 @@ eval)
       { cat "$TMP/e$np.err"; fail "eval on $np ranks failed"; }
   done
   timeout -k 5 120 "$E8Q" eval --artifact "$TMP/a.e8q" --dense --text "$TEXT" --per-line 40 > "$TMP/ed" 2>&1 || fail "dense eval failed"
+  # a damaged artifact is refused before evaluating
+  cp "$TMP/a.e8q" "$TMP/bad.e8q"
+  printf '\x55' | dd of="$TMP/bad.e8q" bs=1 seek=5000 conv=notrunc 2>/dev/null
+  timeout -k 5 120 "$MPIEXEC" -np 2 "$E8Q" eval --artifact "$TMP/bad.e8q" --text "$TEXT" --per-line 40 > "$TMP/eb" 2>&1 &&
+    fail "a damaged artifact was evaluated"
+  grep -q "fails verification" "$TMP/eb" || { cat "$TMP/eb"; fail "no verification message"; }
   member "$TMP/a.e8q" manifest.json > "$TMP/m.json"
   python3 - "$TMP/e1" "$TMP/e2" "$TMP/e4" "$TMP/ed" "$TMP/m.json" <<'PY' || fail "evaluation results"
 import json, sys

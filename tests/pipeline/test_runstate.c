@@ -252,6 +252,24 @@ static void test_journal_file_checks(void **state) {
                    "options.method: \"rtn\" now, (absent) in", "fingerprint.config_sha256: \"def\" now, \"abc\" in",
                    "--run-dir");
   cJSON_Delete(other);
+  /* an unrelated non-empty directory is never used as a run directory */
+  char *u = t_tmpdir("not-a-run");
+  char up[4096];
+  snprintf(up, sizeof up, "%s/notes.txt", u);
+  t_write_file(up, "mine", 4);
+  E8Q_EXPECT_FATAL(e8q_rundir_open(u, plan), u, "not an e8q run directory");
+  free(u);
+  /* but what a run killed before writing plan.json left is fine */
+  char *k = t_tmpdir("killed-early");
+  char kp[4096];
+  snprintf(kp, sizeof kp, "%s/shards", k);
+  mkdir(kp, 0755);
+  snprintf(kp, sizeof kp, "%s/.plan.json.tmp.123", k);
+  t_write_file(kp, "{", 1);
+  e8q_rundir *kr = e8q_rundir_open(k, plan);
+  assert_false(kr->resumed);
+  e8q_rundir_close(kr);
+  free(k);
   cJSON_Delete(plan);
   free(d);
 }
