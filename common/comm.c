@@ -84,17 +84,17 @@ void *e8q_comm_stream(const e8q_comm *c) {
   E8Q_FATAL("%s: device buffer given but e8q was built without CUDA/NCCL", (what))
 #endif
 
-static MPI_Datatype dt_mpi(e8q_dtype dt) {
+static MPI_Datatype dt_mpi(e8q_comm_type dt) {
   switch (dt) {
-    case E8Q_DT_F32: return MPI_FLOAT;
-    case E8Q_DT_F64: return MPI_DOUBLE;
-    case E8Q_DT_I64: return MPI_INT64_T;
+    case E8Q_COMM_F32: return MPI_FLOAT;
+    case E8Q_COMM_F64: return MPI_DOUBLE;
+    case E8Q_COMM_I64: return MPI_INT64_T;
   }
   E8Q_FATAL("e8q_comm: unknown dtype %d", (int)dt);
 }
 
-static size_t dt_size(e8q_dtype dt) {
-  return dt == E8Q_DT_F32 ? 4 : 8;
+static size_t dt_size(e8q_comm_type dt) {
+  return dt == E8Q_COMM_F32 ? 4 : 8;
 }
 
 static void check_root(const e8q_comm *c, int root, const char *what) {
@@ -104,7 +104,7 @@ static void check_root(const e8q_comm *c, int root, const char *what) {
 /* ---------------------------------------------------------------- collectives */
 void e8q_comm_barrier(e8q_comm *c) { E8Q_CHECK_MPI(MPI_Barrier(c->mpi)); }
 
-void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_dtype dt, void *buf, size_t n) {
+void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n) {
   if (mem == E8Q_MEM_DEVICE) {
     DEVICE_OR_FATAL(c, "e8q_comm_allreduce_sum");
 #ifdef E8Q_HAVE_CUDA
@@ -120,7 +120,7 @@ void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_dtype dt, void *buf, s
   }
 }
 
-void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_dtype dt, void *buf, size_t n, int root) {
+void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int root) {
   check_root(c, root, "e8q_comm_reduce_sum");
   if (mem == E8Q_MEM_DEVICE) {
     DEVICE_OR_FATAL(c, "e8q_comm_reduce_sum");

@@ -25,7 +25,7 @@ extern "C" {
 #endif
 
 typedef enum { E8Q_MEM_HOST = 0, E8Q_MEM_DEVICE = 1 } e8q_mem;
-typedef enum { E8Q_DT_F32 = 0, E8Q_DT_F64 = 1, E8Q_DT_I64 = 2 } e8q_dtype;
+typedef enum { E8Q_COMM_F32 = 0, E8Q_COMM_F64 = 1, E8Q_COMM_I64 = 2 } e8q_comm_type;
 
 typedef struct e8q_comm e8q_comm;
 
@@ -46,9 +46,9 @@ void *e8q_comm_stream(const e8q_comm *c);
 /* ---------------------------------------------------------------- collectives */
 void e8q_comm_barrier(e8q_comm *c);
 /* in place: buf[i] = sum over ranks of buf[i]; buf: [n] of dtype */
-void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_dtype dt, void *buf, size_t n);
+void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n);
 /* in place at root: buf [n] on root receives the sum; other ranks' buf is left unspecified */
-void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_dtype dt, void *buf, size_t n, int root);
+void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int root);
 /* bytes from root to everyone */
 void e8q_comm_bcast(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int root);
 /* Every rank sends send[0..send_bytes); recv (on root only for gatherv, everywhere for

@@ -13,7 +13,7 @@ typedef struct e8q_nccl e8q_nccl;
 e8q_nccl *e8q_nccl_open(MPI_Comm comm, int cuda_device);
 void e8q_nccl_close(e8q_nccl *g);
 void *e8q_nccl_stream(e8q_nccl *g);
-/* dt: 0 f32, 1 f64, 2 i64 (e8q_dtype) */
+/* dt: 0 f32, 1 f64, 2 i64 (e8q_comm_type) */
 void e8q_nccl_allreduce_sum(e8q_nccl *g, int dt, void *buf, size_t n);
 void e8q_nccl_reduce_sum(e8q_nccl *g, int dt, void *buf, size_t n, int root);
 void e8q_nccl_bcast(e8q_nccl *g, void *buf, size_t bytes, int root);

@@ -53,9 +53,9 @@ static void test_basic(e8q_comm *c) {
     d[i] = (double)(r + 1) * (i + 1) * 0.5;
     q[i] = (int64_t)(r + 1) * (i + 1) * 1000000007LL;
   }
-  e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_DT_F32, f, N);
-  e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_DT_F64, d, N);
-  e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_DT_I64, q, N);
+  e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_F32, f, N);
+  e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_F64, d, N);
+  e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_I64, q, N);
   int bad = 0;
   for (int i = 0; i < N; i++) {
     double t = (double)(i + 1) * p * (p + 1) / 2;
@@ -65,7 +65,7 @@ static void test_basic(e8q_comm *c) {
 
   /* reduce to the last rank */
   for (int i = 0; i < N; i++) d[i] = r - i;
-  e8q_comm_reduce_sum(c, E8Q_MEM_HOST, E8Q_DT_F64, d, N, p - 1);
+  e8q_comm_reduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_F64, d, N, p - 1);
   if (r == p - 1) {
     bad = 0;
     for (int i = 0; i < N; i++) bad += d[i] != (double)p * (p - 1) / 2 - (double)i * p;
@@ -262,7 +262,7 @@ static void test_errors(e8q_comm *c) {
   const int r = e8q_comm_rank(c), p = e8q_comm_size(c);
   float f[4] = {0};
   /* device buffers on a host-only communicator: refused before any communication */
-  EXPECT_FATAL(e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_DT_F32, f, 4), "e8q_comm_allreduce_sum: device buffer");
+  EXPECT_FATAL(e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_COMM_F32, f, 4), "e8q_comm_allreduce_sum: device buffer");
   EXPECT_FATAL(e8q_comm_bcast(c, E8Q_MEM_HOST, f, 4, p), "e8q_comm_bcast: root");
   /* a GPU communicator without a usable GPU: every rank fails the same way, before NCCL */
   if (!e8q_cuda_device_count()) EXPECT_FATAL(e8q_comm_world(0), "CUDA device 0 requested");

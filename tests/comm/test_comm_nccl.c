@@ -51,8 +51,8 @@ int main(int argc, char **argv) {
   }
   CU(cudaMemcpy(df, hf, sizeof(float) * N, cudaMemcpyHostToDevice));
   CU(cudaMemcpy(dd, hd, sizeof(double) * N, cudaMemcpyHostToDevice));
-  e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_DT_F32, df, N);
-  e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_DT_F64, dd, N);
+  e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_COMM_F32, df, N);
+  e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_COMM_F64, dd, N);
   CU(cudaMemcpy(hf, df, sizeof(float) * N, cudaMemcpyDeviceToHost));
   CU(cudaMemcpy(hd, dd, sizeof(double) * N, cudaMemcpyDeviceToHost));
   int bad = 0;
