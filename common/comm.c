@@ -7,10 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/comm_nccl.h" /* declarations only; the calls are compiled with E8Q_HAVE_CUDA */
 #include "common/error.h"
-#ifdef E8Q_HAVE_CUDA
-#include "common/comm_nccl.h"
-#endif
 
 struct e8q_comm {
   MPI_Comm mpi;   /* duplicate of MPI_COMM_WORLD */
@@ -74,6 +72,27 @@ void *e8q_comm_stream(const e8q_comm *c) {
 #endif
 }
 
+/* ---------------------------------------------------------------- the process communicator */
+static e8q_comm *g_world; /* opened by main (or a test) after MPI_Init */
+
+void e8q_comm_global_open(int cuda_device) {
+  E8Q_CHECK(!g_world, "e8q_comm_global_open: the process communicator is already open");
+  g_world = e8q_comm_world(cuda_device);
+}
+
+void e8q_comm_global_close(void) {
+  e8q_comm_free(g_world);
+  g_world = NULL;
+}
+
+e8q_comm *e8q_comm_get(void) {
+  E8Q_CHECK(g_world, "e8q_comm_get: the process communicator is not open (call e8q_comm_global_open "
+            "after MPI_Init)");
+  return g_world;
+}
+
+e8q_comm *e8q_comm_get_opt(void) { return g_world; }
+
 /* ---------------------------------------------------------------- helpers */
 #ifdef E8Q_HAVE_CUDA
 #define DEVICE_OR_FATAL(c, what)                                                         \
@@ -89,12 +108,13 @@ static MPI_Datatype dt_mpi(e8q_comm_type dt) {
     case E8Q_COMM_F32: return MPI_FLOAT;
     case E8Q_COMM_F64: return MPI_DOUBLE;
     case E8Q_COMM_I64: return MPI_INT64_T;
+    case E8Q_COMM_I32: return MPI_INT32_T;
   }
   E8Q_FATAL("e8q_comm: unknown dtype %d", (int)dt);
 }
 
 static size_t dt_size(e8q_comm_type dt) {
-  return dt == E8Q_COMM_F32 ? 4 : 8;
+  return dt == E8Q_COMM_F32 || dt == E8Q_COMM_I32 ? 4 : 8;
 }
 
 static void check_root(const e8q_comm *c, int root, const char *what) {
@@ -104,11 +124,12 @@ static void check_root(const e8q_comm *c, int root, const char *what) {
 /* ---------------------------------------------------------------- collectives */
 void e8q_comm_barrier(e8q_comm *c) { E8Q_CHECK_MPI(MPI_Barrier(c->mpi)); }
 
-void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n) {
+/* in-place allreduce of [n] elements with op (E8Q_NCCL_SUM / E8Q_NCCL_MAX) */
+static void allreduce(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int op, const char *what) {
   if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_allreduce_sum");
+    DEVICE_OR_FATAL(c, what);
 #ifdef E8Q_HAVE_CUDA
-    e8q_nccl_allreduce_sum(c->nccl, (int)dt, buf, n);
+    e8q_nccl_allreduce(c->nccl, (int)dt, op, buf, n);
 #endif
     return;
   }
@@ -116,8 +137,23 @@ void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *bu
   char *p = buf;
   for (size_t off = 0; off < n; off += COMM_SEG) {
     size_t k = n - off < COMM_SEG ? n - off : COMM_SEG;
-    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, p + off * dt_size(dt), (int)k, t, MPI_SUM, c->mpi));
+    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, p + off * dt_size(dt), (int)k, t, op == E8Q_NCCL_MAX ? MPI_MAX : MPI_SUM,
+                                c->mpi));
   }
+}
+
+void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n) {
+  allreduce(c, mem, dt, buf, n, E8Q_NCCL_SUM, "e8q_comm_allreduce_sum");
+}
+
+void e8q_comm_allreduce_max(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n) {
+  allreduce(c, mem, dt, buf, n, E8Q_NCCL_MAX, "e8q_comm_allreduce_max");
+}
+
+int e8q_comm_any(e8q_comm *c, int flag) {
+  int32_t v = flag != 0;
+  allreduce(c, E8Q_MEM_HOST, E8Q_COMM_I32, &v, 1, E8Q_NCCL_MAX, "e8q_comm_any");
+  return (int)v;
 }
 
 void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int root) {
@@ -216,6 +252,43 @@ void e8q_comm_allgatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send
   E8Q_CHECK_MPI(MPI_Allgatherv(send, (int)send_bytes, MPI_BYTE, recv, ic, id, MPI_BYTE, c->mpi));
   free(ic);
   free(id);
+}
+
+/* fixed-size items: MPI_Gather/MPI_Allgather on host, the v-variants with equal counts on device */
+static size_t *equal_counts(const e8q_comm *c, size_t item_bytes) {
+  size_t *counts = e8q_malloc(sizeof(size_t) * (size_t)c->size, "gather counts");
+  for (int r = 0; r < c->size; r++) counts[r] = item_bytes;
+  return counts;
+}
+
+void e8q_comm_gather(e8q_comm *c, e8q_mem mem, const void *send, size_t item_bytes, void *recv, int root) {
+  check_root(c, root, "e8q_comm_gather");
+  E8Q_CHECK(item_bytes <= INT_MAX && item_bytes * (size_t)c->size <= INT_MAX,
+            "e8q_comm_gather: %zu bytes per rank on %d ranks exceed MPI's int counts (2 GiB); use gatherv "
+            "in pieces", item_bytes, c->size);
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_gather");
+    size_t *counts = equal_counts(c, item_bytes);
+    e8q_comm_gatherv(c, mem, send, item_bytes, recv, counts, root);
+    free(counts);
+    return;
+  }
+  E8Q_CHECK(c->rank != root || recv || item_bytes == 0, "e8q_comm_gather: the root needs a receive buffer");
+  E8Q_CHECK_MPI(MPI_Gather(send, (int)item_bytes, MPI_BYTE, recv, (int)item_bytes, MPI_BYTE, root, c->mpi));
+}
+
+void e8q_comm_allgather(e8q_comm *c, e8q_mem mem, const void *send, size_t item_bytes, void *recv) {
+  E8Q_CHECK(item_bytes <= INT_MAX && item_bytes * (size_t)c->size <= INT_MAX,
+            "e8q_comm_allgather: %zu bytes per rank on %d ranks exceed MPI's int counts (2 GiB); use "
+            "allgatherv in pieces", item_bytes, c->size);
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, "e8q_comm_allgather");
+    size_t *counts = equal_counts(c, item_bytes);
+    e8q_comm_allgatherv(c, mem, send, item_bytes, recv, counts);
+    free(counts);
+    return;
+  }
+  E8Q_CHECK_MPI(MPI_Allgather(send, (int)item_bytes, MPI_BYTE, recv, (int)item_bytes, MPI_BYTE, c->mpi));
 }
 
 void e8q_comm_send(e8q_comm *c, e8q_mem mem, const void *buf, size_t bytes, int peer, int tag) {

@@ -25,7 +25,9 @@ extern "C" {
 #endif
 
 typedef enum { E8Q_MEM_HOST = 0, E8Q_MEM_DEVICE = 1 } e8q_mem;
-typedef enum { E8Q_COMM_F32 = 0, E8Q_COMM_F64 = 1, E8Q_COMM_I64 = 2 } e8q_comm_type;
+/* element type of reductions (named apart from io/safetensors.h's e8q_dtype: both headers can be
+ * included together) */
+typedef enum { E8Q_COMM_F32 = 0, E8Q_COMM_F64 = 1, E8Q_COMM_I64 = 2, E8Q_COMM_I32 = 3 } e8q_comm_type;
 
 typedef struct e8q_comm e8q_comm;
 
@@ -43,12 +45,28 @@ int e8q_comm_has_device(const e8q_comm *c); /* 1 when device buffers are accepte
 /* the cudaStream_t (as void*) device calls run on, NULL for a host-only communicator */
 void *e8q_comm_stream(const e8q_comm *c);
 
+/* ---------------------------------------------------------------- the process communicator
+ * One communicator per process for the whole pipeline (quantize, eval, generate...): `main`
+ * opens it right after MPI_Init and closes it before MPI_Finalize; library code reaches it with
+ * e8q_comm_get() instead of calling MPI itself. Tests that call pipeline code without `main`
+ * open it themselves. */
+void e8q_comm_global_open(int cuda_device); /* collective; e8q_comm_world(cuda_device); fatal if open */
+void e8q_comm_global_close(void);           /* collective; a no-op when not open */
+e8q_comm *e8q_comm_get(void);               /* the process communicator; fatal when not open */
+/* the same, or NULL when none is open: for code that also runs as a lone process without MPI
+ * (it then acts as rank 0 of 1) */
+e8q_comm *e8q_comm_get_opt(void);
+
 /* ---------------------------------------------------------------- collectives */
 void e8q_comm_barrier(e8q_comm *c);
-/* in place: buf[i] = sum over ranks of buf[i]; buf: [n] of dtype */
+/* in place: buf[i] = sum over ranks of buf[i]; buf: [n] of type dt */
 void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n);
 /* in place at root: buf [n] on root receives the sum; other ranks' buf is left unspecified */
 void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int root);
+/* in place: buf[i] = max over ranks of buf[i]; buf: [n] of type dt (NaN handling: MPI's/NCCL's) */
+void e8q_comm_allreduce_max(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n);
+/* 1 on every rank when flag is non-zero on any rank, else 0 (host; "did any rank fail?") */
+int e8q_comm_any(e8q_comm *c, int flag);
 /* bytes from root to everyone */
 void e8q_comm_bcast(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int root);
 /* Every rank sends send[0..send_bytes); recv (on root only for gatherv, everywhere for
@@ -59,6 +77,11 @@ void e8q_comm_gatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send_by
                       const size_t *counts, int root);
 void e8q_comm_allgatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send_bytes, void *recv,
                          const size_t *counts);
+/* Fixed-size items: every rank sends item_bytes; recv [size * item_bytes] receives rank 0's item,
+ * then rank 1's, ... (gather: on root only, other ranks may pass NULL for host buffers;
+ * allgather: everywhere). */
+void e8q_comm_gather(e8q_comm *c, e8q_mem mem, const void *send, size_t item_bytes, void *recv, int root);
+void e8q_comm_allgather(e8q_comm *c, e8q_mem mem, const void *send, size_t item_bytes, void *recv);
 /* point to point (not collective); tag is used by MPI only (NCCL orders by call sequence) */
 void e8q_comm_send(e8q_comm *c, e8q_mem mem, const void *buf, size_t bytes, int peer, int tag);
 void e8q_comm_recv(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int peer, int tag);

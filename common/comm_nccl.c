@@ -63,15 +63,16 @@ static ncclDataType_t nccl_dt(int dt) {
     case 0: return ncclFloat32;
     case 1: return ncclFloat64;
     case 2: return ncclInt64;
+    case 3: return ncclInt32;
   }
   E8Q_FATAL("NCCL communicator: unknown dtype %d", dt);
 }
 
 static void sync_stream(e8q_nccl *g) { CUDA_OK(cudaStreamSynchronize(g->stream)); }
 
-void e8q_nccl_allreduce_sum(e8q_nccl *g, int dt, void *buf, size_t n) {
+void e8q_nccl_allreduce(e8q_nccl *g, int dt, int op, void *buf, size_t n) {
   CUDA_OK(cudaSetDevice(g->device));
-  NCCL_OK(ncclAllReduce(buf, buf, n, nccl_dt(dt), ncclSum, g->comm, g->stream));
+  NCCL_OK(ncclAllReduce(buf, buf, n, nccl_dt(dt), op == E8Q_NCCL_MAX ? ncclMax : ncclSum, g->comm, g->stream));
   sync_stream(g);
 }
 

@@ -13,8 +13,10 @@ typedef struct e8q_nccl e8q_nccl;
 e8q_nccl *e8q_nccl_open(MPI_Comm comm, int cuda_device);
 void e8q_nccl_close(e8q_nccl *g);
 void *e8q_nccl_stream(e8q_nccl *g);
-/* dt: 0 f32, 1 f64, 2 i64 (e8q_comm_type) */
-void e8q_nccl_allreduce_sum(e8q_nccl *g, int dt, void *buf, size_t n);
+/* reduction operations of e8q_nccl_allreduce (comm.c maps them to MPI_SUM / MPI_MAX on host) */
+enum { E8Q_NCCL_SUM = 0, E8Q_NCCL_MAX = 1 };
+/* dt: 0 f32, 1 f64, 2 i64, 3 i32 (e8q_comm_type); op: E8Q_NCCL_SUM or E8Q_NCCL_MAX */
+void e8q_nccl_allreduce(e8q_nccl *g, int dt, int op, void *buf, size_t n);
 void e8q_nccl_reduce_sum(e8q_nccl *g, int dt, void *buf, size_t n, int root);
 void e8q_nccl_bcast(e8q_nccl *g, void *buf, size_t bytes, int root);
 /* counts [size] in bytes; root < 0 means allgatherv */

@@ -8,8 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <mpi.h>
-
+#include "common/comm.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "io/artifact.h"
@@ -24,7 +23,7 @@ void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fu
   int bad = 0;
   char report[4096] = "";
   if (e8q_rank() == 0) bad = e8q_artifact_verify(ar, report, sizeof report);
-  E8Q_CHECK_MPI(MPI_Bcast(&bad, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  e8q_comm_bcast(e8q_comm_get(), E8Q_MEM_HOST, &bad, sizeof bad, 0);
   E8Q_CHECK(bad == 0, "artifact %s fails verification (%d problem%s; e8q inspect --verify lists them): %s", artifact, bad,
             bad > 1 ? "s" : "", report);
   /* the tokenizer files are unpacked (the tokenizer reads a path); the weights are mapped in

@@ -1,11 +1,11 @@
 /* coordinator/cmd_eval.c: `e8q eval`: perplexity of a model on a text, per line or in windows.
  * The last line on stdout is one JSON object (mean_nll, ppl, tokens, ...). */
 #include <cjson/cJSON.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/comm.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "coordinator/commands.h"
@@ -99,8 +99,7 @@ int cmd_eval(int argc, char **argv) {
     e8q_eval_set_lines(&set, text_path, tok, per_line);
   else
     e8q_eval_set_windows(&set, text_path, tok, c->vocab_size, ctx);
-  int size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  int size = e8q_comm_size(e8q_comm_get());
   e8q_info("eval: %s on %s: %d %s, %d rank%s", model_path, text_path, set.n, per_line ? "lines" : "windows", size,
            size > 1 ? "s" : "");
   double t1 = e8q_now();

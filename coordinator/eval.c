@@ -2,10 +2,10 @@
 #include "coordinator/eval.h"
 
 #include <math.h>
-#include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/comm.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "io/text.h"
@@ -105,14 +105,10 @@ void e8q_eval_set_free(e8q_eval_set *s) {
 /* ---------------------------------------------------------------- scoring */
 
 e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int progress) {
-  int rank = 0, size = 1, init = 0;
-  MPI_Initialized(&init);
-  if (init) {
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-  }
-  double *nll = e8q_calloc((size_t)s->n, sizeof(double), "per-sequence NLL");
-  long *cnt = e8q_calloc((size_t)s->n, sizeof(long), "per-sequence counts");
+  e8q_comm *c = e8q_comm_get_opt(); /* NULL: a lone process without MPI (unit tests) */
+  int rank = c ? e8q_comm_rank(c) : 0, size = c ? e8q_comm_size(c) : 1;
+  double *nll = e8q_calloc((size_t)s->n, sizeof(double), "per-sequence NLL");   /* [n] */
+  int64_t *cnt = e8q_calloc((size_t)s->n, sizeof(int64_t), "per-sequence counts"); /* [n] */
   double t0 = e8q_now(), last = t0;
   int cut = 0;
   for (int i = rank; i < s->n; i += size) {
@@ -122,7 +118,9 @@ e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int prog
       len = m->cfg.max_seq_len;
       cut++;
     }
-    e8q_score_seqs(m, 1, &seq, &len, &nll[i], &cnt[i]);
+    long tokens = 0;
+    e8q_score_seqs(m, 1, &seq, &len, &nll[i], &tokens);
+    cnt[i] = tokens;
     if (progress && e8q_now() - last > 2.0) {
       last = e8q_now();
       e8q_info("eval: %d/%d sequences on rank 0, %.1f s", (i - rank) / size + 1, (s->n - rank + size - 1) / size,
@@ -133,9 +131,9 @@ e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int prog
     e8q_warn("eval: %d sequence%s longer than the model's %d positions: only the first %d tokens of each were scored",
              cut, cut > 1 ? "s" : "", m->cfg.max_seq_len, m->cfg.max_seq_len);
   /* every other rank holds zeros for sequence i: the sums are exact, the order fixed */
-  if (init && size > 1) {
-    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, nll, s->n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
-    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, cnt, s->n, MPI_LONG, MPI_SUM, MPI_COMM_WORLD));
+  if (size > 1) {
+    e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_F64, nll, (size_t)s->n);
+    e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_I64, cnt, (size_t)s->n);
   }
   e8q_eval_result r = {0};
   for (int i = 0; i < s->n; i++) {

@@ -32,7 +32,8 @@ typedef struct {
   double mean_nll, ppl;
 } e8q_eval_result;
 
-/* Scores the set on all ranks of MPI_COMM_WORLD (every rank holds the model). A sequence longer
+/* Scores the set on all ranks of the process communicator (e8q_comm_get_opt(); without one, on
+ * this process alone; every rank holds the model). A sequence longer
  * than the model's max positions is scored on its first max_seq_len tokens (with a warning).
  * progress: a line every few seconds on rank 0. */
 e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int progress);

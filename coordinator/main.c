@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/comm.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "coordinator/commands.h"
@@ -20,6 +21,7 @@ static void usage(FILE *f) {
 int main(int argc, char **argv) {
   int provided = 0;
   E8Q_CHECK_MPI(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided));
+  e8q_comm_global_open(-1); /* host-only: every collective of the pipeline goes through it */
   int rc = 2;
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     if (e8q_rank() == 0) usage(argc < 2 ? stderr : stdout);
@@ -40,6 +42,7 @@ int main(int argc, char **argv) {
       rc = cmd->run(argc - 1, argv + 1);
     }
   }
+  e8q_comm_global_close();
   MPI_Finalize();
   return rc;
 }

@@ -3,7 +3,6 @@
 
 #include <cblas.h>
 #include <cjson/cJSON.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,13 +18,12 @@
 #include "io/ckpt.h"
 #include "io/tokenizer.h"
 #include "worker/cholesky.h"
-#include "worker/exact_sum.h"
 #include "worker/forward.h"
 #include "worker/hessian.h"
 
 /* ================================================================ helpers */
 int e8q_run_bcast_int(int v) {
-  E8Q_CHECK_MPI(MPI_Bcast(&v, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  e8q_comm_bcast(e8q_comm_get(), E8Q_MEM_HOST, &v, sizeof v, 0);
   return v;
 }
 
@@ -39,26 +37,24 @@ void e8q_run_step(e8q_run *R, const char *step) {
   if (R->rank == 0) e8q_journal_step(R->rd->journal, step);
 }
 
-static void barrier(void) { E8Q_CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD)); }
+static void barrier(void) { e8q_comm_barrier(e8q_comm_get()); }
 
 static size_t act_floats(const e8q_run *R) { return (size_t)R->T * R->dim; }
 
 /* Files written by every rank: each sends "rel sha size\n" lines to rank 0, which journals them
  * in rank order (so the journal does not depend on timing). */
 static void journal_from_all(e8q_run *R, const char *lines) {
-  int len = (int)strlen(lines);
-  int *lens = R->rank == 0 ? e8q_malloc(sizeof(int) * (size_t)R->size, "lengths") : NULL;
-  E8Q_CHECK_MPI(MPI_Gather(&len, 1, MPI_INT, lens, 1, MPI_INT, 0, MPI_COMM_WORLD));
-  int *displ = NULL;
+  size_t len = strlen(lines);
+  size_t *lens = R->rank == 0 ? e8q_malloc(sizeof(size_t) * (size_t)R->size, "lengths") : NULL; /* [size] */
+  e8q_comm_gather(R->comm, E8Q_MEM_HOST, &len, sizeof len, lens, 0);
   char *all = NULL;
   if (R->rank == 0) {
-    displ = e8q_malloc(sizeof(int) * (size_t)R->size, "displacements");
-    int tot = 0;
-    for (int r = 0; r < R->size; r++) displ[r] = tot, tot += lens[r];
-    all = e8q_malloc((size_t)tot + 1, "journal lines");
+    size_t tot = 0;
+    for (int r = 0; r < R->size; r++) tot += lens[r];
+    all = e8q_malloc(tot + 1, "journal lines");
     all[tot] = '\0';
   }
-  E8Q_CHECK_MPI(MPI_Gatherv(lines, len, MPI_CHAR, all, lens, displ, MPI_CHAR, 0, MPI_COMM_WORLD));
+  e8q_comm_gatherv(R->comm, E8Q_MEM_HOST, lines, len, all, lens, 0);
   if (R->rank == 0) {
     char *save = NULL;
     for (char *l = strtok_r(all, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
@@ -68,7 +64,6 @@ static void journal_from_all(e8q_run *R, const char *lines) {
       e8q_journal_file(R->rd->journal, rel, sha, size);
     }
     free(all);
-    free(displ);
     free(lens);
   }
 }
@@ -478,15 +473,15 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   e8q_run *R = &RS;
   memset(R, 0, sizeof *R);
   R->o = o;
-  R->rank = e8q_rank();
-  MPI_Comm_size(MPI_COMM_WORLD, &R->size);
+  R->comm = e8q_comm_get();
+  R->rank = e8q_comm_rank(R->comm);
+  R->size = e8q_comm_size(R->comm);
   double t0 = e8q_now();
   /* Determinism: OpenBLAS's multi-threaded kernels can change the last bits of sums (Hessians,
    * LDLQ feedback, proxy losses) with the thread count; one BLAS thread per rank makes the
    * artifact independent of OPENBLAS_NUM_THREADS. Parallelism comes from the ranks (and from
    * OpenMP in the kernels, whose results do not depend on the thread count). */
   openblas_set_num_threads(1);
-  e8q_exact_comm_init();
 
   /* ---------------------------------------------------------- plan */
   e8q_config_load(o->model, &R->cfg);
@@ -619,7 +614,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   /* ---------------------------------------------------------- report */
   double rss = (double)e8q_peak_rss();
   double *all = R->rank == 0 ? e8q_malloc(sizeof(double) * (size_t)R->size, "rss") : NULL;
-  E8Q_CHECK_MPI(MPI_Gather(&rss, 1, MPI_DOUBLE, all, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  e8q_comm_gather(R->comm, E8Q_MEM_HOST, &rss, sizeof rss, all, 0);
   if (R->rank == 0) {
     cJSON *f = cJSON_CreateObject();
     cJSON *arr = cJSON_AddArrayToObject(f, "peak_rss_bytes");
@@ -639,6 +634,5 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   cJSON_Delete(R->options);
   cJSON_Delete(R->fingerprint);
   e8q_rundir_close(R->rd);
-  e8q_exact_comm_free();
   return 0;
 }

@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/comm.h"
 #include "coordinator/calib.h"
 #include "coordinator/run.h"
 #include "io/rundir.h"
@@ -13,6 +14,7 @@
 
 typedef struct {
   const e8q_run_opts *o;
+  e8q_comm *comm; /* the process communicator (e8q_comm_get) */
   int rank, size;
   e8q_config cfg;
   e8q_plan plan;

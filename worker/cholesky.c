@@ -3,10 +3,10 @@
 
 #include <lapacke.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/comm.h"
 #include "common/error.h"
 
 /* ---------------------------------------------------------------- ScaLAPACK / BLACS
@@ -103,9 +103,12 @@ int e8q_cholesky_scalapack(int n, double *A, int nb) {
   free(loc);
   Cblacs_gridexit(ctx);
   /* info agrees across the grid; reduce it anyway so every rank returns the same */
-  E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &info, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+  e8q_comm *c = e8q_comm_get();
+  int32_t info32 = info;
+  e8q_comm_allreduce_max(c, E8Q_MEM_HOST, E8Q_COMM_I32, &info32, 1);
+  info = (int)info32;
   E8Q_CHECK(info >= 0, "internal: pdpotrf argument %d invalid", -info);
-  if (info == 0) E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, A, n * n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+  if (info == 0) e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_F64, A, (size_t)n * n);
   return info;
 }
 

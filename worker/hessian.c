@@ -2,7 +2,6 @@
 #include "worker/hessian.h"
 
 #include <cblas.h>
-#include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,7 +47,7 @@ void e8q_hessian_acc_init(e8q_hessian_acc *a, const e8q_config *cfg, int T) {
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     int m;
     e8q_group_shape(cfg, g, &m, &a->n[g]);
-    a->sum[g] = e8q_exact_sum_new((size_t)a->n[g] * a->n[g]);
+    e8q_xsum_init(&a->sum[g], (size_t)a->n[g] * a->n[g], E8Q_XSUM_FRAC_DEFAULT);
     a->chunk[g] = e8q_calloc((size_t)a->n[g] * a->n[g], sizeof(double), "Hessian chunk sum");
     if (a->n[g] > nmax) nmax = a->n[g];
   }
@@ -57,7 +56,7 @@ void e8q_hessian_acc_init(e8q_hessian_acc *a, const e8q_config *cfg, int T) {
 
 void e8q_hessian_acc_free(e8q_hessian_acc *a) {
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
-    e8q_exact_sum_free(a->sum[g]);
+    e8q_xsum_free(&a->sum[g]);
     free(a->chunk[g]);
   }
   free(a->xd);
@@ -84,7 +83,7 @@ void e8q_hessian_acc_flush(e8q_hessian_acc *a) {
   if (a->in_chunk == 0) return;
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     mirror(a->n[g], a->chunk[g]);
-    e8q_exact_sum_add(a->sum[g], a->chunk[g]);
+    e8q_xsum_add(&a->sum[g], a->chunk[g]);
     memset(a->chunk[g], 0, sizeof(double) * (size_t)a->n[g] * a->n[g]);
   }
   a->in_chunk = 0;
@@ -92,8 +91,9 @@ void e8q_hessian_acc_flush(e8q_hessian_acc *a) {
 
 void e8q_hessian_acc_reduce(e8q_hessian_acc *a, double *const H[E8Q_N_GROUPS], long *tokens) {
   e8q_hessian_acc_flush(a);
-  for (int g = 0; g < E8Q_N_GROUPS; g++) e8q_exact_sum_allreduce(a->sum[g], H[g]);
-  long t = a->tokens;
-  E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &t, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD));
-  *tokens = t;
+  e8q_comm *c = e8q_comm_get();
+  for (int g = 0; g < E8Q_N_GROUPS; g++) e8q_comm_allreduce_sum_ordered(c, &a->sum[g], H[g]);
+  int64_t t = a->tokens;
+  e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_I64, &t, 1);
+  *tokens = (long)t;
 }

@@ -5,14 +5,16 @@
  * count: sums, never means, so ranks and resumed runs merge by addition. The sequences of a
  * chunk (E8Q_SEQ_CHUNK consecutive calibration sequences, shard/plan.h) are added in float64 in
  * sequence order (dsyrk on row blocks of E8Q_HESS_ROWS tokens), then the chunk's sum goes into
- * an exact accumulator (worker/exact_sum.h). Chunks never straddle ranks, so the reduced H is
- * bit-identical for any number of ranks.
+ * an exact accumulator (e8q_xsum, common/comm.h) and the accumulators are reduced with
+ * e8q_comm_allreduce_sum_ordered over the process communicator. Chunks are fixed by the plan,
+ * never straddle ranks and are summed the same way whichever rank owns them (the contract of
+ * common/comm.h), so the reduced H is bit-identical for any number of ranks.
  */
 #ifndef E8Q_WORKER_HESSIAN_H
 #define E8Q_WORKER_HESSIAN_H
 
 #include "shard/model.h"
-#include "worker/exact_sum.h"
+#include "common/comm.h"
 #include "worker/forward.h"
 
 #define E8Q_HESS_ROWS 256 /* tokens converted to float64 at a time */
@@ -20,7 +22,7 @@
 typedef struct {
   int n[E8Q_N_GROUPS];               /* input dimension of each group */
   int T;                             /* tokens per sequence */
-  e8q_exact_sum *sum[E8Q_N_GROUPS];  /* [n*n] exact running sums over flushed chunks */
+  e8q_xsum sum[E8Q_N_GROUPS];        /* [n*n] exact running sums over flushed chunks */
   double *chunk[E8Q_N_GROUPS];       /* [n*n] float64 sum of the current chunk (upper triangle) */
   int in_chunk;                      /* sequences in the current chunk */
   long tokens;                       /* tokens this rank added */

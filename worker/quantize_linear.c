@@ -4,17 +4,16 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/comm.h"
 #include "common/error.h"
 #include "common/rng.h"
 #include "kernels/e8p.h"
 #include "kernels/hadamard.h"
 #include "worker/cholesky.h"
-#include "worker/exact_sum.h"
 
 /* ---------------------------------------------------------------- methods */
 e8q_method e8q_method_parse(const char *s) {
@@ -77,8 +76,8 @@ static int ldl_build_scalapack(e8q_ldl *f, const double *H_raw, int n, double si
  * piece over its RMS as for the E8P methods, the quantized weight scaled back. */
 static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
                            const double *H, e8q_qlin_result *res) {
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  e8q_comm *c = e8q_comm_get();
+  int rank = e8q_comm_rank(c);
   int m = g->m, n = g->n;
   double info[2] = {0, 0}; /* proxy loss, attempts */
   if (rank == 0) {
@@ -115,7 +114,7 @@ static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int 
     e8q_quant_result_free(&qr);
     free(Wf);
   }
-  E8Q_CHECK_MPI(MPI_Bcast(info, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  e8q_comm_bcast(c, E8Q_MEM_HOST, info, sizeof info, 0);
   res->proxy_loss = info[0];
   res->retries = info[1] > 1 ? (int)info[1] - 1 : 0;
   res->Wscale = 1;
@@ -124,9 +123,8 @@ static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int 
 /* ---------------------------------------------------------------- one group */
 void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
                         const double *H, long tokens, e8q_qlin_result *res) {
-  int rank = 0, size = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  e8q_comm *c = e8q_comm_get();
+  const int rank = e8q_comm_rank(c), size = e8q_comm_size(c);
   int m = g->m, n = g->n, np = g->n_pad, nc = np / 8;
   E8Q_CHECK(tokens > 0, "layer %d %s: the Hessian holds no tokens", layer, g->name);
   for (size_t i = 0; i < (size_t)n * n; i++)
@@ -217,7 +215,8 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   e8q_ldlq_opts lo = {.cb = cb, .tune_iters = o->tune_iters, .feedback = o->method == E8Q_METHOD_LDLQ, .noe8_bits = 0};
   E8Q_CHECK(o->method == E8Q_METHOD_LDLQ || o->method == E8Q_METHOD_NEAREST, "internal: method %s not supported here",
             e8q_method_name(o->method));
-  e8q_exact_sum *loss = e8q_exact_sum_new(2);
+  e8q_xsum loss; /* [2] tr(E H Eᵀ), tr(W H Wᵀ) */
+  e8q_xsum_init(&loss, 2, E8Q_XSUM_FRAC_DEFAULT);
   for (int64_t a = r0; a < r1; a += tile) {
     int rows = (int)(a + tile < r1 ? tile : r1 - a);
     /* rows [a, a+rows) as their own matrix: tile boundaries are absolute, so the codes are
@@ -230,32 +229,33 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
     for (size_t i = 0; i < (size_t)rows * np; i++) t[0] += HE[i] * What[i];
     cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, np, np, 1.0, Wr + (size_t)a * np, np, f.H, np, 0.0, HE, np);
     for (size_t i = 0; i < (size_t)rows * np; i++) t[1] += HE[i] * Wr[(size_t)a * np + i];
-    e8q_exact_sum_add(loss, t);
+    e8q_xsum_add(&loss, t);
   }
   double tot[2];
-  e8q_exact_sum_allreduce(loss, tot);
+  e8q_comm_allreduce_sum_ordered(c, &loss, tot);
   res->proxy_loss = tot[1] > 0 ? tot[0] / tot[1] : 0;
-  e8q_exact_sum_free(loss);
+  e8q_xsum_free(&loss);
 
-  /* gather codes (row order = rank order) to rank 0 */
-  int *counts = e8q_malloc(sizeof(int) * (size_t)size, "counts"), *displ = e8q_malloc(sizeof(int) * (size_t)size, "displ");
+  /* gather codes to rank 0: the row ranges are contiguous in rank order (e8q_ldlq_split_rows),
+   * so packing them without gaps puts every row in its place */
+  size_t *counts = e8q_malloc(sizeof(size_t) * (size_t)size, "counts"); /* [size] bytes per rank */
   for (int pass = 0; pass < (o->bits > 2 ? 2 : 1); pass++) {
     size_t el = pass == 0 ? 2 : c2sz;
+    int64_t next = 0;
     for (int r = 0; r < size; r++) {
       int64_t q0, q1;
       e8q_ldlq_split_rows(m, size, r, &q0, &q1);
-      counts[r] = (int)((q1 - q0) * nc * (int64_t)el);
-      displ[r] = (int)(q0 * nc * (int64_t)el);
+      E8Q_CHECK(q0 == next, "internal: row split of rank %d starts at %lld, not %lld", r, (long long)q0, (long long)next);
+      next = q1;
+      counts[r] = (size_t)(q1 - q0) * (size_t)nc * el;
     }
     void *dst = NULL;
     if (rank == 0) dst = e8q_malloc(el * (size_t)m * nc, pass == 0 ? "codes" : "codes2");
-    E8Q_CHECK_MPI(MPI_Gatherv(pass == 0 ? (void *)codes : (void *)codes2, (int)(my_rows * nc * el), MPI_BYTE, dst, counts,
-                              displ, MPI_BYTE, 0, MPI_COMM_WORLD));
+    e8q_comm_gatherv(c, E8Q_MEM_HOST, pass == 0 ? (void *)codes : (void *)codes2, counts[rank], dst, counts, 0);
     if (pass == 0) res->codes = dst;
     else res->codes2 = dst;
   }
   free(counts);
-  free(displ);
   free(What);
   free(HE);
   free(codes);

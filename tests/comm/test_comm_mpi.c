@@ -243,6 +243,73 @@ static void test_ordered_sum(e8q_comm *c, uint64_t seed) {
   free(local);
 }
 
+/* ---------------------------------------------------------------- max, any, fixed-size gathers */
+static void test_max_any_gather(e8q_comm *c) {
+  const int r = e8q_comm_rank(c), p = e8q_comm_size(c);
+  /* allreduce_max: value (i, rank) = ((r + 3i) mod p) * 10 - i, negative and positive; max is
+   * reached on exactly one rank per i: (p - 1) * 10 - i */
+  enum { N = 515 };
+  int32_t a32[N];
+  int64_t a64[N];
+  float f[N];
+  double d[N];
+  for (int i = 0; i < N; i++) {
+    int v = ((r + 3 * i) % p) * 10 - i;
+    a32[i] = v;
+    a64[i] = (int64_t)v * 4000000000LL; /* beyond 32 bits */
+    f[i] = (float)v * 0.25f;
+    d[i] = -(double)v; /* max of the negatives: the minimum of v, 0 * 10 - i */
+  }
+  e8q_comm_allreduce_max(c, E8Q_MEM_HOST, E8Q_COMM_I32, a32, N);
+  e8q_comm_allreduce_max(c, E8Q_MEM_HOST, E8Q_COMM_I64, a64, N);
+  e8q_comm_allreduce_max(c, E8Q_MEM_HOST, E8Q_COMM_F32, f, N);
+  e8q_comm_allreduce_max(c, E8Q_MEM_HOST, E8Q_COMM_F64, d, N);
+  int bad = 0;
+  for (int i = 0; i < N; i++) {
+    int mx = (p - 1) * 10 - i, mn = -i;
+    bad += a32[i] != mx || a64[i] != (int64_t)mx * 4000000000LL || f[i] != (float)mx * 0.25f || d[i] != -(double)mn;
+  }
+  CHECK(bad == 0, "allreduce_max: %d wrong values", bad);
+
+  /* I32 sums too (the new element type) */
+  int32_t s32[3] = {r, 1, -2 * r};
+  e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_I32, s32, 3);
+  CHECK(s32[0] == p * (p - 1) / 2 && s32[1] == p && s32[2] == -p * (p - 1), "I32 allreduce_sum: %d %d %d", s32[0],
+        s32[1], s32[2]);
+
+  /* any: nobody, only the last rank, everybody */
+  CHECK(e8q_comm_any(c, 0) == 0, "any(0 everywhere) is not 0");
+  CHECK(e8q_comm_any(c, r == p - 1 ? 7 : 0) == 1, "any(flag on the last rank only) is not 1");
+  CHECK(e8q_comm_any(c, -1) == 1, "any(-1 everywhere) is not 1");
+
+  /* gather / allgather of 12-byte items (rank k's item: bytes 7k + j); to the last rank; guards */
+  enum { ITEM = 12, GUARD = 8 };
+  unsigned char item[ITEM], *all = malloc((size_t)p * ITEM + GUARD);
+  for (int j = 0; j < ITEM; j++) item[j] = (unsigned char)(7 * r + j);
+  for (int pass = 0; pass < 2; pass++) {
+    const int root = p - 1;
+    memset(all, 0xCD, (size_t)p * ITEM + GUARD);
+    if (pass == 0) e8q_comm_allgather(c, E8Q_MEM_HOST, item, ITEM, all);
+    else e8q_comm_gather(c, E8Q_MEM_HOST, item, ITEM, r == root ? all : NULL, root);
+    if (pass == 1 && r != root) continue;
+    bad = 0;
+    for (int k = 0; k < p; k++)
+      for (int j = 0; j < ITEM; j++) bad += all[k * ITEM + j] != (unsigned char)(7 * k + j);
+    for (int g = 0; g < GUARD; g++) bad += all[p * ITEM + g] != 0xCD;
+    CHECK(bad == 0, "%s of fixed-size items: %d wrong bytes", pass ? "gather" : "allgather", bad);
+  }
+  /* a typed gather as the pipeline uses it (one double per rank, to rank 0) */
+  double mine = 1.5 * r + 0.25, *got = r == 0 ? malloc(sizeof(double) * p) : NULL;
+  e8q_comm_gather(c, E8Q_MEM_HOST, &mine, sizeof mine, got, 0);
+  if (r == 0) {
+    bad = 0;
+    for (int k = 0; k < p; k++) bad += got[k] != 1.5 * k + 0.25;
+    CHECK(bad == 0, "gather of doubles: %d wrong", bad);
+  }
+  free(got);
+  free(all);
+}
+
 /* ---------------------------------------------------------------- errors */
 /* runs stmt with a fatal-error trap; checks that it fails with a message containing need */
 #define EXPECT_FATAL(stmt, need)                                                       \
@@ -264,6 +331,9 @@ static void test_errors(e8q_comm *c) {
   /* device buffers on a host-only communicator: refused before any communication */
   EXPECT_FATAL(e8q_comm_allreduce_sum(c, E8Q_MEM_DEVICE, E8Q_COMM_F32, f, 4), "e8q_comm_allreduce_sum: device buffer");
   EXPECT_FATAL(e8q_comm_bcast(c, E8Q_MEM_HOST, f, 4, p), "e8q_comm_bcast: root");
+  EXPECT_FATAL(e8q_comm_gather(c, E8Q_MEM_HOST, f, 4, f, -1), "e8q_comm_gather: root");
+  EXPECT_FATAL(e8q_comm_allreduce_max(c, E8Q_MEM_DEVICE, E8Q_COMM_I32, f, 1), "e8q_comm_allreduce_max: device buffer");
+  EXPECT_FATAL(e8q_comm_allgather(c, E8Q_MEM_DEVICE, f, 4, f), "e8q_comm_allgather: device buffer");
   /* a GPU communicator without a usable GPU: every rank fails the same way, before NCCL */
   if (!e8q_cuda_device_count()) EXPECT_FATAL(e8q_comm_world(0), "CUDA device 0 requested");
   /* ranks that disagree on the exact accumulator's shape (collective: all ranks detect it) */
@@ -284,6 +354,27 @@ static void test_errors(e8q_comm *c) {
   e8q_xsum_free(&s1);
 }
 
+/* ---------------------------------------------------------------- the process communicator */
+static void test_global(void) {
+  CHECK(e8q_comm_get_opt() == NULL, "a process communicator is open before e8q_comm_global_open");
+  EXPECT_FATAL(e8q_comm_get(), "not open");
+  e8q_comm_global_open(-1);
+  e8q_comm *g = e8q_comm_get();
+  CHECK(g && e8q_comm_get_opt() == g && e8q_comm_get() == g, "e8q_comm_get does not return the open communicator");
+  int wr, wp;
+  MPI_Comm_rank(MPI_COMM_WORLD, &wr);
+  MPI_Comm_size(MPI_COMM_WORLD, &wp);
+  CHECK(e8q_comm_rank(g) == wr && e8q_comm_size(g) == wp, "process communicator rank/size %d/%d vs MPI %d/%d",
+        e8q_comm_rank(g), e8q_comm_size(g), wr, wp);
+  int64_t one = 1;
+  e8q_comm_allreduce_sum(g, E8Q_MEM_HOST, E8Q_COMM_I64, &one, 1);
+  CHECK(one == wp, "allreduce over the process communicator: %lld", (long long)one);
+  EXPECT_FATAL(e8q_comm_global_open(-1), "already open");
+  e8q_comm_global_close();
+  CHECK(e8q_comm_get_opt() == NULL, "the process communicator is still open after close");
+  e8q_comm_global_close(); /* closing twice is a no-op */
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
@@ -297,6 +388,8 @@ int main(int argc, char **argv) {
   e8q_comm_bcast(c, E8Q_MEM_HOST, &seed, sizeof seed, 0);
 
   test_basic(c);
+  test_max_any_gather(c);
+  test_global();
   test_xsum_convert();
   test_ordered_sum(c, seed);
   test_ordered_sum(c, 12345); /* fixed seed: the printed hash is comparable across rank counts */

@@ -62,6 +62,37 @@ int main(int argc, char **argv) {
   }
   CHECK(bad == 0, "device allreduce: %d wrong", bad);
 
+  /* allreduce_max (i32) and fixed-size allgather/gather on device */
+  {
+    int32_t hm[64], *dm;
+    unsigned char hi[6], *hall = malloc((size_t)p * 6), *di, *dall;
+    for (int i = 0; i < 64; i++) hm[i] = ((g_rank + i) % p) * 3 - i;
+    for (int j = 0; j < 6; j++) hi[j] = (unsigned char)(13 * g_rank + j);
+    CU(cudaMalloc((void **)&dm, sizeof hm));
+    CU(cudaMalloc((void **)&di, sizeof hi));
+    CU(cudaMalloc((void **)&dall, (size_t)p * 6));
+    CU(cudaMemcpy(dm, hm, sizeof hm, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(di, hi, sizeof hi, cudaMemcpyHostToDevice));
+    e8q_comm_allreduce_max(c, E8Q_MEM_DEVICE, E8Q_COMM_I32, dm, 64);
+    CU(cudaMemcpy(hm, dm, sizeof hm, cudaMemcpyDeviceToHost));
+    bad = 0;
+    for (int i = 0; i < 64; i++) bad += hm[i] != (p - 1) * 3 - i;
+    CHECK(bad == 0, "device allreduce_max: %d wrong", bad);
+    for (int pass = 0; pass < 2; pass++) {
+      CU(cudaMemset(dall, 0, (size_t)p * 6));
+      if (pass == 0) e8q_comm_allgather(c, E8Q_MEM_DEVICE, di, 6, dall);
+      else e8q_comm_gather(c, E8Q_MEM_DEVICE, di, 6, dall, 0);
+      if (pass == 1 && g_rank != 0) continue;
+      CU(cudaMemcpy(hall, dall, (size_t)p * 6, cudaMemcpyDeviceToHost));
+      bad = 0;
+      for (int k = 0; k < p; k++)
+        for (int j = 0; j < 6; j++) bad += hall[k * 6 + j] != (unsigned char)(13 * k + j);
+      CHECK(bad == 0, "device %s: %d wrong bytes", pass ? "gather" : "allgather", bad);
+    }
+    cudaFree(dm); cudaFree(di); cudaFree(dall);
+    free(hall);
+  }
+
   /* bcast from the last rank */
   for (int i = 0; i < N; i++) hd[i] = g_rank == p - 1 ? i * 3.0 : -1.0;
   CU(cudaMemcpy(dd, hd, sizeof(double) * N, cudaMemcpyHostToDevice));

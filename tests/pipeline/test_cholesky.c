@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/comm.h"
 #include "testutil.h"
 #include "worker/cholesky.h"
 
@@ -77,12 +78,14 @@ static void test_not_positive_definite(void **state) {
 
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
+  e8q_comm_global_open(-1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_factor_sizes),
       cmocka_unit_test(test_not_positive_definite),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   e8q_scalapack_finish();
+  e8q_comm_global_close();
   MPI_Finalize();
   return rc;
 }

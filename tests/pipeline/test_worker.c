@@ -7,13 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/comm.h"
 #include "coordinator/calib.h"
 #include "coordinator/qmodel.h"
 #include "io/tokenizer.h"
 #include "kernels/hadamard.h"
 #include "kernels/qlinear.h"
 #include "testutil.h"
-#include "worker/exact_sum.h"
 #include "worker/hessian.h"
 #include "worker/quantize_linear.h"
 
@@ -191,7 +191,7 @@ static void test_not_positive_definite_retry(void **state) {
 
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
-  e8q_exact_comm_init();
+  e8q_comm_global_open(-1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gram_vs_ref),
       cmocka_unit_test(test_calibration_windows),
@@ -199,7 +199,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_not_positive_definite_retry),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  e8q_exact_comm_free();
+  e8q_comm_global_close();
   MPI_Finalize();
   return rc;
 }
