@@ -121,9 +121,11 @@ e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
     if (d && access(pp, F_OK) != 0) {
       struct dirent *e;
       while ((e = readdir(d)) != NULL) {
-        /* what a run killed before writing plan.json leaves */
+        /* what a run killed before writing plan.json leaves, and what slurm/submit.sh puts there
+         * before the job starts (the batch script and Slurm's output file) */
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, "hessians") ||
-            !strcmp(e->d_name, "acts") || !strcmp(e->d_name, "shards") || strstr(e->d_name, ".tmp."))
+            !strcmp(e->d_name, "acts") || !strcmp(e->d_name, "shards") || strstr(e->d_name, ".tmp.") ||
+            !strcmp(e->d_name, "job.sbatch") || (!strncmp(e->d_name, "slurm-", 6) && strstr(e->d_name, ".out")))
           continue;
         closedir(d);
         E8Q_FATAL("--run-dir %s exists, is not empty and holds no plan.json: it is not an e8q run directory; "

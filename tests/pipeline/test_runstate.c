@@ -266,6 +266,11 @@ static void test_journal_file_checks(void **state) {
   mkdir(kp, 0755);
   snprintf(kp, sizeof kp, "%s/.plan.json.tmp.123", k);
   t_write_file(kp, "{", 1);
+  /* and so is what slurm/submit.sh writes before the job runs */
+  snprintf(kp, sizeof kp, "%s/job.sbatch", k);
+  t_write_file(kp, "#!/bin/bash", 11);
+  snprintf(kp, sizeof kp, "%s/slurm-17.out", k);
+  t_write_file(kp, "x", 1);
   e8q_rundir *kr = e8q_rundir_open(k, plan);
   assert_false(kr->resumed);
   e8q_rundir_close(kr);
