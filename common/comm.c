@@ -124,57 +124,51 @@ static void check_root(const e8q_comm *c, int root, const char *what) {
 /* ---------------------------------------------------------------- collectives */
 void e8q_comm_barrier(e8q_comm *c) { E8Q_CHECK_MPI(MPI_Barrier(c->mpi)); }
 
-/* in-place allreduce of [n] elements with op (E8Q_NCCL_SUM / E8Q_NCCL_MAX) */
-static void allreduce(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int op, const char *what) {
+/* in-place reduction of [n] elements with op (E8Q_NCCL_SUM / E8Q_NCCL_MAX) to every rank
+ * (root < 0) or to root (sums only) */
+static void reduce(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int op, int root,
+                   const char *what) {
+  if (root >= 0) check_root(c, root, what);
   if (mem == E8Q_MEM_DEVICE) {
     DEVICE_OR_FATAL(c, what);
 #ifdef E8Q_HAVE_CUDA
-    e8q_nccl_allreduce(c->nccl, (int)dt, op, buf, n);
+    if (root < 0) e8q_nccl_allreduce(c->nccl, (int)dt, op, buf, n);
+    else e8q_nccl_reduce_sum(c->nccl, (int)dt, buf, n, root);
 #endif
     return;
   }
   MPI_Datatype t = dt_mpi(dt);
-  char *p = buf;
-  for (size_t off = 0; off < n; off += COMM_SEG) {
-    size_t k = n - off < COMM_SEG ? n - off : COMM_SEG;
-    E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, p + off * dt_size(dt), (int)k, t, op == E8Q_NCCL_MAX ? MPI_MAX : MPI_SUM,
-                                c->mpi));
-  }
-}
-
-void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n) {
-  allreduce(c, mem, dt, buf, n, E8Q_NCCL_SUM, "e8q_comm_allreduce_sum");
-}
-
-void e8q_comm_allreduce_max(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n) {
-  allreduce(c, mem, dt, buf, n, E8Q_NCCL_MAX, "e8q_comm_allreduce_max");
-}
-
-int e8q_comm_any(e8q_comm *c, int flag) {
-  int32_t v = flag != 0;
-  allreduce(c, E8Q_MEM_HOST, E8Q_COMM_I32, &v, 1, E8Q_NCCL_MAX, "e8q_comm_any");
-  return (int)v;
-}
-
-void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int root) {
-  check_root(c, root, "e8q_comm_reduce_sum");
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_reduce_sum");
-#ifdef E8Q_HAVE_CUDA
-    e8q_nccl_reduce_sum(c->nccl, (int)dt, buf, n, root);
-#endif
-    return;
-  }
-  MPI_Datatype t = dt_mpi(dt);
+  MPI_Op mop = op == E8Q_NCCL_MAX ? MPI_MAX : MPI_SUM;
   char *p = buf;
   for (size_t off = 0; off < n; off += COMM_SEG) {
     size_t k = n - off < COMM_SEG ? n - off : COMM_SEG;
     void *b = p + off * dt_size(dt);
-    if (c->rank == root)
-      E8Q_CHECK_MPI(MPI_Reduce(MPI_IN_PLACE, b, (int)k, t, MPI_SUM, root, c->mpi));
+    if (root < 0)
+      E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, b, (int)k, t, mop, c->mpi));
+    else if (c->rank == root)
+      E8Q_CHECK_MPI(MPI_Reduce(MPI_IN_PLACE, b, (int)k, t, mop, root, c->mpi));
     else
-      E8Q_CHECK_MPI(MPI_Reduce(b, NULL, (int)k, t, MPI_SUM, root, c->mpi));
+      E8Q_CHECK_MPI(MPI_Reduce(b, NULL, (int)k, t, mop, root, c->mpi));
   }
+}
+
+void e8q_comm_allreduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n) {
+  reduce(c, mem, dt, buf, n, E8Q_NCCL_SUM, -1, "e8q_comm_allreduce_sum");
+}
+
+void e8q_comm_allreduce_max(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n) {
+  reduce(c, mem, dt, buf, n, E8Q_NCCL_MAX, -1, "e8q_comm_allreduce_max");
+}
+
+int e8q_comm_any(e8q_comm *c, int flag) {
+  int32_t v = flag != 0;
+  reduce(c, E8Q_MEM_HOST, E8Q_COMM_I32, &v, 1, E8Q_NCCL_MAX, -1, "e8q_comm_any");
+  return (int)v;
+}
+
+void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int root) {
+  E8Q_CHECK(root >= 0, "e8q_comm_reduce_sum: root %d out of range [0, %d)", root, c->size);
+  reduce(c, mem, dt, buf, n, E8Q_NCCL_SUM, root, "e8q_comm_reduce_sum");
 }
 
 void e8q_comm_bcast(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int root) {

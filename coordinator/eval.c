@@ -162,7 +162,7 @@ e8q_tokenizer *e8q_eval_open_tokenizer(const char *model_path, const e8q_config 
     return NULL;
   }
   e8q_tokenizer *t = e8q_tokenizer_load(path);
-  e8q_model_check_tokenizer(cfg, model_path, e8q_tokenizer_vocab_size(t), path);
+  e8q_tokenizer_check_vocab(t, cfg->vocab_size, model_path);
   if (used)
     *used = path;
   else

@@ -23,6 +23,7 @@
 #include "coordinator/run_internal.h"
 #include "io/artifact.h"
 #include "io/ckpt.h"
+#include "io/text.h"
 #include "kernels/e8p.h"
 #include "kernels/hadamard.h"
 
@@ -78,19 +79,6 @@ static cJSON *quantization_config(const e8q_run *R) {
     }
   }
   return q;
-}
-
-static char *read_all(const char *path) {
-  FILE *f = fopen(path, "rb");
-  E8Q_CHECK_ERRNO(f, "cannot open %s", path);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = e8q_malloc((size_t)n + 1, path);
-  E8Q_CHECK(fread(s, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
-  s[n] = '\0';
-  fclose(f);
-  return s;
 }
 
 /* ---------------------------------------------------------------- gather */
@@ -202,7 +190,7 @@ void e8q_run_gather(e8q_run *R) {
 
   /* config.json */
   snprintf(path, sizeof path, "%s/config.json", R->o->model);
-  char *src = read_all(path);
+  char *src = e8q_file_read(path, NULL, "model config");
   cJSON *cfg = cJSON_Parse(src);
   free(src);
   E8Q_CHECK(cfg, "%s is not valid JSON", path);
@@ -258,7 +246,7 @@ void e8q_run_pack(e8q_run *R) {
   cJSON_AddNumberToObject(sz, "model_safetensors_bytes", file_bytes);
   cJSON_AddNumberToObject(sz, "model_bpw", 8 * file_bytes / np_all);
   e8q_rundir_path(R->rd, "validation.json", path, sizeof path);
-  char *v = read_all(path);
+  char *v = e8q_file_read(path, NULL, "validation record");
   cJSON *val = cJSON_Parse(v);
   free(v);
   E8Q_CHECK(val, "%s is not valid JSON (damaged?): remove it and rerun", path);

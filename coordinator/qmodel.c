@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "io/config.h"
+#include "io/text.h"
 
 static void *own(e8q_qmodel *q, size_t bytes) {
   q->owned = realloc(q->owned, sizeof(void *) * (size_t)(q->n_owned + 1));
@@ -32,19 +33,6 @@ static void *copy_tensor(e8q_qmodel *q, const char *name, e8q_dtype dt, int64_t 
   return p;
 }
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  E8Q_CHECK_ERRNO(f, "cannot open %s", path);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = e8q_malloc((size_t)n + 1, path);
-  E8Q_CHECK(fread(s, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
-  s[n] = '\0';
-  fclose(f);
-  return s;
-}
-
 static int had_K(const cJSON *had, int dim, const char *path) {
   char key[32];
   snprintf(key, sizeof key, "%d", dim);
@@ -57,7 +45,7 @@ static int had_K(const cJSON *had, int dim, const char *path) {
 void e8q_qmodel_open(e8q_qmodel *q, const char *dir) {
   char path[4096];
   snprintf(path, sizeof path, "%s/config.json", dir);
-  char *txt = slurp(path);
+  char *txt = e8q_file_read(path, NULL, "quantized model config");
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   e8q_qmodel_open_st(q, dir, txt, e8q_st_open(path));
   free(txt);

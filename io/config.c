@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/error.h"
+#include "io/text.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -26,19 +27,10 @@ static char *config_path(const char *path) {
 }
 
 static cJSON *config_parse(const char *file) {
-  FILE *f = fopen(file, "rb");
-  E8Q_CHECK_ERRNO(f, "cannot open %s (a Hugging Face model directory needs config.json)", file);
-  E8Q_CHECK_ERRNO(fseek(f, 0, SEEK_END) == 0, "cannot seek %s", file);
-  long n = ftell(f);
-  E8Q_CHECK_ERRNO(n >= 0, "cannot size %s", file);
-  rewind(f);
-  E8Q_CHECK(n > 0 && n < (64L << 20), "%s: %ld bytes, not a config.json", file, n);
-  char *buf = e8q_malloc((size_t)n + 1, "config text");
-  size_t got = fread(buf, 1, (size_t)n, f);
-  fclose(f);
-  E8Q_CHECK(got == (size_t)n, "%s: short read", file);
-  buf[n] = 0;
-  cJSON *root = cJSON_ParseWithLength(buf, (size_t)n);
+  size_t n;
+  char *buf = e8q_file_read(file, &n, "model config (a Hugging Face model directory needs config.json)");
+  E8Q_CHECK(n > 0 && n < ((size_t)64 << 20), "%s: %zu bytes, not a config.json", file, n);
+  cJSON *root = cJSON_ParseWithLength(buf, n);
   if (!root) {
     const char *at = cJSON_GetErrorPtr();
     long off = (at && at >= buf && at <= buf + n) ? (long)(at - buf) : -1;

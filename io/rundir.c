@@ -14,6 +14,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "io/atomic.h"
+#include "io/text.h"
 
 /* ---------------------------------------------------------------- fingerprint */
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -95,20 +96,6 @@ int e8q_json_diff(const cJSON *now, const cJSON *old, const char *path, const ch
 }
 
 /* ---------------------------------------------------------------- open */
-static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = e8q_malloc((size_t)n + 1, "plan.json text");
-  size_t got = fread(s, 1, (size_t)n, f);
-  fclose(f);
-  E8Q_CHECK(got == (size_t)n, "cannot read %s", path);
-  s[n] = '\0';
-  return s;
-}
-
 e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
   static const char *const keys[] = {"fingerprint", "options", "seed"};
   for (int i = 0; i < 3; i++)
@@ -147,7 +134,7 @@ e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
     e8q_atomic_sweep(p);
   }
   snprintf(p, sizeof p, "%s/plan.json", dir);
-  char *old_text = read_text(p);
+  char *old_text = access(p, F_OK) == 0 ? e8q_file_read(p, NULL, "run plan") : NULL;
   if (old_text) {
     cJSON *old = cJSON_Parse(old_text);
     free(old_text);

@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/error.h"
+#include "io/text.h"
 
 /* the header may not exceed this (the safetensors reference uses the same limit) */
 #define ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000)
@@ -489,23 +490,6 @@ static int file_exists(const char *p) {
   return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  E8Q_CHECK_ERRNO(f, "cannot open %s", path);
-  E8Q_CHECK_ERRNO(fseek(f, 0, SEEK_END) == 0, "cannot seek %s", path);
-  long n = ftell(f);
-  E8Q_CHECK_ERRNO(n >= 0, "cannot size %s", path);
-  rewind(f);
-  char *buf = e8q_malloc((size_t)n + 1, path);
-  size_t got = fread(buf, 1, (size_t)n, f);
-  int e = ferror(f) ? errno : 0;
-  fclose(f);
-  if (got != (size_t)n) e8q_fatal_errno(__FILE__, __LINE__, e ? e : EIO, "short read of %s", path);
-  buf[n] = 0;
-  if (len) *len = (size_t)n;
-  return buf;
-}
-
 typedef struct {
   const char *name;
   int file;
@@ -546,7 +530,7 @@ e8q_st_model *e8q_st_model_open(const char *dir) {
   free(single);
 
   size_t len;
-  char *text = slurp(index, &len);
+  char *text = e8q_file_read(index, &len, "safetensors index");
   cJSON *root = cJSON_ParseWithLength(text, len);
   E8Q_CHECK(root, "%s: not valid JSON; download it again", index);
   const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");

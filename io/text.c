@@ -10,10 +10,11 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "io/atomic.h"
 
 /* ---------------------------------------------------------------- files */
 
-static char *read_file(const char *path, size_t *len, const char *what) {
+char *e8q_file_read(const char *path, size_t *len, const char *what) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   E8Q_CHECK_ERRNO(fd >= 0, "cannot open %s %s", what, path);
   struct stat sb;
@@ -32,7 +33,7 @@ static char *read_file(const char *path, size_t *len, const char *what) {
   close(fd);
   E8Q_CHECK(got == n, "%s: short read (%zu of %zu bytes); the file changed while reading", path, got, n);
   buf[n] = 0;
-  *len = n;
+  if (len) *len = n;
   return buf;
 }
 
@@ -67,7 +68,7 @@ size_t e8q_utf8_check(const char *text, size_t len) {
 
 char *e8q_text_read(const char *path, size_t *len) {
   size_t n;
-  char *buf = read_file(path, &n, "text file");
+  char *buf = e8q_file_read(path, &n, "text file");
   E8Q_CHECK(n > 0, "%s: the text file is empty; give a file with text (UTF-8) or token ids (.ids/.u32)", path);
   size_t bad = e8q_utf8_check(buf, n);
   if (bad < n) {
@@ -133,7 +134,7 @@ int e8q_ids_is_file(const char *path) {
 
 size_t e8q_ids_read(const char *path, int vocab_size, int **ids) {
   size_t n;
-  char *buf = read_file(path, &n, "token id file");
+  char *buf = e8q_file_read(path, &n, "token id file");
   E8Q_CHECK(n > 0, "%s: the token id file is empty", path);
   E8Q_CHECK(n % 4 == 0,
             "%s: %zu bytes is not a multiple of 4; a token id file holds little-endian uint32 ids (truncated?)",
@@ -158,13 +159,8 @@ size_t e8q_ids_read(const char *path, int vocab_size, int **ids) {
   return count;
 }
 
-/* writes ids as a little-endian uint32 file (atomically: temporary + fsync + rename) */
+/* writes ids as a little-endian uint32 file (io/atomic.h: temporary, fsync, rename) */
 void e8q_ids_write(const char *path, const int *ids, size_t n) {
-  size_t cap = strlen(path) + 16;
-  char *tmp = e8q_malloc(cap, "temporary name");
-  snprintf(tmp, cap, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot create a temporary next to %s", path);
   uint8_t *b = e8q_malloc(n * 4 + 1, "id buffer");
   for (size_t i = 0; i < n; i++) {
     E8Q_CHECK(ids[i] >= 0, "%s: negative token id %d at index %zu", path, ids[i], i);
@@ -172,23 +168,6 @@ void e8q_ids_write(const char *path, const int *ids, size_t n) {
     b[4 * i] = (uint8_t)v, b[4 * i + 1] = (uint8_t)(v >> 8), b[4 * i + 2] = (uint8_t)(v >> 16),
     b[4 * i + 3] = (uint8_t)(v >> 24);
   }
-  size_t done = 0;
-  while (done < n * 4) {
-    ssize_t k = write(fd, b + done, n * 4 - done);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) {
-      int e = k < 0 ? errno : ENOSPC;
-      close(fd);
-      unlink(tmp);
-      e8q_fatal_errno(__FILE__, __LINE__, e, "cannot write %s (temporary removed)", path);
-    }
-    done += (size_t)k;
-  }
-  if (fchmod(fd, 0644) != 0 || fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
-    int e = errno;
-    unlink(tmp);
-    e8q_fatal_errno(__FILE__, __LINE__, e, "cannot write %s (temporary removed)", path);
-  }
+  e8q_atomic_write_file(path, "ids", b, n * 4, NULL);
   free(b);
-  free(tmp);
 }

@@ -8,6 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A whole file as a NUL-terminated buffer, *len its size (len may be NULL). Fatal, naming the
+ * file and what it should be ("text file", "config.json", ...), when it is missing, not a regular
+ * file or unreadable; the content is not checked. The one file reader of e8q's small files. */
+char *e8q_file_read(const char *path, size_t *len, const char *what);
+
 /* Whole file as a NUL-terminated string. Fatal, naming the file, when it is missing, empty,
  * or not valid UTF-8 (with the byte offset of the first bad sequence). */
 char *e8q_text_read(const char *path, size_t *len);

@@ -32,6 +32,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "io/atomic.h"
 #include "io/text.h"
 
 /* SentencePiece piece types (sentencepiece_model.proto) */
@@ -401,8 +402,8 @@ const char *e8q_tokenizer_piece(const e8q_tokenizer *t, int id) {
 
 void e8q_tokenizer_check_vocab(const e8q_tokenizer *t, int model_vocab_size, const char *model) {
   E8Q_CHECK(t->n == model_vocab_size,
-            "tokenizer %s has %d pieces but model %s has vocab_size %d; use the tokenizer that belongs to the "
-            "model",
+            "tokenizer %s has %d pieces but model %s has vocab_size %d: they do not belong together; use the "
+            "model's own tokenizer (--tokenizer FILE where the command takes one)",
             t->path, t->n, model, model_vocab_size);
 }
 
@@ -818,29 +819,7 @@ void e8q_tokenizer_write_spm(const char *path, int n, const char **pieces, const
   ob_bytes(&o, 3, m.b, m.n);
   free(m.b);
 
-  size_t cap = strlen(path) + 16;
-  char *tmp = e8q_malloc(cap, "temporary name");
-  snprintf(tmp, cap, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot create a temporary next to %s", path);
-  size_t done = 0;
-  while (done < o.n) {
-    ssize_t k = write(fd, o.b + done, o.n - done);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) {
-      int e = k < 0 ? errno : ENOSPC;
-      close(fd);
-      unlink(tmp);
-      e8q_fatal_errno(__FILE__, __LINE__, e, "cannot write %s (temporary removed)", path);
-    }
-    done += (size_t)k;
-  }
-  if (fchmod(fd, 0644) != 0 || fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
-    int e = errno;
-    unlink(tmp);
-    e8q_fatal_errno(__FILE__, __LINE__, e, "cannot write %s (temporary removed)", path);
-  }
-  free(tmp);
+  e8q_atomic_write_file(path, "tokenizer", o.b, o.n, NULL);
   free(o.b);
 }
 

@@ -2,17 +2,16 @@
 #include "shard/demo.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "common/error.h"
+#include "io/atomic.h"
 #include "io/safetensors.h"
 #include "io/tokenizer.h"
 
@@ -53,29 +52,9 @@ static char *join(const char *dir, const char *name) {
   return p;
 }
 
-/* temporary, fsync, rename: a reader never sees a partial file */
+/* temporary, fsync, rename (io/atomic.h): a reader never sees a partial file */
 static void write_atomic(const char *path, const char *data, size_t n) {
-  size_t len = strlen(path) + 8;
-  char *tmp = e8q_malloc(len, "temp path");
-  snprintf(tmp, len, "%s.tmp", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot create %s", tmp);
-  size_t off = 0;
-  while (off < n) {
-    ssize_t w = write(fd, data + off, n - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      int e = errno;
-      close(fd);
-      unlink(tmp);
-      e8q_fatal_errno(__FILE__, __LINE__, e, "cannot write %s", path);
-    }
-    off += (size_t)w;
-  }
-  E8Q_CHECK_ERRNO(fsync(fd) == 0, "cannot fsync %s", tmp);
-  E8Q_CHECK_ERRNO(close(fd) == 0, "cannot close %s", tmp);
-  E8Q_CHECK_ERRNO(rename(tmp, path) == 0, "cannot rename %s to %s", tmp, path);
-  free(tmp);
+  e8q_atomic_write_file(path, "demo", data, n, NULL);
 }
 
 /* ---------------------------------------------------------------- config.json */

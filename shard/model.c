@@ -164,14 +164,6 @@ void e8q_model_free(e8q_model *m) {
 
 /* ---------------------------------------------------------------- tokenizer */
 
-void e8q_model_check_tokenizer(const e8q_config *cfg, const char *model_path, int tokenizer_vocab,
-                               const char *tokenizer_path) {
-  E8Q_CHECK(tokenizer_vocab == cfg->vocab_size,
-            "tokenizer %s has %d tokens but model %s has vocab_size %d: they do not belong together "
-            "(pass the model's own tokenizer with --tokenizer)",
-            tokenizer_path, tokenizer_vocab, model_path, cfg->vocab_size);
-}
-
 static char *join(const char *dir, const char *name) {
   size_t n = strlen(dir) + strlen(name) + 2;
   char *p = e8q_malloc(n, "path");

@@ -29,6 +29,16 @@ const char *e8q_method_cli_name(e8q_method m) { return m == E8Q_METHOD_LDLQ ? "e
 /* DESIGN §3: rho 0.9 for E8P (the paper's runs), 0.98 for RVQ3, 1.03 for RVQ4 */
 static double default_rho(int bits) { return bits == 2 ? 0.9 : bits == 3 ? 0.98 : 1.03; }
 
+/* RMS of rows [r0, r0+rows) of W [m, n] (a fused piece, DESIGN §3 "Fused groups"); 1 for an
+ * all-zero piece, which then stays zero */
+static double piece_rms(const float *W, int r0, int rows, int n) {
+  double ss = 0;
+  for (int r = r0; r < r0 + rows; r++)
+    for (int j = 0; j < n; j++) ss += (double)W[(size_t)r * n + j] * W[(size_t)r * n + j];
+  double rms = sqrt(ss / ((double)rows * n));
+  return rms > 0 ? rms : 1;
+}
+
 /* ---------------------------------------------------------------- ScaLAPACK factorisation
  * Fills an e8q_ldl (kernels/ldlq.h) as e8q_ldl_build would, with the Cholesky factor computed by
  * ScaLAPACK across all ranks: prepared H, unit block-lower L, inverses of H's diagonal blocks.
@@ -84,11 +94,7 @@ static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int 
     float *Wf = e8q_malloc(sizeof(float) * (size_t)m * n, "fused weight");
     int row = 0;
     for (int p = 0; p < g->n_pieces; p++) {
-      double ss = 0;
-      for (int r = row; r < row + g->piece_rows[p]; r++)
-        for (int j = 0; j < n; j++) ss += (double)W[(size_t)r * n + j] * W[(size_t)r * n + j];
-      double rms = sqrt(ss / ((double)g->piece_rows[p] * n));
-      if (!(rms > 0)) rms = 1;
+      double rms = piece_rms(W, row, g->piece_rows[p], n);
       res->fuse_scales[p] = (float)rms;
       for (int r = row; r < row + g->piece_rows[p]; r++)
         for (int j = 0; j < n; j++) Wf[(size_t)r * n + j] = (float)(W[(size_t)r * n + j] / rms);
@@ -143,12 +149,7 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   double *Wr = e8q_calloc((size_t)m * np, sizeof(double), "rotated weight");
   int row = 0;
   for (int p = 0; p < g->n_pieces; p++) {
-    double ss = 0;
-    for (int r = row; r < row + g->piece_rows[p]; r++)
-      for (int j = 0; j < n; j++) ss += (double)W[(size_t)r * n + j] * W[(size_t)r * n + j];
-    double rms = sqrt(ss / ((double)g->piece_rows[p] * n));
-    if (!(rms > 0)) rms = 1; /* an all-zero piece stays zero */
-    res->fuse_scales[p] = (float)rms;
+    res->fuse_scales[p] = (float)piece_rms(W, row, g->piece_rows[p], n);
     for (int r = row; r < row + g->piece_rows[p]; r++)
       for (int j = 0; j < n; j++) Wr[(size_t)r * np + j] = W[(size_t)r * n + j] / (double)res->fuse_scales[p];
     row += g->piece_rows[p];

@@ -17,21 +17,8 @@
 #include "common/comm.h"
 #include "common/cuda_util.h"
 #include "common/error.h"
+#include "comm_check.h"
 #include "testutil.h"
-
-static int n_pass, n_fail, g_rank;
-
-#define CHECK(cond, ...)                                                   \
-  do {                                                                     \
-    if (cond) {                                                            \
-      n_pass++;                                                            \
-    } else {                                                               \
-      n_fail++;                                                            \
-      fprintf(stderr, "[rank %d] FAIL %s:%d: ", g_rank, __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                                        \
-      fprintf(stderr, "\n");                                               \
-    }                                                                      \
-  } while (0)
 
 /* ---------------------------------------------------------------- plain collectives */
 static void test_basic(e8q_comm *c) {
@@ -395,11 +382,8 @@ int main(int argc, char **argv) {
   test_ordered_sum(c, 12345); /* fixed seed: the printed hash is comparable across rank counts */
   test_errors(c);
 
-  int fails = n_fail, passes = n_pass;
-  MPI_Allreduce(MPI_IN_PLACE, &fails, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, &passes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  if (g_rank == 0) printf("test_comm_mpi on %d ranks: %d passed, %d failed\n", e8q_comm_size(c), passes, fails);
+  int rc = check_report("test_comm_mpi");
   e8q_comm_free(c);
   MPI_Finalize();
-  return fails ? 1 : 0;
+  return rc;
 }

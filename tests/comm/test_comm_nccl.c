@@ -10,18 +10,7 @@
 #include "common/comm.h"
 #include "common/cuda_util.h"
 #include "common/error.h"
-
-static int n_pass, n_fail, g_rank;
-#define CHECK(cond, ...)                                                     \
-  do {                                                                       \
-    if (cond) n_pass++;                                                      \
-    else {                                                                   \
-      n_fail++;                                                              \
-      fprintf(stderr, "[rank %d] FAIL %s:%d: ", g_rank, __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                                          \
-      fprintf(stderr, "\n");                                                 \
-    }                                                                        \
-  } while (0)
+#include "comm_check.h"
 #define CU(call) E8Q_CHECK((call) == cudaSuccess, "%s failed", #call)
 
 int main(int argc, char **argv) {
@@ -123,13 +112,10 @@ int main(int argc, char **argv) {
     CHECK(bad == 0, "device %s: %d wrong bytes", pass ? "gatherv" : "allgatherv", bad);
   }
 
-  int fails = n_fail, passes = n_pass;
-  MPI_Allreduce(MPI_IN_PLACE, &fails, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, &passes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  if (g_rank == 0) printf("test_comm_nccl on %d ranks: %d passed, %d failed\n", p, passes, fails);
+  int rc = check_report("test_comm_nccl");
   cudaFree(df); cudaFree(dd); cudaFree(ds); cudaFree(dr);
   free(hf); free(hd); free(hs); free(hr); free(counts);
   e8q_comm_free(c);
   MPI_Finalize();
-  return fails ? 1 : 0;
+  return rc;
 }

@@ -109,6 +109,33 @@ static void test_text_not_utf8(void **state) {
   free(p);
 }
 
+static void test_file_read(void **state) {
+  (void)state;
+  /* any bytes, NULs and invalid UTF-8 included, come back whole and NUL-terminated */
+  const char data[7] = {'a', 0, '\xff', 'b', '\n', 0, 'z'};
+  char *p = tmp_file("raw.bin", data, sizeof data);
+  size_t n = 0;
+  char *b = e8q_file_read(p, &n, "raw file");
+  assert_int_equal(n, sizeof data);
+  assert_memory_equal(b, data, sizeof data);
+  assert_int_equal(b[n], 0);
+  free(b);
+  b = e8q_file_read(p, NULL, "raw file"); /* len may be NULL */
+  assert_memory_equal(b, data, sizeof data);
+  free(b);
+  /* an empty file is not an error here (e8q_text_read refuses it) */
+  char *e = tmp_file("empty.bin", "", 0);
+  b = e8q_file_read(e, &n, "raw file");
+  assert_int_equal(n, 0);
+  assert_int_equal(b[0], 0);
+  free(b);
+  /* missing file and directory: named, with what was expected */
+  E8Q_EXPECT_FATAL(e8q_file_read("/nonexistent/plan.json", NULL, "run plan"), "/nonexistent/plan.json", "run plan");
+  E8Q_EXPECT_FATAL(e8q_file_read(g_dir, NULL, "model config"), g_dir, "not a regular file", "model config");
+  free(p);
+  free(e);
+}
+
 static void test_ids_roundtrip(void **state) {
   (void)state;
   if (!g_dir) g_dir = t_tmpdir("text");
@@ -162,6 +189,7 @@ int main(void) {
       cmocka_unit_test(test_text_shared_file),   cmocka_unit_test(test_text_empty_file),
       cmocka_unit_test(test_text_not_utf8),      cmocka_unit_test(test_ids_roundtrip),
       cmocka_unit_test(test_ids_odd_size),       cmocka_unit_test(test_ids_out_of_vocab),
+      cmocka_unit_test(test_file_read),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   free(g_dir);
