@@ -152,7 +152,7 @@ e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int prog
 
 e8q_tokenizer *e8q_eval_open_tokenizer(const char *model_path, const e8q_config *cfg, const char *tok_opt, int required,
                                        char **used) {
-  char *path = tok_opt ? strdup(tok_opt) : e8q_model_default_tokenizer(model_path, cfg);
+  char *path = tok_opt ? strdup(tok_opt) : e8q_tokenizer_find(model_path, cfg->vocab_size);
   if (!path) {
     E8Q_CHECK(!required,
               "no tokenizer found for model %s (looked for tokenizer.model in a model directory, tokenizer.bin, "

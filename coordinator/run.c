@@ -525,7 +525,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   e8q_progress_step("plan", -1, NULL, 0);
 
   /* ---------------------------------------------------------- calibration + embed */
-  char *tok_path = e8q_tokenizer_find(o->model);
+  char *tok_path = e8q_tokenizer_find(o->model, R->cfg.vocab_size);
   e8q_tokenizer *tok = NULL;
   if (tok_path) {
     tok = e8q_tokenizer_load(tok_path);

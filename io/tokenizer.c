@@ -412,7 +412,7 @@ static int is_file(const char *p) {
   return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
-char *e8q_tokenizer_find(const char *model_dir) {
+char *e8q_tokenizer_find(const char *model_dir, int vocab_size) {
   struct stat sb;
   if (stat(model_dir, &sb) != 0) return NULL;
   char *dir = strdup(model_dir);
@@ -423,7 +423,12 @@ char *e8q_tokenizer_find(const char *model_dir) {
     else if (slash) *slash = 0;
     else strcpy(dir, ".");
   }
-  static const char *const names[] = {"tokenizer.model", "tokenizer.bin"};
+  char tok_model[32] = "tokenizer.model", tok_bin[32] = "tokenizer.bin"; /* tok<vocab>.*: see below */
+  if (vocab_size > 0) {
+    snprintf(tok_model, sizeof tok_model, "tok%d.model", vocab_size);
+    snprintf(tok_bin, sizeof tok_bin, "tok%d.bin", vocab_size);
+  }
+  const char *const names[] = {"tokenizer.model", "tokenizer.bin", tok_model, tok_bin};
   size_t cap = strlen(dir) + 300;
   char *p = e8q_malloc(cap, "tokenizer path");
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {

@@ -22,8 +22,11 @@ typedef struct e8q_tokenizer e8q_tokenizer;
 e8q_tokenizer *e8q_tokenizer_load(const char *path);
 void e8q_tokenizer_free(e8q_tokenizer *t);
 int e8q_tokenizer_vocab_size(const e8q_tokenizer *t);
-/* the tokenizer file in a HF model directory (tokenizer.model), or NULL if none: malloc'd */
-char *e8q_tokenizer_find(const char *model_dir);
+/* The tokenizer that belongs with a model (a HF directory, or a llama2.c .bin: then beside it):
+ * the first of tokenizer.model, tokenizer.bin, tok<vocab_size>.model, tok<vocab_size>.bin, then
+ * any tok*.model, tok*.bin (first in byte order); vocab_size <= 0: no size hint. NULL if none;
+ * malloc'd. The one lookup of e8q (quantize, eval and generate find the same file). */
+char *e8q_tokenizer_find(const char *model_dir, int vocab_size);
 
 /* Encodes UTF-8 text; returns the number of ids written to *ids (malloc'd, caller frees). */
 int e8q_tokenizer_encode(const e8q_tokenizer *t, const char *text, int bos, int eos, int **ids);

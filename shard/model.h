@@ -71,10 +71,6 @@ void e8q_block_load(const e8q_st_model *st, const e8q_config *cfg, int i, e8q_bl
 /* frees the buffers e8q_block_load (or e8q_model_load) allocated; quantized forms are not owned */
 void e8q_block_free(e8q_block *b);
 
-/* ---------------------------------------------------------------- tokenizer
- * (its vocabulary is checked against the model's with io/tokenizer.h's e8q_tokenizer_check_vocab)
- * The tokenizer that belongs with a model: DIR/tokenizer.model for a HF directory;
- * for a .bin, tokenizer.bin, tok<vocab>.bin or tokenizer.model beside it. NULL if none; malloc'd. */
-char *e8q_model_default_tokenizer(const char *model_path, const e8q_config *cfg);
+/* the tokenizer of a model: io/tokenizer.h (e8q_tokenizer_find, e8q_tokenizer_check_vocab) */
 
 #endif

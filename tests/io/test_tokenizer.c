@@ -264,16 +264,41 @@ static void test_write_spm_roundtrip(void **state) {
     free(b);
   }
   /* the tokenizer is found in a model directory */
-  char *found = e8q_tokenizer_find(dir);
+  char *found = e8q_tokenizer_find(dir, 0);
   assert_non_null(found);
   assert_string_equal(found, out);
   free(found);
   char *d260 = t_shared_path("models/stories260K/stories260K.bin");
-  found = e8q_tokenizer_find(d260);
+  found = e8q_tokenizer_find(d260, 512);
   assert_non_null(found);
   assert_non_null(strstr(found, "tok512.model"));
   free(found);
   free(d260);
+  /* llama2.c directory with several tokenizers: the model's vocabulary size picks one, else the
+   * first in byte order; tokenizer.bin beats both */
+  char *ld = t_tmpdir("tok_find"), lp[1024];
+  const char *names[] = {"m.bin", "tok256.bin", "tok512.bin"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(lp, sizeof lp, "%s/%s", ld, names[i]);
+    t_write_file(lp, "x", 1);
+  }
+  snprintf(lp, sizeof lp, "%s/m.bin", ld);
+  const char *want[] = {"/tok512.bin", "/tok256.bin", "/tok256.bin"};
+  const int vocab[] = {512, 0, 300};
+  for (int i = 0; i < 3; i++) {
+    found = e8q_tokenizer_find(lp, vocab[i]);
+    assert_non_null(found);
+    assert_non_null(strstr(found, want[i]));
+    free(found);
+  }
+  snprintf(lp, sizeof lp, "%s/tokenizer.bin", ld);
+  t_write_file(lp, "x", 1);
+  found = e8q_tokenizer_find(ld, 512);
+  assert_string_equal(found, lp);
+  free(found);
+  snprintf(lp, sizeof lp, "%s/nothing-here", ld);
+  assert_null(e8q_tokenizer_find(lp, 512));
+  free(ld);
   e8q_tokenizer_free(ref);
   e8q_tokenizer_free(back);
   e8q_tokenizer_free(src);

@@ -84,7 +84,7 @@ static void test_forward_eval_bin(void **s) {
   check_per_line("models/stories260K/stories260K.bin", "models/stories260K/tok512.bin", 5e-4);
 }
 static void test_forward_eval_bin_default_tok(void **s) {
-  (void)s; /* tok512.bin found beside the .bin */
+  (void)s; /* tok512.model found beside the .bin (e8q_tokenizer_find) */
   check_per_line("models/stories260K/stories260K.bin", NULL, 5e-4);
 }
 static void test_forward_eval_hf(void **s) { (void)s; check_per_line("models/stories260K-hf", NULL, 5e-4); }
