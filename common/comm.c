@@ -248,41 +248,37 @@ void e8q_comm_allgatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send
   free(id);
 }
 
-/* fixed-size items: MPI_Gather/MPI_Allgather on host, the v-variants with equal counts on device */
-static size_t *equal_counts(const e8q_comm *c, size_t item_bytes) {
-  size_t *counts = e8q_malloc(sizeof(size_t) * (size_t)c->size, "gather counts");
-  for (int r = 0; r < c->size; r++) counts[r] = item_bytes;
-  return counts;
+/* fixed-size items to root (root < 0: to everyone): MPI_Gather/MPI_Allgather on host, the
+ * v-variants with equal counts on device */
+static void gather_items(e8q_comm *c, e8q_mem mem, const void *send, size_t item_bytes, void *recv, int root,
+                         const char *what) {
+  if (root >= 0) check_root(c, root, what);
+  E8Q_CHECK(item_bytes <= INT_MAX && item_bytes * (size_t)c->size <= INT_MAX,
+            "%s: %zu bytes per rank on %d ranks exceed MPI's int counts (2 GiB); use the v-variant in pieces", what,
+            item_bytes, c->size);
+  if (mem == E8Q_MEM_DEVICE) {
+    DEVICE_OR_FATAL(c, what);
+    size_t *counts = e8q_malloc(sizeof(size_t) * (size_t)c->size, "gather counts");
+    for (int r = 0; r < c->size; r++) counts[r] = item_bytes;
+    if (root < 0) e8q_comm_allgatherv(c, mem, send, item_bytes, recv, counts);
+    else e8q_comm_gatherv(c, mem, send, item_bytes, recv, counts, root);
+    free(counts);
+    return;
+  }
+  E8Q_CHECK(recv || item_bytes == 0 || (root >= 0 && c->rank != root), "%s: no receive buffer", what);
+  if (root < 0)
+    E8Q_CHECK_MPI(MPI_Allgather(send, (int)item_bytes, MPI_BYTE, recv, (int)item_bytes, MPI_BYTE, c->mpi));
+  else
+    E8Q_CHECK_MPI(MPI_Gather(send, (int)item_bytes, MPI_BYTE, recv, (int)item_bytes, MPI_BYTE, root, c->mpi));
 }
 
 void e8q_comm_gather(e8q_comm *c, e8q_mem mem, const void *send, size_t item_bytes, void *recv, int root) {
-  check_root(c, root, "e8q_comm_gather");
-  E8Q_CHECK(item_bytes <= INT_MAX && item_bytes * (size_t)c->size <= INT_MAX,
-            "e8q_comm_gather: %zu bytes per rank on %d ranks exceed MPI's int counts (2 GiB); use gatherv "
-            "in pieces", item_bytes, c->size);
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_gather");
-    size_t *counts = equal_counts(c, item_bytes);
-    e8q_comm_gatherv(c, mem, send, item_bytes, recv, counts, root);
-    free(counts);
-    return;
-  }
-  E8Q_CHECK(c->rank != root || recv || item_bytes == 0, "e8q_comm_gather: the root needs a receive buffer");
-  E8Q_CHECK_MPI(MPI_Gather(send, (int)item_bytes, MPI_BYTE, recv, (int)item_bytes, MPI_BYTE, root, c->mpi));
+  E8Q_CHECK(root >= 0, "e8q_comm_gather: root %d out of range [0, %d)", root, c->size);
+  gather_items(c, mem, send, item_bytes, recv, root, "e8q_comm_gather");
 }
 
 void e8q_comm_allgather(e8q_comm *c, e8q_mem mem, const void *send, size_t item_bytes, void *recv) {
-  E8Q_CHECK(item_bytes <= INT_MAX && item_bytes * (size_t)c->size <= INT_MAX,
-            "e8q_comm_allgather: %zu bytes per rank on %d ranks exceed MPI's int counts (2 GiB); use "
-            "allgatherv in pieces", item_bytes, c->size);
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_allgather");
-    size_t *counts = equal_counts(c, item_bytes);
-    e8q_comm_allgatherv(c, mem, send, item_bytes, recv, counts);
-    free(counts);
-    return;
-  }
-  E8Q_CHECK_MPI(MPI_Allgather(send, (int)item_bytes, MPI_BYTE, recv, (int)item_bytes, MPI_BYTE, c->mpi));
+  gather_items(c, mem, send, item_bytes, recv, -1, "e8q_comm_allgather");
 }
 
 void e8q_comm_send(e8q_comm *c, e8q_mem mem, const void *buf, size_t bytes, int peer, int tag) {
