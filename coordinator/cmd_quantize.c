@@ -40,14 +40,16 @@ static void quantize_usage(FILE *f) {
           "its calibration and evaluation texts into R/" E8Q_RUNDIR_DEMO_MODEL "/ and quantizes it; the defaults\n"
           "then are --bits %d --out " E8Q_DEMO_OUT " --devset %d --ctx %d, --calib and --eval-text the demo's\n"
           "calib.txt and eval.txt (any option given still applies). Rerunning it resumes like any run.\n\n"
-          "  --model DIR          Hugging Face directory (config.json, model.safetensors[.index.json], tokenizer)\n"
-          "  --bits B             2 (E8P12), 3 (E8P12 + 1-bit E8 residual), 4 (E8P12 + E8P12 residual)\n"
-          "  --calib FILE         calibration text (or .ids/.u32 token ids)\n"
+          "  --model DIR          Hugging Face directory (config.json, model.safetensors[.index.json], tokenizer);\n"
+          "                       without it: the DEMO model\n"
+          "  --bits B             2 (E8P12), 3 (E8P12 + 1-bit E8 residual), 4 (E8P12 + E8P12 residual);\n"
+          "                       required with --model\n"
+          "  --calib FILE         calibration text (or .ids/.u32 token ids); required with --model\n"
           "  --calib-skip N       skip the first N non-empty lines of the calibration text (default 0)\n"
-          "  --out OUT.e8q        the artifact to write\n"
+          "  --out OUT.e8q        the artifact to write; required with --model\n"
           "  --run-dir R          run directory (default OUT.e8q.run)\n"
-          "  --devset S           calibration sequences (default %d)\n"
-          "  --ctx T              tokens per sequence (default min(%d, max_position_embeddings))\n"
+          "  --devset S           calibration sequences (default %d; demo %d)\n"
+          "  --ctx T              tokens per sequence (default min(%d, max_position_embeddings); demo %d)\n"
           "  --seed X             seed of calibration sampling and RHT signs (default %d)\n"
           "  --rho R              RMS of the rotated weights before rounding (default: the codebook's)\n"
           "  --tune-iters K       LDLQ coordinate-descent passes (default %d)\n"
@@ -58,7 +60,7 @@ static void quantize_usage(FILE *f) {
           "  --eval-lines K       first K non-empty lines, each [BOS]+tokens (default 40)\n"
           "  --log-json FILE      append one JSON event per step\n"
           "  --help               this text\n",
-          E8Q_DEMO_VOCAB, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEFAULT_DEVSET, E8Q_DEFAULT_CTX, E8Q_DEFAULT_SEED, E8Q_DEFAULT_TUNE, E8Q_DEFAULT_SCALAPACK_MIN);
+          E8Q_DEMO_VOCAB, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEFAULT_DEVSET, E8Q_DEMO_DEVSET, E8Q_DEFAULT_CTX, E8Q_DEMO_CTX, E8Q_DEFAULT_SEED, E8Q_DEFAULT_TUNE, E8Q_DEFAULT_SCALAPACK_MIN);
 }
 
 /* the recorded evaluation and size of a finished artifact, in one line (rank 0) */
