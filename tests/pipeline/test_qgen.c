@@ -1,13 +1,14 @@
 /* tests/pipeline/test_qgen.c: generation from a quantized artifact (issue 4, Integration).
  *
- * One 4-bit artifact of stories260K-hf is built once (the e8q binary, the small calibration set
+ * Artifacts of stories260K-hf at 2, 3 and 4 bits are built once (the e8q binary, the small calibration set
  * of tests/pipeline/pipeline.sh), then:
  *   - `e8q generate --artifact --ids` (every quantized linear through the fused kernels) gives
  *     the same greedy ids as `--dense` (the dense decode of the same linears), on 1 and 2 ranks,
  *     valid and not degenerate, with tokens/s on stderr; a prompt is encoded with the archive's
  *     own tokenizer;
- *   - in process: the KV-cached step with the fused quantized linears gives the logits of the
- *     batched forward with them, and both stay close to the dense decode. */
+ *   - in process, for each codebook (E8P12, RVQ3, RVQ4): the KV-cached step with the fused
+ *     quantized linears gives the logits of the batched forward with them, and both stay close
+ *     to the dense decode. */
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@
 
 static char *g_dir;      /* temporary directory of the artifact */
 static char g_art[4200]; /* the 4-bit artifact */
+static char g_art_b[5][4200]; /* [bits]: the 2-, 3- and 4-bit artifacts (g_art_b[4] == g_art) */
 
 /* runs a shell command, returns its stdout (malloc'd) and exit status */
 static char *run(const char *cmd, int *status) {
@@ -48,21 +50,24 @@ static int setup(void **state) {
   char *model = t_shared_path("models/stories260K-hf");
   char *text = t_shared_path("text/tinystories_valid_head.txt");
   g_dir = t_tmpdir("qgen");
-  snprintf(g_art, sizeof g_art, "%s/a4.e8q", g_dir);
-  char cmd[16384];
-  snprintf(cmd, sizeof cmd,
-           "OMP_NUM_THREADS=1 timeout 120 %s quantize --model %s --calib %s --calib-skip 1000 --devset 24 --ctx 64 "
-           "--tune-iters 2 --seed 7 --bits 4 --out %s > %s/quantize.log 2>&1",
-           E8Q_BIN, model, text, g_art, g_dir);
-  print_message("$ %s\n", cmd);
-  int st = system(cmd);
-  free(model), free(text);
-  if (st != 0) {
-    snprintf(cmd, sizeof cmd, "cat %s/quantize.log >&2", g_dir);
-    if (system(cmd)) {}
-    return -1;
+  int rc = 0;
+  for (int bits = 2; bits <= 4 && rc == 0; bits++) {
+    snprintf(g_art_b[bits], sizeof g_art_b[bits], "%s/a%d.e8q", g_dir, bits);
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd,
+             "OMP_NUM_THREADS=1 timeout 120 %s quantize --model %s --calib %s --calib-skip 1000 --devset 24 --ctx 64 "
+             "--tune-iters 2 --seed 7 --bits %d --out %s > %s/quantize.log 2>&1",
+             E8Q_BIN, model, text, bits, g_art_b[bits], g_dir);
+    print_message("$ %s\n", cmd);
+    if (system(cmd) != 0) {
+      snprintf(cmd, sizeof cmd, "cat %s/quantize.log >&2", g_dir);
+      if (system(cmd)) {}
+      rc = -1;
+    }
   }
-  return 0;
+  snprintf(g_art, sizeof g_art, "%s", g_art_b[4]);
+  free(model), free(text);
+  return rc;
 }
 
 static int teardown(void **state) {
@@ -155,16 +160,18 @@ static double max_abs(const float *a, const float *b, size_t n, double *scale) {
   return d;
 }
 
-static void test_qgen_step_equals_batched(void **state) {
-  (void)state;
+/* bits: which artifact (2: E8P12, 3: RVQ3, 4: RVQ4) */
+static void check_step_equals_batched(int bits) {
+  const char *art = g_art_b[bits];
   /* MPI only now (the artifact's verification is collective): the command tests above launch
    * mpirun, which a singleton-initialised parent's environment would confuse */
   int inited = 0;
   MPI_Initialized(&inited);
   if (!inited) MPI_Init(NULL, NULL);
   e8q_artifact_model fa, da;
-  e8q_artifact_model_open(&fa, g_art, 1);
-  e8q_artifact_model_open(&da, g_art, 0);
+  e8q_artifact_model_open(&fa, art, 1);
+  e8q_artifact_model_open(&da, art, 0);
+  assert_int_equal(fa.q.bits, bits);
   const e8q_model *m = fa.m;
   const e8q_config *c = &m->cfg;
   /* really the fused path: no dense weight, a quantized form on every linear */
@@ -192,23 +199,31 @@ static void test_qgen_step_equals_batched(void **state) {
     double d = max_abs(l, batched + (size_t)p * V, V, &scale);
     double dd = max_abs(batched + (size_t)p * V, dense + (size_t)p * V, V, &sd);
     assert_true(scale > 0.1); /* real logits, not zeros */
-    if (d > 1e-4 * scale) fail_msg("position %d: step vs batched (fused) differ by %.3g (max |logit| %.3g)", p, d, scale);
-    if (dd > 1e-4 * sd) fail_msg("position %d: fused vs dense decode differ by %.3g (max |logit| %.3g)", p, dd, sd);
+    if (d > 1e-4 * scale) fail_msg("%d bits, position %d: step vs batched (fused) differ by %.3g (max |logit| %.3g)", bits, p, d,
+                                   scale);
+    if (dd > 1e-4 * sd)
+      fail_msg("%d bits, position %d: fused vs dense decode differ by %.3g (max |logit| %.3g)", bits, p, dd, sd);
     worst = fmax(worst, d / scale);
     worst_dense = fmax(worst_dense, dd / sd);
   }
-  print_message("max relative logit difference: step vs batched %.3g, fused vs dense %.3g\n", worst, worst_dense);
+  print_message("%d bits: max relative logit difference: step vs batched %.3g, fused vs dense %.3g\n", bits, worst,
+                worst_dense);
   e8q_kv_free(&kv);
   free(batched), free(dense);
   e8q_artifact_model_close(&fa);
   e8q_artifact_model_close(&da);
 }
+static void test_qgen_step_equals_batched_e8p(void **s) { (void)s; check_step_equals_batched(2); }
+static void test_qgen_step_equals_batched_rvq3(void **s) { (void)s; check_step_equals_batched(3); }
+static void test_qgen_step_equals_batched_rvq4(void **s) { (void)s; check_step_equals_batched(4); }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_qgen_fused_equals_dense),
       cmocka_unit_test(test_qgen_prompt_uses_archive_tokenizer),
-      cmocka_unit_test(test_qgen_step_equals_batched),
+      cmocka_unit_test(test_qgen_step_equals_batched_e8p),
+      cmocka_unit_test(test_qgen_step_equals_batched_rvq3),
+      cmocka_unit_test(test_qgen_step_equals_batched_rvq4),
   };
   int rc = cmocka_run_group_tests(tests, setup, teardown);
   int inited = 0;
