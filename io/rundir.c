@@ -104,13 +104,10 @@ void e8q_rundir_check_usable(const char *dir) {
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
       /* what a run killed before writing plan.json leaves; demo-model: the built-in demo of a
-       * quantize run without --model; job.sbatch and slurm-*.out: slurm/submit.sh's job script
-       * and Slurm's log, written into the run directory before e8q starts */
+       * quantize run without --model (slurm/submit.sh keeps its files in RUN.slurm/, outside) */
       const char *nm = e->d_name;
-      size_t l = strlen(nm);
       if (!strcmp(nm, ".") || !strcmp(nm, "..") || !strcmp(nm, "hessians") || !strcmp(nm, "acts") ||
-          !strcmp(nm, "shards") || !strcmp(nm, E8Q_RUNDIR_DEMO_MODEL) || !strcmp(nm, "job.sbatch") ||
-          (!strncmp(nm, "slurm-", 6) && l > 10 && !strcmp(nm + l - 4, ".out")) || strstr(nm, ".tmp."))
+          !strcmp(nm, "shards") || !strcmp(nm, E8Q_RUNDIR_DEMO_MODEL) || strstr(nm, ".tmp."))
         continue;
       closedir(d);
       E8Q_FATAL("--run-dir %s exists, is not empty and holds no plan.json: it is not an e8q run directory; "

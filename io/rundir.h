@@ -35,8 +35,8 @@ cJSON *e8q_model_fingerprint(const char *model_dir);
 /* The subdirectory of a run directory where `e8q quantize` without --model writes the demo model. */
 #define E8Q_RUNDIR_DEMO_MODEL "demo-model"
 /* Fatal (saying what to do) when dir exists, holds no plan.json and holds anything but what a
- * run killed before writing plan.json leaves (or the demo model, slurm/submit.sh's job.sbatch and
- * Slurm's slurm-*.out): an unrelated directory is never written into. */
+ * run killed before writing plan.json leaves (or the demo model): an unrelated directory is never
+ * written into. */
 void e8q_rundir_check_usable(const char *dir);
 
 /* Creates or reopens dir. `plan` must hold "fingerprint", "options" and "seed"; it is copied.
