@@ -100,7 +100,7 @@ int cmd_eval(int argc, char **argv) {
   else
     e8q_eval_set_windows(&set, text_path, tok, c->vocab_size, ctx);
   int size = e8q_comm_size(e8q_comm_get());
-  e8q_info("eval: %s on %s: %d %s, %d rank%s", model_path, text_path, set.n, per_line ? "lines" : "windows", size,
+  e8q_info("eval: %s on %s: %d %s, %d rank%s", artifact ? artifact : model_path, text_path, set.n, per_line ? "lines" : "windows", size,
            size > 1 ? "s" : "");
   double t1 = e8q_now();
   e8q_eval_result r = e8q_eval_run(m, &set, 1);

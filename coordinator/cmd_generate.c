@@ -1,4 +1,6 @@
-/* coordinator/cmd_generate.c: `e8q generate`: greedy (or sampled) decoding with the KV-cached step.
+/* coordinator/cmd_generate.c: `e8q generate`: greedy (or sampled) decoding with the KV-cached step,
+ * from a model (--model) or a quantized artifact (--artifact: every quantized linear through the
+ * fused decode kernels, or with --dense through its dense decode; the tokenizer from the archive).
  * Text (or, with --ids, a JSON list of the generated ids) on stdout; tokens/s on stderr.
  * Runs on rank 0 only. */
 #include <stdint.h>
@@ -8,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "coordinator/artifact_model.h"
 #include "coordinator/commands.h"
 #include "coordinator/eval.h"
 #include "kernels/transformer.h"
@@ -15,13 +18,19 @@
 
 static void generate_usage(FILE *f) {
   fprintf(f,
-          "usage: e8q generate --model PATH [--tokenizer FILE] [--prompt TEXT] [--tokens N] [--ids]\n"
-          "                    [--temperature T [--top-p P] [--seed S]]\n\n"
+          "usage: e8q generate --model PATH | --artifact OUT.e8q [--dense] [--tokenizer FILE] [--prompt TEXT]\n"
+          "                    [--tokens N] [--ids] [--temperature T [--top-p P] [--seed S]]\n\n"
           "Generation from [BOS] + prompt, stopping at EOS or after N tokens: greedy (argmax) by default,\n"
-          "sampled from softmax(logits / T) (nucleus of probability P) with --temperature T > 0.\n\n"
+          "sampled from softmax(logits / T) (nucleus of probability P) with --temperature T > 0.\n"
+          "Tokens per second are printed on stderr.\n\n"
           "  --model PATH      model directory (config.json + safetensors) or llama2.c .bin\n"
+          "  --artifact F      an .e8q archive from e8q quantize: verified against its manifest, the\n"
+          "                    weights mapped in place, every quantized linear through the fused decode\n"
+          "                    kernels, the tokenizer taken from the archive\n"
+          "  --dense           with --artifact: the dense decode of the quantized linears (reference)\n"
           "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
-          "                    tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin)\n"
+          "                    tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin, or the\n"
+          "                    artifact's own)\n"
           "  --prompt TEXT     text to continue (default: none, start from BOS)\n"
           "  --tokens N        tokens to generate (default 100; capped by the model's max positions)\n"
           "  --ids             print the generated ids as a JSON list instead of text\n"
@@ -87,8 +96,8 @@ static void print_piece(const char *p) {
 }
 
 int cmd_generate(int argc, char **argv) {
-  const char *model_path = NULL, *tok_path = NULL, *prompt = NULL;
-  int n_tokens = 100, want_ids = 0;
+  const char *model_path = NULL, *tok_path = NULL, *prompt = NULL, *artifact = NULL;
+  int n_tokens = 100, want_ids = 0, dense = 0;
   float temp = 0.0f, top_p = 1.0f;
   unsigned long long seed = 1;
   for (int i = 1; i < argc; i++) {
@@ -98,6 +107,10 @@ int cmd_generate(int argc, char **argv) {
       return 0;
     } else if (!strcmp(a, "--model")) {
       model_path = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--artifact")) { /* an .e8q archive (coordinator/artifact_model.h) */
+      artifact = opt_value(argc, argv, &i);
+    } else if (!strcmp(a, "--dense")) { /* with --artifact: dense decoded linears instead of the fused kernels */
+      dense = 1;
     } else if (!strcmp(a, "--tokenizer")) {
       tok_path = opt_value(argc, argv, &i);
     } else if (!strcmp(a, "--prompt")) {
@@ -129,10 +142,21 @@ int cmd_generate(int argc, char **argv) {
       E8Q_FATAL("generate: unknown option '%s' (see e8q generate --help)", a);
     }
   }
-  E8Q_CHECK(model_path, "generate: --model PATH is required (see e8q generate --help)");
+  E8Q_CHECK(!(model_path && artifact), "generate: give --model or --artifact, not both");
+  E8Q_CHECK(model_path || artifact, "generate: --model PATH or --artifact OUT.e8q is required (see e8q generate --help)");
+  E8Q_CHECK(!dense || artifact, "generate: --dense applies to --artifact only");
+  e8q_artifact_model am = {0};
+  if (artifact) { /* collective (every rank takes part in the verification), then rank 0 alone */
+    e8q_artifact_model_open(&am, artifact, !dense);
+    model_path = am.dir; /* the unpacked tokenizer files */
+    if (e8q_rank() != 0) {
+      e8q_artifact_model_close(&am);
+      return 0;
+    }
+  }
   if (e8q_rank() != 0) return 0; /* generation is not distributed */
 
-  e8q_model *m = e8q_model_load(model_path);
+  e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
   const e8q_config *c = &m->cfg;
   /* a tokenizer is needed for a prompt or for text output */
   e8q_tokenizer *tok = e8q_eval_open_tokenizer(model_path, c, tok_path, prompt || !want_ids, NULL);
@@ -185,14 +209,19 @@ int cmd_generate(int argc, char **argv) {
     printf("\n");
   }
   fflush(stdout);
-  fprintf(stderr, "generate: %d prompt tokens in %.3f s, %d new tokens at %.1f tokens/s\n", n_prompt, t1 - t0, n_out,
-          t2 > t1 ? n_out / (t2 - t1) : 0.0);
+  fprintf(stderr, "generate: %d prompt tokens in %.3f s, %d new tokens at %.1f tokens/s%s\n", n_prompt, t1 - t0, n_out,
+          t2 > t1 ? n_out / (t2 - t1) : 0.0,
+          !artifact  ? ""
+          : am.q.dense ? " (artifact: dense ablation weights)"
+          : dense      ? " (artifact: dense decode of the quantized linears)"
+                       : " (artifact: quantized linears through the fused kernels)");
   free(out);
   free(probs);
   free(tmp);
   free(prompt_ids);
   e8q_kv_free(&kv);
   if (tok) e8q_tokenizer_free(tok);
-  e8q_model_free(m);
+  if (artifact) e8q_artifact_model_close(&am);
+  else e8q_model_free(m);
   return 0;
 }

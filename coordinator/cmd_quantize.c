@@ -1,5 +1,8 @@
 /* coordinator/cmd_quantize.c: `[mpirun -np N] e8q quantize ...`: options, defaults, then the
- * driver (coordinator/run.c). */
+ * driver (coordinator/run.c). Without --model it runs on the built-in DEMO model (shard/demo.h),
+ * written into R/demo-model/ of the run directory, so `e8q quantize` alone does a whole run. */
+#include <cjson/cJSON.h>
+#include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,26 +13,43 @@
 #include "coordinator/commands.h"
 #include "coordinator/options.h"
 #include "coordinator/run.h"
+#include "io/artifact.h"
 #include "io/atomic.h"
 #include "io/config.h"
+#include "io/rundir.h"
+#include "shard/demo.h"
 
 #define E8Q_DEFAULT_SEED 0
 #define E8Q_DEFAULT_TUNE 10
 #define E8Q_DEFAULT_SCALAPACK_MIN 8192
+/* the built-in demo (no --model): a small run, a few seconds on one core */
+#define E8Q_DEMO_OUT "demo.e8q"
+#define E8Q_DEMO_BITS 2
+#define E8Q_DEMO_DEVSET 64
+#define E8Q_DEMO_CTX 256
+#define E8Q_DEMO_SEED 1
 
 static void quantize_usage(FILE *f) {
   fprintf(f,
-          "usage: [mpirun -np N] e8q quantize --model DIR --bits 2|3|4 --calib FILE --out OUT.e8q [options]\n\n"
+          "usage: [mpirun -np N] e8q quantize --model DIR --bits 2|3|4 --calib FILE --out OUT.e8q [options]\n"
+          "       [mpirun -np N] e8q quantize [options]      (no --model: the built-in DEMO model)\n\n"
           "Quantizes a Llama-family model with QuIP# (RHT + block LDLQ onto E8P / RVQ) into one archive.\n"
           "Every step is committed to the run directory: rerunning the same command resumes.\n\n"
-          "  --model DIR          Hugging Face directory (config.json, model.safetensors[.index.json], tokenizer)\n"
-          "  --bits B             2 (E8P12), 3 (E8P12 + 1-bit E8 residual), 4 (E8P12 + E8P12 residual)\n"
-          "  --calib FILE         calibration text (or .ids/.u32 token ids)\n"
+          "Without --model, e8q writes its DEMO model (random heavy-tailed weights, NOT a trained model:\n"
+          "Llama architecture, dim 128, intermediate 344, 4 layers, vocab %d; see e8q demo --help) with\n"
+          "its calibration and evaluation texts into R/" E8Q_RUNDIR_DEMO_MODEL "/ and quantizes it; the defaults\n"
+          "then are --bits %d --out " E8Q_DEMO_OUT " --devset %d --ctx %d, --calib and --eval-text the demo's\n"
+          "calib.txt and eval.txt (any option given still applies). Rerunning it resumes like any run.\n\n"
+          "  --model DIR          Hugging Face directory (config.json, model.safetensors[.index.json], tokenizer);\n"
+          "                       without it: the DEMO model\n"
+          "  --bits B             2 (E8P12), 3 (E8P12 + 1-bit E8 residual), 4 (E8P12 + E8P12 residual);\n"
+          "                       required with --model\n"
+          "  --calib FILE         calibration text (or .ids/.u32 token ids); required with --model\n"
           "  --calib-skip N       skip the first N non-empty lines of the calibration text (default 0)\n"
-          "  --out OUT.e8q        the artifact to write\n"
+          "  --out OUT.e8q        the artifact to write; required with --model\n"
           "  --run-dir R          run directory (default OUT.e8q.run)\n"
-          "  --devset S           calibration sequences (default %d)\n"
-          "  --ctx T              tokens per sequence (default min(%d, max_position_embeddings))\n"
+          "  --devset S           calibration sequences (default %d; demo %d)\n"
+          "  --ctx T              tokens per sequence (default min(%d, max_position_embeddings); demo %d)\n"
           "  --seed X             seed of calibration sampling and RHT signs (default %d)\n"
           "  --rho R              RMS of the rotated weights before rounding (default: the codebook's)\n"
           "  --tune-iters K       LDLQ coordinate-descent passes (default %d)\n"
@@ -38,14 +58,34 @@ static void quantize_usage(FILE *f) {
           "  --scalapack-min N    dimension from which auto uses ScaLAPACK (default %d)\n"
           "  --eval-text FILE     held-out text: perplexity recorded in the manifest\n"
           "  --eval-lines K       first K non-empty lines, each [BOS]+tokens (default 40)\n"
-          "  --log-json FILE      append one JSON event per step\n",
-          E8Q_DEFAULT_DEVSET, E8Q_DEFAULT_CTX, E8Q_DEFAULT_SEED, E8Q_DEFAULT_TUNE, E8Q_DEFAULT_SCALAPACK_MIN);
+          "  --log-json FILE      append one JSON event per step\n"
+          "  --help               this text\n",
+          E8Q_DEMO_VOCAB, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEFAULT_DEVSET, E8Q_DEMO_DEVSET, E8Q_DEFAULT_CTX, E8Q_DEMO_CTX, E8Q_DEFAULT_SEED, E8Q_DEFAULT_TUNE, E8Q_DEFAULT_SCALAPACK_MIN);
+}
+
+/* the recorded evaluation and size of a finished artifact, in one line (rank 0) */
+static void demo_print_result(const char *out) {
+  e8q_artifact *a = e8q_artifact_open(out);
+  char *txt = e8q_artifact_read(a, "manifest.json", NULL);
+  e8q_artifact_close(a);
+  cJSON *m = cJSON_Parse(txt);
+  free(txt);
+  E8Q_CHECK(m, "%s: manifest.json is not valid JSON", out);
+  const cJSON *ev = cJSON_GetObjectItemCaseSensitive(m, "evaluation");
+  const cJSON *sz = cJSON_GetObjectItemCaseSensitive(m, "size");
+  const cJSON *nll = cJSON_GetObjectItemCaseSensitive(ev, "mean_nll"), *ppl = cJSON_GetObjectItemCaseSensitive(ev, "ppl");
+  const cJSON *lb = cJSON_GetObjectItemCaseSensitive(sz, "linear_bpw"), *mb = cJSON_GetObjectItemCaseSensitive(sz, "model_bpw");
+  if (cJSON_IsNumber(nll) && cJSON_IsNumber(ppl) && cJSON_IsNumber(lb) && cJSON_IsNumber(mb))
+    e8q_info("e8q quantize: %s: held-out mean NLL %.4f (perplexity %.1f; random weights: no meaning as a\n"
+             "  language model, a uniform guess scores %.2f), %.3f bits per weight in the quantized linears, %.2f over model.safetensors",
+             out, nll->valuedouble, ppl->valuedouble, log((double)E8Q_DEMO_VOCAB), lb->valuedouble, mb->valuedouble);
+  cJSON_Delete(m);
 }
 
 int cmd_quantize(int argc, char **argv) {
   e8q_run_opts o;
   memset(&o, 0, sizeof o);
-  o.devset = E8Q_DEFAULT_DEVSET;
+  o.devset = 0; /* 0: not given, the default follows below */
   o.seed = E8Q_DEFAULT_SEED;
   o.tune_iters = E8Q_DEFAULT_TUNE;
   o.scalapack_min = E8Q_DEFAULT_SCALAPACK_MIN;
@@ -85,9 +125,16 @@ int cmd_quantize(int argc, char **argv) {
     else if (!strcmp(a, "--log-json")) o.log_json = v;
     else E8Q_FATAL("quantize: unknown option '%s' (see e8q quantize --help)", a);
   }
-  E8Q_CHECK(o.model, "quantize: --model DIR is required (see e8q quantize --help)");
+  const int demo = o.model == NULL;
+  if (demo) { /* the built-in demo model: defaults for whatever was not given */
+    if (!o.bits) o.bits = E8Q_DEMO_BITS;
+    if (!o.out) o.out = E8Q_DEMO_OUT;
+    if (!o.devset) o.devset = E8Q_DEMO_DEVSET;
+    if (!o.ctx) o.ctx = E8Q_DEMO_CTX;
+  }
+  if (!o.devset) o.devset = E8Q_DEFAULT_DEVSET;
   E8Q_CHECK(o.bits, "quantize: --bits 2|3|4 is required");
-  E8Q_CHECK(o.calib, "quantize: --calib FILE is required (calibration text)");
+  E8Q_CHECK(demo || o.calib, "quantize: --calib FILE is required (calibration text)");
   E8Q_CHECK(o.out, "quantize: --out OUT.e8q is required");
   o.method = e8q_method_parse(method);
   char run_dir[4096];
@@ -97,6 +144,35 @@ int cmd_quantize(int argc, char **argv) {
   }
   /* an unwritable output is refused before any work (the artifact is written last) */
   if (e8q_rank() == 0) e8q_atomic_abort(e8q_atomic_begin(o.out, "artifact"));
+  char demo_dir[4200], demo_calib[4300], demo_eval[4300];
+  if (demo) {
+    snprintf(demo_dir, sizeof demo_dir, "%s/%s", o.run_dir, E8Q_RUNDIR_DEMO_MODEL);
+    e8q_info("e8q quantize: no --model given: running on the built-in DEMO model.\n"
+             "  ** The DEMO model has RANDOM weights: it is NOT a trained model and generates gibberish. **\n"
+             "  It shows the whole pipeline on a small Llama-architecture checkpoint (dim 128, 4 layers) in seconds.\n"
+             "  For a real model: e8q quantize --model HF_DIR --bits 2|3|4 --calib TEXT --out OUT.e8q [--eval-text TEXT]\n"
+             "  (HF_DIR: a Hugging Face Llama/Mistral directory with config.json, *.safetensors, tokenizer.model;\n"
+             "  see e8q quantize --help)\n"
+             "  demo model (seed %d) written to %s; demo defaults: --bits %d --devset %d --ctx %d --out %s",
+             E8Q_DEMO_SEED, demo_dir, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEMO_OUT);
+    if (e8q_rank() == 0) {
+      /* never write into an unrelated directory; the demo is deterministic, so rewriting it on
+       * a rerun gives the same bytes (and the run's fingerprint check still guards it) */
+      e8q_rundir_check_usable(o.run_dir);
+      e8q_mkdirs(o.run_dir);
+      e8q_demo_write(demo_dir, E8Q_DEMO_SEED);
+    }
+    E8Q_CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
+    o.model = demo_dir;
+    if (!o.calib) {
+      snprintf(demo_calib, sizeof demo_calib, "%s/calib.txt", demo_dir);
+      o.calib = demo_calib;
+    }
+    if (!o.eval_text) {
+      snprintf(demo_eval, sizeof demo_eval, "%s/eval.txt", demo_dir);
+      o.eval_text = demo_eval;
+    }
+  }
   e8q_config cfg;
   e8q_config_load(o.model, &cfg);
   if (!o.ctx) o.ctx = cfg.max_seq_len < E8Q_DEFAULT_CTX ? cfg.max_seq_len : E8Q_DEFAULT_CTX;
@@ -104,12 +180,22 @@ int cmd_quantize(int argc, char **argv) {
             cfg.max_seq_len);
   int np = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &np);
-  e8q_info("e8q quantize %s: %d-bit %s, %d rank%s\n"
+  e8q_info("e8q quantize %s: %d-bit %s, %d rank%s%s\n"
            "  model %s\n  calib %s (skip %d lines), devset %d x ctx %d, seed %llu\n"
            "  rho %s, tune-iters %d, scalapack %s (min %d)\n  out %s, run-dir %s%s%s",
-           E8Q_VERSION, o.bits, method, np, np > 1 ? "s" : "", o.model, o.calib, o.calib_skip, o.devset, o.ctx,
+           E8Q_VERSION, o.bits, method, np, np > 1 ? "s" : "", demo ? " (DEMO model, random weights)" : "", o.model, o.calib, o.calib_skip, o.devset, o.ctx,
            (unsigned long long)o.seed, o.rho > 0 ? "given" : "codebook default", o.tune_iters,
            o.scalapack == E8Q_SCALAPACK_ALWAYS ? "always" : o.scalapack == E8Q_SCALAPACK_NEVER ? "never" : "auto",
            o.scalapack_min, o.out, o.run_dir, o.eval_text ? ", eval " : "", o.eval_text ? o.eval_text : "");
-  return e8q_run_quantize(&o);
+  int rc = e8q_run_quantize(&o);
+  if (demo && rc == 0) {
+    if (e8q_rank() == 0) demo_print_result(o.out);
+    e8q_info("e8q quantize: DEMO done (random weights, not a trained model): %s. Next:\n"
+             "  e8q inspect %s --verify\n"
+             "  e8q eval --artifact %s --text %s --per-line 40\n"
+             "  e8q generate --artifact %s --prompt 'the cat' --tokens 20\n"
+             "  and for a real model: e8q quantize --model HF_DIR --bits 2 --calib TEXT --out OUT.e8q",
+             o.out, o.out, o.out, o.eval_text, o.out);
+  }
+  return rc;
 }

@@ -96,32 +96,34 @@ int e8q_json_diff(const cJSON *now, const cJSON *old, const char *path, const ch
 }
 
 /* ---------------------------------------------------------------- open */
+void e8q_rundir_check_usable(const char *dir) {
+  /* an existing directory without plan.json must be empty: never litter an unrelated one */
+  char pp[4096];
+  snprintf(pp, sizeof pp, "%s/plan.json", dir);
+  DIR *d = opendir(dir);
+  if (d && access(pp, F_OK) != 0) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+      /* what a run killed before writing plan.json leaves; demo-model: the built-in demo of a
+       * quantize run without --model (slurm/submit.sh keeps its files in RUN.slurm/, outside) */
+      const char *nm = e->d_name;
+      if (!strcmp(nm, ".") || !strcmp(nm, "..") || !strcmp(nm, "hessians") || !strcmp(nm, "acts") ||
+          !strcmp(nm, "shards") || !strcmp(nm, E8Q_RUNDIR_DEMO_MODEL) || strstr(nm, ".tmp."))
+        continue;
+      closedir(d);
+      E8Q_FATAL("--run-dir %s exists, is not empty and holds no plan.json: it is not an e8q run directory; "
+                "choose another --run-dir (or an empty or new directory)",
+                dir);
+    }
+  }
+  if (d) closedir(d);
+}
+
 e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
   static const char *const keys[] = {"fingerprint", "options", "seed"};
   for (int i = 0; i < 3; i++)
     E8Q_CHECK(cJSON_GetObjectItemCaseSensitive(plan, keys[i]), "internal: run plan lacks \"%s\"", keys[i]);
-  /* an existing directory without plan.json must be empty: never litter an unrelated one */
-  {
-    char pp[4096];
-    snprintf(pp, sizeof pp, "%s/plan.json", dir);
-    DIR *d = opendir(dir);
-    if (d && access(pp, F_OK) != 0) {
-      struct dirent *e;
-      while ((e = readdir(d)) != NULL) {
-        /* what a run killed before writing plan.json leaves, and what slurm/submit.sh puts there
-         * before the job starts (the batch script and Slurm's output file) */
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, "hessians") ||
-            !strcmp(e->d_name, "acts") || !strcmp(e->d_name, "shards") || strstr(e->d_name, ".tmp.") ||
-            !strcmp(e->d_name, "job.sbatch") || (!strncmp(e->d_name, "slurm-", 6) && strstr(e->d_name, ".out")))
-          continue;
-        closedir(d);
-        E8Q_FATAL("--run-dir %s exists, is not empty and holds no plan.json: it is not an e8q run directory; "
-                  "choose another --run-dir (or an empty or new directory)",
-                  dir);
-      }
-    }
-    if (d) closedir(d);
-  }
+  e8q_rundir_check_usable(dir);
   e8q_mkdirs(dir);
   e8q_rundir *r = e8q_calloc(1, sizeof *r, "run directory");
   r->dir = strdup(dir);

@@ -32,6 +32,13 @@ typedef struct {
  * hex, ...}} over every *.safetensors file of DIR (sorted by name). Reads every byte once. */
 cJSON *e8q_model_fingerprint(const char *model_dir);
 
+/* The subdirectory of a run directory where `e8q quantize` without --model writes the demo model. */
+#define E8Q_RUNDIR_DEMO_MODEL "demo-model"
+/* Fatal (saying what to do) when dir exists, holds no plan.json and holds anything but what a
+ * run killed before writing plan.json leaves (or the demo model): an unrelated directory is never
+ * written into. */
+void e8q_rundir_check_usable(const char *dir);
+
 /* Creates or reopens dir. `plan` must hold "fingerprint", "options" and "seed"; it is copied.
  * Fatal (naming each difference: "options.bits: 3 now, 2 in R/plan.json") when an existing
  * plan.json differs in those three. */

@@ -5,8 +5,8 @@
 #                   [--time HH:MM:SS] [--partition P] [--launcher srun|mpirun] [--dry-run]
 #                   -- quantize --model DIR --out OUT.e8q --run-dir RUN [options...]
 #
-# The job script is written to RUN/job.sbatch (the run directory is required: it is what makes a
-# requeued job resume). Use `e8q plan --model DIR --ranks N` first to pick N and the memory.
+# The job script and the job's log go to RUN.slurm/ beside the run directory (job.sbatch,
+# slurm-JOBID.out); the run directory is required: it is what makes a requeued job resume. Use `e8q plan --model DIR --ranks N` first to pick N and the memory.
 # --dry-run writes the script and prints it without submitting.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,8 +35,10 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   [ "${args[$i]}" = "--run-dir" ] && run_dir=${args[$((i + 1))]:-}
 done
 [ -n "$run_dir" ] || die "the e8q command needs --run-dir RUN so that a requeued job resumes from it"
-mkdir -p "$run_dir"
-run_dir=$(cd "$run_dir" && pwd)
+mkdir -p "$(dirname "$run_dir")"
+run_dir="$(cd "$(dirname "$run_dir")" && pwd)/$(basename "$run_dir")"
+job_dir="$run_dir.slurm"
+mkdir -p "$job_dir"
 [ -x "$e8q" ] || die "e8q binary not found at '$e8q' (set E8Q_BIN)"
 case "$launcher" in
   srun) launch="srun --mpi=pmix" ;;
@@ -47,10 +49,10 @@ extra=""
 [ -n "$partition" ] && extra+="#SBATCH --partition=$partition"$'\n'
 [ "$gpn" -gt 0 ] && extra+="#SBATCH --gpus-per-node=$gpn"$'\n'
 quoted=$(printf '%q ' "${args[@]}")
-script="$run_dir/job.sbatch"
+script="$job_dir/job.sbatch"
 tmpl=$(<"$here/e8q.sbatch.in")
 for kv in "JOB_NAME=e8q-${args[0]}" "NODES=$nodes" "TASKS_PER_NODE=$tpn" "CPUS_PER_TASK=$cpt" \
-          "TIME=$time" "RUN_DIR=$run_dir" "LAUNCHER=$launch" "E8Q=$(printf '%q' "$e8q")" \
+          "TIME=$time" "JOB_DIR=$job_dir" "LAUNCHER=$launch" "E8Q=$(printf '%q' "$e8q")" \
           "ARGS=${quoted% }"; do
   tmpl=${tmpl//"@${kv%%=*}@"/"${kv#*=}"}
 done

@@ -209,6 +209,71 @@ demo)
   "$E8Q" inspect "$TMP/demo.e8q" --verify > "$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect --verify"; }
   grep -q "16 linears" "$TMP/inspect" || { cat "$TMP/inspect"; fail "validation record"; }
   ;;
+demo_default)
+  # `e8q quantize` with no options at all: the built-in DEMO model, written into the run directory,
+  # with the demo defaults; rank count, a plain rerun and a killed-then-resumed run give the same
+  # bytes; the artifact verifies, evaluates and generates; other options on the same run directory
+  # are refused; an unrelated --run-dir is never written into.
+  mkdir -p "$TMP/one" "$TMP/two" "$TMP/kill" "$TMP/other"
+  dq() { # dq DIR NP [options...]: quantize with the working directory DIR
+    local dir=$1 np=$2; shift 2
+    (cd "$dir" && timeout -k 5 120 "$MPIEXEC" -np "$np" "$E8Q" quantize "$@")
+  }
+  dq "$TMP/one" 1 > "$TMP/one.log" 2>&1 || { cat "$TMP/one.log"; fail "demo quantize on 1 rank failed"; }
+  for want in "running on the built-in DEMO model" "RANDOM weights: it is NOT a trained model" \
+              "For a real model: e8q quantize --model HF_DIR" "devset 64 x ctx 256" "2-bit e8p, 1 rank (DEMO model" \
+              "held-out mean NLL" "DEMO done"; do
+    grep -qF "$want" "$TMP/one.log" || { cat "$TMP/one.log"; fail "demo output lacks '$want'"; }
+  done
+  A=$TMP/one/demo.e8q; M=$TMP/one/demo.e8q.run/demo-model
+  [ -f "$A" ] && [ -f "$M/config.json" ] && [ -f "$M/calib.txt" ] && [ -f "$M/eval.txt" ] || fail "demo files missing"
+  "$E8Q" inspect "$A" --verify > "$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect --verify"; }
+  grep -q "verify: *OK" "$TMP/inspect" || fail "inspect did not verify"
+  grep -q "16 linears" "$TMP/inspect" || { cat "$TMP/inspect"; fail "validation record"; }
+  member "$A" config.json | grep -qE '"bits":[[:space:]]*2,' || fail "demo artifact is not 2-bit"
+  timeout -k 5 120 "$MPIEXEC" -np 2 "$E8Q" eval --artifact "$A" --text "$M/eval.txt" --per-line 40 > "$TMP/eval" 2> "$TMP/eval.err" ||
+    { cat "$TMP/eval.err"; fail "eval --artifact failed"; }
+  member "$A" manifest.json > "$TMP/m.json"
+  python3 - "$TMP/eval" "$TMP/m.json" <<'PY' || fail "demo evaluation"
+import json, math, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+m = json.load(open(sys.argv[2]))
+assert r["linears"] == "fused kernels" and r["lines"] == 40 and r["tokens"] > 1000, r
+assert math.isfinite(r["mean_nll"]) and 0 < r["mean_nll"] < 20, r
+ev = m["evaluation"]
+assert ev["per_line"] == 40 and ev["tokens"] == r["tokens"], ev
+assert abs(ev["mean_nll"] - r["mean_nll"]) < 1e-4, (ev["mean_nll"], r["mean_nll"])
+assert m["options"]["devset"] == 64 and m["options"]["ctx"] == 256 and m["options"]["bits"] == 2, m["options"]
+print("demo mean_nll", r["mean_nll"])
+PY
+  "$E8Q" generate --artifact "$A" --ids --tokens 20 > "$TMP/gen" 2> "$TMP/gen.err" || { cat "$TMP/gen.err"; fail "generate failed"; }
+  grep -q "tokens/s" "$TMP/gen.err" || fail "generate printed no tokens/s"
+  # a rerun of the same command resumes (everything is done) to the same bytes
+  cp "$A" "$TMP/first.e8q"
+  dq "$TMP/one" 1 > "$TMP/rerun.log" 2>&1 || { cat "$TMP/rerun.log"; fail "demo rerun failed"; }
+  grep -q "resuming the run" "$TMP/rerun.log" || { cat "$TMP/rerun.log"; fail "rerun did not resume"; }
+  cmp "$TMP/first.e8q" "$A" || fail "rerun changed the artifact"
+  # 2 ranks: the same bytes
+  dq "$TMP/two" 2 > "$TMP/two.log" 2>&1 || { cat "$TMP/two.log"; fail "demo quantize on 2 ranks failed"; }
+  cmp "$TMP/first.e8q" "$TMP/two/demo.e8q" || fail "1 and 2 ranks differ"
+  # killed mid-run on 2 ranks, rerun: resumes to the same bytes
+  E8Q_FAULT=quantize.mid:6 dq "$TMP/kill" 2 > "$TMP/kill.log" 2>&1 && fail "the demo run was not killed"
+  [ -e "$TMP/kill/demo.e8q" ] && fail "an artifact exists after the kill"
+  dq "$TMP/kill" 2 > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "demo resume failed"; }
+  grep -q "resuming the run" "$TMP/resume.log" || { cat "$TMP/resume.log"; fail "the killed demo run did not resume"; }
+  cmp "$TMP/first.e8q" "$TMP/kill/demo.e8q" || fail "resumed demo artifact differs"
+  # other options on the same run directory: refused, naming the difference
+  dq "$TMP/one" 1 --bits 3 > "$TMP/refuse.log" 2>&1 && fail "other options accepted"
+  grep -q "options.bits: 3 now, 2 in" "$TMP/refuse.log" || { cat "$TMP/refuse.log"; fail "difference not named"; }
+  # an unrelated non-empty --run-dir: refused before the demo model is written into it
+  echo keep > "$TMP/other/notes.txt"
+  dq "$TMP" 1 --run-dir "$TMP/other" --out "$TMP/o.e8q" > "$TMP/other.log" 2>&1 && fail "unrelated run directory accepted"
+  grep -q "not an e8q run directory" "$TMP/other.log" || { cat "$TMP/other.log"; fail "no refusal message"; }
+  [ -e "$TMP/other/demo-model" ] && fail "the demo model was written into an unrelated directory"
+  # the explicit path is unchanged: --model still requires --calib
+  "$E8Q" quantize --model "$M" --out "$TMP/x.e8q" --bits 2 > "$TMP/calib.log" 2>&1 && fail "--model without --calib accepted"
+  grep -q "\-\-calib FILE is required" "$TMP/calib.log" || { cat "$TMP/calib.log"; fail "no --calib message"; }
+  ;;
 *) fail "unknown case" ;;
 esac
 rm -rf "$TMP"

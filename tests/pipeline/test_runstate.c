@@ -266,11 +266,15 @@ static void test_journal_file_checks(void **state) {
   mkdir(kp, 0755);
   snprintf(kp, sizeof kp, "%s/.plan.json.tmp.123", k);
   t_write_file(kp, "{", 1);
-  /* and so is what slurm/submit.sh writes before the job runs */
-  snprintf(kp, sizeof kp, "%s/job.sbatch", k);
-  t_write_file(kp, "#!/bin/bash", 11);
-  snprintf(kp, sizeof kp, "%s/slurm-17.out", k);
-  t_write_file(kp, "x", 1);
+  /* and so is the built-in demo model */
+  snprintf(kp, sizeof kp, "%s/" E8Q_RUNDIR_DEMO_MODEL, k);
+  mkdir(kp, 0755);
+  e8q_rundir_check_usable(k);
+  /* anything else is not (a Slurm job keeps its script and log in RUN.slurm/, beside) */
+  snprintf(up, sizeof up, "%s/slurm-42.out", k);
+  t_write_file(up, "x", 1);
+  E8Q_EXPECT_FATAL(e8q_rundir_check_usable(k), "not an e8q run directory");
+  unlink(up);
   e8q_rundir *kr = e8q_rundir_open(k, plan);
   assert_false(kr->resumed);
   e8q_rundir_close(kr);

@@ -52,14 +52,14 @@ wait_terminal() { # wait_terminal RESTARTS: until the job has restarted that oft
 }
 st=$(wait_terminal 0)
 echo "first attempt: $st"
-[ "$st" = FAILED ] || { cat "$work"/job.run/slurm-*.out; fail "the first attempt should have died at the fault point, ended $st"; }
+[ "$st" = FAILED ] || { cat "$work"/job.run.slurm/slurm-*.out; fail "the first attempt should have died at the fault point, ended $st"; }
 [ -f "$work/job.e8q" ] && fail "the killed attempt left an artifact"
 scontrol requeue "$id" || fail "scontrol requeue failed"
 st=$(wait_terminal 1)
 echo "after requeue: $st"
-log=$(cat "$work"/job.run/slurm-*.out)
+log=$(cat "$work"/job.run.slurm/slurm-*.out)
 [ "$st" = COMPLETED ] || { echo "$log"; fail "the requeued job ended $st"; }
 grep -q "restart 1" <<<"$log" || { echo "$log"; fail "the job log shows no restart"; }
 cmp "$work/ref.e8q" "$work/job.e8q" || fail "the requeued job's artifact differs from the uninterrupted run"
 echo "PASS [slurm-requeue]: requeued job $id resumed and matches the uninterrupted run byte for byte"
-rm -rf "$work/ref.run" "$work/job.run"
+rm -rf "$work/ref.run" "$work/job.run" "$work/job.run.slurm"
