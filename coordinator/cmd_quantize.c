@@ -3,11 +3,11 @@
  * written into R/demo-model/ of the run directory, so `e8q quantize` alone does a whole run. */
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/comm.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "coordinator/commands.h"
@@ -162,7 +162,7 @@ int cmd_quantize(int argc, char **argv) {
       e8q_mkdirs(o.run_dir);
       e8q_demo_write(demo_dir, E8Q_DEMO_SEED);
     }
-    E8Q_CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
+    e8q_comm_barrier(e8q_comm_get());
     o.model = demo_dir;
     if (!o.calib) {
       snprintf(demo_calib, sizeof demo_calib, "%s/calib.txt", demo_dir);
@@ -178,8 +178,7 @@ int cmd_quantize(int argc, char **argv) {
   if (!o.ctx) o.ctx = cfg.max_seq_len < E8Q_DEFAULT_CTX ? cfg.max_seq_len : E8Q_DEFAULT_CTX;
   E8Q_CHECK(o.ctx <= cfg.max_seq_len, "quantize: --ctx %d exceeds the model's max_position_embeddings %d", o.ctx,
             cfg.max_seq_len);
-  int np = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &np);
+  int np = e8q_comm_size(e8q_comm_get());
   e8q_info("e8q quantize %s: %d-bit %s, %d rank%s%s\n"
            "  model %s\n  calib %s (skip %d lines), devset %d x ctx %d, seed %llu\n"
            "  rho %s, tune-iters %d, scalapack %s (min %d)\n  out %s, run-dir %s%s%s",
