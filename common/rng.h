@@ -12,6 +12,7 @@
  *   E8Q_RNG_STREAM_SU / _SV   RHT sign vectors of a linear (seed = the linear's seed)
  *   E8Q_RNG_STREAM_HAD        random orthogonal Hadamard factors (stream + K)
  *   E8Q_RNG_STREAM_CALIB      calibration sampling
+ *   E8Q_RNG_STREAM_SAMPLE     token sampling (e8q generate --temperature)
  * A sequential cursor (e8q_rng) is the same function with an incrementing counter.
  */
 #ifndef E8Q_COMMON_RNG_H
@@ -28,6 +29,7 @@ extern "C" {
 #define E8Q_RNG_STREAM_SV 0x5376ull     /* "Sv" */
 #define E8Q_RNG_STREAM_HAD 0x48000000ull /* + K */
 #define E8Q_RNG_STREAM_CALIB 0x43616cull /* "Cal" */
+#define E8Q_RNG_STREAM_SAMPLE 0x536d70ull /* "Smp": sampling in e8q generate --temperature */
 #define E8Q_RNG_STREAM_TEST 0x54657374ull
 
 /* ---------------------------------------------------------------- random access */

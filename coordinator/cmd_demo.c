@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "coordinator/commands.h"
+#include "coordinator/options.h"
 #include "shard/demo.h"
 
 static void demo_usage(FILE *f) {
@@ -30,13 +31,9 @@ int cmd_demo(int argc, char **argv) {
       if (e8q_rank() == 0) demo_usage(stdout);
       return 0;
     } else if (!strcmp(a, "--out")) {
-      E8Q_CHECK(i + 1 < argc, "demo: option --out needs a value (see e8q demo --help)");
-      out = argv[++i];
+      out = e8q_opt_value("demo", argc, argv, &i);
     } else if (!strcmp(a, "--seed")) {
-      E8Q_CHECK(i + 1 < argc, "demo: option --seed needs a value (see e8q demo --help)");
-      char *end = NULL;
-      seed = strtoull(argv[++i], &end, 0);
-      E8Q_CHECK(end && *end == '\0' && argv[i][0] != '-', "demo: --seed wants a non-negative integer, got '%s'", argv[i]);
+      seed = e8q_opt_u64(a, e8q_opt_value("demo", argc, argv, &i));
     } else {
       E8Q_FATAL("demo: unknown option '%s' (see e8q demo --help)", a);
     }

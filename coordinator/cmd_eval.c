@@ -9,6 +9,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "coordinator/commands.h"
+#include "coordinator/options.h"
 #include "coordinator/artifact_model.h"
 #include "coordinator/eval.h"
 #include "io/text.h"
@@ -33,20 +34,6 @@ static void eval_usage(FILE *f) {
           "The last line printed on stdout is one JSON object with mean_nll, ppl and tokens.\n");
 }
 
-/* the value of option argv[*i]; fatal when missing */
-static const char *opt_value(int argc, char **argv, int *i) {
-  E8Q_CHECK(*i + 1 < argc, "eval: option %s needs a value (see e8q eval --help)", argv[*i]);
-  return argv[++*i];
-}
-
-static int opt_int(const char *opt, const char *v) {
-  char *end = NULL;
-  long x = strtol(v, &end, 10);
-  E8Q_CHECK(end && *end == '\0' && x > 0 && x < (1L << 30), "eval: option %s wants a positive integer, got '%s'", opt,
-            v);
-  return (int)x;
-}
-
 int cmd_eval(int argc, char **argv) {
   const char *model_path = NULL, *text_path = NULL, *tok_path = NULL, *artifact = NULL;
   int dense = 0;
@@ -57,19 +44,19 @@ int cmd_eval(int argc, char **argv) {
       if (e8q_rank() == 0) eval_usage(stdout);
       return 0;
     } else if (!strcmp(a, "--model")) {
-      model_path = opt_value(argc, argv, &i);
+      model_path = e8q_opt_value("eval", argc, argv, &i);
     } else if (!strcmp(a, "--artifact")) { /* an .e8q archive (coordinator/artifact_model.h) */
-      artifact = opt_value(argc, argv, &i);
+      artifact = e8q_opt_value("eval", argc, argv, &i);
     } else if (!strcmp(a, "--dense")) { /* with --artifact: dense decoded linears instead of the fused kernels */
       dense = 1;
     } else if (!strcmp(a, "--text")) {
-      text_path = opt_value(argc, argv, &i);
+      text_path = e8q_opt_value("eval", argc, argv, &i);
     } else if (!strcmp(a, "--tokenizer")) {
-      tok_path = opt_value(argc, argv, &i);
+      tok_path = e8q_opt_value("eval", argc, argv, &i);
     } else if (!strcmp(a, "--per-line")) {
-      per_line = opt_int(a, opt_value(argc, argv, &i));
+      per_line = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else if (!strcmp(a, "--ctx")) {
-      ctx = opt_int(a, opt_value(argc, argv, &i));
+      ctx = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else {
       E8Q_FATAL("eval: unknown option '%s' (see e8q eval --help)", a);
     }

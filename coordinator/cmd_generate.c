@@ -10,8 +10,10 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/rng.h"
 #include "coordinator/artifact_model.h"
 #include "coordinator/commands.h"
+#include "coordinator/options.h"
 #include "coordinator/eval.h"
 #include "kernels/transformer.h"
 #include "worker/forward.h"
@@ -40,20 +42,7 @@ static void generate_usage(FILE *f) {
           "  --help            this text\n");
 }
 
-static const char *opt_value(int argc, char **argv, int *i) {
-  E8Q_CHECK(*i + 1 < argc, "generate: option %s needs a value (see e8q generate --help)", argv[*i]);
-  return argv[++*i];
-}
-
 /* ---------------------------------------------------------------- sampling */
-typedef struct { uint64_t s; } gen_rng;
-static double gen_uniform(gen_rng *r) { /* splitmix64 -> [0,1) */
-  uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
-}
-
 typedef struct { float p; int id; } prob_id;
 static int cmp_prob_desc(const void *a, const void *b) {
   const prob_id *x = a, *y = b;
@@ -62,7 +51,7 @@ static int cmp_prob_desc(const void *a, const void *b) {
 
 /* greedy when temp <= 0; else a draw from softmax(logits/temp) restricted to the top-p nucleus.
  * probs: scratch [n] */
-static int pick_token(int n, const float *logits, float temp, float top_p, gen_rng *r, prob_id *probs, float *tmp) {
+static int pick_token(int n, const float *logits, float temp, float top_p, e8q_rng *r, prob_id *probs, float *tmp) {
   if (temp <= 0.0f) return e8q_argmax(n, logits);
   for (int i = 0; i < n; i++) tmp[i] = logits[i] / temp;
   e8q_softmax(n, tmp);
@@ -77,7 +66,7 @@ static int pick_token(int n, const float *logits, float temp, float top_p, gen_r
       break;
     }
   }
-  double u = gen_uniform(r) * cum, acc = 0; /* cum: the nucleus mass */
+  double u = e8q_rng_uniform(r) * cum, acc = 0; /* cum: the nucleus mass */
   for (int i = 0; i < keep; i++) {
     acc += probs[i].p;
     if (u < acc) return probs[i].id;
@@ -106,38 +95,25 @@ int cmd_generate(int argc, char **argv) {
       if (e8q_rank() == 0) generate_usage(stdout);
       return 0;
     } else if (!strcmp(a, "--model")) {
-      model_path = opt_value(argc, argv, &i);
+      model_path = e8q_opt_value("generate", argc, argv, &i);
     } else if (!strcmp(a, "--artifact")) { /* an .e8q archive (coordinator/artifact_model.h) */
-      artifact = opt_value(argc, argv, &i);
+      artifact = e8q_opt_value("generate", argc, argv, &i);
     } else if (!strcmp(a, "--dense")) { /* with --artifact: dense decoded linears instead of the fused kernels */
       dense = 1;
     } else if (!strcmp(a, "--tokenizer")) {
-      tok_path = opt_value(argc, argv, &i);
+      tok_path = e8q_opt_value("generate", argc, argv, &i);
     } else if (!strcmp(a, "--prompt")) {
-      prompt = opt_value(argc, argv, &i);
+      prompt = e8q_opt_value("generate", argc, argv, &i);
     } else if (!strcmp(a, "--tokens")) {
-      const char *v = opt_value(argc, argv, &i);
-      char *end = NULL;
-      long x = strtol(v, &end, 10);
-      E8Q_CHECK(end && *end == '\0' && x > 0 && x < (1L << 30), "generate: --tokens wants a positive integer, got '%s'",
-                v);
-      n_tokens = (int)x;
+      n_tokens = e8q_opt_int(a, e8q_opt_value("generate", argc, argv, &i), 1, 1 << 30);
     } else if (!strcmp(a, "--ids")) {
       want_ids = 1;
-    } else if (!strcmp(a, "--temperature") || !strcmp(a, "--top-p")) {
-      const char *v = opt_value(argc, argv, &i);
-      char *end = NULL;
-      double x = strtod(v, &end);
-      int is_t = !strcmp(a, "--temperature");
-      E8Q_CHECK(end && *end == '\0' && (is_t ? x >= 0 && x < 1e6 : x > 0 && x <= 1),
-                "generate: %s wants a number %s, got '%s'", a, is_t ? ">= 0" : "in (0, 1]", v);
-      if (is_t) temp = (float)x;
-      else top_p = (float)x;
+    } else if (!strcmp(a, "--temperature")) {
+      temp = (float)e8q_opt_double(a, e8q_opt_value("generate", argc, argv, &i), 0, 1e6);
+    } else if (!strcmp(a, "--top-p")) {
+      top_p = (float)e8q_opt_double(a, e8q_opt_value("generate", argc, argv, &i), 1e-9, 1);
     } else if (!strcmp(a, "--seed")) {
-      const char *v = opt_value(argc, argv, &i);
-      char *end = NULL;
-      seed = strtoull(v, &end, 0);
-      E8Q_CHECK(end && *end == '\0' && v[0] != '-', "generate: --seed wants a non-negative integer, got '%s'", v);
+      seed = e8q_opt_u64(a, e8q_opt_value("generate", argc, argv, &i));
     } else {
       E8Q_FATAL("generate: unknown option '%s' (see e8q generate --help)", a);
     }
@@ -181,7 +157,8 @@ int cmd_generate(int argc, char **argv) {
   int *out = e8q_malloc(sizeof(int) * (size_t)n_tokens, "generated ids");
   prob_id *probs = e8q_malloc(sizeof(prob_id) * (size_t)c->vocab_size, "sampling scratch");
   float *tmp = e8q_malloc(sizeof(float) * (size_t)c->vocab_size, "sampling scratch");
-  gen_rng rng = {seed};
+  e8q_rng rng;
+  e8q_rng_init(&rng, seed, E8Q_RNG_STREAM_SAMPLE);
   int n_out = 0;
   if (!want_ids && prompt) fputs(prompt, stdout);
   double t0 = e8q_now();

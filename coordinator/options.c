@@ -6,6 +6,11 @@
 
 #include "common/error.h"
 
+const char *e8q_opt_value(const char *cmd, int argc, char **argv, int *i) {
+  E8Q_CHECK(*i + 1 < argc, "%s: option %s needs a value (see e8q %s --help)", cmd, argv[*i], cmd);
+  return argv[++*i];
+}
+
 int e8q_opt_int(const char *opt, const char *v, int lo, int hi) {
   char *end = NULL;
   errno = 0;
@@ -22,4 +27,13 @@ double e8q_opt_double(const char *opt, const char *v, double lo, double hi) {
   E8Q_CHECK(errno == 0 && end && end != v && *end == '\0' && x >= lo && x <= hi,
             "option %s: '%s' is not a number between %g and %g", opt, v, lo, hi);
   return x;
+}
+
+uint64_t e8q_opt_u64(const char *opt, const char *v) {
+  char *end = NULL;
+  errno = 0;
+  unsigned long long x = strtoull(v, &end, 0);
+  E8Q_CHECK(errno == 0 && end && end != v && *end == '\0' && v[0] != '-',
+            "option %s: '%s' is not a non-negative integer", opt, v);
+  return (uint64_t)x;
 }

@@ -5,8 +5,14 @@
 #define E8Q_DEFAULT_DEVSET 128   /* calibration sequences */
 #define E8Q_DEFAULT_CTX 2048     /* tokens per sequence, capped by max_position_embeddings */
 
+#include <stdint.h>
+
+/* the value of option argv[*i] (advances *i); fatal naming the command and option when missing */
+const char *e8q_opt_value(const char *cmd, int argc, char **argv, int *i);
 /* integer/double option values in [lo, hi]; fatal naming the option otherwise */
 int e8q_opt_int(const char *opt, const char *v, int lo, int hi);
 double e8q_opt_double(const char *opt, const char *v, double lo, double hi);
+/* a non-negative integer (decimal or 0x hex) such as a seed */
+uint64_t e8q_opt_u64(const char *opt, const char *v);
 
 #endif
