@@ -85,6 +85,7 @@ static void tables_build(void) {
 typedef struct {
   uint16_t off[CH]; /* [CH] byte offset of the abs row (A * 32) */
   uint8_t sgn[CH];  /* [CH] element-order sign bits */
+  uint8_t pm[CH];   /* [CH] 0xFF where the code's parity is odd (shift -1/4), else 0 (batch path) */
   uint32_t par;     /* bit k: parity of code k (shift -1/4) */
 } __attribute__((aligned(64))) e8p_chunk;
 
@@ -92,12 +93,13 @@ typedef struct {
   uint16_t off[CH]; /* [CH] byte offset of the 1-bit E8 row (index * 32) */
 } __attribute__((aligned(64))) e81b_chunk;
 
-static AVX512 INLINE void e8p_unpack(const uint16_t *c, int cnt, e8p_chunk *o) {
+static AVX512 INLINE void e8p_unpack(const uint16_t *c, int cnt, e8p_chunk *o, const int want_pm) {
   const __mmask32 lm = cnt >= CH ? 0xFFFFFFFFu : (1u << cnt) - 1;
   const __m512i v = _mm512_maskz_loadu_epi16(lm, c);
   const __m512i s = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64((long long)gf_sign), 0);
   const __m512i pb = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64((long long)gf_par), 0);
   o->par = _mm512_test_epi16_mask(pb, _mm512_set1_epi16(0x00FF));
+  if (want_pm) _mm256_store_si256((__m256i *)o->pm, _mm256_movm_epi8(o->par));
   _mm512_store_si512(o->off, _mm512_slli_epi16(_mm512_srli_epi16(v, 8), 5));
   const __m512i even = _mm512_set_epi8(
       63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21, 19, 17,
@@ -127,6 +129,16 @@ static AVX512 INLINE __m512 e8p_pair(const e8p_chunk *c, int p) {
   __mmask16 k;
   __asm__("kmovw %1, %0" : "=Yk"(k) : "m"(*(const uint16_t *)(const void *)(c->sgn + 2 * p)));
   __asm__("vpxord %2, %0, %0%{%1%}" : "+v"(w) : "Yk"(k), "v"(_mm512_set1_epi32((int)0x80000000u)));
+  return w;
+}
+
+/* the same with the shift folded in, less the +1/4 every code has (added back once per output
+ * as Σ x / 4): w - 1/4 = signed abs, minus 1/2 where the parity is odd */
+static AVX512 INLINE __m512 e8p_pair_m(const e8p_chunk *c, int p) {
+  __m512 w = e8p_pair(c, p);
+  __mmask16 k;
+  __asm__("kmovw %1, %0" : "=Yk"(k) : "m"(*(const uint16_t *)(const void *)(c->pm + 2 * p)));
+  __asm__("vsubps %2, %0, %0%{%1%}" : "+v"(w) : "Yk"(k), "v"(_mm512_set1_ps(0.5f)));
   return w;
 }
 
@@ -164,10 +176,10 @@ static AVX512 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int 
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
       const size_t at = (size_t)(r0 + i) * nc + j0;
-      e8p_unpack(q->d.codes + at, cnt, &ch1[i]);
+      e8p_unpack(q->d.codes + at, cnt, &ch1[i], 0);
       s1[i] = par_add(s1[i], ch1[i].par, X + j0);
       if (cb == E8Q_CB_E8P12RVQ4B) {
-        e8p_unpack((const uint16_t *)q->d.codes2 + at, cnt, &ch2[i]);
+        e8p_unpack((const uint16_t *)q->d.codes2 + at, cnt, &ch2[i], 0);
         s2[i] = par_add(s2[i], ch2[i].par, X + j0);
       }
       if (cb == E8Q_CB_E8P12RVQ3B) e81b_unpack((const uint8_t *)q->d.codes2 + at, cnt, &chb[i]);
@@ -205,51 +217,68 @@ MATVEC_FN(matvec_rvq4, E8Q_CB_E8P12RVQ4B, 4)
 MATVEC_FN(matvec_rvq3, E8Q_CB_E8P12RVQ3B, 4)
 
 /* ---------------------------------------------------------------- batch > 1 */
-/* one row, columns b0..b0+BT-1. ut: this tile's inputs [ncp/2][BT][16]; X: [BT][ncp] block
- * sums of the tile's columns; Xtot: [BT]. */
-static AVX512 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int BT, int r, int b0, int ncp,
-                                  const float *ut, const float *X, const float *Xtot, float *z) {
+/* R rows (1 or 2), columns b0..b0+BT-1 of one tile. xt: the tile's inputs [ncp/2][BT][16].
+ * Each pair of codes is decoded once (shift folded in, see e8p_pair_m) and multiplied into BT
+ * accumulators per row; the R rows share every input load (loads, not FMAs, bound this loop). */
+static AVX512 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int BT, const int R, int r, int b0,
+                                  const float *xt, const float *Xtot, float *z) {
   const int nc = q->nc, m = q->d.m;
   const __m512 k2 = _mm512_set1_ps(1.0f / q->resid_scale);
-  __m512 acc[8], s1[8], s2[8];
-  e8p_chunk ch1, ch2;
-  e81b_chunk chb;
+  __m512 acc[2][8];
+  e8p_chunk ch1[2], ch2[2];
+  e81b_chunk chb[2];
+#pragma GCC unroll 2
+  for (int i = 0; i < R; i++)
 #pragma GCC unroll 8
-  for (int t = 0; t < BT; t++) acc[t] = s1[t] = s2[t] = _mm512_setzero_ps();
+    for (int t = 0; t < BT; t++) acc[i][t] = _mm512_setzero_ps();
   for (int j0 = 0; j0 < nc; j0 += CH) {
     const int cnt = nc - j0 < CH ? nc - j0 : CH;
-    const size_t at = (size_t)r * nc + j0;
-    e8p_unpack(q->d.codes + at, cnt, &ch1);
-    if (cb == E8Q_CB_E8P12RVQ4B) e8p_unpack((const uint16_t *)q->d.codes2 + at, cnt, &ch2);
-    if (cb == E8Q_CB_E8P12RVQ3B) e81b_unpack((const uint8_t *)q->d.codes2 + at, cnt, &chb);
-#pragma GCC unroll 8
-    for (int t = 0; t < BT; t++) {
-      s1[t] = par_add(s1[t], ch1.par, X + (size_t)t * ncp + j0);
-      if (cb == E8Q_CB_E8P12RVQ4B) s2[t] = par_add(s2[t], ch2.par, X + (size_t)t * ncp + j0);
+#pragma GCC unroll 2
+    for (int i = 0; i < R; i++) {
+      const size_t at = (size_t)(r + i) * nc + j0;
+      e8p_unpack(q->d.codes + at, cnt, &ch1[i], 1);
+      if (cb == E8Q_CB_E8P12RVQ4B) e8p_unpack((const uint16_t *)q->d.codes2 + at, cnt, &ch2[i], 1);
+      if (cb == E8Q_CB_E8P12RVQ3B) e81b_unpack((const uint8_t *)q->d.codes2 + at, cnt, &chb[i]);
     }
     const int np2 = (cnt + 1) / 2;
-    const float *xt = ut + (size_t)(j0 / 2) * BT * 16;
+    const float *x = xt + (size_t)(j0 / 2) * BT * 16;
     for (int p = 0; p < np2; p++) {
-      __m512 w = e8p_pair(&ch1, p);
-      if (cb == E8Q_CB_E8P12RVQ4B) w = _mm512_fmadd_ps(e8p_pair(&ch2, p), k2, w);
-      if (cb == E8Q_CB_E8P12RVQ3B) w = _mm512_fmadd_ps(e81b_pair(&chb, p), k2, w);
+      __m512 w[2];
+#pragma GCC unroll 2
+      for (int i = 0; i < R; i++) {
+        w[i] = e8p_pair_m(&ch1[i], p);
+        if (cb == E8Q_CB_E8P12RVQ4B) w[i] = _mm512_fmadd_ps(e8p_pair_m(&ch2[i], p), k2, w[i]);
+        if (cb == E8Q_CB_E8P12RVQ3B) w[i] = _mm512_fmadd_ps(e81b_pair(&chb[i], p), k2, w[i]);
+      }
 #pragma GCC unroll 8
-      for (int t = 0; t < BT; t++) acc[t] = _mm512_fmadd_ps(w, _mm512_load_ps(xt + ((size_t)p * BT + t) * 16), acc[t]);
+      for (int t = 0; t < BT; t++) {
+        const __m512 xv = _mm512_load_ps(x + ((size_t)p * BT + t) * 16);
+#pragma GCC unroll 2
+        for (int i = 0; i < R; i++) acc[i][t] = _mm512_fmadd_ps(w[i], xv, acc[i][t]);
+      }
     }
   }
-  const float k2s = 1.0f / q->resid_scale;
+  /* the constant part of the shift: 1/4 per stage-1 weight, 1/(4 resid_scale) per RVQ4
+   * stage-2 weight, times Σ x */
+  const float cst = cb == E8Q_CB_E8P12RVQ4B ? 0.25f + 0.25f / q->resid_scale : 0.25f;
+#pragma GCC unroll 2
+  for (int i = 0; i < R; i++)
 #pragma GCC unroll 8
-  for (int t = 0; t < BT; t++) {
-    float s = finish(acc[t], s1[t], Xtot[t]);
-    if (cb == E8Q_CB_E8P12RVQ4B) s += k2s * 0.25f * (Xtot[t] - 2.0f * _mm512_reduce_add_ps(s2[t]));
-    z[(size_t)(b0 + t) * m + r] = s;
-  }
+    for (int t = 0; t < BT; t++) z[(size_t)(b0 + t) * m + r + i] = _mm512_reduce_add_ps(acc[i][t]) + cst * Xtot[b0 + t];
 }
 
-/* column tiles outermost (a tile's inputs stay in L2 while the thread's rows pass over it) */
+/* rows r0..r1 of one tile, two at a time */
+static AVX512 INLINE void mm_rows(const e8q_qlinear *q, const int cb, const int BT, int r0, int r1, int b0,
+                                  const float *xt, const float *Xtot, float *z) {
+  int r = r0;
+  for (; r + 2 <= r1; r += 2) mm_tile(q, cb, BT, 2, r, b0, xt, Xtot, z);
+  if (r < r1) mm_tile(q, cb, BT, 1, r, b0, xt, Xtot, z);
+}
+
+/* column tiles outermost; rows split statically across threads, no shared writes */
 #define MATMUL_FN(name, CB)                                                                          \
-  static AVX512 void name(const e8q_qlinear *q, int batch, int ncp, const float *ut, const float *X,   \
-                          const float *Xtot, float *z) {                                             \
+  static AVX512 void name(const e8q_qlinear *q, int batch, int ncp, const float *ut, const float *Xtot, \
+                          float *z) {                                                                \
     const int m = q->d.m;                                                                            \
     _Pragma("omp parallel")                                                                         \
     {                                                                                                \
@@ -257,12 +286,12 @@ static AVX512 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int 
       const int r0 = (int)((long)m * tid / nth), r1 = (int)((long)m * (tid + 1) / nth);              \
       for (int b0 = 0, bt = 8; b0 < batch; b0 += bt) {                                               \
         while (b0 + bt > batch) bt /= 2;                                                             \
-        const float *ub = ut + (size_t)b0 * ncp * 8, *Xb = X + (size_t)b0 * ncp;                     \
+        const float *xt = ut + (size_t)b0 * ncp * 8;                                                 \
         switch (bt) {                                                                                \
-          case 8: for (int r = r0; r < r1; r++) mm_tile(q, CB, 8, r, b0, ncp, ub, Xb, Xtot + b0, z); break; \
-          case 4: for (int r = r0; r < r1; r++) mm_tile(q, CB, 4, r, b0, ncp, ub, Xb, Xtot + b0, z); break; \
-          case 2: for (int r = r0; r < r1; r++) mm_tile(q, CB, 2, r, b0, ncp, ub, Xb, Xtot + b0, z); break; \
-          default: for (int r = r0; r < r1; r++) mm_tile(q, CB, 1, r, b0, ncp, ub, Xb, Xtot + b0, z); break; \
+          case 8: mm_rows(q, CB, 8, r0, r1, b0, xt, Xtot, z); break;                                 \
+          case 4: mm_rows(q, CB, 4, r0, r1, b0, xt, Xtot, z); break;                                 \
+          case 2: mm_rows(q, CB, 2, r0, r1, b0, xt, Xtot, z); break;                                 \
+          default: mm_rows(q, CB, 1, r0, r1, b0, xt, Xtot, z); break;                                \
         }                                                                                            \
       }                                                                                              \
     }                                                                                                \
@@ -313,9 +342,9 @@ void e8q_qlinear_codes_matmul_avx512(const e8q_qlinear *q, int batch, const floa
     }
   } else {
     switch (q->d.codebook) {
-      case E8Q_CB_E8P12: matmul_e8p(q, batch, ncp, ut, X, Xtot, z); break;
-      case E8Q_CB_E8P12RVQ4B: matmul_rvq4(q, batch, ncp, ut, X, Xtot, z); break;
-      case E8Q_CB_E8P12RVQ3B: matmul_rvq3(q, batch, ncp, ut, X, Xtot, z); break;
+      case E8Q_CB_E8P12: matmul_e8p(q, batch, ncp, ut, Xtot, z); break;
+      case E8Q_CB_E8P12RVQ4B: matmul_rvq4(q, batch, ncp, ut, Xtot, z); break;
+      case E8Q_CB_E8P12RVQ3B: matmul_rvq3(q, batch, ncp, ut, Xtot, z); break;
     }
   }
   free(ut);
