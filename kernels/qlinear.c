@@ -1,6 +1,7 @@
 /* kernels/qlinear.c: quantized linear (see qlinear.h): validation, the scalar reference
- * product, dense float64 references and the run-time dispatch to the AVX2 path. */
+ * product, dense float64 references and the run-time dispatch to the AVX-512 or AVX2 path. */
 #include "kernels/qlinear.h"
+#include "kernels/qlinear_avx512.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -187,12 +188,30 @@ int e8q_cpu_has_avx2(void) {
 #endif
 }
 
-static int use_avx2(void) {
+int e8q_cpu_has_avx512(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("gfni") && e8q_cpu_has_avx2();
+#else
+  return 0;
+#endif
+}
+
+static int env_set(const char *name) {
+  const char *env = getenv(name);
+  return env && *env && strcmp(env, "0") != 0;
+}
+
+/* 0 = scalar _ref, 1 = AVX2, 2 = AVX-512; decided once per process.
+ * E8Q_NO_AVX2=1 forces _ref (no SIMD at all), E8Q_NO_AVX512=1 stops at AVX2. */
+static int simd_level(void) {
   static int decided = -1;
   int v = __atomic_load_n(&decided, __ATOMIC_RELAXED);
   if (v < 0) {
-    const char *env = getenv("E8Q_NO_AVX2");
-    v = e8q_cpu_has_avx2() && !(env && *env && strcmp(env, "0") != 0);
+    v = 0;
+    if (e8q_cpu_has_avx2() && !env_set("E8Q_NO_AVX2")) v = e8q_cpu_has_avx512() && !env_set("E8Q_NO_AVX512") ? 2 : 1;
     __atomic_store_n(&decided, v, __ATOMIC_RELAXED);
   }
   return v;
@@ -200,9 +219,10 @@ static int use_avx2(void) {
 
 void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (use_avx2()) {
-    forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx2);
-    return;
+  switch (simd_level()) {
+    case 2: forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx512); return;
+    case 1: forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx2); return;
+    default: break;
   }
 #endif
   forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_ref);
@@ -212,6 +232,11 @@ void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float 
 void e8q_qlinear_forward_avx2(const e8q_qlinear *q, int batch, const float *x, float *y) {
   E8Q_CHECK(e8q_cpu_has_avx2(), "e8q_qlinear_forward_avx2: this CPU lacks AVX2/FMA");
   forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx2);
+}
+
+void e8q_qlinear_forward_avx512(const e8q_qlinear *q, int batch, const float *x, float *y) {
+  E8Q_CHECK(e8q_cpu_has_avx512(), "e8q_qlinear_forward_avx512: this CPU lacks AVX-512 (F/BW/VL/DQ/VBMI) or GFNI");
+  forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx512);
 }
 #endif
 

@@ -1,7 +1,9 @@
 /* tests/fused/test_qlinear.c: the fused quantized-linear product.
  *
- *  - AVX2 core == scalar _ref core within 1e-5 relative, every codebook, batch 1..64, odd
- *    shapes (n_pad = 8k not a multiple of 64, m odd, non-power-of-two Hadamard factors);
+ *  - AVX2 and AVX-512 cores == scalar _ref core within 1e-5 relative, every codebook, batch
+ *    1..64, odd shapes (n_pad = 8k not a multiple of 64, m odd, non-power-of-two Hadamard
+ *    factors, rows longer than one 32-code chunk with a ragged tail); the AVX-512 test skips
+ *    with a message on CPUs without AVX-512/GFNI;
  *  - the whole forward (_ref and AVX2) == a float64 dense reference built by decoding every
  *    code and multiplying the Hadamard matrices written out from their definition;
  *  - guard regions before and after every output catch out-of-bounds writes;
@@ -12,6 +14,7 @@
 #include <string.h>
 
 #include "kernels/qlinear.h"
+#include "kernels/qlinear_avx512.h"
 #include "testutil.h"
 
 static uint64_t g_seed;
@@ -134,7 +137,10 @@ static double rel_err_rows(const float *a, const float *b, int batch, int m) {
   return worst;
 }
 
-static void core_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
+typedef void (*core_fn)(const e8q_qlinear *, int, const float *, float *);
+
+static void core_case_with(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch, core_fn core,
+                           const char *path) {
   layer L;
   layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
   e8q_qlinear q;
@@ -143,16 +149,20 @@ static void core_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int 
   float *u = random_input(g, (size_t)batch * np);
   float *z_ref = guarded((size_t)batch * m), *z_avx = guarded((size_t)batch * m);
   e8q_qlinear_codes_matmul_ref(&q, batch, u, z_ref);
-  e8q_qlinear_codes_matmul_avx2(&q, batch, u, z_avx);
+  core(&q, batch, u, z_avx);
   double e = rel_err_rows(z_avx, z_ref, batch, m);
   if (!(e <= 1e-5))
-    fail_msg("%s m=%d n=%d batch=%d: AVX2 core differs from _ref by %.3g relative (seed %llu)",
-             CBN[cbi], m, n, batch, e, (unsigned long long)g_seed);
+    fail_msg("%s m=%d n=%d batch=%d: %s core differs from _ref by %.3g relative (seed %llu)",
+             CBN[cbi], m, n, batch, path, e, (unsigned long long)g_seed);
   guarded_check_free(z_ref, (size_t)batch * m, "core _ref");
-  guarded_check_free(z_avx, (size_t)batch * m, "core AVX2");
+  guarded_check_free(z_avx, (size_t)batch * m, path);
   free(u);
   e8q_qlinear_free(&q);
   layer_free(&L);
+}
+
+static void core_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
+  core_case_with(g, m, n, K_out, K_in, cbi, batch, e8q_qlinear_codes_matmul_avx2, "AVX2");
 }
 
 static void test_core_avx2_vs_ref(void **state) {
@@ -168,6 +178,31 @@ static void test_core_avx2_vs_ref(void **state) {
   }
 }
 
+/* AVX-512: same shapes, plus rows of several 32-code chunks with a ragged tail (nc = 67, 33, 1)
+ * and row counts that leave 1..7 rows outside the 8-row groups */
+static void avx512_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
+  core_case_with(g, m, n, K_out, K_in, cbi, batch, e8q_qlinear_codes_matmul_avx512, "AVX-512");
+}
+
+static void test_core_avx512_vs_ref(void **state) {
+  (void)state;
+  if (!e8q_cpu_has_avx512()) {
+    print_message("test_core_avx512_vs_ref: SKIPPED, this CPU lacks AVX-512 F/BW/VL/DQ/VBMI or GFNI\n");
+    skip();
+  }
+  t_rng g = {g_seed ^ 0x6666};
+  for (int cbi = 0; cbi < 3; cbi++) {
+    for (int batch = 1; batch <= 64; batch++) avx512_case(&g, 13, 172, 13, 11, cbi, batch); /* m odd, n_pad 176 */
+    for (int batch = 1; batch <= 64; batch += 7) avx512_case(&g, 37, 104, 37, 13, cbi, batch);
+    const int bs[] = {1, 2, 3, 8, 17, 64};
+    for (int i = 0; i < 6; i++) avx512_case(&g, 96, 512, 3, 1, cbi, bs[i]);
+    for (int i = 0; i < 6; i++) avx512_case(&g, 7, 1000, 7, 125, cbi, bs[i]);  /* fewer rows than a group */
+    for (int i = 0; i < 6; i++) avx512_case(&g, 23, 536, 23, 67, cbi, bs[i]);  /* nc = 67: 2 chunks + 3 */
+    for (int i = 0; i < 6; i++) avx512_case(&g, 17, 264, 17, 33, cbi, bs[i]);  /* nc = 33: 1 chunk + 1 */
+    for (int i = 0; i < 6; i++) avx512_case(&g, 9, 8, 9, 1, cbi, bs[i]);      /* nc = 1 */
+  }
+}
+
 /* ---------------------------------------------------------------- forward vs float64 dense */
 static void forward_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
   layer L;
@@ -178,33 +213,40 @@ static void forward_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, i
   e8q_qlinear_dequant_ref(&q, W);
   float *x = random_input(g, (size_t)batch * n);
   float *y_ref = guarded((size_t)batch * m), *y_avx = guarded((size_t)batch * m),
-        *y_disp = guarded((size_t)batch * m);
+        *y_512 = guarded((size_t)batch * m), *y_disp = guarded((size_t)batch * m);
   e8q_qlinear_forward_ref(&q, batch, x, y_ref);
-  const int avx = e8q_cpu_has_avx2();
+  const int avx = e8q_cpu_has_avx2(), avx512 = e8q_cpu_has_avx512();
   if (avx) e8q_qlinear_forward_avx2(&q, batch, x, y_avx);
+  if (avx512) e8q_qlinear_forward_avx512(&q, batch, x, y_512);
   e8q_qlinear_forward(&q, batch, x, y_disp);
   for (int b = 0; b < batch; b++) {
-    double mx = 0, e_ref = 0, e_avx = 0;
+    double mx = 0, e_ref = 0, e_avx = 0, e_512 = 0;
     for (int r = 0; r < m; r++) {
       double acc = 0;
       for (int c = 0; c < n; c++) acc += W[(size_t)r * n + c] * (double)x[(size_t)b * n + c];
       mx = fmax(mx, fabs(acc));
       e_ref = fmax(e_ref, fabs((double)y_ref[(size_t)b * m + r] - acc));
       if (avx) e_avx = fmax(e_avx, fabs((double)y_avx[(size_t)b * m + r] - acc));
+      if (avx512) e_512 = fmax(e_512, fabs((double)y_512[(size_t)b * m + r] - acc));
     }
     if (!(mx > 0)) fail_msg("dense output is zero: the test data is degenerate");
-    if (!(e_ref <= 1e-5 * mx) || !(e_avx <= 1e-5 * mx))
-      fail_msg("%s m=%d n=%d K_out=%d K_in=%d batch=%d: vs float64 dense: _ref %.3g, AVX2 %.3g "
-               "relative (seed %llu)", CBN[cbi], m, n, K_out, K_in, batch, e_ref / mx, e_avx / mx,
-               (unsigned long long)g_seed);
+    if (!(e_ref <= 1e-5 * mx) || !(e_avx <= 1e-5 * mx) || !(e_512 <= 1e-5 * mx))
+      fail_msg("%s m=%d n=%d K_out=%d K_in=%d batch=%d: vs float64 dense: _ref %.3g, AVX2 %.3g, "
+               "AVX-512 %.3g relative (seed %llu)", CBN[cbi], m, n, K_out, K_in, batch, e_ref / mx,
+               e_avx / mx, e_512 / mx, (unsigned long long)g_seed);
   }
-  /* the dispatcher runs one of the two paths exactly (E8Q_NO_AVX2=1 forces _ref) */
-  const char *no = getenv("E8Q_NO_AVX2");
-  const float *want = avx && !(no && *no && strcmp(no, "0") != 0) ? y_avx : y_ref;
+  /* the dispatcher runs one of the paths exactly: E8Q_NO_AVX2=1 forces _ref, E8Q_NO_AVX512=1
+   * stops at AVX2 */
+  const char *no = getenv("E8Q_NO_AVX2"), *no512 = getenv("E8Q_NO_AVX512");
+  const int use_avx = avx && !(no && *no && strcmp(no, "0") != 0);
+  const int use_512 = use_avx && avx512 && !(no512 && *no512 && strcmp(no512, "0") != 0);
+  const float *want = use_512 ? y_512 : use_avx ? y_avx : y_ref;
   if (memcmp(y_disp, want, sizeof(float) * (size_t)batch * m) != 0)
-    fail_msg("e8q_qlinear_forward differs from the path it should dispatch to");
+    fail_msg("e8q_qlinear_forward differs from the %s path it should dispatch to",
+             use_512 ? "AVX-512" : use_avx ? "AVX2" : "_ref");
   guarded_check_free(y_ref, (size_t)batch * m, "forward _ref");
   guarded_check_free(y_avx, (size_t)batch * m, "forward AVX2");
+  guarded_check_free(y_512, (size_t)batch * m, "forward AVX-512");
   guarded_check_free(y_disp, (size_t)batch * m, "forward");
   free(x);
   free(W);
@@ -326,6 +368,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_decode_f64_matches_codebook),
       cmocka_unit_test(test_core_avx2_vs_ref),
+      cmocka_unit_test(test_core_avx512_vs_ref),
       cmocka_unit_test(test_forward_vs_dense),
       cmocka_unit_test(test_f64_ref_and_validate),
       cmocka_unit_test(test_bad_desc),
