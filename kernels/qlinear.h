@@ -8,7 +8,8 @@
  * fs is the fuse scale of the row's piece (q/k/v or up/gate of a stacked group).
  *
  * One call does the whole product for a batch of inputs: e8q_qlinear_forward. It runs the
- * AVX2+FMA kernel when the CPU has it (cpuid at run time) and the scalar _ref otherwise, with
+ * AVX-512 kernel (kernels/qlinear_avx512.h) when the CPU has AVX-512 F/BW/VL/DQ/VBMI and GFNI,
+ * else the AVX2+FMA kernel, else the scalar _ref (cpuid at run time), with
  * OpenMP threads over output rows; batch 1 (matvec) and batches of any size (tuned for 2..64).
  * Inputs and outputs f32, accumulation f32.
  *
@@ -74,7 +75,8 @@ void e8q_qlinear_free(e8q_qlinear *q);
 
 /* ---------------------------------------------------------------- the product */
 /* y[b, :] = layer(x[b, :]) for b < batch. x: [batch, n], y: [batch, m], row-major, not
- * aliased. Dispatches to AVX2 when available (E8Q_NO_AVX2=1 in the environment forces _ref). */
+ * aliased. Dispatches to AVX-512, else AVX2, else _ref; in the environment E8Q_NO_AVX512=1
+ * stops at AVX2 and E8Q_NO_AVX2=1 forces _ref. */
 void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y);
 /* the scalar reference of the same product (same arithmetic in plain loops, OpenMP rows) */
 void e8q_qlinear_forward_ref(const e8q_qlinear *q, int batch, const float *x, float *y);

@@ -126,6 +126,21 @@ static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int 
   res->Wscale = 1;
 }
 
+/* M_n with rank 0's factor on every rank. Sylvester and Paley factors are exact integer
+ * constructions, but a random orthogonal factor comes from LAPACK's QR, whose last bits depend
+ * on the BLAS kernels (OpenBLAS picks them per CPU model): on a cluster of mixed nodes ranks
+ * could otherwise rotate with different matrices. gather.c builds the artifact's factors on
+ * rank 0, so they are the ones recorded. Collective. */
+static void had_init_shared(e8q_had *h, int64_t n) {
+  e8q_comm *c = e8q_comm_get();
+  e8q_had_init(h, n, E8Q_HAD_SEED);
+  if (e8q_comm_size(c) == 1 || h->f.K == 1 || h->f.kind != E8Q_HAD_RANDOM) return;
+  size_t kk = (size_t)h->f.K * (size_t)h->f.K;
+  e8q_comm_bcast(c, E8Q_MEM_HOST, h->f.R, kk * sizeof(double), 0);
+  for (size_t i = 0; i < kk; i++) h->f.Rf[i] = (float)h->f.R[i];
+}
+
+
 /* ---------------------------------------------------------------- one group */
 void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
                         const double *H, long tokens, e8q_qlin_result *res) {
@@ -167,8 +182,8 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   for (int i = 0; i < np; i++) SU[i] = res->SU[i];
   for (int i = 0; i < m; i++) SV[i] = res->SV[i];
   e8q_had hn, hm;
-  e8q_had_init(&hn, np, E8Q_HAD_SEED);
-  e8q_had_init(&hm, m, E8Q_HAD_SEED);
+  had_init_shared(&hn, np);
+  had_init_shared(&hm, m);
   E8Q_CHECK(hn.f.K == g->K_n && hm.f.K == g->K_m, "internal: Hadamard factors %d/%d differ from the plan's %d/%d",
             hn.f.K, hm.f.K, g->K_n, g->K_m);
   e8q_rht_weight(&hm, &hn, SU, SV, Wr);
