@@ -19,85 +19,50 @@ typedef float e8q_v8f __attribute__((vector_size(32)));
 typedef double e8q_v4d __attribute__((vector_size(32)));
 
 /* ---------------------------------------------------------------- FWHT */
-__attribute__((target_clones("avx2", "default")))
-void e8q_fwht_f64(double *x, int64_t n) {
-  E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", (long long)n);
-  int64_t h0 = 1;
-  if (n >= 4) {
-    /* stages h = 1 and 2 fused per 4 elements (same operations, same order: same bits) */
-    for (int64_t i = 0; i < n; i += 4) {
-      double a = x[i], b = x[i + 1], c = x[i + 2], d = x[i + 3];
-      double s0 = a + b, d0 = a - b, s1 = c + d, d1 = c - d;
-      x[i] = s0 + s1;
-      x[i + 1] = d0 + d1;
-      x[i + 2] = s0 - s1;
-      x[i + 3] = d0 - d1;
-    }
-    h0 = 4;
+/* One body for both precisions: T the element type, VT its 32-byte vector. Stages h = 1 and 2
+ * are fused per 4 elements (same operations, same order: same bits); from h = 8 on, the
+ * butterflies run 32 bytes at a time (h is a power of two >= 8, a multiple of the lane count). */
+#define E8Q_FWHT_DEFINE(name, T, VT)                                                               \
+  __attribute__((target_clones("avx2", "default"))) void name(T *x, int64_t n) {                  \
+    E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", \
+              (long long)n);                                                                       \
+    int64_t h0 = 1;                                                                                \
+    if (n >= 4) {                                                                                  \
+      for (int64_t i = 0; i < n; i += 4) {                                                         \
+        T a = x[i], b = x[i + 1], c = x[i + 2], d = x[i + 3];                                      \
+        T s0 = a + b, d0 = a - b, s1 = c + d, d1 = c - d;                                          \
+        x[i] = s0 + s1;                                                                            \
+        x[i + 1] = d0 + d1;                                                                        \
+        x[i + 2] = s0 - s1;                                                                        \
+        x[i + 3] = d0 - d1;                                                                        \
+      }                                                                                            \
+      h0 = 4;                                                                                      \
+    }                                                                                              \
+    for (int64_t h = h0; h < n; h <<= 1)                                                           \
+      for (int64_t i = 0; i < n; i += 2 * h) {                                                     \
+        T *restrict u = x + i, *restrict v = x + i + h;                                            \
+        if (h >= 8) {                                                                              \
+          for (int64_t j = 0; j < h; j += 32 / (int64_t)sizeof(T)) {                               \
+            VT a, b, s, d;                                                                         \
+            memcpy(&a, u + j, 32);                                                                 \
+            memcpy(&b, v + j, 32);                                                                 \
+            s = a + b;                                                                             \
+            d = a - b;                                                                             \
+            memcpy(u + j, &s, 32);                                                                 \
+            memcpy(v + j, &d, 32);                                                                 \
+          }                                                                                        \
+        } else {                                                                                   \
+          for (int64_t j = 0; j < h; j++) {                                                        \
+            T a = u[j], b = v[j];                                                                  \
+            u[j] = a + b;                                                                          \
+            v[j] = a - b;                                                                          \
+          }                                                                                        \
+        }                                                                                          \
+      }                                                                                            \
   }
-  for (int64_t h = h0; h < n; h <<= 1)
-    for (int64_t i = 0; i < n; i += 2 * h) {
-      double *restrict u = x + i, *restrict v = x + i + h;
-      if (h >= 8) {
-        /* 32 bytes at a time: h is a power of two >= 8, a multiple of the lane count */
-        for (int64_t j = 0; j < h; j += 32 / (int64_t)sizeof(double)) {
-          e8q_v4d a, b, s, d;
-          memcpy(&a, u + j, 32);
-          memcpy(&b, v + j, 32);
-          s = a + b;
-          d = a - b;
-          memcpy(u + j, &s, 32);
-          memcpy(v + j, &d, 32);
-        }
-      } else {
-        for (int64_t j = 0; j < h; j++) {
-          double a = u[j], b = v[j];
-          u[j] = a + b;
-          v[j] = a - b;
-        }
-      }
-    }
-}
 
-__attribute__((target_clones("avx2", "default")))
-void e8q_fwht_f32(float *x, int64_t n) {
-  E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", (long long)n);
-  int64_t h0 = 1;
-  if (n >= 4) {
-    /* stages h = 1 and 2 fused per 4 elements (same operations, same order: same bits) */
-    for (int64_t i = 0; i < n; i += 4) {
-      float a = x[i], b = x[i + 1], c = x[i + 2], d = x[i + 3];
-      float s0 = a + b, d0 = a - b, s1 = c + d, d1 = c - d;
-      x[i] = s0 + s1;
-      x[i + 1] = d0 + d1;
-      x[i + 2] = s0 - s1;
-      x[i + 3] = d0 - d1;
-    }
-    h0 = 4;
-  }
-  for (int64_t h = h0; h < n; h <<= 1)
-    for (int64_t i = 0; i < n; i += 2 * h) {
-      float *restrict u = x + i, *restrict v = x + i + h;
-      if (h >= 8) {
-        /* 32 bytes at a time: h is a power of two >= 8, a multiple of the lane count */
-        for (int64_t j = 0; j < h; j += 32 / (int64_t)sizeof(float)) {
-          e8q_v8f a, b, s, d;
-          memcpy(&a, u + j, 32);
-          memcpy(&b, v + j, 32);
-          s = a + b;
-          d = a - b;
-          memcpy(u + j, &s, 32);
-          memcpy(v + j, &d, 32);
-        }
-      } else {
-        for (int64_t j = 0; j < h; j++) {
-          float a = u[j], b = v[j];
-          u[j] = a + b;
-          v[j] = a - b;
-        }
-      }
-    }
-}
+E8Q_FWHT_DEFINE(e8q_fwht_f64, double, e8q_v4d)
+E8Q_FWHT_DEFINE(e8q_fwht_f32, float, e8q_v8f)
 
 void e8q_fwht_f64_ref(const double *x, int64_t n, double *out) {
   E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", (long long)n);
