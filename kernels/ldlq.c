@@ -292,15 +292,18 @@ double e8q_noe8_rho(int bits) {
   return bits == 2 ? 1.00 : bits == 3 ? 1.71 : 2.98;
 }
 
-/* per-row min-max round to nearest with 2^bits levels (no RHT) */
-static void rtn_rows(const double *W, int64_t m, int64_t n, int bits, double *What) {
+/* per-row min-max round to nearest with 2^bits levels (no RHT). W, What [m, ld]: the range
+ * and the rounding cover the first n columns only (the zero pad columns n..ld-1 would widen
+ * the range of a row of one sign); pad columns of What are set to 0. */
+static void rtn_rows(const double *W, int64_t m, int64_t n, int64_t ld, int bits, double *What) {
   double levels = (double)((1 << bits) - 1);
   for (int64_t r = 0; r < m; r++) {
-    const double *w = W + r * n;
+    const double *w = W + r * ld;
     double lo = w[0], hi = w[0];
     for (int64_t j = 1; j < n; j++) lo = fmin(lo, w[j]), hi = fmax(hi, w[j]);
     double step = (hi - lo) / levels;
-    for (int64_t j = 0; j < n; j++) What[r * n + j] = step > 0 ? lo + round((w[j] - lo) / step) * step : w[j];
+    for (int64_t j = 0; j < n; j++) What[r * ld + j] = step > 0 ? lo + round((w[j] - lo) / step) * step : w[j];
+    for (int64_t j = n; j < ld; j++) What[r * ld + j] = 0;
   }
 }
 
@@ -326,9 +329,7 @@ void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, 
 
   if (o->method == E8Q_METHOD_RTN) {
     /* no RHT: quantize W directly; the proxy uses the prepared (unrotated) Hessian */
-    rtn_rows(Wd, m, np, o->bits, hat);
-    for (int64_t r = 0; r < m; r++)
-      for (int64_t j = n; j < np; j++) hat[r * np + j] = 0;
+    rtn_rows(Wd, m, n, np, o->bits, hat);
     e8q_hessian_prep(Hd, np, sigma);
     res->status.ok = 1, res->status.attempts = 1, res->status.prec = E8Q_PREC_F64, res->status.sigma_reg = sigma;
     snprintf(res->status.message, sizeof res->status.message, "rtn: no factorisation");

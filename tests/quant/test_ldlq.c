@@ -333,6 +333,38 @@ static void test_quantize_fused(void **state) {
   free(H), free(Wd), free(q), free(k), free(v);
 }
 
+
+/* ---------------------------------------------------------------- rtn on a padded shape */
+static void test_rtn_padded_minmax(void **state) {
+  (void)state;
+  /* n = 12 is padded to 16 inside e8q_quantize_linear. Per-row min-max round to nearest must
+   * use the row's own range: rows of one sign (here all in [1, 2]) must not see the zero pad
+   * columns, so the row's minimum and maximum are reproduced exactly and every value lies on
+   * the grid lo + k (hi - lo) / 3 (2 bits). */
+  enum { M = 4, N = 12 };
+  float W[M * N];
+  double H[N * N];
+  for (int i = 0; i < N; i++)
+    for (int j = 0; j < N; j++) H[i * N + j] = i == j ? 1.0 + 0.1 * i : 0.05;
+  for (int r = 0; r < M; r++)
+    for (int c = 0; c < N; c++) W[r * N + c] = (float)((r % 2 ? -1.0 : 1.0) * (1.0 + fmod(0.37 * (c + 1) * (r + 2), 1.0)));
+  e8q_quant_opts o = {.bits = 2, .tune_iters = 0, .seed = 1, .method = E8Q_METHOD_RTN};
+  e8q_quant_result res;
+  e8q_quantize_linear(W, M, N, H, &o, &res);
+  assert_true(res.status.ok);
+  assert_int_equal(res.n_pad, 16);
+  for (int r = 0; r < M; r++) {
+    double lo = W[r * N], hi = W[r * N];
+    for (int c = 1; c < N; c++) lo = fmin(lo, W[r * N + c]), hi = fmax(hi, W[r * N + c]);
+    double step = (hi - lo) / 3;
+    for (int c = 0; c < N; c++) {
+      double want = lo + round((W[r * N + c] - lo) / step) * step;
+      T_NEAR(res.What[r * N + c], want, 1e-6, "rtn value on the row's own min-max grid");
+    }
+  }
+  e8q_quant_result_free(&res);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ldlq_golden_example),
@@ -342,6 +374,7 @@ int main(void) {
       cmocka_unit_test(test_non_pd_retry),
       cmocka_unit_test(test_quantize_linear_padded),
       cmocka_unit_test(test_quantize_fused),
+      cmocka_unit_test(test_rtn_padded_minmax),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
