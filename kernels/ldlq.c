@@ -429,7 +429,9 @@ void e8q_quantize_fused(const float *const *W, const int64_t *m, int npieces, in
     double ss = 0;
     for (int64_t i = 0; i < m[p] * n; i++) ss += (double)W[p][i] * (double)W[p][i];
     double rms = sqrt(ss / (double)(m[p] * n));
-    fuse_scales[p] = rms > 0 ? (float)rms : 1.0f; /* an all-zero piece keeps scale 1 */
+    /* an all-zero piece keeps scale 1; so does one whose RMS underflows to 0 in float (a few
+     * subnormal entries), else the division below gives inf and 0/0 */
+    fuse_scales[p] = (float)rms > 0 ? (float)rms : 1.0f;
     for (int64_t i = 0; i < m[p] * n; i++) S[off * n + i] = W[p][i] / fuse_scales[p];
     off += m[p];
   }

@@ -365,6 +365,32 @@ static void test_rtn_padded_minmax(void **state) {
   e8q_quant_result_free(&res);
 }
 
+/* ---------------------------------------------------------------- fused group, degenerate pieces */
+static void test_quantize_fused_zero_and_tiny_pieces(void **state) {
+  (void)state;
+  /* piece 0 ordinary, piece 1 all zero, piece 2 all zero but one subnormal entry: its RMS
+   * (about 2e-47) is positive in double but 0 in float. The fuse scale must stay a usable
+   * divisor (finite, > 0), and the result finite with the zero piece decoded near zero. */
+  enum { N = 64, M0 = 16, M1 = 16, M2 = 32 };
+  double *H = synth_hessian(N, 2, 91), *Wd = synth_weight(M0, N, 92);
+  float *a = malloc(sizeof(float) * M0 * N), *b = calloc(M1 * N, sizeof(float)), *c = calloc(M2 * N, sizeof(float));
+  for (int i = 0; i < M0 * N; i++) a[i] = (float)(0.03 * Wd[i]);
+  c[5] = 1e-44f;
+  assert_true(c[5] > 0);
+  const float *W[3] = {a, b, c};
+  const int64_t m[3] = {M0, M1, M2};
+  float fs[3];
+  e8q_quant_opts o = {.bits = 2, .tune_iters = 1, .seed = 5, .method = E8Q_METHOD_LDLQ, .prec = E8Q_PREC_F64};
+  e8q_quant_result r;
+  e8q_quantize_fused(W, m, 3, N, H, &o, &r, fs);
+  assert_true(r.status.ok);
+  for (int p = 0; p < 3; p++) assert_true(isfinite(fs[p]) && fs[p] > 0);
+  for (int64_t i = 0; i < (int64_t)(M0 + M1 + M2) * N; i++) assert_true(isfinite(r.What[i]));
+  T_NEAR(fs[0], 0.03, 0.006, "fuse scale of the ordinary piece");
+  e8q_quant_result_free(&r);
+  free(H), free(Wd), free(a), free(b), free(c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ldlq_golden_example),
@@ -375,6 +401,7 @@ int main(void) {
       cmocka_unit_test(test_quantize_linear_padded),
       cmocka_unit_test(test_quantize_fused),
       cmocka_unit_test(test_rtn_padded_minmax),
+      cmocka_unit_test(test_quantize_fused_zero_and_tiny_pieces),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
