@@ -371,10 +371,12 @@ void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, 
     for (int64_t i = 0; i < m * np; i++) ms += Wd[i] * Wd[i];
     double rho = o->method == E8Q_METHOD_NOE8 ? e8q_noe8_rho(o->bits) : o->rho > 0 ? o->rho : e8q_cb_default_rho(cb);
     double ws = sqrt(ms / (double)(m * np)) / rho;
-    if (!(ws > 0)) ws = 1; /* an all-zero weight */
-    res->Wscale = (float)ws;
+    /* an all-zero weight, or one whose scale underflows to 0 in float: Wscale 0 and a zero
+     * input to the codebook, so What is exactly 0 (no codebook has a zero point: a scale of 1
+     * would decode to the codewords nearest 0, and dividing by a float 0 gives inf/NaN) */
+    res->Wscale = (float)ws > 0 ? (float)ws : 0.0f;
     double *Ws = e8q_malloc(sizeof(double) * (size_t)(m * np), "scaled rotated weight");
-    for (int64_t i = 0; i < m * np; i++) Ws[i] = Wd[i] / (double)res->Wscale;
+    for (int64_t i = 0; i < m * np; i++) Ws[i] = res->Wscale > 0 ? Wd[i] / (double)res->Wscale : 0.0;
     e8q_ldlq_opts lo = {.cb = cb,
                         .tune_iters = o->tune_iters < 0 ? E8Q_TUNE_ITERS : o->tune_iters,
                         .feedback = o->method != E8Q_METHOD_NEAREST,

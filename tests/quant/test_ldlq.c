@@ -391,6 +391,36 @@ static void test_quantize_fused_zero_and_tiny_pieces(void **state) {
   free(H), free(Wd), free(a), free(b), free(c);
 }
 
+/* ---------------------------------------------------------------- all-zero weight */
+static void test_quantize_linear_zero_weight(void **state) {
+  (void)state;
+  /* No codebook (E8P, RVQ, the noe8 half-integer grid) has a zero point, so an all-zero weight
+   * must get Wscale 0 and decode to exactly 0, not to Wscale 1 times the codewords nearest 0.
+   * A weight whose scale underflows in float (one subnormal entry) is treated the same way:
+   * finite, |What| at most that entry. */
+  enum { M = 8, N = 64 };
+  double *H = synth_hessian(N, 2, 93);
+  float *W = calloc(M * N, sizeof(float));
+  for (int tiny = 0; tiny <= 1; tiny++) {
+    W[7] = tiny ? 1e-44f : 0.0f;
+    for (int v = 0; v < 5; v++) {
+      e8q_quant_opts o = {.bits = v < 3 ? 2 + v : 2, .tune_iters = 2, .seed = 4, .prec = E8Q_PREC_F64,
+                          .method = v < 3 ? E8Q_METHOD_LDLQ : v == 3 ? E8Q_METHOD_NEAREST : E8Q_METHOD_NOE8};
+      e8q_quant_result r;
+      e8q_quantize_linear(W, M, N, H, &o, &r);
+      assert_true(r.status.ok);
+      assert_true(isfinite(r.Wscale) && r.Wscale >= 0);
+      for (int i = 0; i < M * N; i++) {
+        assert_true(isfinite(r.What[i]));
+        assert_true(fabsf(r.What[i]) <= W[7]);
+      }
+      assert_true(r.proxy == 0 || tiny);
+      e8q_quant_result_free(&r);
+    }
+  }
+  free(H), free(W);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ldlq_golden_example),
@@ -402,6 +432,7 @@ int main(void) {
       cmocka_unit_test(test_quantize_fused),
       cmocka_unit_test(test_rtn_padded_minmax),
       cmocka_unit_test(test_quantize_fused_zero_and_tiny_pieces),
+      cmocka_unit_test(test_quantize_linear_zero_weight),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
