@@ -310,13 +310,15 @@ static void rtn_rows(const double *W, int64_t m, int64_t n, int64_t ld, int bits
 /* ---------------------------------------------------------------- one linear */
 void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, const e8q_quant_opts *o,
                          e8q_quant_result *res) {
-  E8Q_CHECK(m > 0 && n > 0, "quantize a %lld x %lld weight: empty shape", (long long)m, (long long)n);
+  const char *nm = o->name ? o->name : "linear";
+  E8Q_CHECK(m > 0 && n > 0, "%s: quantize a %lld x %lld weight: empty shape", nm, (long long)m, (long long)n);
   e8q_codebook_id cb = e8q_cb_from_bits(o->bits);
   for (int64_t i = 0; i < n * n; i++)
-    E8Q_CHECK(isfinite(H[i]), "Hessian entry (%lld, %lld) is %g: the calibration activations overflowed", (long long)(i / n),
-              (long long)(i % n), H[i]);
+    E8Q_CHECK(isfinite(H[i]), "%s: Hessian entry (%lld, %lld) is %g: the calibration activations overflowed", nm,
+              (long long)(i / n), (long long)(i % n), H[i]);
   for (int64_t i = 0; i < m * n; i++)
-    E8Q_CHECK(isfinite(W[i]), "weight entry (%lld, %lld) is %g", (long long)(i / n), (long long)(i % n), (double)W[i]);
+    E8Q_CHECK(isfinite(W[i]), "%s: weight entry (%lld, %lld) is %g: the checkpoint is corrupt", nm, (long long)(i / n),
+              (long long)(i % n), (double)W[i]);
   memset(res, 0, sizeof *res);
   const int64_t np = e8q_pad8(n), nb = np / 8;
   const double sigma = o->sigma_reg > 0 ? o->sigma_reg : E8Q_SIGMA_REG;

@@ -116,6 +116,7 @@ typedef struct {
   double sigma_reg;    /* <= 0: E8Q_SIGMA_REG */
   e8q_prec prec;       /* LDLQ precision to try first */
   const e8q_had_factor *had_m, *had_n; /* factors to use (NULL: built with E8Q_HAD_SEED) */
+  const char *name;    /* the linear, for error messages (e.g. "model.layers.3.mlp.down_proj"); NULL: "linear" */
 } e8q_quant_opts;
 
 typedef struct {

@@ -243,7 +243,13 @@ static void test_non_pd_retry(void **state) {
   e8q_quant_result_free(&r);
   /* non-finite Hessians are bad input */
   H[5] = NAN;
-  E8Q_EXPECT_FATAL(e8q_quantize_linear(W, 8, n, H, &o, &r), "Hessian entry (0, 5)");
+  E8Q_EXPECT_FATAL(e8q_quantize_linear(W, 8, n, H, &o, &r), "linear: Hessian entry (0, 5)");
+  /* messages name the linear when the caller gives its name */
+  o.name = "model.layers.1.mlp.down_proj";
+  E8Q_EXPECT_FATAL(e8q_quantize_linear(W, 8, n, H, &o, &r), "model.layers.1.mlp.down_proj: Hessian entry (0, 5)");
+  H[5] = 0;
+  W[9] = INFINITY;
+  E8Q_EXPECT_FATAL(e8q_quantize_linear(W, 8, n, H, &o, &r), "model.layers.1.mlp.down_proj: weight entry (0, 9) is inf");
   free(H);
 }
 
