@@ -126,7 +126,7 @@ typedef struct {
   void *codes2;        /* [m, n_pad/8]: u16 (4 bit), u8 (3 bit), NULL (2 bit, noe8, rtn) */
   float *SU;           /* [n_pad] (NULL for rtn) */
   float *SV;           /* [m] (NULL for rtn) */
-  float Wscale;        /* decode: What_r = Wscale * codebook values */
+  float Wscale;        /* decode: What_r = Wscale * codebook values; 0 for an all-zero weight (What = 0) */
   int K_m, K_n;        /* Hadamard factor orders used (1 = none) */
   float *What;         /* [m, n] the quantized weight in the original basis */
   double proxy;        /* tr((What-W) H (What-W)^T) / tr(W H W^T), prepared H */
