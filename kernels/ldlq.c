@@ -52,6 +52,9 @@ void e8q_hessian_prep(double *H, int64_t n, double sigma_reg) {
   double mean = 0;
   for (int64_t i = 0; i < n; i++) mean += H[i * n + i];
   mean /= (double)n;
+  /* H = 0 (inputs never excited; a PSD H with zero trace is 0): nothing to normalise, it
+   * becomes sigma_reg * I (LDLQ = nearest rounding) instead of 0/0 */
+  if (!(mean > 0)) mean = 1;
   for (int64_t i = 0; i < n * n; i++) H[i] /= mean;
   for (int64_t i = 0; i < n; i++) H[i * n + i] += sigma_reg;
 }

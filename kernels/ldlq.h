@@ -57,7 +57,7 @@ typedef struct {
   double *Hkk_inv;    /* [n/8, 8, 8] inverses of the diagonal blocks of H (tune passes) */
 } e8q_ldl;
 
-/* H [n, n] in place: H / mean(diag H), then + sigma_reg on the diagonal */
+/* H [n, n] in place: H / mean(diag H) (H = 0 is left as is), then + sigma_reg on the diagonal */
 void e8q_hessian_prep(double *H, int64_t n, double sigma_reg);
 /* prepare a copy of H_raw [n, n] (not modified) and factorise it, falling back as above.
  * Returns status.ok; on failure f holds nothing and status.message says why. */

@@ -427,6 +427,42 @@ static void test_quantize_linear_zero_weight(void **state) {
   free(H), free(W);
 }
 
+/* ---------------------------------------------------------------- all-zero Hessian */
+static void test_zero_hessian(void **state) {
+  (void)state;
+  /* A linear whose calibration inputs are all zero has H = 0: every What has proxy loss 0,
+   * so there is nothing to fit. Preparing it must not divide by mean(diag H) = 0 (NaN, then
+   * every factorisation attempt fails): it becomes sigma_reg * I, L = I, and LDLQ reduces to
+   * nearest rounding of each block. */
+  enum { M = 8, N = 32 };
+  double *H = calloc(N * N, sizeof(double));
+  e8q_hessian_prep(H, N, 0.01);
+  for (int i = 0; i < N; i++)
+    for (int j = 0; j < N; j++) assert_true(H[i * N + j] == (i == j ? 0.01 : 0.0));
+  memset(H, 0, sizeof(double) * N * N);
+  e8q_ldl f;
+  e8q_ldl_status st;
+  assert_true(e8q_ldl_build(&f, H, N, 0.01, E8Q_PREC_F64, &st));
+  assert_int_equal(st.attempts, 1);
+  for (int i = 0; i < N; i++)
+    for (int j = 0; j < N; j++) assert_true(f.L[i * N + j] == (i == j ? 1.0 : 0.0));
+  e8q_ldl_free(&f);
+  float W[M * N];
+  for (int i = 0; i < M * N; i++) W[i] = (float)sin(0.7 * i + 0.2);
+  e8q_quant_opts o = {.bits = 2, .tune_iters = 3, .seed = 2, .method = E8Q_METHOD_LDLQ, .prec = E8Q_PREC_F64};
+  e8q_quant_result r, rn;
+  e8q_quantize_linear(W, M, N, H, &o, &r);
+  assert_true(r.status.ok);
+  assert_non_null(r.What);
+  o.method = E8Q_METHOD_NEAREST;
+  e8q_quantize_linear(W, M, N, H, &o, &rn);
+  assert_true(rn.status.ok);
+  assert_memory_equal(r.codes, rn.codes, sizeof(uint16_t) * M * N / 8);
+  e8q_quant_result_free(&r);
+  e8q_quant_result_free(&rn);
+  free(H);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ldlq_golden_example),
@@ -439,6 +475,7 @@ int main(void) {
       cmocka_unit_test(test_rtn_padded_minmax),
       cmocka_unit_test(test_quantize_fused_zero_and_tiny_pieces),
       cmocka_unit_test(test_quantize_linear_zero_weight),
+      cmocka_unit_test(test_zero_hessian),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
