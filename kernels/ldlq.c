@@ -424,10 +424,11 @@ void e8q_quant_result_free(e8q_quant_result *r) {
 /* ---------------------------------------------------------------- fused groups */
 void e8q_quantize_fused(const float *const *W, const int64_t *m, int npieces, int64_t n, const double *H,
                         const e8q_quant_opts *o, e8q_quant_result *res, float *fuse_scales) {
-  E8Q_CHECK(npieces >= 1, "fused group with %d pieces", npieces);
+  const char *nm = o->name ? o->name : "fused group";
+  E8Q_CHECK(npieces >= 1, "%s: a fused group needs at least one piece (got %d)", nm, npieces);
   int64_t mt = 0;
   for (int p = 0; p < npieces; p++) {
-    E8Q_CHECK(m[p] > 0, "fused group piece %d has %lld rows", p, (long long)m[p]);
+    E8Q_CHECK(m[p] > 0, "%s: fused piece %d has %lld rows", nm, p, (long long)m[p]);
     mt += m[p];
   }
   float *S = e8q_malloc(sizeof(float) * (size_t)(mt * n), "stacked fused group");

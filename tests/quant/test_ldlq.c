@@ -394,6 +394,10 @@ static void test_quantize_fused_zero_and_tiny_pieces(void **state) {
   for (int64_t i = 0; i < (int64_t)(M0 + M1 + M2) * N; i++) assert_true(isfinite(r.What[i]));
   T_NEAR(fs[0], 0.03, 0.006, "fuse scale of the ordinary piece");
   e8q_quant_result_free(&r);
+  /* a bad piece shape names the group */
+  const int64_t m0[3] = {M0, 0, M2};
+  o.name = "model.layers.0.self_attn.qkv_proj";
+  E8Q_EXPECT_FATAL(e8q_quantize_fused(W, m0, 3, N, H, &o, &r, fs), "model.layers.0.self_attn.qkv_proj: fused piece 1 has 0 rows");
   free(H), free(Wd), free(a), free(b), free(c);
 }
 
