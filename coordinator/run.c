@@ -554,6 +554,13 @@ int e8q_run_quantize(const e8q_run_opts *o) {
     }
   }
   start = e8q_run_bcast_int(start);
+  /* a run killed between block start-1's STEP record and the removal of its intermediates
+   * (commit.done) left its parts, Hessians and X_{start-1} behind: nothing reads them again */
+  if (start > 0) {
+    parts_remove(R, start - 1);
+    hessians_remove(R, start - 1);
+    acts_remove(R, start - 1);
+  }
   int embed_resumed = start > 0;
   if (start < R->cfg.n_layers) {
     if (start == 0) {

@@ -100,6 +100,9 @@ resume)
     [ -e "$TMP/r.e8q" ] && [ "$point" != "pack.done" ] && fail "$point: an artifact exists after the kill"
     q ${NP:-2} "$TMP/r.e8q" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "$point: the rerun failed"; }
     cmp "$TMP/ref.e8q" "$TMP/r.e8q" || fail "$point: resumed artifact differs"
+    # a finished run keeps no intermediate checkpoints, whatever the kill left behind
+    left=$(cd "$TMP/r.e8q.run" && find acts hessians -mindepth 1; ls shards | grep -v '\.e8qs$')
+    [ -z "$left" ] || fail "$point: the finished run kept intermediate files: $(echo $left)"
     echo "resume after $point: identical"
   done
   # killed on 2 ranks, resumed on 4 and on 1: the run directory does not depend on the rank count
