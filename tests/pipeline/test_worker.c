@@ -122,6 +122,9 @@ static void test_calibration_windows(void **state) {
   e8q_calib_build(&all, text, tok, 512, 1000, 1, 1, 0);
   assert_true(all.stream_len > 100000);
   E8Q_EXPECT_FATAL(e8q_calib_build(&c, text, tok, 512, 1000, 100000, 64, 1), "too short", "--devset 100000");
+  /* text without a tokenizer: the message says what quantize accepts (it has no --tokenizer) */
+  E8Q_EXPECT_FATAL(e8q_calib_build(&c, text, NULL, 512, 0, 1, 8, 1), text, "tokenizer.model", "--model directory",
+                   ".ids or .u32");
   e8q_calib_free(&a), e8q_calib_free(&b), e8q_calib_free(&all);
   e8q_tokenizer_free(tok);
   free(text), free(tokp);
