@@ -101,7 +101,7 @@ resume)
     q ${NP:-2} "$TMP/r.e8q" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "$point: the rerun failed"; }
     cmp "$TMP/ref.e8q" "$TMP/r.e8q" || fail "$point: resumed artifact differs"
     # a finished run keeps no intermediate checkpoints, whatever the kill left behind
-    left=$(cd "$TMP/r.e8q.run" && find acts hessians -mindepth 1; ls shards | grep -v '\.e8qs$')
+    left=$(cd "$TMP/r.e8q.run" && find acts hessians -mindepth 1; ls shards | grep -v '\.e8qs$'; ls -A .. | grep '^\.r\.e8q\.tmp\.')
     [ -z "$left" ] || fail "$point: the finished run kept intermediate files: $(echo $left)"
     echo "resume after $point: identical"
   done
