@@ -16,6 +16,7 @@
 #include "coordinator/run_internal.h"
 #include "io/atomic.h"
 #include "io/ckpt.h"
+#include "io/text.h"
 #include "io/tokenizer.h"
 #include "worker/cholesky.h"
 #include "worker/forward.h"
@@ -485,6 +486,15 @@ int e8q_run_quantize(const e8q_run_opts *o) {
 
   /* ---------------------------------------------------------- plan */
   e8q_config_load(o->model, &R->cfg);
+  if (o->eval_text && !e8q_ids_is_file(o->eval_text)) { /* scored at the very end: refuse now, before any work */
+    char *tp = e8q_tokenizer_find(o->model, R->cfg.vocab_size);
+    E8Q_CHECK(tp,
+              "--eval-text %s is text but no tokenizer was found with the model (e8q quantize reads tokenizer.model "
+              "from the --model directory %s): put the model's tokenizer.model there, or give a token id file (.ids "
+              "or .u32, little-endian uint32)",
+              o->eval_text, o->model);
+    free(tp);
+  }
   R->T = o->ctx;
   R->dim = R->cfg.dim;
   e8q_plan_build(&R->plan, o->model, R->size, o->devset, R->T);

@@ -203,6 +203,36 @@ assert nll["e8p"] < nll["rtn"], nll
 print(nll)
 PY
   ;;
+ids)
+  # a model directory without a tokenizer: calibration and held-out text as token id files
+  mkdir -p "$TMP/m"; cp "$MODEL/config.json" "$MODEL/model.safetensors" "$TMP/m/"
+  python3 - "$TMP" <<'PY'
+import random, struct, sys
+r = random.Random(5)
+def ids(n, line):  # lines of `line` ids, each starting with BOS (1)
+    out = []
+    while len(out) < n:
+        out += [1] + [r.randrange(3, 512) for _ in range(line - 1)]
+    return out[:n]
+for name, n, line in (("calib", 2000, 50), ("eval", 400, 20)):
+    v = ids(n, line)
+    open("%s/%s.ids" % (sys.argv[1], name), "wb").write(struct.pack("<%dI" % len(v), *v))
+PY
+  timeout -k 5 120 "$MPIEXEC" -np 2 "$E8Q" quantize --model "$TMP/m" --calib "$TMP/calib.ids" --eval-text "$TMP/eval.ids" \
+    --eval-lines 10 --devset 24 --ctx 64 --tune-iters 2 --bits 2 --out "$TMP/i.e8q" > "$TMP/log" 2>&1 ||
+    { cat "$TMP/log"; fail "quantize with id files and no tokenizer failed"; }
+  member "$TMP/i.e8q" manifest.json > "$TMP/manifest.json"
+  python3 - "$TMP/manifest.json" <<'PY' || fail "the evaluation on the id file is not recorded"
+import json, sys
+ev = json.load(open(sys.argv[1]))["evaluation"]
+assert ev["tokens"] == 10 * 19 and ev["mean_nll"] > 0, ev
+PY
+  # held-out text (not ids) with no tokenizer: refused before any work, naming the option
+  timeout -k 5 120 "$E8Q" quantize --model "$TMP/m" --calib "$TMP/calib.ids" --eval-text "$TEXT" --devset 24 --ctx 64 \
+    --bits 2 --out "$TMP/t.e8q" > "$TMP/log" 2>&1 && fail "a text --eval-text without a tokenizer was accepted"
+  grep -q -- "--eval-text $TEXT is text but no tokenizer" "$TMP/log" || { cat "$TMP/log"; fail "no message naming --eval-text"; }
+  [ -e "$TMP/t.e8q.run" ] && fail "the refused run wrote a run directory"
+  ;;
 demo)
   # the built-in demo model through the whole pipeline with default settings, on 2 ranks
   "$E8Q" demo --out "$TMP/demo" > "$TMP/demo.log" 2>&1 || { cat "$TMP/demo.log"; fail "demo failed"; }
