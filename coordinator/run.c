@@ -495,6 +495,11 @@ int e8q_run_quantize(const e8q_run_opts *o) {
               o->eval_text, o->model);
     free(tp);
   }
+  if (o->eval_text && e8q_ids_is_file(o->eval_text)) { /* ids outside the vocabulary: refused now, naming the file */
+    int *ids = NULL;
+    e8q_ids_read(o->eval_text, R->cfg.vocab_size, &ids);
+    free(ids);
+  }
   R->T = o->ctx;
   R->dim = R->cfg.dim;
   e8q_plan_build(&R->plan, o->model, R->size, o->devset, R->T);

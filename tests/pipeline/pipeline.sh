@@ -232,6 +232,12 @@ PY
     --bits 2 --out "$TMP/t.e8q" > "$TMP/log" 2>&1 && fail "a text --eval-text without a tokenizer was accepted"
   grep -q -- "--eval-text $TEXT is text but no tokenizer" "$TMP/log" || { cat "$TMP/log"; fail "no message naming --eval-text"; }
   [ -e "$TMP/t.e8q.run" ] && fail "the refused run wrote a run directory"
+  # held-out ids outside the vocabulary: refused before any work, naming the file
+  python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('<4I',1,5,600,7))" "$TMP/bad.ids"
+  timeout -k 5 120 "$E8Q" quantize --model "$TMP/m" --calib "$TMP/calib.ids" --eval-text "$TMP/bad.ids" --devset 24 \
+    --ctx 64 --bits 2 --out "$TMP/b.e8q" > "$TMP/log" 2>&1 && fail "held-out ids outside the vocabulary were accepted"
+  grep -q "$TMP/bad.ids: token id 600 at index 2 is outside" "$TMP/log" || { cat "$TMP/log"; fail "bad id file not named"; }
+  [ -e "$TMP/b.e8q.run" ] && fail "the refused run wrote a run directory"
   ;;
 demo)
   # the built-in demo model through the whole pipeline with default settings, on 2 ranks
