@@ -238,6 +238,10 @@ PY
     --ctx 64 --bits 2 --out "$TMP/b.e8q" > "$TMP/log" 2>&1 && fail "held-out ids outside the vocabulary were accepted"
   grep -q "$TMP/bad.ids: token id 600 at index 2 is outside" "$TMP/log" || { cat "$TMP/log"; fail "bad id file not named"; }
   [ -e "$TMP/b.e8q.run" ] && fail "the refused run wrote a run directory"
+  # e8q eval --per-line on such a file names it too
+  timeout -k 5 120 "$E8Q" eval --artifact "$TMP/i.e8q" --text "$TMP/bad.ids" --per-line 2 > "$TMP/log" 2>&1 &&
+    fail "eval accepted ids outside the vocabulary"
+  grep -q "$TMP/bad.ids: token id 600 at index 2 is outside" "$TMP/log" || { cat "$TMP/log"; fail "eval: bad id file not named"; }
   ;;
 demo)
   # the built-in demo model through the whole pipeline with default settings, on 2 ranks
