@@ -137,6 +137,9 @@ refuse)
   python3 -c "import sys; p=sys.argv[1]; d=open(p,'rb').read(); b=bytearray(d); b[-1]^=1; open(p,'wb').write(bytes(b))" "$TMP/other/model.safetensors"
   timeout 60 "$E8Q" quantize "${COMMON[@]/$MODEL/$TMP/other}" --bits 2 --out "$TMP/r.e8q" > "$TMP/log3" 2>&1 && fail "other model accepted"
   grep -q "fingerprint.files.model.safetensors" "$TMP/log3" || { cat "$TMP/log3"; fail "model difference not named"; }
+  # a seed is an integer: 7.5 is refused (it used to become 7 and resume the --seed 7 run)
+  q 1 "$TMP/r.e8q" --seed 7.5 > "$TMP/log4" 2>&1 && fail "--seed 7.5 accepted"
+  grep -q "option --seed: '7.5' is not an integer" "$TMP/log4" || { cat "$TMP/log4"; fail "--seed 7.5 not refused by name"; }
   ;;
 badinput)
   # calibration too short, unwritable output, disk full (injected ENOSPC) with a resuming rerun
