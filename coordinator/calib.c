@@ -17,7 +17,11 @@ void e8q_calib_build(e8q_calib *c, const char *path, const e8q_tokenizer *tok, i
     E8Q_CHECK(skip_lines == 0, "--calib %s is a token id file: it has no lines to skip (drop --calib-skip)", path);
     len = (long)e8q_ids_read(path, vocab_size, &stream);
   } else {
-    E8Q_CHECK(tok, "--calib %s is text but the model has no tokenizer; pass --tokenizer or an id file", path);
+    E8Q_CHECK(tok,
+              "--calib %s is text but no tokenizer was found with the model (e8q quantize reads tokenizer.model "
+              "from the --model directory): put the model's tokenizer.model there, or give --calib a token id "
+              "file (.ids or .u32, little-endian uint32)",
+              path);
     char *text = e8q_text_read(path, NULL);
     char **lines = NULL;
     int n = e8q_text_lines(text, skip_lines, 0, &lines);

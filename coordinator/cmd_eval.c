@@ -81,6 +81,11 @@ int cmd_eval(int argc, char **argv) {
   char *tok_used = NULL;
   e8q_tokenizer *tok = e8q_eval_open_tokenizer(model_path, c, tok_path, need_tok, &tok_used);
 
+  if (per_line && !need_tok) { /* --ctx bounds the ids itself; --per-line splits them unchecked */
+    int *ids = NULL;
+    e8q_ids_read(text_path, c->vocab_size, &ids); /* fatal naming the file, the id and its index */
+    free(ids);
+  }
   e8q_eval_set set;
   if (per_line)
     e8q_eval_set_lines(&set, text_path, tok, per_line);

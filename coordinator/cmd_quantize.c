@@ -110,7 +110,11 @@ int cmd_quantize(int argc, char **argv) {
     else if (!strcmp(a, "--run-dir")) o.run_dir = v;
     else if (!strcmp(a, "--devset")) o.devset = e8q_opt_int(a, v, 1, 1 << 24);
     else if (!strcmp(a, "--ctx")) o.ctx = e8q_opt_int(a, v, 2, 1 << 24);
-    else if (!strcmp(a, "--seed")) o.seed = (uint64_t)e8q_opt_double(a, v, 0, 9.007199254740992e15);
+    else if (!strcmp(a, "--seed")) { /* a JSON number in plan.json and the manifest: at most 2^53 */
+      double s = e8q_opt_double(a, v, 0, 9.007199254740992e15);
+      E8Q_CHECK(s == floor(s), "option --seed: '%s' is not an integer (0 to 2^53)", v);
+      o.seed = (uint64_t)s;
+    }
     else if (!strcmp(a, "--rho")) o.rho = e8q_opt_double(a, v, 1e-3, 100);
     else if (!strcmp(a, "--tune-iters")) o.tune_iters = e8q_opt_int(a, v, 0, 1000);
     else if (!strcmp(a, "--method")) method = v;

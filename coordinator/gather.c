@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "coordinator/run_internal.h"
 #include "io/artifact.h"
+#include "io/atomic.h"
 #include "io/ckpt.h"
 #include "io/text.h"
 #include "kernels/e8p.h"
@@ -207,6 +208,9 @@ void e8q_run_gather(e8q_run *R) {
 void e8q_run_pack(e8q_run *R) {
   char path[4096];
   const e8q_plan *p = &R->plan;
+  /* the temporary of a pack that was killed (pack.mid): as large as the artifact, and nothing
+   * else would ever remove it */
+  e8q_atomic_sweep_for(R->o->out);
   e8q_artifact_writer *w = e8q_artifact_create(R->o->out);
   e8q_rundir_path(R->rd, "config.json", path, sizeof path);
   e8q_artifact_add_file(w, "config.json", path);

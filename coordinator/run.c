@@ -16,6 +16,7 @@
 #include "coordinator/run_internal.h"
 #include "io/atomic.h"
 #include "io/ckpt.h"
+#include "io/text.h"
 #include "io/tokenizer.h"
 #include "worker/cholesky.h"
 #include "worker/forward.h"
@@ -485,6 +486,20 @@ int e8q_run_quantize(const e8q_run_opts *o) {
 
   /* ---------------------------------------------------------- plan */
   e8q_config_load(o->model, &R->cfg);
+  if (o->eval_text && !e8q_ids_is_file(o->eval_text)) { /* scored at the very end: refuse now, before any work */
+    char *tp = e8q_tokenizer_find(o->model, R->cfg.vocab_size);
+    E8Q_CHECK(tp,
+              "--eval-text %s is text but no tokenizer was found with the model (e8q quantize reads tokenizer.model "
+              "from the --model directory %s): put the model's tokenizer.model there, or give a token id file (.ids "
+              "or .u32, little-endian uint32)",
+              o->eval_text, o->model);
+    free(tp);
+  }
+  if (o->eval_text && e8q_ids_is_file(o->eval_text)) { /* ids outside the vocabulary: refused now, naming the file */
+    int *ids = NULL;
+    e8q_ids_read(o->eval_text, R->cfg.vocab_size, &ids);
+    free(ids);
+  }
   R->T = o->ctx;
   R->dim = R->cfg.dim;
   e8q_plan_build(&R->plan, o->model, R->size, o->devset, R->T);
@@ -554,6 +569,13 @@ int e8q_run_quantize(const e8q_run_opts *o) {
     }
   }
   start = e8q_run_bcast_int(start);
+  /* a run killed between block start-1's STEP record and the removal of its intermediates
+   * (commit.done) left its parts, Hessians and X_{start-1} behind: nothing reads them again */
+  if (start > 0) {
+    parts_remove(R, start - 1);
+    hessians_remove(R, start - 1);
+    acts_remove(R, start - 1);
+  }
   int embed_resumed = start > 0;
   if (start < R->cfg.n_layers) {
     if (start == 0) {

@@ -21,6 +21,7 @@
 #include "coordinator/qmodel.h"
 #include "coordinator/run_internal.h"
 #include "io/ckpt.h"
+#include "io/text.h"
 
 #define E8Q_VALIDATE_BATCH 4
 #define E8Q_VALIDATE_TOL 1e-3 /* fused vs dense, relative to max |y| */
@@ -121,7 +122,9 @@ void e8q_run_validate(e8q_run *R) {
   cJSON *ev = NULL;
   if (R->o->eval_text) {
     e8q_model *m = e8q_qmodel_dense(&q);
-    e8q_tokenizer *tok = e8q_eval_open_tokenizer(R->o->model, &m->cfg, NULL, 1, NULL);
+    /* a token id file needs no tokenizer (the model may have none: e8q_run_quantize checked
+     * before any work that a text file has one) */
+    e8q_tokenizer *tok = e8q_eval_open_tokenizer(R->o->model, &m->cfg, NULL, !e8q_ids_is_file(R->o->eval_text), NULL);
     e8q_eval_set set;
     e8q_eval_set_lines(&set, R->o->eval_text, tok, R->o->eval_lines);
     e8q_eval_result r = e8q_eval_run(m, &set, 0);
@@ -135,7 +138,7 @@ void e8q_run_validate(e8q_run *R) {
     cJSON_AddNumberToObject(ev, "ppl", r.ppl);
     cJSON_AddNumberToObject(ev, "tokens", (double)r.tokens);
     e8q_eval_set_free(&set);
-    e8q_tokenizer_free(tok);
+    if (tok) e8q_tokenizer_free(tok);
     e8q_model_free(m);
   }
   e8q_qmodel_close(&q);

@@ -175,3 +175,24 @@ int e8q_atomic_sweep(const char *dir) {
   closedir(d);
   return removed;
 }
+
+int e8q_atomic_sweep_for(const char *path) {
+  char *dir = dir_of(path);
+  char prefix[4096];
+  int np = snprintf(prefix, sizeof prefix, ".%s.tmp.", base_of(path));
+  int removed = 0;
+  DIR *d = opendir(dir);
+  if (d && np > 0 && (size_t)np < sizeof prefix) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+      const char *pid = e->d_name + np;
+      if (strncmp(e->d_name, prefix, (size_t)np) != 0 || !*pid || strspn(pid, "0123456789") != strlen(pid)) continue;
+      char p[8192];
+      snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+      if (unlink(p) == 0) removed++;
+    }
+  }
+  if (d) closedir(d);
+  free(dir);
+  return removed;
+}

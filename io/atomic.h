@@ -36,5 +36,9 @@ void e8q_fsync_dir(const char *dir);
 void e8q_mkdirs(const char *dir);
 /* removes leftover temporaries "*.tmp.*" of killed runs from a directory; returns how many */
 int e8q_atomic_sweep(const char *dir);
+/* removes leftover temporaries of path alone (".<name>.tmp.<pid>" beside it, left by a process
+ * killed while writing it); returns how many. For files outside a run directory (the artifact),
+ * whose directory may hold anything else. */
+int e8q_atomic_sweep_for(const char *path);
 
 #endif

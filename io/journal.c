@@ -14,6 +14,7 @@
 #include "common/fault.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "io/atomic.h"
 
 #define HDR 12 /* magic, version, type, length */
 
@@ -50,8 +51,16 @@ e8q_journal *e8q_journal_open(const char *root) {
   size_t len = strlen(root) + 16;
   j->path = e8q_malloc(len, "journal path");
   snprintf(j->path, len, "%s/journal", root);
+  int existed = access(j->path, F_OK) == 0;
   j->fd = open(j->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   E8Q_CHECK_ERRNO(j->fd >= 0, "cannot open the run journal %s; check that the run directory is writable", j->path);
+  /* a new journal's directory entry must be durable too: fsyncing its records alone does not
+   * make the file itself survive a crash (the checkpoints go to subdirectories, so nothing else
+   * fsyncs the run directory until the gather stage) */
+  if (!existed) {
+    E8Q_CHECK_ERRNO(fsync(j->fd) == 0, "cannot fsync the new run journal %s", j->path);
+    e8q_fsync_dir(root);
+  }
   struct stat st;
   E8Q_CHECK_ERRNO(fstat(j->fd, &st) == 0, "cannot stat %s", j->path);
   size_t size = (size_t)st.st_size;

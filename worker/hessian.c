@@ -91,6 +91,14 @@ void e8q_hessian_acc_flush(e8q_hessian_acc *a) {
 
 void e8q_hessian_acc_reduce(e8q_hessian_acc *a, double *const H[E8Q_N_GROUPS], long *tokens) {
   e8q_hessian_acc_flush(a);
+  /* the chunk sums and the tap scratch are not needed any more: release them before H is
+   * filled, so the peak is 24 bytes per entry (exact sums + H), as shard/plan.c counts */
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    free(a->chunk[g]);
+    a->chunk[g] = NULL;
+  }
+  free(a->xd);
+  a->xd = NULL;
   e8q_comm *c = e8q_comm_get();
   for (int g = 0; g < E8Q_N_GROUPS; g++) e8q_comm_allreduce_sum_ordered(c, &a->sum[g], H[g]);
   int64_t t = a->tokens;

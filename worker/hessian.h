@@ -38,7 +38,8 @@ void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_confi
  * of every chunk; a no-op when the chunk is empty) */
 void e8q_hessian_acc_flush(e8q_hessian_acc *a);
 /* collective: H[g] [n_g, n_g] (caller's buffers) = total over ranks; *tokens = total tokens
- * (flushes first) */
+ * (flushes first, then releases the chunk sums and tap scratch before filling H: no more
+ * sequences can be added; e8q_hessian_acc_free still frees the rest) */
 void e8q_hessian_acc_reduce(e8q_hessian_acc *a, double *const H[E8Q_N_GROUPS], long *tokens);
 
 /* G [cols, cols] (+)= xᵀ x for x [rows, cols] f32, in float64 through BLAS, upper triangle and

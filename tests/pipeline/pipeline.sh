@@ -100,6 +100,9 @@ resume)
     [ -e "$TMP/r.e8q" ] && [ "$point" != "pack.done" ] && fail "$point: an artifact exists after the kill"
     q ${NP:-2} "$TMP/r.e8q" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "$point: the rerun failed"; }
     cmp "$TMP/ref.e8q" "$TMP/r.e8q" || fail "$point: resumed artifact differs"
+    # a finished run keeps no intermediate checkpoints, whatever the kill left behind
+    left=$(cd "$TMP/r.e8q.run" && find acts hessians -mindepth 1; ls shards | grep -v '\.e8qs$'; ls -A .. | grep '^\.r\.e8q\.tmp\.')
+    [ -z "$left" ] || fail "$point: the finished run kept intermediate files: $(echo $left)"
     echo "resume after $point: identical"
   done
   # killed on 2 ranks, resumed on 4 and on 1: the run directory does not depend on the rank count
@@ -134,6 +137,9 @@ refuse)
   python3 -c "import sys; p=sys.argv[1]; d=open(p,'rb').read(); b=bytearray(d); b[-1]^=1; open(p,'wb').write(bytes(b))" "$TMP/other/model.safetensors"
   timeout 60 "$E8Q" quantize "${COMMON[@]/$MODEL/$TMP/other}" --bits 2 --out "$TMP/r.e8q" > "$TMP/log3" 2>&1 && fail "other model accepted"
   grep -q "fingerprint.files.model.safetensors" "$TMP/log3" || { cat "$TMP/log3"; fail "model difference not named"; }
+  # a seed is an integer: 7.5 is refused (it used to become 7 and resume the --seed 7 run)
+  q 1 "$TMP/r.e8q" --seed 7.5 > "$TMP/log4" 2>&1 && fail "--seed 7.5 accepted"
+  grep -q "option --seed: '7.5' is not an integer" "$TMP/log4" || { cat "$TMP/log4"; fail "--seed 7.5 not refused by name"; }
   ;;
 badinput)
   # calibration too short, unwritable output, disk full (injected ENOSPC) with a resuming rerun
@@ -199,6 +205,46 @@ assert cfg["rtn"]["dense_ablation"] and cfg["noe8"]["method"] == "noe8" and "den
 assert nll["e8p"] < nll["rtn"], nll
 print(nll)
 PY
+  ;;
+ids)
+  # a model directory without a tokenizer: calibration and held-out text as token id files
+  mkdir -p "$TMP/m"; cp "$MODEL/config.json" "$MODEL/model.safetensors" "$TMP/m/"
+  python3 - "$TMP" <<'PY'
+import random, struct, sys
+r = random.Random(5)
+def ids(n, line):  # lines of `line` ids, each starting with BOS (1)
+    out = []
+    while len(out) < n:
+        out += [1] + [r.randrange(3, 512) for _ in range(line - 1)]
+    return out[:n]
+for name, n, line in (("calib", 2000, 50), ("eval", 400, 20)):
+    v = ids(n, line)
+    open("%s/%s.ids" % (sys.argv[1], name), "wb").write(struct.pack("<%dI" % len(v), *v))
+PY
+  timeout -k 5 120 "$MPIEXEC" -np 2 "$E8Q" quantize --model "$TMP/m" --calib "$TMP/calib.ids" --eval-text "$TMP/eval.ids" \
+    --eval-lines 10 --devset 24 --ctx 64 --tune-iters 2 --bits 2 --out "$TMP/i.e8q" > "$TMP/log" 2>&1 ||
+    { cat "$TMP/log"; fail "quantize with id files and no tokenizer failed"; }
+  member "$TMP/i.e8q" manifest.json > "$TMP/manifest.json"
+  python3 - "$TMP/manifest.json" <<'PY' || fail "the evaluation on the id file is not recorded"
+import json, sys
+ev = json.load(open(sys.argv[1]))["evaluation"]
+assert ev["tokens"] == 10 * 19 and ev["mean_nll"] > 0, ev
+PY
+  # held-out text (not ids) with no tokenizer: refused before any work, naming the option
+  timeout -k 5 120 "$E8Q" quantize --model "$TMP/m" --calib "$TMP/calib.ids" --eval-text "$TEXT" --devset 24 --ctx 64 \
+    --bits 2 --out "$TMP/t.e8q" > "$TMP/log" 2>&1 && fail "a text --eval-text without a tokenizer was accepted"
+  grep -q -- "--eval-text $TEXT is text but no tokenizer" "$TMP/log" || { cat "$TMP/log"; fail "no message naming --eval-text"; }
+  [ -e "$TMP/t.e8q.run" ] && fail "the refused run wrote a run directory"
+  # held-out ids outside the vocabulary: refused before any work, naming the file
+  python3 -c "import struct,sys; open(sys.argv[1],'wb').write(struct.pack('<4I',1,5,600,7))" "$TMP/bad.ids"
+  timeout -k 5 120 "$E8Q" quantize --model "$TMP/m" --calib "$TMP/calib.ids" --eval-text "$TMP/bad.ids" --devset 24 \
+    --ctx 64 --bits 2 --out "$TMP/b.e8q" > "$TMP/log" 2>&1 && fail "held-out ids outside the vocabulary were accepted"
+  grep -q "$TMP/bad.ids: token id 600 at index 2 is outside" "$TMP/log" || { cat "$TMP/log"; fail "bad id file not named"; }
+  [ -e "$TMP/b.e8q.run" ] && fail "the refused run wrote a run directory"
+  # e8q eval --per-line on such a file names it too
+  timeout -k 5 120 "$E8Q" eval --artifact "$TMP/i.e8q" --text "$TMP/bad.ids" --per-line 2 > "$TMP/log" 2>&1 &&
+    fail "eval accepted ids outside the vocabulary"
+  grep -q "$TMP/bad.ids: token id 600 at index 2 is outside" "$TMP/log" || { cat "$TMP/log"; fail "eval: bad id file not named"; }
   ;;
 demo)
   # the built-in demo model through the whole pipeline with default settings, on 2 ranks

@@ -94,6 +94,21 @@ static void test_atomic_crash_before_rename(void **state) {
   assert_int_equal(count_tmp(d), 1);
   assert_int_equal(e8q_atomic_sweep(d), 1);
   assert_int_equal(count_tmp(d), 0);
+  /* the temporaries of one file only (the artifact's directory may hold anything else) */
+  assert_int_equal(run_child("atomic.before_rename", write_big, p), SIGKILL);
+  const char *keep[] = {".x.bin.tmp.abc", ".y.bin.tmp.1", "x.bin.tmp.1", ".x.bin.tmp."};
+  for (int i = 0; i < 4; i++) {
+    char q[4200];
+    snprintf(q, sizeof q, "%s/%s", d, keep[i]);
+    e8q_atomic_write_file(q, "shard", "k", 1, NULL);
+  }
+  assert_int_equal(count_tmp(d), 5);
+  assert_int_equal(e8q_atomic_sweep_for(p), 1);
+  assert_int_equal(count_tmp(d), 4);
+  assert_int_equal(e8q_atomic_sweep_for(p), 0);
+  s = t_read_file(p, &n);
+  assert_int_equal(n, 3); /* the file itself is untouched */
+  free(s);
   /* a fault point on the second pass only: first write commits, second is killed */
   free(d);
 }

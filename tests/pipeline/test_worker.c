@@ -40,6 +40,71 @@ static void test_gram_vs_ref(void **state) {
   free(x), free(a), free(b), free(xd);
 }
 
+/* the accumulator's reduced H of every group against float64 Gram sums of the same taps, and
+ * its memory: after the reduce only the exact sums remain (the float64 chunk sums and the tap
+ * scratch are released before H is filled), so a rank peaks at 24 bytes per Hessian entry
+ * (16 exact + 8 for H) as the plan's memory model (shard/plan.c hess_acc) counts, not 32 */
+typedef struct {
+  int n[E8Q_N_GROUPS];
+  double *G[E8Q_N_GROUPS]; /* [n, n] */
+} ref_taps;
+
+static void ref_tap(void *ctx, int group, int rows, int cols, const float *x) {
+  ref_taps *r = ctx;
+  double *g = malloc(sizeof(double) * (size_t)cols * cols);
+  e8q_hessian_gram_ref(rows, cols, x, g);
+  for (size_t i = 0; i < (size_t)cols * cols; i++) r->G[group][i] += g[i];
+  free(g);
+}
+
+static void test_hessian_acc(void **state) {
+  (void)state;
+  char *dir = t_shared_path("models/stories260K-hf");
+  e8q_config cfg;
+  e8q_config_load(dir, &cfg);
+  e8q_st_model *st = e8q_st_model_open(dir);
+  e8q_block blk;
+  e8q_block_load(st, &cfg, 1, &blk);
+  const int T = 16, S = E8Q_SEQ_CHUNK + 3; /* one full chunk and a partial one */
+  t_rng r = {t_fresh_seed("hessian_acc")};
+  float *x = malloc(sizeof(float) * (size_t)S * T * cfg.dim), *y = malloc(sizeof(float) * (size_t)T * cfg.dim);
+  for (size_t i = 0; i < (size_t)S * T * cfg.dim; i++) x[i] = (float)t_rng_normal(&r);
+  ref_taps rt;
+  double *H[E8Q_N_GROUPS];
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    int m;
+    e8q_group_shape(&cfg, g, &m, &rt.n[g]);
+    rt.G[g] = calloc((size_t)rt.n[g] * rt.n[g], sizeof(double));
+    H[g] = malloc(sizeof(double) * (size_t)rt.n[g] * rt.n[g]);
+  }
+  e8q_taps taps = {ref_tap, &rt};
+  e8q_fwd_scratch sc = {0};
+  e8q_hessian_acc acc;
+  e8q_hessian_acc_init(&acc, &cfg, T);
+  for (int s = 0; s < S; s++) {
+    memcpy(y, x + (size_t)s * T * cfg.dim, sizeof(float) * (size_t)T * cfg.dim);
+    e8q_block_forward(&blk, &cfg, 1, T, y, &taps, &sc);
+    e8q_hessian_acc_seq(&acc, &blk, &cfg, x + (size_t)s * T * cfg.dim, &sc);
+    assert_memory_equal(y, x + (size_t)s * T * cfg.dim, sizeof(float) * (size_t)T * cfg.dim); /* x <- block(x) */
+    if ((s + 1) % E8Q_SEQ_CHUNK == 0) e8q_hessian_acc_flush(&acc);
+  }
+  long tokens = 0;
+  e8q_hessian_acc_reduce(&acc, H, &tokens);
+  assert_int_equal(tokens, (long)S * T);
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    assert_null(acc.chunk[g]); /* released before H was filled */
+    for (size_t i = 0; i < (size_t)rt.n[g] * rt.n[g]; i++)
+      T_NEAR(H[g][i], rt.G[g][i], 1e-9 * (1 + fabs(rt.G[g][i])), "reduced Hessian entry");
+  }
+  assert_null(acc.xd);
+  e8q_hessian_acc_free(&acc);
+  for (int g = 0; g < E8Q_N_GROUPS; g++) free(rt.G[g]), free(H[g]);
+  e8q_fwd_scratch_free(&sc);
+  e8q_block_free(&blk);
+  e8q_st_model_close(st);
+  free(x), free(y), free(dir);
+}
+
 static void test_calibration_windows(void **state) {
   (void)state;
   char *text = t_shared_path("text/tinystories_valid_head.txt");
@@ -57,6 +122,9 @@ static void test_calibration_windows(void **state) {
   e8q_calib_build(&all, text, tok, 512, 1000, 1, 1, 0);
   assert_true(all.stream_len > 100000);
   E8Q_EXPECT_FATAL(e8q_calib_build(&c, text, tok, 512, 1000, 100000, 64, 1), "too short", "--devset 100000");
+  /* text without a tokenizer: the message says what quantize accepts (it has no --tokenizer) */
+  E8Q_EXPECT_FATAL(e8q_calib_build(&c, text, NULL, 512, 0, 1, 8, 1), text, "tokenizer.model", "--model directory",
+                   ".ids or .u32");
   e8q_calib_free(&a), e8q_calib_free(&b), e8q_calib_free(&all);
   e8q_tokenizer_free(tok);
   free(text), free(tokp);
@@ -194,6 +262,7 @@ int main(int argc, char **argv) {
   e8q_comm_global_open(-1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gram_vs_ref),
+      cmocka_unit_test(test_hessian_acc),
       cmocka_unit_test(test_calibration_windows),
       cmocka_unit_test(test_quantize_group),
       cmocka_unit_test(test_not_positive_definite_retry),
