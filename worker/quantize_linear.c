@@ -29,14 +29,15 @@ const char *e8q_method_cli_name(e8q_method m) { return m == E8Q_METHOD_LDLQ ? "e
 /* DESIGN §3: rho 0.9 for E8P (the paper's runs), 0.98 for RVQ3, 1.03 for RVQ4 */
 static double default_rho(int bits) { return bits == 2 ? 0.9 : bits == 3 ? 0.98 : 1.03; }
 
-/* RMS of rows [r0, r0+rows) of W [m, n] (a fused piece, DESIGN §3 "Fused groups"); 1 for an
- * all-zero piece, which then stays zero */
+/* RMS of rows [r0, r0+rows) of W [m, n] (a fused piece, DESIGN §3 "Fused groups"), as the float
+ * the artifact stores; 1 for an all-zero piece, or one whose RMS underflows in float (a 0 fuse
+ * scale would divide by zero) */
 static double piece_rms(const float *W, int r0, int rows, int n) {
   double ss = 0;
   for (int r = r0; r < r0 + rows; r++)
     for (int j = 0; j < n; j++) ss += (double)W[(size_t)r * n + j] * W[(size_t)r * n + j];
-  double rms = sqrt(ss / ((double)rows * n));
-  return rms > 0 ? rms : 1;
+  float rms = (float)sqrt(ss / ((double)rows * n));
+  return rms > 0 ? (double)rms : 1;
 }
 
 /* ---------------------------------------------------------------- ScaLAPACK factorisation
@@ -191,8 +192,13 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   double ss = 0;
   for (size_t i = 0; i < (size_t)m * np; i++) ss += Wr[i] * Wr[i];
   double wrms = sqrt(ss / ((double)m * np));
-  res->Wscale = (float)(wrms > 0 ? wrms / rho : 1);
-  for (size_t i = 0; i < (size_t)m * np; i++) Wr[i] /= (double)res->Wscale;
+  /* an all-zero group (or one whose scale underflows in float) gets Wscale 0: no codebook has a
+   * zero point, so only a zero scale decodes it to exactly 0 (as kernels/ldlq.c does) */
+  res->Wscale = (float)(wrms / rho);
+  if (res->Wscale > 0)
+    for (size_t i = 0; i < (size_t)m * np; i++) Wr[i] /= (double)res->Wscale;
+  else
+    memset(Wr, 0, sizeof(double) * (size_t)m * np);
 
   /* factor (prepared H, block LDL) */
   e8q_ldl f;

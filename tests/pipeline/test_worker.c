@@ -228,6 +228,39 @@ static void test_quantize_group(void **state) {
   free(W), free(H), free(Wd);
 }
 
+/* an all-zero group decodes to exactly zero (Wscale 0), with proxy loss 0 and no NaN; a zero
+ * piece among non-zero ones keeps fuse scale 1 */
+static void test_quantize_group_zero(void **state) {
+  (void)state;
+  const int m = 64, n = 40; /* n_pad 40: no padding */
+  float *W = calloc((size_t)m * n, sizeof(float));
+  double *H = malloc(sizeof(double) * n * n), *Wd = malloc(sizeof(double) * m * n);
+  float *Wdummy = malloc(sizeof(float) * m * n);
+  make_problem(m, n, 11, Wdummy, H);
+  e8q_group_plan g = group(m, n, 2);
+  for (int bits = 2; bits <= 4; bits++) {
+    e8q_qlin_opts o = {.bits = bits, .method = E8Q_METHOD_LDLQ, .rho = 0, .tune_iters = 2, .seed = 3};
+    e8q_qlin_result q;
+    e8q_quantize_group(&o, &g, 1, 2, W, H, 100, &q);
+    assert_true(q.Wscale == 0.0f);
+    assert_true(q.fuse_scales[0] == 1.0f && q.fuse_scales[1] == 1.0f);
+    assert_true(q.proxy_loss == 0.0);
+    decode(&g, &q, bits, Wd);
+    for (int i = 0; i < m * n; i++)
+      if (Wd[i] != 0.0) fail_msg("%d bit: decoded entry %d is %g, not 0", bits, i, Wd[i]);
+    e8q_qlin_result_free(&q);
+  }
+  /* second piece non-zero: its fuse scale is its RMS, the zero piece's is 1 */
+  for (int i = m / 2 * n; i < m * n; i++) W[i] = Wdummy[i];
+  e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .rho = 0, .tune_iters = 2, .seed = 3};
+  e8q_qlin_result q;
+  e8q_quantize_group(&o, &g, 1, 2, W, H, 100, &q);
+  assert_true(q.fuse_scales[0] == 1.0f);
+  assert_true(q.Wscale > 0 && q.fuse_scales[1] > 0 && isfinite(q.proxy_loss));
+  e8q_qlin_result_free(&q);
+  free(W), free(H), free(Wd), free(Wdummy);
+}
+
 static void test_not_positive_definite_retry(void **state) {
   (void)state;
   const int m = 32, n = 16;
@@ -265,6 +298,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_hessian_acc),
       cmocka_unit_test(test_calibration_windows),
       cmocka_unit_test(test_quantize_group),
+      cmocka_unit_test(test_quantize_group_zero),
       cmocka_unit_test(test_not_positive_definite_retry),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
