@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <stdint.h>
+
 #include "common/error.h"
 #include "io/config.h"
 #include "io/text.h"
@@ -20,16 +22,19 @@ static void *own(e8q_qmodel *q, size_t bytes) {
   return p;
 }
 
-/* an aligned copy of tensor `name` with dtype dt and numel elements */
-static void *copy_tensor(e8q_qmodel *q, const char *name, e8q_dtype dt, int64_t numel) {
+/* tensor `name` with dtype dt and numel elements, read-only: in place in the mapping when it is
+ * aligned for its type (the artifact orders tensors F32, U16, U8 for that), else an aligned copy */
+static const void *tensor_ptr(e8q_qmodel *q, const char *name, e8q_dtype dt, int64_t numel) {
   const e8q_st_tensor *t = e8q_st_find(q->st, name);
   E8Q_CHECK(t, "%s/model.safetensors: tensor %s is missing; the artifact is incomplete", q->dir, name);
   E8Q_CHECK(t->dtype == dt && e8q_st_numel(t) == numel,
             "%s/model.safetensors: tensor %s is %s with %lld elements, expected %s with %lld", q->dir, name,
             e8q_dtype_name(t->dtype), (long long)e8q_st_numel(t), e8q_dtype_name(dt), (long long)numel);
+  const void *src = e8q_st_data(q->st, t);
+  if ((uintptr_t)src % e8q_dtype_size(dt) == 0) return src;
   size_t bytes = (size_t)numel * e8q_dtype_size(dt);
   void *p = own(q, bytes);
-  memcpy(p, e8q_st_data(q->st, t), bytes);
+  memcpy(p, src, bytes);
   return p;
 }
 
@@ -98,7 +103,7 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
         int m, n;
         e8q_group_shape(&q->cfg, g, &m, &n);
         snprintf(name, sizeof name, "model.layers.%d.%s.weight", b, e8q_group_names[g]);
-        q->W[b * E8Q_N_GROUPS + g] = copy_tensor(q, name, E8Q_DT_F32, (int64_t)m * n);
+        q->W[b * E8Q_N_GROUPS + g] = tensor_ptr(q, name, E8Q_DT_F32, (int64_t)m * n);
       }
     cJSON_Delete(cj);
     return;
@@ -114,17 +119,17 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
       int64_t nc = d.n_pad / 8;
       const char *G = e8q_group_names[g];
 #define TN(field) (snprintf(name, sizeof name, "model.layers.%d.%s.%s", b, G, field), name)
-      d.codes = copy_tensor(q, TN("codes"), E8Q_DT_U16, d.m * nc);
-      if (q->bits == 4) d.codes2 = copy_tensor(q, TN("codes2"), E8Q_DT_U16, d.m * nc);
-      if (q->bits == 3) d.codes2 = copy_tensor(q, TN("codes2"), E8Q_DT_U8, d.m * nc);
+      d.codes = tensor_ptr(q, TN("codes"), E8Q_DT_U16, d.m * nc);
+      if (q->bits == 4) d.codes2 = tensor_ptr(q, TN("codes2"), E8Q_DT_U16, d.m * nc);
+      if (q->bits == 3) d.codes2 = tensor_ptr(q, TN("codes2"), E8Q_DT_U8, d.m * nc);
       d.resid_scale = cJSON_IsNumber(rs) ? (float)rs->valuedouble : 0;
-      d.SU = copy_tensor(q, TN("SU"), E8Q_DT_F32, d.n_pad);
-      d.SV = copy_tensor(q, TN("SV"), E8Q_DT_F32, d.m);
-      d.Wscale = *(const float *)copy_tensor(q, TN("Wscale"), E8Q_DT_F32, 1);
+      d.SU = tensor_ptr(q, TN("SU"), E8Q_DT_F32, d.n_pad);
+      d.SV = tensor_ptr(q, TN("SV"), E8Q_DT_F32, d.m);
+      d.Wscale = *(const float *)tensor_ptr(q, TN("Wscale"), E8Q_DT_F32, 1);
       const e8q_st_tensor *fs = e8q_st_find(q->st, TN("fuse_scales"));
       E8Q_CHECK(fs, "%s: tensor %s is missing", path, name);
       d.n_pieces = (int)e8q_st_numel(fs);
-      d.fuse_scales = copy_tensor(q, name, E8Q_DT_F32, d.n_pieces);
+      d.fuse_scales = tensor_ptr(q, name, E8Q_DT_F32, d.n_pieces);
 #undef TN
       int *rows = own(q, sizeof(int) * 3);
       int hd = q->cfg.head_dim;
@@ -142,11 +147,11 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
       d.K_out = had_K(had, d.m, path);
       if (d.K_in > 1) {
         snprintf(name, sizeof name, "hadamard.K%d", d.K_in);
-        d.R_in = copy_tensor(q, name, E8Q_DT_F32, (int64_t)d.K_in * d.K_in);
+        d.R_in = tensor_ptr(q, name, E8Q_DT_F32, (int64_t)d.K_in * d.K_in);
       }
       if (d.K_out > 1) {
         snprintf(name, sizeof name, "hadamard.K%d", d.K_out);
-        d.R_out = copy_tensor(q, name, E8Q_DT_F32, (int64_t)d.K_out * d.K_out);
+        d.R_out = tensor_ptr(q, name, E8Q_DT_F32, (int64_t)d.K_out * d.K_out);
       }
       snprintf(name, sizeof name, "model.layers.%d.%s", b, G);
       e8q_qlinear_init(&q->lin[b * E8Q_N_GROUPS + g], &d, name);
@@ -158,7 +163,7 @@ void e8q_qmodel_close(e8q_qmodel *q) {
   if (q->lin)
     for (int i = 0; i < q->cfg.n_layers * E8Q_N_GROUPS; i++) e8q_qlinear_free(&q->lin[i]);
   free(q->lin);
-  free(q->W);
+  free((void *)q->W);
   for (int i = 0; i < q->n_owned; i++) free(q->owned[i]);
   free(q->owned);
   if (q->st) e8q_st_close(q->st);

@@ -16,7 +16,7 @@ typedef struct {
   int bits;
   int dense;                /* 1: a dense ablation (noe8 / rtn): no codes, `W` holds the weights */
   e8q_qlinear *lin;         /* [n_layers * E8Q_N_GROUPS], layer-major (NULL when dense) */
-  float **W;                /* [n_layers * E8Q_N_GROUPS] dense weights [m, n] (dense only) */
+  const float **W;          /* [n_layers * E8Q_N_GROUPS] dense weights [m, n] (dense only; read-only) */
   int n_owned;
   void **owned;             /* aligned copies of small tensors, owned */
 } e8q_qmodel;
