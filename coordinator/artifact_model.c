@@ -52,27 +52,7 @@ void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fu
     a->m = e8q_qmodel_dense(&a->q);
     return;
   }
-  a->m = e8q_qmodel_head(&a->q);
-  const e8q_config *c = &a->m->cfg;
-  a->m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");
-  int64_t D = c->dim;
-  char name[256];
-  for (int b = 0; b < c->n_layers; b++) {
-    e8q_block *blk = &a->m->blocks[b];
-    blk->attn_norm = e8q_malloc(sizeof(float) * (size_t)D, "attn_norm");
-    blk->ffn_norm = e8q_malloc(sizeof(float) * (size_t)D, "ffn_norm");
-    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", b);
-    e8q_st_read_f32(a->q.st, name, 1, &D, blk->attn_norm);
-    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", b);
-    e8q_st_read_f32(a->q.st, name, 1, &D, blk->ffn_norm);
-    for (int g = 0; g < E8Q_N_GROUPS; g++) {
-      const e8q_qlinear *ql = e8q_qmodel_linear(&a->q, b, g);
-      blk->lin[g].m = ql->d.m;
-      blk->lin[g].n = ql->d.n;
-      blk->lin[g].w = NULL;
-      blk->lin[g].q = (const struct e8q_qlinear *)ql;
-    }
-  }
+  a->m = e8q_qmodel_fused(&a->q);
 }
 
 void e8q_artifact_model_close(e8q_artifact_model *a) {

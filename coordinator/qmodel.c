@@ -221,3 +221,32 @@ e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) {
   }
   return m;
 }
+
+/* The model whose quantized linears run through the fused decode kernels (no dense matrix):
+ * embeddings, norms and head from the safetensors, each block's linears pointing at q's
+ * e8q_qlinear (q must outlive the model). Not for dense ablations (they have no codes). */
+e8q_model *e8q_qmodel_fused(const e8q_qmodel *q) {
+  E8Q_CHECK(!q->dense, "%s: a dense ablation has no codes for the fused kernels; use its dense model", q->dir);
+  e8q_model *m = e8q_qmodel_head(q);
+  const e8q_config *c = &m->cfg;
+  m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");
+  int64_t D = c->dim;
+  char name[256];
+  for (int b = 0; b < c->n_layers; b++) {
+    e8q_block *blk = &m->blocks[b];
+    blk->attn_norm = e8q_malloc(sizeof(float) * (size_t)D, "attn_norm");
+    blk->ffn_norm = e8q_malloc(sizeof(float) * (size_t)D, "ffn_norm");
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", b);
+    e8q_st_read_f32(q->st, name, 1, &D, blk->attn_norm);
+    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", b);
+    e8q_st_read_f32(q->st, name, 1, &D, blk->ffn_norm);
+    for (int g = 0; g < E8Q_N_GROUPS; g++) {
+      const e8q_qlinear *ql = e8q_qmodel_linear(q, b, g);
+      blk->lin[g].m = ql->d.m;
+      blk->lin[g].n = ql->d.n;
+      blk->lin[g].w = NULL;
+      blk->lin[g].q = (const struct e8q_qlinear *)ql;
+    }
+  }
+  return m;
+}

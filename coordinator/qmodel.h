@@ -35,5 +35,8 @@ e8q_model *e8q_qmodel_head(const e8q_qmodel *q);
 /* The dense fp32 model: embeddings and norms from the safetensors, every linear decoded
  * (e8q_qlinear_dequant_ref, float64 then rounded to float). */
 e8q_model *e8q_qmodel_dense(const e8q_qmodel *q);
+/* The model with every quantized linear through the fused decode kernels (the dense matrices are
+ * never built; q must outlive it). Fatal for a dense ablation. */
+e8q_model *e8q_qmodel_fused(const e8q_qmodel *q);
 
 #endif

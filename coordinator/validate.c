@@ -118,10 +118,11 @@ void e8q_run_validate(e8q_run *R) {
     cJSON_AddNumberToObject(val, "mean_proxy_loss", n ? sum_proxy / n : 0);
     cJSON_AddNumberToObject(val, "tolerance", E8Q_VALIDATE_TOL);
   }
-  /* perplexity of the dense decoded model on the held-out text (all ranks) */
+  /* perplexity on the held-out text (all ranks), through the fused kernels on the mapped codes
+   * (the dense decode only for the dense ablations): no rank holds a dense copy of the model */
   cJSON *ev = NULL;
   if (R->o->eval_text) {
-    e8q_model *m = e8q_qmodel_dense(&q);
+    e8q_model *m = q.dense ? e8q_qmodel_dense(&q) : e8q_qmodel_fused(&q);
     /* a token id file needs no tokenizer (the model may have none: e8q_run_quantize checked
      * before any work that a text file has one) */
     e8q_tokenizer *tok = e8q_eval_open_tokenizer(R->o->model, &m->cfg, NULL, !e8q_ids_is_file(R->o->eval_text), NULL);
@@ -133,7 +134,7 @@ void e8q_run_validate(e8q_run *R) {
     e8q_sha256_file_hex(R->o->eval_text, hex);
     cJSON_AddStringToObject(ev, "text_sha256", hex);
     cJSON_AddNumberToObject(ev, "per_line", R->o->eval_lines);
-    cJSON_AddStringToObject(ev, "weights", q.dense ? "dense ablation weights" : "dense decode of the quantized linears");
+    cJSON_AddStringToObject(ev, "weights", q.dense ? "dense ablation weights" : "quantized linears through the fused kernels");
     cJSON_AddNumberToObject(ev, "mean_nll", r.mean_nll);
     cJSON_AddNumberToObject(ev, "ppl", r.ppl);
     cJSON_AddNumberToObject(ev, "tokens", (double)r.tokens);
