@@ -190,7 +190,9 @@ e8q_model *e8q_qmodel_head(const e8q_qmodel *q) {
   return m;
 }
 
-e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) {
+/* The head model plus every block's norms, with the four linears of each block set by
+ * set_linear(q, b, g, L) (dense weights or a pointer to the quantized form). */
+static e8q_model *model_with_blocks(const e8q_qmodel *q, void (*set_linear)(const e8q_qmodel *, int, int, e8q_linear *)) {
   e8q_model *m = e8q_qmodel_head(q);
   const e8q_config *c = &m->cfg;
   m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");
@@ -205,48 +207,41 @@ e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) {
     snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", b);
     e8q_st_read_f32(q->st, name, 1, &D, blk->ffn_norm);
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
-      e8q_linear *L = &blk->lin[g];
-      e8q_group_shape(c, g, &L->m, &L->n);
-      L->w = e8q_malloc(sizeof(float) * (size_t)L->m * L->n, e8q_group_names[g]);
-      L->q = NULL;
-      if (q->dense) {
-        memcpy(L->w, q->W[b * E8Q_N_GROUPS + g], sizeof(float) * (size_t)L->m * L->n);
-        continue;
-      }
-      double *W = e8q_malloc(sizeof(double) * (size_t)L->m * L->n, "decoded weight");
-      e8q_qlinear_dequant_ref(e8q_qmodel_linear(q, b, g), W);
-      for (size_t i = 0; i < (size_t)L->m * L->n; i++) L->w[i] = (float)W[i];
-      free(W);
+      e8q_group_shape(c, g, &blk->lin[g].m, &blk->lin[g].n);
+      set_linear(q, b, g, &blk->lin[g]);
     }
   }
   return m;
 }
 
-/* The model whose quantized linears run through the fused decode kernels (no dense matrix):
- * embeddings, norms and head from the safetensors, each block's linears pointing at q's
- * e8q_qlinear (q must outlive the model). Not for dense ablations (they have no codes). */
+/* dense: the ablation's weights, or the float64 decode of the codes rounded to float */
+static void set_dense(const e8q_qmodel *q, int b, int g, e8q_linear *L) {
+  L->w = e8q_malloc(sizeof(float) * (size_t)L->m * L->n, e8q_group_names[g]);
+  L->q = NULL;
+  if (q->dense) {
+    memcpy(L->w, q->W[b * E8Q_N_GROUPS + g], sizeof(float) * (size_t)L->m * L->n);
+    return;
+  }
+  double *W = e8q_malloc(sizeof(double) * (size_t)L->m * L->n, "decoded weight");
+  e8q_qlinear_dequant_ref(e8q_qmodel_linear(q, b, g), W);
+  for (size_t i = 0; i < (size_t)L->m * L->n; i++) L->w[i] = (float)W[i];
+  free(W);
+}
+
+/* fused: the linear points at q's e8q_qlinear */
+static void set_fused(const e8q_qmodel *q, int b, int g, e8q_linear *L) {
+  const e8q_qlinear *ql = e8q_qmodel_linear(q, b, g);
+  E8Q_CHECK(ql->d.m == L->m && ql->d.n == L->n, "%s: layer %d %s is %dx%d in the codes, %dx%d in the config", q->dir,
+            b, e8q_group_names[g], ql->d.m, ql->d.n, L->m, L->n);
+  L->w = NULL;
+  L->q = (const struct e8q_qlinear *)ql;
+}
+
+e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) { return model_with_blocks(q, set_dense); }
+
+/* The model whose quantized linears run through the fused decode kernels (no dense matrix;
+ * q must outlive the model). Not for dense ablations (they have no codes). */
 e8q_model *e8q_qmodel_fused(const e8q_qmodel *q) {
   E8Q_CHECK(!q->dense, "%s: a dense ablation has no codes for the fused kernels; use its dense model", q->dir);
-  e8q_model *m = e8q_qmodel_head(q);
-  const e8q_config *c = &m->cfg;
-  m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");
-  int64_t D = c->dim;
-  char name[256];
-  for (int b = 0; b < c->n_layers; b++) {
-    e8q_block *blk = &m->blocks[b];
-    blk->attn_norm = e8q_malloc(sizeof(float) * (size_t)D, "attn_norm");
-    blk->ffn_norm = e8q_malloc(sizeof(float) * (size_t)D, "ffn_norm");
-    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", b);
-    e8q_st_read_f32(q->st, name, 1, &D, blk->attn_norm);
-    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", b);
-    e8q_st_read_f32(q->st, name, 1, &D, blk->ffn_norm);
-    for (int g = 0; g < E8Q_N_GROUPS; g++) {
-      const e8q_qlinear *ql = e8q_qmodel_linear(q, b, g);
-      blk->lin[g].m = ql->d.m;
-      blk->lin[g].n = ql->d.n;
-      blk->lin[g].w = NULL;
-      blk->lin[g].q = (const struct e8q_qlinear *)ql;
-    }
-  }
-  return m;
+  return model_with_blocks(q, set_fused);
 }
