@@ -20,6 +20,7 @@
  * reuses the ids of words already seen in the same call (tens of MB/s). */
 #include "io/tokenizer.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -75,6 +76,14 @@ static int tok_lookup(const e8q_tokenizer *t, const char *s, int len) {
   }
 }
 
+/* the byte of a byte-fallback piece "<0xNN>" (exactly two hex digits), or -1 */
+static int byte_piece_value(const char *p, int len) {
+  if (len != 6 || memcmp(p, "<0x", 3) != 0 || !isxdigit((unsigned char)p[3]) || !isxdigit((unsigned char)p[4]) ||
+      p[5] != '>')
+    return -1;
+  return (int)strtoul((const char[]){p[3], p[4], 0}, NULL, 16);
+}
+
 static int mergeable(int type) { return type == SP_NORMAL || type == SP_USER_DEFINED; }
 
 /* after pieces/types/scores are filled: byte table, hash table, checks */
@@ -93,11 +102,9 @@ static void tok_index(e8q_tokenizer *t) {
   t->split_ok = 1;
   for (int id = 0; id < t->n; id++) {
     const char *p = t->pieces[id];
-    unsigned v;
-    char tail;
     if (t->types[id] == SP_BYTE) {
-      E8Q_CHECK(t->piece_len[id] == 6 && sscanf(p, "<0x%2X%c", &v, &tail) == 2 && tail == '>',
-                "%s: byte piece %d is \"%s\", expected <0xNN>", t->path, id, p);
+      int v = byte_piece_value(p, t->piece_len[id]);
+      E8Q_CHECK(v >= 0, "%s: byte piece %d is \"%s\", expected <0xNN>", t->path, id, p);
       if (t->byte_id[v] < 0) t->byte_id[v] = id;
       continue;
     }
@@ -318,11 +325,9 @@ static void load_bin(e8q_tokenizer *t, const uint8_t *data, int n) {
     t->piece_len[id] = len;
     off += 8 + (size_t)len;
     /* llama2.c conventions: 0 <unk>, 1 BOS, 2 EOS, <0xNN> byte pieces */
-    unsigned v;
-    char tail;
     if (id == 0) t->types[id] = SP_UNKNOWN;
     else if (id <= 2) t->types[id] = SP_CONTROL;
-    else if (len == 6 && sscanf(t->pieces[id], "<0x%2X%c", &v, &tail) == 2 && tail == '>') t->types[id] = SP_BYTE;
+    else if (byte_piece_value(t->pieces[id], len) >= 0) t->types[id] = SP_BYTE;
     else t->types[id] = SP_NORMAL;
   }
   t->unk_id = 0;
@@ -736,9 +741,7 @@ const char *e8q_tokenizer_decode(const e8q_tokenizer *t, int prev, int id) {
   E8Q_CHECK(id >= 0 && id < t->n, "%s: cannot decode token id %d: outside the vocabulary of %d", t->path, id, t->n);
   if (t->types[id] == SP_CONTROL) return "";
   if (t->types[id] == SP_BYTE) {
-    unsigned v = 0;
-    sscanf(t->pieces[id], "<0x%2X>", &v);
-    return t->byte_str[v & 0xff];
+    return t->byte_str[byte_piece_value(t->pieces[id], t->piece_len[id]) & 0xff]; /* checked at load */
   }
   const char *p = t->pieces[id];
   if (prev == t->bos_id && p[0] == ' ') p++;

@@ -449,6 +449,21 @@ static int fuzz_load_encode(const char *path) {
   return 1;
 }
 
+/* a byte piece whose digits are not two hex digits ("<0x-1>": sscanf's %X takes a sign and gave
+ * byte 0xFFFFFFFF, an out-of-bounds write found by test_fuzz_model_edits) is refused by name */
+static void test_bad_byte_piece(void **state) {
+  (void)state;
+  const char *pieces[] = {"<unk>", "<s>", "</s>", "<0x41>", "<0x-1>", "a"};
+  const float scores[] = {0, 0, 0, 0, 0, -1};
+  const int types[] = {2, 3, 3, 6, 6, 1};
+  char *dir = t_tmpdir("tok_badbyte");
+  char *out = join(dir, "tokenizer.model");
+  e8q_tokenizer_write_spm(out, 6, pieces, scores, types);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(out), out, "byte piece 4", "<0x-1>");
+  free(out);
+  free(dir);
+}
+
 /* random byte edits of tokenizer.model: a fatal error naming the file or a loadable vocabulary
  * that encodes without crashing; never a crash */
 static void test_fuzz_model_edits(void **state) {
@@ -575,6 +590,7 @@ int main(void) {
       cmocka_unit_test(test_encode_file_text_and_ids),
       cmocka_unit_test(test_truncated_model),
       cmocka_unit_test(test_bad_bin),
+      cmocka_unit_test(test_bad_byte_piece),
       cmocka_unit_test(test_fuzz_model_edits),
       cmocka_unit_test(test_unigram_refused),
   };
