@@ -72,22 +72,33 @@ __global__ void had_kernel(const float *in, int in_stride, int n_valid, const fl
   }
 }
 
+// the block's copy of the codebook tables (the 1-bit E8 grid only for RVQ3); caller syncs
+__device__ static void stage_tables(int cb, const uint32_t *abs_g, const int8_t *grid_g, uint32_t *abs_tab,
+                                    int8_t *grid2) {
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) abs_tab[i] = abs_g[i];
+  if (cb == E8Q_CB_E8P12RVQ3B)
+    for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) grid2[i] = grid_g[i];
+}
+
+// row `row` of the second-stage codes: U16 (RVQ4), U8 (RVQ3), none (E8P)
+__device__ static const void *row_codes2(int cb, const void *codes2, int row, int nc) {
+  return cb == E8Q_CB_E8P12RVQ4B ? (const void *)((const uint16_t *)codes2 + (size_t)row * nc)
+       : cb == E8Q_CB_E8P12RVQ3B ? (const void *)((const uint8_t *)codes2 + (size_t)row * nc)
+                                 : (const void *)0;
+}
+
 __global__ void codes_kernel(int cb, const uint16_t *codes, const void *codes2, int m, int nc, float inv_rs,
                              const uint32_t *abs_g, const int8_t *grid_g, const float *u, int n_pad, int batch,
                              float *z) {
   __shared__ uint32_t abs_tab[256];
   __shared__ int8_t grid2[256 * 8];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) abs_tab[i] = abs_g[i];
-  if (cb == E8Q_CB_E8P12RVQ3B)
-    for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) grid2[i] = grid_g[i];
+  stage_tables(cb, abs_g, grid_g, abs_tab, grid2);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * ROWS_PER_BLOCK + warp;
   if (row >= m) return;
   const uint16_t *c1 = codes + (size_t)row * nc;
-  const void *c2 = cb == E8Q_CB_E8P12RVQ4B ? (const void *)((const uint16_t *)codes2 + (size_t)row * nc)
-                 : cb == E8Q_CB_E8P12RVQ3B ? (const void *)((const uint8_t *)codes2 + (size_t)row * nc)
-                                           : (const void *)0;
+  const void *c2 = row_codes2(cb, codes2, row, nc);
   for (int b0 = 0; b0 < batch; b0 += E8Q_QDEV_BT) {
     const int bt = batch - b0 < E8Q_QDEV_BT ? batch - b0 : E8Q_QDEV_BT;
     float acc[E8Q_QDEV_BT];
@@ -110,18 +121,14 @@ __global__ void codes_kernel_b1(int cb, const uint16_t *codes, const void *codes
   extern __shared__ float us[];
   __shared__ uint32_t abs_tab[256];
   __shared__ int8_t grid2[256 * 8];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) abs_tab[i] = abs_g[i];
-  if (cb == E8Q_CB_E8P12RVQ3B)
-    for (int i = threadIdx.x; i < 256 * 8; i += blockDim.x) grid2[i] = grid_g[i];
+  stage_tables(cb, abs_g, grid_g, abs_tab, grid2);
   for (int i = threadIdx.x; i < n_pad; i += blockDim.x) us[i] = u[i];
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * ROWS_PER_BLOCK + warp;
   if (row >= m) return;
   const uint16_t *c1 = codes + (size_t)row * nc;
-  const void *c2 = cb == E8Q_CB_E8P12RVQ4B ? (const void *)((const uint16_t *)codes2 + (size_t)row * nc)
-                 : cb == E8Q_CB_E8P12RVQ3B ? (const void *)((const uint8_t *)codes2 + (size_t)row * nc)
-                                           : (const void *)0;
+  const void *c2 = row_codes2(cb, codes2, row, nc);
   float acc[E8Q_QDEV_BT];
 #pragma unroll
   for (int t = 0; t < E8Q_QDEV_BT; t++) acc[t] = 0.0f;

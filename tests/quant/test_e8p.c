@@ -128,12 +128,13 @@ static void test_e8p_quantize_examples(void **state) {
   assert_int_equal(n, 24);
 }
 
-static void test_rvq_examples(void **state) {
-  (void)state;
+/* every example of golden section `section` for RVQ at `bits` (4: E8P + E8P residual, 3: E8P +
+ * 1-bit E8 residual): encoder codes and values, and both decoders, exactly; returns the count */
+static int check_rvq_section(const char *section, int bits) {
   char line[1024];
   double x[8];
-  int n4 = 0, n3 = 0, have = 0;
-  const char *p = golden("rvq4b_examples");
+  int n = 0, have = 0;
+  const char *p = golden(section);
   while ((p = g_line(p, line, sizeof line))) {
     if (read_in(line, x)) {
       have = 1;
@@ -141,48 +142,37 @@ static void test_rvq_examples(void **state) {
     }
     unsigned c1, c2;
     double v[8];
-    if (!have || sscanf(line, "out %x %x %lf %lf %lf %lf %lf %lf %lf %lf", &c1, &c2, v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) != 10) continue;
-    uint16_t g2;
+    const char *fmt = bits == 4 ? "out %x %x %lf %lf %lf %lf %lf %lf %lf %lf" : "out %x %u %lf %lf %lf %lf %lf %lf %lf %lf";
+    if (!have || sscanf(line, fmt, &c1, &c2, v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) != 10) continue;
     double q[8], d[8];
-    uint16_t g1 = e8q_rvq4_encode(x, &g2, q);
-    if (g1 != c1 || g2 != c2) fail_msg("rvq4 example %d: 0x%04x 0x%04x, golden 0x%04x 0x%04x", n4, g1, g2, c1, c2);
-    e8q_cb_decode_f64(E8Q_CB_E8P12RVQ4B, g1, g2, d);
     float f[8];
-    e8q_rvq4_decode(g1, g2, f);
+    uint16_t g1, g2;
+    if (bits == 4) {
+      g1 = e8q_rvq4_encode(x, &g2, q);
+      e8q_rvq4_decode(g1, g2, f);
+    } else {
+      uint8_t g2b;
+      g1 = e8q_rvq3_encode(x, &g2b, q);
+      g2 = g2b;
+      e8q_rvq3_decode(g1, g2b, f);
+    }
+    if (g1 != c1 || g2 != c2) fail_msg("rvq%d example %d: 0x%04x %u, golden 0x%04x %u", bits, n, g1, g2, c1, c2);
+    e8q_cb_decode_f64(bits == 4 ? E8Q_CB_E8P12RVQ4B : E8Q_CB_E8P12RVQ3B, g1, g2, d);
     for (int i = 0; i < 8; i++) {
-      T_NEAR(q[i], v[i], 0, "rvq4 encoder value");
-      T_NEAR(d[i], v[i], 0, "rvq4 decoded value");
-      T_NEAR(f[i], v[i], 1e-6, "rvq4 float decoded value");
+      T_NEAR(q[i], v[i], 0, "rvq encoder value");
+      T_NEAR(d[i], v[i], 0, "rvq decoded value");
+      T_NEAR(f[i], v[i], 1e-6, "rvq float decoded value");
     }
     have = 0;
-    n4++;
+    n++;
   }
-  p = golden("rvq3b_examples");
-  while ((p = g_line(p, line, sizeof line))) {
-    if (read_in(line, x)) {
-      have = 1;
-      continue;
-    }
-    unsigned c1, c2;
-    double v[8];
-    if (!have || sscanf(line, "out %x %u %lf %lf %lf %lf %lf %lf %lf %lf", &c1, &c2, v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) != 10) continue;
-    uint8_t g2;
-    double q[8], d[8];
-    uint16_t g1 = e8q_rvq3_encode(x, &g2, q);
-    if (g1 != c1 || g2 != c2) fail_msg("rvq3 example %d: 0x%04x %u, golden 0x%04x %u", n3, g1, g2, c1, c2);
-    e8q_cb_decode_f64(E8Q_CB_E8P12RVQ3B, g1, g2, d);
-    float f[8];
-    e8q_rvq3_decode(g1, g2, f);
-    for (int i = 0; i < 8; i++) {
-      T_NEAR(q[i], v[i], 0, "rvq3 encoder value");
-      T_NEAR(d[i], v[i], 0, "rvq3 decoded value");
-      T_NEAR(f[i], v[i], 1e-6, "rvq3 float decoded value");
-    }
-    have = 0;
-    n3++;
-  }
-  assert_int_equal(n4, 8);
-  assert_int_equal(n3, 8);
+  return n;
+}
+
+static void test_rvq_examples(void **state) {
+  (void)state;
+  assert_int_equal(check_rvq_section("rvq4b_examples", 4), 8);
+  assert_int_equal(check_rvq_section("rvq3b_examples", 3), 8);
 }
 
 static void test_e8p_pack_example(void **state) {
