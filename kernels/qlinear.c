@@ -2,6 +2,7 @@
  * product, dense float64 references and the run-time dispatch to the AVX-512 or AVX2 path. */
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_avx512.h"
+#include "kernels/qlinear_vnni.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -10,6 +11,11 @@
 
 #include "common/error.h"
 #include "common/rng.h"
+
+static int env_set(const char *name) {
+  const char *env = getenv(name);
+  return env && *env && strcmp(env, "0") != 0;
+}
 
 /* ---------------------------------------------------------------- validation */
 static int is_pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -88,12 +94,20 @@ void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *nam
   }
   had_make(&q->h_in, d->n_pad, d->K_in, d->R_in, name, "R_in");
   had_make(&q->h_out, d->m, d->K_out, d->R_out, name, "R_out");
+  /* the batch-1 VNNI core reads its own copy of the codes (same 2 or 4 bits per weight) */
+  if (e8q_qlinear_vnni_fits(d) && e8q_cpu_has_vnni() && !env_set("E8Q_NO_VNNI") && !env_set("E8Q_NO_AVX512") &&
+      !env_set("E8Q_NO_AVX2")) {
+    q->vnni = e8q_malloc(sizeof *q->vnni, "qlinear VNNI codes");
+    e8q_qlinear_vnni_init(q->vnni, d);
+  }
 }
 
 void e8q_qlinear_free(e8q_qlinear *q) {
   free(q->out_scale);
   e8q_had_free(&q->h_in);
   e8q_had_free(&q->h_out);
+  if (q->vnni) e8q_qlinear_vnni_free(q->vnni);
+  free(q->vnni);
   memset(q, 0, sizeof *q);
 }
 
@@ -197,11 +211,6 @@ int e8q_cpu_has_avx512(void) {
 #else
   return 0;
 #endif
-}
-
-static int env_set(const char *name) {
-  const char *env = getenv(name);
-  return env && *env && strcmp(env, "0") != 0;
 }
 
 /* 0 = scalar _ref, 1 = AVX2, 2 = AVX-512; decided once per process.
