@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_avx512.h"
+#include "kernels/qlinear_vnni.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static uint64_t rnd(void) {
@@ -183,12 +184,16 @@ int main(int argc, char **argv) {
     else { fprintf(stderr, "usage: %s [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R]\n", argv[0]); return 2; }
   }
   /* the path e8q_qlinear_forward dispatches to (kernels/qlinear.c) */
-  const char *no2 = getenv("E8Q_NO_AVX2"), *no512 = getenv("E8Q_NO_AVX512");
-  const int off2 = no2 && *no2 && strcmp(no2, "0") != 0, off512 = no512 && *no512 && strcmp(no512, "0") != 0;
-  const char *path = !e8q_cpu_has_avx2() || off2 ? "scalar _ref" : e8q_cpu_has_avx512() && !off512 ? "AVX-512" : "AVX2";
-  printf("bench_qlinear: path %s (CPU: AVX2 %s, AVX-512 %s; E8Q_NO_AVX512=1 / E8Q_NO_AVX2=1 select the others); "
-         "median of %d runs; GB = 1e9 bytes\n", path, e8q_cpu_has_avx2() ? "yes" : "no",
-         e8q_cpu_has_avx512() ? "yes" : "no", reps);
+  const char *no2 = getenv("E8Q_NO_AVX2"), *no512 = getenv("E8Q_NO_AVX512"), *novn = getenv("E8Q_NO_VNNI");
+  const int off2 = no2 && *no2 && strcmp(no2, "0") != 0, off512 = no512 && *no512 && strcmp(no512, "0") != 0,
+            offvn = novn && *novn && strcmp(novn, "0") != 0;
+  const char *path = !e8q_cpu_has_avx2() || off2           ? "scalar _ref"
+                     : !e8q_cpu_has_avx512() || off512     ? "AVX2"
+                     : e8q_cpu_has_vnni() && !offvn        ? "AVX-512 (batch 1 of E8P/RVQ4: VNNI)"
+                                                           : "AVX-512 (f32)";
+  printf("bench_qlinear: path %s (CPU: AVX2 %s, AVX-512 %s, VNNI %s; E8Q_NO_VNNI=1 / E8Q_NO_AVX512=1 / "
+         "E8Q_NO_AVX2=1 select the others); median of %d runs; GB = 1e9 bytes\n", path,
+         e8q_cpu_has_avx2() ? "yes" : "no", e8q_cpu_has_avx512() ? "yes" : "no", e8q_cpu_has_vnni() ? "yes" : "no", reps);
   for (int t = 0; t < nthr; t++) {
     omp_set_num_threads(thr_list[t]);
     double bw = g_kernels_only ? 1 : copy_bw((size_t)1 << 29, 5); /* 2 x 512 MiB: beyond any cache */
