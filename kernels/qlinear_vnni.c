@@ -31,6 +31,7 @@
 
 #define VQ_ROWS 16  /* rows per group: one int32 lane each */
 #define VQ_CODES 4  /* consecutive codes per lane: one VNNI dword */
+#define VQ_PREFETCH 4096 /* bytes ahead of the codes being decoded (32 quads) */
 #define VQ_XMAX 8323072.0 /* 2^23 - 2^16: the top balanced digit stays within [-127, 127] */
 
 /* ---------------------------------------------------------------- tables */
@@ -124,7 +125,7 @@ void e8q_qlinear_vnni_init(e8q_qlinear_vnni *v, const e8q_qlinear_desc *d) {
     for (int r = 0; r < d->m; r++)
       for (int j = 0; j < nc; j++) {
         const uint16_t c = codes[(size_t)r * nc + j];
-        uint8_t *g = v->pk + (((size_t)(r / VQ_ROWS) * v->nq + j / VQ_CODES) * v->stages + s) * 128;
+        uint8_t *g = v->pk + (((size_t)(r / VQ_ROWS) * v->stages + s) * v->nq + j / VQ_CODES) * 128;
         const int lane = VQ_CODES * (r % VQ_ROWS) + j % VQ_CODES;
         g[lane] = (uint8_t)(c >> 8);
         g[64 + lane] = (uint8_t)(c & 0xFF);
@@ -170,28 +171,20 @@ static VNNI INLINE void group(const e8q_qlinear_vnni *v, int g, const int32_t *x
                               int64_t y[2][VQ_ROWS]) {
   __m512i T[16];
   for (int i = 0; i < 16; i++) T[i] = _mm512_load_si512(tpair[i / 4] + 64 * (i % 4));
-  __m512i a[3], b[3];
-  for (int d = 0; d < 3; d++) a[d] = b[d] = _mm512_setzero_si512();
-  const uint8_t *pg = v->pk + (size_t)g * v->nq * stages * 128;
-  for (int q = 0; q < v->nq; q++) {
-    const uint8_t *p = pg + (size_t)q * stages * 128;
-    const int32_t *x = xd + (size_t)q * 24;
-    if (stages == 1) {
-      quad(T, _mm512_load_si512(p), _mm512_load_si512(p + 64), x, a, b);
-    } else { /* RVQ4: stage 1 into a, stage 2 into b (8-deep chains, hidden by twice the work;
-                four accumulator sets would spill the tables) */
-      quad(T, _mm512_load_si512(p), _mm512_load_si512(p + 64), x, a, a);
-      quad(T, _mm512_load_si512(p + 128), _mm512_load_si512(p + 192), x, b, b);
-    }
-  }
   int32_t r[2][3][VQ_ROWS] __attribute__((aligned(64)));
-  for (int d = 0; d < 3; d++) {
-    if (stages == 1) {
-      _mm512_store_si512(r[0][d], _mm512_add_epi32(a[d], b[d]));
-    } else {
-      _mm512_store_si512(r[0][d], a[d]);
-      _mm512_store_si512(r[1][d], b[d]);
+  const uint8_t *pg = v->pk + (size_t)g * v->nq * stages * 128;
+  /* RVQ4 runs the E8P loop once per stage (one pass each, same registers): interleaving the
+   * stages in one pass needs four accumulator sets, which spill */
+  for (int s = 0; s < stages; s++) {
+    __m512i a[3], b[3];
+    for (int d = 0; d < 3; d++) a[d] = b[d] = _mm512_setzero_si512();
+    for (int q = 0; q < v->nq; q++) {
+      const uint8_t *p = pg + ((size_t)s * v->nq + q) * 128;
+      _mm_prefetch((const char *)p + VQ_PREFETCH, _MM_HINT_T0); /* beyond the caches one thread's */
+      _mm_prefetch((const char *)p + VQ_PREFETCH + 64, _MM_HINT_T0); /* hardware prefetch falls short */
+      quad(T, _mm512_load_si512(p), _mm512_load_si512(p + 64), xd + (size_t)q * 24, a, b);
     }
+    for (int d = 0; d < 3; d++) _mm512_store_si512(r[s][d], _mm512_add_epi32(a[d], b[d]));
   }
   for (int s = 0; s < stages; s++)
     for (int i = 0; i < VQ_ROWS; i++)

@@ -28,7 +28,7 @@ typedef struct e8q_qlinear_vnni {
   int mg;      /* row groups of 16 (m rounded up; pad rows decode code 0 and are not written) */
   int nq;      /* quads of 4 codes per row (nc rounded up; pad codes meet zero inputs) */
   int stages;  /* 1 (E8P) or 2 (RVQ4: first stage, then second) */
-  uint8_t *pk; /* [mg][nq][stages][2][64]: A bytes then B bytes, lane 4*row + code; owned */
+  uint8_t *pk; /* [mg][stages][nq][2][64]: A bytes then B bytes, lane 4*row + code; owned */
 } e8q_qlinear_vnni;
 
 int e8q_cpu_has_vnni(void); /* e8q_cpu_has_avx512() and AVX512-VNNI (cpuid) */
