@@ -309,7 +309,7 @@ MATMUL_FN(matmul_rvq3, E8Q_CB_E8P12RVQ3B)
 /* ---------------------------------------------------------------- entry */
 void e8q_qlinear_codes_matmul_avx512(const e8q_qlinear *q, int batch, const float *u, float *z) {
   E8Q_CHECK(e8q_cpu_has_avx512(), "e8q_qlinear_codes_matmul_avx512: this CPU lacks AVX-512/GFNI");
-  if (batch == 1 && q->vnni && e8q_qlinear_vnni_matvec(q, q->vnni, u, z)) return;
+  if (batch > 0 && q->vnni && e8q_qlinear_vnni_matmul(q, q->vnni, batch, u, z)) return;
   pthread_once(&tables_once, tables_build);
   if (batch <= 0) return;
   const int nc = q->nc, np = q->d.n_pad, ncp = (nc + CH - 1) / CH * CH;

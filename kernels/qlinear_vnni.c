@@ -144,70 +144,82 @@ void e8q_qlinear_vnni_free(e8q_qlinear_vnni *v) {
 #define INLINE __attribute__((always_inline)) inline
 
 /* ---------------------------------------------------------------- the kernel */
-/* 64 codes (A, B) times element-major digits x [8][3] into per-row accumulators: elements
- * 2k into e[3], 2k+1 into o[3] (E8P: two sets, so each chain is 4 deep per quad) */
-static VNNI INLINE void quad(const __m512i *T, __m512i A, __m512i B, const int32_t *x, __m512i e[3], __m512i o[3]) {
+#define VQ_BT 4 /* batch columns per pass over the codes (batch > 1) */
+
+/* 4w + 128 of elements 2k (v0) and 2k + 1 (v1) of 64 codes (A, B); k6, k7: bits 6, 7 of A */
+static VNNI INLINE void decode_pair(const __m512i *T, __m512i A, __m512i B, __mmask64 k6, __mmask64 k7, int k,
+                                    __m512i *v0, __m512i *v1) {
+  const __m512i *Tk = T + 4 * k;
+  __m512i t = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, Tk[0]), k6, A, Tk[1]);
+  const __m512i u = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, Tk[2]), k6, A, Tk[3]);
+  t = _mm512_mask_blend_epi8(k7, t, u);
+  t = _mm512_xor_si512(t, _mm512_gf2p8affine_epi64_epi8(B, _mm512_set1_epi64((long long)gf_q[k]), 0x40));
+  *v0 = _mm512_gf2p8affine_epi64_epi8(t, _mm512_set1_epi64((long long)gf_m[2 * k]), 0x81);
+  *v1 = _mm512_gf2p8affine_epi64_epi8(t, _mm512_set1_epi64((long long)gf_m[2 * k + 1]), 0x81);
+}
+
+/* 64 codes times the digits of BT columns. x: column t's digits for this quad at x + t·xs,
+ * element-major [8][3]. BT = 1: elements 2k into acc[0], 2k+1 into acc[1] (two sets keep each
+ * chain 4 deep per quad); BT > 1: column t into acc[t] (the columns are the independent chains). */
+static VNNI INLINE void quad(const __m512i *T, __m512i A, __m512i B, const int32_t *x, size_t xs, const int BT,
+                             __m512i acc[][3]) {
   const __mmask64 k7 = _mm512_movepi8_mask(A), k6 = _mm512_test_epi8_mask(A, _mm512_set1_epi8(0x40));
 #pragma GCC unroll 4
   for (int k = 0; k < 4; k++) {
-    const __m512i *Tk = T + 4 * k;
-    __m512i t = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, Tk[0]), k6, A, Tk[1]);
-    const __m512i u = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, Tk[2]), k6, A, Tk[3]);
-    t = _mm512_mask_blend_epi8(k7, t, u);
-    t = _mm512_xor_si512(t, _mm512_gf2p8affine_epi64_epi8(B, _mm512_set1_epi64((long long)gf_q[k]), 0x40));
-    const __m512i v0 = _mm512_gf2p8affine_epi64_epi8(t, _mm512_set1_epi64((long long)gf_m[2 * k]), 0x81);
-    const __m512i v1 = _mm512_gf2p8affine_epi64_epi8(t, _mm512_set1_epi64((long long)gf_m[2 * k + 1]), 0x81);
-    const int32_t *x0 = x + 3 * (2 * k), *x1 = x0 + 3;
+    __m512i v0, v1;
+    decode_pair(T, A, B, k6, k7, k, &v0, &v1);
+#pragma GCC unroll 4
+    for (int t = 0; t < BT; t++) {
+      const int32_t *x0 = x + (size_t)t * xs + 3 * (2 * k), *x1 = x0 + 3;
+      __m512i *e = acc[t], *o = acc[BT == 1 ? 1 : t];
 #pragma GCC unroll 3
-    for (int d = 0; d < 3; d++) {
-      e[d] = _mm512_dpbusd_epi32(e[d], v0, _mm512_set1_epi32(x0[d]));
-      o[d] = _mm512_dpbusd_epi32(o[d], v1, _mm512_set1_epi32(x1[d]));
+      for (int d = 0; d < 3; d++) {
+        e[d] = _mm512_dpbusd_epi32(e[d], v0, _mm512_set1_epi32(x0[d]));
+        o[d] = _mm512_dpbusd_epi32(o[d], v1, _mm512_set1_epi32(x1[d]));
+      }
     }
   }
 }
 
-/* one group of 16 rows: sums of 4w·X per stage, y[s][r] (exact, before the digit offset) */
-static VNNI INLINE void group(const e8q_qlinear_vnni *v, int g, const int32_t *xd, const int stages,
-                              int64_t y[2][VQ_ROWS]) {
+/* one group of 16 rows times BT columns: sums of 4w·X per stage and column, y[s][t][r] (exact,
+ * before the digit offset). xd: column t's digits at xd + t·xs, [nq][8][3]. */
+static VNNI INLINE void group(const e8q_qlinear_vnni *v, int g, const int32_t *xd, size_t xs, const int stages,
+                              const int BT, int64_t y[2][VQ_BT][VQ_ROWS]) {
   __m512i T[16];
   for (int i = 0; i < 16; i++) T[i] = _mm512_load_si512(tpair[i / 4] + 64 * (i % 4));
-  int32_t r[2][3][VQ_ROWS] __attribute__((aligned(64)));
+  int32_t r[3][VQ_ROWS] __attribute__((aligned(64)));
   const uint8_t *pg = v->pk + (size_t)g * v->nq * stages * 128;
   /* RVQ4 runs the E8P loop once per stage (one pass each, same registers): interleaving the
-   * stages in one pass needs four accumulator sets, which spill */
+   * stages in one pass needs twice the accumulators, which spill */
   for (int s = 0; s < stages; s++) {
-    __m512i a[3], b[3];
-    for (int d = 0; d < 3; d++) a[d] = b[d] = _mm512_setzero_si512();
+    __m512i acc[BT == 1 ? 2 : BT][3];
+    for (int t = 0; t < (BT == 1 ? 2 : BT); t++)
+      for (int d = 0; d < 3; d++) acc[t][d] = _mm512_setzero_si512();
     for (int q = 0; q < v->nq; q++) {
       const uint8_t *p = pg + ((size_t)s * v->nq + q) * 128;
       _mm_prefetch((const char *)p + VQ_PREFETCH, _MM_HINT_T0); /* beyond the caches one thread's */
       _mm_prefetch((const char *)p + VQ_PREFETCH + 64, _MM_HINT_T0); /* hardware prefetch falls short */
-      quad(T, _mm512_load_si512(p), _mm512_load_si512(p + 64), xd + (size_t)q * 24, a, b);
+      quad(T, _mm512_load_si512(p), _mm512_load_si512(p + 64), xd + (size_t)q * 24, xs, BT, acc);
     }
-    for (int d = 0; d < 3; d++) _mm512_store_si512(r[s][d], _mm512_add_epi32(a[d], b[d]));
+    for (int t = 0; t < BT; t++) {
+      for (int d = 0; d < 3; d++)
+        _mm512_store_si512(r[d], BT == 1 ? _mm512_add_epi32(acc[0][d], acc[1][d]) : acc[t][d]);
+      for (int i = 0; i < VQ_ROWS; i++)
+        y[s][t][i] = (int64_t)r[0][i] + 256 * (int64_t)r[1][i] + 65536 * (int64_t)r[2][i];
+    }
   }
-  for (int s = 0; s < stages; s++)
-    for (int i = 0; i < VQ_ROWS; i++)
-      y[s][i] = (int64_t)r[s][0][i] + 256 * (int64_t)r[s][1][i] + 65536 * (int64_t)r[s][2][i];
 }
 
 /* ---------------------------------------------------------------- entry */
-VNNI int e8q_qlinear_vnni_matvec(const e8q_qlinear *q, const e8q_qlinear_vnni *v, const float *u, float *z) {
-  pthread_once(&tables_once, tables_build);
-  const int m = q->d.m, nc = q->nc, nq = v->nq, stages = v->stages;
+/* one column's digits [nq][8][3] (byte c of a dword = code 4q + c) and its digit offset
+ * 128·Σ X (every u8 weight carries +128); returns the fixed-point scale, 0 for a zero input */
+static double digits_make(const float *u, int nc, int nq, int32_t *xd, int64_t *offset) {
   float mx = 0;
-  for (int k = 0; k < q->d.n_pad; k++) {
-    if (!isfinite(u[k])) return 0;
-    mx = fmaxf(mx, fabsf(u[k]));
-  }
-  if (mx == 0) {
-    memset(z, 0, sizeof(float) * (size_t)m);
-    return 1;
-  }
-  /* digits [nq][8 elements][3], byte c of a dword = code 4q + c; their per-digit sums */
-  int32_t *xd = e8q_alloc_aligned(sizeof(int32_t) * (size_t)nq * 24, "qlinear VNNI input digits");
+  for (int k = 0; k < 8 * nc; k++) mx = fmaxf(mx, fabsf(u[k]));
   memset(xd, 0, sizeof(int32_t) * (size_t)nq * 24);
-  const double inv = VQ_XMAX / (double)mx, scale = (double)mx / VQ_XMAX;
+  *offset = 0;
+  if (mx == 0) return 0;
+  const double inv = VQ_XMAX / (double)mx;
   int64_t dsum[3] = {0, 0, 0};
   for (int j = 0; j < nc; j++)
     for (int i = 0; i < 8; i++) {
@@ -220,22 +232,58 @@ VNNI int e8q_qlinear_vnni_matvec(const e8q_qlinear *q, const e8q_qlinear_vnni *v
         X = (X - dig) / 256;
       }
     }
-  const int64_t offset = 128 * (dsum[0] + 256 * dsum[1] + 65536 * dsum[2]);
-  const double s1 = scale / 4.0, s2 = scale / 4.0 / (double)q->resid_scale;
+  *offset = 128 * (dsum[0] + 256 * dsum[1] + 65536 * dsum[2]);
+  return (double)mx / VQ_XMAX;
+}
+
+/* rows of group g for columns b0..b0+BT-1 */
+static VNNI INLINE void group_out(const e8q_qlinear *q, const e8q_qlinear_vnni *v, int g, int b0, const int BT,
+                                  const int32_t *xd, size_t xs, const double *scale, const int64_t *offset,
+                                  float *z) {
+  const int m = q->d.m;
+  int64_t y[2][VQ_BT][VQ_ROWS];
+  if (v->stages == 1)
+    group(v, g, xd + (size_t)b0 * xs, xs, 1, BT, y);
+  else
+    group(v, g, xd + (size_t)b0 * xs, xs, 2, BT, y);
+  for (int t = 0; t < BT; t++) {
+    const double s1 = scale[b0 + t] / 4.0, s2 = s1 / (double)q->resid_scale;
+    const int64_t off = offset[b0 + t];
+    for (int i = 0; i < VQ_ROWS && g * VQ_ROWS + i < m; i++) {
+      double s = (double)(y[0][t][i] - off) * s1;
+      if (v->stages == 2) s += (double)(y[1][t][i] - off) * s2;
+      z[(size_t)(b0 + t) * m + g * VQ_ROWS + i] = (float)s;
+    }
+  }
+}
+
+VNNI int e8q_qlinear_vnni_matmul(const e8q_qlinear *q, const e8q_qlinear_vnni *v, int batch, const float *u,
+                                 float *z) {
+  pthread_once(&tables_once, tables_build);
+  const int nc = q->nc, nq = v->nq, np = q->d.n_pad;
+  for (size_t k = 0; k < (size_t)batch * np; k++)
+    if (!isfinite(u[k])) return 0;
+  const size_t xs = (size_t)nq * 24; /* digits per column */
+  int32_t *xd = e8q_alloc_aligned(sizeof(int32_t) * xs * (size_t)batch, "qlinear VNNI input digits");
+  double *scale = e8q_malloc(sizeof(double) * (size_t)batch, "qlinear VNNI input scales");
+  int64_t *offset = e8q_malloc(sizeof(int64_t) * (size_t)batch, "qlinear VNNI digit offsets");
+#pragma omp parallel for schedule(static)
+  for (int b = 0; b < batch; b++) scale[b] = digits_make(u + (size_t)b * np, nc, nq, xd + (size_t)b * xs, &offset[b]);
+  /* rows split statically across threads; columns in passes of 4, 2, 1 */
 #pragma omp parallel for schedule(static)
   for (int g = 0; g < v->mg; g++) {
-    int64_t y[2][VQ_ROWS];
-    if (stages == 1)
-      group(v, g, xd, 1, y);
-    else
-      group(v, g, xd, 2, y);
-    for (int i = 0; i < VQ_ROWS && g * VQ_ROWS + i < m; i++) {
-      double s = (double)(y[0][i] - offset) * s1;
-      if (stages == 2) s += (double)(y[1][i] - offset) * s2;
-      z[g * VQ_ROWS + i] = (float)s;
+    for (int b0 = 0, bt = VQ_BT; b0 < batch; b0 += bt) {
+      while (b0 + bt > batch) bt /= 2;
+      switch (bt) {
+        case 4: group_out(q, v, g, b0, 4, xd, xs, scale, offset, z); break;
+        case 2: group_out(q, v, g, b0, 2, xd, xs, scale, offset, z); break;
+        default: group_out(q, v, g, b0, 1, xd, xs, scale, offset, z); break;
+      }
     }
   }
   free(xd);
+  free(scale);
+  free(offset);
   return 1;
 }
 #endif

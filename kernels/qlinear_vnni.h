@@ -1,5 +1,4 @@
-/* kernels/qlinear_vnni.h: the batch-1 (matrix-vector) core of the quantized linear product for
- * E8P and RVQ4 codes on CPUs with AVX-512 VBMI, GFNI and VNNI (kernels/qlinear_vnni.c).
+/* kernels/qlinear_vnni.h: the integer core of the quantized linear product for E8P and RVQ4 codes on CPUs with AVX-512 VBMI, GFNI and VNNI (kernels/qlinear_vnni.c).
  *
  * The codes are repacked once, at e8q_qlinear_init, into groups of 16 rows x 4 codes whose 64
  * abs-row bytes (A) and 64 sign bytes (B) each fill one register (a permutation of the same
@@ -38,10 +37,12 @@ int e8q_qlinear_vnni_fits(const e8q_qlinear_desc *d);
 void e8q_qlinear_vnni_init(e8q_qlinear_vnni *v, const e8q_qlinear_desc *d);
 void e8q_qlinear_vnni_free(e8q_qlinear_vnni *v);
 #if defined(__x86_64__) || defined(__i386__)
-/* z[r] = Σ_k Ŵr[r, k] · u[k] for one input u [n_pad] (as e8q_qlinear_codes_matmul_ref at
- * batch 1), z [m]. Returns 0 without writing z when u holds a NaN or an infinity, which no
- * fixed-point copy can carry (the caller then runs the f32 path, which propagates them). */
-int e8q_qlinear_vnni_matvec(const e8q_qlinear *q, const e8q_qlinear_vnni *v, const float *u, float *z);
+/* z[b, r] = Σ_k Ŵr[r, k] · u[b, k] (as e8q_qlinear_codes_matmul_ref); u: [batch, n_pad],
+ * z: [batch, m]. Each column gets its own fixed-point scale; columns go through the codes 4 at
+ * a time (each group of 64 codes decoded once per 4 columns). Returns 0 without writing z when
+ * u holds a NaN or an infinity, which no fixed-point copy can carry (the caller then runs the
+ * f32 path, which propagates them). */
+int e8q_qlinear_vnni_matmul(const e8q_qlinear *q, const e8q_qlinear_vnni *v, int batch, const float *u, float *z);
 #endif
 
 #ifdef __cplusplus

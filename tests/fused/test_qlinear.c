@@ -7,12 +7,12 @@
  *  - the whole forward (_ref and AVX2) == a float64 dense reference built by decoding every
  *    code and multiplying the Hadamard matrices written out from their definition;
  *  - guard regions before and after every output catch out-of-bounds writes;
- *  - the batch-1 VNNI core (E8P, RVQ4) == _ref within 1e-5 and within its own error bound
- *    against float64 (only the 24-bit fixed-point copy of the input rounds: |z - z64| <=
- *    (max|u| / 2^24) · Σ|w| per row, plus the f32 output rounding), for rows outside its
- *    16-row groups, codes outside its 4-code quads, inputs of 1e-30 and 1e30, an all-zero
- *    input and a NaN input (refused, output untouched); it skips with a message on CPUs
- *    without AVX512-VNNI;
+ *  - the VNNI core (E8P, RVQ4) == _ref within 1e-5 and within its own error bound against
+ *    float64 (only the 24-bit fixed-point copy of each input column rounds: |z - z64| <=
+ *    (max|u| / 2^24) · Σ|w| per row, plus the f32 output rounding), batch 1..13 (passes of
+ *    4, 2, 1 columns), rows outside its 16-row groups, codes outside its 4-code quads, columns
+ *    scaled 1e-30..1e30 apart, an all-zero column (exact zeros) and a NaN input (refused,
+ *    output untouched); it skips with a message on CPUs without AVX512-VNNI;
  *  - bad descriptions are fatal with a message naming the layer and field.
  * Inputs, codes and scales are fresh random values each run (t_fresh_seed); never zeros. */
 #include <math.h>
@@ -211,7 +211,9 @@ static void test_core_avx512_vs_ref(void **state) {
 }
 
 /* ---------------------------------------------------------------- batch-1 VNNI core */
-static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, float in_scale) {
+/* batch columns; column c scaled by in_scale · 10^(3·(c % 3) - 3) (its own fixed-point scale),
+ * column 2 all zeros when batch > 2 */
+static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, float in_scale, int batch) {
   layer L;
   layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
   e8q_qlinear q;
@@ -220,48 +222,53 @@ static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, floa
   e8q_qlinear_vnni v; /* its own copy: q->vnni is NULL under E8Q_NO_VNNI */
   e8q_qlinear_vnni_init(&v, &L.d);
   const int np = L.d.n_pad, nc = np / 8;
-  float *u = random_input(g, (size_t)np);
-  for (int k = 0; k < np; k++) u[k] *= in_scale;
-  float *z_ref = guarded((size_t)m), *z = guarded((size_t)m);
-  e8q_qlinear_codes_matmul_ref(&q, 1, u, z_ref);
-  if (!e8q_qlinear_vnni_matvec(&q, &v, u, z)) fail_msg("VNNI core refused a finite input");
-  double umax = 0, zmax = 0, worst = 0;
-  for (int k = 0; k < np; k++) umax = fmax(umax, fabs((double)u[k]));
-  for (int r = 0; r < m; r++) zmax = fmax(zmax, fabs((double)z_ref[r]));
-  for (int r = 0; r < m; r++) {
-    double z64 = 0, wabs = 0, w1[8], w2[8];
-    for (int j = 0; j < nc; j++) {
-      const size_t at = (size_t)r * nc + j;
-      e8q_e8p_decode_f64(L.codes[at], w1);
-      if (cbi == 2) e8q_e8p_decode_f64(((const uint16_t *)L.codes2)[at], w2);
-      for (int i = 0; i < 8; i++) {
-        const double w = w1[i] + (cbi == 2 ? w2[i] / (double)q.resid_scale : 0);
-        z64 += w * (double)u[8 * j + i];
-        wabs += fabs(w);
+  float *u = random_input(g, (size_t)batch * np);
+  for (int c = 0; c < batch; c++)
+    for (int k = 0; k < np; k++)
+      u[(size_t)c * np + k] *= c == 2 ? 0.0f : in_scale * powf(10.0f, (float)(3 * (c % 3) - 3));
+  float *z_ref = guarded((size_t)batch * m), *z = guarded((size_t)batch * m);
+  e8q_qlinear_codes_matmul_ref(&q, batch, u, z_ref);
+  if (!e8q_qlinear_vnni_matmul(&q, &v, batch, u, z)) fail_msg("VNNI core refused a finite input");
+  for (int c = 0; c < batch; c++) {
+    const float *uc = u + (size_t)c * np, *zc = z + (size_t)c * m, *zr = z_ref + (size_t)c * m;
+    /* the _ref comparison is relative to max_r Σ|w u|, the scale both roundings are bounded by
+     * (max |z| alone is ill-conditioned for one row of one code, where the sum can cancel) */
+    double umax = 0, zmax = 0, worst = 0;
+    for (int k = 0; k < np; k++) umax = fmax(umax, fabs((double)uc[k]));
+    for (int r = 0; r < m; r++) {
+      double z64 = 0, wabs = 0, wu = 0, w1[8], w2[8];
+      for (int j = 0; j < nc; j++) {
+        const size_t at = (size_t)r * nc + j;
+        e8q_e8p_decode_f64(L.codes[at], w1);
+        if (cbi == 2) e8q_e8p_decode_f64(((const uint16_t *)L.codes2)[at], w2);
+        for (int i = 0; i < 8; i++) {
+          const double w = w1[i] + (cbi == 2 ? w2[i] / (double)q.resid_scale : 0);
+          z64 += w * (double)uc[8 * j + i];
+          wabs += fabs(w);
+          wu += fabs(w * (double)uc[8 * j + i]);
+        }
       }
+      zmax = fmax(zmax, wu);
+      const double bound = umax / 16777216.0 * wabs * 1.0001 + fabs(z64) * 6e-8;
+      if (!(fabs((double)zc[r] - z64) <= bound))
+        fail_msg("%s m=%d n=%d column %d/%d row %d: VNNI %.9g vs float64 %.9g, error %.3g > bound %.3g (seed %llu)",
+                 CBN[cbi], m, n, c, batch, r, (double)zc[r], z64, fabs((double)zc[r] - z64), bound,
+                 (unsigned long long)g_seed);
+      if (umax == 0 && zc[r] != 0.0f) fail_msg("VNNI core: zero column gave %g in row %d", (double)zc[r], r);
+      worst = fmax(worst, fabs((double)zc[r] - (double)zr[r]));
     }
-    const double bound = umax / 16777216.0 * wabs * 1.0001 + fabs(z64) * 6e-8;
-    if (!(fabs((double)z[r] - z64) <= bound))
-      fail_msg("%s m=%d n=%d scale %g row %d: VNNI %.9g vs float64 %.9g, error %.3g > bound %.3g (seed %llu)",
-               CBN[cbi], m, n, (double)in_scale, r, (double)z[r], z64, fabs((double)z[r] - z64), bound,
-               (unsigned long long)g_seed);
-    worst = fmax(worst, fabs((double)z[r] - (double)z_ref[r]));
+    if (!(worst <= 1e-5 * (zmax > 0 ? zmax : 1)))
+      fail_msg("%s m=%d n=%d column %d/%d: VNNI core differs from _ref by %.3g relative (seed %llu)", CBN[cbi], m,
+               n, c, batch, worst / zmax, (unsigned long long)g_seed);
   }
-  if (!(worst <= 1e-5 * zmax))
-    fail_msg("%s m=%d n=%d: VNNI core differs from _ref by %.3g relative (seed %llu)", CBN[cbi], m, n,
-             worst / zmax, (unsigned long long)g_seed);
-  /* a NaN is refused before anything is written; zeros give exact zeros */
-  for (int r = 0; r < m; r++) z[r] = 7.0f;
-  u[np / 2] = NAN;
-  if (e8q_qlinear_vnni_matvec(&q, &v, u, z)) fail_msg("VNNI core accepted a NaN input");
-  for (int r = 0; r < m; r++)
-    if (z[r] != 7.0f) fail_msg("VNNI core wrote row %d of a refused input", r);
-  memset(u, 0, sizeof(float) * (size_t)np);
-  if (!e8q_qlinear_vnni_matvec(&q, &v, u, z)) fail_msg("VNNI core refused a zero input");
-  for (int r = 0; r < m; r++)
-    if (z[r] != 0.0f) fail_msg("VNNI core: zero input gave %g in row %d", (double)z[r], r);
-  guarded_check_free(z_ref, (size_t)m, "core _ref");
-  guarded_check_free(z, (size_t)m, "VNNI core");
+  /* a NaN anywhere is refused before anything is written */
+  for (size_t i = 0; i < (size_t)batch * m; i++) z[i] = 7.0f;
+  u[(size_t)(batch - 1) * np + np / 2] = NAN;
+  if (e8q_qlinear_vnni_matmul(&q, &v, batch, u, z)) fail_msg("VNNI core accepted a NaN input");
+  for (size_t i = 0; i < (size_t)batch * m; i++)
+    if (z[i] != 7.0f) fail_msg("VNNI core wrote output %zu of a refused input", i);
+  guarded_check_free(z_ref, (size_t)batch * m, "core _ref");
+  guarded_check_free(z, (size_t)batch * m, "VNNI core");
   free(u);
   e8q_qlinear_vnni_free(&v);
   e8q_qlinear_free(&q);
@@ -281,12 +288,15 @@ static void test_core_vnni(void **state) {
   }
   const int cb[2] = {0, 2};
   for (int c = 0; c < 2; c++) {
-    vnni_case(&g, 13, 172, 13, 11, cb[c], 1.0f);   /* one partial group; nc = 22: 5 quads + 2 */
-    vnni_case(&g, 37, 104, 37, 13, cb[c], 1.0f);   /* groups 16, 16, 5; nc = 13 */
-    vnni_case(&g, 64, 512, 1, 1, cb[c], 1.0f);   /* whole groups and quads */
-    vnni_case(&g, 1, 8, 1, 1, cb[c], 1.0f);      /* one row, one code */
-    vnni_case(&g, 23, 536, 23, 67, cb[c], 1e-30f); /* the fixed-point scale follows the input */
-    vnni_case(&g, 17, 264, 17, 33, cb[c], 1e30f);
+    const int bs[] = {1, 2, 3, 4, 5, 7, 8, 13};
+    for (int i = 0; i < 8; i++) {
+      vnni_case(&g, 13, 172, 13, 11, cb[c], 1.0f, bs[i]); /* one partial group; nc = 22: 5 quads + 2 */
+      vnni_case(&g, 37, 104, 37, 13, cb[c], 1.0f, bs[i]); /* groups 16, 16, 5; nc = 13 */
+    }
+    vnni_case(&g, 64, 512, 1, 1, cb[c], 1.0f, 1);        /* whole groups and quads */
+    vnni_case(&g, 1, 8, 1, 1, cb[c], 1.0f, 6);           /* one row, one code */
+    vnni_case(&g, 23, 536, 23, 67, cb[c], 1e-27f, 3);    /* the fixed-point scale follows each column */
+    vnni_case(&g, 17, 264, 17, 33, cb[c], 1e27f, 3);
   }
 }
 
