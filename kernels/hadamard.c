@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -359,9 +360,42 @@ static inline void axpy_f32(float *restrict y, float r, const float *restrict z,
   for (; c < b; c++) y[c] += r * z[c];
 }
 
+/* output block a of the mixing: y = Σ_a' R[a][a'] z_a' (R^T when transposed), each element
+ * summed from 0 in the order a' = 0, 1, ... with separate multiplies and adds, 128 bytes of
+ * columns at a time held in registers. The AVX2 clone only widens the vectors (no FMA is
+ * enabled, so nothing is contracted): every path gives the same bits. */
+#define DEFINE_MIX(NAME, T, VT, AXPY)                                                              \
+  __attribute__((target_clones("avx2", "default"))) static void NAME(T *y, const T *R, const T *x, int K, int a, \
+                                                                     int64_t b, int transpose) {    \
+    const int L = (int)(32 / sizeof(T));                                                            \
+    if (b % (4 * L) == 0) {                                                                         \
+      for (int64_t c = 0; c < b; c += 4 * L) {                                                      \
+        VT acc[4] = {{0}, {0}, {0}, {0}};                                                           \
+        for (int a2 = 0; a2 < K; a2++) {                                                            \
+          const T r = transpose ? R[(size_t)a2 * K + a] : R[(size_t)a * K + a2];                    \
+          const VT rv = (VT){0} + r;                                                                \
+          for (int t = 0; t < 4; t++) {                                                             \
+            VT zv;                                                                                  \
+            memcpy(&zv, x + a2 * b + c + t * L, 32);                                                \
+            acc[t] = acc[t] + rv * zv;                                                              \
+          }                                                                                         \
+        }                                                                                           \
+        memcpy(y + c, acc, sizeof acc);                                                             \
+      }                                                                                             \
+      return;                                                                                       \
+    }                                                                                               \
+    for (int64_t c = 0; c < b; c++) y[c] = 0;                                                       \
+    for (int a2 = 0; a2 < K; a2++) {                                                                \
+      T r = transpose ? R[(size_t)a2 * K + a] : R[(size_t)a * K + a2];                              \
+      AXPY(y, r, x + a2 * b, b);                                                                    \
+    }                                                                                               \
+  }
+DEFINE_MIX(mix_f64, double, e8q_v4d, axpy_f64)
+DEFINE_MIX(mix_f32, float, e8q_v8f, axpy_f32)
+
 /* one vector: FWHT of each block, then y_a = sum_a' R[a][a'] z_a' (R^T when transposed),
  * divided by sqrt(n). tmp [n] scratch. */
-#define DEFINE_VEC(NAME, T, FWHT, RMEMBER, AXPY)                                                    \
+#define DEFINE_VEC(NAME, T, FWHT, RMEMBER, MIX)                                                    \
   static void NAME(const e8q_had *h, T *x, int transpose, T *tmp) {                          \
     int64_t n = h->n, b = h->b;                                                              \
     int K = h->f.K;                                                                          \
@@ -372,18 +406,11 @@ static inline void axpy_f32(float *restrict y, float r, const float *restrict z,
       return;                                                                                \
     }                                                                                        \
     const T *R = h->f.RMEMBER;                                                               \
-    for (int a = 0; a < K; a++) {                                                            \
-      T *y = tmp + a * b;                                                                    \
-      for (int64_t c = 0; c < b; c++) y[c] = 0;                                              \
-      for (int a2 = 0; a2 < K; a2++) {                                                       \
-        T r = transpose ? R[(size_t)a2 * K + a] : R[(size_t)a * K + a2];                     \
-        AXPY(y, r, x + a2 * b, b);                                                           \
-      }                                                                                      \
-    }                                                                                        \
+    for (int a = 0; a < K; a++) MIX(tmp + a * b, R, x, K, a, b, transpose);                  \
     for (int64_t i = 0; i < n; i++) x[i] = tmp[i] / sn;                                      \
   }
-DEFINE_VEC(vec_f64, double, e8q_fwht_f64, R, axpy_f64)
-DEFINE_VEC(vec_f32, float, e8q_fwht_f32, Rf, axpy_f32)
+DEFINE_VEC(vec_f64, double, e8q_fwht_f64, R, mix_f64)
+DEFINE_VEC(vec_f32, float, e8q_fwht_f32, Rf, mix_f32)
 
 void e8q_had_vec_f64(const e8q_had *h, double *x, int transpose) {
   double *tmp = h->f.K > 1 ? e8q_malloc(sizeof(double) * h->n, "Hadamard scratch") : NULL;
@@ -397,7 +424,39 @@ void e8q_had_vec_f32(const e8q_had *h, float *x, int transpose) {
   free(tmp);
 }
 
+/* one long vector on all threads (a batch-1 product would otherwise rotate its input on one):
+ * blocks split across threads, the same operations per element as NAME, so the same bits */
+#define DEFINE_VEC_PAR(NAME, T, FWHT, RMEMBER, MIX)                                               \
+  static void NAME(const e8q_had *h, T *x, int transpose, T *tmp) {                             \
+    const int64_t n = h->n, b = h->b;                                                           \
+    const int K = h->f.K;                                                                       \
+    const T sn = (T)sqrt((double)n);                                                            \
+    const T *R = h->f.RMEMBER;                                                                  \
+    _Pragma("omp parallel")                                                                     \
+    {                                                                                           \
+      _Pragma("omp for schedule(static)")                                                       \
+      for (int a = 0; a < K; a++) FWHT(x + a * b, b);                                           \
+      _Pragma("omp for schedule(static)")                                                       \
+      for (int a = 0; a < K; a++) MIX(tmp + a * b, R, x, K, a, b, transpose);                   \
+      _Pragma("omp for schedule(static)")                                                       \
+      for (int64_t i = 0; i < n; i++) x[i] = tmp[i] / sn;                                       \
+    }                                                                                           \
+  }
+DEFINE_VEC_PAR(vec_f64_par, double, e8q_fwht_f64, R, mix_f64)
+DEFINE_VEC_PAR(vec_f32_par, float, e8q_fwht_f32, Rf, mix_f32)
+
+/* a single row with a factor (K > 1) and more than one thread goes through the parallel twin */
+static int one_row_parallel(const e8q_had *h, int64_t rows) {
+  return rows == 1 && h->f.K > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
+}
+
 void e8q_had_rows_f64(const e8q_had *h, double *A, int64_t rows, int64_t ld, int transpose) {
+  if (one_row_parallel(h, rows)) {
+    double *tmp = e8q_malloc(sizeof(double) * h->n, "Hadamard scratch");
+    vec_f64_par(h, A, transpose, tmp);
+    free(tmp);
+    return;
+  }
 #pragma omp parallel
   {
     double *tmp = e8q_malloc(sizeof(double) * h->n, "Hadamard scratch");
@@ -408,6 +467,12 @@ void e8q_had_rows_f64(const e8q_had *h, double *A, int64_t rows, int64_t ld, int
 }
 
 void e8q_had_rows_f32(const e8q_had *h, float *A, int64_t rows, int64_t ld, int transpose) {
+  if (one_row_parallel(h, rows)) {
+    float *tmp = e8q_malloc(sizeof(float) * h->n, "Hadamard scratch");
+    vec_f32_par(h, A, transpose, tmp);
+    free(tmp);
+    return;
+  }
 #pragma omp parallel
   {
     float *tmp = e8q_malloc(sizeof(float) * h->n, "Hadamard scratch");

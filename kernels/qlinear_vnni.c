@@ -22,6 +22,7 @@
 #include "kernels/qlinear_vnni.h"
 
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,27 +213,38 @@ static VNNI INLINE void group(const e8q_qlinear_vnni *v, int g, const int32_t *x
 
 /* ---------------------------------------------------------------- entry */
 /* one column's digits [nq][8][3] (byte c of a dword = code 4q + c) and its digit offset
- * 128·Σ X (every u8 weight carries +128); returns the fixed-point scale, 0 for a zero input */
+ * 128·Σ X (every u8 weight carries +128); returns the fixed-point scale, 0 for a zero input.
+ * Quads are split across threads unless called inside a parallel region. */
 static double digits_make(const float *u, int nc, int nq, int32_t *xd, int64_t *offset) {
   float mx = 0;
   for (int k = 0; k < 8 * nc; k++) mx = fmaxf(mx, fabsf(u[k]));
-  memset(xd, 0, sizeof(int32_t) * (size_t)nq * 24);
   *offset = 0;
-  if (mx == 0) return 0;
+  if (mx == 0) {
+    memset(xd, 0, sizeof(int32_t) * (size_t)nq * 24);
+    return 0;
+  }
   const double inv = VQ_XMAX / (double)mx;
-  int64_t dsum[3] = {0, 0, 0};
-  for (int j = 0; j < nc; j++)
-    for (int i = 0; i < 8; i++) {
-      long X = lrint((double)u[8 * j + i] * inv);
-      int8_t *dst = (int8_t *)(xd + ((size_t)(j / VQ_CODES) * 8 + i) * 3) + j % VQ_CODES;
-      for (int d = 0; d < 3; d++) {
-        const long dig = d < 2 ? ((X + 128) & 255) - 128 : X;
-        dst[4 * d] = (int8_t)dig;
-        dsum[d] += dig;
-        X = (X - dig) / 256;
+  int64_t s0 = 0, s1 = 0, s2 = 0;
+#pragma omp parallel for schedule(static) reduction(+ : s0, s1, s2) if (!omp_in_parallel() && nq >= 256)
+  for (int q = 0; q < nq; q++) {
+    int8_t *dq = (int8_t *)(xd + (size_t)q * 24);
+    for (int c = 0; c < VQ_CODES; c++) {
+      const int j = VQ_CODES * q + c;
+      for (int i = 0; i < 8; i++) {
+        /* |X| <= 8323072: balanced digits d0, d1 in [-128, 127], the rest d2 in [-127, 127] */
+        const int32_t X = j < nc ? (int32_t)lrint((double)u[8 * j + i] * inv) : 0;
+        const int32_t d0 = ((X + 128) & 255) - 128, X1 = (X - d0) / 256;
+        const int32_t d1 = ((X1 + 128) & 255) - 128, d2 = (X1 - d1) / 256;
+        dq[12 * i + c] = (int8_t)d0;
+        dq[12 * i + 4 + c] = (int8_t)d1;
+        dq[12 * i + 8 + c] = (int8_t)d2;
+        s0 += d0;
+        s1 += d1;
+        s2 += d2;
       }
     }
-  *offset = 128 * (dsum[0] + 256 * dsum[1] + 65536 * dsum[2]);
+  }
+  *offset = 128 * (s0 + 256 * s1 + 65536 * s2);
   return (double)mx / VQ_XMAX;
 }
 
@@ -267,8 +279,12 @@ VNNI int e8q_qlinear_vnni_matmul(const e8q_qlinear *q, const e8q_qlinear_vnni *v
   int32_t *xd = e8q_alloc_aligned(sizeof(int32_t) * xs * (size_t)batch, "qlinear VNNI input digits");
   double *scale = e8q_malloc(sizeof(double) * (size_t)batch, "qlinear VNNI input scales");
   int64_t *offset = e8q_malloc(sizeof(int64_t) * (size_t)batch, "qlinear VNNI digit offsets");
+  if (batch == 1) { /* quads across threads */
+    scale[0] = digits_make(u, nc, nq, xd, &offset[0]);
+  } else { /* columns across threads */
 #pragma omp parallel for schedule(static)
-  for (int b = 0; b < batch; b++) scale[b] = digits_make(u + (size_t)b * np, nc, nq, xd + (size_t)b * xs, &offset[b]);
+    for (int b = 0; b < batch; b++) scale[b] = digits_make(u + (size_t)b * np, nc, nq, xd + (size_t)b * xs, &offset[b]);
+  }
   /* rows split statically across threads; columns in passes of 4, 2, 1 */
 #pragma omp parallel for schedule(static)
   for (int g = 0; g < v->mg; g++) {
