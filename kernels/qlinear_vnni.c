@@ -8,16 +8,17 @@
  *     h = (b3^sn, b2^sn, b1^sn, !p)      and     4w = h sign-extended, shifted left, plus 1,
  * every bit of the int8 4w an affine GF(2) function of (b1, b2, b3) and B. Per 64 codes (one
  * register of A bytes, one of B bytes; lanes = 16 rows x 4 consecutive codes):
- *   t_k  = T_k[A]                     the b-bits of elements 2k, 2k+1 (6 bits), four 64-entry
+ *   t_k  = T_k[A]                     the b-bits of elements 2k (bits 0-2), 2k+1 (4-6), four 64-entry
  *                                     vpermb lookups merged by bits 6 and 7 of A
- *   t_k ^= GF(B, Q_k) ^ 0x40          their signs xor'd in, !p in bit 6   (one gf2p8affineqb)
- *   v_i  = GF(t_k, M_i) ^ 0x81        4w_i + 128 as a u8                  (one gf2p8affineqb)
+ *   t_k ^= GF(B, Q_k) ^ 0x88          their signs xor'd in, !p in bits 3, 7 (one gf2p8affineqb)
+ *   v_2k = LUT[t_k & 63], v_2k+1 = GF(t_k, M) ^ 0x81    4w + 128 as u8: one vpermb (port 5)
+ *                                     and one gf2p8affineqb (port 0), balancing the two ports
  * and vpdpbusd multiplies the four u8 weights of a row's dword lane (element i of its 4 codes)
  * with the four matching s8 input digits, broadcast from memory, into an int32 per row.
  * The input u is held as X = round(u / scale), |X| <= 8323072 (24 bits), split into balanced
  * base-256 digits X = d0 + 256 d1 + 65536 d2; Σ (4w + 128) d = Σ 4w d + 128 Σ d, and the
  * second sum is the same for every row. No step rounds but the one fixed-point copy of u.
- * Costs per 64 codes: 16 vpermb, ~8 mask/blend, 12 gf2p8affineqb, 4 xor, 24 vpdpbusd: about
+ * Costs per 64 codes: 20 vpermb, ~8 mask/blend, 8 gf2p8affineqb, 4 xor, 24 vpdpbusd: about
  * 0.55 cycles per code per core against ~1.5 for the f32 AVX-512 loop (bench/README.md). */
 #include "kernels/qlinear_vnni.h"
 
@@ -36,9 +37,10 @@
 #define VQ_XMAX 8323072.0 /* 2^23 - 2^16: the top balanced digit stays within [-127, 127] */
 
 /* ---------------------------------------------------------------- tables */
-static uint8_t tpair[4][256] __attribute__((aligned(64))); /* [k][A]: b1..b3 of elements 2k (bits 0-2), 2k+1 (3-5) */
-static uint64_t gf_q[4];                                   /* B -> signs of elements 2k, 2k+1 over their b-bits, parity in bit 6 */
-static uint64_t gf_m[8];                                   /* t_k -> 4w_i + 128 (with the constant 0x81) */
+static uint8_t tpair[4][256] __attribute__((aligned(64))); /* [k][A]: b1..b3 of elements 2k (bits 0-2), 2k+1 (4-6) */
+static uint8_t lut_even[64] __attribute__((aligned(64)));  /* t_k bits 0-3 -> 4w_2k + 128 (bits 4, 5 ignored) */
+static uint64_t gf_q[4];                                   /* B -> signs of 2k, 2k+1 over their b-bits, parity in bits 3, 7 */
+static uint64_t gf_m[8];                                   /* t_k -> 4w_i + 128 (with the constant 0x81); odd i used */
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 /* 8x8 GF(2) matrix whose output bit i is parity(x & rows[i]) (gf2p8affineqb's layout: row i is
@@ -62,7 +64,7 @@ static void tables_build(void) {
       uint8_t b = 0;
       for (int t = 0; t < 2; t++) {
         const int o = (int)lrintf(2.0f * (w[2 * k + t] - 0.25f)); /* odd, -7..7 */
-        b |= (uint8_t)(((o & 0xE) >> 1) << (3 * t));
+        b |= (uint8_t)(((o & 0xE) >> 1) << (4 * t));
       }
       tpair[k][A] = b;
     }
@@ -72,28 +74,33 @@ static void tables_build(void) {
     for (int t = 0; t < 2; t++) {
       const int sg = e8q_e8p_sigma(2 * k + t);
       const uint8_t sn = sg == 0 ? 0xFE : (uint8_t)(1u << sg); /* B_0 ^ parity(B) = B_1 ^ ... ^ B_7 */
-      for (int b = 0; b < 3; b++) rows[3 * t + b] = sn;
+      for (int b = 0; b < 3; b++) rows[4 * t + b] = sn;
     }
-    rows[6] = 0xFF; /* parity(B), complemented by the constant 0x40 */
+    rows[3] = rows[7] = 0xFF; /* parity(B) next to each element, complemented by the constant 0x88 */
     gf_q[k] = gf_matrix(rows);
   }
   for (int i = 0; i < 8; i++) {
     const int t = i & 1;
     uint8_t rows[8] = {0}; /* bit 0: constant 1; 1: !p; 2, 3: h1, h2; 4..7: h3 (sign extension) */
-    rows[1] = 0x40;
-    rows[2] = (uint8_t)(1u << (3 * t));
-    rows[3] = (uint8_t)(2u << (3 * t));
-    for (int j = 4; j < 8; j++) rows[j] = (uint8_t)(4u << (3 * t));
+    rows[1] = (uint8_t)(8u << (4 * t));
+    rows[2] = (uint8_t)(1u << (4 * t));
+    rows[3] = (uint8_t)(2u << (4 * t));
+    for (int j = 4; j < 8; j++) rows[j] = (uint8_t)(4u << (4 * t));
     gf_m[i] = gf_matrix(rows);
+  }
+  for (int idx = 0; idx < 64; idx++) { /* bits 0-2: h1..h3, bit 3: h0 = !p */
+    const int h = ((idx >> 3) & 1) | ((idx & 7) << 1), hs = h >= 8 ? h - 16 : h;
+    lut_even[idx] = (uint8_t)(2 * hs + 1 + 128);
   }
   /* the decomposition must reproduce codebook.h exactly for every code */
   for (int c = 0; c < E8Q_E8P_NCODES; c++) {
     float w[8];
     e8q_e8p_decode((uint16_t)c, w);
     for (int i = 0; i < 8; i++) {
-      const uint8_t t = (uint8_t)(tpair[i >> 1][c >> 8] ^ gf_apply(gf_q[i >> 1], (uint8_t)c, 0x40));
-      const int v = (int)gf_apply(gf_m[i], t, 0x81) - 128;
-      E8Q_CHECK((float)v == 4.0f * w[i], "qlinear VNNI: int8 decomposition disagrees with codebook.h at code %d", c);
+      const uint8_t t = (uint8_t)(tpair[i >> 1][c >> 8] ^ gf_apply(gf_q[i >> 1], (uint8_t)c, 0x88));
+      const int v = (int)gf_apply(gf_m[i], t, 0x81) - 128, ve = (int)lut_even[t & 63] - 128;
+      E8Q_CHECK((float)v == 4.0f * w[i] && (i % 2 || (float)ve == 4.0f * w[i]),
+                "qlinear VNNI: int8 decomposition disagrees with codebook.h at code %d", c);
     }
   }
 }
@@ -154,9 +161,9 @@ static VNNI INLINE void decode_pair(const __m512i *T, __m512i A, __m512i B, __mm
   __m512i t = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, Tk[0]), k6, A, Tk[1]);
   const __m512i u = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, Tk[2]), k6, A, Tk[3]);
   t = _mm512_mask_blend_epi8(k7, t, u);
-  t = _mm512_xor_si512(t, _mm512_gf2p8affine_epi64_epi8(B, _mm512_set1_epi64((long long)gf_q[k]), 0x40));
-  *v0 = _mm512_gf2p8affine_epi64_epi8(t, _mm512_set1_epi64((long long)gf_m[2 * k]), 0x81);
-  *v1 = _mm512_gf2p8affine_epi64_epi8(t, _mm512_set1_epi64((long long)gf_m[2 * k + 1]), 0x81);
+  t = _mm512_xor_si512(t, _mm512_gf2p8affine_epi64_epi8(B, _mm512_set1_epi64((long long)gf_q[k]), 0x88));
+  *v0 = _mm512_permutexvar_epi8(t, _mm512_load_si512(lut_even)); /* vpermb (port 5) for one, */
+  *v1 = _mm512_gf2p8affine_epi64_epi8(t, _mm512_set1_epi64((long long)gf_m[2 * k + 1]), 0x81); /* GFNI (0) */
 }
 
 /* 64 codes times the digits of BT columns. x: column t's digits for this quad at x + t·xs,
