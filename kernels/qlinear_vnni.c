@@ -41,6 +41,8 @@ static uint8_t tpair[4][256] __attribute__((aligned(64))); /* [k][A]: b1..b3 of 
 static uint8_t lut_even[64] __attribute__((aligned(64)));  /* t_k bits 0-3 -> 4w_2k + 128 (bits 4, 5 ignored) */
 static uint64_t gf_q[4];                                   /* B -> signs of 2k, 2k+1 over their b-bits, parity in bits 3, 7 */
 static uint64_t gf_m[8];                                   /* t_k -> 4w_i + 128 (with the constant 0x81); odd i used */
+static uint8_t e81b_quad[2][256] __attribute__((aligned(64))); /* [half][idx]: which of <= 64 value quads */
+static uint8_t e81b_val[8][64] __attribute__((aligned(64)));   /* [element][quad]: 2w + 128 (half units) */
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 /* 8x8 GF(2) matrix whose output bit i is parity(x & rows[i]) (gf2p8affineqb's layout: row i is
@@ -92,6 +94,34 @@ static void tables_build(void) {
     const int h = ((idx >> 3) & 1) | ((idx & 7) << 1), hs = h >= 8 ? h - 16 : h;
     lut_even[idx] = (uint8_t)(2 * hs + 1 + 128);
   }
+  /* RVQ3's second stage: the 1-bit E8 grid has <= 64 distinct value quads per half (57 and 56),
+   * so a 256-entry lookup gives a 6-bit quad index and one 64-entry vpermb per element its
+   * value; unused entries decode to 0 */
+  memset(e81b_val, 128, sizeof e81b_val);
+  for (int h = 0; h < 2; h++) {
+    int nquad = 0;
+    for (int idx = 0; idx < E8Q_E81B_SIZE; idx++) {
+      int found = -1;
+      for (int qd = 0; qd < nquad && found < 0; qd++) {
+        int same = 1;
+        for (int e = 0; e < 4; e++) same &= (int)e81b_val[4 * h + e][qd] - 128 == E8Q_E81B_GRID2[idx][4 * h + e];
+        if (same) found = qd;
+      }
+      if (found < 0) {
+        E8Q_CHECK(nquad < 64, "qlinear VNNI: the 1-bit E8 grid has more than 64 value quads in half %d", h);
+        found = nquad++;
+        for (int e = 0; e < 4; e++) e81b_val[4 * h + e][found] = (uint8_t)(E8Q_E81B_GRID2[idx][4 * h + e] + 128);
+      }
+      e81b_quad[h][idx] = (uint8_t)found;
+    }
+  }
+  for (int idx = 0; idx < E8Q_E81B_SIZE; idx++) {
+    float w[8];
+    e8q_e81b_decode((uint32_t)idx, w);
+    for (int e = 0; e < 8; e++)
+      E8Q_CHECK((float)((int)e81b_val[e][e81b_quad[e / 4][idx]] - 128) == 2.0f * w[e],
+                "qlinear VNNI: 1-bit E8 quads disagree with codebook.h at index %d", idx);
+  }
   /* the decomposition must reproduce codebook.h exactly for every code */
   for (int c = 0; c < E8Q_E8P_NCODES; c++) {
     float w[8];
@@ -115,30 +145,34 @@ int e8q_cpu_has_vnni(void) {
 #endif
 }
 
-int e8q_qlinear_vnni_fits(const e8q_qlinear_desc *d) {
-  return (d->codebook == E8Q_CB_E8P12 || d->codebook == E8Q_CB_E8P12RVQ4B) && d->n_pad <= E8Q_VNNI_MAX_NPAD;
-}
+int e8q_qlinear_vnni_fits(const e8q_qlinear_desc *d) { return d->n_pad <= E8Q_VNNI_MAX_NPAD; }
 
 void e8q_qlinear_vnni_init(e8q_qlinear_vnni *v, const e8q_qlinear_desc *d) {
   const int nc = d->n_pad / 8;
   v->mg = (d->m + VQ_ROWS - 1) / VQ_ROWS;
   v->nq = (nc + VQ_CODES - 1) / VQ_CODES;
-  v->stages = d->codebook == E8Q_CB_E8P12RVQ4B ? 2 : 1;
-  const size_t bytes = (size_t)v->mg * v->nq * v->stages * 128;
+  v->cb = d->codebook;
+  v->stage2 = d->codebook == E8Q_CB_E8P12RVQ4B ? 128 : d->codebook == E8Q_CB_E8P12RVQ3B ? 64 : 0;
+  const size_t gsz = (size_t)v->nq * (128 + v->stage2), bytes = (size_t)v->mg * gsz;
   v->pk = e8q_alloc_aligned(bytes, "qlinear VNNI repacked codes");
   memset(v->pk, 0, bytes);
-  for (int s = 0; s < v->stages; s++) {
-    const uint16_t *codes = s == 0 ? d->codes : (const uint16_t *)d->codes2;
 #pragma omp parallel for schedule(static)
-    for (int r = 0; r < d->m; r++)
-      for (int j = 0; j < nc; j++) {
-        const uint16_t c = codes[(size_t)r * nc + j];
-        uint8_t *g = v->pk + (((size_t)(r / VQ_ROWS) * v->stages + s) * v->nq + j / VQ_CODES) * 128;
-        const int lane = VQ_CODES * (r % VQ_ROWS) + j % VQ_CODES;
-        g[lane] = (uint8_t)(c >> 8);
-        g[64 + lane] = (uint8_t)(c & 0xFF);
+  for (int r = 0; r < d->m; r++)
+    for (int j = 0; j < nc; j++) {
+      const size_t at = (size_t)r * nc + j;
+      const int lane = VQ_CODES * (r % VQ_ROWS) + j % VQ_CODES;
+      uint8_t *g = v->pk + (size_t)(r / VQ_ROWS) * gsz, *q1 = g + (size_t)(j / VQ_CODES) * 128;
+      uint8_t *q2 = g + (size_t)v->nq * 128 + (size_t)(j / VQ_CODES) * v->stage2;
+      q1[lane] = (uint8_t)(d->codes[at] >> 8);
+      q1[64 + lane] = (uint8_t)(d->codes[at] & 0xFF);
+      if (v->stage2 == 128) {
+        const uint16_t c2 = ((const uint16_t *)d->codes2)[at];
+        q2[lane] = (uint8_t)(c2 >> 8);
+        q2[64 + lane] = (uint8_t)(c2 & 0xFF);
+      } else if (v->stage2 == 64) {
+        q2[lane] = ((const uint8_t *)d->codes2)[at];
       }
-  }
+    }
 }
 
 void e8q_qlinear_vnni_free(e8q_qlinear_vnni *v) {
@@ -154,13 +188,17 @@ void e8q_qlinear_vnni_free(e8q_qlinear_vnni *v) {
 /* ---------------------------------------------------------------- the kernel */
 #define VQ_BT 4 /* batch columns per pass over the codes (batch > 1) */
 
+/* a 256-entry byte table (four registers) at 64 indices: four vpermb merged by bits 6 and 7 */
+static VNNI INLINE __m512i lookup256(const __m512i *T4, __m512i A, __mmask64 k6, __mmask64 k7) {
+  const __m512i t = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, T4[0]), k6, A, T4[1]);
+  const __m512i u = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, T4[2]), k6, A, T4[3]);
+  return _mm512_mask_blend_epi8(k7, t, u);
+}
+
 /* 4w + 128 of elements 2k (v0) and 2k + 1 (v1) of 64 codes (A, B); k6, k7: bits 6, 7 of A */
 static VNNI INLINE void decode_pair(const __m512i *T, __m512i A, __m512i B, __mmask64 k6, __mmask64 k7, int k,
                                     __m512i *v0, __m512i *v1) {
-  const __m512i *Tk = T + 4 * k;
-  __m512i t = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, Tk[0]), k6, A, Tk[1]);
-  const __m512i u = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(A, Tk[2]), k6, A, Tk[3]);
-  t = _mm512_mask_blend_epi8(k7, t, u);
+  __m512i t = lookup256(T + 4 * k, A, k6, k7);
   t = _mm512_xor_si512(t, _mm512_gf2p8affine_epi64_epi8(B, _mm512_set1_epi64((long long)gf_q[k]), 0x88));
   *v0 = _mm512_permutexvar_epi8(t, _mm512_load_si512(lut_even)); /* vpermb (port 5) for one, */
   *v1 = _mm512_gf2p8affine_epi64_epi8(t, _mm512_set1_epi64((long long)gf_m[2 * k + 1]), 0x81); /* GFNI (0) */
@@ -189,25 +227,63 @@ static VNNI INLINE void quad(const __m512i *T, __m512i A, __m512i B, const int32
   }
 }
 
-/* one group of 16 rows times BT columns: sums of 4w·X per stage and column, y[s][t][r] (exact,
- * before the digit offset). xd: column t's digits at xd + t·xs, [nq][8][3]. */
-static VNNI INLINE void group(const e8q_qlinear_vnni *v, int g, const int32_t *xd, size_t xs, const int stages,
+/* RVQ3's second stage: 64 1-bit E8 indices C times the digits, as quad (2w + 128, half units) */
+static VNNI INLINE void quad_e81b(const __m512i *Q /* [8] */, const __m512i *V /* [8] */, __m512i C, const int32_t *x,
+                                  size_t xs, const int BT, __m512i acc[][3]) {
+  const __mmask64 k7 = _mm512_movepi8_mask(C), k6 = _mm512_test_epi8_mask(C, _mm512_set1_epi8(0x40));
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; h++) {
+    const __m512i qd = lookup256(Q + 4 * h, C, k6, k7);
+#pragma GCC unroll 4
+    for (int e = 4 * h; e < 4 * h + 4; e++) {
+      const __m512i w = _mm512_permutexvar_epi8(qd, V[e]);
+#pragma GCC unroll 4
+      for (int t = 0; t < BT; t++) {
+        const int32_t *xe = x + (size_t)t * xs + 3 * e;
+        __m512i *a = acc[BT == 1 ? e & 1 : t];
+#pragma GCC unroll 3
+        for (int d = 0; d < 3; d++) a[d] = _mm512_dpbusd_epi32(a[d], w, _mm512_set1_epi32(xe[d]));
+      }
+    }
+  }
+}
+
+/* one group of 16 rows times BT columns: sums of the stage's integer weights (4w, or 2w for the
+ * 1-bit E8 stage) times X per stage and column, y[s][t][r] (exact, before the digit offset).
+ * xd: column t's digits at xd + t·xs, [nq][8][3]. */
+static VNNI INLINE void group(const e8q_qlinear_vnni *v, int g, const int32_t *xd, size_t xs, const int cb,
                               const int BT, int64_t y[2][VQ_BT][VQ_ROWS]) {
+  const int stage2 = cb == E8Q_CB_E8P12RVQ4B ? 128 : cb == E8Q_CB_E8P12RVQ3B ? 64 : 0;
   __m512i T[16];
   for (int i = 0; i < 16; i++) T[i] = _mm512_load_si512(tpair[i / 4] + 64 * (i % 4));
   int32_t r[3][VQ_ROWS] __attribute__((aligned(64)));
-  const uint8_t *pg = v->pk + (size_t)g * v->nq * stages * 128;
-  /* RVQ4 runs the E8P loop once per stage (one pass each, same registers): interleaving the
-   * stages in one pass needs twice the accumulators, which spill */
-  for (int s = 0; s < stages; s++) {
+  const uint8_t *pg = v->pk + (size_t)g * v->nq * (128 + stage2);
+  /* the stages run one after the other (one pass each, same registers): interleaving them in
+   * one pass needs twice the accumulators, which spill */
+  for (int s = 0; s < (stage2 ? 2 : 1); s++) {
     __m512i acc[BT == 1 ? 2 : BT][3];
     for (int t = 0; t < (BT == 1 ? 2 : BT); t++)
       for (int d = 0; d < 3; d++) acc[t][d] = _mm512_setzero_si512();
-    for (int q = 0; q < v->nq; q++) {
-      const uint8_t *p = pg + ((size_t)s * v->nq + q) * 128;
-      _mm_prefetch((const char *)p + VQ_PREFETCH, _MM_HINT_T0); /* beyond the caches one thread's */
-      _mm_prefetch((const char *)p + VQ_PREFETCH + 64, _MM_HINT_T0); /* hardware prefetch falls short */
-      quad(T, _mm512_load_si512(p), _mm512_load_si512(p + 64), xd + (size_t)q * 24, xs, BT, acc);
+    if (s == 0 || stage2 == 128) { /* E8P codes */
+      const uint8_t *ps = pg + (size_t)s * v->nq * 128;
+      for (int q = 0; q < v->nq; q++) {
+        const uint8_t *p = ps + (size_t)q * 128;
+        _mm_prefetch((const char *)p + VQ_PREFETCH, _MM_HINT_T0); /* beyond the caches one thread's */
+        _mm_prefetch((const char *)p + VQ_PREFETCH + 64, _MM_HINT_T0); /* hardware prefetch falls short */
+        quad(T, _mm512_load_si512(p), _mm512_load_si512(p + 64), xd + (size_t)q * 24, xs, BT, acc);
+      }
+    } else { /* RVQ3: 1-bit E8 indices */
+      __m512i Q[8], V[8];
+      for (int i = 0; i < 8; i++) {
+        Q[i] = _mm512_load_si512(e81b_quad[i / 4] + 64 * (i % 4));
+        V[i] = _mm512_load_si512(e81b_val[i]);
+      }
+      const uint8_t *ps = pg + (size_t)v->nq * 128;
+      for (int q = 0; q < v->nq; q++) {
+        const uint8_t *p = ps + (size_t)q * 64;
+        _mm_prefetch((const char *)p + VQ_PREFETCH, _MM_HINT_T0);
+        quad_e81b(Q, V, _mm512_load_si512(p), xd + (size_t)q * 24, xs, BT, acc);
+      }
     }
     for (int t = 0; t < BT; t++) {
       for (int d = 0; d < 3; d++)
@@ -261,16 +337,20 @@ static VNNI INLINE void group_out(const e8q_qlinear *q, const e8q_qlinear_vnni *
                                   float *z) {
   const int m = q->d.m;
   int64_t y[2][VQ_BT][VQ_ROWS];
-  if (v->stages == 1)
-    group(v, g, xd + (size_t)b0 * xs, xs, 1, BT, y);
-  else
-    group(v, g, xd + (size_t)b0 * xs, xs, 2, BT, y);
+  const int32_t *xb = xd + (size_t)b0 * xs;
+  switch (v->cb) {
+    case E8Q_CB_E8P12RVQ4B: group(v, g, xb, xs, E8Q_CB_E8P12RVQ4B, BT, y); break;
+    case E8Q_CB_E8P12RVQ3B: group(v, g, xb, xs, E8Q_CB_E8P12RVQ3B, BT, y); break;
+    default: group(v, g, xb, xs, E8Q_CB_E8P12, BT, y); break;
+  }
+  /* stage 1 in quarter units; stage 2 in quarter (RVQ4) or half (RVQ3) units, over resid_scale */
+  const double unit2 = v->cb == E8Q_CB_E8P12RVQ3B ? 2.0 : 4.0;
   for (int t = 0; t < BT; t++) {
-    const double s1 = scale[b0 + t] / 4.0, s2 = s1 / (double)q->resid_scale;
+    const double s1 = scale[b0 + t] / 4.0, s2 = scale[b0 + t] / unit2 / (double)q->resid_scale;
     const int64_t off = offset[b0 + t];
     for (int i = 0; i < VQ_ROWS && g * VQ_ROWS + i < m; i++) {
       double s = (double)(y[0][t][i] - off) * s1;
-      if (v->stages == 2) s += (double)(y[1][t][i] - off) * s2;
+      if (v->stage2) s += (double)(y[1][t][i] - off) * s2;
       z[(size_t)(b0 + t) * m + g * VQ_ROWS + i] = (float)s;
     }
   }

@@ -1,4 +1,4 @@
-/* kernels/qlinear_vnni.h: the integer core of the quantized linear product for E8P and RVQ4 codes on CPUs with AVX-512 VBMI, GFNI and VNNI (kernels/qlinear_vnni.c).
+/* kernels/qlinear_vnni.h: the integer core of the quantized linear product for E8P, RVQ3 and RVQ4 codes on CPUs with AVX-512 VBMI, GFNI and VNNI (kernels/qlinear_vnni.c).
  *
  * The codes are repacked once, at e8q_qlinear_init, into groups of 16 rows x 4 codes whose 64
  * abs-row bytes (A) and 64 sign bytes (B) each fill one register (a permutation of the same
@@ -26,12 +26,14 @@ extern "C" {
 typedef struct e8q_qlinear_vnni {
   int mg;      /* row groups of 16 (m rounded up; pad rows decode code 0 and are not written) */
   int nq;      /* quads of 4 codes per row (nc rounded up; pad codes meet zero inputs) */
-  int stages;  /* 1 (E8P) or 2 (RVQ4: first stage, then second) */
-  uint8_t *pk; /* [mg][stages][nq][2][64]: A bytes then B bytes, lane 4*row + code; owned */
+  int cb;      /* e8q_codebook_id of the codes */
+  int stage2;  /* second-stage bytes per quad: 0 (E8P), 64 (RVQ3: 1-bit E8 index), 128 (RVQ4: E8P) */
+  uint8_t *pk; /* per row group: [nq][2][64] E8P A bytes then B bytes, then [nq][stage2]; lane
+                  4*row + code; owned */
 } e8q_qlinear_vnni;
 
 int e8q_cpu_has_vnni(void); /* e8q_cpu_has_avx512() and AVX512-VNNI (cpuid) */
-/* 1 when q's codebook and shape have this path (E8P or RVQ4, n_pad <= E8Q_VNNI_MAX_NPAD) */
+/* 1 when the shape fits this path (n_pad <= E8Q_VNNI_MAX_NPAD; every codebook does) */
 int e8q_qlinear_vnni_fits(const e8q_qlinear_desc *d);
 /* the repacked codes of d (callers check e8q_qlinear_vnni_fits first); freed by _free */
 void e8q_qlinear_vnni_init(e8q_qlinear_vnni *v, const e8q_qlinear_desc *d);

@@ -7,7 +7,7 @@
  *  - the whole forward (_ref and AVX2) == a float64 dense reference built by decoding every
  *    code and multiplying the Hadamard matrices written out from their definition;
  *  - guard regions before and after every output catch out-of-bounds writes;
- *  - the VNNI core (E8P, RVQ4) == _ref within 1e-5 and within its own error bound against
+ *  - the VNNI core (E8P, RVQ3, RVQ4) == _ref within 1e-5 and within its own error bound against
  *    float64 (only the 24-bit fixed-point copy of each input column rounds: |z - z64| <=
  *    (max|u| / 2^24) · Σ|w| per row, plus the f32 output rounding), batch 1..13 (passes of
  *    4, 2, 1 columns), rows outside its 16-row groups, codes outside its 4-code quads, columns
@@ -241,8 +241,9 @@ static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, floa
         const size_t at = (size_t)r * nc + j;
         e8q_e8p_decode_f64(L.codes[at], w1);
         if (cbi == 2) e8q_e8p_decode_f64(((const uint16_t *)L.codes2)[at], w2);
+        if (cbi == 1) e8q_e81b_decode_f64(((const uint8_t *)L.codes2)[at], w2);
         for (int i = 0; i < 8; i++) {
-          const double w = w1[i] + (cbi == 2 ? w2[i] / (double)q.resid_scale : 0);
+          const double w = w1[i] + (cbi > 0 ? w2[i] / (double)q.resid_scale : 0);
           z64 += w * (double)uc[8 * j + i];
           wabs += fabs(w);
           wu += fabs(w * (double)uc[8 * j + i]);
@@ -277,17 +278,18 @@ static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, floa
 
 static void test_core_vnni(void **state) {
   (void)state;
-  layer L;
   t_rng g = {g_seed ^ 0x7777};
-  layer_make(&L, &g, 5, 16, 5, 1, E8Q_CB_E8P12RVQ3B);
-  if (e8q_qlinear_vnni_fits(&L.d)) fail_msg("RVQ3 must not claim the VNNI core");
-  layer_free(&L);
+  /* longer rows could overflow the int32 digit sums: refused */
+  e8q_qlinear_desc d = {.m = 1, .n = E8Q_VNNI_MAX_NPAD, .n_pad = E8Q_VNNI_MAX_NPAD};
+  if (!e8q_qlinear_vnni_fits(&d)) fail_msg("n_pad = %d should fit the VNNI core", d.n_pad);
+  d.n = d.n_pad = E8Q_VNNI_MAX_NPAD + 8;
+  if (e8q_qlinear_vnni_fits(&d)) fail_msg("n_pad = %d must not fit the VNNI core", d.n_pad);
   if (!e8q_cpu_has_vnni()) {
     print_message("test_core_vnni: SKIPPED, this CPU lacks AVX512-VNNI (or AVX-512 VBMI/GFNI)\n");
     skip();
   }
-  const int cb[2] = {0, 2};
-  for (int c = 0; c < 2; c++) {
+  const int cb[3] = {0, 1, 2};
+  for (int c = 0; c < 3; c++) {
     const int bs[] = {1, 2, 3, 4, 5, 7, 8, 13};
     for (int i = 0; i < 8; i++) {
       vnni_case(&g, 13, 172, 13, 11, cb[c], 1.0f, bs[i]); /* one partial group; nc = 22: 5 quads + 2 */
