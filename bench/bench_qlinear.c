@@ -189,7 +189,7 @@ int main(int argc, char **argv) {
             offvn = novn && *novn && strcmp(novn, "0") != 0;
   const char *path = !e8q_cpu_has_avx2() || off2           ? "scalar _ref"
                      : !e8q_cpu_has_avx512() || off512     ? "AVX2"
-                     : e8q_cpu_has_vnni() && !offvn        ? "AVX-512 (batch 1 of E8P/RVQ4: VNNI)"
+                     : e8q_cpu_has_vnni() && !offvn        ? "AVX-512 VNNI (integer core)"
                                                            : "AVX-512 (f32)";
   printf("bench_qlinear: path %s (CPU: AVX2 %s, AVX-512 %s, VNNI %s; E8Q_NO_VNNI=1 / E8Q_NO_AVX512=1 / "
          "E8Q_NO_AVX2=1 select the others); median of %d runs; GB = 1e9 bytes\n", path,
