@@ -94,7 +94,7 @@ void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *nam
   }
   had_make(&q->h_in, d->n_pad, d->K_in, d->R_in, name, "R_in");
   had_make(&q->h_out, d->m, d->K_out, d->R_out, name, "R_out");
-  /* the batch-1 VNNI core reads its own copy of the codes (same 2 or 4 bits per weight) */
+  /* the VNNI core reads its own copy of the codes (the same 2, 3 or 4 bits per weight) */
   if (e8q_qlinear_vnni_fits(d) && e8q_cpu_has_vnni() && !env_set("E8Q_NO_VNNI") && !env_set("E8Q_NO_AVX512") &&
       !env_set("E8Q_NO_AVX2")) {
     q->vnni = e8q_malloc(sizeof *q->vnni, "qlinear VNNI codes");

@@ -65,7 +65,7 @@ typedef struct e8q_qlinear { /* tag named: shard/model.h (fwd) forward-declares 
   float *out_scale;              /* [m] fs(r) * SV[r], owned */
   e8q_had h_in;                  /* M_n_pad from (K_in, R_in), owned (kernels/hadamard.h) */
   e8q_had h_out;                 /* M_m from (K_out, R_out), owned */
-  struct e8q_qlinear_vnni *vnni; /* batch-1 repacked codes (kernels/qlinear_vnni.h), owned; NULL
+  struct e8q_qlinear_vnni *vnni; /* repacked codes of the VNNI core (kernels/qlinear_vnni.h), owned; NULL
                                     when the CPU, codebook or E8Q_NO_VNNI rules that path out */
 } e8q_qlinear;
 
@@ -77,9 +77,9 @@ void e8q_qlinear_free(e8q_qlinear *q);
 
 /* ---------------------------------------------------------------- the product */
 /* y[b, :] = layer(x[b, :]) for b < batch. x: [batch, n], y: [batch, m], row-major, not
- * aliased. Dispatches to AVX-512 (at batch 1 its VNNI core where init prepared one), else
+ * aliased. Dispatches to AVX-512 (its VNNI integer core where init prepared one), else
  * AVX2, else _ref; in the environment E8Q_NO_AVX512=1 stops at AVX2, E8Q_NO_AVX2=1 forces
- * _ref and E8Q_NO_VNNI=1 keeps batch 1 on the f32 AVX-512 core. */
+ * _ref and E8Q_NO_VNNI=1 keeps the f32 AVX-512 core. */
 void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y);
 /* the scalar reference of the same product (same arithmetic in plain loops, OpenMP rows) */
 void e8q_qlinear_forward_ref(const e8q_qlinear *q, int batch, const float *x, float *y);

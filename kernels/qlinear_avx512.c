@@ -16,9 +16,10 @@
  * RVQ4 decodes its second E8P stage the same way (own accumulators, divided by resid_scale at
  * the end); RVQ3's second stage is an 8 KiB f32 table of the 1-bit E8 grid indexed by byte.
  *
- * batch 1: rows in groups (8 for E8P, 4 for RVQ) share each 16-float input load. E8P and RVQ4
- *          go to the integer core of qlinear_vnni.c instead where e8q_qlinear_init prepared it
- *          (CPUs with AVX512-VNNI), about 2.3x faster; RVQ3 and E8Q_NO_VNNI=1 stay here.
+ * Where e8q_qlinear_init prepared it (CPUs with AVX512-VNNI), every product goes to the integer
+ * core of qlinear_vnni.c instead (2.3-2.5x faster at batch 1, 1.6x at batch 8); this f32 core
+ * serves CPUs without VNNI, inputs with NaN or Inf, and E8Q_NO_VNNI=1.
+ * batch 1: rows in groups (8 for E8P, 4 for RVQ) share each 16-float input load.
  * batch > 1: inputs regrouped into tiles of BT = 8, 4, 2, 1 columns stored [pairs][BT][16];
  *            each pair of codes is decoded once (both stages combined, the shift folded in as
  *            a masked subtract of 1/2 where the parity is odd, the constant +1/4 added once per

@@ -1,4 +1,4 @@
-/* kernels/qlinear_vnni.c: batch-1 E8P and RVQ4 products decoded in registers, multiplied with
+/* kernels/qlinear_vnni.c: E8P, RVQ3 and RVQ4 products decoded in registers, multiplied with
  * AVX512-VNNI (see qlinear_vnni.h for the contract).
  *
  * Quarter units. Every E8P weight is 4w = 2h + 1 with h = s·o - p in [-8, 7]: o the odd
@@ -19,7 +19,10 @@
  * base-256 digits X = d0 + 256 d1 + 65536 d2; Σ (4w + 128) d = Σ 4w d + 128 Σ d, and the
  * second sum is the same for every row. No step rounds but the one fixed-point copy of u.
  * Costs per 64 codes: 20 vpermb, ~8 mask/blend, 8 gf2p8affineqb, 4 xor, 24 vpdpbusd: about
- * 0.55 cycles per code per core against ~1.5 for the f32 AVX-512 loop (bench/README.md). */
+ * 0.5 cycles per code per core against ~1.5 for the f32 AVX-512 loop (bench/README.md).
+ * RVQ4 runs its second E8P stage the same way; RVQ3's second stage (1-bit E8 indices, half
+ * units) is a 256-entry lookup to one of <= 64 value quads per half, then one vpermb per
+ * element. Batch > 1: 4 columns per pass over the codes, each column its own fixed-point scale. */
 #include "kernels/qlinear_vnni.h"
 
 #include <math.h>

@@ -210,7 +210,7 @@ static void test_core_avx512_vs_ref(void **state) {
   }
 }
 
-/* ---------------------------------------------------------------- batch-1 VNNI core */
+/* ---------------------------------------------------------------- VNNI integer core */
 /* batch columns; column c scaled by in_scale · 10^(3·(c % 3) - 3) (its own fixed-point scale),
  * column 2 all zeros when batch > 2 */
 static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, float in_scale, int batch) {
