@@ -450,37 +450,25 @@ static int one_row_parallel(const e8q_had *h, int64_t rows) {
   return rows == 1 && h->f.K > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
 }
 
-void e8q_had_rows_f64(const e8q_had *h, double *A, int64_t rows, int64_t ld, int transpose) {
-  if (one_row_parallel(h, rows)) {
-    double *tmp = e8q_malloc(sizeof(double) * h->n, "Hadamard scratch");
-    vec_f64_par(h, A, transpose, tmp);
-    free(tmp);
-    return;
+/* rows of A (leading dimension ld), OpenMP over rows; one row on all threads */
+#define DEFINE_ROWS(NAME, T, VEC, VEC_PAR)                                                         \
+  void NAME(const e8q_had *h, T *A, int64_t rows, int64_t ld, int transpose) {                   \
+    if (one_row_parallel(h, rows)) {                                                             \
+      T *tmp = e8q_malloc(sizeof(T) * h->n, "Hadamard scratch");                                 \
+      VEC_PAR(h, A, transpose, tmp);                                                             \
+      free(tmp);                                                                                 \
+      return;                                                                                    \
+    }                                                                                            \
+    _Pragma("omp parallel")                                                                      \
+    {                                                                                            \
+      T *tmp = e8q_malloc(sizeof(T) * h->n, "Hadamard scratch");                                 \
+      _Pragma("omp for schedule(static)")                                                        \
+      for (int64_t r = 0; r < rows; r++) VEC(h, A + r * ld, transpose, tmp);                     \
+      free(tmp);                                                                                 \
+    }                                                                                            \
   }
-#pragma omp parallel
-  {
-    double *tmp = e8q_malloc(sizeof(double) * h->n, "Hadamard scratch");
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r++) vec_f64(h, A + r * ld, transpose, tmp);
-    free(tmp);
-  }
-}
-
-void e8q_had_rows_f32(const e8q_had *h, float *A, int64_t rows, int64_t ld, int transpose) {
-  if (one_row_parallel(h, rows)) {
-    float *tmp = e8q_malloc(sizeof(float) * h->n, "Hadamard scratch");
-    vec_f32_par(h, A, transpose, tmp);
-    free(tmp);
-    return;
-  }
-#pragma omp parallel
-  {
-    float *tmp = e8q_malloc(sizeof(float) * h->n, "Hadamard scratch");
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r++) vec_f32(h, A + r * ld, transpose, tmp);
-    free(tmp);
-  }
-}
+DEFINE_ROWS(e8q_had_rows_f64, double, vec_f64, vec_f64_par)
+DEFINE_ROWS(e8q_had_rows_f32, float, vec_f32, vec_f32_par)
 
 /* columns: butterflies combine whole rows; the factor is a GEMM over row blocks */
 #define DEFINE_COLS(NAME, T, GEMM, RMEMBER)                                                   \
