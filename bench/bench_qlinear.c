@@ -159,12 +159,12 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
     if (c == 0) t_e8p = t;
     double wb = bytes_per_code[c] * (double)ncodes / t;
     if (g_kernels_only) /* no BLAS or copy reference measured */
-      printf("    %s %8.3f ms (cpu %7.3f ms) | weights %5.1f GB/s | %.3f ns per code per thread (cpu)\n", names[c],
-             t * 1e3, g_cpu * 1e3, wb / 1e9, g_cpu * 1e9 / ((double)ncodes / threads));
+      printf("    %s %8.3f ms (cpu %7.3f ms) | weights %5.1f GB/s | %.3f ns per code per thread (cpu) | %s\n",
+             names[c], t * 1e3, g_cpu * 1e3, wb / 1e9, g_cpu * 1e9 / ((double)ncodes / threads), e8q_qlinear_path(&q));
     else
-      printf("    %s %8.3f ms (cpu %7.3f ms) | %5.1fx f32 | weights %5.1f GB/s = %3.0f%% of DRAM copy, %3.0f%% of codes-sized copy%s\n",
+      printf("    %s %8.3f ms (cpu %7.3f ms) | %5.1fx f32 | weights %5.1f GB/s = %3.0f%% of DRAM copy, %3.0f%% of codes-sized copy%s | %s\n",
              names[c], t * 1e3, g_cpu * 1e3, t_blas / t, wb / 1e9, 100 * wb / bw_dram, 100 * wb / bw_codes,
-             c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "");
+             c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "", e8q_qlinear_path(&q));
     e8q_qlinear_free(&q);
   }
   free(codes); free(codes2); free(codes3); free(SU); free(SV); free(R_in); free(R_out); free(x); free(y);
@@ -183,17 +183,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
     else { fprintf(stderr, "usage: %s [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R]\n", argv[0]); return 2; }
   }
-  /* the path e8q_qlinear_forward dispatches to (kernels/qlinear.c) */
-  const char *no2 = getenv("E8Q_NO_AVX2"), *no512 = getenv("E8Q_NO_AVX512"), *novn = getenv("E8Q_NO_VNNI");
-  const int off2 = no2 && *no2 && strcmp(no2, "0") != 0, off512 = no512 && *no512 && strcmp(no512, "0") != 0,
-            offvn = novn && *novn && strcmp(novn, "0") != 0;
-  const char *path = !e8q_cpu_has_avx2() || off2           ? "scalar _ref"
-                     : !e8q_cpu_has_avx512() || off512     ? "AVX2"
-                     : e8q_cpu_has_vnni() && !offvn        ? "AVX-512 VNNI (integer core)"
-                                                           : "AVX-512 (f32)";
-  printf("bench_qlinear: path %s (CPU: AVX2 %s, AVX-512 %s, VNNI %s; E8Q_NO_VNNI=1 / E8Q_NO_AVX512=1 / "
-         "E8Q_NO_AVX2=1 select the others); median of %d runs; GB = 1e9 bytes\n", path,
-         e8q_cpu_has_avx2() ? "yes" : "no", e8q_cpu_has_avx512() ? "yes" : "no", e8q_cpu_has_vnni() ? "yes" : "no", reps);
+  /* each product line ends with the core e8q_qlinear_forward ran (e8q_qlinear_path) */
+  printf("bench_qlinear: CPU: AVX2 %s, AVX-512 %s, VNNI %s (E8Q_NO_VNNI=1 / E8Q_NO_AVX512=1 / E8Q_NO_AVX2=1 "
+         "select the other cores); median of %d runs; GB = 1e9 bytes\n", e8q_cpu_has_avx2() ? "yes" : "no",
+         e8q_cpu_has_avx512() ? "yes" : "no", e8q_cpu_has_vnni() ? "yes" : "no", reps);
   for (int t = 0; t < nthr; t++) {
     omp_set_num_threads(thr_list[t]);
     double bw = g_kernels_only ? 1 : copy_bw((size_t)1 << 29, 5); /* 2 x 512 MiB: beyond any cache */

@@ -394,68 +394,56 @@ DEFINE_MIX(mix_f64, double, e8q_v4d, axpy_f64)
 DEFINE_MIX(mix_f32, float, e8q_v8f, axpy_f32)
 
 /* one vector: FWHT of each block, then y_a = sum_a' R[a][a'] z_a' (R^T when transposed),
- * divided by sqrt(n). tmp [n] scratch. */
+ * divided by sqrt(n). tmp [n] scratch. par: split the blocks across the threads (one long
+ * vector; a batch-1 product would otherwise rotate its input on one thread); the operations
+ * per element are the same either way, so are the bits. */
 #define DEFINE_VEC(NAME, T, FWHT, RMEMBER, MIX)                                                    \
-  static void NAME(const e8q_had *h, T *x, int transpose, T *tmp) {                          \
-    int64_t n = h->n, b = h->b;                                                              \
-    int K = h->f.K;                                                                          \
-    T sn = (T)sqrt((double)n);                                                               \
-    for (int a = 0; a < K; a++) FWHT(x + a * b, b);                                          \
-    if (K == 1) {                                                                            \
-      for (int64_t i = 0; i < n; i++) x[i] = x[i] / sn;                                      \
-      return;                                                                                \
-    }                                                                                        \
-    const T *R = h->f.RMEMBER;                                                               \
-    for (int a = 0; a < K; a++) MIX(tmp + a * b, R, x, K, a, b, transpose);                  \
-    for (int64_t i = 0; i < n; i++) x[i] = tmp[i] / sn;                                      \
+  static void NAME(const e8q_had *h, T *x, int transpose, T *tmp, int par) {                      \
+    const int64_t n = h->n, b = h->b;                                                            \
+    const int K = h->f.K;                                                                        \
+    const T sn = (T)sqrt((double)n);                                                             \
+    if (K == 1) {                                                                                \
+      FWHT(x, n);                                                                                \
+      for (int64_t i = 0; i < n; i++) x[i] = x[i] / sn;                                          \
+      return;                                                                                    \
+    }                                                                                            \
+    const T *R = h->f.RMEMBER;                                                                   \
+    _Pragma("omp parallel if (par)")                                                             \
+    {                                                                                            \
+      _Pragma("omp for schedule(static)")                                                        \
+      for (int a = 0; a < K; a++) FWHT(x + a * b, b);                                            \
+      _Pragma("omp for schedule(static)")                                                        \
+      for (int a = 0; a < K; a++) MIX(tmp + a * b, R, x, K, a, b, transpose);                    \
+      _Pragma("omp for schedule(static)")                                                        \
+      for (int64_t i = 0; i < n; i++) x[i] = tmp[i] / sn;                                        \
+    }                                                                                            \
   }
 DEFINE_VEC(vec_f64, double, e8q_fwht_f64, R, mix_f64)
 DEFINE_VEC(vec_f32, float, e8q_fwht_f32, Rf, mix_f32)
 
 void e8q_had_vec_f64(const e8q_had *h, double *x, int transpose) {
   double *tmp = h->f.K > 1 ? e8q_malloc(sizeof(double) * h->n, "Hadamard scratch") : NULL;
-  vec_f64(h, x, transpose, tmp);
+  vec_f64(h, x, transpose, tmp, 0);
   free(tmp);
 }
 
 void e8q_had_vec_f32(const e8q_had *h, float *x, int transpose) {
   float *tmp = h->f.K > 1 ? e8q_malloc(sizeof(float) * h->n, "Hadamard scratch") : NULL;
-  vec_f32(h, x, transpose, tmp);
+  vec_f32(h, x, transpose, tmp, 0);
   free(tmp);
 }
 
-/* one long vector on all threads (a batch-1 product would otherwise rotate its input on one):
- * blocks split across threads, the same operations per element as NAME, so the same bits */
-#define DEFINE_VEC_PAR(NAME, T, FWHT, RMEMBER, MIX)                                               \
-  static void NAME(const e8q_had *h, T *x, int transpose, T *tmp) {                             \
-    const int64_t n = h->n, b = h->b;                                                           \
-    const int K = h->f.K;                                                                       \
-    const T sn = (T)sqrt((double)n);                                                            \
-    const T *R = h->f.RMEMBER;                                                                  \
-    _Pragma("omp parallel")                                                                     \
-    {                                                                                           \
-      _Pragma("omp for schedule(static)")                                                       \
-      for (int a = 0; a < K; a++) FWHT(x + a * b, b);                                           \
-      _Pragma("omp for schedule(static)")                                                       \
-      for (int a = 0; a < K; a++) MIX(tmp + a * b, R, x, K, a, b, transpose);                   \
-      _Pragma("omp for schedule(static)")                                                       \
-      for (int64_t i = 0; i < n; i++) x[i] = tmp[i] / sn;                                       \
-    }                                                                                           \
-  }
-DEFINE_VEC_PAR(vec_f64_par, double, e8q_fwht_f64, R, mix_f64)
-DEFINE_VEC_PAR(vec_f32_par, float, e8q_fwht_f32, Rf, mix_f32)
-
-/* a single row with a factor (K > 1) and more than one thread goes through the parallel twin */
+/* a single row with a factor (K > 1) and more than one thread: its blocks across the threads */
 static int one_row_parallel(const e8q_had *h, int64_t rows) {
   return rows == 1 && h->f.K > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
 }
 
 /* rows of A (leading dimension ld), OpenMP over rows; one row on all threads */
-#define DEFINE_ROWS(NAME, T, VEC, VEC_PAR)                                                         \
+#define DEFINE_ROWS(NAME, T, VEC)                                                                  \
   void NAME(const e8q_had *h, T *A, int64_t rows, int64_t ld, int transpose) {                   \
     if (one_row_parallel(h, rows)) {                                                             \
       T *tmp = e8q_malloc(sizeof(T) * h->n, "Hadamard scratch");                                 \
-      VEC_PAR(h, A, transpose, tmp);                                                             \
+      VEC(h, A, transpose, tmp, 1);                                                              \
       free(tmp);                                                                                 \
       return;                                                                                    \
     }                                                                                            \
@@ -463,12 +451,12 @@ static int one_row_parallel(const e8q_had *h, int64_t rows) {
     {                                                                                            \
       T *tmp = e8q_malloc(sizeof(T) * h->n, "Hadamard scratch");                                 \
       _Pragma("omp for schedule(static)")                                                        \
-      for (int64_t r = 0; r < rows; r++) VEC(h, A + r * ld, transpose, tmp);                     \
+      for (int64_t r = 0; r < rows; r++) VEC(h, A + r * ld, transpose, tmp, 0);                  \
       free(tmp);                                                                                 \
     }                                                                                            \
   }
-DEFINE_ROWS(e8q_had_rows_f64, double, vec_f64, vec_f64_par)
-DEFINE_ROWS(e8q_had_rows_f32, float, vec_f32, vec_f32_par)
+DEFINE_ROWS(e8q_had_rows_f64, double, vec_f64)
+DEFINE_ROWS(e8q_had_rows_f32, float, vec_f32)
 
 /* columns: butterflies combine whole rows; the factor is a GEMM over row blocks */
 #define DEFINE_COLS(NAME, T, GEMM, RMEMBER)                                                   \

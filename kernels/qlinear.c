@@ -16,6 +16,7 @@ static int env_set(const char *name) {
   const char *env = getenv(name);
   return env && *env && strcmp(env, "0") != 0;
 }
+static int simd_level(void);
 
 /* ---------------------------------------------------------------- validation */
 static int is_pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -95,8 +96,7 @@ void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *nam
   had_make(&q->h_in, d->n_pad, d->K_in, d->R_in, name, "R_in");
   had_make(&q->h_out, d->m, d->K_out, d->R_out, name, "R_out");
   /* the VNNI core reads its own copy of the codes (the same 2, 3 or 4 bits per weight) */
-  if (e8q_qlinear_vnni_fits(d) && e8q_cpu_has_vnni() && !env_set("E8Q_NO_VNNI") && !env_set("E8Q_NO_AVX512") &&
-      !env_set("E8Q_NO_AVX2")) {
+  if (simd_level() == 2 && e8q_cpu_has_vnni() && !env_set("E8Q_NO_VNNI") && e8q_qlinear_vnni_fits(d)) {
     q->vnni = e8q_malloc(sizeof *q->vnni, "qlinear VNNI codes");
     e8q_qlinear_vnni_init(q->vnni, d);
   }
@@ -224,6 +224,18 @@ static int simd_level(void) {
     __atomic_store_n(&decided, v, __ATOMIC_RELAXED);
   }
   return v;
+}
+
+const char *e8q_qlinear_path(const e8q_qlinear *q) {
+#if defined(__x86_64__) || defined(__i386__)
+  switch (simd_level()) {
+    case 2: return q->vnni ? "AVX-512 VNNI (integer core)" : "AVX-512 (f32)";
+    case 1: return "AVX2";
+    default: break;
+  }
+#endif
+  (void)q;
+  return "scalar _ref";
 }
 
 void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y) {

@@ -81,6 +81,8 @@ void e8q_qlinear_free(e8q_qlinear *q);
  * AVX2, else _ref; in the environment E8Q_NO_AVX512=1 stops at AVX2, E8Q_NO_AVX2=1 forces
  * _ref and E8Q_NO_VNNI=1 keeps the f32 AVX-512 core. */
 void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y);
+/* the core e8q_qlinear_forward runs for q, in words (benchmarks, logs) */
+const char *e8q_qlinear_path(const e8q_qlinear *q);
 /* the scalar reference of the same product (same arithmetic in plain loops, OpenMP rows) */
 void e8q_qlinear_forward_ref(const e8q_qlinear *q, int batch, const float *x, float *y);
 #if defined(__x86_64__) || defined(__i386__)

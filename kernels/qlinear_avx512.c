@@ -52,23 +52,14 @@ static float e81b_tab[E8Q_E81B_SIZE][8] __attribute__((aligned(64))); /* 1-bit E
 static uint64_t gf_sign, gf_par; /* GF(2) 8x8 matrices: B -> element-order signs, B -> parity (all bits) */
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
-/* what gf2p8affineqb computes for one byte: bit i = parity(byte 7-i of M & x) */
-static uint8_t gf_apply(uint64_t M, uint8_t x) {
-  uint8_t r = 0;
-  for (int i = 0; i < 8; i++) r |= (uint8_t)(e8q_parity8((uint32_t)((M >> (8 * (7 - i))) & x) & 0xFFu) << i);
-  return r;
-}
-
 static void tables_build(void) {
-  gf_sign = gf_par = 0;
+  uint8_t sign_rows[8], par_rows[8];
   for (int i = 0; i < 8; i++) {
-    /* sign of element i = bit σ(i) of B ⊕ (σ(i) == 0 ? parity(B) : 0): bit 0 of B is flipped
-     * when the parity is odd, so B_0 ⊕ parity(B) = B_1 ⊕ ... ⊕ B_7 */
-    const int si = e8q_e8p_sigma(i);
-    uint64_t row = si == 0 ? 0xFEu : 1u << si;
-    gf_sign |= row << (8 * (7 - i));
-    gf_par |= (uint64_t)0xFF << (8 * i);
+    sign_rows[i] = e8q_e8p_sign_bits(i);
+    par_rows[i] = 0xFF;
   }
+  gf_sign = e8q_gf2_matrix(sign_rows);
+  gf_par = e8q_gf2_matrix(par_rows);
   for (int A = 0; A < E8Q_E8P_ROWS; A++) {
     float w[8];
     e8q_e8p_decode((uint16_t)(A << 8), w); /* B = 0: no signs, shift +1/4 */
@@ -79,7 +70,7 @@ static void tables_build(void) {
   for (int c = 0; c < E8Q_E8P_NCODES; c++) {
     float w[8];
     e8q_e8p_decode((uint16_t)c, w);
-    const uint8_t B = (uint8_t)(c & 0xFF), s = gf_apply(gf_sign, B), p = gf_apply(gf_par, B);
+    const uint8_t B = (uint8_t)(c & 0xFF), s = e8q_gf2_affine(gf_sign, B, 0), p = e8q_gf2_affine(gf_par, B, 0);
     for (int i = 0; i < 8; i++) {
       float v = ((s >> i) & 1 ? -abs_tab[c >> 8][i] : abs_tab[c >> 8][i]) + (p ? -0.25f : 0.25f);
       E8Q_CHECK(v == w[i] && (p == 0 || p == 0xFF),

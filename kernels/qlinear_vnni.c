@@ -25,6 +25,7 @@
  * element. Batch > 1: 4 columns per pass over the codes, each column its own fixed-point scale. */
 #include "kernels/qlinear_vnni.h"
 
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
@@ -48,19 +49,6 @@ static uint8_t e81b_quad[2][256] __attribute__((aligned(64))); /* [half][idx]: w
 static uint8_t e81b_val[8][64] __attribute__((aligned(64)));   /* [element][quad]: 2w + 128 (half units) */
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
-/* 8x8 GF(2) matrix whose output bit i is parity(x & rows[i]) (gf2p8affineqb's layout: row i is
- * byte 7 - i) and what the instruction computes for one byte */
-static uint64_t gf_matrix(const uint8_t rows[8]) {
-  uint64_t M = 0;
-  for (int i = 0; i < 8; i++) M |= (uint64_t)rows[i] << (8 * (7 - i));
-  return M;
-}
-static uint8_t gf_apply(uint64_t M, uint8_t x, uint8_t c) {
-  uint8_t r = 0;
-  for (int i = 0; i < 8; i++) r |= (uint8_t)(e8q_parity8((uint32_t)((M >> (8 * (7 - i))) & x)) << i);
-  return (uint8_t)(r ^ c);
-}
-
 static void tables_build(void) {
   for (int A = 0; A < E8Q_E8P_ROWS; A++) {
     float w[8];
@@ -77,12 +65,10 @@ static void tables_build(void) {
   for (int k = 0; k < 4; k++) {
     uint8_t rows[8] = {0};
     for (int t = 0; t < 2; t++) {
-      const int sg = e8q_e8p_sigma(2 * k + t);
-      const uint8_t sn = sg == 0 ? 0xFE : (uint8_t)(1u << sg); /* B_0 ^ parity(B) = B_1 ^ ... ^ B_7 */
-      for (int b = 0; b < 3; b++) rows[4 * t + b] = sn;
+      for (int b = 0; b < 3; b++) rows[4 * t + b] = e8q_e8p_sign_bits(2 * k + t);
     }
     rows[3] = rows[7] = 0xFF; /* parity(B) next to each element, complemented by the constant 0x88 */
-    gf_q[k] = gf_matrix(rows);
+    gf_q[k] = e8q_gf2_matrix(rows);
   }
   for (int i = 0; i < 8; i++) {
     const int t = i & 1;
@@ -91,7 +77,7 @@ static void tables_build(void) {
     rows[2] = (uint8_t)(1u << (4 * t));
     rows[3] = (uint8_t)(2u << (4 * t));
     for (int j = 4; j < 8; j++) rows[j] = (uint8_t)(4u << (4 * t));
-    gf_m[i] = gf_matrix(rows);
+    gf_m[i] = e8q_gf2_matrix(rows);
   }
   for (int idx = 0; idx < 64; idx++) { /* bits 0-2: h1..h3, bit 3: h0 = !p */
     const int h = ((idx >> 3) & 1) | ((idx & 7) << 1), hs = h >= 8 ? h - 16 : h;
@@ -130,8 +116,8 @@ static void tables_build(void) {
     float w[8];
     e8q_e8p_decode((uint16_t)c, w);
     for (int i = 0; i < 8; i++) {
-      const uint8_t t = (uint8_t)(tpair[i >> 1][c >> 8] ^ gf_apply(gf_q[i >> 1], (uint8_t)c, 0x88));
-      const int v = (int)gf_apply(gf_m[i], t, 0x81) - 128, ve = (int)lut_even[t & 63] - 128;
+      const uint8_t t = (uint8_t)(tpair[i >> 1][c >> 8] ^ e8q_gf2_affine(gf_q[i >> 1], (uint8_t)c, 0x88));
+      const int v = (int)e8q_gf2_affine(gf_m[i], t, 0x81) - 128, ve = (int)lut_even[t & 63] - 128;
       E8Q_CHECK((float)v == 4.0f * w[i] && (i % 2 || (float)ve == 4.0f * w[i]),
                 "qlinear VNNI: int8 decomposition disagrees with codebook.h at code %d", c);
     }
@@ -150,13 +136,18 @@ int e8q_cpu_has_vnni(void) {
 
 int e8q_qlinear_vnni_fits(const e8q_qlinear_desc *d) { return d->n_pad <= E8Q_VNNI_MAX_NPAD; }
 
+/* second-stage bytes per quad: 0 (E8P), 64 (RVQ3: 1-bit E8 indices), 128 (RVQ4: E8P codes) */
+static inline int stage2_bytes(int cb) {
+  return cb == E8Q_CB_E8P12RVQ4B ? 128 : cb == E8Q_CB_E8P12RVQ3B ? 64 : 0;
+}
+
 void e8q_qlinear_vnni_init(e8q_qlinear_vnni *v, const e8q_qlinear_desc *d) {
   const int nc = d->n_pad / 8;
   v->mg = (d->m + VQ_ROWS - 1) / VQ_ROWS;
   v->nq = (nc + VQ_CODES - 1) / VQ_CODES;
   v->cb = d->codebook;
-  v->stage2 = d->codebook == E8Q_CB_E8P12RVQ4B ? 128 : d->codebook == E8Q_CB_E8P12RVQ3B ? 64 : 0;
-  const size_t gsz = (size_t)v->nq * (128 + v->stage2), bytes = (size_t)v->mg * gsz;
+  const int stage2 = stage2_bytes(v->cb);
+  const size_t gsz = (size_t)v->nq * (128 + stage2), bytes = (size_t)v->mg * gsz;
   v->pk = e8q_alloc_aligned(bytes, "qlinear VNNI repacked codes");
   memset(v->pk, 0, bytes);
 #pragma omp parallel for schedule(static)
@@ -165,14 +156,14 @@ void e8q_qlinear_vnni_init(e8q_qlinear_vnni *v, const e8q_qlinear_desc *d) {
       const size_t at = (size_t)r * nc + j;
       const int lane = VQ_CODES * (r % VQ_ROWS) + j % VQ_CODES;
       uint8_t *g = v->pk + (size_t)(r / VQ_ROWS) * gsz, *q1 = g + (size_t)(j / VQ_CODES) * 128;
-      uint8_t *q2 = g + (size_t)v->nq * 128 + (size_t)(j / VQ_CODES) * v->stage2;
+      uint8_t *q2 = g + (size_t)v->nq * 128 + (size_t)(j / VQ_CODES) * stage2;
       q1[lane] = (uint8_t)(d->codes[at] >> 8);
       q1[64 + lane] = (uint8_t)(d->codes[at] & 0xFF);
-      if (v->stage2 == 128) {
+      if (stage2 == 128) {
         const uint16_t c2 = ((const uint16_t *)d->codes2)[at];
         q2[lane] = (uint8_t)(c2 >> 8);
         q2[64 + lane] = (uint8_t)(c2 & 0xFF);
-      } else if (v->stage2 == 64) {
+      } else if (stage2 == 64) {
         q2[lane] = ((const uint8_t *)d->codes2)[at];
       }
     }
@@ -256,7 +247,7 @@ static VNNI INLINE void quad_e81b(const __m512i *Q /* [8] */, const __m512i *V /
  * xd: column t's digits at xd + t·xs, [nq][8][3]. */
 static VNNI INLINE void group(const e8q_qlinear_vnni *v, int g, const int32_t *xd, size_t xs, const int cb,
                               const int BT, int64_t y[2][VQ_BT][VQ_ROWS]) {
-  const int stage2 = cb == E8Q_CB_E8P12RVQ4B ? 128 : cb == E8Q_CB_E8P12RVQ3B ? 64 : 0;
+  const int stage2 = stage2_bytes(cb);
   __m512i T[16];
   for (int i = 0; i < 16; i++) T[i] = _mm512_load_si512(tpair[i / 4] + 64 * (i % 4));
   int32_t r[3][VQ_ROWS] __attribute__((aligned(64)));
@@ -299,11 +290,16 @@ static VNNI INLINE void group(const e8q_qlinear_vnni *v, int g, const int32_t *x
 
 /* ---------------------------------------------------------------- entry */
 /* one column's digits [nq][8][3] (byte c of a dword = code 4q + c) and its digit offset
- * 128·Σ X (every u8 weight carries +128); returns the fixed-point scale, 0 for a zero input.
- * Quads are split across threads unless called inside a parallel region. */
+ * 128·Σ X (every u8 weight carries +128); returns the fixed-point scale, 0 for a zero input,
+ * -1 (nothing written) for an input with a NaN or an infinity. Quads are split across threads
+ * unless called inside a parallel region. */
 static double digits_make(const float *u, int nc, int nq, int32_t *xd, int64_t *offset) {
   float mx = 0;
-  for (int k = 0; k < 8 * nc; k++) mx = fmaxf(mx, fabsf(u[k]));
+  for (int k = 0; k < 8 * nc; k++) {
+    const float a = fabsf(u[k]);
+    if (!(a <= FLT_MAX)) return -1;
+    mx = a > mx ? a : mx;
+  }
   *offset = 0;
   if (mx == 0) {
     memset(xd, 0, sizeof(int32_t) * (size_t)nq * 24);
@@ -353,7 +349,7 @@ static VNNI INLINE void group_out(const e8q_qlinear *q, const e8q_qlinear_vnni *
     const int64_t off = offset[b0 + t];
     for (int i = 0; i < VQ_ROWS && g * VQ_ROWS + i < m; i++) {
       double s = (double)(y[0][t][i] - off) * s1;
-      if (v->stage2) s += (double)(y[1][t][i] - off) * s2;
+      if (v->cb != E8Q_CB_E8P12) s += (double)(y[1][t][i] - off) * s2;
       z[(size_t)(b0 + t) * m + g * VQ_ROWS + i] = (float)s;
     }
   }
@@ -363,8 +359,6 @@ VNNI int e8q_qlinear_vnni_matmul(const e8q_qlinear *q, const e8q_qlinear_vnni *v
                                  float *z) {
   pthread_once(&tables_once, tables_build);
   const int nc = q->nc, nq = v->nq, np = q->d.n_pad;
-  for (size_t k = 0; k < (size_t)batch * np; k++)
-    if (!isfinite(u[k])) return 0;
   const size_t xs = (size_t)nq * 24; /* digits per column */
   int32_t *xd = e8q_alloc_aligned(sizeof(int32_t) * xs * (size_t)batch, "qlinear VNNI input digits");
   double *scale = e8q_malloc(sizeof(double) * (size_t)batch, "qlinear VNNI input scales");
@@ -374,6 +368,14 @@ VNNI int e8q_qlinear_vnni_matmul(const e8q_qlinear *q, const e8q_qlinear_vnni *v
   } else { /* columns across threads */
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < batch; b++) scale[b] = digits_make(u + (size_t)b * np, nc, nq, xd + (size_t)b * xs, &offset[b]);
+  }
+  int finite = 1;
+  for (int b = 0; b < batch; b++) finite &= scale[b] >= 0;
+  if (!finite) {
+    free(xd);
+    free(scale);
+    free(offset);
+    return 0;
   }
   /* rows split statically across threads; columns in passes of 4, 2, 1 */
 #pragma omp parallel for schedule(static)

@@ -27,8 +27,8 @@ typedef struct e8q_qlinear_vnni {
   int mg;      /* row groups of 16 (m rounded up; pad rows decode code 0 and are not written) */
   int nq;      /* quads of 4 codes per row (nc rounded up; pad codes meet zero inputs) */
   int cb;      /* e8q_codebook_id of the codes */
-  int stage2;  /* second-stage bytes per quad: 0 (E8P), 64 (RVQ3: 1-bit E8 index), 128 (RVQ4: E8P) */
-  uint8_t *pk; /* per row group: [nq][2][64] E8P A bytes then B bytes, then [nq][stage2]; lane
+  uint8_t *pk; /* per row group: [nq][2][64] E8P A bytes then B bytes, then the second stage's
+                  [nq][64] 1-bit E8 indices (RVQ3) or [nq][2][64] E8P bytes (RVQ4); lane
                   4*row + code; owned */
 } e8q_qlinear_vnni;
 
