@@ -223,7 +223,7 @@ static void set_dense(const e8q_qmodel *q, int b, int g, e8q_linear *L) {
     return;
   }
   double *W = e8q_malloc(sizeof(double) * (size_t)L->m * L->n, "decoded weight");
-  e8q_qlinear_dequant_ref(e8q_qmodel_linear(q, b, g), W);
+  e8q_qlinear_dequant(e8q_qmodel_linear(q, b, g), W);
   for (size_t i = 0; i < (size_t)L->m * L->n; i++) L->w[i] = (float)W[i];
   free(W);
 }

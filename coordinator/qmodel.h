@@ -33,7 +33,7 @@ static inline const e8q_qlinear *e8q_qmodel_linear(const e8q_qmodel *q, int laye
 /* embeddings, final norm and lm_head (no blocks) */
 e8q_model *e8q_qmodel_head(const e8q_qmodel *q);
 /* The dense fp32 model: embeddings and norms from the safetensors, every linear decoded
- * (e8q_qlinear_dequant_ref, float64 then rounded to float). */
+ * (e8q_qlinear_dequant, float64 then rounded to float). */
 e8q_model *e8q_qmodel_dense(const e8q_qmodel *q);
 /* The model with every quantized linear through the fused decode kernels (the dense matrices are
  * never built; q must outlive it). Fatal for a dense ablation. */

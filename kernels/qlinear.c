@@ -268,6 +268,21 @@ void e8q_qlinear_decode_f64(const e8q_qlinear *q, double *what) {
     for (int j = 0; j < nc; j++) decode_f64(q, (size_t)r * nc + j, what + (size_t)r * q->d.n_pad + 8 * j);
 }
 
+void e8q_qlinear_dequant(const e8q_qlinear *q, double *W) {
+  const int m = q->d.m, n = q->d.n, np = q->d.n_pad;
+  double *Wh = e8q_malloc(sizeof(double) * (size_t)m * np, "decoded weight");
+  double *SU = e8q_malloc(sizeof(double) * (size_t)np, "dequant SU"), *os = e8q_malloc(sizeof(double) * (size_t)m, "dequant scales");
+  e8q_qlinear_decode_f64(q, Wh);
+  for (size_t i = 0; i < (size_t)m * np; i++) Wh[i] *= (double)q->d.Wscale;
+  for (int c = 0; c < np; c++) SU[c] = (double)q->d.SU[c];
+  for (int r = 0; r < m; r++) os[r] = (double)q->out_scale[r];
+  e8q_rht_weight_inv(&q->h_out, &q->h_in, SU, os, Wh); /* diag(os) M_m Wh M_n_padᵀ diag(SU) */
+  for (int r = 0; r < m; r++) memcpy(W + (size_t)r * n, Wh + (size_t)r * np, sizeof(double) * (size_t)n);
+  free(Wh);
+  free(SU);
+  free(os);
+}
+
 void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W) {
   const int m = q->d.m, n = q->d.n, np = q->d.n_pad;
   double *Wh = e8q_malloc(sizeof(double) * (size_t)m * np, "decoded weight");

@@ -99,11 +99,15 @@ void e8q_qlinear_codes_matmul_ref(const e8q_qlinear *q, int batch, const float *
 void e8q_qlinear_codes_matmul_avx2(const e8q_qlinear *q, int batch, const float *u, float *z);
 #endif
 
-/* ---------------------------------------------------------------- dense references (tests) */
+/* ---------------------------------------------------------------- dense float64 decodes */
 /* Ŵr decoded to float64: what [m, n_pad] */
 void e8q_qlinear_decode_f64(const e8q_qlinear *q, double *what);
 /* the dense equivalent weight in float64: W [m, n] with y = W x, i.e.
- * W = diag(fs ⊙ SV) · M_m · Wscale·Ŵr · M_n_padᵀ · diag(SU), first n columns */
+ * W = diag(fs ⊙ SV) · M_m · Wscale·Ŵr · M_n_padᵀ · diag(SU), first n columns. The pipeline's
+ * version applies the transforms as fast Hadamard transforms (kernels/hadamard.h,
+ * O(m·n_pad·(log + K)); the _ref twin multiplies the matrices written out from their
+ * definition, O(m²·n_pad + m·n_pad²): tests only. */
+void e8q_qlinear_dequant(const e8q_qlinear *q, double *W);
 void e8q_qlinear_dequant_ref(const e8q_qlinear *q, double *W);
 
 /* ---------------------------------------------------------------- validation (pipeline)

@@ -5,7 +5,8 @@
  *    factors, rows longer than one 32-code chunk with a ragged tail); the AVX-512 test skips
  *    with a message on CPUs without AVX-512/GFNI;
  *  - the whole forward (_ref and AVX2) == a float64 dense reference built by decoding every
- *    code and multiplying the Hadamard matrices written out from their definition;
+ *    code and multiplying the Hadamard matrices written out from their definition, and the
+ *    pipeline's fast dense decode (e8q_qlinear_dequant) == that reference within 1e-12;
  *  - guard regions before and after every output catch out-of-bounds writes;
  *  - the VNNI core (E8P, RVQ3, RVQ4) == _ref within 1e-5 and within its own error bound against
  *    float64 (only the 24-bit fixed-point copy of each input column rounds: |z - z64| <=
@@ -376,6 +377,16 @@ static void test_f64_ref_and_validate(void **state) {
     double *W = malloc(sizeof(double) * m * n), *x = malloc(sizeof(double) * batch * n),
            *y = malloc(sizeof(double) * batch * m);
     e8q_qlinear_dequant_ref(&q, W);
+    /* the pipeline's fast dequant (Hadamard transforms) == the written-out matrices */
+    double *Wf = malloc(sizeof(double) * m * n), wmax = 0, dmax = 0;
+    e8q_qlinear_dequant(&q, Wf);
+    for (int i = 0; i < m * n; i++) {
+      wmax = fmax(wmax, fabs(W[i]));
+      dmax = fmax(dmax, fabs(Wf[i] - W[i]));
+    }
+    if (!(wmax > 0 && dmax <= 1e-12 * wmax))
+      fail_msg("%s: e8q_qlinear_dequant differs from the _ref by %.3g (max |W| %.3g)", CBN[cbi], dmax, wmax);
+    free(Wf);
     for (int i = 0; i < batch * n; i++) x[i] = t_rng_normal(&g) + 0.01;
     e8q_qlinear_forward_f64_ref(&q, batch, x, y);
     for (int b = 0; b < batch; b++) {
