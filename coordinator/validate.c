@@ -28,8 +28,10 @@
 
 void e8q_run_validate(e8q_run *R) {
   cJSON *out = NULL;
+  /* rank 0 validates every linear; the others need the model only for the evaluation */
+  const int want_model = R->rank == 0 || R->o->eval_text;
   e8q_qmodel q;
-  e8q_qmodel_open(&q, R->o->run_dir);
+  if (want_model) e8q_qmodel_open(&q, R->o->run_dir);
   if (R->rank == 0) {
     out = cJSON_CreateObject();
     cJSON *val = cJSON_AddObjectToObject(out, "validation");
@@ -106,20 +108,22 @@ void e8q_run_validate(e8q_run *R) {
     e8q_eval_set set;
     e8q_eval_set_lines(&set, R->o->eval_text, tok, R->o->eval_lines);
     e8q_eval_result r = e8q_eval_run(m, &set, 0);
-    ev = cJSON_CreateObject();
-    char hex[65];
-    e8q_sha256_file_hex(R->o->eval_text, hex);
-    cJSON_AddStringToObject(ev, "text_sha256", hex);
-    cJSON_AddNumberToObject(ev, "per_line", R->o->eval_lines);
-    cJSON_AddStringToObject(ev, "weights", q.dense ? "dense ablation weights" : "quantized linears through the fused kernels");
-    cJSON_AddNumberToObject(ev, "mean_nll", r.mean_nll);
-    cJSON_AddNumberToObject(ev, "ppl", r.ppl);
-    cJSON_AddNumberToObject(ev, "tokens", (double)r.tokens);
+    if (R->rank == 0) { /* the record is rank 0's */
+      ev = cJSON_CreateObject();
+      char hex[65];
+      e8q_sha256_file_hex(R->o->eval_text, hex);
+      cJSON_AddStringToObject(ev, "text_sha256", hex);
+      cJSON_AddNumberToObject(ev, "per_line", R->o->eval_lines);
+      cJSON_AddStringToObject(ev, "weights", q.dense ? "dense ablation weights" : "quantized linears through the fused kernels");
+      cJSON_AddNumberToObject(ev, "mean_nll", r.mean_nll);
+      cJSON_AddNumberToObject(ev, "ppl", r.ppl);
+      cJSON_AddNumberToObject(ev, "tokens", (double)r.tokens);
+    }
     e8q_eval_set_free(&set);
     if (tok) e8q_tokenizer_free(tok);
     e8q_model_free(m);
   }
-  e8q_qmodel_close(&q);
+  if (want_model) e8q_qmodel_close(&q);
   if (R->rank == 0) {
     if (ev) cJSON_AddItemToObject(out, "evaluation", ev);
     else cJSON_AddStringToObject(out, "evaluation", "no --eval-text given");
@@ -128,7 +132,5 @@ void e8q_run_validate(e8q_run *R) {
     e8q_rundir_commit(R->rd, "validation.json", "validation", txt, strlen(txt));
     free(txt);
     e8q_run_step(R, "validate");
-  } else {
-    cJSON_Delete(ev);
   }
 }
