@@ -37,7 +37,8 @@ struct e8q_cu_qlinear {
   int8_t *grid2;        // [256 * 8] 1-bit grid in half units
   int cap_batch;        // capacity of the work buffers below
   float *x, *u, *z, *y; // [cap, n], [cap, n_pad], [cap, m], [cap, m]
-  cudaStream_t stream;
+  cudaStream_t stream;  // every product of the layer runs here: the work buffers are single-use
+  cudaEvent_t ev_in, ev_out; // a caller's stream -> stream -> the caller's stream
 };
 
 static int cu_err(cudaError_t e, const char *what, char *err, size_t errlen) {
@@ -146,6 +147,8 @@ extern "C" void e8q_cu_qlinear_free(void *h) {
   cudaFree(g->codes); cudaFree(g->codes2); cudaFree(g->SU); cudaFree(g->out_scale);
   cudaFree(g->R_in); cudaFree(g->R_out); cudaFree(g->abs_tab); cudaFree(g->grid2);
   cudaFree(g->x); cudaFree(g->u); cudaFree(g->z); cudaFree(g->y);
+  if (g->ev_in) cudaEventDestroy(g->ev_in);
+  if (g->ev_out) cudaEventDestroy(g->ev_out);
   if (g->stream) cudaStreamDestroy(g->stream);
   delete g;
 }
@@ -209,6 +212,8 @@ extern "C" int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **ou
   if (!rc) rc |= upload((void **)&g->abs_tab, e8q_e8p_packed_abs_host, sizeof e8q_e8p_packed_abs_host, err, errlen);
   if (!rc) rc |= upload((void **)&g->grid2, e8q_e81b_grid2_host, sizeof e8q_e81b_grid2_host, err, errlen);
   if (!rc) rc |= cu_err(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking), "cudaStreamCreate", err, errlen);
+  if (!rc) rc |= cu_err(cudaEventCreateWithFlags(&g->ev_in, cudaEventDisableTiming), "cudaEventCreate", err, errlen);
+  if (!rc) rc |= cu_err(cudaEventCreateWithFlags(&g->ev_out, cudaEventDisableTiming), "cudaEventCreate", err, errlen);
   if (!rc) rc |= cu_err(cudaFuncSetAttribute(had_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem(device)),
                         "cudaFuncSetAttribute(had_kernel)", err, errlen);
   // static shared memory of codes_kernel_b1: 1 KiB abs table + 2 KiB grid
@@ -239,15 +244,21 @@ static int grow(e8q_cu_qlinear *g, int batch, char *err, size_t errlen) {
   return 0;
 }
 
-// device pointers: x [batch, n] -> y [batch, m] on `stream` (NULL: the layer's own stream).
-// Work buffers u, z are the layer's own (grown as needed).
+// device pointers: x [batch, n] -> y [batch, m], asynchronous on `stream` (NULL: the layer's own
+// stream). The kernels always run on the layer's stream, ordered after the caller's stream and
+// before its later work by two events: products of one layer from several streams serialise
+// instead of sharing the work buffers u, z (grown as needed; cudaFree synchronises).
 extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, void *stream_,
                                           char *err, size_t errlen) {
   e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
-  cudaStream_t st = stream_ ? (cudaStream_t)stream_ : g->stream;
+  const cudaStream_t st = g->stream, caller = stream_ ? (cudaStream_t)stream_ : g->stream;
   if (batch <= 0) return 0;
   CU_TRY(cudaSetDevice(g->device));
   if (grow(g, batch, err, errlen)) return -1;
+  if (caller != st) {
+    CU_TRY(cudaEventRecord(g->ev_in, caller));
+    CU_TRY(cudaStreamWaitEvent(st, g->ev_in, 0));
+  }
   had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->n_pad, st>>>(x, g->n, g->n, g->SU, g->n_pad, g->K_in, g->R_in, 1,
                                                                    1.0f, NULL, g->u);
   CU_TRY(cudaGetLastError());
@@ -262,6 +273,10 @@ extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, fl
   had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->m, st>>>(g->z, g->m, g->m, NULL, g->m, g->K_out, g->R_out, 0,
                                                                g->Wscale, g->out_scale, y);
   CU_TRY(cudaGetLastError());
+  if (caller != st) {
+    CU_TRY(cudaEventRecord(g->ev_out, st));
+    CU_TRY(cudaStreamWaitEvent(caller, g->ev_out, 0));
+  }
   return 0;
 }
 

@@ -24,7 +24,9 @@ e8q_qlinear_gpu *e8q_qlinear_gpu_create(const e8q_qlinear *q, int device, const 
 void e8q_qlinear_gpu_free(e8q_qlinear_gpu *g);
 /* host buffers x [batch, n] -> y [batch, m]; g NULL runs e8q_qlinear_forward on the CPU */
 void e8q_qlinear_forward_gpu(const e8q_qlinear *q, e8q_qlinear_gpu *g, int batch, const float *x, float *y);
-/* device buffers, asynchronous on stream (a cudaStream_t; NULL = the layer's own stream) */
+/* device buffers, asynchronous on stream (a cudaStream_t; NULL = the layer's own stream); the
+ * kernels run on the layer's stream, ordered after and before the caller's by events, so calls
+ * from several streams serialise on the layer's work buffers */
 void e8q_qlinear_forward_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, float *y, void *stream);
 
 #ifdef __cplusplus
