@@ -1,4 +1,5 @@
 /* coordinator/run.c: the stage loop of `e8q quantize` (coordinator/run.h). */
+#include "coordinator/eval.h"
 #include "coordinator/run.h"
 
 #include <cblas.h>
@@ -508,10 +509,10 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   R->q.rho = o->rho;
   R->q.tune_iters = o->tune_iters;
   R->q.seed = o->seed;
-  R->options = options_json(o, R);
   int steps = 2 + R->cfg.n_layers * (1 + E8Q_N_GROUPS + 2) + 3;
   e8q_progress_begin(steps, o->log_json);
-  if (R->rank == 0) {
+  if (R->rank == 0) { /* the options (file hashes) and fingerprint only go into rank 0's plan and pack */
+    R->options = options_json(o, R);
     R->fingerprint = e8q_model_fingerprint(o->model);
     cJSON *plan = cJSON_CreateObject();
     cJSON_AddItemToObject(plan, "fingerprint", cJSON_Duplicate(R->fingerprint, 1));
@@ -540,15 +541,9 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   e8q_progress_step("plan", -1, NULL, 0);
 
   /* ---------------------------------------------------------- calibration + embed */
-  char *tok_path = e8q_tokenizer_find(o->model, R->cfg.vocab_size);
-  e8q_tokenizer *tok = NULL;
-  if (tok_path) {
-    tok = e8q_tokenizer_load(tok_path);
-    e8q_tokenizer_check_vocab(tok, R->cfg.vocab_size, o->model);
-  }
+  e8q_tokenizer *tok = e8q_eval_open_tokenizer(o->model, &R->cfg, NULL, 0, NULL);
   e8q_calib_build(&R->calib, o->calib, tok, R->cfg.vocab_size, o->calib_skip, o->devset, R->T, o->seed);
   if (tok) e8q_tokenizer_free(tok);
-  free(tok_path);
   R->s0 = R->plan.seq_start[R->rank];
   R->s1 = R->plan.seq_start[R->rank + 1];
   R->head = e8q_model_load_ex(o->model, 0);

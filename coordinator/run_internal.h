@@ -20,7 +20,7 @@ typedef struct {
   e8q_plan plan;
   e8q_rundir *rd;        /* rank 0 only */
   cJSON *fingerprint;    /* rank 0: the model's */
-  cJSON *options;        /* every rank: options that shape the result (plan.json "options") */
+  cJSON *options;        /* rank 0: options that shape the result (plan.json "options") */
   e8q_calib calib;
   int s0, s1;            /* this rank's sequences [s0, s1) */
   int T, dim;
