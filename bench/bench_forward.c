@@ -57,8 +57,8 @@ int main(int argc, char **argv) {
 
   /* KV-cached: T steps of one token against the bound of T matrix-vector products */
   e8q_model m = {.cfg = c, .blocks = &b};
-  float *emb = rnd((size_t)c.dim, 1.0f, &s), norm1[4096];
-  for (int i = 0; i < c.dim && i < 4096; i++) norm1[i] = 1.0f;
+  float *emb = rnd((size_t)c.dim, 1.0f, &s), *norm1 = malloc(sizeof(float) * (size_t)c.dim); /* [dim] */
+  for (int i = 0; i < c.dim; i++) norm1[i] = 1.0f;
   m.embed = emb, m.lm_head = emb, m.final_norm = norm1;
   m.cfg.vocab_size = 1;
   e8q_kv_cache kv;
@@ -81,6 +81,6 @@ int main(int argc, char **argv) {
   e8q_kv_free(&kv);
   e8q_fwd_scratch_free(&sc);
   for (int g = 0; g < E8Q_N_GROUPS; g++) free(b.lin[g].w);
-  free(b.attn_norm), free(b.ffn_norm), free(x), free(in), free(out), free(emb);
+  free(b.attn_norm), free(b.ffn_norm), free(x), free(in), free(out), free(emb), free(norm1);
   return 0;
 }

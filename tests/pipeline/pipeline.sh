@@ -156,6 +156,8 @@ badinput)
     grep -q "rerun the same command" "$TMP/log" || { cat "$TMP/log"; fail "$kind: the message does not say what to do"; }
     [ -e "$TMP/f.e8q" ] && fail "$kind: an artifact exists after ENOSPC"
     ls -a "$TMP/f.e8q.run" "$TMP/f.e8q.run"/* 2>/dev/null | grep -q '\.tmp\.' && fail "$kind: a temporary file was left"
+    # the artifact's own temporary lies beside the output, not in the run directory
+    ls -A "$TMP" | grep -q '^\.f\.e8q\.tmp\.' && fail "$kind: the artifact's temporary was left"
     q 1 "$TMP/f.e8q" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "$kind: rerun after ENOSPC failed"; }
     cmp "$TMP/ref.e8q" "$TMP/f.e8q" || fail "$kind: artifact after ENOSPC differs"
     echo "ENOSPC on $kind: reported, resumed, identical"

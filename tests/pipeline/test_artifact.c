@@ -216,6 +216,9 @@ static void test_enospc_leaves_nothing(void **state) {
   unsetenv("E8Q_FAULT_ENOSPC");
   struct stat st;
   assert_int_not_equal(stat(p, &st), 0);
+  char cmd[4200];
+  snprintf(cmd, sizeof cmd, "test -z \"$(ls -A '%s')\"", d);
+  assert_int_equal(system(cmd), 0); /* neither the artifact nor its temporary */
   E8Q_EXPECT_FATAL(e8q_artifact_create("/nonexistent-dir-e8q/out.e8q"), "/nonexistent-dir-e8q/out.e8q",
                    "cannot create");
   free(d);

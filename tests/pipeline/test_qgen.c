@@ -129,6 +129,7 @@ static void test_qgen_fused_equals_dense(void **state) {
   /* tokens per second on stderr, naming the path the linears took */
   if (!strstr(ef, "tokens/s") || !strstr(ef, "fused kernels")) fail_msg("fused run's stderr: %s", ef);
   if (!strstr(ed, "tokens/s") || !strstr(ed, "dense decode")) fail_msg("dense run's stderr: %s", ed);
+  if (!strstr(e2, "tokens/s") || !strstr(e2, "fused kernels")) fail_msg("2-rank run's stderr: %s", e2);
   free(fused), free(dense), free(two), free(ef), free(ed), free(e2);
 }
 
@@ -147,6 +148,11 @@ static void test_qgen_prompt_uses_archive_tokenizer(void **state) {
   out = run(cmd, &st);
   assert_int_not_equal(st, 0);
   assert_non_null(strstr(out, "not both"));
+  free(out);
+  snprintf(cmd, sizeof cmd, "%s generate --model x --dense 2>&1", E8Q_BIN);
+  out = run(cmd, &st);
+  assert_int_not_equal(st, 0);
+  if (!strstr(out, "--dense applies to --artifact only")) fail_msg("--dense without --artifact: %s", out);
   free(out);
 }
 

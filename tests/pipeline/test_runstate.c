@@ -109,10 +109,10 @@ static void test_atomic_crash_before_rename(void **state) {
   s = t_read_file(p, &n);
   assert_int_equal(n, 3); /* the file itself is untouched */
   free(s);
-  /* a fault point on the second pass only: first write commits, second is killed */
   free(d);
 }
 
+/* a fault point on the second pass only: first write commits, second is killed */
 static void two_writes(const char *path) {
   e8q_atomic_write_file(path, "shard", "one", 3, NULL);
   e8q_atomic_write_file(path, "shard", "two", 3, NULL);
@@ -196,6 +196,7 @@ static void test_journal_replay_and_torn(void **state) {
   size_t after = 0;
   free(t_read_file(jp, &after));
   assert_int_equal(after + j->dropped, torn);
+  assert_true(before < after && after < torn); /* the record of "a" kept, the half of "b" cut */
   e8q_journal_step(j, "b"); /* appends cleanly after the cut */
   e8q_journal_close(j);
   j = e8q_journal_open(d);
