@@ -355,14 +355,14 @@ static void run_block(e8q_run *R, int b) {
   e8q_block blk;
   e8q_block_load(R->st, &R->cfg, b, &blk);
   int n_my = R->s1 - R->s0;
-  R->y_valid = 0;
 
   /* ---------------------------------------------------------- hessian */
   double *H[E8Q_N_GROUPS];
   for (int g = 0; g < E8Q_N_GROUPS; g++)
     H[g] = e8q_malloc(sizeof(double) * (size_t)R->plan.groups[g].n * R->plan.groups[g].n, "Hessian");
   long tokens = 0;
-  int resumed = hessians_load(R, b, H, &tokens);
+  const int resumed = hessians_load(R, b, H, &tokens);
+  const int y_valid = !resumed; /* the Hessian pass leaves Y = block(X) */
   if (!resumed) {
     e8q_hessian_acc acc;
     e8q_hessian_acc_init(&acc, &R->cfg, R->T);
@@ -377,7 +377,6 @@ static void run_block(e8q_run *R, int b) {
     e8q_fwd_scratch_free(&sc);
     e8q_hessian_acc_reduce(&acc, H, &tokens);
     e8q_hessian_acc_free(&acc);
-    R->y_valid = 1;
     hessians_commit(R, b, H, tokens);
     e8q_fault_point("hessian.done");
   }
@@ -422,7 +421,7 @@ static void run_block(e8q_run *R, int b) {
   int last = b + 1 == R->cfg.n_layers; /* nothing to propagate after the last block */
   int have_next = last || acts_load(R, b + 1, R->Y);
   if (!have_next) {
-    if (!R->y_valid) {
+    if (!y_valid) {
       e8q_fwd_scratch sc = {0};
       memcpy(R->Y, R->X, sizeof(float) * (size_t)n_my * act_floats(R));
       for (int i = 0; i < n_my; i++) e8q_block_forward(&blk, &R->cfg, 1, R->T, R->Y + (size_t)i * act_floats(R), NULL, &sc);

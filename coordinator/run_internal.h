@@ -25,7 +25,6 @@ typedef struct {
   int s0, s1;            /* this rank's sequences [s0, s1) */
   int T, dim;
   float *X, *Y;          /* [s1-s0, T, dim] activations in / out of the current block */
-  int y_valid;           /* Y holds block(X) */
   e8q_model *head;       /* embeddings, final norm, lm_head (no blocks) */
   e8q_st_model *st;      /* the source checkpoint */
   e8q_qlin_opts q;       /* per-linear options */
