@@ -27,7 +27,12 @@ e8q_method e8q_method_parse(const char *s) {
 const char *e8q_method_cli_name(e8q_method m) { return m == E8Q_METHOD_LDLQ ? "e8p" : e8q_method_name(m); }
 
 /* DESIGN §3: rho 0.9 for E8P (the paper's runs), 0.98 for RVQ3, 1.03 for RVQ4 */
-static double default_rho(int bits) { return bits == 2 ? 0.9 : bits == 3 ? 0.98 : 1.03; }
+static double default_rho(int bits) { return bits == 2 ? E8Q_RHO_E8P : bits == 3 ? E8Q_RHO_RVQ3 : E8Q_RHO_RVQ4; }
+
+/* the per-linear seed (RHT signs, ablation RNG): the run's --seed mixed with the layer and group */
+static uint64_t linear_seed(uint64_t seed, int layer, int group) {
+  return seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group;
+}
 
 /* RMS of rows [r0, r0+rows) of W [m, n] (a fused piece, DESIGN §3 "Fused groups"), as the float
  * the artifact stores; 1 for an all-zero piece, or one whose RMS underflows in float (a 0 fuse
@@ -102,7 +107,7 @@ static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int 
       row += g->piece_rows[p];
     }
     e8q_quant_opts qo = {.bits = o->bits, .rho = 0, .tune_iters = o->tune_iters, .method = o->method,
-                         .seed = o->seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group,
+                         .seed = linear_seed(o->seed, layer, group),
                          .sigma_reg = 0, .prec = E8Q_PREC_F64};
     e8q_quant_result qr;
     e8q_quantize_linear(Wf, m, n, H, &qo, &qr);
@@ -176,7 +181,7 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   /* RHT */
   res->SU = e8q_malloc(sizeof(float) * (size_t)np, "SU");
   res->SV = e8q_malloc(sizeof(float) * (size_t)m, "SV");
-  uint64_t lin_seed = o->seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group;
+  uint64_t lin_seed = linear_seed(o->seed, layer, group);
   e8q_rng_fill_signs(lin_seed, E8Q_RNG_STREAM_SU, 0, (size_t)np, res->SU);
   e8q_rng_fill_signs(lin_seed, E8Q_RNG_STREAM_SV, 0, (size_t)m, res->SV);
   double *SU = e8q_malloc(sizeof(double) * (size_t)np, "SU f64"), *SV = e8q_malloc(sizeof(double) * (size_t)m, "SV f64");
