@@ -70,9 +70,12 @@ static int all_finite_f(const float *a, int64_t count) {
   return 1;
 }
 
-/* Cholesky (lower) of A in place, then unit block-lower L. Returns 0 on success, else a reason. */
-static const char *block_ldl_f64(double *A, int64_t n) {
-  int info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', (int)n, A, (int)n);
+/* the default f64 Cholesky: LAPACK on this process's copy */
+static int cholesky_lapacke(int n, double *A) { return LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', n, A, n); }
+
+/* Cholesky (lower, by chol) of A in place, then unit block-lower L. Returns 0 on success, else a reason. */
+static const char *block_ldl_f64(double *A, int64_t n, e8q_ldl_cholesky chol) {
+  int info = chol((int)n, A);
   if (info != 0) return info > 0 ? "not positive definite" : "invalid argument to dpotrf";
   for (int64_t i = 0; i < n; i++)
     for (int64_t j = i + 1; j < n; j++) A[i * n + j] = 0;
@@ -116,7 +119,8 @@ static const char *block_inverses(const double *H, int64_t n, double *out) {
 }
 
 /* one attempt; fills f on success */
-static const char *ldl_try(e8q_ldl *f, const double *H_raw, int64_t n, double sigma, e8q_prec prec) {
+static const char *ldl_try(e8q_ldl *f, const double *H_raw, int64_t n, double sigma, e8q_prec prec,
+                           e8q_ldl_cholesky chol) {
   memset(f, 0, sizeof *f);
   f->n = n;
   f->prec = prec;
@@ -130,7 +134,7 @@ static const char *ldl_try(e8q_ldl *f, const double *H_raw, int64_t n, double si
   if (!why && prec == E8Q_PREC_F64) {
     f->L = e8q_malloc(sizeof(double) * (size_t)(n * n), "LDL factor");
     memcpy(f->L, H, sizeof(double) * (size_t)(n * n));
-    why = block_ldl_f64(f->L, n);
+    why = block_ldl_f64(f->L, n, chol);
     f->H = H;
     H = NULL;
   } else if (!why) {
@@ -145,13 +149,20 @@ static const char *ldl_try(e8q_ldl *f, const double *H_raw, int64_t n, double si
 }
 
 int e8q_ldl_build(e8q_ldl *f, const double *H_raw, int64_t n, double sigma_reg, e8q_prec prec, e8q_ldl_status *st) {
+  return e8q_ldl_build_chol(f, H_raw, n, sigma_reg, prec, NULL, st);
+}
+
+int e8q_ldl_build_chol(e8q_ldl *f, const double *H_raw, int64_t n, double sigma_reg, e8q_prec prec,
+                       e8q_ldl_cholesky chol, e8q_ldl_status *st) {
   E8Q_CHECK(n > 0 && n % 8 == 0, "LDL of a %lld x %lld Hessian: the size must be a positive multiple of 8 (pad first)",
             (long long)n, (long long)n);
+  E8Q_CHECK(!chol || prec == E8Q_PREC_F64, "LDL with a caller's Cholesky: only in f64 (the f32 attempt is LAPACK's)");
+  if (!chol) chol = cholesky_lapacke;
   memset(st, 0, sizeof *st);
   const char *why1 = NULL, *why2 = NULL, *why3 = NULL;
   st->attempts = 1;
   if (prec == E8Q_PREC_F32) {
-    why1 = ldl_try(f, H_raw, n, sigma_reg, E8Q_PREC_F32);
+    why1 = ldl_try(f, H_raw, n, sigma_reg, E8Q_PREC_F32, chol);
     if (!why1) {
       st->ok = 1, st->prec = E8Q_PREC_F32, st->sigma_reg = sigma_reg;
       snprintf(st->message, sizeof st->message, "LDL ok (f32, sigma_reg %g)", sigma_reg);
@@ -160,7 +171,7 @@ int e8q_ldl_build(e8q_ldl *f, const double *H_raw, int64_t n, double sigma_reg, 
     st->fell_back_f64 = 1;
     st->attempts++;
   }
-  why2 = ldl_try(f, H_raw, n, sigma_reg, E8Q_PREC_F64);
+  why2 = ldl_try(f, H_raw, n, sigma_reg, E8Q_PREC_F64, chol);
   if (!why2) {
     st->ok = 1, st->prec = E8Q_PREC_F64, st->sigma_reg = sigma_reg;
     if (why1) snprintf(st->message, sizeof st->message, "LDL in f32 failed (%s); retried in f64: ok (sigma_reg %g)", why1, sigma_reg);
@@ -169,7 +180,7 @@ int e8q_ldl_build(e8q_ldl *f, const double *H_raw, int64_t n, double sigma_reg, 
   }
   st->attempts++;
   st->more_damping = 1;
-  why3 = ldl_try(f, H_raw, n, 10 * sigma_reg, E8Q_PREC_F64);
+  why3 = ldl_try(f, H_raw, n, 10 * sigma_reg, E8Q_PREC_F64, chol);
   st->prec = E8Q_PREC_F64;
   st->sigma_reg = 10 * sigma_reg;
   if (!why3) {

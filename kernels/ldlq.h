@@ -62,6 +62,16 @@ void e8q_hessian_prep(double *H, int64_t n, double sigma_reg);
 /* prepare a copy of H_raw [n, n] (not modified) and factorise it, falling back as above.
  * Returns status.ok; on failure f holds nothing and status.message says why. */
 int e8q_ldl_build(e8q_ldl *f, const double *H_raw, int64_t n, double sigma_reg, e8q_prec prec, e8q_ldl_status *status);
+/* a Cholesky for the f64 attempts: A [n, n] row-major symmetric in, lower factor L (A = L Lᵀ) out
+ * in place (entries above the diagonal are ignored); returns 0, or a LAPACK-style info (> 0: not
+ * positive definite, < 0: invalid argument) */
+typedef int (*e8q_ldl_cholesky)(int n, double *A);
+/* e8q_ldl_build with the f64 Cholesky from chol (NULL: LAPACKE dpotrf, as e8q_ldl_build), e.g. a
+ * collective ScaLAPACK one (then every rank must pass the same H_raw: the attempts, and so the
+ * collective calls, follow from it). The same preparation, checks, fallbacks and messages. chol
+ * needs prec E8Q_PREC_F64. */
+int e8q_ldl_build_chol(e8q_ldl *f, const double *H_raw, int64_t n, double sigma_reg, e8q_prec prec,
+                       e8q_ldl_cholesky chol, e8q_ldl_status *status);
 void e8q_ldl_free(e8q_ldl *f);
 
 /* ---------------------------------------------------------------- LDLQ */

@@ -29,7 +29,7 @@ static void group_fill(e8q_group_plan *g, const e8q_config *cfg, int id) {
   memset(g, 0, sizeof *g);
   g->name = e8q_group_names[id];
   e8q_group_shape(cfg, id, &g->m, &g->n);
-  g->n_pad = (g->n + 7) / 8 * 8;
+  g->n_pad = (int)e8q_pad8(g->n);
   char what[96];
   snprintf(what, sizeof what, "%s input (n_pad)", g->name);
   g->K_n = e8q_plan_hadamard_factor(g->n_pad, what);
@@ -73,7 +73,8 @@ static void plan_memory(e8q_plan *p) {
     weights += m * n;
     sum_n2 += n * n;
     if (n > nmax) nmax = n;
-    size_t need = 8 * m * np + 8 * 3 * np * np + 8 * 2 * 256 * np + 4 * m * np / 8;
+    /* Wr, 3 n_pad^2 (Hessian, prepared H, L), quantized rows + H E per tile, codes */
+    size_t need = 8 * m * np + 8 * 3 * np * np + 8 * 2 * (size_t)E8Q_LDLQ_ROW_TILE * np + 4 * m * np / 8;
     if (need > ldlq) ldlq = need;
   }
   weights *= 4;
@@ -87,6 +88,7 @@ static void plan_memory(e8q_plan *p) {
     size_t seqs = (size_t)(p->seq_start[r + 1] - p->seq_start[r]);
     m->weights = weights;
     m->acts = 2 * 4 * seqs * T * c->dim + scratch;
+    /* 256: E8Q_HESS_ROWS (worker/hessian.h, xd scratch), which shard/ cannot include (DESIGN §1) */
     m->hess_acc = 24 * sum_n2 + 8 * 256 * nmax;
     m->hessians = 8 * sum_n2;
     m->ldlq = ldlq;

@@ -60,8 +60,8 @@ void e8q_block_forward(const e8q_block *b, const e8q_config *c, int n_seq, int T
   e8q_rmsnorm(N, D, x, b->attn_norm, (float)c->norm_eps, s->xn);
   tap(taps, E8Q_GROUP_QKV, N, D, s->xn);
   e8q_linear_forward(&b->qkv, N, s->xn, s->qkv);
-  e8q_rope(n_seq, T, 0, nh, hd, c->rope_theta, s->qkv, ld);
-  e8q_rope(n_seq, T, 0, nkv, hd, c->rope_theta, s->qkv + (size_t)nh * hd, ld);
+  /* q and k heads sit side by side at stride hd in each qkv row: one pass rotates both */
+  e8q_rope(n_seq, T, 0, nh + nkv, hd, c->rope_theta, s->qkv, ld);
   e8q_attention(n_seq, T, nh, nkv, hd, s->qkv, s->att);
   tap(taps, E8Q_GROUP_O, N, nh * hd, s->att);
   e8q_linear_forward(&b->o, N, s->att, s->proj);
@@ -204,8 +204,7 @@ const float *e8q_model_step(const e8q_model *m, e8q_kv_cache *c, int token, int 
     e8q_rmsnorm(1, D, c->x, b->attn_norm, eps, c->xn);
     e8q_linear_forward(&b->qkv, 1, c->xn, c->qkv);
     float *q = c->qkv, *k = q + (size_t)nh * hd, *v = k + kvd;
-    e8q_rope(1, 1, pos, nh, hd, cfg->rope_theta, q, nh * hd);
-    e8q_rope(1, 1, pos, nkv, hd, cfg->rope_theta, k, (int)kvd);
+    e8q_rope(1, 1, pos, nh + nkv, hd, cfg->rope_theta, q, nh * hd + (int)kvd); /* q then k heads */
     memcpy(kc + (size_t)pos * kvd, k, sizeof(float) * kvd);
     memcpy(vc + (size_t)pos * kvd, v, sizeof(float) * kvd);
     e8q_attention_step(pos, nh, nkv, hd, q, kc, vc, c->att, c->scores);

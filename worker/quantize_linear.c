@@ -2,7 +2,6 @@
 #include "worker/quantize_linear.h"
 
 #include <cblas.h>
-#include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +26,12 @@ e8q_method e8q_method_parse(const char *s) {
 const char *e8q_method_cli_name(e8q_method m) { return m == E8Q_METHOD_LDLQ ? "e8p" : e8q_method_name(m); }
 
 /* DESIGN §3: rho 0.9 for E8P (the paper's runs), 0.98 for RVQ3, 1.03 for RVQ4 */
-static double default_rho(int bits) { return bits == 2 ? 0.9 : bits == 3 ? 0.98 : 1.03; }
+static double default_rho(int bits) { return bits == 2 ? E8Q_RHO_E8P : bits == 3 ? E8Q_RHO_RVQ3 : E8Q_RHO_RVQ4; }
+
+/* the per-linear seed (RHT signs, ablation RNG): the run's --seed mixed with the layer and group */
+static uint64_t linear_seed(uint64_t seed, int layer, int group) {
+  return seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group;
+}
 
 /* RMS of rows [r0, r0+rows) of W [m, n] (a fused piece, DESIGN §3 "Fused groups"), as the float
  * the artifact stores; 1 for an all-zero piece, or one whose RMS underflows in float (a 0 fuse
@@ -41,46 +45,9 @@ static double piece_rms(const float *W, int r0, int rows, int n) {
 }
 
 /* ---------------------------------------------------------------- ScaLAPACK factorisation
- * Fills an e8q_ldl (kernels/ldlq.h) as e8q_ldl_build would, with the Cholesky factor computed by
- * ScaLAPACK across all ranks: prepared H, unit block-lower L, inverses of H's diagonal blocks.
- * Collective. Returns 0 when the Cholesky failed (not positive definite). */
-static int ldl_build_scalapack(e8q_ldl *f, const double *H_raw, int n, double sigma) {
-  memset(f, 0, sizeof *f);
-  f->n = n;
-  f->prec = E8Q_PREC_F64;
-  f->sigma_reg = sigma;
-  f->H = e8q_malloc(sizeof(double) * (size_t)n * n, "prepared Hessian");
-  memcpy(f->H, H_raw, sizeof(double) * (size_t)n * n);
-  e8q_hessian_prep(f->H, n, sigma);
-  f->L = e8q_malloc(sizeof(double) * (size_t)n * n, "LDL factor");
-  memcpy(f->L, f->H, sizeof(double) * (size_t)n * n);
-  if (e8q_cholesky_scalapack(n, f->L, 0) != 0) {
-    e8q_ldl_free(f);
-    return 0;
-  }
-  /* L[j, k] = C[j, k] C[k, k]^-1 below the diagonal blocks; identity on them */
-  int nb = n / 8;
-  for (int k = 0; k < nb; k++) {
-    int c = 8 * k, below = n - c - 8;
-    if (below > 0)
-      cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, below, 8, 1.0, f->L + (size_t)c * n + c,
-                  n, f->L + (size_t)(c + 8) * n + c, n);
-  }
-  for (int k = 0; k < nb; k++)
-    for (int i = 0; i < 8; i++)
-      for (int j = 0; j < 8; j++) f->L[(size_t)(8 * k + i) * n + 8 * k + j] = i == j ? 1.0 : 0.0;
-  f->Hkk_inv = e8q_malloc(sizeof(double) * (size_t)n * 8, "Hessian block inverses");
-  for (int k = 0; k < nb; k++) {
-    double *B = f->Hkk_inv + (size_t)k * 64;
-    for (int a = 0; a < 8; a++)
-      for (int b = 0; b < 8; b++) B[a * 8 + b] = f->H[(size_t)(8 * k + a) * n + 8 * k + b];
-    E8Q_CHECK(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', 8, B, 8) == 0 && LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'L', 8, B, 8) == 0,
-              "internal: a diagonal 8x8 block of a positive definite Hessian is singular");
-    for (int a = 0; a < 8; a++)
-      for (int b = a + 1; b < 8; b++) B[a * 8 + b] = B[b * 8 + a];
-  }
-  return 1;
-}
+ * The Cholesky e8q_ldl_build_chol (kernels/ldlq.h) uses on the ScaLAPACK path: across all ranks,
+ * block size chosen from n and the grid. Collective. */
+static int cholesky_scalapack(int n, double *A) { return e8q_cholesky_scalapack(n, A, 0); }
 
 /* ---------------------------------------------------------------- dense ablations
  * noe8 / rtn through e8q_quantize_linear on rank 0 (the others wait at the broadcast): each
@@ -102,7 +69,7 @@ static void dense_ablation(const e8q_qlin_opts *o, const e8q_group_plan *g, int 
       row += g->piece_rows[p];
     }
     e8q_quant_opts qo = {.bits = o->bits, .rho = 0, .tune_iters = o->tune_iters, .method = o->method,
-                         .seed = o->seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group,
+                         .seed = linear_seed(o->seed, layer, group),
                          .sigma_reg = 0, .prec = E8Q_PREC_F64};
     e8q_quant_result qr;
     e8q_quantize_linear(Wf, m, n, H, &qo, &qr);
@@ -176,7 +143,7 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
   /* RHT */
   res->SU = e8q_malloc(sizeof(float) * (size_t)np, "SU");
   res->SV = e8q_malloc(sizeof(float) * (size_t)m, "SV");
-  uint64_t lin_seed = o->seed * 0x9E3779B97F4A7C15ull + (uint64_t)layer * E8Q_N_GROUPS + (uint64_t)group;
+  uint64_t lin_seed = linear_seed(o->seed, layer, group);
   e8q_rng_fill_signs(lin_seed, E8Q_RNG_STREAM_SU, 0, (size_t)np, res->SU);
   e8q_rng_fill_signs(lin_seed, E8Q_RNG_STREAM_SV, 0, (size_t)m, res->SV);
   double *SU = e8q_malloc(sizeof(double) * (size_t)np, "SU f64"), *SV = e8q_malloc(sizeof(double) * (size_t)m, "SV f64");
@@ -202,27 +169,12 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
 
   /* factor (prepared H, block LDL) */
   e8q_ldl f;
-  if (o->scalapack) {
-    double sigma = E8Q_SIGMA_REG;
-    int ok = ldl_build_scalapack(&f, Hr, np, sigma);
-    if (!ok) {
-      res->retries = 1;
-      sigma *= 10;
-      ok = ldl_build_scalapack(&f, Hr, np, sigma);
-    }
-    E8Q_CHECK(ok, "layer %d %s: the Hessian is not positive definite even with damping %g (ScaLAPACK); the calibration "
-              "data may be degenerate: use more or other --calib data", layer, g->name, sigma);
-    res->damp = sigma;
-    snprintf(res->ldl_message, sizeof res->ldl_message, "ScaLAPACK LDL ok (f64, sigma_reg %g%s)", sigma,
-             res->retries ? ", after a retry with 10x damping" : "");
-  } else {
-    e8q_ldl_status st;
-    int ok = e8q_ldl_build(&f, Hr, np, E8Q_SIGMA_REG, E8Q_PREC_F64, &st);
-    E8Q_CHECK(ok, "layer %d %s: %s", layer, g->name, st.message);
-    res->retries = st.attempts - 1;
-    res->damp = st.sigma_reg;
-    snprintf(res->ldl_message, sizeof res->ldl_message, "%s", st.message);
-  }
+  e8q_ldl_status st;
+  int ok = e8q_ldl_build_chol(&f, Hr, np, E8Q_SIGMA_REG, E8Q_PREC_F64, o->scalapack ? cholesky_scalapack : NULL, &st);
+  E8Q_CHECK(ok, "layer %d %s: %s%s", layer, g->name, o->scalapack ? "ScaLAPACK " : "", st.message);
+  res->retries = st.attempts - 1;
+  res->damp = st.sigma_reg;
+  snprintf(res->ldl_message, sizeof res->ldl_message, "%s%s", o->scalapack ? "ScaLAPACK " : "", st.message);
 
   /* LDLQ on this rank's row tiles; proxy loss per tile (rank-count independent), reduced exactly */
   int64_t r0, r1;

@@ -6,9 +6,9 @@
  *   RHT       SU [n_pad], SV [m] random signs from (seed, layer, group); Wr = M_mᵀ SV W SU M_n,
  *             Hr = M_nᵀ SU H SU M_n; Wscale = RMS(Wr) / rho;
  *   prepare   Hr / mean(diag Hr), + damping 0.01 on the diagonal (kernels/ldlq.h);
- *   factor    block LDL from a Cholesky with LAPACK on every rank (e8q_ldl_build, with its
- *             reported fallbacks), or from ScaLAPACK's across all ranks (retried with tenfold
- *             damping); retries are counted and recorded;
+ *   factor    block LDL (e8q_ldl_build_chol, with its checks and reported fallbacks) from a
+ *             Cholesky with LAPACK on every rank, or with ScaLAPACK across all ranks; retries
+ *             are counted and recorded;
  *   LDLQ      e8q_ldlq_rows (kernels/ldlq.h) on row tiles of E8Q_LDLQ_ROW_TILE split across
  *             ranks at tile boundaries (the codes do not depend on the rank count); the proxy
  *             loss is summed per tile and reduced exactly;
@@ -57,7 +57,7 @@ typedef struct {
   double proxy_loss; /* tr((Ŵ-W) H (Ŵ-W)ᵀ) / tr(W H Wᵀ) in the rotated, fused frame */
   int retries;       /* factorisation attempts beyond the first (kernels/ldlq.h fallbacks) */
   double damp;       /* the damping finally used */
-  char ldl_message[320]; /* what the factorisation did (e8q_ldl_status.message) */
+  char ldl_message[336]; /* what the factorisation did (e8q_ldl_status.message, after "ScaLAPACK ") */
 } e8q_qlin_result;
 
 /* collective: every rank passes the same W [m, n] and H [n, n] (sums over `tokens` tokens);

@@ -14,6 +14,7 @@
 #include "kernels/hadamard.h"
 #include "kernels/qlinear.h"
 #include "testutil.h"
+#include "worker/cholesky.h"
 #include "worker/hessian.h"
 #include "worker/quantize_linear.h"
 
@@ -290,6 +291,36 @@ static void test_not_positive_definite_retry(void **state) {
   free(W), free(H);
 }
 
+/* --scalapack: the same factorisation builder (kernels/ldlq.c) with ScaLAPACK's Cholesky, so the
+ * same retries, damping and messages as the LAPACK path, marked "ScaLAPACK" */
+static void test_scalapack_retry(void **state) {
+  (void)state;
+  const int m = 32, n = 16;
+  float *W = malloc(sizeof(float) * m * n);
+  double *H = malloc(sizeof(double) * n * n);
+  make_problem(m, n, 6, W, H);
+  e8q_group_plan g = group(m, n, 1);
+  e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 1, .seed = 1, .scalapack = 1};
+  e8q_qlin_result q;
+  e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q);
+  assert_int_equal(q.retries, 0);
+  assert_string_equal(q.ldl_message, "ScaLAPACK LDL ok (f64, sigma_reg 0.01)");
+  e8q_qlin_result_free(&q);
+  /* the indefinite H of test_not_positive_definite_retry: one retry with tenfold damping */
+  memset(H, 0, sizeof(double) * n * n);
+  for (int i = 0; i < n; i++) H[i * n + i] = 1.0;
+  H[5 * n + 5] = -0.06;
+  e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q);
+  assert_int_equal(q.retries, 1);
+  T_NEAR(q.damp, 0.1, 1e-12, "damping after the retry");
+  assert_non_null(strstr(q.ldl_message, "ScaLAPACK LDL failed, in f64 (not positive definite); retried with 10x damping"));
+  assert_true(q.proxy_loss > 0 && q.proxy_loss < 1);
+  e8q_qlin_result_free(&q);
+  H[5 * n + 5] = -0.5;
+  E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test", "ScaLAPACK LDL failed", "damping");
+  free(W), free(H);
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   e8q_comm_global_open(-1);
@@ -300,8 +331,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_quantize_group),
       cmocka_unit_test(test_quantize_group_zero),
       cmocka_unit_test(test_not_positive_definite_retry),
+      cmocka_unit_test(test_scalapack_retry),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  e8q_scalapack_finish();
   e8q_comm_global_close();
   MPI_Finalize();
   return rc;

@@ -1,6 +1,7 @@
 /* tests/quant/test_ldlq.c: block LDLQ against the reference's golden example, the buffered
  * fast path against the unbuffered reference, row splits, ordering of the proxy loss on an
  * ill-conditioned Hessian, the factorisation fallbacks, and the one-linear helper. */
+#include <lapacke.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -258,6 +259,71 @@ static void test_non_pd_retry(void **state) {
   free(H);
 }
 
+/* ---------------------------------------------------------------- a caller's Cholesky
+ * e8q_ldl_build_chol (the ScaLAPACK path of worker/quantize_linear.c): LAPACK through the callback
+ * is bit for bit e8q_ldl_build; a callback's failure or non-finite factor takes the same retries
+ * and messages. */
+static int chol_calls, chol_nan_calls, chol_fail_calls; /* calls so far; the first *_calls misbehave */
+static int chol_lapack(int n, double *A) {
+  chol_calls++;
+  return LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', n, A, n);
+}
+static int chol_nan(int n, double *A) {
+  int info = chol_lapack(n, A);
+  if (chol_calls <= chol_nan_calls) A[(size_t)(n - 1) * n + 3] = NAN; /* below the diagonal blocks */
+  return info;
+}
+static int chol_fail(int n, double *A) {
+  int info = chol_lapack(n, A);
+  return chol_calls <= chol_fail_calls ? 7 : info;
+}
+
+static void test_ldl_caller_cholesky(void **state) {
+  (void)state;
+  const int64_t n = 48;
+  double *H = synth_hessian(n, 3, 5);
+  e8q_ldl a, b;
+  e8q_ldl_status sa, sb;
+  assert_true(e8q_ldl_build(&a, H, n, 0.01, E8Q_PREC_F64, &sa));
+  chol_calls = 0;
+  assert_true(e8q_ldl_build_chol(&b, H, n, 0.01, E8Q_PREC_F64, chol_lapack, &sb));
+  assert_int_equal(chol_calls, 1);
+  assert_memory_equal(a.H, b.H, sizeof(double) * (size_t)(n * n));
+  assert_memory_equal(a.L, b.L, sizeof(double) * (size_t)(n * n));
+  assert_memory_equal(a.Hkk_inv, b.Hkk_inv, sizeof(double) * (size_t)(n * 8));
+  assert_string_equal(sa.message, sb.message);
+  assert_int_equal(sb.attempts, 1);
+  e8q_ldl_free(&b);
+  /* a non-finite factor once: the 10x damping retry, reported */
+  chol_calls = 0, chol_nan_calls = 1;
+  assert_true(e8q_ldl_build_chol(&b, H, n, 0.01, E8Q_PREC_F64, chol_nan, &sb));
+  print_message("%s\n", sb.message);
+  assert_int_equal(chol_calls, 2);
+  assert_true(sb.ok && sb.more_damping);
+  assert_int_equal(sb.attempts, 2);
+  T_NEAR(sb.sigma_reg, 0.1, 1e-15, "damping after retry");
+  assert_non_null(strstr(sb.message, "(non-finite factor); retried with 10x damping"));
+  for (int64_t i = 0; i < n * n; i++) assert_true(isfinite(b.L[i]));
+  e8q_ldl_free(&b);
+  /* always non-finite: a failure, no factor */
+  chol_calls = 0, chol_nan_calls = 2;
+  assert_false(e8q_ldl_build_chol(&b, H, n, 0.01, E8Q_PREC_F64, chol_nan, &sb));
+  assert_false(sb.ok);
+  assert_int_equal(sb.attempts, 2);
+  assert_null(b.L);
+  assert_non_null(strstr(sb.message, "(non-finite factor) and with 10x damping (non-finite factor)"));
+  /* not positive definite (info > 0) once: the same retry */
+  chol_calls = 0, chol_fail_calls = 1;
+  assert_true(e8q_ldl_build_chol(&b, H, n, 0.01, E8Q_PREC_F64, chol_fail, &sb));
+  assert_int_equal(sb.attempts, 2);
+  assert_non_null(strstr(sb.message, "(not positive definite); retried with 10x damping"));
+  e8q_ldl_free(&b);
+  /* the f32 attempt has no caller's Cholesky */
+  E8Q_EXPECT_FATAL(e8q_ldl_build_chol(&b, H, n, 0.01, E8Q_PREC_F32, chol_lapack, &sb), "only in f64");
+  e8q_ldl_free(&a);
+  free(H);
+}
+
 /* ---------------------------------------------------------------- one linear, padded shape */
 static void test_quantize_linear_padded(void **state) {
   (void)state;
@@ -479,6 +545,7 @@ int main(void) {
       cmocka_unit_test(test_ldlq_split_rows_identical),
       cmocka_unit_test(test_ill_conditioned_ordering),
       cmocka_unit_test(test_non_pd_retry),
+      cmocka_unit_test(test_ldl_caller_cholesky),
       cmocka_unit_test(test_quantize_linear_padded),
       cmocka_unit_test(test_quantize_fused),
       cmocka_unit_test(test_rtn_padded_minmax),
