@@ -2,11 +2,9 @@
 #include "coordinator/qmodel.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <stdint.h>
 
@@ -64,22 +62,14 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
   snprintf(path, sizeof path, "%s/config.json", dir);
   cJSON *cj = cJSON_Parse(config_text);
   E8Q_CHECK(cj, "%s is not valid JSON", path);
-  /* the architecture: the config without its quantization_config, through the config loader
-   * (which refuses quantized configs as sources to quantize) */
+  /* the architecture: the config without its quantization_config, through the config checks
+   * (which refuse quantized configs as sources to quantize) */
   {
     cJSON *plain = cJSON_Duplicate(cj, 1);
+    E8Q_CHECK(plain, "%s: out of memory copying the config", path);
     cJSON_DeleteItemFromObjectCaseSensitive(plain, "quantization_config");
-    char *ptxt = cJSON_Print(plain);
+    e8q_config_from_json(plain, path, &q->cfg);
     cJSON_Delete(plain);
-    const char *tmpdir = getenv("TMPDIR");
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s/e8q-config-%ld.json", tmpdir && *tmpdir ? tmpdir : "/tmp", (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    E8Q_CHECK_ERRNO(f, "cannot write %s (set TMPDIR to a writable directory)", tmp);
-    E8Q_CHECK(fwrite(ptxt, 1, strlen(ptxt), f) == strlen(ptxt) && fclose(f) == 0, "cannot write %s", tmp);
-    free(ptxt);
-    e8q_config_load(tmp, &q->cfg);
-    unlink(tmp);
   }
   const cJSON *qc = cJSON_GetObjectItemCaseSensitive(cj, "quantization_config");
   const cJSON *meth = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
