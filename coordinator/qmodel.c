@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "io/config.h"
 #include "io/text.h"
+#include "kernels/e8p.h"
 
 static void *own(e8q_qmodel *q, size_t bytes) {
   q->owned = realloc(q->owned, sizeof(void *) * (size_t)(q->n_owned + 1));
@@ -79,7 +80,7 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
   E8Q_CHECK(cJSON_IsNumber(bits) && bits->valueint >= 2 && bits->valueint <= 4, "%s: quantization_config.bits must be 2, 3 or 4",
             path);
   q->bits = bits->valueint;
-  q->cb = q->bits == 2 ? E8Q_CB_E8P12 : q->bits == 3 ? E8Q_CB_E8P12RVQ3B : E8Q_CB_E8P12RVQ4B;
+  q->cb = e8q_cb_from_bits(q->bits);
   const cJSON *had = cJSON_GetObjectItemCaseSensitive(qc, "hadamard");
   const cJSON *rs = cJSON_GetObjectItemCaseSensitive(qc, "resid_scale");
   snprintf(path, sizeof path, "%s", q->st->path);
@@ -104,7 +105,7 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
       e8q_qlinear_desc d;
       memset(&d, 0, sizeof d);
       e8q_group_shape(&q->cfg, g, &d.m, &d.n);
-      d.n_pad = (d.n + 7) / 8 * 8;
+      d.n_pad = (int)e8q_pad8(d.n);
       d.codebook = q->cb;
       int64_t nc = d.n_pad / 8;
       const char *G = e8q_group_names[g];
