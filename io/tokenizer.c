@@ -22,14 +22,11 @@
 
 #include <ctype.h>
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -338,24 +335,16 @@ static void load_bin(e8q_tokenizer *t, const uint8_t *data, int n) {
 
 /* ---------------------------------------------------------------- load / free */
 
+/* the whole file; its size is checked first, so that a file passed by mistake (a checkpoint) is
+ * refused before it is read */
 static uint8_t *read_all(const char *path, size_t *size) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot open tokenizer %s", path);
+  static const char what[] = "tokenizer file (tokenizer.model or llama2.c tokenizer.bin)";
   struct stat sb;
-  E8Q_CHECK_ERRNO(fstat(fd, &sb) == 0, "cannot stat %s", path);
-  E8Q_CHECK(S_ISREG(sb.st_mode) && sb.st_size > 0 && sb.st_size < (256L << 20),
-            "%s: %lld bytes, not a tokenizer file (tokenizer.model or llama2.c tokenizer.bin)", path,
-            (long long)sb.st_size);
-  uint8_t *buf = e8q_malloc((size_t)sb.st_size, "tokenizer file");
-  size_t got = 0;
-  while (got < (size_t)sb.st_size) {
-    ssize_t k = read(fd, buf + got, (size_t)sb.st_size - got);
-    if (k < 0 && errno == EINTR) continue;
-    E8Q_CHECK_ERRNO(k > 0, "cannot read %s", path);
-    got += (size_t)k;
-  }
-  close(fd);
-  *size = got;
+  if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) /* otherwise e8q_file_read says why */
+    E8Q_CHECK(sb.st_size > 0 && sb.st_size < (256L << 20), "%s: %lld bytes, not a %s", path, (long long)sb.st_size,
+              what);
+  uint8_t *buf = (uint8_t *)e8q_file_read(path, size, what);
+  E8Q_CHECK(*size > 0, "%s: 0 bytes, not a %s", path, what);
   return buf;
 }
 
