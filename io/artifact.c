@@ -181,15 +181,6 @@ void e8q_artifact_finish(e8q_artifact_writer *w, const cJSON *manifest) {
   free(w);
 }
 
-void e8q_artifact_abort(e8q_artifact_writer *w) {
-  archive_write_free(w->ar);
-  e8q_atomic_abort(w->file);
-  cJSON_Delete(w->members);
-  free(w->cur);
-  free(w->path);
-  free(w);
-}
-
 /* ================================================================ reading */
 static uint64_t tar_octal(const unsigned char *p, int n) {
   if (p[0] & 0x80) { /* base-256 */

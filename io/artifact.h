@@ -42,8 +42,6 @@ void e8q_artifact_add_file(e8q_artifact_writer *w, const char *name, const char 
 /* adds format fields and "members" to a copy of `manifest`, writes manifest.json and its hash,
  * closes the archive and renames it into place; frees w */
 void e8q_artifact_finish(e8q_artifact_writer *w, const cJSON *manifest);
-/* gives up: removes the temporary; frees w */
-void e8q_artifact_abort(e8q_artifact_writer *w);
 
 /* ---------------------------------------------------------------- reading */
 typedef struct {

@@ -38,7 +38,6 @@ enum { SP_NORMAL = 1, SP_UNKNOWN = 2, SP_CONTROL = 3, SP_USER_DEFINED = 4, SP_UN
 
 struct e8q_tokenizer {
   char *path;          /* owned copy of the file name */
-  int format;          /* 0 = SentencePiece .model, 1 = llama2.c .bin */
   int n;               /* vocabulary size */
   char **pieces;       /* [n] NUL-terminated, spaces as ' ' (llama2.c form) */
   int *piece_len;      /* [n] bytes */
@@ -361,13 +360,8 @@ e8q_tokenizer *e8q_tokenizer_load(const char *path) {
               "int32 length <= max_token_length and the bytes, up to the end of the file); the file is truncated "
               "or corrupt, or pass a SentencePiece tokenizer.model",
               path);
-  if (nb > 0) {
-    t->format = 1;
-    load_bin(t, data, nb);
-  } else {
-    t->format = 0;
-    load_spm(t, data, size);
-  }
+  if (nb > 0) load_bin(t, data, nb);
+  else load_spm(t, data, size);
   free(data);
   tok_index(t);
   return t;
@@ -387,7 +381,6 @@ void e8q_tokenizer_free(e8q_tokenizer *t) {
 
 int e8q_tokenizer_vocab_size(const e8q_tokenizer *t) { return t->n; }
 int e8q_tokenizer_bos_id(const e8q_tokenizer *t) { return t->bos_id; }
-int e8q_tokenizer_eos_id(const e8q_tokenizer *t) { return t->eos_id; }
 
 const char *e8q_tokenizer_piece(const e8q_tokenizer *t, int id) {
   E8Q_CHECK(id >= 0 && id < t->n, "%s: token id %d outside the vocabulary of %d", t->path, id, t->n);
