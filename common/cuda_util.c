@@ -6,14 +6,6 @@
 #include <cuda_runtime.h>
 #endif
 
-int e8q_cuda_built(void) {
-#ifdef E8Q_HAVE_CUDA
-  return 1;
-#else
-  return 0;
-#endif
-}
-
 const char *e8q_cuda_unavailable_reason(void) {
 #ifdef E8Q_HAVE_CUDA
   int n = 0;

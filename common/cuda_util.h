@@ -14,8 +14,6 @@ int e8q_cuda_device_count(void);
 /* why there is no device: a static string ("built without CUDA", the CUDA error text,
  * "0 devices"), or NULL when at least one device is usable */
 const char *e8q_cuda_unavailable_reason(void);
-/* 1 when this build contains CUDA kernels and the NCCL backend */
-int e8q_cuda_built(void);
 
 #ifdef __cplusplus
 }

@@ -19,11 +19,13 @@ static const char *const tok_names[] = {"tokenizer.model", "tokenizer.json", "to
 void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fused) {
   memset(a, 0, sizeof *a);
   e8q_artifact *ar = e8q_artifact_open(artifact);
-  /* every member against its sha256 (rank 0 reads, all ranks learn the outcome) */
+  /* every member against its sha256 (rank 0 reads, all ranks learn the outcome and, when it is
+   * bad, the report: whichever rank aborts first prints the whole message) */
   int bad = 0;
   char report[4096] = "";
   if (e8q_rank() == 0) bad = e8q_artifact_verify(ar, report, sizeof report);
   e8q_comm_bcast(e8q_comm_get(), E8Q_MEM_HOST, &bad, sizeof bad, 0);
+  if (bad) e8q_comm_bcast(e8q_comm_get(), E8Q_MEM_HOST, report, sizeof report, 0);
   E8Q_CHECK(bad == 0, "artifact %s fails verification (%d problem%s; e8q inspect --verify lists them): %s", artifact, bad,
             bad > 1 ? "s" : "", report);
   /* the tokenizer files are unpacked (the tokenizer reads a path); the weights are mapped in

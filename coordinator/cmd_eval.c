@@ -28,10 +28,11 @@ static void eval_usage(FILE *f) {
           "  --per-line N      score the first N non-empty lines, each [BOS]+tokens with a fresh context\n"
           "                    (an id file is cut into sequences before each BOS id)\n"
           "  --ctx T           score non-overlapping windows of T tokens over the whole text\n"
-          "                    (default when neither is given: the model's max positions, at most 2048)\n"
+          "                    (default when neither is given: the model's max positions, at most %d)\n"
           "  --help            this text\n\n"
           "Sequences are split across MPI ranks; the result does not depend on the rank count.\n"
-          "The last line printed on stdout is one JSON object with mean_nll, ppl and tokens.\n");
+          "The last line printed on stdout is one JSON object with mean_nll, ppl and tokens.\n",
+          E8Q_DEFAULT_CTX);
 }
 
 int cmd_eval(int argc, char **argv) {
@@ -74,7 +75,7 @@ int cmd_eval(int argc, char **argv) {
   double t0 = e8q_now();
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
   const e8q_config *c = &m->cfg;
-  if (!per_line && !ctx) ctx = c->max_seq_len < 2048 ? c->max_seq_len : 2048;
+  if (!per_line && !ctx) ctx = e8q_default_ctx(c->max_seq_len);
   E8Q_CHECK(!ctx || ctx <= c->max_seq_len, "eval: --ctx %d exceeds the model's max_position_embeddings %d", ctx,
             c->max_seq_len);
   int need_tok = !e8q_ids_is_file(text_path);

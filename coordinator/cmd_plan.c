@@ -62,7 +62,7 @@ int cmd_plan(int argc, char **argv) {
   if (e8q_rank() != 0) return 0;
   e8q_config cfg;
   e8q_config_load(model, &cfg);
-  if (ctx == 0) ctx = cfg.max_seq_len < E8Q_DEFAULT_CTX ? cfg.max_seq_len : E8Q_DEFAULT_CTX;
+  if (ctx == 0) ctx = e8q_default_ctx(cfg.max_seq_len);
   e8q_plan p;
   e8q_plan_build(&p, model, ranks, devset, ctx);
   printf("plan for %s\n", model);

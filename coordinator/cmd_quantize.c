@@ -179,7 +179,7 @@ int cmd_quantize(int argc, char **argv) {
   }
   e8q_config cfg;
   e8q_config_load(o.model, &cfg);
-  if (!o.ctx) o.ctx = cfg.max_seq_len < E8Q_DEFAULT_CTX ? cfg.max_seq_len : E8Q_DEFAULT_CTX;
+  if (!o.ctx) o.ctx = e8q_default_ctx(cfg.max_seq_len);
   E8Q_CHECK(o.ctx <= cfg.max_seq_len, "quantize: --ctx %d exceeds the model's max_position_embeddings %d", o.ctx,
             cfg.max_seq_len);
   int np = e8q_comm_size(e8q_comm_get());

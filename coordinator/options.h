@@ -7,6 +7,11 @@
 
 #include <stdint.h>
 
+/* the default --ctx of a model with max_position_embeddings max_seq_len */
+static inline int e8q_default_ctx(int max_seq_len) {
+  return max_seq_len < E8Q_DEFAULT_CTX ? max_seq_len : E8Q_DEFAULT_CTX;
+}
+
 /* the value of option argv[*i] (advances *i); fatal naming the command and option when missing */
 const char *e8q_opt_value(const char *cmd, int argc, char **argv, int *i);
 /* integer/double option values in [lo, hi]; fatal naming the option otherwise */

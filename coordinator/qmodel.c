@@ -2,17 +2,16 @@
 #include "coordinator/qmodel.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <stdint.h>
 
 #include "common/error.h"
 #include "io/config.h"
 #include "io/text.h"
+#include "kernels/e8p.h"
 
 static void *own(e8q_qmodel *q, size_t bytes) {
   q->owned = realloc(q->owned, sizeof(void *) * (size_t)(q->n_owned + 1));
@@ -64,22 +63,14 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
   snprintf(path, sizeof path, "%s/config.json", dir);
   cJSON *cj = cJSON_Parse(config_text);
   E8Q_CHECK(cj, "%s is not valid JSON", path);
-  /* the architecture: the config without its quantization_config, through the config loader
-   * (which refuses quantized configs as sources to quantize) */
+  /* the architecture: the config without its quantization_config, through the config checks
+   * (which refuse quantized configs as sources to quantize) */
   {
     cJSON *plain = cJSON_Duplicate(cj, 1);
+    E8Q_CHECK(plain, "%s: out of memory copying the config", path);
     cJSON_DeleteItemFromObjectCaseSensitive(plain, "quantization_config");
-    char *ptxt = cJSON_Print(plain);
+    e8q_config_from_json(plain, path, &q->cfg);
     cJSON_Delete(plain);
-    const char *tmpdir = getenv("TMPDIR");
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s/e8q-config-%ld.json", tmpdir && *tmpdir ? tmpdir : "/tmp", (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    E8Q_CHECK_ERRNO(f, "cannot write %s (set TMPDIR to a writable directory)", tmp);
-    E8Q_CHECK(fwrite(ptxt, 1, strlen(ptxt), f) == strlen(ptxt) && fclose(f) == 0, "cannot write %s", tmp);
-    free(ptxt);
-    e8q_config_load(tmp, &q->cfg);
-    unlink(tmp);
   }
   const cJSON *qc = cJSON_GetObjectItemCaseSensitive(cj, "quantization_config");
   const cJSON *meth = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
@@ -89,7 +80,7 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
   E8Q_CHECK(cJSON_IsNumber(bits) && bits->valueint >= 2 && bits->valueint <= 4, "%s: quantization_config.bits must be 2, 3 or 4",
             path);
   q->bits = bits->valueint;
-  q->cb = q->bits == 2 ? E8Q_CB_E8P12 : q->bits == 3 ? E8Q_CB_E8P12RVQ3B : E8Q_CB_E8P12RVQ4B;
+  q->cb = e8q_cb_from_bits(q->bits);
   const cJSON *had = cJSON_GetObjectItemCaseSensitive(qc, "hadamard");
   const cJSON *rs = cJSON_GetObjectItemCaseSensitive(qc, "resid_scale");
   snprintf(path, sizeof path, "%s", q->st->path);
@@ -114,7 +105,7 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
       e8q_qlinear_desc d;
       memset(&d, 0, sizeof d);
       e8q_group_shape(&q->cfg, g, &d.m, &d.n);
-      d.n_pad = (d.n + 7) / 8 * 8;
+      d.n_pad = (int)e8q_pad8(d.n);
       d.codebook = q->cb;
       int64_t nc = d.n_pad / 8;
       const char *G = e8q_group_names[g];

@@ -181,15 +181,6 @@ void e8q_artifact_finish(e8q_artifact_writer *w, const cJSON *manifest) {
   free(w);
 }
 
-void e8q_artifact_abort(e8q_artifact_writer *w) {
-  archive_write_free(w->ar);
-  e8q_atomic_abort(w->file);
-  cJSON_Delete(w->members);
-  free(w->cur);
-  free(w->path);
-  free(w);
-}
-
 /* ================================================================ reading */
 static uint64_t tar_octal(const unsigned char *p, int n) {
   if (p[0] & 0x80) { /* base-256 */
@@ -259,6 +250,7 @@ e8q_artifact *e8q_artifact_open(const char *path) {
   struct archive_entry *e;
   int rc, cap = 0;
   char *manifest_text = NULL, *manifest_hash = NULL;
+  size_t manifest_n = 0;
   while ((rc = archive_read_next_header(ar, &e)) == ARCHIVE_OK) {
     const char *name = archive_entry_pathname(e);
     E8Q_CHECK(name && name_safe(name), "artifact %s: member '%s' has an absolute path or '..'; refusing to read it",
@@ -282,7 +274,7 @@ e8q_artifact *e8q_artifact_open(const char *path) {
     if (!strcmp(name, "manifest.json")) {
       E8Q_CHECK(m->size < (64u << 20), "artifact %s: manifest.json of %llu bytes is implausibly large", path,
                 (unsigned long long)m->size);
-      manifest_text = read_entry(ar, path, name, m->size, &n);
+      manifest_text = read_entry(ar, path, name, m->size, &manifest_n);
     } else if (!strcmp(name, "manifest.json.sha256")) {
       E8Q_CHECK(m->size <= 128, "artifact %s: manifest.json.sha256 is too large", path);
       manifest_hash = read_entry(ar, path, name, m->size, &n);
@@ -293,8 +285,22 @@ e8q_artifact *e8q_artifact_open(const char *path) {
   archive_read_free(ar);
   close(fd);
   E8Q_CHECK(manifest_text, "artifact %s has no manifest.json: not an e8q artifact (or truncated)", path);
-  (void)manifest_hash;
-  free(manifest_hash);
+  if (manifest_hash) { /* absent: e8q_artifact_verify reports it */
+    uint8_t dg[32];
+    char hex[65];
+    e8q_sha256_bytes(manifest_text, manifest_n, dg);
+    e8q_hex(dg, 32, hex);
+    if (strncmp(manifest_hash, hex, 64) != 0) {
+      char recorded[65];
+      snprintf(recorded, sizeof recorded, "%s", manifest_hash);
+      free(manifest_hash);
+      free(manifest_text);
+      E8Q_FATAL("artifact %s: manifest.json has sha256 %s, but manifest.json.sha256 records %s: the manifest "
+                "is damaged; copy the artifact again or re-create it",
+                path, hex, recorded);
+    }
+    free(manifest_hash);
+  }
   a->manifest = cJSON_Parse(manifest_text);
   free(manifest_text);
   E8Q_CHECK(a->manifest, "artifact %s: manifest.json is not valid JSON (damaged?)", path);

@@ -8,7 +8,7 @@
  *                          caller put in: "fingerprint", "options", "seed", "validation",
  *                          "evaluation", ...}
  *   manifest.json.sha256  the hex SHA-256 of manifest.json (so a flipped byte in the manifest
- *                          itself is caught too).
+ *                          itself is caught too: e8q_artifact_open refuses a mismatch).
  * Members are written with their size declared before the header and the bytes counted here
  * (libarchive silently cuts or zero-pads a mismatch). Headers carry fixed metadata (mtime 0,
  * mode 0644, uid/gid 0) so the same content gives the same archive bytes.
@@ -42,8 +42,6 @@ void e8q_artifact_add_file(e8q_artifact_writer *w, const char *name, const char 
 /* adds format fields and "members" to a copy of `manifest`, writes manifest.json and its hash,
  * closes the archive and renames it into place; frees w */
 void e8q_artifact_finish(e8q_artifact_writer *w, const cJSON *manifest);
-/* gives up: removes the temporary; frees w */
-void e8q_artifact_abort(e8q_artifact_writer *w);
 
 /* ---------------------------------------------------------------- reading */
 typedef struct {
@@ -60,7 +58,8 @@ typedef struct {
 } e8q_artifact;
 
 /* reads the headers and the manifest; fatal (naming the archive and member) on anything unsafe
- * or inconsistent; does not hash the members (see e8q_artifact_verify) */
+ * or inconsistent, and when manifest.json does not match manifest.json.sha256 (when present);
+ * does not hash the other members (see e8q_artifact_verify) */
 e8q_artifact *e8q_artifact_open(const char *path);
 void e8q_artifact_close(e8q_artifact *a);
 const e8q_artifact_member *e8q_artifact_find(const e8q_artifact *a, const char *name);

@@ -89,9 +89,8 @@ static int get_token(const cJSON *root, const char *file, const char *key, int d
 
 /* ---------------------------------------------------------------- load */
 
-void e8q_config_load(const char *path, e8q_config *cfg) {
-  char *file = config_path(path);
-  cJSON *root = config_parse(file);
+void e8q_config_from_json(const cJSON *root, const char *file, e8q_config *cfg) {
+  E8Q_CHECK(cJSON_IsObject(root), "%s: the top level is not a JSON object", file);
   memset(cfg, 0, sizeof(*cfg));
 
   const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
@@ -177,7 +176,12 @@ void e8q_config_load(const char *path, e8q_config *cfg) {
             file);
   E8Q_CHECK(!get_bool(root, file, "use_qk_norm", 0), "%s: field \"use_qk_norm\" = true is not supported", file);
   /* a sliding window is kept in cfg: the forward pass refuses contexts longer than it */
+}
 
+void e8q_config_load(const char *path, e8q_config *cfg) {
+  char *file = config_path(path);
+  cJSON *root = config_parse(file);
+  e8q_config_from_json(root, file, cfg);
   cJSON_Delete(root);
   free(file);
 }

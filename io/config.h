@@ -3,6 +3,8 @@
 #ifndef E8Q_IO_CONFIG_H
 #define E8Q_IO_CONFIG_H
 
+#include <cjson/cJSON.h>
+
 typedef struct {
   char model_type[32];    /* "llama" or "mistral" */
   int dim;                /* hidden_size */
@@ -31,6 +33,9 @@ typedef struct {
  * {"rope_type": "default"}, attention_bias or mlp_bias true, use_qk_norm, quantization_config
  * (an already quantized model), an odd head_dim, bos/eos outside the vocabulary. */
 void e8q_config_load(const char *path, e8q_config *cfg);
+/* The same checks on a parsed config (a cJSON object, not modified); `label` names its source in
+ * every message (a file path, or an artifact and its member). */
+void e8q_config_from_json(const cJSON *root, const char *label, e8q_config *cfg);
 /* The JSON text of the config, canonical (cJSON printed), malloc'd: for fingerprints and the
  * artifact's config.json. */
 char *e8q_config_json(const char *path);

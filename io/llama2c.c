@@ -11,11 +11,6 @@
 
 #include "common/error.h"
 
-int e8q_llama2c_is_file(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 /* ---------------------------------------------------------------- q/k row permutation
  * Per head: new row i < hd/2 is old row 2i, new row hd/2 + i is old row 2i + 1. */
 static void permute_heads(float *w /* [n_heads*hd, dim] */, int n_heads, int hd, int dim, float *tmp /* [hd, dim] */) {

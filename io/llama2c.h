@@ -40,7 +40,5 @@ typedef struct {
 /* Reads and validates path; fatal with the file named on any inconsistency. */
 void e8q_llama2c_load(const char *path, e8q_llama2c *ck);
 void e8q_llama2c_free(e8q_llama2c *ck);
-/* true when path looks like a llama2.c checkpoint (a regular file, not a directory) */
-int e8q_llama2c_is_file(const char *path);
 
 #endif

@@ -71,19 +71,21 @@ static char *short_json(const cJSON *v) {
   return s;
 }
 
-int e8q_json_diff(const cJSON *now, const cJSON *old, const char *path, const char *where, char *out, size_t cap) {
+/* Lists the differences between two JSON values under `path` into out (one "path: a now, b in
+ * where" line each); returns how many. */
+static int json_diff(const cJSON *now, const cJSON *old, const char *path, const char *where, char *out, size_t cap) {
   if (now && old && cJSON_IsObject(now) && cJSON_IsObject(old)) {
     int n = 0;
     char sub[512];
     const cJSON *c;
     cJSON_ArrayForEach(c, now) {
       snprintf(sub, sizeof sub, "%s%s%s", path, *path ? "." : "", c->string);
-      n += e8q_json_diff(c, cJSON_GetObjectItemCaseSensitive(old, c->string), sub, where, out, cap);
+      n += json_diff(c, cJSON_GetObjectItemCaseSensitive(old, c->string), sub, where, out, cap);
     }
     cJSON_ArrayForEach(c, old) {
       if (cJSON_GetObjectItemCaseSensitive(now, c->string)) continue;
       snprintf(sub, sizeof sub, "%s%s%s", path, *path ? "." : "", c->string);
-      n += e8q_json_diff(NULL, c, sub, where, out, cap);
+      n += json_diff(NULL, c, sub, where, out, cap);
     }
     return n;
   }
@@ -151,7 +153,7 @@ e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
     char diff[8192] = "";
     int n = 0;
     for (int i = 0; i < 3; i++)
-      n += e8q_json_diff(cJSON_GetObjectItemCaseSensitive(plan, keys[i]), cJSON_GetObjectItemCaseSensitive(old, keys[i]),
+      n += json_diff(cJSON_GetObjectItemCaseSensitive(plan, keys[i]), cJSON_GetObjectItemCaseSensitive(old, keys[i]),
                          keys[i], p, diff, sizeof diff);
     if (n > 0) {
       cJSON_Delete(old);

@@ -52,8 +52,4 @@ void e8q_rundir_commit(e8q_rundir *r, const char *rel, const char *kind, const v
 /* 1 when dir/rel was committed and still matches its recorded sha256 (else it must be redone) */
 int e8q_rundir_have(const e8q_rundir *r, const char *rel);
 
-/* Lists the differences between two JSON values under `path` into out (one "path: a now, b in
- * where" line each); returns how many. Exposed for tests. */
-int e8q_json_diff(const cJSON *now, const cJSON *old, const char *path, const char *where, char *out, size_t cap);
-
 #endif

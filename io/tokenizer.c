@@ -22,14 +22,11 @@
 
 #include <ctype.h>
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -41,7 +38,6 @@ enum { SP_NORMAL = 1, SP_UNKNOWN = 2, SP_CONTROL = 3, SP_USER_DEFINED = 4, SP_UN
 
 struct e8q_tokenizer {
   char *path;          /* owned copy of the file name */
-  int format;          /* 0 = SentencePiece .model, 1 = llama2.c .bin */
   int n;               /* vocabulary size */
   char **pieces;       /* [n] NUL-terminated, spaces as ' ' (llama2.c form) */
   int *piece_len;      /* [n] bytes */
@@ -338,24 +334,16 @@ static void load_bin(e8q_tokenizer *t, const uint8_t *data, int n) {
 
 /* ---------------------------------------------------------------- load / free */
 
+/* the whole file; its size is checked first, so that a file passed by mistake (a checkpoint) is
+ * refused before it is read */
 static uint8_t *read_all(const char *path, size_t *size) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot open tokenizer %s", path);
+  static const char what[] = "tokenizer file (tokenizer.model or llama2.c tokenizer.bin)";
   struct stat sb;
-  E8Q_CHECK_ERRNO(fstat(fd, &sb) == 0, "cannot stat %s", path);
-  E8Q_CHECK(S_ISREG(sb.st_mode) && sb.st_size > 0 && sb.st_size < (256L << 20),
-            "%s: %lld bytes, not a tokenizer file (tokenizer.model or llama2.c tokenizer.bin)", path,
-            (long long)sb.st_size);
-  uint8_t *buf = e8q_malloc((size_t)sb.st_size, "tokenizer file");
-  size_t got = 0;
-  while (got < (size_t)sb.st_size) {
-    ssize_t k = read(fd, buf + got, (size_t)sb.st_size - got);
-    if (k < 0 && errno == EINTR) continue;
-    E8Q_CHECK_ERRNO(k > 0, "cannot read %s", path);
-    got += (size_t)k;
-  }
-  close(fd);
-  *size = got;
+  if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) /* otherwise e8q_file_read says why */
+    E8Q_CHECK(sb.st_size > 0 && sb.st_size < (256L << 20), "%s: %lld bytes, not a %s", path, (long long)sb.st_size,
+              what);
+  uint8_t *buf = (uint8_t *)e8q_file_read(path, size, what);
+  E8Q_CHECK(*size > 0, "%s: 0 bytes, not a %s", path, what);
   return buf;
 }
 
@@ -372,13 +360,8 @@ e8q_tokenizer *e8q_tokenizer_load(const char *path) {
               "int32 length <= max_token_length and the bytes, up to the end of the file); the file is truncated "
               "or corrupt, or pass a SentencePiece tokenizer.model",
               path);
-  if (nb > 0) {
-    t->format = 1;
-    load_bin(t, data, nb);
-  } else {
-    t->format = 0;
-    load_spm(t, data, size);
-  }
+  if (nb > 0) load_bin(t, data, nb);
+  else load_spm(t, data, size);
   free(data);
   tok_index(t);
   return t;
@@ -398,7 +381,6 @@ void e8q_tokenizer_free(e8q_tokenizer *t) {
 
 int e8q_tokenizer_vocab_size(const e8q_tokenizer *t) { return t->n; }
 int e8q_tokenizer_bos_id(const e8q_tokenizer *t) { return t->bos_id; }
-int e8q_tokenizer_eos_id(const e8q_tokenizer *t) { return t->eos_id; }
 
 const char *e8q_tokenizer_piece(const e8q_tokenizer *t, int id) {
   E8Q_CHECK(id >= 0 && id < t->n, "%s: token id %d outside the vocabulary of %d", t->path, id, t->n);

@@ -39,7 +39,6 @@ const char *e8q_tokenizer_decode(const e8q_tokenizer *t, int prev, int id);
 /* The readable O(n^2) twin of e8q_tokenizer_encode (llama2.c's merge loop): same ids. */
 int e8q_tokenizer_encode_ref(const e8q_tokenizer *t, const char *text, int bos, int eos, int **ids);
 int e8q_tokenizer_bos_id(const e8q_tokenizer *t);
-int e8q_tokenizer_eos_id(const e8q_tokenizer *t);
 /* the piece of id in llama2.c form (spaces, not U+2581); fatal when out of range */
 const char *e8q_tokenizer_piece(const e8q_tokenizer *t, int id);
 /* fatal, naming the tokenizer file and the model, unless the vocabulary has model_vocab_size pieces */

@@ -32,6 +32,36 @@ static void test_config_stories(void **state) {
   free(d);
 }
 
+/* the parsed-JSON entry: the same config as the file loader, and the label in every message */
+static void test_config_from_json(void **state) {
+  (void)state;
+  char *src = t_shared_path("models/stories260K-hf/config.json");
+  size_t n;
+  char *text = t_read_file(src, &n);
+  cJSON *root = cJSON_Parse(text);
+  assert_non_null(root);
+  e8q_config a, b;
+  e8q_config_load(src, &a);
+  memset(&b, 0x5a, sizeof b);
+  e8q_config_from_json(root, "x.e8q/config.json", &b);
+  assert_memory_equal(&a, &b, sizeof a);
+  char *before = cJSON_PrintUnformatted(root);
+  e8q_config_from_json(root, "x.e8q/config.json", &b); /* root is not modified */
+  char *after = cJSON_PrintUnformatted(root);
+  assert_string_equal(before, after);
+  free(before);
+  free(after);
+  cJSON_DeleteItemFromObjectCaseSensitive(root, "vocab_size");
+  E8Q_EXPECT_FATAL(e8q_config_from_json(root, "x.e8q/config.json", &b), "x.e8q/config.json", "\"vocab_size\"",
+                   "missing");
+  cJSON_Delete(root);
+  cJSON *arr = cJSON_CreateArray();
+  E8Q_EXPECT_FATAL(e8q_config_from_json(arr, "x.e8q/config.json", &b), "x.e8q/config.json", "not a JSON object");
+  cJSON_Delete(arr);
+  free(text);
+  free(src);
+}
+
 
 /* ---------------------------------------------------------------- variants of a good config */
 
@@ -150,6 +180,7 @@ static void test_config_other_refusals(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_config_stories),
+      cmocka_unit_test(test_config_from_json),
       cmocka_unit_test(test_config_mistral_gqa_head_dim),
       cmocka_unit_test(test_config_bad_model_type),
       cmocka_unit_test(test_config_missing_field),

@@ -424,6 +424,22 @@ static void test_bad_bin(void **state) {
   free(bpath);
 }
 
+/* what is not a tokenizer file at all is refused naming the file, a huge one before it is read */
+static void test_not_a_tokenizer_file(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("tok_notfile");
+  char *p = join(dir, "tokenizer.model");
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), "cannot open tokenizer file", p);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(dir), dir, "not a regular file", "tokenizer file");
+  t_write_file(p, "", 0);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "0 bytes, not a tokenizer file");
+  assert_int_equal(truncate(p, 300L << 20), 0); /* sparse */
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "314572800 bytes, not a tokenizer file");
+  unlink(p);
+  free(p);
+  free(dir);
+}
+
 /* loads path and encodes a sample; 1 when loading raised a fatal error naming the file */
 static int fuzz_load_encode(const char *path) {
   e8q_error_trap trap;
@@ -590,6 +606,7 @@ int main(void) {
       cmocka_unit_test(test_encode_file_text_and_ids),
       cmocka_unit_test(test_truncated_model),
       cmocka_unit_test(test_bad_bin),
+      cmocka_unit_test(test_not_a_tokenizer_file),
       cmocka_unit_test(test_bad_byte_piece),
       cmocka_unit_test(test_fuzz_model_edits),
       cmocka_unit_test(test_unigram_refused),

@@ -179,6 +179,9 @@ eval)
   timeout -k 5 120 "$MPIEXEC" -np 2 "$E8Q" eval --artifact "$TMP/bad.e8q" --text "$TEXT" --per-line 40 > "$TMP/eb" 2>&1 &&
     fail "a damaged artifact was evaluated"
   grep -q "fails verification" "$TMP/eb" || { cat "$TMP/eb"; fail "no verification message"; }
+  # every rank that reports it gives the whole report (the damaged member named), not only rank 0
+  grep "fails verification" "$TMP/eb" | grep -vE '\): [^ ]+: (sha256|[0-9]+ bytes|unreadable)' &&
+    { cat "$TMP/eb"; fail "a rank reported the verification failure without the report"; }
   member "$TMP/a.e8q" manifest.json > "$TMP/m.json"
   python3 - "$TMP/e1" "$TMP/e2" "$TMP/e4" "$TMP/ed" "$TMP/m.json" <<'PY' || fail "evaluation results"
 import json, sys
