@@ -15,6 +15,7 @@ packages=(
   libcjson-dev                                    # JSON (config.json, manifests, plans)
   libssl-dev                                      # SHA-256 (libcrypto)
   libcmocka-dev                                   # unit tests
+  libpcre2-dev                                    # byte-level BPE pre-tokenizers (Unicode classes)
 )
 [ "${1:-}" = --slurm ] && packages+=(munge slurmctld slurmd slurm-client)
 sudo_cmd=()
