@@ -111,6 +111,20 @@ void e8q_qlinear_free(e8q_qlinear *q) {
   memset(q, 0, sizeof *q);
 }
 
+/* ---------------------------------------------------------------- scales (fine-tuning) */
+void e8q_qlinear_set_scales(e8q_qlinear *q, const float *SV, const float *fuse_scales) {
+  E8Q_CHECK(SV, "e8q_qlinear_set_scales: SV [%d] is required", q->d.m);
+  int piece = 0, left = q->d.piece_rows ? q->d.piece_rows[0] : q->d.m;
+  for (int r = 0; r < q->d.m; r++) { /* the walk of e8q_qlinear_init */
+    while (left == 0) left = q->d.piece_rows[++piece];
+    float fs = fuse_scales ? fuse_scales[piece] : 1.0f;
+    q->out_scale[r] = fs * SV[r];
+    left--;
+  }
+  q->d.SV = SV;
+  q->d.fuse_scales = fuse_scales;
+}
+
 /* ---------------------------------------------------------------- decoding one code */
 /* Ŵr[r, 8j..8j+7] in f32, exactly as codebook.h decodes it */
 static inline void decode_f32(const e8q_qlinear *q, size_t idx, float w[8]) {

@@ -74,6 +74,12 @@ typedef struct e8q_qlinear { /* tag named: shard/model.h (fwd) forward-declares 
  * name: the tensor group for messages, e.g. "model.layers.3.mlp.down_proj". */
 void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *name);
 void e8q_qlinear_free(e8q_qlinear *q);
+/* Refreshes the per-row output scales fs(piece(r)) · SV[r] after SV or the fuse scales changed
+ * (fine-tuning updates them in place): out_scale as e8q_qlinear_init would build it, bit for bit.
+ * SV [m]; fuse_scales [n_pieces] or NULL (all 1). Both pointers replace d.SV / d.fuse_scales and
+ * are borrowed from then on (the backward, kernels/qlinear_grad.h, reads them); the piece walk
+ * reads d.piece_rows, which must still be valid. SU needs no refresh: it is read at every call. */
+void e8q_qlinear_set_scales(e8q_qlinear *q, const float *SV, const float *fuse_scales);
 
 /* ---------------------------------------------------------------- the product */
 /* y[b, :] = layer(x[b, :]) for b < batch. x: [batch, n], y: [batch, m], row-major, not
