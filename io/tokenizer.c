@@ -17,7 +17,11 @@
  * e8q_tokenizer_encode does the same merges with a heap over a linked list (O(n log n)), and,
  * when no piece holds a space right after another character (true of SentencePiece vocabularies
  * trained with whitespace splitting, such as Llama's), merges each word independently and
- * reuses the ids of words already seen in the same call (tens of MB/s). */
+ * reuses the ids of words already seen in the same call (tens of MB/s).
+ *
+ * Byte-level BPE tokenizers (tokenizer.json, GGUF tokenizer.ggml.model "gpt2") live in io/bpe.c;
+ * the functions here dispatch to it when t->bpe is set. A GGUF file's tokenizer.ggml.model "llama"
+ * is read into the SentencePiece tables here (tokens, scores, token_type). */
 #include "io/tokenizer.h"
 
 #include <ctype.h>
@@ -31,6 +35,8 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "io/atomic.h"
+#include "io/bpe.h"
+#include "io/gguf.h"
 #include "io/text.h"
 
 /* SentencePiece piece types (sentencepiece_model.proto) */
@@ -52,6 +58,8 @@ struct e8q_tokenizer {
   int *slots;          /* [cap] */
   uint32_t cap;        /* power of two, >= 2n */
   char byte_str[256][2]; /* decode results of byte pieces */
+  int add_bos;         /* the model's own BOS flag (SentencePiece / llama2.c: 1) */
+  e8q_bpe *bpe;        /* byte-level BPE (tokenizer.json, GGUF "gpt2"); NULL: the tables above */
 };
 
 /* ---------------------------------------------------------------- piece lookup */
@@ -347,11 +355,140 @@ static uint8_t *read_all(const char *path, size_t *size) {
   return buf;
 }
 
+/* ---------------------------------------------------------------- GGUF metadata */
+
+/* tokenizer.ggml.model "gpt2": byte-level BPE */
+static e8q_bpe *load_gguf_bpe(const e8q_gguf *g, const char *path) {
+  int et;
+  size_t n = e8q_gguf_arr_len(g, "tokenizer.ggml.tokens", &et);
+  E8Q_CHECK(n > 0 && et == E8Q_GGUF_STRING, "%s: tokenizer.ggml.tokens is missing or not an array of strings", path);
+  E8Q_CHECK(n < (1u << 26), "%s: tokenizer.ggml.tokens has %zu tokens, too many", path, n);
+  size_t nt = e8q_gguf_arr_len(g, "tokenizer.ggml.token_type", NULL);
+  E8Q_CHECK(nt == 0 || nt == n, "%s: tokenizer.ggml.token_type has %zu entries for %zu tokens", path, nt, n);
+  e8q_bpe *b = e8q_bpe_new(path, (int)n);
+  for (size_t i = 0; i < n; i++) {
+    size_t len;
+    const char *s = e8q_gguf_arr_str(g, "tokenizer.ggml.tokens", i, &len);
+    int64_t ty = nt ? e8q_gguf_arr_int(g, "tokenizer.ggml.token_type", i) : E8Q_BPE_NORMAL;
+    E8Q_CHECK(ty >= 1 && ty <= 6, "%s: tokenizer.ggml.token_type[%zu] is %lld, not a token type (1..6)", path, i,
+              (long long)ty);
+    e8q_bpe_set_token(b, (int)i, s, len, (int)ty);
+  }
+  size_t nm = e8q_gguf_arr_len(g, "tokenizer.ggml.merges", &et);
+  E8Q_CHECK(nm == 0 || et == E8Q_GGUF_STRING, "%s: tokenizer.ggml.merges is not an array of strings", path);
+  E8Q_CHECK(nm < (1u << 30), "%s: tokenizer.ggml.merges has %zu entries, too many", path, nm);
+  for (size_t i = 0; i < nm; i++) {
+    size_t len;
+    const char *s = e8q_gguf_arr_str(g, "tokenizer.ggml.merges", i, &len);
+    e8q_bpe_add_merge(b, s, len, "tokenizer.ggml.merges", (int)i);
+  }
+  const char *pre = e8q_gguf_get_str(g, "tokenizer.ggml.pre", NULL);
+  int64_t bos = e8q_gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1, 0);
+  int64_t eos = e8q_gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1, 0);
+  int64_t add_bos = e8q_gguf_get_int(g, "tokenizer.ggml.add_bos_token", 0, 0);
+  E8Q_CHECK(bos >= -1 && bos < (int64_t)n, "%s: tokenizer.ggml.bos_token_id %lld outside the vocabulary of %zu", path,
+            (long long)bos, n);
+  E8Q_CHECK(eos >= -1 && eos < (int64_t)n, "%s: tokenizer.ggml.eos_token_id %lld outside the vocabulary of %zu", path,
+            (long long)eos, n);
+  /* llama.cpp (and Llama 3's tokenizer.json) take a whole piece that is a token as that token */
+  int ignore_merges = pre && (!strcmp(pre, "llama3") || !strcmp(pre, "llama-bpe"));
+  e8q_bpe_finish(b, pre, "tokenizer.ggml.pre", (int)bos, (int)eos, add_bos != 0, ignore_merges);
+  return b;
+}
+
+/* tokenizer.ggml.model "llama": the SentencePiece tables */
+static void load_gguf_spm(e8q_tokenizer *t, const e8q_gguf *g) {
+  const char *path = t->path;
+  int et;
+  size_t n = e8q_gguf_arr_len(g, "tokenizer.ggml.tokens", &et);
+  E8Q_CHECK(n > 0 && et == E8Q_GGUF_STRING, "%s: tokenizer.ggml.tokens is missing or not an array of strings", path);
+  E8Q_CHECK(n < (1u << 26), "%s: tokenizer.ggml.tokens has %zu tokens, too many", path, n);
+  size_t ns = e8q_gguf_arr_len(g, "tokenizer.ggml.scores", NULL);
+  size_t nt = e8q_gguf_arr_len(g, "tokenizer.ggml.token_type", NULL);
+  E8Q_CHECK(ns == n, "%s: tokenizer.ggml.scores has %zu entries for %zu tokens", path, ns, n);
+  E8Q_CHECK(nt == 0 || nt == n, "%s: tokenizer.ggml.token_type has %zu entries for %zu tokens", path, nt, n);
+  t->n = (int)n;
+  t->pieces = e8q_calloc(n, sizeof(char *), "tokenizer pieces");
+  t->piece_len = e8q_calloc(n, sizeof(int), "tokenizer piece lengths");
+  t->scores = e8q_calloc(n, sizeof(float), "tokenizer scores");
+  t->types = e8q_calloc(n, sizeof(int), "tokenizer types");
+  for (size_t i = 0; i < n; i++) {
+    size_t len;
+    const char *s = e8q_gguf_arr_str(g, "tokenizer.ggml.tokens", i, &len);
+    t->pieces[i] = sp_to_spaces((const uint8_t *)s, len, &t->piece_len[i]);
+    t->scores[i] = (float)e8q_gguf_arr_float(g, "tokenizer.ggml.scores", i);
+    int64_t ty = nt ? e8q_gguf_arr_int(g, "tokenizer.ggml.token_type", i) : SP_NORMAL;
+    E8Q_CHECK(ty >= 1 && ty <= 6, "%s: tokenizer.ggml.token_type[%zu] is %lld, not a token type (1..6)", path, i,
+              (long long)ty);
+    t->types[i] = (int)ty;
+  }
+  t->unk_id = (int)e8q_gguf_get_int(g, "tokenizer.ggml.unknown_token_id", 0, 0);
+  t->bos_id = (int)e8q_gguf_get_int(g, "tokenizer.ggml.bos_token_id", 1, 0);
+  t->eos_id = (int)e8q_gguf_get_int(g, "tokenizer.ggml.eos_token_id", 2, 0);
+  t->add_dummy_prefix = e8q_gguf_get_int(g, "tokenizer.ggml.add_space_prefix", 1, 0) != 0;
+  t->add_bos = e8q_gguf_get_int(g, "tokenizer.ggml.add_bos_token", 1, 0) != 0;
+  E8Q_CHECK(t->unk_id >= 0 && t->unk_id < t->n, "%s: tokenizer.ggml.unknown_token_id %d outside the vocabulary of %d",
+            path, t->unk_id, t->n);
+}
+
+static void load_gguf(e8q_tokenizer *t) {
+  e8q_gguf *g = e8q_gguf_open(t->path);
+  const char *model = e8q_gguf_get_str(g, "tokenizer.ggml.model", NULL);
+  E8Q_CHECK(model, "%s: no tokenizer.ggml.model in the GGUF metadata; the file carries no tokenizer", t->path);
+  if (!strcmp(model, "gpt2")) {
+    t->bpe = load_gguf_bpe(g, t->path);
+  } else if (!strcmp(model, "llama")) {
+    load_gguf_spm(t, g);
+  } else {
+    E8Q_FATAL("%s: tokenizer.ggml.model \"%s\" is not supported (\"llama\": SentencePiece, \"gpt2\": byte-level BPE)",
+              t->path, model);
+  }
+  e8q_gguf_close(g);
+}
+
+/* ---------------------------------------------------------------- load / free */
+
+static int ends_with(const char *s, const char *suffix) {
+  size_t a = strlen(s), b = strlen(suffix);
+  return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* a BPE tokenizer fills the shared fields the dispatching functions use */
+static void adopt_bpe(e8q_tokenizer *t) {
+  t->n = e8q_bpe_vocab_size(t->bpe);
+  t->bos_id = e8q_bpe_bos_id(t->bpe);
+  t->eos_id = e8q_bpe_eos_id(t->bpe);
+  t->add_bos = e8q_bpe_add_bos(t->bpe);
+}
+
 e8q_tokenizer *e8q_tokenizer_load(const char *path) {
   e8q_tokenizer *t = e8q_calloc(1, sizeof(*t), "tokenizer");
   t->path = strdup(path);
+  t->add_bos = 1;
+  if (e8q_gguf_is_file(path)) {
+    load_gguf(t);
+    if (t->bpe) {
+      adopt_bpe(t);
+      return t;
+    }
+    tok_index(t);
+    return t;
+  }
+  if (ends_with(path, ".json")) {
+    t->bpe = e8q_bpe_load_json(path);
+    adopt_bpe(t);
+    return t;
+  }
   size_t size;
   uint8_t *data = read_all(path, &size);
+  size_t lead = 0;
+  while (lead < size && (data[lead] == ' ' || data[lead] == '\n' || data[lead] == '\r' || data[lead] == '\t')) lead++;
+  if (lead < size && data[lead] == '{') { /* a tokenizer.json under another name */
+    t->bpe = e8q_bpe_parse_json(path, (const char *)data, size);
+    free(data);
+    adopt_bpe(t);
+    return t;
+  }
   int nb = bin_count(data, size);
   size_t pl = strlen(path);
   if (pl > 4 && strcmp(path + pl - 4, ".bin") == 0)
@@ -369,7 +506,9 @@ e8q_tokenizer *e8q_tokenizer_load(const char *path) {
 
 void e8q_tokenizer_free(e8q_tokenizer *t) {
   if (!t) return;
-  for (int i = 0; i < t->n; i++) free(t->pieces[i]);
+  e8q_bpe_free(t->bpe);
+  if (t->pieces)
+    for (int i = 0; i < t->n; i++) free(t->pieces[i]);
   free(t->pieces);
   free(t->piece_len);
   free(t->scores);
@@ -381,10 +520,22 @@ void e8q_tokenizer_free(e8q_tokenizer *t) {
 
 int e8q_tokenizer_vocab_size(const e8q_tokenizer *t) { return t->n; }
 int e8q_tokenizer_bos_id(const e8q_tokenizer *t) { return t->bos_id; }
+int e8q_tokenizer_eos_id(const e8q_tokenizer *t) { return t->eos_id; }
+int e8q_tokenizer_add_bos(const e8q_tokenizer *t) { return t->add_bos; }
+int e8q_tokenizer_is_bpe(const e8q_tokenizer *t) { return t->bpe != NULL; }
 
 const char *e8q_tokenizer_piece(const e8q_tokenizer *t, int id) {
   E8Q_CHECK(id >= 0 && id < t->n, "%s: token id %d outside the vocabulary of %d", t->path, id, t->n);
+  if (t->bpe) return e8q_bpe_text(t->bpe, id, NULL);
   return t->pieces[id];
+}
+
+void e8q_tokenizer_write_json(const e8q_tokenizer *t, const char *path) {
+  E8Q_CHECK(t->bpe,
+            "%s: only byte-level BPE tokenizers are written as tokenizer.json (this one is SentencePiece or "
+            "llama2.c); cannot write %s",
+            t->path, path);
+  e8q_bpe_write_json(t->bpe, path);
 }
 
 void e8q_tokenizer_check_vocab(const e8q_tokenizer *t, int model_vocab_size, const char *model) {
@@ -402,6 +553,11 @@ static int is_file(const char *p) {
 char *e8q_tokenizer_find(const char *model_dir, int vocab_size) {
   struct stat sb;
   if (stat(model_dir, &sb) != 0) return NULL;
+  if (S_ISREG(sb.st_mode) && e8q_gguf_is_file(model_dir)) { /* a GGUF carries its own tokenizer */
+    char *self = strdup(model_dir);
+    E8Q_CHECK(self, "out of memory");
+    return self;
+  }
   char *dir = strdup(model_dir);
   E8Q_CHECK(dir, "out of memory");
   if (!S_ISDIR(sb.st_mode)) { /* a model file: look beside it */
@@ -415,7 +571,7 @@ char *e8q_tokenizer_find(const char *model_dir, int vocab_size) {
     snprintf(tok_model, sizeof tok_model, "tok%d.model", vocab_size);
     snprintf(tok_bin, sizeof tok_bin, "tok%d.bin", vocab_size);
   }
-  const char *const names[] = {"tokenizer.model", "tokenizer.bin", tok_model, tok_bin};
+  const char *const names[] = {"tokenizer.model", "tokenizer.bin", "tokenizer.json", tok_model, tok_bin};
   size_t cap = strlen(dir) + 300;
   char *p = e8q_malloc(cap, "tokenizer path");
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -487,6 +643,7 @@ static int *enc_finish(const e8q_tokenizer *t, const int *body, int nb, int bos,
 }
 
 int e8q_tokenizer_encode_ref(const e8q_tokenizer *t, const char *text, int bos, int eos, int **out) {
+  if (t->bpe) return e8q_bpe_encode_ref(t->bpe, text, bos, eos, out);
   size_t n;
   char *buf = enc_prepare(t, text, &n);
   /* symbols: start offset, byte length, id; byte-fallback symbols have len 0 (never merge) */
@@ -662,6 +819,7 @@ typedef struct {
 } wslot;
 
 int e8q_tokenizer_encode(const e8q_tokenizer *t, const char *text, int bos, int eos, int **out) {
+  if (t->bpe) return e8q_bpe_encode(t->bpe, text, bos, eos, out);
   size_t n;
   char *buf = enc_prepare(t, text, &n);
   E8Q_CHECK(n < (size_t)1 << 30, "%s: text of %zu bytes is too long to encode at once; split it", t->path, n);
@@ -721,6 +879,7 @@ int e8q_tokenizer_encode(const e8q_tokenizer *t, const char *text, int bos, int 
 
 const char *e8q_tokenizer_decode(const e8q_tokenizer *t, int prev, int id) {
   E8Q_CHECK(id >= 0 && id < t->n, "%s: cannot decode token id %d: outside the vocabulary of %d", t->path, id, t->n);
+  if (t->bpe) return e8q_bpe_text(t->bpe, id, NULL);
   if (t->types[id] == SP_CONTROL) return "";
   if (t->types[id] == SP_BYTE) {
     return t->byte_str[byte_piece_value(t->pieces[id], t->piece_len[id]) & 0xff]; /* checked at load */
@@ -818,6 +977,7 @@ void e8q_tokenizer_write_spm(const char *path, int n, const char **pieces, const
 size_t e8q_tokenizer_encode_file(const e8q_tokenizer *t, const char *path, int bos, int **ids) {
   if (e8q_ids_is_file(path)) {
     size_t n = e8q_ids_read(path, t->n, ids);
+    E8Q_CHECK(!bos || t->bos_id >= 0, "%s: BOS requested for %s but the tokenizer has no BOS token", t->path, path);
     if (bos && (n == 0 || (*ids)[0] != t->bos_id)) {
       int *o = e8q_malloc((n + 1) * sizeof(int), "token ids");
       o[0] = t->bos_id;

@@ -1,0 +1,531 @@
+/* tests/io/test_bpe.c: byte-level BPE tokenizers (io/bpe.h through io/tokenizer.h).
+ *   - SmolLM2 from its GGUF: all of wiki.test.raw against golden/smollm2/wiki_test_ids.u32 (fast
+ *     and _ref), golden/smollm2/edge_ids.json, decode round trips, speed;
+ *   - the same through a tokenizer.json written by e8q_tokenizer_write_json (and read back by the
+ *     Python `tokenizers` package when installed) and through one made by `tokenizers`
+ *     (scripts/bpe_golden.py hf-json, at test time when python3 has tokenizers and gguf);
+ *   - tiny Llama-3-style and Qwen-2-style tokenizer.json files (tests/io/data/bpe_tiny_*.json,
+ *     made by scripts/bpe_golden.py tiny) against the ids `tokenizers` gave (bpe_tiny_golden.json);
+ *   - refused inputs (bad tokenizer.json files, invalid UTF-8) with their messages;
+ *   - e8q_tokenizer_find for HF directories and GGUF files. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "io/text.h"
+#include "io/tokenizer.h"
+#include "testutil.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+static char *join(const char *a, const char *b) {
+  size_t n = strlen(a) + strlen(b) + 2;
+  char *p = malloc(n);
+  snprintf(p, n, "%s/%s", a, b);
+  return p;
+}
+
+/* a path in the source tree (this file is tests/io/test_bpe.c) */
+static char *repo_path(const char *rel) {
+  const char *me = __FILE__;
+  const char *tail = strstr(me, "tests/io/test_bpe.c");
+  if (!tail) fail_msg("cannot find the source tree from %s", me);
+  size_t root = (size_t)(tail - me);
+  char *p = malloc(root + strlen(rel) + 1);
+  memcpy(p, me, root);
+  strcpy(p + root, rel);
+  return p;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void assert_ids_equal(const int *a, int na, const int *b, int nb, const char *what) {
+  int n = na < nb ? na : nb;
+  for (int i = 0; i < n; i++)
+    if (a[i] != b[i]) fail_msg("%s: id %d differs: %d vs %d (of %d and %d ids)", what, i, a[i], b[i], na, nb);
+  if (na != nb) fail_msg("%s: %d vs %d ids", what, na, nb);
+}
+
+/* ids of a JSON array */
+static int json_ids(const cJSON *arr, int **ids) {
+  if (!cJSON_IsArray(arr)) fail_msg("golden ids are not an array");
+  int n = cJSON_GetArraySize(arr);
+  *ids = malloc(((size_t)n + 1) * sizeof(int));
+  for (int i = 0; i < n; i++) (*ids)[i] = cJSON_GetArrayItem(arr, i)->valueint;
+  return n;
+}
+
+/* the concatenated decoding of ids, with its length (tokens may hold NUL-free partial UTF-8) */
+static char *decode_all(const e8q_tokenizer *t, const int *ids, int n, size_t *len) {
+  size_t cap = 1024, k = 0;
+  char *s = malloc(cap);
+  for (int i = 0; i < n; i++) {
+    const char *p = e8q_tokenizer_decode(t, i ? ids[i - 1] : -1, ids[i]);
+    size_t m = strlen(p);
+    while (k + m + 1 > cap) s = realloc(s, cap *= 2);
+    memcpy(s + k, p, m);
+    k += m;
+  }
+  s[k] = 0;
+  *len = k;
+  return s;
+}
+
+static void assert_round_trip(const e8q_tokenizer *t, const char *text, const int *ids, int n, const char *what) {
+  size_t len;
+  char *back = decode_all(t, ids, n, &len);
+  size_t tl = strlen(text);
+  if (len != tl || memcmp(back, text, tl) != 0) {
+    size_t i = 0;
+    while (i < len && i < tl && back[i] == text[i]) i++;
+    fail_msg("%s: decode(encode(text)) differs from the text at byte %zu (%zu vs %zu bytes)", what, i, len, tl);
+  }
+  free(back);
+}
+
+static int python_has(const char *modules) {
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "python3 -c 'import %s' >/dev/null 2>&1", modules);
+  return system(cmd) == 0;
+}
+
+/* ---------------------------------------------------------------- SmolLM2 goldens */
+
+typedef struct {
+  char *text;     /* wiki.test.raw */
+  int *want;      /* golden ids */
+  int n_want;
+  cJSON *edge;    /* edge_ids.json */
+} smol_golden;
+
+static void smol_load(smol_golden *g) {
+  char *tp = t_shared_path("text/wiki.test.raw");
+  char *ip = t_shared_path("golden/smollm2/wiki_test_ids.u32");
+  char *ep = t_shared_path("golden/smollm2/edge_ids.json");
+  g->text = e8q_text_read(tp, NULL);
+  g->n_want = (int)e8q_ids_read(ip, 0, &g->want);
+  assert_int_equal(g->n_want, 303415);
+  size_t n;
+  char *e = t_read_file(ep, &n);
+  g->edge = cJSON_Parse(e);
+  assert_non_null(g->edge);
+  assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(g->edge, "cases")), 18);
+  free(e);
+  free(tp);
+  free(ip);
+  free(ep);
+}
+
+static void smol_free(smol_golden *g) {
+  free(g->text);
+  free(g->want);
+  cJSON_Delete(g->edge);
+}
+
+/* wiki.test.raw (fast, and _ref when ref), the edge cases, round trips */
+static void smol_check(const e8q_tokenizer *t, const smol_golden *g, int ref, const char *what) {
+  char msg[512];
+  int *ids;
+  double t0 = now_s();
+  int n = e8q_tokenizer_encode(t, g->text, 0, 0, &ids);
+  double dt = now_s() - t0;
+  print_message("%s: wiki.test.raw (%zu bytes) -> %d ids in %.3f s (%.1f MB/s)\n", what, strlen(g->text), n, dt,
+                (double)strlen(g->text) / dt / 1e6);
+  snprintf(msg, sizeof msg, "%s: wiki.test.raw vs wiki_test_ids.u32", what);
+  assert_ids_equal(ids, n, g->want, g->n_want, msg);
+  snprintf(msg, sizeof msg, "%s: wiki.test.raw", what);
+  assert_round_trip(t, g->text, ids, n, msg);
+  if (dt > 5.0) fail_msg("%s: encoding wiki.test.raw took %.2f s (budget 5 s)", what, dt);
+  if (ref) {
+    int *r;
+    int nr = e8q_tokenizer_encode_ref(t, g->text, 0, 0, &r);
+    snprintf(msg, sizeof msg, "%s: encode vs encode_ref over wiki.test.raw", what);
+    assert_ids_equal(ids, n, r, nr, msg);
+    free(r);
+  }
+  free(ids);
+  const cJSON *c;
+  int k = 0;
+  cJSON_ArrayForEach(c, cJSON_GetObjectItem(g->edge, "cases")) {
+    const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+    int *want, *a, *r;
+    int nw = json_ids(cJSON_GetObjectItem(c, "ids"), &want);
+    int na = e8q_tokenizer_encode(t, text, 0, 0, &a);
+    int nr = e8q_tokenizer_encode_ref(t, text, 0, 0, &r);
+    snprintf(msg, sizeof msg, "%s: edge case %d (%.40s)", what, k, text);
+    assert_ids_equal(a, na, want, nw, msg);
+    assert_ids_equal(r, nr, want, nw, msg);
+    assert_round_trip(t, text, a, na, msg);
+    free(want);
+    free(a);
+    free(r);
+    k++;
+  }
+}
+
+static void test_smollm2_gguf(void **state) {
+  (void)state;
+  char *gguf = t_smollm2_path();
+  smol_golden g;
+  smol_load(&g);
+  e8q_tokenizer *t = e8q_tokenizer_load(gguf);
+  assert_true(e8q_tokenizer_is_bpe(t));
+  assert_int_equal(e8q_tokenizer_vocab_size(t), 49152);
+  assert_int_equal(e8q_tokenizer_add_bos(t), 0); /* tokenizer.ggml.add_bos_token false */
+  assert_int_equal(e8q_tokenizer_bos_id(t), 1);
+  assert_int_equal(e8q_tokenizer_eos_id(t), 2);
+  assert_string_equal(e8q_tokenizer_decode(t, -1, 1), "<|im_start|>");
+  assert_string_equal(e8q_tokenizer_piece(t, 216), " "); /* "Ġ" */
+  smol_check(t, &g, 1, "SmolLM2 GGUF");
+  /* BOS / EOS on request */
+  int *ids;
+  int n = e8q_tokenizer_encode(t, "Hello world", 1, 1, &ids);
+  assert_int_equal(n, 4);
+  assert_int_equal(ids[0], 1);
+  assert_int_equal(ids[1], 19556);
+  assert_int_equal(ids[2], 905);
+  assert_int_equal(ids[3], 2);
+  free(ids);
+  n = e8q_tokenizer_encode(t, "", 0, 0, &ids);
+  assert_int_equal(n, 0);
+  free(ids);
+  e8q_tokenizer_free(t);
+  smol_free(&g);
+  free(gguf);
+}
+
+/* the tokenizer.json e8q writes gives the same ids, and `tokenizers` reads it to the same ids */
+static void test_smollm2_write_json(void **state) {
+  (void)state;
+  char *gguf = t_smollm2_path();
+  smol_golden g;
+  smol_load(&g);
+  char *dir = t_tmpdir("bpe_write");
+  char *out = join(dir, "tokenizer.json");
+  e8q_tokenizer *t = e8q_tokenizer_load(gguf);
+  e8q_tokenizer_write_json(t, out);
+  e8q_tokenizer_free(t);
+  t = e8q_tokenizer_load(out);
+  assert_true(e8q_tokenizer_is_bpe(t));
+  assert_int_equal(e8q_tokenizer_vocab_size(t), 49152);
+  assert_int_equal(e8q_tokenizer_add_bos(t), 0);
+  smol_check(t, &g, 0, "SmolLM2 via e8q's tokenizer.json");
+  /* written twice: the same bytes */
+  char *out2 = join(dir, "again.json");
+  e8q_tokenizer_write_json(t, out2);
+  size_t n1, n2;
+  char *a = t_read_file(out, &n1), *b = t_read_file(out2, &n2);
+  assert_int_equal(n1, n2);
+  assert_memory_equal(a, b, n1);
+  free(a);
+  free(b);
+  e8q_tokenizer_free(t);
+  if (python_has("tokenizers")) {
+    char *script = repo_path("scripts/bpe_golden.py");
+    char *edge = t_shared_path("golden/smollm2/edge_ids.json");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "python3 '%s' check '%s' '%s'", script, out, edge);
+    if (system(cmd) != 0) fail_msg("the Python tokenizers package does not read %s to the golden ids: %s", out, cmd);
+    free(script);
+    free(edge);
+  } else {
+    print_message("python3 with the tokenizers package is not available: not checking that it reads %s\n", out);
+  }
+  free(out);
+  free(out2);
+  free(dir);
+  smol_free(&g);
+  free(gguf);
+}
+
+/* a tokenizer.json made by the Python tokenizers package from the GGUF's vocabulary */
+static void test_smollm2_hf_json(void **state) {
+  (void)state;
+  char *gguf = t_smollm2_path();
+  if (!python_has("tokenizers, gguf")) {
+    print_message("python3 with the tokenizers and gguf packages is not available: skipping (pip install "
+                  "tokenizers gguf)\n");
+    free(gguf);
+    skip();
+  }
+  smol_golden g;
+  smol_load(&g);
+  char *dir = t_tmpdir("bpe_hf");
+  char *out = join(dir, "tokenizer.json");
+  char *script = repo_path("scripts/bpe_golden.py");
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd, "python3 '%s' hf-json '%s' '%s'", script, gguf, out);
+  if (system(cmd) != 0) fail_msg("%s failed", cmd);
+  e8q_tokenizer *t = e8q_tokenizer_load(out);
+  assert_int_equal(e8q_tokenizer_vocab_size(t), 49152);
+  assert_int_equal(e8q_tokenizer_add_bos(t), 0);
+  smol_check(t, &g, 0, "SmolLM2 via tokenizers' tokenizer.json");
+  e8q_tokenizer_free(t);
+  free(script);
+  free(out);
+  free(dir);
+  smol_free(&g);
+  free(gguf);
+}
+
+/* ---------------------------------------------------------------- tiny Llama 3 / Qwen 2 */
+
+static void tiny_check(const e8q_tokenizer *t, const cJSON *golden, const char *name, const char *wiki) {
+  char msg[512];
+  const cJSON *c;
+  int k = 0;
+  cJSON_ArrayForEach(c, cJSON_GetObjectItem(golden, "cases")) {
+    const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+    int *want, *a, *r;
+    int nw = json_ids(cJSON_GetObjectItem(c, name), &want);
+    int na = e8q_tokenizer_encode(t, text, 0, 0, &a);
+    int nr = e8q_tokenizer_encode_ref(t, text, 0, 0, &r);
+    snprintf(msg, sizeof msg, "%s: case %d (%.40s)", name, k, text);
+    assert_ids_equal(a, na, want, nw, msg);
+    assert_ids_equal(r, nr, want, nw, msg);
+    assert_round_trip(t, text, a, na, msg);
+    free(want);
+    free(a);
+    free(r);
+    k++;
+  }
+  assert_true(k >= 15);
+  /* the first wiki_head_bytes of wiki.test.raw */
+  size_t hb = (size_t)cJSON_GetObjectItem(golden, "wiki_head_bytes")->valuedouble;
+  char *head = strndup(wiki, hb);
+  char key[64];
+  snprintf(key, sizeof key, "%s_wiki_head", name);
+  int *want, *a, *r;
+  int nw = json_ids(cJSON_GetObjectItem(golden, key), &want);
+  int na = e8q_tokenizer_encode(t, head, 0, 0, &a);
+  int nr = e8q_tokenizer_encode_ref(t, head, 0, 0, &r);
+  snprintf(msg, sizeof msg, "%s: wiki.test.raw head", name);
+  assert_ids_equal(a, na, want, nw, msg);
+  assert_ids_equal(r, nr, want, nw, msg);
+  assert_round_trip(t, head, a, na, msg);
+  free(want);
+  free(a);
+  free(r);
+  /* with the model's own BOS flag, as tokenizers adds special tokens */
+  snprintf(key, sizeof key, "%s_bos", name);
+  nw = json_ids(cJSON_GetObjectItem(golden, key), &want);
+  na = e8q_tokenizer_encode(t, "Hello world", e8q_tokenizer_add_bos(t), 0, &a);
+  snprintf(msg, sizeof msg, "%s: with its BOS flag", name);
+  assert_ids_equal(a, na, want, nw, msg);
+  free(want);
+  free(a);
+  free(head);
+}
+
+static void test_tiny_llama3_qwen2(void **state) {
+  (void)state;
+  char *gp = repo_path("tests/io/data/bpe_tiny_golden.json");
+  char *wp = t_shared_path("text/wiki.test.raw");
+  char *wiki = e8q_text_read(wp, NULL);
+  size_t n;
+  char *gs = t_read_file(gp, &n);
+  cJSON *golden = cJSON_Parse(gs);
+  assert_non_null(golden);
+  char *dir = t_tmpdir("bpe_tiny");
+  const char *names[2] = {"llama3", "qwen2"};
+  for (int f = 0; f < 2; f++) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "tests/io/data/bpe_tiny_%s.json", names[f]);
+    char *p = repo_path(rel);
+    e8q_tokenizer *t = e8q_tokenizer_load(p);
+    assert_true(e8q_tokenizer_is_bpe(t));
+    assert_int_equal(e8q_tokenizer_vocab_size(t), 600);
+    /* llama3: TemplateProcessing with <|begin_of_text|> (id 0); qwen2: no post-processor */
+    assert_int_equal(e8q_tokenizer_add_bos(t), f == 0);
+    if (f == 0) assert_int_equal(e8q_tokenizer_bos_id(t), 0);
+    assert_string_equal(e8q_tokenizer_decode(t, -1, 1), "<|end_of_text|>");
+    tiny_check(t, golden, names[f], wiki);
+    /* written by e8q and read back: the same ids and flags */
+    char *out = join(dir, "tokenizer.json");
+    e8q_tokenizer_write_json(t, out);
+    e8q_tokenizer *t2 = e8q_tokenizer_load(out);
+    assert_int_equal(e8q_tokenizer_add_bos(t2), e8q_tokenizer_add_bos(t));
+    assert_int_equal(e8q_tokenizer_bos_id(t2), e8q_tokenizer_bos_id(t));
+    tiny_check(t2, golden, names[f], wiki);
+    e8q_tokenizer_free(t2);
+    e8q_tokenizer_free(t);
+    free(out);
+    free(p);
+  }
+  free(dir);
+  cJSON_Delete(golden);
+  free(gs);
+  free(wiki);
+  free(wp);
+  free(gp);
+}
+
+/* ---------------------------------------------------------------- refused inputs */
+
+/* the tiny Llama 3 tokenizer.json with one edit (a JSON path set to a value, NULL deletes) */
+static char *tiny_edited(const char *dir, const char *name, void (*edit)(cJSON *root)) {
+  char *src = repo_path("tests/io/data/bpe_tiny_llama3.json");
+  size_t n;
+  char *s = t_read_file(src, &n);
+  cJSON *root = cJSON_Parse(s);
+  assert_non_null(root);
+  edit(root);
+  char *out = cJSON_PrintUnformatted(root);
+  char *p = join(dir, name);
+  t_write_file(p, out, strlen(out));
+  free(out);
+  cJSON_Delete(root);
+  free(s);
+  free(src);
+  return p;
+}
+
+static void edit_model_type(cJSON *r) {
+  cJSON_ReplaceItemInObject(cJSON_GetObjectItem(r, "model"), "type", cJSON_CreateString("Unigram"));
+}
+static void edit_no_vocab(cJSON *r) { cJSON_DeleteItemFromObject(cJSON_GetObjectItem(r, "model"), "vocab"); }
+static void edit_bad_merge(cJSON *r) {
+  cJSON *m = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "model"), "merges");
+  const char *two[2] = {"Ġ", "nosuchtoken"};
+  cJSON_ReplaceItemInArray(m, 3, cJSON_CreateStringArray(two, 2));
+}
+static void edit_bad_merge_result(cJSON *r) {
+  cJSON *m = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "model"), "merges");
+  const char *two[2] = {"Q", "Z"}; /* both tokens exist, "QZ" does not */
+  cJSON_ReplaceItemInArray(m, 5, cJSON_CreateStringArray(two, 2));
+}
+static void edit_metaspace(cJSON *r) {
+  cJSON *p = cJSON_CreateObject();
+  cJSON_AddStringToObject(p, "type", "Metaspace");
+  cJSON_ReplaceItemInObject(r, "pre_tokenizer", p);
+}
+static void edit_unknown_regex(cJSON *r) {
+  cJSON *split = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "pre_tokenizer"), "pretokenizers"), 0);
+  cJSON_ReplaceItemInObject(cJSON_GetObjectItem(split, "pattern"), "Regex", cJSON_CreateString("\\w+|\\s+"));
+}
+static void edit_gap(cJSON *r) { cJSON_DeleteItemFromObject(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "model"), "vocab"), "e"); }
+
+static void test_bad_json(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("bpe_bad");
+  char *p = tiny_edited(dir, "type.json", edit_model_type);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.type", "Unigram", "BPE");
+  free(p);
+  p = tiny_edited(dir, "novocab.json", edit_no_vocab);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.vocab", "missing");
+  free(p);
+  p = tiny_edited(dir, "merge.json", edit_bad_merge);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.merges[3]", "nosuchtoken", "not in the vocabulary");
+  free(p);
+  p = tiny_edited(dir, "merge2.json", edit_bad_merge_result);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.merges[5]", "merged token \"QZ\"", "not in the vocabulary");
+  free(p);
+  p = tiny_edited(dir, "pre.json", edit_metaspace);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "pre_tokenizer", "Metaspace", "not a structure e8q implements");
+  free(p);
+  p = tiny_edited(dir, "regex.json", edit_unknown_regex);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "pre_tokenizer.pretokenizers[0].pattern.Regex", "\\w+|\\s+");
+  free(p);
+  p = tiny_edited(dir, "gap.json", edit_gap);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "neither model.vocab nor added_tokens");
+  free(p);
+  /* not JSON at all, under a .json name; and a '{' file under another name is read as JSON */
+  p = join(dir, "broken.json");
+  t_write_file(p, "{\"model\": [", 11);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "not valid JSON");
+  free(p);
+  p = join(dir, "tokenizer.model");
+  t_write_file(p, "  {\"model\": {\"type\": \"WordPiece\"}}", 35);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.type \"WordPiece\"");
+  free(p);
+  free(dir);
+}
+
+/* invalid UTF-8 is refused with the byte offset (and the file name through encode_file) */
+static void test_invalid_utf8(void **state) {
+  (void)state;
+  char *tp = repo_path("tests/io/data/bpe_tiny_qwen2.json");
+  e8q_tokenizer *t = e8q_tokenizer_load(tp);
+  int *ids;
+  E8Q_EXPECT_FATAL(e8q_tokenizer_encode(t, "abc\xff def", 0, 0, &ids), tp, "not valid UTF-8", "byte 3");
+  E8Q_EXPECT_FATAL(e8q_tokenizer_encode_ref(t, "\xc3(", 0, 0, &ids), tp, "not valid UTF-8", "byte 0");
+  E8Q_EXPECT_FATAL(e8q_tokenizer_encode(t, "ok \xed\xa0\x80 surrogate", 0, 0, &ids), "not valid UTF-8", "byte 3");
+  /* no BOS in this tokenizer */
+  E8Q_EXPECT_FATAL(e8q_tokenizer_encode(t, "hi", 1, 0, &ids), tp, "no BOS token");
+  char *dir = t_tmpdir("bpe_utf8");
+  char *f = join(dir, "bad.txt");
+  t_write_file(f, "fine\nnot \x80 fine\n", 16);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_encode_file(t, f, 0, &ids), f, "UTF-8");
+  /* writing tokenizer.json is for BPE only */
+  char *spm = join(dir, "tokenizer.model");
+  const char *pieces[4] = {"<unk>", "<s>", "</s>", "a"};
+  const float scores[4] = {0, 0, 0, -1};
+  const int types[4] = {2, 3, 3, 1};
+  e8q_tokenizer_write_spm(spm, 4, pieces, scores, types);
+  e8q_tokenizer *s = e8q_tokenizer_load(spm);
+  assert_false(e8q_tokenizer_is_bpe(s));
+  assert_int_equal(e8q_tokenizer_add_bos(s), 1);
+  char *out = join(dir, "x.json");
+  E8Q_EXPECT_FATAL(e8q_tokenizer_write_json(s, out), spm, "only byte-level BPE");
+  e8q_tokenizer_free(s);
+  e8q_tokenizer_free(t);
+  free(out);
+  free(spm);
+  free(f);
+  free(dir);
+  free(tp);
+}
+
+/* ---------------------------------------------------------------- finding the tokenizer */
+
+static void test_find(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("bpe_find");
+  char *json = join(dir, "tokenizer.json");
+  char *model = join(dir, "tokenizer.model");
+  char *weights = join(dir, "model.safetensors");
+  t_write_file(json, "{}", 2);
+  t_write_file(weights, "x", 1);
+  char *f = e8q_tokenizer_find(dir, 49152);
+  assert_non_null(f);
+  assert_string_equal(f, json);
+  free(f);
+  f = e8q_tokenizer_find(weights, 0); /* a model file: beside it */
+  assert_string_equal(f, json);
+  free(f);
+  t_write_file(model, "x", 1);
+  f = e8q_tokenizer_find(dir, 0); /* tokenizer.model first */
+  assert_string_equal(f, model);
+  free(f);
+  /* a GGUF file is its own tokenizer */
+  char *gg = join(dir, "m.gguf");
+  t_write_file(gg, "GGUF\x03\0\0\0", 8);
+  f = e8q_tokenizer_find(gg, 0);
+  assert_string_equal(f, gg);
+  free(f);
+  free(gg);
+  free(weights);
+  free(model);
+  free(json);
+  free(dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_smollm2_gguf),     cmocka_unit_test(test_smollm2_write_json),
+      cmocka_unit_test(test_smollm2_hf_json),  cmocka_unit_test(test_tiny_llama3_qwen2),
+      cmocka_unit_test(test_bad_json),         cmocka_unit_test(test_invalid_utf8),
+      cmocka_unit_test(test_find),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
