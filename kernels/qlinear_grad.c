@@ -1,5 +1,5 @@
 /* kernels/qlinear_grad.c: the quantized linear's backward (see qlinear_grad.h): the scalar
- * transpose product, the dispatch to the AVX-512 path, and the backward chain. */
+ * transpose product, the dispatch to the AVX-512 / AVX2 paths, and the backward chain. */
 #include "kernels/qlinear_grad.h"
 
 #include <math.h>
@@ -46,24 +46,33 @@ void e8q_qlinear_codes_matmul_t_ref(const e8q_qlinear *q, int batch, const float
 }
 
 /* ---------------------------------------------------------------- dispatch */
-/* 1 = AVX-512, 0 = _ref; decided once per process (E8Q_NO_AVX512=1 or E8Q_NO_AVX2=1: _ref) */
+/* 2 = AVX-512, 1 = AVX2, 0 = _ref; decided once per process. As the forward: E8Q_NO_AVX512=1
+ * stops at AVX2, E8Q_NO_AVX2=1 forces _ref. */
 static int grad_level(void) {
   static int decided = -1;
   int v = __atomic_load_n(&decided, __ATOMIC_RELAXED);
   if (v < 0) {
-    v = e8q_cpu_has_avx512() && !env_set("E8Q_NO_AVX512") && !env_set("E8Q_NO_AVX2") ? 1 : 0;
+    v = 0;
+    if (e8q_cpu_has_avx2() && !env_set("E8Q_NO_AVX2")) v = e8q_cpu_has_avx512() && !env_set("E8Q_NO_AVX512") ? 2 : 1;
     __atomic_store_n(&decided, v, __ATOMIC_RELAXED);
   }
   return v;
 }
 
-const char *e8q_qlinear_grad_path(void) { return grad_level() ? "AVX-512 (f32)" : "scalar _ref"; }
+const char *e8q_qlinear_grad_path(void) {
+  switch (grad_level()) {
+    case 2: return "AVX-512 (f32)";
+    case 1: return "AVX2";
+    default: return "scalar _ref";
+  }
+}
 
 void e8q_qlinear_codes_matmul_t(const e8q_qlinear *q, int batch, const float *g, float *t) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (grad_level()) {
-    e8q_qlinear_codes_matmul_t_avx512(q, batch, g, t);
-    return;
+  switch (grad_level()) {
+    case 2: e8q_qlinear_codes_matmul_t_avx512(q, batch, g, t); return;
+    case 1: e8q_qlinear_codes_matmul_t_avx2(q, batch, g, t); return;
+    default: break;
   }
 #endif
   e8q_qlinear_codes_matmul_t_ref(q, batch, g, t);

@@ -22,8 +22,10 @@
  * (CPUs with AVX-512 F/BW/VL/DQ/VBMI and GFNI; kernels/qlinear_grad_avx512.c) splits the code
  * columns across OpenMP threads, so each thread owns disjoint columns of t and every element is
  * summed over rows r = 0..m-1 in the same order whatever the thread count: the results are
- * bit-identical for any OMP_NUM_THREADS. The scalar _ref (same contract, plain loops) serves other
- * CPUs and E8Q_NO_AVX512=1 / E8Q_NO_AVX2=1.
+ * bit-identical for any OMP_NUM_THREADS. CPUs with AVX2+FMA only (or E8Q_NO_AVX512=1) run the
+ * AVX2 path of the same layout (kernels/qlinear_grad_avx2.c); the scalar _ref (same contract,
+ * plain loops) serves other CPUs and E8Q_NO_AVX2=1. The three paths round differently (each is
+ * deterministic on its own), as the forward's cores do.
  *
  * Scales after init: the backward and e8q_qlinear_set_scales (kernels/qlinear.h) read
  * q->d.SV, q->d.fuse_scales and q->d.piece_rows, so for training these arrays must outlive q (the
@@ -46,7 +48,7 @@ extern "C" {
 /* ---------------------------------------------------------------- the transpose product */
 /* t[b, k] = Σ_r Ŵr[r, k] · g[b, r] for b < batch, k < n_pad (no scales): the adjoint of
  * e8q_qlinear_codes_matmul_ref. g: [batch, m], t: [batch, n_pad] (overwritten), not aliased.
- * Dispatches to AVX-512 where the CPU has it (see above), else _ref. Deterministic. */
+ * Dispatches to AVX-512, else AVX2, else _ref (see above). Deterministic. */
 void e8q_qlinear_codes_matmul_t(const e8q_qlinear *q, int batch, const float *g, float *t);
 /* the scalar reference: codes decoded with codebook.h's decoders, OpenMP over code columns,
  * each element summed over r in order */
@@ -54,6 +56,8 @@ void e8q_qlinear_codes_matmul_t_ref(const e8q_qlinear *q, int batch, const float
 #if defined(__x86_64__) || defined(__i386__)
 /* the AVX-512 path; callers must check e8q_cpu_has_avx512() (kernels/qlinear_avx512.h) first */
 void e8q_qlinear_codes_matmul_t_avx512(const e8q_qlinear *q, int batch, const float *g, float *t);
+/* the AVX2+FMA path (kernels/qlinear_grad_avx2.c); callers must check e8q_cpu_has_avx2() first */
+void e8q_qlinear_codes_matmul_t_avx2(const e8q_qlinear *q, int batch, const float *g, float *t);
 #endif
 /* which core e8q_qlinear_codes_matmul_t runs, in words (benchmarks, logs) */
 const char *e8q_qlinear_grad_path(void);

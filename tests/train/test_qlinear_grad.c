@@ -1,14 +1,15 @@
 /* tests/train/test_qlinear_grad.c: the quantized linear's backward (kernels/qlinear_grad.h).
  *
- *  - the transpose product t = Ŵrᵀ g: AVX-512 path and _ref against a float64 product with the
+ *  - the transpose product t = Ŵrᵀ g: AVX-512 and AVX2 paths and _ref against a float64 product with the
  *    densely decoded Ŵr (e8q_qlinear_decode_f64), every codebook, batch 1..5, 8, 9, 16 (all the
  *    batch tiles), odd m, n % 8 != 0 (n_pad > n), non-power-of-two Hadamard factors, rows of
  *    several 32-code groups with a ragged tail and more rows than one 32-row block; tolerance
  *    5e-6 · max_k Σ_r |Ŵr[r,k] g[b,r]| per batch row (the f32 summation bound (m + 2)·2^-24 for
  *    m <= 71 terms; observed errors are ~10x smaller); guard regions
- *    around every output catch out-of-bounds writes; the AVX-512 part skips (with a message) on
- *    CPUs without AVX-512/GFNI;
- *  - determinism: transpose product and whole backward bit-identical with 1, 2 and 3 threads;
+ *    around every output catch out-of-bounds writes; the AVX-512 (AVX2) part skips (with a
+ *    message) on CPUs without AVX-512/GFNI (AVX2/FMA);
+ *  - determinism: transpose product (AVX-512, AVX2, _ref) and whole backward bit-identical with
+ *    1, 2 and 3 threads;
  *  - the backward (dispatching path and _ref) against central finite differences of a float64
  *    forward written here (exact decode, f64 transforms, float64 parameters) for EVERY element of
  *    SU, SV, the fuse scales and x, loss = Σ c ⊙ y with random c (so dy = c). The loss is linear
@@ -184,6 +185,7 @@ static void mmt_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, const
     float *gr = random_input(g, (size_t)batch * m);
     mmt_check(&q, what, batch, gr, e8q_qlinear_codes_matmul_t_ref, "_ref", cbi);
     if (e8q_cpu_has_avx512()) mmt_check(&q, what, batch, gr, e8q_qlinear_codes_matmul_t_avx512, "AVX-512", cbi);
+    if (e8q_cpu_has_avx2()) mmt_check(&q, what, batch, gr, e8q_qlinear_codes_matmul_t_avx2, "AVX2", cbi);
     mmt_check(&q, what, batch, gr, e8q_qlinear_codes_matmul_t, "dispatch", cbi);
     free(gr);
   }
@@ -196,6 +198,7 @@ static void test_matmul_t(void **state) {
   (void)state;
   if (!e8q_cpu_has_avx512())
     print_message("test_matmul_t: AVX-512 part SKIPPED, this CPU lacks AVX-512 F/BW/VL/DQ/VBMI or GFNI\n");
+  if (!e8q_cpu_has_avx2()) print_message("test_matmul_t: AVX2 part SKIPPED, this CPU lacks AVX2/FMA\n");
   t_rng g = {g_seed ^ 0x7171};
   const int b15[] = {1, 2, 3, 4, 5}, bbig[] = {8, 9, 16};
   for (int cbi = 0; cbi < 3; cbi++) {
@@ -222,27 +225,36 @@ static void test_threads_bitwise(void **state) {
     for (int bi = 0; bi < 3; bi++) {
       const int batch = batches[bi];
       float *gr = random_input(&g, (size_t)batch * m), *x = random_input(&g, (size_t)batch * n);
-      float *t[3], *dx[3], *dSU[3], *dSV[3], *dfs[3];
+      /* the transpose product of every path the CPU has, and the dispatching backward */
+      const mmt_fn paths[3] = {e8q_qlinear_codes_matmul_t_ref, e8q_qlinear_codes_matmul_t_avx2,
+                               e8q_qlinear_codes_matmul_t_avx512};
+      const char *pname[3] = {"_ref", "AVX2", "AVX-512"};
+      const int have[3] = {1, e8q_cpu_has_avx2(), e8q_cpu_has_avx512()};
+      float *t[3][3], *dx[3], *dSU[3], *dSV[3], *dfs[3];
       for (int th = 0; th < 3; th++) {
         omp_set_num_threads(th + 1);
-        t[th] = malloc(sizeof(float) * (size_t)batch * np);
+        for (int pi = 0; pi < 3; pi++) {
+          t[pi][th] = malloc(sizeof(float) * (size_t)batch * np);
+          if (have[pi]) paths[pi](&q, batch, gr, t[pi][th]);
+        }
         dx[th] = malloc(sizeof(float) * (size_t)batch * n);
         dSU[th] = calloc(np, sizeof(float));
         dSV[th] = calloc(m, sizeof(float));
         dfs[th] = calloc(3, sizeof(float));
-        e8q_qlinear_codes_matmul_t(&q, batch, gr, t[th]);
         e8q_qlinear_backward(&q, batch, x, gr, dx[th], dSU[th], dSV[th], dfs[th]);
       }
       omp_set_num_threads(maxthr);
       for (int th = 1; th < 3; th++) {
-        if (memcmp(t[0], t[th], sizeof(float) * (size_t)batch * np))
-          fail_msg("%s batch %d: transpose product differs between 1 and %d threads", CBN[cbi], batch, th + 1);
+        for (int pi = 0; pi < 3; pi++)
+          if (have[pi] && memcmp(t[pi][0], t[pi][th], sizeof(float) * (size_t)batch * np))
+            fail_msg("%s batch %d: %s transpose product differs between 1 and %d threads", CBN[cbi], batch, pname[pi],
+                     th + 1);
         if (memcmp(dx[0], dx[th], sizeof(float) * (size_t)batch * n) || memcmp(dSU[0], dSU[th], sizeof(float) * np) ||
             memcmp(dSV[0], dSV[th], sizeof(float) * m) || memcmp(dfs[0], dfs[th], sizeof(float) * 3))
           fail_msg("%s batch %d: backward differs between 1 and %d threads", CBN[cbi], batch, th + 1);
       }
       for (int th = 0; th < 3; th++) {
-        free(t[th]);
+        for (int pi = 0; pi < 3; pi++) free(t[pi][th]);
         free(dx[th]);
         free(dSU[th]);
         free(dSV[th]);
