@@ -19,6 +19,8 @@ const char *const e8q_fault_points[] = {
     "hessian.mid",        /* some sequences accumulated, nothing committed for the block */
     "hessian.done",       /* Hessians of a block committed */
     "quantize.mid",       /* between two linears of a block */
+    "ft.step",            /* block fine-tuning: before an Adam step (mid-epoch, nothing committed) */
+    "ft.epoch",           /* block fine-tuning: an epoch's checkpoint committed */
     "quantize.done",      /* all four linears of a block quantized and committed */
     "propagate.done",     /* X_{b+1} committed */
     "commit.mid",         /* shard temp file written, not yet renamed */

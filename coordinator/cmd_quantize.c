@@ -22,6 +22,12 @@
 #define E8Q_DEFAULT_SEED 0
 #define E8Q_DEFAULT_TUNE 10
 #define E8Q_DEFAULT_SCALAPACK_MIN 8192
+/* fine-tuning defaults: the reference's (quip-sharp quantize_finetune_llama.py) */
+#define E8Q_DEFAULT_FT_EPOCHS 5
+#define E8Q_DEFAULT_FT_LR 5e-5
+#define E8Q_DEFAULT_FT_SUSV_LR 5e-4
+#define E8Q_DEFAULT_FT_BATCH 8
+#define E8Q_DEFAULT_E2E_EPOCHS 5
 /* the built-in demo (no --model): a small run, a few seconds on one core */
 #define E8Q_DEMO_OUT "demo.e8q"
 #define E8Q_DEMO_BITS 2
@@ -58,9 +64,19 @@ static void quantize_usage(FILE *f) {
           "  --scalapack-min N    dimension from which auto uses ScaLAPACK (default %d)\n"
           "  --eval-text FILE     held-out text: perplexity recorded in the manifest\n"
           "  --eval-lines K       first K non-empty lines, each [BOS]+tokens (default 40)\n"
+          "  --ft MODE            fine-tuning: none, block, e2e, all (default all = block + e2e); end-to-end\n"
+          "                       fine-tuning is not implemented yet: e2e/all say so and skip it\n"
+          "  --ft-epochs E        block fine-tuning epochs per round (default %d; early stop after 3\n"
+          "                       epochs without held-out improvement, the best held-out state kept)\n"
+          "  --ft-lr LR           Adam learning rate of norms and not yet quantized weights (default %g)\n"
+          "  --ft-susv-lr LR      Adam learning rate of SU and SV of quantized linears (default %g)\n"
+          "  --ft-valid V         held-out calibration sequences for fine-tuning (default devset/3)\n"
+          "  --ft-batch B         sequences per Adam step (default %d)\n"
+          "  --e2e-epochs E       end-to-end fine-tuning epochs (default %d; recorded, not implemented yet)\n"
           "  --log-json FILE      append one JSON event per step\n"
           "  --help               this text\n",
-          E8Q_DEMO_VOCAB, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEFAULT_DEVSET, E8Q_DEMO_DEVSET, E8Q_DEFAULT_CTX, E8Q_DEMO_CTX, E8Q_DEFAULT_SEED, E8Q_DEFAULT_TUNE, E8Q_DEFAULT_SCALAPACK_MIN);
+          E8Q_DEMO_VOCAB, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEFAULT_DEVSET, E8Q_DEMO_DEVSET, E8Q_DEFAULT_CTX, E8Q_DEMO_CTX, E8Q_DEFAULT_SEED, E8Q_DEFAULT_TUNE, E8Q_DEFAULT_SCALAPACK_MIN,
+          E8Q_DEFAULT_FT_EPOCHS, E8Q_DEFAULT_FT_LR, E8Q_DEFAULT_FT_SUSV_LR, E8Q_DEFAULT_FT_BATCH, E8Q_DEFAULT_E2E_EPOCHS);
 }
 
 /* the recorded evaluation and size of a finished artifact, in one line (rank 0) */
@@ -92,6 +108,13 @@ int cmd_quantize(int argc, char **argv) {
   o.eval_lines = 40;
   o.method = E8Q_METHOD_LDLQ;
   o.rho = 0;
+  o.ft = E8Q_FT_ALL;
+  o.ft_epochs = E8Q_DEFAULT_FT_EPOCHS;
+  o.ft_lr = E8Q_DEFAULT_FT_LR;
+  o.ft_susv_lr = E8Q_DEFAULT_FT_SUSV_LR;
+  o.ft_valid = -1; /* not given: devset/3 below */
+  o.ft_batch = E8Q_DEFAULT_FT_BATCH;
+  o.e2e_epochs = E8Q_DEFAULT_E2E_EPOCHS;
   const char *method = "e8p";
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -127,6 +150,18 @@ int cmd_quantize(int argc, char **argv) {
     else if (!strcmp(a, "--eval-text")) o.eval_text = v;
     else if (!strcmp(a, "--eval-lines")) o.eval_lines = e8q_opt_int(a, v, 1, 1 << 30);
     else if (!strcmp(a, "--log-json")) o.log_json = v;
+    else if (!strcmp(a, "--ft")) {
+      if (!strcmp(v, "none")) o.ft = E8Q_FT_OFF;
+      else if (!strcmp(v, "block")) o.ft = E8Q_FT_BLOCK;
+      else if (!strcmp(v, "e2e")) o.ft = E8Q_FT_E2E;
+      else if (!strcmp(v, "all")) o.ft = E8Q_FT_ALL;
+      else E8Q_FATAL("quantize: --ft '%s': use none, block, e2e or all", v);
+    } else if (!strcmp(a, "--ft-epochs")) o.ft_epochs = e8q_opt_int(a, v, 0, 1000000);
+    else if (!strcmp(a, "--ft-lr")) o.ft_lr = e8q_opt_double(a, v, 0, 1);
+    else if (!strcmp(a, "--ft-susv-lr")) o.ft_susv_lr = e8q_opt_double(a, v, 0, 1);
+    else if (!strcmp(a, "--ft-valid")) o.ft_valid = e8q_opt_int(a, v, 1, 1 << 24);
+    else if (!strcmp(a, "--ft-batch")) o.ft_batch = e8q_opt_int(a, v, 1, 1 << 24);
+    else if (!strcmp(a, "--e2e-epochs")) o.e2e_epochs = e8q_opt_int(a, v, 0, 1000000);
     else E8Q_FATAL("quantize: unknown option '%s' (see e8q quantize --help)", a);
   }
   const int demo = o.model == NULL;
@@ -137,6 +172,12 @@ int cmd_quantize(int argc, char **argv) {
     if (!o.ctx) o.ctx = E8Q_DEMO_CTX;
   }
   if (!o.devset) o.devset = E8Q_DEFAULT_DEVSET;
+  if (o.ft_valid < 0) o.ft_valid = o.devset / 3;
+  const int block_ft = o.ft == E8Q_FT_BLOCK || o.ft == E8Q_FT_ALL;
+  E8Q_CHECK(!block_ft || e8q_method_dense(e8q_method_parse(method)) || (o.ft_valid >= 1 && o.ft_valid < o.devset),
+            "quantize: block fine-tuning needs held-out and training sequences: --ft-valid %d of --devset %d (give "
+            "1 <= --ft-valid < --devset, a larger --devset, or --ft none)",
+            o.ft_valid, o.devset);
   E8Q_CHECK(o.bits, "quantize: --bits 2|3|4 is required");
   E8Q_CHECK(demo || o.calib, "quantize: --calib FILE is required (calibration text)");
   E8Q_CHECK(o.out, "quantize: --out OUT.e8q is required");
@@ -190,6 +231,15 @@ int cmd_quantize(int argc, char **argv) {
            (unsigned long long)o.seed, o.rho > 0 ? "given" : "codebook default", o.tune_iters,
            o.scalapack == E8Q_SCALAPACK_ALWAYS ? "always" : o.scalapack == E8Q_SCALAPACK_NEVER ? "never" : "auto",
            o.scalapack_min, o.out, o.run_dir, o.eval_text ? ", eval " : "", o.eval_text ? o.eval_text : "");
+  e8q_info("  ft %s: epochs %d, lr %g, susv-lr %g, batch %d, held-out %d of %d; e2e-epochs %d", e8q_ft_mode_name(o.ft),
+           o.ft_epochs, o.ft_lr, o.ft_susv_lr, o.ft_batch, o.ft_valid, o.devset, o.e2e_epochs);
+  if (block_ft && e8q_method_dense(o.method))
+    e8q_info("  note: --method %s stores dense quantized weights without SU/SV: block fine-tuning does not apply and "
+             "is skipped",
+             method);
+  if (o.ft == E8Q_FT_E2E || o.ft == E8Q_FT_ALL)
+    e8q_info("  note: end-to-end fine-tuning (--ft %s) is not implemented yet: it is skipped%s", e8q_ft_mode_name(o.ft),
+             o.ft == E8Q_FT_ALL && !e8q_method_dense(o.method) ? " (block fine-tuning runs)" : "");
   int rc = e8q_run_quantize(&o);
   if (demo && rc == 0) {
     if (e8q_rank() == 0) demo_print_result(o.out);

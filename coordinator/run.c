@@ -19,7 +19,10 @@
 #include "io/ckpt.h"
 #include "io/text.h"
 #include "io/tokenizer.h"
+#include "kernels/e8p.h"
+#include "kernels/hadamard.h"
 #include "worker/cholesky.h"
+#include "worker/finetune.h"
 #include "worker/forward.h"
 #include "worker/hessian.h"
 
@@ -214,6 +217,16 @@ static void hessians_remove(e8q_run *R, int b) {
  * shards/{b}.{g}.part: one quantized group; shards/{b}.e8qs: the block (4 groups, names
  * prefixed with the group name). */
 static void part_rel(int b, int g, char *out, size_t cap) { snprintf(out, cap, "shards/%d.%d.part", b, g); }
+/* shards/{b}.ft{g}.ckpt: fine-tuning round g of block b (see "block fine-tuning" below) */
+static void ft_rel(int b, int g, char *out, size_t cap) { snprintf(out, cap, "shards/%d.ft%d.ckpt", b, g); }
+static int ft_on(const e8q_run *R);
+/* a number of a fine-tuning checkpoint's metadata (exact: written with %.17g) */
+static double ft_meta_num(const e8q_safetensors *st, const char *key, const char *path) {
+  const char *v = e8q_ckpt_meta(st, key);
+  E8Q_CHECK(v, "%s: fine-tuning checkpoint without '%s' (remove it and rerun)", path, key);
+  return strtod(v, NULL);
+}
+
 
 static int group_tensors(const e8q_run *R, const e8q_group_plan *gp, const e8q_qlin_result *q, const char *prefix,
                          char names[6][160], e8q_ckpt_tensor *t) {
@@ -275,14 +288,28 @@ static void part_commit(e8q_run *R, int b, int g, const e8q_qlin_result *q) {
   }
 }
 
-/* rank 0: shards/{b}.e8qs from the four parts; the stats of each group in the metadata */
+/* rank 0: shards/{b}.e8qs from the four parts; the stats of each group in the metadata. With
+ * block fine-tuning: SU/SV of the groups tuned in the last round (qkv, o, upgate) and the tuned
+ * norms ("input_layernorm.weight", "post_attention_layernorm.weight" F32 [dim]) from that
+ * round's checkpoint, and per round the held-out MSE before and after in the stats. */
 static void block_commit(e8q_run *R, int b) {
   if (R->rank != 0) return;
   e8q_safetensors *parts[E8Q_N_GROUPS];
-  e8q_ckpt_tensor t[E8Q_N_GROUPS * 6];
-  char names[E8Q_N_GROUPS * 6][160];
+  e8q_ckpt_tensor t[E8Q_N_GROUPS * 6 + 2];
+  char names[E8Q_N_GROUPS * 6 + 2][160];
   int k = 0;
   cJSON *stats = cJSON_CreateObject();
+  e8q_safetensors *ft = NULL; /* the last round's checkpoint */
+  e8q_ft_state L;              /* its layout */
+  const float *pft = NULL;     /* [L.n] its tuned parameters */
+  if (ft_on(R)) {
+    char rel[256], path[4096];
+    ft_rel(b, E8Q_GROUP_DOWN - 1, rel, sizeof rel);
+    e8q_rundir_path(R->rd, rel, path, sizeof path);
+    ft = e8q_ckpt_open(path, "ft");
+    e8q_ft_layout(&L, &R->cfg, E8Q_GROUP_DOWN);
+    pft = e8q_ckpt_get(ft, "p", E8Q_DT_F32, (int64_t)L.n);
+  }
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     char rel[256], path[4096];
     part_rel(b, g, rel, sizeof rel);
@@ -300,6 +327,10 @@ static void block_commit(e8q_run *R, int b) {
       if (R->o->bits == 3) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", E8Q_DT_U8, gp->m * nc);
       q.SU = (float *)e8q_ckpt_get(parts[g], "SU", E8Q_DT_F32, gp->n_pad);
       q.SV = (float *)e8q_ckpt_get(parts[g], "SV", E8Q_DT_F32, gp->m);
+      if (pft && g < L.n_quant) { /* tuned */
+        q.SU = (float *)(pft + L.off_SU[g]);
+        q.SV = (float *)(pft + L.off_SV[g]);
+      }
       memcpy(&q.Wscale, e8q_ckpt_get(parts[g], "Wscale", E8Q_DT_F32, 1), sizeof(float));
     }
     memcpy(q.fuse_scales, e8q_ckpt_get(parts[g], "fuse_scales", E8Q_DT_F32, gp->n_pieces), sizeof(float) * gp->n_pieces);
@@ -323,6 +354,26 @@ static void block_commit(e8q_run *R, int b) {
     cJSON_AddNumberToObject(s, "damp", dp ? atof(dp) : 0);
     const char *fm = e8q_ckpt_meta(parts[g], "factorisation");
     cJSON_AddStringToObject(s, "factorisation", fm ? fm : "");
+    if (ft && g < E8Q_GROUP_DOWN) { /* the round after this group */
+      char rel[256], path[4096];
+      ft_rel(b, g, rel, sizeof rel);
+      e8q_rundir_path(R->rd, rel, path, sizeof path);
+      e8q_safetensors *fr = e8q_ckpt_open(path, "ft");
+      cJSON *f = cJSON_AddObjectToObject(s, "fine_tuning");
+      cJSON_AddNumberToObject(f, "held_out_mse_before", ft_meta_num(fr, "init_loss", path));
+      cJSON_AddNumberToObject(f, "held_out_mse_after", ft_meta_num(fr, "best_loss", path));
+      cJSON_AddNumberToObject(f, "epochs", ft_meta_num(fr, "epoch", path));
+      cJSON_AddNumberToObject(f, "steps", ft_meta_num(fr, "step", path));
+      e8q_st_close(fr);
+    }
+  }
+  if (pft) { /* the tuned norms */
+    snprintf(names[k], 160, "input_layernorm.weight");
+    t[k] = (e8q_ckpt_tensor){names[k], E8Q_DT_F32, 1, {R->cfg.dim}, pft + L.off_attn};
+    k++;
+    snprintf(names[k], 160, "post_attention_layernorm.weight");
+    t[k] = (e8q_ckpt_tensor){names[k], E8Q_DT_F32, 1, {R->cfg.dim}, pft + L.off_ffn};
+    k++;
   }
   char *stats_s = cJSON_PrintUnformatted(stats);
   cJSON_Delete(stats);
@@ -335,6 +386,7 @@ static void block_commit(e8q_run *R, int b) {
   e8q_ckpt_write(path, "shard", meta, k, t, sha, &size);
   free(stats_s);
   for (int g = 0; g < E8Q_N_GROUPS; g++) e8q_st_close(parts[g]);
+  if (ft) e8q_st_close(ft);
   e8q_fault_point("commit.mid");
   e8q_journal_file(R->rd->journal, rel, sha, size);
 }
@@ -346,7 +398,270 @@ static void parts_remove(e8q_run *R, int b) {
     part_rel(b, g, rel, sizeof rel);
     e8q_rundir_path(R->rd, rel, path, sizeof path);
     unlink(path);
+    ft_rel(b, g, rel, sizeof rel); /* fine-tuning checkpoints (any mode: a run may have left them) */
+    e8q_rundir_path(R->rd, rel, path, sizeof path);
+    unlink(path);
   }
+}
+
+/* ================================================================ block fine-tuning
+ * shards/{b}.ft{g}.ckpt: the state of fine-tuning round g of block b (after group g was
+ * quantized, g < E8Q_GROUP_DOWN; worker/finetune.h): "p", "best", "m", "v" F32 [n] (the flat
+ * layout of e8q_ft_layout with groups 0..g quantized; "p" is the best held-out state once the
+ * round is done); metadata: epoch, step, worse, started, done and the losses (%.17g, exact).
+ * Rank 0 commits it after every epoch and at the end of the round; the data order is a function
+ * of the epoch, so a rerun continues from the last epoch reached, bit for bit. */
+static int ft_on(const e8q_run *R) {
+  return (R->o->ft == E8Q_FT_BLOCK || R->o->ft == E8Q_FT_ALL) && !e8q_method_dense(R->o->method);
+}
+
+static void ft_commit(e8q_run *R, int b, int g, const e8q_ft_state *S) {
+  if (R->rank != 0) return;
+  char rel[256], path[4096], sha[65], v[12][40];
+  ft_rel(b, g, rel, sizeof rel);
+  e8q_rundir_path(R->rd, rel, path, sizeof path);
+  snprintf(v[0], sizeof v[0], "%d", b);
+  snprintf(v[1], sizeof v[1], "%d", g);
+  snprintf(v[2], sizeof v[2], "%d", S->n_quant);
+  snprintf(v[3], sizeof v[3], "%d", S->epoch);
+  snprintf(v[4], sizeof v[4], "%ld", S->step);
+  snprintf(v[5], sizeof v[5], "%d", S->worse);
+  snprintf(v[6], sizeof v[6], "%d", S->started);
+  snprintf(v[7], sizeof v[7], "%d", S->done);
+  snprintf(v[8], sizeof v[8], "%.17g", S->init_loss);
+  snprintf(v[9], sizeof v[9], "%.17g", S->best_loss);
+  snprintf(v[10], sizeof v[10], "%.17g", S->train_loss);
+  snprintf(v[11], sizeof v[11], "%.17g", S->valid_loss);
+  const char *meta[] = {"layer", v[0], "group", v[1], "group_name", e8q_group_names[g], "n_quant", v[2],
+                        "epoch", v[3], "step", v[4], "worse", v[5], "started", v[6], "done", v[7],
+                        "init_loss", v[8], "best_loss", v[9], "train_loss", v[10], "valid_loss", v[11], NULL};
+  int64_t n = (int64_t)S->n;
+  e8q_ckpt_tensor t[4] = {{"p", E8Q_DT_F32, 1, {n}, S->p},
+                          {"best", E8Q_DT_F32, 1, {n}, S->best},
+                          {"m", E8Q_DT_F32, 1, {n}, S->m},
+                          {"v", E8Q_DT_F32, 1, {n}, S->v}};
+  uint64_t size = 0;
+  e8q_ckpt_write(path, "ft", meta, 4, t, sha, &size);
+  e8q_journal_file(R->rd->journal, rel, sha, size);
+}
+
+/* S initialised for round g (e8q_ft_state_init with g+1 quantized groups). Collective: 1 and S
+ * restored when shards/{b}.ft{g}.ckpt was committed and is intact, else 0 and S untouched. */
+static int ft_load(e8q_run *R, int b, int g, e8q_ft_state *S) {
+  char rel[256], path[4096];
+  ft_rel(b, g, rel, sizeof rel);
+  if (!e8q_run_have(R, rel)) return 0;
+  snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
+  e8q_safetensors *st = e8q_ckpt_open(path, "ft");
+  E8Q_CHECK((int)ft_meta_num(st, "n_quant", path) == S->n_quant,
+            "%s: layer %d round %s: %d quantized groups in the checkpoint, %d expected", path, b, e8q_group_names[g],
+            (int)ft_meta_num(st, "n_quant", path), S->n_quant);
+  const int64_t n = (int64_t)S->n;
+  memcpy(S->p, e8q_ckpt_get(st, "p", E8Q_DT_F32, n), sizeof(float) * S->n);
+  memcpy(S->best, e8q_ckpt_get(st, "best", E8Q_DT_F32, n), sizeof(float) * S->n);
+  memcpy(S->m, e8q_ckpt_get(st, "m", E8Q_DT_F32, n), sizeof(float) * S->n);
+  memcpy(S->v, e8q_ckpt_get(st, "v", E8Q_DT_F32, n), sizeof(float) * S->n);
+  S->epoch = (int)ft_meta_num(st, "epoch", path);
+  S->step = (long)ft_meta_num(st, "step", path);
+  S->worse = (int)ft_meta_num(st, "worse", path);
+  S->started = (int)ft_meta_num(st, "started", path);
+  S->done = (int)ft_meta_num(st, "done", path);
+  S->init_loss = ft_meta_num(st, "init_loss", path);
+  S->best_loss = ft_meta_num(st, "best_loss", path);
+  S->train_loss = ft_meta_num(st, "train_loss", path);
+  S->valid_loss = ft_meta_num(st, "valid_loss", path);
+  e8q_st_close(st);
+  return 1;
+}
+
+/* the finished state of round g (its tuned dense weights and norms feed what follows) */
+static void ft_finished(e8q_run *R, int b, int g, e8q_ft_state *S) {
+  e8q_ft_state_init(S, &R->cfg, g + 1);
+  E8Q_CHECK(ft_load(R, b, g, S) && S->done,
+            "internal: layer %d: the fine-tuning round after %s is not finished in %s (rerun the same command)", b,
+            e8q_group_names[g], R->o->run_dir);
+}
+
+/* one round: the block with groups 0..g quantized (codes from their parts), bound to S */
+typedef struct {
+  e8q_run *R;
+  int b, g;
+  e8q_ft_state S;
+  e8q_block tb;                                  /* the block under training */
+  e8q_qlinear ql[E8Q_N_GROUPS];                  /* quantized groups 0..g, SU/SV in S.p */
+  uint16_t *codes[E8Q_N_GROUPS];                 /* [m, n_pad/8] owned copies (aligned) */
+  void *codes2[E8Q_N_GROUPS];                    /* [m, n_pad/8] u16 / u8, or NULL */
+  float fs[E8Q_N_GROUPS][E8Q_PLAN_MAX_PIECES];   /* fuse scales (borrowed by ql) */
+  e8q_had_factor fac[E8Q_N_GROUPS][2];           /* factors of n_pad and of m */
+} ft_round_ctx;
+
+/* S of round g from the last round (or the original block blk for g = 0) and part g */
+static void ft_round_fresh(e8q_run *R, int b, int g, const e8q_block *blk, e8q_ft_state *S) {
+  const int D = R->cfg.dim;
+  if (g == 0) {
+    memcpy(S->p + S->off_attn, blk->attn_norm, sizeof(float) * (size_t)D);
+    memcpy(S->p + S->off_ffn, blk->ffn_norm, sizeof(float) * (size_t)D);
+    for (int k = 1; k < E8Q_N_GROUPS; k++)
+      memcpy(S->p + S->off_W[k], blk->lin[k].w, sizeof(float) * (size_t)blk->lin[k].m * blk->lin[k].n);
+  } else {
+    e8q_ft_state P;
+    ft_finished(R, b, g - 1, &P);
+    for (int k = 0; k < g; k++) {
+      memcpy(S->p + S->off_SU[k], P.p + P.off_SU[k], sizeof(float) * (size_t)R->plan.groups[k].n_pad);
+      memcpy(S->p + S->off_SV[k], P.p + P.off_SV[k], sizeof(float) * (size_t)R->plan.groups[k].m);
+    }
+    memcpy(S->p + S->off_attn, P.p + P.off_attn, sizeof(float) * (size_t)D);
+    memcpy(S->p + S->off_ffn, P.p + P.off_ffn, sizeof(float) * (size_t)D);
+    for (int k = g + 1; k < E8Q_N_GROUPS; k++)
+      memcpy(S->p + S->off_W[k], P.p + P.off_W[k], sizeof(float) * (size_t)R->plan.groups[k].m * R->plan.groups[k].n);
+    e8q_ft_state_free(&P);
+  }
+  /* the new group's signs from its part */
+  const e8q_group_plan *gp = &R->plan.groups[g];
+  char rel[256], path[4096];
+  part_rel(b, g, rel, sizeof rel);
+  snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
+  e8q_safetensors *st = e8q_ckpt_open(path, "part");
+  memcpy(S->p + S->off_SU[g], e8q_ckpt_get(st, "SU", E8Q_DT_F32, gp->n_pad), sizeof(float) * (size_t)gp->n_pad);
+  memcpy(S->p + S->off_SV[g], e8q_ckpt_get(st, "SV", E8Q_DT_F32, gp->m), sizeof(float) * (size_t)gp->m);
+  e8q_st_close(st);
+}
+
+/* Collective. 0 when round g is already finished (nothing built); else 1 with F ready to train
+ * (its state from the round's checkpoint when there is one, fresh otherwise). */
+static int ft_round_open(e8q_run *R, int b, int g, const e8q_block *blk, ft_round_ctx *F) {
+  memset(F, 0, sizeof *F);
+  F->R = R;
+  F->b = b;
+  F->g = g;
+  e8q_ft_state_init(&F->S, &R->cfg, g + 1);
+  if (ft_load(R, b, g, &F->S)) {
+    if (F->S.done) {
+      e8q_ft_state_free(&F->S);
+      return 0;
+    }
+  } else {
+    ft_round_fresh(R, b, g, blk, &F->S);
+  }
+  const e8q_codebook_id cb = e8q_cb_from_bits(R->o->bits);
+  for (int k = 0; k <= g; k++) {
+    const e8q_group_plan *gp = &R->plan.groups[k];
+    char rel[256], path[4096], name[128];
+    part_rel(b, k, rel, sizeof rel);
+    snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
+    e8q_safetensors *st = e8q_ckpt_open(path, "part");
+    const int64_t nc = gp->n_pad / 8, nco = (int64_t)gp->m * nc;
+    e8q_qlinear_desc d;
+    memset(&d, 0, sizeof d);
+    d.m = gp->m;
+    d.n = gp->n;
+    d.n_pad = gp->n_pad;
+    d.codebook = cb;
+    F->codes[k] = e8q_alloc_aligned(sizeof(uint16_t) * (size_t)nco, "fine-tuning codes");
+    memcpy(F->codes[k], e8q_ckpt_get(st, "codes", E8Q_DT_U16, nco), sizeof(uint16_t) * (size_t)nco);
+    d.codes = F->codes[k];
+    if (R->o->bits > 2) {
+      size_t es = R->o->bits == 4 ? sizeof(uint16_t) : 1;
+      F->codes2[k] = e8q_alloc_aligned(es * (size_t)nco, "fine-tuning codes2");
+      memcpy(F->codes2[k], e8q_ckpt_get(st, "codes2", R->o->bits == 4 ? E8Q_DT_U16 : E8Q_DT_U8, nco), es * (size_t)nco);
+      d.codes2 = F->codes2[k];
+    }
+    d.SU = F->S.p + F->S.off_SU[k];
+    d.SV = F->S.p + F->S.off_SV[k];
+    memcpy(&d.Wscale, e8q_ckpt_get(st, "Wscale", E8Q_DT_F32, 1), sizeof(float));
+    d.n_pieces = gp->n_pieces;
+    d.piece_rows = gp->n_pieces > 1 ? gp->piece_rows : NULL;
+    memcpy(F->fs[k], e8q_ckpt_get(st, "fuse_scales", E8Q_DT_F32, gp->n_pieces), sizeof(float) * (size_t)gp->n_pieces);
+    d.fuse_scales = F->fs[k];
+    e8q_st_close(st);
+    e8q_had_factor_build(&F->fac[k][0], gp->K_n, E8Q_HAD_SEED);
+    e8q_had_factor_build(&F->fac[k][1], gp->K_m, E8Q_HAD_SEED);
+    d.K_in = gp->K_n;
+    d.R_in = gp->K_n > 1 ? F->fac[k][0].Rf : NULL;
+    d.K_out = gp->K_m;
+    d.R_out = gp->K_m > 1 ? F->fac[k][1].Rf : NULL;
+    snprintf(name, sizeof name, "model.layers.%d.%s", b, gp->name);
+    e8q_qlinear_init(&F->ql[k], &d, name);
+    F->tb.lin[k].m = gp->m;
+    F->tb.lin[k].n = gp->n;
+    F->tb.lin[k].w = NULL;
+    F->tb.lin[k].q = &F->ql[k];
+  }
+  e8q_ft_bind(&F->S, &R->cfg, &F->tb);
+  return 1;
+}
+
+static void ft_round_close(ft_round_ctx *F) {
+  for (int k = 0; k <= F->g; k++) {
+    e8q_qlinear_free(&F->ql[k]);
+    free(F->codes[k]);
+    free(F->codes2[k]);
+    e8q_had_factor_free(&F->fac[k][0]);
+    e8q_had_factor_free(&F->fac[k][1]);
+  }
+  e8q_ft_state_free(&F->S);
+  memset(F, 0, sizeof *F);
+}
+
+/* after every epoch and at the end of a round (every rank): commit, report, fault point */
+static void ft_epoch_end(void *ctx, const e8q_ft_state *S) {
+  ft_round_ctx *F = ctx;
+  e8q_run *R = F->R;
+  ft_commit(R, F->b, F->g, S);
+  barrier(); /* the checkpoint is on disk before any rank can be killed at ft.epoch */
+  const char *gn = R->plan.groups[F->g].name;
+  if (R->rank == 0) {
+    cJSON *f = cJSON_CreateObject();
+    cJSON_AddNumberToObject(f, "layer", F->b);
+    cJSON_AddStringToObject(f, "group", gn);
+    cJSON_AddNumberToObject(f, "epoch", S->epoch);
+    if (S->done) {
+      cJSON_AddNumberToObject(f, "held_out_mse_before", S->init_loss);
+      cJSON_AddNumberToObject(f, "held_out_mse_after", S->best_loss);
+      e8q_info("layer %d %s: fine-tuned, %d epoch%s: held-out MSE %.6g -> %.6g", F->b, gn, S->epoch,
+               S->epoch == 1 ? "" : "s", S->init_loss, S->best_loss);
+      e8q_progress_event("ft_round", f, 0);
+    } else {
+      cJSON_AddNumberToObject(f, "train_mse", S->train_loss);
+      cJSON_AddNumberToObject(f, "held_out_mse", S->valid_loss);
+      cJSON_AddNumberToObject(f, "held_out_mse_before", S->init_loss);
+      e8q_info("layer %d %s: fine-tuning epoch %d/%d: train MSE %.6g, held-out MSE %.6g (before %.6g)", F->b, gn,
+               S->epoch, R->o->ft_epochs, S->train_loss, S->valid_loss, S->init_loss);
+      e8q_progress_event("ft_epoch", f, 0);
+    }
+  }
+  if (!S->done) e8q_fault_point("ft.epoch");
+}
+
+/* Y = original block(X) of this rank's sequences (the targets of fine-tuning and X_{b+1}) */
+static void targets_compute(e8q_run *R, const e8q_block *blk) {
+  const int n_my = R->s1 - R->s0;
+  e8q_fwd_scratch sc = {0};
+  memcpy(R->Y, R->X, sizeof(float) * (size_t)n_my * act_floats(R));
+  for (int i = 0; i < n_my; i++) e8q_block_forward(blk, &R->cfg, 1, R->T, R->Y + (size_t)i * act_floats(R), NULL, &sc);
+  e8q_fwd_scratch_free(&sc);
+}
+
+/* the round after group g of block b, unless finished; *y_valid: R->Y holds original block(X) */
+static void ft_block_round(e8q_run *R, int b, int g, const e8q_block *blk, int *y_valid) {
+  ft_round_ctx F;
+  if (!ft_round_open(R, b, g, blk, &F)) return;
+  if (!*y_valid) { /* Hessians were loaded from disk: the targets were never computed */
+    targets_compute(R, blk);
+    *y_valid = 1;
+  }
+  e8q_ft_opts fo = {.epochs = R->o->ft_epochs,
+                    .lr = R->o->ft_lr,
+                    .susv_lr = R->o->ft_susv_lr,
+                    .batch = R->o->ft_batch,
+                    .early_stop = E8Q_FT_EARLY_STOP,
+                    .seed = R->o->seed,
+                    .layer = b,
+                    .group = g};
+  e8q_ft_hooks hk = {ft_epoch_end, &F};
+  const int n_valid = R->o->ft_valid, n_train = R->plan.devset - n_valid;
+  e8q_ft_round(&fo, R->comm, &R->cfg, &F.tb, &F.S, R->T, n_train, n_valid, R->s0, R->s1, R->X, R->Y, &hk);
+  ft_round_close(&F);
 }
 
 /* ================================================================ one block */
@@ -362,7 +677,7 @@ static void run_block(e8q_run *R, int b) {
     H[g] = e8q_malloc(sizeof(double) * (size_t)R->plan.groups[g].n * R->plan.groups[g].n, "Hessian");
   long tokens = 0;
   const int resumed = hessians_load(R, b, H, &tokens);
-  const int y_valid = !resumed; /* the Hessian pass leaves Y = block(X) */
+  int y_valid = !resumed; /* the Hessian pass leaves Y = block(X) */
   if (!resumed) {
     e8q_hessian_acc acc;
     e8q_hessian_acc_init(&acc, &R->cfg, R->T);
@@ -390,10 +705,20 @@ static void run_block(e8q_run *R, int b) {
     int done = e8q_run_have(R, rel);
     if (!done) {
       e8q_qlin_result q;
+      /* after a fine-tuning round, the group is quantized from its TUNED dense weight (its
+       * Hessian stays the one of the original activations) */
+      e8q_ft_state P;
+      memset(&P, 0, sizeof P);
+      const float *W = blk.lin[g].w;
+      if (ft_on(R) && g > 0) {
+        ft_finished(R, b, g - 1, &P);
+        W = P.p + P.off_W[g];
+      }
       /* ScaLAPACK for Hessians of n_pad >= --scalapack-min on more than one rank, or always */
       R->q.scalapack = R->o->scalapack == E8Q_SCALAPACK_ALWAYS ||
                        (R->o->scalapack == E8Q_SCALAPACK_AUTO && R->size > 1 && gp->n_pad >= R->o->scalapack_min);
-      e8q_quantize_group(&R->q, gp, b, g, blk.lin[g].w, H[g], tokens, &q);
+      e8q_quantize_group(&R->q, gp, b, g, W, H[g], tokens, &q);
+      e8q_ft_state_free(&P);
       part_commit(R, b, g, &q);
       if (R->rank == 0) {
         cJSON *f = cJSON_CreateObject();
@@ -406,12 +731,12 @@ static void run_block(e8q_run *R, int b) {
       e8q_qlin_result_free(&q);
       if (g < E8Q_N_GROUPS - 1) e8q_fault_point("quantize.mid");
     }
-    /* BLOCK FINE-TUNING goes here (a later issue): after qkv, o and upgate (g < E8Q_GROUP_DOWN),
-     * train SU/SV of the quantized linears and the remaining float weights of block b on MSE
-     * to Y = original block(X), data parallel over this rank's sequences with gradients
-     * all-reduced, then commit the tuned parameters with the part. */
     snprintf(what, sizeof what, "%s", gp->name);
     e8q_progress_step("quantize", b, what, done);
+    /* block fine-tuning after qkv, o and upgate (not after down): SU/SV of the quantized
+     * linears, the norms and the dense weights of the others, on MSE to Y = original block(X),
+     * data parallel with exact gradient sums (worker/finetune.h); checkpointed per epoch */
+    if (ft_on(R) && g < E8Q_GROUP_DOWN) ft_block_round(R, b, g, &blk, &y_valid);
   }
   e8q_fault_point("quantize.done");
   for (int g = 0; g < E8Q_N_GROUPS; g++) free(H[g]);
@@ -421,12 +746,7 @@ static void run_block(e8q_run *R, int b) {
   int last = b + 1 == R->cfg.n_layers; /* nothing to propagate after the last block */
   int have_next = last || acts_load(R, b + 1, R->Y);
   if (!have_next) {
-    if (!y_valid) {
-      e8q_fwd_scratch sc = {0};
-      memcpy(R->Y, R->X, sizeof(float) * (size_t)n_my * act_floats(R));
-      for (int i = 0; i < n_my; i++) e8q_block_forward(&blk, &R->cfg, 1, R->T, R->Y + (size_t)i * act_floats(R), NULL, &sc);
-      e8q_fwd_scratch_free(&sc);
-    }
+    if (!y_valid) targets_compute(R, &blk);
     acts_commit(R, b + 1, R->Y);
     e8q_fault_point("propagate.done");
   }
@@ -461,6 +781,13 @@ static cJSON *options_json(const e8q_run_opts *o, const e8q_run *R) {
   cJSON_AddStringToObject(j, "scalapack",
                           o->scalapack == E8Q_SCALAPACK_ALWAYS ? "always" : o->scalapack == E8Q_SCALAPACK_NEVER ? "never" : "auto");
   cJSON_AddNumberToObject(j, "scalapack_min", o->scalapack_min);
+  cJSON_AddStringToObject(j, "ft", e8q_ft_mode_name(o->ft));
+  cJSON_AddNumberToObject(j, "ft_epochs", o->ft_epochs);
+  cJSON_AddNumberToObject(j, "ft_lr", o->ft_lr);
+  cJSON_AddNumberToObject(j, "ft_susv_lr", o->ft_susv_lr);
+  cJSON_AddNumberToObject(j, "ft_valid", o->ft_valid);
+  cJSON_AddNumberToObject(j, "ft_batch", o->ft_batch);
+  cJSON_AddNumberToObject(j, "e2e_epochs", o->e2e_epochs);
   if (o->eval_text) {
     e8q_sha256_file_hex(o->eval_text, hex);
     cJSON_AddStringToObject(j, "eval_text_sha256", hex);

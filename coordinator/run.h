@@ -11,6 +11,13 @@
 
 typedef enum { E8Q_SCALAPACK_AUTO = 0, E8Q_SCALAPACK_ALWAYS, E8Q_SCALAPACK_NEVER } e8q_scalapack_mode;
 
+/* --ft: which fine-tuning runs (DESIGN §3); e2e is not implemented yet (skipped, said so) */
+typedef enum { E8Q_FT_OFF = 0, E8Q_FT_BLOCK, E8Q_FT_E2E, E8Q_FT_ALL } e8q_ft_mode;
+/* "none", "block", "e2e", "all" */
+static inline const char *e8q_ft_mode_name(e8q_ft_mode m) {
+  return m == E8Q_FT_BLOCK ? "block" : m == E8Q_FT_E2E ? "e2e" : m == E8Q_FT_ALL ? "all" : "none";
+}
+
 typedef struct {
   const char *model;       /* HF directory */
   const char *calib;       /* calibration text or id file */
@@ -25,6 +32,14 @@ typedef struct {
   uint64_t seed;
   double rho;              /* <= 0: the codebook default */
   e8q_method method;
+  /* fine-tuning (worker/finetune.h) */
+  e8q_ft_mode ft;          /* --ft */
+  int ft_epochs;           /* --ft-epochs: block fine-tuning epochs per round */
+  double ft_lr;            /* --ft-lr: norms and dense weights */
+  double ft_susv_lr;       /* --ft-susv-lr: SU and SV */
+  int ft_valid;            /* --ft-valid: held-out sequences (the last ones of the devset) */
+  int ft_batch;            /* --ft-batch: sequences per Adam step */
+  int e2e_epochs;          /* --e2e-epochs: end-to-end fine-tuning epochs (recorded; not implemented) */
 } e8q_run_opts;
 
 /* collective; returns the exit code */

@@ -80,6 +80,9 @@ void e8q_run_validate(e8q_run *R) {
         if (q.dense) cJSON_AddNullToObject(o, "fused_vs_dense_max_rel_err");
         else cJSON_AddNumberToObject(o, "fused_vs_dense_max_rel_err", e);
         cJSON_AddNumberToObject(o, "weight_rel_err", den > 0 ? sqrt(num / den) : 0);
+        /* block fine-tuning: the round after this group, held-out MSE before and after */
+        const cJSON *ft = cJSON_GetObjectItemCaseSensitive(s, "fine_tuning");
+        if (cJSON_IsObject(ft)) cJSON_AddItemToObject(o, "fine_tuning", cJSON_Duplicate(ft, 1));
         cJSON_AddItemToArray(lin, o);
         E8Q_CHECK(e <= E8Q_VALIDATE_TOL,
                   "validation failed: layer %d %s: the fused kernel differs from the dense decode by %.3g (relative), "

@@ -12,7 +12,7 @@ TEXT=$SHARED/text/tinystories_valid_head.txt
 TMP=${E8Q_TEST_TMP:-/tmp}/pipeline-$CASE-$$
 rm -rf "$TMP"; mkdir -p "$TMP"
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive  # ranks fill the cores
-COMMON=(--model "$MODEL" --calib "$TEXT" --calib-skip 1000 --devset 24 --ctx 64 --tune-iters 2 --seed 7
+COMMON=(--model "$MODEL" --calib "$TEXT" --calib-skip 1000 --devset 24 --ctx 64 --tune-iters 2 --seed 7 --ft none
         --eval-text "$TEXT" --eval-lines 40)
 fail() { echo "FAIL [$CASE]: $*" >&2; exit 1; }
 q() { # q NP OUT [extra options...]: quantize on NP ranks
