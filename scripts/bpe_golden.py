@@ -11,7 +11,10 @@
   bpe_golden.py tiny WIKI_TEST_RAW OUTDIR
       trains a tiny byte-level BPE (600 tokens) on the first 200 kB of wiki.test.raw with the
       Llama 3 pre-tokenizer (Split on the Llama 3 regex, Isolated, then ByteLevel without regex;
-      ignore_merges and a <|begin_of_text|> TemplateProcessing, as Llama 3 ships), writes it and a
+      ignore_merges and a <|begin_of_text|> TemplateProcessing, as Llama 3 ships; then, to test
+      the corners, "Ġzyzzyva" (600) in the vocabulary without merges that make it, so only
+      ignore_merges finds it, a non-special added token "hello world" (601) and a special "<|end_of"
+      (602) that is a prefix of "<|end_of_text|>"), writes it and a
       Qwen 2 variant (same vocabulary, the Qwen 2 regex, no BOS) as OUTDIR/bpe_tiny_llama3.json and
       OUTDIR/bpe_tiny_qwen2.json, and the ids `tokenizers` gives for the edge cases below and for
       the first 16 kB of wiki.test.raw as OUTDIR/bpe_tiny_golden.json. Committed (small).
@@ -48,6 +51,8 @@ EDGE = [
     "",
     " ",
     "\n",
+    "a zyzzyva, zyzzyva and Zyzzyva",
+    "say hello world!hello worldly <|end_of|><|end_of_text|><|end_of_tex",
     "'s 's's ''' '",
 ]
 
@@ -77,7 +82,7 @@ def hf_json(gguf_path, out):
 
 
 def tiny(wiki, outdir):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     text = open(wiki, encoding="utf-8").read()
     train = text[:200_000]
@@ -93,7 +98,12 @@ def tiny(wiki, outdir):
     tok.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
         special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))])
+    tok.add_tokens([AddedToken("hello world", special=False, normalized=False)])
+    tok.add_special_tokens([AddedToken("<|end_of", special=True, normalized=False)])
     j = json.loads(tok.to_str())
+    assert len(j["model"]["vocab"]) == 600 and [a["id"] for a in j["added_tokens"]] == [0, 1, 600, 601]
+    j["model"]["vocab"]["\u0120zyzzyva"] = 600
+    j["added_tokens"][2]["id"], j["added_tokens"][3]["id"] = 601, 602  # what tokenizers assigns on loading
     j["model"]["ignore_merges"] = True
     llama3 = json.dumps(j, ensure_ascii=False)
     j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = QWEN2
