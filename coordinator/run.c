@@ -618,14 +618,14 @@ static void ft_epoch_end(void *ctx, const e8q_ft_state *S) {
     if (S->done) {
       cJSON_AddNumberToObject(f, "held_out_mse_before", S->init_loss);
       cJSON_AddNumberToObject(f, "held_out_mse_after", S->best_loss);
-      e8q_info("layer %d %s: fine-tuned, %d epoch%s: held-out MSE %.6g -> %.6g", F->b, gn, S->epoch,
+      e8q_info("e8q: layer %d %s: fine-tuned, %d epoch%s: held-out MSE %.6g -> %.6g", F->b, gn, S->epoch,
                S->epoch == 1 ? "" : "s", S->init_loss, S->best_loss);
       e8q_progress_event("ft_round", f, 0);
     } else {
       cJSON_AddNumberToObject(f, "train_mse", S->train_loss);
       cJSON_AddNumberToObject(f, "held_out_mse", S->valid_loss);
       cJSON_AddNumberToObject(f, "held_out_mse_before", S->init_loss);
-      e8q_info("layer %d %s: fine-tuning epoch %d/%d: train MSE %.6g, held-out MSE %.6g (before %.6g)", F->b, gn,
+      e8q_info("e8q: layer %d %s: fine-tuning epoch %d/%d: train MSE %.6g, held-out MSE %.6g (before %.6g)", F->b, gn,
                S->epoch, R->o->ft_epochs, S->train_loss, S->valid_loss, S->init_loss);
       e8q_progress_event("ft_epoch", f, 0);
     }

@@ -327,6 +327,61 @@ PY
   "$E8Q" quantize --model "$M" --out "$TMP/x.e8q" --bits 2 > "$TMP/calib.log" 2>&1 && fail "--model without --calib accepted"
   grep -q "\-\-calib FILE is required" "$TMP/calib.log" || { cat "$TMP/calib.log"; fail "no --calib message"; }
   ;;
+ft)
+  # block fine-tuning (--ft block, 2 epochs per round): better 40-line NLL than --ft none at 2 bits;
+  # the same bytes on 1, 2 and 4 ranks; killed mid-epoch (ft.step) or after an epoch's checkpoint
+  # (ft.epoch) and rerun: the same bytes; held-out MSE before/after per block and round recorded
+  FT=(--ft block --ft-epochs 2)
+  q 1 "$TMP/none.e8q" > "$TMP/none.log" 2>&1 || { cat "$TMP/none.log"; fail "--ft none run failed"; }
+  q 1 "$TMP/b1.e8q" "${FT[@]}" --log-json "$TMP/events.jsonl" > "$TMP/b1.log" 2>&1 || { cat "$TMP/b1.log"; fail "1-rank --ft block run failed"; }
+  grep -q "ft block: epochs 2, lr 5e-05, susv-lr 0.0005, batch 8, held-out 8 of 24" "$TMP/b1.log" || { cat "$TMP/b1.log"; fail "FT options not printed"; }
+  grep -q "layer 4 mlp.upgate_proj: fine-tuning epoch 2/2: train MSE" "$TMP/b1.log" || { cat "$TMP/b1.log"; fail "no per-epoch progress line"; }
+  q 2 "$TMP/b2.e8q" "${FT[@]}" > "$TMP/b2.log" 2>&1 || { cat "$TMP/b2.log"; fail "2-rank --ft block run failed"; }
+  q 4 "$TMP/b4.e8q" "${FT[@]}" > "$TMP/b4.log" 2>&1 || { cat "$TMP/b4.log"; fail "4-rank --ft block run failed"; }
+  cmp "$TMP/b1.e8q" "$TMP/b2.e8q" || fail "--ft block: 1 and 2 ranks differ"
+  cmp "$TMP/b1.e8q" "$TMP/b4.e8q" || fail "--ft block: 1 and 4 ranks differ"
+  for point in ft.step:3 ft.epoch:2 ft.step:14@1; do
+    rm -rf "$TMP/r.e8q" "$TMP/r.e8q.run"
+    local_rank=""; [[ $point == *@* ]] && local_rank=${point#*@}
+    E8Q_FAULT=${point%@*} E8Q_FAULT_RANK=$local_rank q 2 "$TMP/r.e8q" "${FT[@]}" > "$TMP/kill.log" 2>&1 && fail "$point: the run was not killed"
+    grep -q "fault injection: killing" "$TMP/kill.log" || { cat "$TMP/kill.log"; fail "$point: no fault message"; }
+    q 2 "$TMP/r.e8q" "${FT[@]}" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "$point: the rerun failed"; }
+    cmp "$TMP/b1.e8q" "$TMP/r.e8q" || fail "$point: resumed artifact differs"
+    left=$(cd "$TMP/r.e8q.run" && ls shards | grep -v '\.e8qs$')
+    [ -z "$left" ] || fail "$point: the finished run kept fine-tuning checkpoints: $(echo $left)"
+    echo "resume after $point: identical"
+  done
+  # killed after an epoch on 2 ranks with the Hessians on disk, resumed on 1 rank: the targets are
+  # recomputed from the original block
+  rm -rf "$TMP/r.e8q" "$TMP/r.e8q.run"
+  E8Q_FAULT=ft.epoch:8 q 2 "$TMP/r.e8q" "${FT[@]}" > "$TMP/kill.log" 2>&1 && fail "ft.epoch:8: not killed"
+  q 1 "$TMP/r.e8q" "${FT[@]}" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "ft.epoch:8 rerun on 1 rank failed"; }
+  cmp "$TMP/b1.e8q" "$TMP/r.e8q" || fail "killed at ft.epoch:8 on 2 ranks, resumed on 1: artifact differs"
+  # other fine-tuning options on the same run directory: refused
+  q 1 "$TMP/b1.e8q" --ft block --ft-epochs 3 > "$TMP/refuse.log" 2>&1 && fail "other --ft-epochs accepted"
+  grep -q "options.ft_epochs: 3 now, 2 in" "$TMP/refuse.log" || { cat "$TMP/refuse.log"; fail "difference not named"; }
+  member "$TMP/none.e8q" manifest.json > "$TMP/mn.json"
+  member "$TMP/b1.e8q" manifest.json > "$TMP/mb.json"
+  python3 - "$TMP/mn.json" "$TMP/mb.json" "$TMP/events.jsonl" <<'PY' || fail "fine-tuning results"
+import json, sys
+n, b = (json.load(open(p)) for p in sys.argv[1:3])
+o = b["options"]
+assert o["ft"] == "block" and o["ft_epochs"] == 2 and o["ft_valid"] == 8 and o["ft_batch"] == 8, o
+assert o["ft_lr"] == 5e-5 and o["ft_susv_lr"] == 5e-4 and n["options"]["ft"] == "none", o
+nn, nb = n["evaluation"]["mean_nll"], b["evaluation"]["mean_nll"]
+assert nb < nn, (nb, nn)
+rounds = [l for l in b["validation"]["linears"] if "fine_tuning" in l]
+assert len(rounds) == 15 and all(l["group"] != "mlp.down_proj" for l in rounds), len(rounds)
+for l in rounds:
+    f = l["fine_tuning"]
+    assert 0 < f["held_out_mse_after"] <= f["held_out_mse_before"], l
+assert not any("fine_tuning" in l for l in n["validation"]["linears"])
+ev = [json.loads(l) for l in open(sys.argv[3])]
+assert sum(1 for e in ev if e["event"] == "ft_epoch") == 30
+assert sum(1 for e in ev if e["event"] == "ft_round") == 15
+print("NLL --ft none", nn, "--ft block", nb)
+PY
+  ;;
 *) fail "unknown case" ;;
 esac
 rm -rf "$TMP"
