@@ -29,7 +29,7 @@ void e8q_calib_build(e8q_calib *c, const char *path, const e8q_tokenizer *tok, i
     long cap = 0;
     for (int i = 0; i < n; i++) {
       int *ids = NULL;
-      int k = e8q_tokenizer_encode(tok, lines[i], 1, 0, &ids);
+      int k = e8q_tokenizer_encode(tok, lines[i], e8q_tokenizer_add_bos(tok), 0, &ids);
       if (len + k > cap) {
         cap = 2 * (len + k) + 1024;
         stream = realloc(stream, sizeof(int) * (size_t)cap);

@@ -17,18 +17,21 @@
 static void eval_usage(FILE *f) {
   fprintf(f,
           "usage: [mpirun -np N] e8q eval --model PATH | --artifact OUT.e8q [--dense] --text FILE [--tokenizer FILE]\n"
-          "                               [--per-line N | --ctx T]\n\n"
-          "Perplexity of a model (Hugging Face directory or llama2.c .bin) on a text.\n\n"
-          "  --model PATH      model directory (config.json + safetensors) or llama2.c .bin\n"
+          "                               [--per-line N | --ctx T [--windows W]]\n\n"
+          "Perplexity of a model (Hugging Face directory, GGUF file or llama2.c .bin) on a text.\n\n"
+          "  --model PATH      model directory (config.json + safetensors), .gguf file or llama2.c .bin\n"
           "  --artifact F      an .e8q archive from e8q quantize (linears through the fused kernels)\n"
           "  --dense           with --artifact: use the dense decode of the quantized linears instead\n"
           "  --text FILE       UTF-8 text, or pre-tokenized ids (.ids / .u32: little-endian uint32)\n"
-          "  --tokenizer FILE  tokenizer.model or tokenizer.bin (default: DIR/tokenizer.model, or\n"
-          "                    tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin)\n"
+          "  --tokenizer FILE  tokenizer.model, tokenizer.json, tokenizer.bin or a .gguf (default: the\n"
+          "                    model's own: DIR/tokenizer.model or tokenizer.json, a GGUF's metadata,\n"
+          "                    or tokenizer.bin / tok<vocab>.bin / tokenizer.model beside a .bin)\n"
           "  --per-line N      score the first N non-empty lines, each [BOS]+tokens with a fresh context\n"
           "                    (an id file is cut into sequences before each BOS id)\n"
           "  --ctx T           score non-overlapping windows of T tokens over the whole text\n"
-          "                    (default when neither is given: the model's max positions, at most %d)\n"
+          "                    (default when neither is given: the model's max positions, at most %d);\n"
+          "                    the text is encoded once, with BOS first when the model's tokenizer adds one\n"
+          "  --windows W       with --ctx: score only the first W windows\n"
           "  --help            this text\n\n"
           "Sequences are split across MPI ranks; the result does not depend on the rank count.\n"
           "The last line printed on stdout is one JSON object with mean_nll, ppl and tokens.\n",
@@ -38,7 +41,7 @@ static void eval_usage(FILE *f) {
 int cmd_eval(int argc, char **argv) {
   const char *model_path = NULL, *text_path = NULL, *tok_path = NULL, *artifact = NULL;
   int dense = 0;
-  int per_line = 0, ctx = 0;
+  int per_line = 0, ctx = 0, windows = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -58,6 +61,8 @@ int cmd_eval(int argc, char **argv) {
       per_line = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else if (!strcmp(a, "--ctx")) {
       ctx = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
+    } else if (!strcmp(a, "--windows")) {
+      windows = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else {
       E8Q_FATAL("eval: unknown option '%s' (see e8q eval --help)", a);
     }
@@ -71,6 +76,7 @@ int cmd_eval(int argc, char **argv) {
   E8Q_CHECK(model_path, "eval: --model PATH or --artifact OUT.e8q is required (see e8q eval --help)");
   E8Q_CHECK(text_path, "eval: --text FILE is required (see e8q eval --help)");
   E8Q_CHECK(!(per_line && ctx), "eval: --per-line and --ctx exclude each other; give one");
+  E8Q_CHECK(!(per_line && windows), "eval: --windows counts --ctx windows; with --per-line give the number of lines there");
 
   double t0 = e8q_now();
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
@@ -91,7 +97,7 @@ int cmd_eval(int argc, char **argv) {
   if (per_line)
     e8q_eval_set_lines(&set, text_path, tok, per_line);
   else
-    e8q_eval_set_windows(&set, text_path, tok, c->vocab_size, ctx);
+    e8q_eval_set_windows(&set, text_path, tok, c->vocab_size, ctx, windows);
   int size = e8q_comm_size(e8q_comm_get());
   e8q_info("eval: %s on %s: %d %s, %d rank%s", artifact ? artifact : model_path, text_path, set.n, per_line ? "lines" : "windows", size,
            size > 1 ? "s" : "");

@@ -138,7 +138,7 @@ int cmd_generate(int argc, char **argv) {
   e8q_tokenizer *tok = e8q_eval_open_tokenizer(model_path, c, tok_path, prompt || !want_ids, NULL);
   int *prompt_ids = NULL, n_prompt;
   if (prompt) {
-    n_prompt = e8q_tokenizer_encode(tok, prompt, 1, 0, &prompt_ids);
+    n_prompt = e8q_tokenizer_encode(tok, prompt, e8q_tokenizer_add_bos(tok), 0, &prompt_ids);
   } else {
     prompt_ids = e8q_malloc(sizeof(int), "prompt");
     prompt_ids[0] = c->bos_id;

@@ -55,12 +55,13 @@ void e8q_eval_set_lines(e8q_eval_set *s, const char *text_path, const e8q_tokeni
   s->n = n;
   s->seq = e8q_calloc((size_t)n, sizeof(int *), "eval sequences");
   s->len = e8q_calloc((size_t)n, sizeof(int), "eval lengths");
-  for (int i = 0; i < n; i++) s->len[i] = e8q_tokenizer_encode(tok, lines[i], 1, 0, &s->seq[i]);
+  for (int i = 0; i < n; i++) s->len[i] = e8q_tokenizer_encode(tok, lines[i], e8q_tokenizer_add_bos(tok), 0, &s->seq[i]);
   e8q_text_lines_free(lines, n);
   free(text);
 }
 
-void e8q_eval_set_windows(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int vocab_size, int ctx) {
+void e8q_eval_set_windows(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int vocab_size, int ctx,
+                          int max_windows) {
   memset(s, 0, sizeof *s);
   E8Q_CHECK(ctx >= 2, "--ctx %d: a window needs at least 2 tokens", ctx);
   int *ids = NULL;
@@ -71,7 +72,7 @@ void e8q_eval_set_windows(e8q_eval_set *s, const char *text_path, const e8q_toke
     E8Q_CHECK(tok, "--ctx needs a tokenizer for the text %s", text_path);
     size_t len = 0;
     char *text = e8q_text_read(text_path, &len);
-    n_ids = e8q_tokenizer_encode(tok, text, 1, 0, &ids);
+    n_ids = e8q_tokenizer_encode(tok, text, e8q_tokenizer_add_bos(tok), 0, &ids);
     free(text);
   }
   E8Q_CHECK(n_ids >= 2, "%s holds %ld tokens: nothing to score", text_path, n_ids);
@@ -83,6 +84,7 @@ void e8q_eval_set_windows(e8q_eval_set *s, const char *text_path, const e8q_toke
     tail_only = 1;
   }
   E8Q_CHECK(n_win < (1L << 30), "%s: too many windows", text_path);
+  if (max_windows > 0 && n_win > max_windows) n_win = max_windows;
   s->n = (int)n_win;
   s->seq = e8q_calloc((size_t)n_win, sizeof(int *), "eval windows");
   s->len = e8q_calloc((size_t)n_win, sizeof(int), "eval lengths");

@@ -16,14 +16,17 @@ typedef struct {
   int *len;       /* [n] */
 } e8q_eval_set;
 
-/* --per-line N: the first n_lines non-empty lines of a text file, each [BOS] + encode(line).
+/* --per-line N: the first n_lines non-empty lines of a text file, each [BOS] + encode(line) (no
+ * BOS for a tokenizer whose model adds none, e8q_tokenizer_add_bos).
  * An id file (.ids/.u32) is cut before each BOS id (the tokenizer's, or 1 when tok is NULL):
  * the first n_lines pieces, so [BOS]+ids of each line concatenated give the same result. */
 void e8q_eval_set_lines(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int n_lines);
-/* --ctx T: the whole text encoded once ([BOS] + encode(text); an id file is taken as is) and cut
- * into non-overlapping windows of T tokens; a shorter tail is dropped unless it is the only
- * window. tok may be NULL for an id file; vocab_size bounds the ids. */
-void e8q_eval_set_windows(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int vocab_size, int ctx);
+/* --ctx T: the whole text encoded once ([BOS] + encode(text) when the tokenizer's model adds a
+ * BOS, e8q_tokenizer_add_bos; an id file is taken as is) and cut into non-overlapping windows of
+ * T tokens; a shorter tail is dropped unless it is the only window; max_windows > 0 keeps only
+ * the first max_windows. tok may be NULL for an id file; vocab_size bounds the ids. */
+void e8q_eval_set_windows(e8q_eval_set *s, const char *text_path, const e8q_tokenizer *tok, int vocab_size, int ctx,
+                          int max_windows);
 void e8q_eval_set_free(e8q_eval_set *s);
 
 typedef struct {

@@ -1,11 +1,12 @@
 /* coordinator/gather.c: the gather and pack stages of `e8q quantize` (rank 0).
  *
  * gather: R/model.safetensors (DESIGN §4) from the block shards, the Hadamard factors and the
- *         unquantized tensors copied byte for byte from the source, and R/config.json (the
- *         source config plus "quantization_config"). Tensors are laid out F32 first, then U16,
+ *         unquantized tensors copied byte for byte from a safetensors source (from a GGUF:
+ *         dequantized, kept in F16 unless F32/BF16 in the file), and R/config.json (the source
+ *         config, or a GGUF's derived one, plus "quantization_config"). Tensors are laid out F32 first, then U16,
  *         then U8, so every tensor's data is aligned for its type in a memory mapping.
  * pack:   OUT.e8q (io/artifact.h) from R/config.json, R/model.safetensors, the tokenizer files
- *         of the source model and the manifest (fingerprint, options, seed, sizes, validation
+ *         of the source model (a GGUF's tokenizer written out as tokenizer.json) and the manifest (fingerprint, options, seed, sizes, validation
  *         and evaluation from R/validation.json). Everything in it is deterministic: the same
  *         options and seed give the same bytes, with any number of ranks and after any resume.
  */
@@ -25,6 +26,8 @@
 #include "io/atomic.h"
 #include "io/ckpt.h"
 #include "io/text.h"
+#include "io/config.h"
+#include "io/tokenizer.h"
 #include "kernels/e8p.h"
 #include "kernels/hadamard.h"
 
@@ -88,8 +91,30 @@ typedef struct {
   e8q_dtype dt;
   int ndim;
   int64_t shape[2];
-  const void *data;
+  const void *data;     /* [numel] in dt: borrowed (a mapping) or == owned */
+  void *owned;          /* converted copy (GGUF tensors), freed after writing; NULL when borrowed */
 } out_tensor;
+
+/* A GGUF tensor (io/safetensors.h: read dequantized in HF order) in the dtype the artifact keeps:
+ * its own F32/F16/BF16, F16 for a block-quantized one; F32 when a value would overflow F16. */
+static void *gguf_tensor_keep(const e8q_run *R, const char *name, int64_t numel, e8q_dtype *dt) {
+  float *f = e8q_malloc(sizeof(float) * (size_t)numel, name);
+  e8q_st_model_read_f32_range(R->st, name, 0, numel, f);
+  if (*dt == E8Q_DT_F32) return f;
+  uint16_t *h = e8q_malloc(sizeof(uint16_t) * (size_t)numel, name);
+  e8q_f32_convert(f, *dt, h, (size_t)numel);
+  int finite = 1;
+  for (int64_t i = 0; i < numel && finite; i++)
+    finite = (*dt == E8Q_DT_F16 ? (h[i] & 0x7c00u) != 0x7c00u : (h[i] & 0x7f80u) != 0x7f80u);
+  if (finite) {
+    free(f);
+    return h;
+  }
+  e8q_warn("%s: tensor %s overflows %s: kept as F32", R->o->model, name, e8q_dtype_name(*dt));
+  free(h);
+  *dt = E8Q_DT_F32;
+  return f;
+}
 
 void e8q_run_gather(e8q_run *R) {
   const e8q_plan *p = &R->plan;
@@ -139,7 +164,8 @@ void e8q_run_gather(e8q_run *R) {
       }
     }
   }
-  /* float tensors, copied byte for byte in their source dtype */
+  /* float tensors, copied byte for byte in their source dtype (a block's norms from its shard
+   * when fine-tuning tuned them) */
   for (int i = -1; i <= L; i++) {
     const char *names[3];
     char a[192], c[192];
@@ -156,16 +182,28 @@ void e8q_run_gather(e8q_run *R) {
       names[k++] = c;
     }
     for (int j = 0; j < k; j++) {
-      const e8q_safetensors *file = NULL;
-      const e8q_st_tensor *x = e8q_st_model_find(R->st, names[j], &file);
-      E8Q_CHECK(x, "%s: tensor %s is missing", R->o->model, names[j]);
       out_tensor *o = &t[n++];
       snprintf(o->name, sizeof o->name, "%s", names[j]);
-      o->dt = x->dtype;
-      o->ndim = x->ndim;
-      o->shape[0] = x->shape[0];
-      o->shape[1] = x->ndim > 1 ? x->shape[1] : 0;
-      o->data = e8q_st_data(file, x);
+      /* a block's norms tuned by fine-tuning: from its shard (F32) */
+      const e8q_st_tensor *tuned =
+          i >= 0 && i < L ? e8q_st_find(sh[i], j == 0 ? "input_layernorm.weight" : "post_attention_layernorm.weight")
+                          : NULL;
+      if (tuned) {
+        o->dt = tuned->dtype;
+        o->ndim = tuned->ndim;
+        o->shape[0] = tuned->shape[0];
+        o->shape[1] = tuned->ndim > 1 ? tuned->shape[1] : 0;
+        o->data = e8q_st_data(sh[i], tuned);
+        continue;
+      }
+      o->ndim = e8q_st_model_info(R->st, names[j], o->shape, &o->dt, NULL);
+      E8Q_CHECK(o->ndim, "%s: tensor %s is missing", R->o->model, names[j]);
+      const e8q_safetensors *file = NULL;
+      const e8q_st_tensor *x = e8q_st_model_find(R->st, names[j], &file);
+      if (x) /* safetensors: the bytes as they are */
+        o->data = e8q_st_data(file, x);
+      else
+        o->data = o->owned = gguf_tensor_keep(R, names[j], o->shape[0] * (o->ndim > 1 ? o->shape[1] : 1), &o->dt);
     }
   }
   e8q_rundir_path(R->rd, "model.safetensors", path, sizeof path);
@@ -176,6 +214,8 @@ void e8q_run_gather(e8q_run *R) {
   for (int i = 0; i < n; i++) {
     int64_t numel = t[i].shape[0] * (t[i].ndim > 1 ? t[i].shape[1] : 1);
     e8q_st_writer_write(w, t[i].data, (size_t)numel * e8q_dtype_size(t[i].dt));
+    free(t[i].owned);
+    t[i].owned = NULL;
   }
   e8q_st_writer_finish(w);
   char sha[65];
@@ -189,12 +229,11 @@ void e8q_run_gather(e8q_run *R) {
   for (int b = 0; b < L; b++) e8q_st_close(sh[b]);
   free(sh);
 
-  /* config.json */
-  snprintf(path, sizeof path, "%s/config.json", R->o->model);
-  char *src = e8q_file_read(path, NULL, "model config");
+  /* config.json: the source's (a GGUF's is derived from its metadata, io/config.h) */
+  char *src = e8q_config_json(R->o->model);
   cJSON *cfg = cJSON_Parse(src);
   free(src);
-  E8Q_CHECK(cfg, "%s is not valid JSON", path);
+  E8Q_CHECK(cfg, "%s: its config is not valid JSON", R->o->model);
   cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
   cJSON_AddItemToObject(cfg, "quantization_config", quantization_config(R));
   char *txt = cJSON_Print(cfg);
@@ -232,10 +271,18 @@ void e8q_run_pack(e8q_run *R) {
   e8q_fault_point("pack.mid");
   static const char *const tok_files[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                                           "special_tokens_map.json", "generation_config.json", NULL};
-  for (int i = 0; tok_files[i]; i++) {
-    snprintf(path, sizeof path, "%s/%s", R->o->model, tok_files[i]);
-    struct stat stt;
-    if (stat(path, &stt) == 0) e8q_artifact_add_file(w, tok_files[i], path);
+  if (R->st->gguf) { /* a GGUF's tokenizer lives in its metadata: stored as a tokenizer.json */
+    e8q_rundir_path(R->rd, "tokenizer.json", path, sizeof path);
+    e8q_tokenizer *tok = e8q_tokenizer_load(R->o->model);
+    e8q_tokenizer_write_json(tok, path);
+    e8q_tokenizer_free(tok);
+    e8q_artifact_add_file(w, "tokenizer.json", path);
+  } else {
+    for (int i = 0; tok_files[i]; i++) {
+      snprintf(path, sizeof path, "%s/%s", R->o->model, tok_files[i]);
+      struct stat stt;
+      if (stat(path, &stt) == 0) e8q_artifact_add_file(w, tok_files[i], path);
+    }
   }
   cJSON *m = cJSON_CreateObject();
   cJSON_AddItemToObject(m, "fingerprint", cJSON_Duplicate(R->fingerprint, 1));

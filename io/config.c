@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/error.h"
+#include "io/gguf.h"
 #include "io/text.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -178,7 +179,25 @@ void e8q_config_from_json(const cJSON *root, const char *file, e8q_config *cfg) 
   /* a sliding window is kept in cfg: the forward pass refuses contexts longer than it */
 }
 
+/* a GGUF file stands for its Hugging Face config (io/gguf.h): the parsed equivalent, or NULL */
+static cJSON *gguf_config(const char *path) {
+  if (!e8q_gguf_is_file(path)) return NULL;
+  e8q_gguf *g = e8q_gguf_open(path);
+  char *txt = e8q_gguf_hf_config(g);
+  e8q_gguf_close(g);
+  cJSON *root = cJSON_Parse(txt);
+  E8Q_CHECK(root, "%s: the config derived from its GGUF metadata is not valid JSON", path);
+  free(txt);
+  return root;
+}
+
 void e8q_config_load(const char *path, e8q_config *cfg) {
+  cJSON *groot = gguf_config(path);
+  if (groot) {
+    e8q_config_from_json(groot, path, cfg);
+    cJSON_Delete(groot);
+    return;
+  }
   char *file = config_path(path);
   cJSON *root = config_parse(file);
   e8q_config_from_json(root, file, cfg);
@@ -187,6 +206,13 @@ void e8q_config_load(const char *path, e8q_config *cfg) {
 }
 
 char *e8q_config_json(const char *path) {
+  cJSON *groot = gguf_config(path);
+  if (groot) {
+    char *s = cJSON_Print(groot);
+    E8Q_CHECK(s, "%s: out of memory printing JSON", path);
+    cJSON_Delete(groot);
+    return s;
+  }
   char *file = config_path(path);
   cJSON *root = config_parse(file);
   char *s = cJSON_Print(root);

@@ -12,6 +12,9 @@
 
 #include "common/error.h"
 #include "common/hash.h"
+#include "io/config.h"
+#include "io/gguf.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "io/atomic.h"
 #include "io/text.h"
@@ -23,6 +26,18 @@ cJSON *e8q_model_fingerprint(const char *model_dir) {
   char p[4096];
   char hex[65];
   cJSON *fp = cJSON_CreateObject();
+  if (e8q_gguf_is_file(model_dir)) { /* a GGUF file: its derived config and the file itself */
+    char *cfg = e8q_config_json(model_dir);
+    uint8_t d[32];
+    e8q_sha256_bytes(cfg, strlen(cfg), d);
+    e8q_hex(d, 32, hex);
+    free(cfg);
+    cJSON_AddStringToObject(fp, "config_sha256", hex);
+    e8q_sha256_file_hex(model_dir, hex);
+    const char *base = strrchr(model_dir, '/');
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(fp, "files"), base ? base + 1 : model_dir, hex);
+    return fp;
+  }
   snprintf(p, sizeof p, "%s/config.json", model_dir);
   e8q_sha256_file_hex(p, hex);
   cJSON_AddStringToObject(fp, "config_sha256", hex);

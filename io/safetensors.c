@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/error.h"
+#include "io/gguf.h"
 #include "io/text.h"
 
 /* the header may not exceed this (the safetensors reference uses the same limit) */
@@ -504,6 +505,12 @@ e8q_st_model *e8q_st_model_open(const char *dir) {
   e8q_st_model *m = e8q_calloc(1, sizeof(*m), "safetensors model");
   struct stat sb;
   E8Q_CHECK_ERRNO(stat(dir, &sb) == 0, "cannot open model %s", dir);
+  if (S_ISREG(sb.st_mode) && e8q_gguf_is_file(dir)) { /* a GGUF model */
+    m->dir = strdup(dir);
+    E8Q_CHECK(m->dir, "out of memory");
+    m->gguf = e8q_gguf_open(dir);
+    return m;
+  }
   if (S_ISREG(sb.st_mode)) { /* a single .safetensors file */
     m->dir = strdup(dir);
     m->n_files = 1;
@@ -600,11 +607,13 @@ void e8q_st_model_close(e8q_st_model *m) {
   for (int i = 0; i < m->n_index; i++) free(m->index_names[i]);
   free(m->index_names);
   free(m->index_file);
+  if (m->gguf) e8q_gguf_close(m->gguf);
   free(m->dir);
   free(m);
 }
 
 const e8q_st_tensor *e8q_st_model_find(const e8q_st_model *m, const char *name, const e8q_safetensors **file) {
+  if (m->gguf) return NULL;
   if (m->n_index > 0) {
     const char *key = name;
     char **hit = bsearch(&key, m->index_names, (size_t)m->n_index, sizeof(char *), cmp_str);
@@ -623,8 +632,50 @@ const e8q_st_tensor *e8q_st_model_find(const e8q_st_model *m, const char *name, 
   return NULL;
 }
 
+int e8q_st_model_info(const e8q_st_model *m, const char *name, int64_t shape[2], e8q_dtype *keep,
+                      const char **src_type) {
+  if (m->gguf) {
+    const e8q_gguf_tensor *g = e8q_gguf_find_hf(m->gguf, name);
+    if (!g) return 0;
+    int nd = e8q_gguf_hf_shape(m->gguf, name, shape);
+    if (nd == 1) shape[1] = 0;
+    enum { GGML_F32 = 0, GGML_BF16 = 30 }; /* ggml type numbers; everything else is kept as F16 */
+    e8q_dtype dt = g->type == GGML_F32 ? E8Q_DT_F32 : g->type == GGML_BF16 ? E8Q_DT_BF16 : E8Q_DT_F16;
+    if (keep) *keep = dt;
+    if (src_type) *src_type = e8q_ggml_type_name(g->type);
+    return nd;
+  }
+  const e8q_safetensors *f = NULL;
+  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
+  if (!t) return 0;
+  shape[0] = t->shape[0];
+  shape[1] = t->ndim > 1 ? t->shape[1] : 0;
+  if (keep) *keep = t->dtype;
+  if (src_type) *src_type = e8q_dtype_name(t->dtype);
+  return t->ndim;
+}
+
+/* a GGUF model's tensor `name` as f32 in HF order, its shape checked against expect[0..ndim) */
+static void gguf_read(const e8q_st_model *m, const char *name, int ndim, const int64_t *expect, float *dst) {
+  int64_t shape[2] = {0, 0};
+  int nd = e8q_st_model_info(m, name, shape, NULL, NULL);
+  E8Q_CHECK(nd > 0, "%s: missing tensor \"%s\" (GGUF name of the Hugging Face tensor); the file is incomplete or not a "
+            "supported architecture",
+            m->dir, name);
+  if (ndim >= 0) {
+    int ok = nd == ndim && shape[0] == expect[0] && (ndim == 1 || shape[1] == expect[1]);
+    E8Q_CHECK(ok, "%s: tensor \"%s\" has shape [%lld, %lld] but the model's config implies [%lld, %lld]", m->dir, name,
+              (long long)shape[0], (long long)shape[1], (long long)expect[0], ndim > 1 ? (long long)expect[1] : 0LL);
+  }
+  e8q_gguf_read_hf_f32(m->gguf, name, 0, shape[0] * (nd > 1 ? shape[1] : 1), dst);
+}
+
 void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, const int64_t *expect,
                            float *dst) {
+  if (m->gguf) {
+    gguf_read(m, name, ndim, expect, dst);
+    return;
+  }
   const e8q_safetensors *f = NULL;
   const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
   E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
@@ -634,6 +685,10 @@ void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, co
 
 void e8q_st_model_read_f32_range(const e8q_st_model *m, const char *name, int64_t first, int64_t count,
                                  float *dst) {
+  if (m->gguf) {
+    e8q_gguf_read_hf_f32(m->gguf, name, first, count, dst);
+    return;
+  }
   const e8q_safetensors *f = NULL;
   const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
   E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",

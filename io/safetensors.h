@@ -81,22 +81,35 @@ void e8q_st_read_f32(const e8q_safetensors *st, const char *name, int ndim, cons
 void e8q_st_read_f32_range(const e8q_safetensors *st, const char *name, int64_t first, int64_t count,
                            float *dst);
 
-/* ---------------------------------------------------------------- HF model directories
- * model.safetensors, or model.safetensors.index.json naming several shards. Tensor lookups go
- * to the shard that holds the tensor; shards are opened (mmapped) once. */
+/* ---------------------------------------------------------------- a model's tensors
+ * A Hugging Face directory (model.safetensors, or model.safetensors.index.json naming several
+ * shards; lookups go to the shard that holds the tensor; shards are opened (mmapped) once), a
+ * single .safetensors file, or a llama GGUF file (io/gguf.h), whose tensors are read under their
+ * Hugging Face names and in Hugging Face row order (dequantized, q/k rotary permutation undone). */
+struct e8q_gguf;
 typedef struct {
-  char *dir;                        /* owned */
+  char *dir;                        /* owned: the directory or file given */
   int n_files;
   e8q_safetensors **files;          /* [n_files] */
   int n_index;                      /* index entries (sharded models), 0 for one file */
   char **index_names;               /* [n_index] tensor names, sorted */
   int *index_file;                  /* [n_index] which file holds each */
+  struct e8q_gguf *gguf;            /* a GGUF model (then n_files == 0), owned; NULL otherwise */
 } e8q_st_model;
 
+/* path: a HF model directory, a .safetensors file or a .gguf file */
 e8q_st_model *e8q_st_model_open(const char *dir);
 void e8q_st_model_close(e8q_st_model *m);
-/* finds the tensor and the file holding it; NULL when absent */
+/* finds the tensor and the safetensors file holding it; NULL when absent (and always for a GGUF
+ * model, whose tensors have no safetensors form: use e8q_st_model_info) */
 const e8q_st_tensor *e8q_st_model_find(const e8q_st_model *m, const char *name, const e8q_safetensors **file);
+/* Shape of tensor `name` in Hugging Face order (shape[1] = 0 for a vector) and the dtype an
+ * artifact keeps it in: a safetensors tensor its own dtype; a GGUF F32/F16/BF16 tensor its own,
+ * a block-quantized GGUF tensor (Q8_0, Q4_K, ...) F16 (its values are products of an f16 scale
+ * and small integers). src_type names the source type ("BF16", "Q8_0").
+ * Returns the number of dimensions, 0 when the tensor is absent. */
+int e8q_st_model_info(const e8q_st_model *m, const char *name, int64_t shape[2], e8q_dtype *keep,
+                      const char **src_type);
 /* as e8q_st_read_f32, across shards; the message names the model directory and tensor */
 void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, const int64_t *expect, float *dst);
 /* as e8q_st_read_f32_range, across shards */

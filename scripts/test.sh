@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${E8Q_TEST_BUILD_DIR:-build-test}
+# the real test model (SmolLM2-135M GGUF, pinned by sha256; cached, so offline once fetched): the
+# tests that need it fail rather than skip when it is missing
+export E8Q_MODELS=${E8Q_MODELS:-$HOME/.cache/e8q}
+bash scripts/fetch_smollm2.sh >/dev/null
+export E8Q_REQUIRE_MODELS=1
 rm -rf "$build_dir"
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DE8Q_WERROR=ON -DE8Q_CUDA="${E8Q_CUDA:-AUTO}"
 cmake --build "$build_dir" -j"$(nproc)"

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "common/error.h"
+#include "io/gguf.h"
 #include "io/llama2c.h"
 
 const char *const e8q_group_names[E8Q_N_GROUPS] = {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.upgate_proj",
@@ -70,7 +71,7 @@ void e8q_block_load(const e8q_st_model *st, const e8q_config *cfg, int i, e8q_bl
   read_layer(st, i, "mlp.down_proj.weight", D, H, b->down.w);
 }
 
-/* ---------------------------------------------------------------- HF directory */
+/* ---------------------------------------------------------------- HF directory or GGUF file */
 
 static void load_hf(e8q_model *m, const char *dir, int with_blocks) {
   e8q_config_load(dir, &m->cfg);
@@ -136,11 +137,11 @@ static void load_llama2c(e8q_model *m, const char *path, int with_blocks) {
 
 e8q_model *e8q_model_load_ex(const char *path, int with_blocks) {
   struct stat st;
-  E8Q_CHECK_ERRNO(stat(path, &st) == 0, "cannot open model %s (expected a Hugging Face directory or a llama2.c .bin)",
+  E8Q_CHECK_ERRNO(stat(path, &st) == 0, "cannot open model %s (expected a Hugging Face directory, a GGUF file or a llama2.c .bin)",
                   path);
   e8q_model *m = e8q_calloc(1, sizeof *m, "model");
   m->path = strdup(path);
-  if (S_ISDIR(st.st_mode))
+  if (S_ISDIR(st.st_mode) || e8q_gguf_is_file(path)) /* io/safetensors.h reads both alike */
     load_hf(m, path, with_blocks);
   else
     load_llama2c(m, path, with_blocks);

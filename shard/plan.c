@@ -134,17 +134,19 @@ void e8q_plan_from_config(e8q_plan *p, const e8q_config *cfg, int n_ranks, int d
 }
 
 static void check_tensor(const e8q_st_model *st, const char *dir, const char *name, int64_t rows, int64_t cols) {
-  const e8q_safetensors *f = NULL;
-  const e8q_st_tensor *t = e8q_st_model_find(st, name, &f);
-  E8Q_CHECK(t, "%s: tensor %s is missing from the checkpoint; the model is incomplete", dir, name);
+  int64_t shape[2];
+  e8q_dtype keep;
+  const char *type = NULL;
+  int nd = e8q_st_model_info(st, name, shape, &keep, &type);
+  E8Q_CHECK(nd, "%s: tensor %s is missing from the checkpoint; the model is incomplete", dir, name);
   int ndim = cols ? 2 : 1;
-  int ok = t->ndim == ndim && t->shape[0] == rows && (ndim == 1 || t->shape[1] == cols);
-  E8Q_CHECK(ok, "%s: tensor %s in %s has shape [%lld%s%lld] but config.json implies [%lld%s%lld]; the checkpoint and its "
+  int ok = nd == ndim && shape[0] == rows && (ndim == 1 || shape[1] == cols);
+  E8Q_CHECK(ok, "%s: tensor %s has shape [%lld%s%lld] but the config implies [%lld%s%lld]; the checkpoint and its "
             "config do not match",
-            dir, name, f->path, (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
-            (long long)rows, cols ? ", " : "", (long long)cols);
-  E8Q_CHECK(t->dtype == E8Q_DT_F32 || t->dtype == E8Q_DT_F16 || t->dtype == E8Q_DT_BF16,
-            "%s: tensor %s has dtype %s; e8q reads F32, F16 and BF16 weights", dir, name, e8q_dtype_name(t->dtype));
+            dir, name, (long long)shape[0], nd > 1 ? ", " : "", nd > 1 ? (long long)shape[1] : 0LL, (long long)rows,
+            cols ? ", " : "", (long long)cols);
+  E8Q_CHECK(keep == E8Q_DT_F32 || keep == E8Q_DT_F16 || keep == E8Q_DT_BF16,
+            "%s: tensor %s has dtype %s; e8q reads F32, F16 and BF16 weights (and GGUF block types)", dir, name, type);
 }
 
 void e8q_plan_build(e8q_plan *p, const char *model_dir, int n_ranks, int devset, int ctx) {

@@ -25,6 +25,28 @@ char *t_shared_path(const char *rel) {
   return p;
 }
 
+char *t_smollm2_path(void) {
+  const char *dir = getenv("E8Q_MODELS");
+  char def[4096];
+  if (!dir || !*dir) {
+    const char *home = getenv("HOME");
+    snprintf(def, sizeof def, "%s/.cache/e8q", home ? home : ".");
+    dir = def;
+  }
+  size_t n = strlen(dir) + 64;
+  char *p = malloc(n);
+  snprintf(p, n, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", dir);
+  struct stat st;
+  if (stat(p, &st) != 0) {
+    const char *req = getenv("E8Q_REQUIRE_MODELS");
+    if (req && !strcmp(req, "1")) fail_msg("the real test model %s is missing: run scripts/fetch_smollm2.sh", p);
+    print_message("the real test model %s is missing (scripts/fetch_smollm2.sh fetches it): skipping\n", p);
+    free(p);
+    skip();
+  }
+  return p;
+}
+
 char *t_tmpdir(const char *tag) {
   const char *root = getenv("E8Q_TEST_TMP");
   if (!root || !*root) root = "/tmp";

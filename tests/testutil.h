@@ -15,6 +15,10 @@
  * used: the result is malloc'd and owned by the caller. Skips the test (cmocka skip) when the
  * file does not exist, with a message naming it. */
 char *t_shared_path(const char *rel);
+/* The real test model, SmolLM2-135M-Instruct as a GGUF (scripts/fetch_smollm2.sh puts it in
+ * $E8Q_MODELS, default ~/.cache/e8q): its path, malloc'd. When it is missing the test is skipped
+ * with a message, or fails when E8Q_REQUIRE_MODELS=1 (CI: scripts/test.sh fetches it first). */
+char *t_smollm2_path(void);
 /* a fresh empty directory under $E8Q_TEST_TMP (or /tmp), named after tag; caller frees */
 char *t_tmpdir(const char *tag);
 /* read a whole file; returns malloc'd bytes (NUL-terminated), *n gets the size */

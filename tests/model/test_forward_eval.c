@@ -109,7 +109,7 @@ static void test_forward_eval_windows(void **s) {
   snprintf(path, sizeof path, "%s/x.ids", dir);
   t_write_file(path, raw, sizeof raw);
   e8q_eval_set set;
-  e8q_eval_set_windows(&set, path, NULL, 512, 50);
+  e8q_eval_set_windows(&set, path, NULL, 512, 50, 0);
   assert_int_equal(set.n, 3);
   for (int w = 0; w < 3; w++) {
     assert_int_equal(set.len[w], 50);
@@ -127,7 +127,7 @@ static void test_forward_eval_windows(void **s) {
   T_NEAR(r.sum_nll, direct, 1e-6 * direct, "windowed sum NLL vs batched");
   e8q_eval_set_free(&set);
   /* shorter than one window: scored as one */
-  e8q_eval_set_windows(&set, path, NULL, 512, 400);
+  e8q_eval_set_windows(&set, path, NULL, 512, 400, 0);
   assert_int_equal(set.n, 1);
   assert_int_equal(set.len[0], 157);
   e8q_eval_set_free(&set);
@@ -151,7 +151,7 @@ static void test_forward_eval_windows(void **s) {
   T_NEAR(r.sum_nll, direct512, 1e-9 * direct512, "truncated sequence NLL");
   e8q_eval_set_free(&set);
   /* an id beyond the vocabulary is refused */
-  E8Q_EXPECT_FATAL(e8q_eval_set_windows(&set, path, NULL, 100, 50), "x.ids");
+  E8Q_EXPECT_FATAL(e8q_eval_set_windows(&set, path, NULL, 100, 50, 0), "x.ids");
   e8q_model_free(m);
   free(mp), free(dir);
 }
