@@ -411,8 +411,7 @@ static void check_tensors(e8q_gguf *g) {
     E8Q_CHECK(t->ne[0] % bs == 0,
               "%s: tensor %s: row length ne[0] = %" PRId64 " is not a multiple of the %s block size %d", g->path,
               t->name, t->ne[0], e8q_ggml_type_name(t->type), bs);
-    E8Q_CHECK(n % bs == 0, "%s: tensor %s: element count %" PRId64 " is not a multiple of the %s block size %d",
-              g->path, t->name, n, e8q_ggml_type_name(t->type), bs);
+    /* ne[0] a multiple of the block size makes the element count one too */
     t->nbytes = (uint64_t)mul_checked(n / bs, (int64_t)e8q_ggml_block_bytes(t->type), g->path, t->name);
     E8Q_CHECK(t->offset % g->alignment == 0,
               "%s: corrupt GGUF: tensor %s has data offset %" PRIu64 ", not a multiple of the alignment %" PRIu64,

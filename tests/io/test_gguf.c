@@ -1235,6 +1235,71 @@ static void test_bad_paths(void **state) {
   free(dir);
 }
 
+/* one trapped attempt: open, read every tensor and the config; 1 if all of it went through */
+static __attribute__((noinline)) int try_everything(const char *path) {
+  e8q_error_trap trap;
+  static e8q_gguf *volatile g;
+  static float *volatile buf;
+  g = NULL;
+  buf = NULL;
+  if (setjmp(trap.env) != 0) {
+    free(buf); /* g leaks: a fatal mid-call leaves it half made (tests only) */
+    return 0;
+  }
+  e8q_error_trap_arm(&trap);
+  g = e8q_gguf_open(path);
+  for (int i = 0; i < e8q_gguf_n_tensors(g); i++) {
+    const e8q_gguf_tensor *t = e8q_gguf_tensor_at(g, i);
+    if (!e8q_ggml_type_supported(t->type) || e8q_gguf_numel(t) > (1 << 20)) continue;
+    buf = malloc((size_t)e8q_gguf_numel(t) * 4);
+    e8q_gguf_read_rows_f32(g, t, 0, e8q_gguf_n_rows(t), buf);
+    free(buf);
+    buf = NULL;
+  }
+  free(e8q_gguf_hf_config(g));
+  e8q_error_trap_arm(NULL);
+  e8q_gguf_close(g);
+  return 1;
+}
+
+/* random byte edits of the tiny file: every one is read or refused, none crashes (run under a
+ * sanitizer to make "crash" mean any out-of-bounds access) */
+static void test_bad_random_edits(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("gguf_fuzz");
+  char *path = join(dir, "fuzz.gguf");
+  tiny_opts o = tiny_defaults();
+  tiny_layout L;
+  uint8_t *b = tiny_bytes(&o, &L, path), *c = malloc(L.size);
+  t_rng rng = {t_fresh_seed("gguf_fuzz")};
+  int ok = 0, refused = 0;
+  for (int it = 0; it < 1500; it++) {
+    memcpy(c, b, L.size);
+    size_t n = L.size;
+    int edits = 1 + (int)(t_rng_u64(&rng) % 4);
+    for (int e = 0; e < edits; e++) {
+      /* mostly inside the header and infos, where the structure is */
+      size_t span = t_rng_u64(&rng) % 4 ? L.data_start : L.size;
+      size_t at = (size_t)(t_rng_u64(&rng) % span);
+      switch (t_rng_u64(&rng) % 4) {
+        case 0: c[at] = (uint8_t)t_rng_u64(&rng); break;
+        case 1: c[at] ^= (uint8_t)(1u << (t_rng_u64(&rng) % 8)); break;
+        case 2: c[at] = (uint8_t)(c[at] + (t_rng_u64(&rng) % 2 ? 1 : 0xff)); break;
+        default: n = at > 0 ? at : 1; break; /* truncation */
+      }
+    }
+    t_write_file(path, c, n);
+    if (try_everything(path)) ok++;
+    else refused++;
+  }
+  print_message("random edits: %d read, %d refused\n", ok, refused);
+  assert_true(refused > 0);
+  free(c);
+  free(b);
+  free(path);
+  free(dir);
+}
+
 /* ---------------------------------------------------------------- SmolLM2-135M (real model) */
 
 static void test_smollm2_file(void **state) {
@@ -1468,6 +1533,7 @@ int main(void) {
       cmocka_unit_test(test_bad_header_and_metadata),
       cmocka_unit_test(test_bad_tensor_infos),
       cmocka_unit_test(test_bad_paths),
+      cmocka_unit_test(test_bad_random_edits),
       cmocka_unit_test(test_smollm2_file),
       cmocka_unit_test(test_smollm2_config),
       cmocka_unit_test(test_smollm2_golden),
