@@ -7,6 +7,8 @@
  *   - tiny Llama-3-style and Qwen-2-style tokenizer.json files (tests/io/data/bpe_tiny_*.json,
  *     made by scripts/bpe_golden.py tiny) against the ids `tokenizers` gave (bpe_tiny_golden.json);
  *   - refused inputs (bad tokenizer.json files, invalid UTF-8) with their messages;
+ *   - GGUF metadata written here: "llama" (tok512 of stories260K, the SentencePiece path, against
+ *     tok512.model) and a small "gpt2" one (ids, BOS flag through tokenizer.json, refusals);
  *   - e8q_tokenizer_find for HF directories and GGUF files. */
 #include <math.h>
 #include <stdio.h>
@@ -370,6 +372,48 @@ static void test_tiny_llama3_qwen2(void **state) {
   free(gp);
 }
 
+/* BOS / EOS of a tokenizer.json without a BOS template: tokenizer_config.json, else config.json beside it */
+static void test_bos_eos_beside(void **state) {
+  (void)state;
+  char *src = repo_path("tests/io/data/bpe_tiny_qwen2.json");
+  size_t n;
+  char *s = t_read_file(src, &n);
+  char *dir = t_tmpdir("bpe_beside");
+  char *p = join(dir, "tokenizer.json");
+  t_write_file(p, s, n);
+  e8q_tokenizer *t = e8q_tokenizer_load(p);
+  assert_int_equal(e8q_tokenizer_bos_id(t), -1);
+  assert_int_equal(e8q_tokenizer_eos_id(t), -1);
+  e8q_tokenizer_free(t);
+  char *cfg = join(dir, "config.json");
+  const char cj[] = "{\"bos_token_id\": 1, \"eos_token_id\": 0}";
+  t_write_file(cfg, cj, strlen(cj));
+  t = e8q_tokenizer_load(p);
+  assert_int_equal(e8q_tokenizer_bos_id(t), 1);
+  assert_int_equal(e8q_tokenizer_eos_id(t), 0);
+  assert_int_equal(e8q_tokenizer_add_bos(t), 0);
+  e8q_tokenizer_free(t);
+  char *tc = join(dir, "tokenizer_config.json"); /* wins over config.json */
+  const char tj[] = "{\"bos_token\": \"<|begin_of_text|>\", \"eos_token\": {\"content\": \"<|end_of_text|>\"}}";
+  t_write_file(tc, tj, strlen(tj));
+  t = e8q_tokenizer_load(p);
+  assert_int_equal(e8q_tokenizer_bos_id(t), 0);
+  assert_int_equal(e8q_tokenizer_eos_id(t), 1);
+  int *ids;
+  int k = e8q_tokenizer_encode(t, "a", 1, 1, &ids);
+  assert_int_equal(k, 3);
+  assert_int_equal(ids[0], 0);
+  assert_int_equal(ids[2], 1);
+  free(ids);
+  e8q_tokenizer_free(t);
+  free(tc);
+  free(cfg);
+  free(p);
+  free(dir);
+  free(s);
+  free(src);
+}
+
 /* ---------------------------------------------------------------- refused inputs */
 
 /* the tiny Llama 3 tokenizer.json with one edit (a JSON path set to a value, NULL deletes) */
@@ -486,6 +530,196 @@ static void test_invalid_utf8(void **state) {
   free(tp);
 }
 
+/* ---------------------------------------------------------------- GGUF metadata written here */
+
+typedef struct {
+  char *b;       /* [cap] bytes */
+  size_t n, cap;
+  uint64_t n_kv;
+} gbuf;
+
+static void g_put(gbuf *g, const void *p, size_t n) {
+  while (g->n + n > g->cap) g->b = realloc(g->b, g->cap = g->cap ? 2 * g->cap : 4096);
+  memcpy(g->b + g->n, p, n);
+  g->n += n;
+}
+static void g_u32(gbuf *g, uint32_t v) { g_put(g, &v, 4); }
+static void g_u64(gbuf *g, uint64_t v) { g_put(g, &v, 8); }
+static void g_str(gbuf *g, const char *s, size_t n) {
+  g_u64(g, n);
+  g_put(g, s, n);
+}
+static void g_key(gbuf *g, const char *key, uint32_t type) {
+  g_str(g, key, strlen(key));
+  g_u32(g, type);
+  g->n_kv++;
+}
+static void g_kv_str(gbuf *g, const char *key, const char *v) {
+  g_key(g, key, 8);
+  g_str(g, v, strlen(v));
+}
+static void g_kv_u32(gbuf *g, const char *key, uint32_t v) {
+  g_key(g, key, 4);
+  g_u32(g, v);
+}
+static void g_kv_bool(gbuf *g, const char *key, int v) {
+  g_key(g, key, 7);
+  uint8_t c = (uint8_t)v;
+  g_put(g, &c, 1);
+}
+static void g_kv_strs(gbuf *g, const char *key, int n, char **s, const int *len) {
+  g_key(g, key, 9);
+  g_u32(g, 8);
+  g_u64(g, (uint64_t)n);
+  for (int i = 0; i < n; i++) g_str(g, s[i], len ? (size_t)len[i] : strlen(s[i]));
+}
+static void g_kv_arr32(gbuf *g, const char *key, uint32_t type, int n, const void *v) {
+  g_key(g, key, 9);
+  g_u32(g, type);
+  g_u64(g, (uint64_t)n);
+  g_put(g, v, 4 * (size_t)n);
+}
+/* header (no tensors) + the metadata, padded to the alignment */
+static void g_write(const gbuf *g, const char *path) {
+  gbuf f = {0};
+  g_put(&f, "GGUF", 4);
+  g_u32(&f, 3);
+  g_u64(&f, 0);
+  g_u64(&f, g->n_kv);
+  g_put(&f, g->b, g->n);
+  while (f.n % 32) g_put(&f, "", 1);
+  t_write_file(path, f.b, f.n);
+  free(f.b);
+}
+
+/* a llama GGUF holding stories260K's tok512 gives the ids of tok512.model */
+static void test_gguf_llama_spm(void **state) {
+  (void)state;
+  char *bpath = t_shared_path("models/stories260K/tok512.bin");
+  char *mpath = t_shared_path("models/stories260K/tok512.model");
+  char *tpath = t_shared_path("text/tinystories_valid_head.txt");
+  size_t size;
+  char *bin = t_read_file(bpath, &size);
+  int n = 0;
+  char *pieces[512];
+  int plen[512], types[512];
+  float scores[512];
+  for (size_t off = 4; off < size && n < 512; n++) { /* llama2.c: f32 score, i32 len, bytes */
+    int32_t len;
+    memcpy(&scores[n], bin + off, 4);
+    memcpy(&len, bin + off + 4, 4);
+    const char *p = bin + off + 8;
+    off += 8 + (size_t)len;
+    /* GGUF stores SentencePiece pieces with U+2581 for spaces */
+    pieces[n] = malloc(3 * (size_t)len + 1);
+    int k = 0;
+    for (int i = 0; i < len; i++) {
+      if (p[i] == ' ') memcpy(pieces[n] + k, "\xe2\x96\x81", 3), k += 3;
+      else pieces[n][k++] = p[i];
+    }
+    plen[n] = k;
+    types[n] = n == 0 ? 2 : n <= 2 ? 3 : (len == 6 && !strncmp(p, "<0x", 3)) ? 6 : 1;
+  }
+  assert_int_equal(n, 512);
+  strcpy(pieces[1], "<s>"), plen[1] = 3; /* tok512.bin spells them "\n<s>\n" */
+  strcpy(pieces[2], "</s>"), plen[2] = 4;
+  gbuf g = {0};
+  g_kv_str(&g, "general.architecture", "llama");
+  g_kv_str(&g, "tokenizer.ggml.model", "llama");
+  g_kv_strs(&g, "tokenizer.ggml.tokens", n, pieces, plen);
+  g_kv_arr32(&g, "tokenizer.ggml.scores", 6, n, scores);
+  g_kv_arr32(&g, "tokenizer.ggml.token_type", 5, n, types);
+  g_kv_u32(&g, "tokenizer.ggml.bos_token_id", 1);
+  g_kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
+  g_kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
+  char *dir = t_tmpdir("bpe_gguf_llama");
+  char *gp = join(dir, "tok.gguf");
+  g_write(&g, gp);
+  e8q_tokenizer *tg = e8q_tokenizer_load(gp), *tm = e8q_tokenizer_load(mpath);
+  assert_false(e8q_tokenizer_is_bpe(tg));
+  assert_int_equal(e8q_tokenizer_vocab_size(tg), 512);
+  assert_int_equal(e8q_tokenizer_add_bos(tg), 1);
+  char *text = e8q_text_read(tpath, NULL);
+  char **lines;
+  int nl = e8q_text_lines(text, 0, 100, &lines);
+  for (int l = 0; l < nl; l++) {
+    int *a, *b;
+    int na = e8q_tokenizer_encode(tg, lines[l], 1, 1, &a), nb = e8q_tokenizer_encode(tm, lines[l], 1, 1, &b);
+    assert_ids_equal(a, na, b, nb, "llama GGUF vs tok512.model");
+    free(a);
+    free(b);
+  }
+  e8q_text_lines_free(lines, nl);
+  /* add_bos_token false is the model's flag */
+  g_kv_bool(&g, "tokenizer.ggml.add_bos_token", 0);
+  g_write(&g, gp);
+  e8q_tokenizer_free(tg);
+  tg = e8q_tokenizer_load(gp);
+  assert_int_equal(e8q_tokenizer_add_bos(tg), 0);
+  e8q_tokenizer_free(tg);
+  e8q_tokenizer_free(tm);
+  for (int i = 0; i < n; i++) free(pieces[i]);
+  free(g.b);
+  free(text);
+  free(gp);
+  free(dir);
+  free(bin);
+  free(tpath);
+  free(mpath);
+  free(bpath);
+}
+
+/* a small gpt2 GGUF: control token matched whole, merges, BOS flag; refusals name file and key */
+static void test_gguf_gpt2_small(void **state) {
+  (void)state;
+  char *dir = t_tmpdir("bpe_gguf_gpt2");
+  char *gp = join(dir, "small.gguf");
+  char *toks[6] = {"<|eot|>", "a", "b", "ab", "\xc4\xa0", "\xc4\xa0" "ab"}; /* "Ġ" = space */
+  int types[6] = {3, 1, 1, 1, 1, 1};
+  char *merges[2] = {"a b", "\xc4\xa0 ab"};
+  for (int variant = 0; variant < 5; variant++) {
+    gbuf g = {0};
+    g_kv_str(&g, "tokenizer.ggml.model", variant == 1 ? "bert" : "gpt2");
+    g_kv_strs(&g, "tokenizer.ggml.tokens", 6, toks, NULL);
+    g_kv_arr32(&g, "tokenizer.ggml.token_type", 5, 6, types);
+    char *bad[2] = {"a b", "\xc4\xa0 zz"};
+    g_kv_strs(&g, "tokenizer.ggml.merges", 2, variant == 3 ? bad : merges, NULL);
+    if (variant != 2) g_kv_str(&g, "tokenizer.ggml.pre", variant == 4 ? "falcon" : "gpt2");
+    g_kv_u32(&g, "tokenizer.ggml.bos_token_id", 0);
+    g_kv_u32(&g, "tokenizer.ggml.eos_token_id", 0);
+    g_kv_bool(&g, "tokenizer.ggml.add_bos_token", 1);
+    g_write(&g, gp);
+    free(g.b);
+    if (variant == 1) E8Q_EXPECT_FATAL(e8q_tokenizer_load(gp), gp, "tokenizer.ggml.model \"bert\"");
+    if (variant == 2) E8Q_EXPECT_FATAL(e8q_tokenizer_load(gp), gp, "tokenizer.ggml.pre", "(missing)");
+    if (variant == 3) E8Q_EXPECT_FATAL(e8q_tokenizer_load(gp), gp, "tokenizer.ggml.merges[1]", "\"zz\"");
+    if (variant == 4) E8Q_EXPECT_FATAL(e8q_tokenizer_load(gp), gp, "tokenizer.ggml.pre \"falcon\"");
+    if (variant) continue;
+    e8q_tokenizer *t = e8q_tokenizer_load(gp);
+    assert_true(e8q_tokenizer_is_bpe(t));
+    assert_int_equal(e8q_tokenizer_add_bos(t), 1);
+    int *ids;
+    int n = e8q_tokenizer_encode(t, "ab ab<|eot|>ba", e8q_tokenizer_add_bos(t), 0, &ids);
+    const int want[] = {0, 3, 5, 0, 2, 1};
+    assert_ids_equal(ids, n, want, 6, "small gpt2 GGUF");
+    free(ids);
+    /* its tokenizer.json keeps the BOS flag and id */
+    char *jp = join(dir, "tokenizer.json");
+    e8q_tokenizer_write_json(t, jp);
+    e8q_tokenizer *t2 = e8q_tokenizer_load(jp);
+    assert_int_equal(e8q_tokenizer_add_bos(t2), 1);
+    assert_int_equal(e8q_tokenizer_bos_id(t2), 0);
+    n = e8q_tokenizer_encode(t2, "ab ab<|eot|>ba", 1, 0, &ids);
+    assert_ids_equal(ids, n, want, 6, "small gpt2 GGUF via tokenizer.json");
+    free(ids);
+    e8q_tokenizer_free(t2);
+    e8q_tokenizer_free(t);
+    free(jp);
+  }
+  free(gp);
+  free(dir);
+}
+
 /* ---------------------------------------------------------------- finding the tokenizer */
 
 static void test_find(void **state) {
@@ -525,7 +759,8 @@ int main(void) {
       cmocka_unit_test(test_smollm2_gguf),     cmocka_unit_test(test_smollm2_write_json),
       cmocka_unit_test(test_smollm2_hf_json),  cmocka_unit_test(test_tiny_llama3_qwen2),
       cmocka_unit_test(test_bad_json),         cmocka_unit_test(test_invalid_utf8),
-      cmocka_unit_test(test_find),
+      cmocka_unit_test(test_find),             cmocka_unit_test(test_gguf_llama_spm),
+      cmocka_unit_test(test_gguf_gpt2_small),  cmocka_unit_test(test_bos_eos_beside),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
