@@ -44,7 +44,8 @@ static void quantize_usage(FILE *f) {
           "Without --model, e8q writes its DEMO model (random heavy-tailed weights, NOT a trained model:\n"
           "Llama architecture, dim 128, intermediate 344, 4 layers, vocab %d; see e8q demo --help) with\n"
           "its calibration and evaluation texts into R/" E8Q_RUNDIR_DEMO_MODEL "/ and quantizes it; the defaults\n"
-          "then are --bits %d --out " E8Q_DEMO_OUT " --devset %d --ctx %d, --calib and --eval-text the demo's\n"
+          "then are --bits %d --out " E8Q_DEMO_OUT " --devset %d --ctx %d --ft none (fine-tuning a random-weight\n"
+          "model takes minutes and recovers nothing; give --ft block to see it), --calib and --eval-text the demo's\n"
           "calib.txt and eval.txt (any option given still applies). Rerunning it resumes like any run.\n\n"
           "  --model DIR          Hugging Face directory (config.json, model.safetensors[.index.json], tokenizer);\n"
           "                       without it: the DEMO model\n"
@@ -108,7 +109,7 @@ int cmd_quantize(int argc, char **argv) {
   o.eval_lines = 40;
   o.method = E8Q_METHOD_LDLQ;
   o.rho = 0;
-  o.ft = E8Q_FT_ALL;
+  o.ft = (e8q_ft_mode)-1; /* not given: all (demo: none), below */
   o.ft_epochs = E8Q_DEFAULT_FT_EPOCHS;
   o.ft_lr = E8Q_DEFAULT_FT_LR;
   o.ft_susv_lr = E8Q_DEFAULT_FT_SUSV_LR;
@@ -170,8 +171,10 @@ int cmd_quantize(int argc, char **argv) {
     if (!o.out) o.out = E8Q_DEMO_OUT;
     if (!o.devset) o.devset = E8Q_DEMO_DEVSET;
     if (!o.ctx) o.ctx = E8Q_DEMO_CTX;
+    if ((int)o.ft < 0) o.ft = E8Q_FT_OFF;
   }
   if (!o.devset) o.devset = E8Q_DEFAULT_DEVSET;
+  if ((int)o.ft < 0) o.ft = E8Q_FT_ALL;
   if (o.ft_valid < 0) o.ft_valid = o.devset / 3;
   const int block_ft = o.ft == E8Q_FT_BLOCK || o.ft == E8Q_FT_ALL;
   E8Q_CHECK(!block_ft || e8q_method_dense(e8q_method_parse(method)) || (o.ft_valid >= 1 && o.ft_valid < o.devset),
@@ -198,7 +201,7 @@ int cmd_quantize(int argc, char **argv) {
              "  For a real model: e8q quantize --model HF_DIR --bits 2|3|4 --calib TEXT --out OUT.e8q [--eval-text TEXT]\n"
              "  (HF_DIR: a Hugging Face Llama/Mistral directory with config.json, *.safetensors, tokenizer.model;\n"
              "  see e8q quantize --help)\n"
-             "  demo model (seed %d) written to %s; demo defaults: --bits %d --devset %d --ctx %d --out %s",
+             "  demo model (seed %d) written to %s; demo defaults: --bits %d --devset %d --ctx %d --out %s --ft none",
              E8Q_DEMO_SEED, demo_dir, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEMO_OUT);
     if (e8q_rank() == 0) {
       /* never write into an unrelated directory; the demo is deterministic, so rewriting it on
