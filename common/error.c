@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cleanup.h"
+
 static e8q_error_trap *g_trap;
 static char g_last[2048];
 
@@ -37,6 +39,7 @@ E8Q_NORETURN static void fatal_finish(const char *file, int line) {
   else
     fprintf(stderr, "e8q: error %s:%d: %s\n", base, line, g_last);
   fflush(stderr);
+  e8q_cleanup_run(); /* temporary directories (common/cleanup.h): MPI_Abort and exit skip their owners */
   if (mpi_running()) MPI_Abort(MPI_COMM_WORLD, 1);
   exit(1);
 }

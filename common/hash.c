@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "common/error.h"
+#include "common/file.h"
 
 struct e8q_sha256 {
   EVP_MD_CTX *ctx;
@@ -46,8 +47,7 @@ void e8q_hex(const uint8_t *digest, size_t n, char *out) {
 }
 
 void e8q_sha256_file_hex(const char *path, char out[65]) {
-  FILE *f = fopen(path, "rb");
-  E8Q_CHECK_ERRNO(f != NULL, "cannot open %s to hash it", path);
+  FILE *f = e8q_fopen_regular(path, "file to hash"); /* a FIFO would never end */
   e8q_sha256 *h = e8q_sha256_new();
   static _Thread_local unsigned char buf[1 << 16];
   size_t got;

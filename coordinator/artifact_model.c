@@ -3,11 +3,13 @@
 #include "coordinator/artifact_model.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "common/cleanup.h"
 #include "common/comm.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -15,6 +17,33 @@
 
 static const char *const tok_names[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                                         "special_tokens_map.json", NULL};
+
+/* Every float tensor of the weights (scales SU/SV/Wscale/fuse_scales, Hadamard factors,
+ * embeddings, norms, dense weights) holds finite values only: the manifest's hashes say the
+ * archive is as written, not that what was written is sound, and one NaN in a scale turns every
+ * logit into NaN without an error. */
+static void check_floats_finite(const e8q_safetensors *st, const char *artifact) {
+  for (int k = 0; k < st->n_tensors; k++) {
+    const e8q_st_tensor *t = &st->tensors[k];
+    if (t->dtype != E8Q_DT_F32 && t->dtype != E8Q_DT_F16 && t->dtype != E8Q_DT_BF16) continue;
+    const unsigned char *p = e8q_st_data(st, t);
+    int64_t n = e8q_st_numel(t);
+    for (int64_t i = 0; i < n; i++) {
+      float v;
+      if (t->dtype == E8Q_DT_F32) {
+        memcpy(&v, p + 4 * i, 4);
+      } else {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        v = t->dtype == E8Q_DT_F16 ? e8q_f16_to_f32(h) : e8q_bf16_to_f32(h);
+      }
+      E8Q_CHECK(isfinite(v),
+                "artifact %s: tensor %s holds %s at element %lld: the artifact is damaged or was written from a "
+                "diverged run (its hashes match what was written); re-create it with e8q quantize",
+                artifact, t->name, isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf", (long long)i);
+    }
+  }
+}
 
 void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fused) {
   memset(a, 0, sizeof *a);
@@ -36,10 +65,14 @@ void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fu
   E8Q_CHECK_ERRNO(mkdtemp(dir), "cannot create a temporary directory %s to unpack %s; set TMPDIR to a writable place",
                   dir, artifact);
   a->dir = strdup(dir);
+  /* removed on every way out, a fatal error or a signal included (common/cleanup.h): the
+   * directory first, then each file before it is written (removal runs in reverse order) */
+  e8q_cleanup_add(dir);
   for (int i = 0; tok_names[i]; i++) {
     if (!e8q_artifact_find(ar, tok_names[i])) continue;
     char p[4200];
     snprintf(p, sizeof p, "%s/%s", dir, tok_names[i]);
+    e8q_cleanup_add(p);
     e8q_artifact_extract(ar, tok_names[i], p);
   }
   const e8q_artifact_member *mm = e8q_artifact_find(ar, "model.safetensors");
@@ -47,7 +80,9 @@ void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fu
   char *cfg = e8q_artifact_read(ar, "config.json", NULL);
   char label[4200];
   snprintf(label, sizeof label, "%s:model.safetensors", artifact);
-  e8q_qmodel_open_st(&a->q, artifact, cfg, e8q_st_open_region(artifact, mm->offset, mm->size, label));
+  e8q_safetensors *st = e8q_st_open_region(artifact, mm->offset, mm->size, label);
+  check_floats_finite(st, artifact);
+  e8q_qmodel_open_st(&a->q, artifact, cfg, st);
   free(cfg);
   e8q_artifact_close(ar);
   if (!fused || a->q.dense) { /* dense ablations have no codes for the fused kernels */
@@ -64,8 +99,10 @@ void e8q_artifact_model_close(e8q_artifact_model *a) {
     char p[4200];
     for (int i = 0; tok_names[i]; i++) {
       snprintf(p, sizeof p, "%s/%s", a->dir, tok_names[i]);
+      e8q_cleanup_forget(p);
       unlink(p);
     }
+    e8q_cleanup_forget(a->dir);
     rmdir(a->dir);
   }
   free(a->dir);

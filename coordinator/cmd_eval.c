@@ -67,16 +67,21 @@ int cmd_eval(int argc, char **argv) {
       E8Q_FATAL("eval: unknown option '%s' (see e8q eval --help)", a);
     }
   }
+  /* ---- every option checked before the (slow, collective) verification of an artifact */
   E8Q_CHECK(!(model_path && artifact), "eval: give --model or --artifact, not both");
+  E8Q_CHECK(model_path || artifact, "eval: --model PATH or --artifact OUT.e8q is required (see e8q eval --help)");
+  E8Q_CHECK(!dense || artifact,
+            "eval: --dense applies to --artifact only (the dense decode of an artifact's quantized linears); a --model "
+            "is always evaluated dense: drop --dense");
+  E8Q_CHECK(text_path, "eval: --text FILE is required (see e8q eval --help)");
+  E8Q_CHECK(!(per_line && ctx), "eval: --per-line and --ctx exclude each other; give one");
+  E8Q_CHECK(!(per_line && windows), "eval: --windows counts --ctx windows; with --per-line give the number of lines there");
+  E8Q_CHECK(!ctx || ctx >= 2, "eval: --ctx %d: a window needs at least 2 tokens (one predicted from the other)", ctx);
   e8q_artifact_model am = {0};
   if (artifact) {
     e8q_artifact_model_open(&am, artifact, !dense);
     model_path = am.dir;
   }
-  E8Q_CHECK(model_path, "eval: --model PATH or --artifact OUT.e8q is required (see e8q eval --help)");
-  E8Q_CHECK(text_path, "eval: --text FILE is required (see e8q eval --help)");
-  E8Q_CHECK(!(per_line && ctx), "eval: --per-line and --ctx exclude each other; give one");
-  E8Q_CHECK(!(per_line && windows), "eval: --windows counts --ctx windows; with --per-line give the number of lines there");
 
   double t0 = e8q_now();
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);

@@ -15,6 +15,7 @@
 #include "coordinator/commands.h"
 #include "coordinator/options.h"
 #include "coordinator/eval.h"
+#include "coordinator/sample.h"
 #include "kernels/transformer.h"
 #include "worker/forward.h"
 
@@ -42,38 +43,6 @@ static void generate_usage(FILE *f) {
           "  --help            this text\n");
 }
 
-/* ---------------------------------------------------------------- sampling */
-typedef struct { float p; int id; } prob_id;
-static int cmp_prob_desc(const void *a, const void *b) {
-  const prob_id *x = a, *y = b;
-  return x->p < y->p ? 1 : x->p > y->p ? -1 : (x->id - y->id);
-}
-
-/* greedy when temp <= 0; else a draw from softmax(logits/temp) restricted to the top-p nucleus.
- * probs: scratch [n] */
-static int pick_token(int n, const float *logits, float temp, float top_p, e8q_rng *r, prob_id *probs, float *tmp) {
-  if (temp <= 0.0f) return e8q_argmax(n, logits);
-  for (int i = 0; i < n; i++) tmp[i] = logits[i] / temp;
-  e8q_softmax(n, tmp);
-  for (int i = 0; i < n; i++) probs[i].p = tmp[i], probs[i].id = i;
-  qsort(probs, (size_t)n, sizeof *probs, cmp_prob_desc);
-  int keep = n;
-  double cum = 0;
-  for (int i = 0; i < n; i++) {
-    cum += probs[i].p;
-    if (cum >= top_p) {
-      keep = i + 1;
-      break;
-    }
-  }
-  double u = e8q_rng_uniform(r) * cum, acc = 0; /* cum: the nucleus mass */
-  for (int i = 0; i < keep; i++) {
-    acc += probs[i].p;
-    if (u < acc) return probs[i].id;
-  }
-  return probs[keep - 1].id;
-}
-
 /* prints a decoded piece, dropping lone control bytes other than newline and tab */
 static void print_piece(const char *p) {
   if (!p || !*p) return;
@@ -87,7 +56,8 @@ static void print_piece(const char *p) {
 int cmd_generate(int argc, char **argv) {
   const char *model_path = NULL, *tok_path = NULL, *prompt = NULL, *artifact = NULL;
   int n_tokens = 100, want_ids = 0, dense = 0;
-  float temp = 0.0f, top_p = 1.0f;
+  double temp = 0.0, top_p = 1.0;
+  int top_p_given = 0;
   unsigned long long seed = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -109,9 +79,10 @@ int cmd_generate(int argc, char **argv) {
     } else if (!strcmp(a, "--ids")) {
       want_ids = 1;
     } else if (!strcmp(a, "--temperature")) {
-      temp = (float)e8q_opt_double(a, e8q_opt_value("generate", argc, argv, &i), 0, 1e6);
+      temp = e8q_opt_double(a, e8q_opt_value("generate", argc, argv, &i), 0, 1e6);
     } else if (!strcmp(a, "--top-p")) {
-      top_p = (float)e8q_opt_double(a, e8q_opt_value("generate", argc, argv, &i), 1e-9, 1);
+      top_p = e8q_opt_double(a, e8q_opt_value("generate", argc, argv, &i), 1e-9, 1);
+      top_p_given = 1;
     } else if (!strcmp(a, "--seed")) {
       seed = e8q_opt_u64(a, e8q_opt_value("generate", argc, argv, &i));
     } else {
@@ -121,6 +92,10 @@ int cmd_generate(int argc, char **argv) {
   E8Q_CHECK(!(model_path && artifact), "generate: give --model or --artifact, not both");
   E8Q_CHECK(model_path || artifact, "generate: --model PATH or --artifact OUT.e8q is required (see e8q generate --help)");
   E8Q_CHECK(!dense || artifact, "generate: --dense applies to --artifact only");
+  E8Q_CHECK(!top_p_given || temp > 0,
+            "generate: --top-p %g applies to sampling, and without --temperature T > 0 generation is greedy (argmax); "
+            "give --temperature with it, or drop --top-p",
+            top_p);
   e8q_artifact_model am = {0};
   if (artifact) { /* collective (every rank takes part in the verification), then rank 0 alone */
     e8q_artifact_model_open(&am, artifact, !dense);
@@ -155,8 +130,7 @@ int cmd_generate(int argc, char **argv) {
   e8q_kv_cache kv;
   e8q_kv_init(&kv, c, n_prompt + n_tokens);
   int *out = e8q_malloc(sizeof(int) * (size_t)n_tokens, "generated ids");
-  prob_id *probs = e8q_malloc(sizeof(prob_id) * (size_t)c->vocab_size, "sampling scratch");
-  float *tmp = e8q_malloc(sizeof(float) * (size_t)c->vocab_size, "sampling scratch");
+  e8q_prob_id *probs = e8q_malloc(sizeof(e8q_prob_id) * (size_t)c->vocab_size, "sampling scratch");
   e8q_rng rng;
   e8q_rng_init(&rng, seed, E8Q_RNG_STREAM_SAMPLE);
   int n_out = 0;
@@ -167,7 +141,7 @@ int cmd_generate(int argc, char **argv) {
   double t1 = e8q_now();
   int prev = prompt_ids[n_prompt - 1];
   while (n_out < n_tokens) {
-    int next = pick_token(c->vocab_size, logits, temp, top_p, &rng, probs, tmp);
+    int next = e8q_sample_token(c->vocab_size, logits, temp, top_p, &rng, probs);
     if (next == c->eos_id) break;
     out[n_out++] = next;
     if (!want_ids) {
@@ -194,7 +168,6 @@ int cmd_generate(int argc, char **argv) {
                        : " (artifact: quantized linears through the fused kernels)");
   free(out);
   free(probs);
-  free(tmp);
   free(prompt_ids);
   e8q_kv_free(&kv);
   if (tok) e8q_tokenizer_free(tok);

@@ -143,6 +143,14 @@ e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int prog
     r.tokens += cnt[i];
   }
   E8Q_CHECK(r.tokens > 0, "evaluation scored no tokens (every sequence shorter than 2 tokens)");
+  /* a NaN or Inf would print "mean_nll": null and exit 0: the model is broken, say so (every rank
+   * holds the same sums, so every rank stops here) */
+  for (int i = 0; i < s->n; i++)
+    E8Q_CHECK(isfinite(nll[i]),
+              "evaluation of %s: sequence %d (%d tokens) has a non-finite NLL (%g): the model's logits overflow "
+              "or hold NaN, so its weights are damaged or out of float32 range; check the model (e8q inspect "
+              "--verify for an artifact) or re-create it",
+              m->path ? m->path : "the model", i, s->len[i], nll[i]);
   r.mean_nll = r.sum_nll / (double)r.tokens;
   r.ppl = exp(r.mean_nll);
   free(nll);

@@ -9,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "common/hash.h"
 #include "io/atomic.h"
 
@@ -212,11 +214,12 @@ static uint64_t data_offset(int fd, const char *path, uint64_t pos) {
   E8Q_FATAL("archive %s: too many extension headers at byte %llu", path, (unsigned long long)pos);
 }
 
-static struct archive *open_reader(const char *path) {
+/* libarchive reading the descriptor fd of `path` (a regular file: e8q_open_regular) */
+static struct archive *open_reader(int fd, const char *path) {
   struct archive *ar = archive_read_new();
   E8Q_CHECK(ar, "libarchive: out of memory");
   archive_read_support_format_tar(ar);
-  if (archive_read_open_filename(ar, path, 1 << 16) != ARCHIVE_OK)
+  if (archive_read_open_fd(ar, fd, 1 << 16) != ARCHIVE_OK)
     E8Q_FATAL("cannot open the artifact %s: %s; check the path (an .e8q file written by e8q quantize)", path,
               archive_error_string(ar));
   return ar;
@@ -244,9 +247,8 @@ static char *read_entry(struct archive *ar, const char *path, const char *name, 
 e8q_artifact *e8q_artifact_open(const char *path) {
   e8q_artifact *a = e8q_calloc(1, sizeof *a, "artifact");
   a->path = strdup(path);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot open the artifact %s", path);
-  struct archive *ar = open_reader(path);
+  int fd = e8q_open_regular(path, "artifact (an .e8q file written by e8q quantize)");
+  struct archive *ar = open_reader(fd, path);
   struct archive_entry *e;
   int rc, cap = 0;
   char *manifest_text = NULL, *manifest_hash = NULL;
@@ -348,8 +350,7 @@ const e8q_artifact_member *e8q_artifact_find(const e8q_artifact *a, const char *
 char *e8q_artifact_read(const e8q_artifact *a, const char *name, size_t *n) {
   const e8q_artifact_member *m = e8q_artifact_find(a, name);
   E8Q_CHECK(m, "artifact %s has no member %s", a->path, name);
-  int fd = open(a->path, O_RDONLY | O_CLOEXEC);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot open the artifact %s", a->path);
+  int fd = e8q_open_regular(a->path, "artifact");
   char *buf = e8q_malloc(m->size + 1, "artifact member");
   uint64_t got = 0;
   while (got < m->size) {
@@ -381,10 +382,55 @@ static void reportf(char *out, size_t cap, const char *fmt, ...) {
   va_end(ap);
 }
 
+/* The archive's end: after the last member's data (rounded up to a 512-byte block) come the
+ * end-of-archive marker, two zero blocks, and nothing else but zero padding. libarchive stops at
+ * the marker and ignores what follows, so bytes appended to an artifact would pass unseen.
+ * Returns the number of problems (0 or 1), reported as the members' are. */
+static int verify_end(const e8q_artifact *a, int fd, char *report, size_t cap) {
+  uint64_t end = 0; /* byte after the last member's data blocks */
+  for (int i = 0; i < a->n; i++) {
+    uint64_t e = a->members[i].offset + (a->members[i].size + 511) / 512 * 512;
+    if (e > end) end = e;
+  }
+  struct stat sb;
+  if (fstat(fd, &sb) != 0) {
+    reportf(report, cap, "archive end: cannot stat the file: %s\n", strerror(errno));
+    return 1;
+  }
+  uint64_t size = (uint64_t)sb.st_size;
+  if (size < end + 1024) {
+    reportf(report, cap, "archive end: the end-of-archive marker (two zero blocks after byte %llu) is missing: the "
+            "file has %llu bytes; the archive is truncated\n", (unsigned long long)end, (unsigned long long)size);
+    return 1;
+  }
+  unsigned char buf[1 << 14];
+  for (uint64_t pos = end; pos < size;) {
+    size_t want = size - pos < sizeof buf ? (size_t)(size - pos) : sizeof buf;
+    ssize_t r = pread(fd, buf, want, (off_t)pos);
+    if (r <= 0) {
+      reportf(report, cap, "archive end: cannot read byte %llu: %s\n", (unsigned long long)pos,
+              r < 0 ? strerror(errno) : "unexpected end of file");
+      return 1;
+    }
+    for (ssize_t i = 0; i < r; i++)
+      if (buf[i] != 0) {
+        uint64_t at = pos + (uint64_t)i;
+        reportf(report, cap, "archive end: byte %llu of %llu is not zero: %s; the file is not the archive e8q "
+                "wrote (copy it again or re-create it)\n", (unsigned long long)at, (unsigned long long)size,
+                at < end + 1024 ? "the end-of-archive marker is damaged"
+                                : "data follows the end-of-archive marker (appended to the archive?)");
+        return 1;
+      }
+    pos += (uint64_t)r;
+  }
+  return 0;
+}
+
 int e8q_artifact_verify(const e8q_artifact *a, char *report, size_t cap) {
   if (report && cap) report[0] = '\0';
   const cJSON *mem = cJSON_GetObjectItemCaseSensitive(a->manifest, "members");
-  struct archive *ar = open_reader(a->path);
+  int fd = e8q_open_regular(a->path, "artifact");
+  struct archive *ar = open_reader(fd, a->path);
   struct archive_entry *e;
   int bad = 0, rc;
   char manifest_hex[65] = "", recorded_manifest[65] = "";
@@ -438,6 +484,8 @@ int e8q_artifact_verify(const e8q_artifact *a, char *report, size_t cap) {
     reportf(report, cap, "archive structure: %s\n", archive_error_string(ar));
   }
   archive_read_free(ar);
+  bad += verify_end(a, fd, report, cap);
+  close(fd);
   recorded_manifest[64] = '\0';
   if (strcmp(manifest_hex, recorded_manifest) != 0) {
     bad++;

@@ -48,8 +48,9 @@ static void atomic_fail(e8q_atomic_file *f, int err, const char *what) {
   unlink(f->tmp);
   if (err == ENOSPC || err == EDQUOT)
     E8Q_FATAL("cannot write %s (%s file): %s while %s; the file was not written (no partial file is left). "
-              "Free space on the file system holding %s, or point --run-dir/--out elsewhere, and rerun the "
-              "same command: finished work is kept and resumed",
+              "Free space on the file system holding %s and rerun the same command: the run directory's finished "
+              "work is kept and resumed. (--out may name a place with more space; a different --run-dir starts "
+              "over: to move the run, copy the whole run directory there and pass the copy as --run-dir)",
               f->path, f->kind, strerror(err), what, f->dir);
   E8Q_FATAL("cannot write %s (%s file): %s while %s; the file was not written (no partial file is left). "
             "Check that %s exists, is writable and is on a healthy disk, then rerun the same command",

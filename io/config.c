@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "io/text.h"
 
 /* ---------------------------------------------------------------- helpers */
+#define E8Q_CONFIG_INT_MAX (1 << 30) /* largest integer field accepted */
 
 /* DIR/config.json, or path itself when it is a file; malloc'd */
 static char *config_path(const char *path) {
@@ -53,8 +55,13 @@ static int get_int(const cJSON *root, const char *file, const char *key, int req
               file, key);
     return dflt;
   }
-  E8Q_CHECK(cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && fabs(v->valuedouble) < 2e9,
+  E8Q_CHECK(cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble),
             "%s: field \"%s\" must be an integer", file, key);
+  /* sizes are multiplied together in int64 (shapes, KV caches): 2^30 keeps them exact */
+  E8Q_CHECK(fabs(v->valuedouble) <= E8Q_CONFIG_INT_MAX,
+            "%s: field \"%s\" = %.0f is too large: e8q accepts at most %d; fix the config (for "
+            "\"max_position_embeddings\", the context length the model was trained for)",
+            file, key, v->valuedouble, E8Q_CONFIG_INT_MAX);
   return (int)v->valuedouble;
 }
 
@@ -83,8 +90,9 @@ static int get_token(const cJSON *root, const char *file, const char *key, int d
     v = cJSON_GetArrayItem(v, 0);
     if (!v) return dflt;
   }
-  E8Q_CHECK(cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble == floor(v->valuedouble),
-            "%s: field \"%s\" must be a non-negative integer token id", file, key);
+  E8Q_CHECK(cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble == floor(v->valuedouble) &&
+                v->valuedouble <= E8Q_CONFIG_INT_MAX,
+            "%s: field \"%s\" must be a non-negative integer token id (at most %d)", file, key, E8Q_CONFIG_INT_MAX);
   return (int)v->valuedouble;
 }
 
@@ -143,6 +151,15 @@ void e8q_config_from_json(const cJSON *root, const char *file, e8q_config *cfg) 
   }
   E8Q_CHECK(cfg->head_dim % 2 == 0, "%s: head_dim %d is odd; RoPE needs an even head dimension", file,
             cfg->head_dim);
+  /* the stacked linears' rows (shard/model.h e8q_group_shape) are ints and are multiplied in int64 */
+  int64_t qkv_rows = ((int64_t)cfg->n_heads + 2 * (int64_t)cfg->n_kv_heads) * cfg->head_dim;
+  E8Q_CHECK(qkv_rows <= E8Q_CONFIG_INT_MAX && (int64_t)cfg->n_heads * cfg->head_dim <= E8Q_CONFIG_INT_MAX,
+            "%s: num_attention_heads %d and num_key_value_heads %d of head_dim %d give %lld stacked q/k/v rows, more "
+            "than the %d e8q accepts; fix the config",
+            file, cfg->n_heads, cfg->n_kv_heads, cfg->head_dim, (long long)qkv_rows, E8Q_CONFIG_INT_MAX);
+  E8Q_CHECK(2 * (int64_t)cfg->hidden_dim <= E8Q_CONFIG_INT_MAX,
+            "%s: intermediate_size %d is too large: up and gate stacked give %lld rows, more than the %d e8q accepts",
+            file, cfg->hidden_dim, 2 * (long long)cfg->hidden_dim, E8Q_CONFIG_INT_MAX);
   E8Q_CHECK(cfg->n_heads % cfg->n_kv_heads == 0,
             "%s: num_attention_heads %d is not divisible by num_key_value_heads %d", file, cfg->n_heads,
             cfg->n_kv_heads);

@@ -45,6 +45,24 @@ static void push(e8q_journal *j, int type, const char *payload, size_t len) {
 }
 
 /* ---------------------------------------------------------------- open / replay */
+/* bytes the record at p claims (header + payload + checksum), capped at n; n when unreadable */
+static size_t record_span(const uint8_t *p, size_t n) {
+  if (n < HDR || get32(p) != E8Q_JOURNAL_MAGIC) return n;
+  uint64_t want = (uint64_t)HDR + get32(p + 8) + 32;
+  return want < n ? (size_t)want : n;
+}
+
+/* 1 when the n bytes from a failing record on are what a crash during one append leaves: a
+ * prefix of one record (shorter than it claims; its magic intact), the record itself ending at
+ * the end of the file, or zeros (a file system that extended the file before the data reached the disk) */
+static int torn_tail(const uint8_t *p, size_t n) {
+  if (n < HDR) return 1;
+  if (get32(p) == E8Q_JOURNAL_MAGIC && record_span(p, n) >= n) return 1;
+  for (size_t i = 0; i < n; i++)
+    if (p[i]) return 0;
+  return 1;
+}
+
 e8q_journal *e8q_journal_open(const char *root) {
   e8q_journal *j = e8q_calloc(1, sizeof *j, "journal");
   j->root = strdup(root);
@@ -94,9 +112,23 @@ e8q_journal *e8q_journal_open(const char *root) {
   }
   if (off < size) {
     j->dropped = size - off;
-    e8q_warn("run journal %s: %s at byte %zu; dropping the last %zu bytes (an interrupted write); the steps "
-             "after it will be redone",
-             j->path, why, off, size - off);
+    if (torn_tail(buf + off, size - off)) {
+      e8q_warn("run journal %s: %s at byte %zu; dropping the last %zu bytes (an interrupted write); the steps "
+               "after it will be redone",
+               j->path, why, off, size - off);
+    } else {
+      /* more follows the bad record than one torn record could leave: the journal was damaged in
+       * place (a flipped byte, a bad disk). The whole file is kept aside before the cut. */
+      char keep[4200];
+      snprintf(keep, sizeof keep, "%s.damaged", j->path);
+      e8q_atomic_write_file(keep, "damaged journal copy", buf, size, NULL);
+      e8q_warn("run journal %s is damaged: record %d at byte %zu (after %s) fails its check (%s), and %zu bytes of "
+               "later records follow it, so this is not an interrupted write. Its %zu bytes are kept in %s; the "
+               "journal is cut at byte %zu and the steps recorded after it will be redone (check the disk holding "
+               "the run directory)",
+               j->path, j->n + 1, off, j->n ? "the last intact record" : "the start of the file", why,
+               size - off - record_span(buf + off, size - off), size, keep, off);
+    }
     E8Q_CHECK_ERRNO(ftruncate(j->fd, (off_t)off) == 0 && fsync(j->fd) == 0, "cannot truncate the run journal %s",
                     j->path);
   }
@@ -137,7 +169,9 @@ static void append_fail(e8q_journal *j, off_t start, int err) {
   E8Q_FATAL("cannot append to the run journal %s: %s. The journal keeps every step finished so far; %s and rerun "
             "the same command to resume",
             j->path, strerror(err),
-            err == ENOSPC ? "free space on its file system (or use another --run-dir)" : "check the run directory's disk");
+            err == ENOSPC ? "free space on its file system (a different --run-dir starts over: to move the run, copy the "
+                            "whole run directory to a disk with space and pass the copy as --run-dir)"
+                          : "check the run directory's disk");
 }
 
 void e8q_journal_append(e8q_journal *j, e8q_jrec_type type, const char *payload) {

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "common/error.h"
+#include "common/file.h"
 
 /* ---------------------------------------------------------------- q/k row permutation
  * Per head: new row i < hd/2 is old row 2i, new row hd/2 + i is old row 2i + 1. */
@@ -35,8 +36,7 @@ static void check_finite(const char *path, const char *tensor, const float *x, i
 
 void e8q_llama2c_load(const char *path, e8q_llama2c *ck) {
   memset(ck, 0, sizeof *ck);
-  FILE *f = fopen(path, "rb");
-  E8Q_CHECK_ERRNO(f, "cannot open llama2.c checkpoint %s", path);
+  FILE *f = e8q_fopen_regular(path, "llama2.c checkpoint");
   struct stat st;
   E8Q_CHECK_ERRNO(fstat(fileno(f), &st) == 0, "cannot stat %s", path);
   E8Q_CHECK(S_ISREG(st.st_mode), "%s is not a regular file (expected a llama2.c .bin checkpoint)", path);

@@ -128,6 +128,13 @@ void e8q_rundir_check_usable(const char *dir) {
           !strcmp(nm, "shards") || !strcmp(nm, E8Q_RUNDIR_DEMO_MODEL) || strstr(nm, ".tmp."))
         continue;
       closedir(d);
+      char jp[4200];
+      snprintf(jp, sizeof jp, "%s/journal", dir);
+      if (access(jp, F_OK) == 0) /* a run directory that lost its plan, not a stranger's directory */
+        E8Q_FATAL("--run-dir %s is an e8q run directory (it holds the run journal %s) whose plan.json is missing: "
+                  "deleted or lost, it cannot be recreated from the rest. Restore %s from a copy to resume the run, "
+                  "or remove %s (or choose another --run-dir) to start afresh",
+                  dir, jp, pp, dir);
       E8Q_FATAL("--run-dir %s exists, is not empty and holds no plan.json: it is not an e8q run directory; "
                 "choose another --run-dir (or an empty or new directory)",
                 dir);

@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "io/gguf.h"
 #include "io/text.h"
 
@@ -46,6 +47,12 @@ static int dtype_parse(const char *s) {
   for (int i = 0; i < E8Q_DT_COUNT; i++)
     if (strcmp(s, g_dtype_names[i]) == 0) return i;
   return -1;
+}
+
+e8q_dtype e8q_dtype_from_name(const char *name) {
+  int dt = dtype_parse(name ? name : "");
+  E8Q_CHECK(dt >= 0, "unknown safetensors dtype \"%s\"", name ? name : "(null)");
+  return (e8q_dtype)dt;
 }
 
 /* ---------------------------------------------------------------- f16 / bf16 */
@@ -140,6 +147,8 @@ static int cmp_tensor_begin(const void *a, const void *b) {
   return 0;
 }
 
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
+
 /* a JSON number that is a non-negative integer exactly representable; fatal otherwise */
 static uint64_t json_uint(const cJSON *v, const char *path, const char *tensor, const char *what) {
   E8Q_CHECK(cJSON_IsNumber(v), "%s: tensor \"%s\": %s is not a number; the safetensors header is corrupt",
@@ -174,13 +183,15 @@ static void parse_tensor(e8q_safetensors *st, const cJSON *item, e8q_st_tensor *
             E8Q_ST_MAX_DIMS);
   t->ndim = nd;
   uint64_t numel = 1;
-  int overflow = 0;
+  int overflow = 0, empty = 0;
   for (int i = 0; i < nd; i++) {
     uint64_t d = json_uint(cJSON_GetArrayItem(shape, i), path, name, "a shape entry");
     t->shape[i] = (int64_t)d;
-    if (d != 0 && numel > UINT64_MAX / d) overflow = 1;
-    numel *= d;
+    if (d == 0) empty = 1;
+    else if (numel > UINT64_MAX / d) overflow = 1;
+    numel = overflow ? UINT64_MAX : numel * d;
   }
+  if (empty) numel = 0, overflow = 0;
   const cJSON *off = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
   E8Q_CHECK(cJSON_IsArray(off) && cJSON_GetArraySize(off) == 2,
             "%s: tensor \"%s\": \"data_offsets\" must be an array [begin, end]", path, name);
@@ -194,7 +205,15 @@ static void parse_tensor(e8q_safetensors *st, const cJSON *item, e8q_st_tensor *
             path, name, (unsigned long long)t->begin, (unsigned long long)t->end,
             (unsigned long long)data_size);
   uint64_t esz = g_dtype_sizes[t->dtype];
-  E8Q_CHECK(!overflow && numel <= UINT64_MAX / esz && numel * esz == t->end - t->begin,
+  if (overflow || numel > UINT64_MAX / esz) { /* the product would wrap: say so, not "0 elements" */
+    char shp[256];
+    shape_str(shp, sizeof shp, t->ndim, t->shape);
+    E8Q_FATAL("%s: tensor \"%s\": shape %s of %s needs more than 2^64 bytes, but its data_offsets [%llu, %llu] hold "
+              "%llu; the safetensors header is corrupt, download the file again",
+              path, name, shp, g_dtype_names[t->dtype], (unsigned long long)t->begin, (unsigned long long)t->end,
+              (unsigned long long)(t->end - t->begin));
+  }
+  E8Q_CHECK(numel * esz == t->end - t->begin,
             "%s: tensor \"%s\": shape/byte-count mismatch: %s with %llu elements needs %llu bytes but "
             "data_offsets [%llu, %llu] hold %llu",
             path, name, g_dtype_names[t->dtype], (unsigned long long)numel,
@@ -209,8 +228,7 @@ static e8q_safetensors *st_map(const char *file, const char *path, uint64_t offs
   st->path = strdup(path);
   E8Q_CHECK(st->path, "out of memory");
   st->fd = -1;
-  int fd = open(file, O_RDONLY | O_CLOEXEC);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot open safetensors file %s", file);
+  int fd = e8q_open_regular(file, "safetensors file"); /* FIFOs and devices refused, not waited on */
   struct stat sb;
   if (fstat(fd, &sb) != 0) {
     int e = errno;
@@ -488,7 +506,7 @@ static char *path_join(const char *dir, const char *name) {
 
 static int file_exists(const char *p) {
   struct stat sb;
-  return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+  return stat(p, &sb) == 0 && !S_ISDIR(sb.st_mode); /* not a regular file: the open says what it is */
 }
 
 typedef struct {
@@ -511,7 +529,7 @@ e8q_st_model *e8q_st_model_open(const char *dir) {
     m->gguf = e8q_gguf_open(dir);
     return m;
   }
-  if (S_ISREG(sb.st_mode)) { /* a single .safetensors file */
+  if (!S_ISDIR(sb.st_mode)) { /* a single .safetensors file (a FIFO or device: refused by e8q_st_open) */
     m->dir = strdup(dir);
     m->n_files = 1;
     m->files = e8q_malloc(sizeof(e8q_safetensors *), "model files");

@@ -10,16 +10,15 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "io/atomic.h"
 
 /* ---------------------------------------------------------------- files */
 
 char *e8q_file_read(const char *path, size_t *len, const char *what) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  E8Q_CHECK_ERRNO(fd >= 0, "cannot open %s %s", what, path);
+  int fd = e8q_open_regular(path, what); /* a FIFO or device is refused, never waited on */
   struct stat sb;
   E8Q_CHECK_ERRNO(fstat(fd, &sb) == 0, "cannot stat %s", path);
-  E8Q_CHECK(S_ISREG(sb.st_mode), "%s: not a regular file; pass a %s", path, what);
   size_t n = (size_t)sb.st_size;
   char *buf = e8q_malloc(n + 1, what);
   size_t got = 0;

@@ -58,6 +58,7 @@ static void read_layer(const e8q_st_model *st, int i, const char *suffix, int64_
 void e8q_block_load(const e8q_st_model *st, const e8q_config *cfg, int i, e8q_block *b) {
   E8Q_CHECK(i >= 0 && i < cfg->n_layers, "block %d outside the model's %d layers", i, cfg->n_layers);
   block_alloc(cfg, b);
+  b->layer1 = i + 1;
   int64_t D = cfg->dim, H = cfg->hidden_dim, q = (int64_t)cfg->n_heads * cfg->head_dim,
           kv = (int64_t)cfg->n_kv_heads * cfg->head_dim;
   read_layer(st, i, "input_layernorm.weight", D, 0, b->attn_norm);

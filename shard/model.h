@@ -44,6 +44,7 @@ typedef struct {
     e8q_linear lin[E8Q_N_GROUPS];
     struct { e8q_linear qkv, o, upgate, down; };
   };
+  int layer1;                    /* 1 + the layer index (e8q_block_load), for messages; 0 unknown */
 } e8q_block;
 
 typedef struct {

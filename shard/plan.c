@@ -2,11 +2,14 @@
  * (shard/plan.h). */
 #include "shard/plan.h"
 
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "kernels/hadamard.h"
 #include "kernels/ldlq.h"
@@ -63,37 +66,48 @@ static void group_fill(e8q_group_plan *g, const e8q_config *cfg, int id) {
   }
 }
 
-/* ---------------------------------------------------------------- memory */
+/* ---------------------------------------------------------------- memory
+ * Byte counts of a config's shapes can pass 2^64 (a config with dimensions near 2^30): sums and
+ * products saturate at SIZE_MAX, and a saturated estimate is a fatal error naming the config
+ * rather than a wrapped, small number. */
+static size_t mul_sat(size_t a, size_t b) { return a && b > SIZE_MAX / a ? SIZE_MAX : a * b; }
+static size_t add_sat(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
+static size_t mul3_sat(size_t a, size_t b, size_t c) { return mul_sat(mul_sat(a, b), c); }
+
 static void plan_memory(e8q_plan *p) {
   const e8q_config *c = &p->cfg;
   size_t weights = 2 * (size_t)c->dim, sum_n2 = 0, nmax = 0, ldlq = 0;
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     const e8q_group_plan *gp = &p->groups[g];
     size_t m = (size_t)gp->m, n = (size_t)gp->n, np = (size_t)gp->n_pad;
-    weights += m * n;
-    sum_n2 += n * n;
+    weights = add_sat(weights, mul_sat(m, n));
+    sum_n2 = add_sat(sum_n2, mul_sat(n, n));
     if (n > nmax) nmax = n;
     /* Wr, 3 n_pad^2 (Hessian, prepared H, L), quantized rows + H E per tile, codes */
-    size_t need = 8 * m * np + 8 * 3 * np * np + 8 * 2 * (size_t)E8Q_LDLQ_ROW_TILE * np + 4 * m * np / 8;
+    size_t need = add_sat(add_sat(mul3_sat(8, m, np), mul3_sat(24, np, np)),
+                          add_sat(mul3_sat(16, (size_t)E8Q_LDLQ_ROW_TILE, np), mul3_sat(4, m, np) / 8));
     if (need > ldlq) ldlq = need;
   }
-  weights *= 4;
+  weights = mul_sat(weights, 4);
   size_t T = (size_t)p->ctx;
-  size_t scratch = 4 * T *
-                       ((size_t)c->dim + p->groups[E8Q_GROUP_QKV].m + p->groups[E8Q_GROUP_O].n + c->dim +
-                        2 * (size_t)c->hidden_dim + c->hidden_dim) +
-                   4 * (size_t)c->n_heads * T * T;
+  size_t widths = (size_t)c->dim + p->groups[E8Q_GROUP_QKV].m + p->groups[E8Q_GROUP_O].n + c->dim +
+                  3 * (size_t)c->hidden_dim; /* < 2^34: config integers are at most 2^30 */
+  size_t scratch = add_sat(mul3_sat(4, T, widths), mul_sat(mul3_sat(4, (size_t)c->n_heads, T), T));
   for (int r = 0; r < p->n_ranks; r++) {
     e8q_rank_mem *m = &p->mem[r];
     size_t seqs = (size_t)(p->seq_start[r + 1] - p->seq_start[r]);
     m->weights = weights;
-    m->acts = 2 * 4 * seqs * T * c->dim + scratch;
+    m->acts = add_sat(mul_sat(mul3_sat(8, seqs, T), (size_t)c->dim), scratch);
     /* 256: E8Q_HESS_ROWS (worker/hessian.h, xd scratch), which shard/ cannot include (DESIGN §1) */
-    m->hess_acc = 24 * sum_n2 + 8 * 256 * nmax;
-    m->hessians = 8 * sum_n2;
+    m->hess_acc = add_sat(mul_sat(24, sum_n2), mul_sat(8 * 256, nmax));
+    m->hessians = mul_sat(8, sum_n2);
     m->ldlq = ldlq;
-    size_t quant = m->hessians + m->ldlq;
-    m->peak = m->weights + m->acts + (m->hess_acc > quant ? m->hess_acc : quant);
+    size_t quant = add_sat(m->hessians, m->ldlq);
+    m->peak = add_sat(add_sat(m->weights, m->acts), m->hess_acc > quant ? m->hess_acc : quant);
+    E8Q_CHECK(m->peak < SIZE_MAX,
+              "the memory a rank needs for this model overflows 64 bits (hidden_size %d, intermediate_size %d, "
+              "%d heads, --ctx %d, %zu sequences): the config's sizes are implausible; check config.json",
+              c->dim, c->hidden_dim, c->n_heads, p->ctx, seqs);
   }
 }
 
@@ -126,11 +140,18 @@ void e8q_plan_from_config(e8q_plan *p, const e8q_config *cfg, int n_ranks, int d
     }
   }
   p->mem = e8q_calloc((size_t)n_ranks, sizeof *p->mem, "plan memory");
-  int64_t lin = 0;
-  for (int g = 0; g < E8Q_N_GROUPS; g++) lin += (int64_t)p->groups[g].m * p->groups[g].n;
-  p->n_params_linear = lin * cfg->n_layers;
-  p->n_params_other = (int64_t)cfg->vocab_size * cfg->dim * (cfg->tied ? 1 : 2) + (int64_t)cfg->dim * (2 * cfg->n_layers + 1);
-  plan_memory(p);
+  plan_memory(p); /* fatal when the sizes overflow: the counts below then fit in int64 */
+  size_t lin = 0;
+  for (int g = 0; g < E8Q_N_GROUPS; g++) lin = add_sat(lin, mul_sat((size_t)p->groups[g].m, (size_t)p->groups[g].n));
+  size_t lin_all = mul_sat(lin, (size_t)cfg->n_layers);
+  size_t other = add_sat(mul3_sat((size_t)cfg->vocab_size, (size_t)cfg->dim, cfg->tied ? 1 : 2),
+                         mul_sat((size_t)cfg->dim, 2 * (size_t)cfg->n_layers + 1));
+  E8Q_CHECK(lin_all <= INT64_MAX && other <= INT64_MAX,
+            "the model's parameter count overflows 64 bits (hidden_size %d, intermediate_size %d, %d layers, vocab "
+            "%d): the config's sizes are implausible; check config.json",
+            cfg->dim, cfg->hidden_dim, cfg->n_layers, cfg->vocab_size);
+  p->n_params_linear = (int64_t)lin_all;
+  p->n_params_other = (int64_t)other;
 }
 
 static void check_tensor(const e8q_st_model *st, const char *dir, const char *name, int64_t rows, int64_t cols) {
@@ -149,11 +170,59 @@ static void check_tensor(const e8q_st_model *st, const char *dir, const char *na
             "%s: tensor %s has dtype %s; e8q reads F32, F16 and BF16 weights (and GGUF block types)", dir, name, type);
 }
 
+/* the layer index of a tensor name "<prefix><i>." (HF "model.layers.", GGUF "blk."), -1 otherwise */
+static long layer_of(const char *name, const char *prefix) {
+  size_t k = strlen(prefix);
+  if (strncmp(name, prefix, k) != 0) return -1;
+  const char *s = name + k;
+  if (*s < '0' || *s > '9') return -1;
+  long i = 0;
+  for (; *s >= '0' && *s <= '9'; s++) {
+    if (i > (1L << 40)) return LONG_MAX; /* absurdly large: still a layer past the config's */
+    i = i * 10 + (*s - '0');
+  }
+  return *s == '.' ? i : -1;
+}
+
+/* Tensors of layers the config does not account for (num_hidden_layers smaller than the
+ * checkpoint's layers): quantizing only the first layers would silently make a different model.
+ * Fatal, naming up to 3 of them. */
+static void check_no_extra_layers(const e8q_st_model *st, const char *dir, int n_layers) {
+  char names[3][160];
+  long n_extra = 0, max_layer = -1;
+  const char *prefix = st->gguf ? "blk." : "model.layers.";
+#define NOTE_NAME(nm)                                                       \
+  do {                                                                      \
+    long li_ = layer_of((nm), prefix);                                      \
+    if (li_ >= n_layers) {                                                  \
+      if (n_extra < 3) snprintf(names[n_extra], sizeof names[0], "%s", (nm)); \
+      n_extra++;                                                            \
+      if (li_ > max_layer) max_layer = li_;                                 \
+    }                                                                       \
+  } while (0)
+  if (st->gguf) {
+    for (int i = 0; i < e8q_gguf_n_tensors(st->gguf); i++) NOTE_NAME(e8q_gguf_tensor_at(st->gguf, i)->name);
+  } else if (st->n_index > 0) {
+    for (int i = 0; i < st->n_index; i++) NOTE_NAME(st->index_names[i]);
+  } else {
+    for (int f = 0; f < st->n_files; f++)
+      for (int i = 0; i < st->files[f]->n_tensors; i++) NOTE_NAME(st->files[f]->tensors[i].name);
+  }
+#undef NOTE_NAME
+  if (n_extra == 0) return;
+  E8Q_FATAL("%s: the checkpoint holds %ld tensor%s of layers the config does not have (num_hidden_layers is %d, "
+            "but there are layers up to %ld): %s%s%s%s%s%s; fix num_hidden_layers in the config (or remove those "
+            "tensors): e8q would otherwise quantize only part of the model",
+            dir, n_extra, n_extra > 1 ? "s" : "", n_layers, max_layer, names[0], n_extra > 1 ? ", " : "",
+            n_extra > 1 ? names[1] : "", n_extra > 2 ? ", " : "", n_extra > 2 ? names[2] : "", n_extra > 3 ? ", ..." : "");
+}
+
 void e8q_plan_build(e8q_plan *p, const char *model_dir, int n_ranks, int devset, int ctx) {
   e8q_config cfg;
   e8q_config_load(model_dir, &cfg);
   e8q_plan_from_config(p, &cfg, n_ranks, devset, ctx);
   e8q_st_model *st = e8q_st_model_open(model_dir);
+  check_no_extra_layers(st, model_dir, cfg.n_layers);
   char name[256];
   for (int i = 0; i < cfg.n_layers; i++) {
     for (int g = 0; g < E8Q_N_GROUPS; g++) {

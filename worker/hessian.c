@@ -2,6 +2,8 @@
 #include "worker/hessian.h"
 
 #include <cblas.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,18 +65,60 @@ void e8q_hessian_acc_free(e8q_hessian_acc *a) {
   memset(a, 0, sizeof *a);
 }
 
+/* the largest |weight| of block b (its Hugging Face tensor name into name[cap]) */
+static float largest_weight(const e8q_block *b, const e8q_config *cfg, char *name, size_t cap) {
+  static const char *const pieces[E8Q_N_GROUPS][3] = {{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
+                                                       {"self_attn.o_proj"},
+                                                       {"mlp.up_proj", "mlp.gate_proj"},
+                                                       {"mlp.down_proj"}};
+  float best = -1;
+  snprintf(name, cap, "(none)");
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    const e8q_linear *L = &b->lin[g];
+    if (!L->w) continue;
+    for (size_t i = 0; i < (size_t)L->m * L->n; i++) {
+      float v = fabsf(L->w[i]);
+      if (!(v > best)) continue;
+      best = v;
+      int row = (int)(i / (size_t)L->n), k = 0;
+      int q = cfg->n_heads * cfg->head_dim, kv = cfg->n_kv_heads * cfg->head_dim;
+      if (g == E8Q_GROUP_QKV) k = row < q ? 0 : row < q + kv ? 1 : 2;
+      if (g == E8Q_GROUP_UPGATE) k = row < cfg->hidden_dim ? 0 : 1;
+      snprintf(name, cap, "%s.weight", pieces[g][k]);
+    }
+  }
+  return best;
+}
+
 static void hessian_tap(void *ctx, int group, int rows, int cols, const float *x) {
   e8q_hessian_acc *a = ctx;
   E8Q_CHECK(group >= 0 && group < E8Q_N_GROUPS && cols == a->n[group] && rows == a->T,
             "internal: Hessian tap of group %d got [%d, %d], expected [%d, %d]", group, rows, cols, a->T,
             group >= 0 && group < E8Q_N_GROUPS ? a->n[group] : -1);
+  /* x [rows, cols]: a NaN/Inf here would surface later as an anonymous "non-finite value" of the
+   * exact accumulator; name the layer and the linear instead */
+  for (size_t i = 0; i < (size_t)rows * cols; i++) {
+    if (isfinite(x[i])) continue;
+    char wname[64] = "(unknown)", layer[32] = "a block";
+    float wmax = a->blk && a->cfg ? largest_weight(a->blk, a->cfg, wname, sizeof wname) : NAN;
+    if (a->blk && a->blk->layer1 > 0) snprintf(layer, sizeof layer, "model.layers.%d", a->blk->layer1 - 1);
+    E8Q_FATAL("%s: the input of %s holds %s at token %zu, feature %zu while accumulating its Hessian: the "
+              "activations overflow float32 in this layer (its largest weight is %g, in %s.%s); the checkpoint is "
+              "corrupt or holds values e8q cannot run in float32, so it cannot be quantized",
+              layer, e8q_group_names[group], isnan(x[i]) ? "NaN" : "Inf", i / (size_t)cols, i % (size_t)cols,
+              (double)wmax, layer, wname);
+  }
   gram_upper(rows, cols, x, a->xd, a->chunk[group], 1.0);
 }
 
 void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_config *cfg, float *x,
                          e8q_fwd_scratch *scratch) {
   e8q_taps taps = {hessian_tap, a};
+  a->blk = b;
+  a->cfg = cfg;
   e8q_block_forward(b, cfg, 1, a->T, x, &taps, scratch);
+  a->blk = NULL;
+  a->cfg = NULL;
   a->tokens += a->T;
   a->in_chunk++;
 }

@@ -27,11 +27,15 @@ typedef struct {
   int in_chunk;                      /* sequences in the current chunk */
   long tokens;                       /* tokens this rank added */
   double *xd;                        /* [E8Q_HESS_ROWS, max n] tap rows converted to double */
+  const e8q_block *blk;              /* the block of the sequence being added (messages) */
+  const e8q_config *cfg;
 } e8q_hessian_acc;
 
 void e8q_hessian_acc_init(e8q_hessian_acc *a, const e8q_config *cfg, int T);
 void e8q_hessian_acc_free(e8q_hessian_acc *a);
-/* one sequence: x [T, dim] <- block(x) with the original weights, its four Gram matrices added */
+/* one sequence: x [T, dim] <- block(x) with the original weights, its four Gram matrices added.
+ * A linear's input that is not finite (activations overflowing float32: a weight of 3e38) is a
+ * fatal error naming the layer, the linear and the block's largest weight. */
 void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_config *cfg, float *x,
                          e8q_fwd_scratch *scratch);
 /* ends the current chunk: its sums go into the exact accumulators (call after the last sequence
