@@ -48,12 +48,11 @@ static int distinct_factors(const e8q_plan *p, int *Ks) {
 
 static cJSON *quantization_config(const e8q_run *R) {
   cJSON *q = cJSON_CreateObject();
-  e8q_codebook_id cb = e8q_cb_from_bits(R->o->bits);
+  const e8q_codebook_traits *cbt = e8q_cb_traits(e8q_cb_from_bits(R->o->bits));
   cJSON_AddStringToObject(q, "quant_method", "e8q");
-  cJSON_AddStringToObject(q, "codebook", e8q_cb_name(cb));
-  cJSON_AddNumberToObject(q, "bits", R->o->bits);
-  if (R->o->bits == 4) cJSON_AddNumberToObject(q, "resid_scale", E8Q_RVQ4_RESID_SCALE);
-  if (R->o->bits == 3) cJSON_AddNumberToObject(q, "resid_scale", E8Q_RVQ3_RESID_SCALE);
+  cJSON_AddStringToObject(q, "codebook", cbt->name);
+  cJSON_AddNumberToObject(q, "bits", cbt->bits);
+  if (cbt->codes2_bytes) cJSON_AddNumberToObject(q, "resid_scale", cbt->resid_scale);
   cJSON_AddStringToObject(q, "method", e8q_method_cli_name(R->o->method));
   if (e8q_method_dense(R->o->method)) /* noe8 / rtn: "{G}.weight" holds the quantized weight, dense */
     cJSON_AddBoolToObject(q, "dense_ablation", 1);

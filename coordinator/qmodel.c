@@ -81,6 +81,7 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
             path);
   q->bits = bits->valueint;
   q->cb = e8q_cb_from_bits(q->bits);
+  const e8q_codebook_traits *cbt = e8q_cb_traits(q->cb);
   const cJSON *had = cJSON_GetObjectItemCaseSensitive(qc, "hadamard");
   const cJSON *rs = cJSON_GetObjectItemCaseSensitive(qc, "resid_scale");
   snprintf(path, sizeof path, "%s", q->st->path);
@@ -111,8 +112,7 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
       const char *G = e8q_group_names[g];
 #define TN(field) (snprintf(name, sizeof name, "model.layers.%d.%s.%s", b, G, field), name)
       d.codes = tensor_ptr(q, TN("codes"), E8Q_DT_U16, d.m * nc);
-      if (q->bits == 4) d.codes2 = tensor_ptr(q, TN("codes2"), E8Q_DT_U16, d.m * nc);
-      if (q->bits == 3) d.codes2 = tensor_ptr(q, TN("codes2"), E8Q_DT_U8, d.m * nc);
+      if (cbt->codes2_dtype) d.codes2 = tensor_ptr(q, TN("codes2"), e8q_dtype_from_name(cbt->codes2_dtype), d.m * nc);
       d.resid_scale = cJSON_IsNumber(rs) ? (float)rs->valuedouble : 0;
       d.SU = tensor_ptr(q, TN("SU"), E8Q_DT_F32, d.n_pad);
       d.SV = tensor_ptr(q, TN("SV"), E8Q_DT_F32, d.m);

@@ -32,6 +32,7 @@ typedef enum {
 
 const char *e8q_dtype_name(e8q_dtype dt); /* "F32", "BF16", ... as in safetensors */
 size_t e8q_dtype_size(e8q_dtype dt);      /* bytes per element */
+e8q_dtype e8q_dtype_from_name(const char *name); /* "U16" -> E8Q_DT_U16, ...; fatal when unknown */
 
 #define E8Q_ST_MAX_DIMS 8
 

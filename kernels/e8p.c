@@ -383,57 +383,77 @@ uint16_t e8q_rvq3_encode(const double x[8], uint8_t *c2, double xhat[8]) {
   return c1;
 }
 
-void e8q_cb_encode(e8q_codebook_id cb, const double x[8], uint16_t *c1, uint16_t *c2, double xhat[8]) {
-  switch (cb) {
-  case E8Q_CB_E8P12:
-    *c1 = e8q_e8p_encode(x, xhat);
-    if (c2) *c2 = 0;
-    return;
-  case E8Q_CB_E8P12RVQ4B: {
-    uint16_t s;
-    *c1 = e8q_rvq4_encode(x, &s, xhat);
-    if (c2) *c2 = s;
-    return;
-  }
-  case E8Q_CB_E8P12RVQ3B: {
-    uint8_t s;
-    *c1 = e8q_rvq3_encode(x, &s, xhat);
-    if (c2) *c2 = s;
-    return;
-  }
-  }
+/* ---------------------------------------------------------------- codebook traits */
+static void e8p12_encode(const double x[8], uint16_t *c1, uint16_t *c2, double xhat[8]) {
+  *c1 = e8q_e8p_encode(x, xhat);
+  *c2 = 0;
+}
+static void rvq4_encode(const double x[8], uint16_t *c1, uint16_t *c2, double xhat[8]) {
+  *c1 = e8q_rvq4_encode(x, c2, xhat);
+}
+static void rvq3_encode(const double x[8], uint16_t *c1, uint16_t *c2, double xhat[8]) {
+  uint8_t s;
+  *c1 = e8q_rvq3_encode(x, &s, xhat);
+  *c2 = s;
+}
+static void e8p12_decode_f64(uint16_t c1, uint16_t c2, double out[8]) {
+  (void)c2;
+  e8q_e8p_decode_f64(c1, out);
+}
+static void rvq4_decode_f64(uint16_t c1, uint16_t c2, double out[8]) {
+  double b[8];
+  e8q_e8p_decode_f64(c1, out);
+  e8q_e8p_decode_f64(c2, b);
+  for (int i = 0; i < 8; i++) out[i] += b[i] / E8Q_RVQ4_RESID_SCALE;
+}
+static void rvq3_decode_f64(uint16_t c1, uint16_t c2, double out[8]) {
+  double b[8];
+  e8q_e8p_decode_f64(c1, out);
+  e8q_e81b_decode_f64(c2, b);
+  for (int i = 0; i < 8; i++) out[i] += b[i] / E8Q_RVQ3_RESID_SCALE;
+}
+
+static const e8q_codebook_traits cb_traits[] = {
+    /* id                 name          bits c2B c2 dtype resid scale            default rho   encode        decode */
+    {E8Q_CB_E8P12,      "E8P12",      2, 0, NULL,  0,                    E8Q_RHO_E8P_REF, e8p12_encode, e8p12_decode_f64},
+    {E8Q_CB_E8P12RVQ3B, "E8P12RVQ3B", 3, 1, "U8",  E8Q_RVQ3_RESID_SCALE, E8Q_RHO_RVQ3, rvq3_encode,  rvq3_decode_f64},
+    {E8Q_CB_E8P12RVQ4B, "E8P12RVQ4B", 4, 2, "U16", E8Q_RVQ4_RESID_SCALE, E8Q_RHO_RVQ4, rvq4_encode,  rvq4_decode_f64},
+};
+#define N_CB ((int)(sizeof cb_traits / sizeof *cb_traits))
+
+static const e8q_codebook_traits *cb_find(e8q_codebook_id cb) {
+  for (int i = 0; i < N_CB; i++)
+    if (cb_traits[i].id == cb) return &cb_traits[i];
+  return NULL;
+}
+
+int e8q_cb_known(e8q_codebook_id cb) { return cb_find(cb) != NULL; }
+
+const e8q_codebook_traits *e8q_cb_traits(e8q_codebook_id cb) {
+  const e8q_codebook_traits *t = cb_find(cb);
+  if (t) return t;
   E8Q_FATAL("unknown codebook id %d (expected 2, 3 or 4 bits)", (int)cb);
 }
 
-void e8q_cb_decode_f64(e8q_codebook_id cb, uint16_t c1, uint16_t c2, double out[8]) {
-  e8q_e8p_decode_f64(c1, out);
-  double b[8];
-  if (cb == E8Q_CB_E8P12RVQ4B) {
-    e8q_e8p_decode_f64(c2, b);
-    for (int i = 0; i < 8; i++) out[i] += b[i] / E8Q_RVQ4_RESID_SCALE;
-  } else if (cb == E8Q_CB_E8P12RVQ3B) {
-    e8q_e81b_decode_f64(c2, b);
-    for (int i = 0; i < 8; i++) out[i] += b[i] / E8Q_RVQ3_RESID_SCALE;
-  }
-}
-
-const char *e8q_cb_name(e8q_codebook_id cb) {
-  switch (cb) {
-  case E8Q_CB_E8P12: return "E8P12";
-  case E8Q_CB_E8P12RVQ3B: return "E8P12RVQ3B";
-  case E8Q_CB_E8P12RVQ4B: return "E8P12RVQ4B";
-  }
-  return "?";
-}
-
 e8q_codebook_id e8q_cb_from_bits(int bits) {
-  E8Q_CHECK(bits >= 2 && bits <= 4, "--bits %d is not supported: use 2 (E8P12), 3 (E8P12RVQ3B) or 4 (E8P12RVQ4B)", bits);
-  return (e8q_codebook_id)bits;
+  for (int i = 0; i < N_CB; i++)
+    if (cb_traits[i].bits == bits) return cb_traits[i].id;
+  E8Q_FATAL("--bits %d is not supported: use 2 (E8P12), 3 (E8P12RVQ3B) or 4 (E8P12RVQ4B)", bits);
 }
 
-double e8q_cb_default_rho(e8q_codebook_id cb) {
-  return cb == E8Q_CB_E8P12RVQ3B ? E8Q_RHO_RVQ3 : cb == E8Q_CB_E8P12RVQ4B ? E8Q_RHO_RVQ4 : E8Q_RHO_E8P_REF;
+void e8q_cb_encode(e8q_codebook_id cb, const double x[8], uint16_t *c1, uint16_t *c2, double xhat[8]) {
+  uint16_t s;
+  e8q_cb_traits(cb)->encode(x, c1, &s, xhat);
+  if (c2) *c2 = s;
 }
+
+void e8q_cb_decode_f64(e8q_codebook_id cb, uint16_t c1, uint16_t c2, double out[8]) {
+  e8q_cb_traits(cb)->decode_f64(c1, c2, out);
+}
+
+const char *e8q_cb_name(e8q_codebook_id cb) { return e8q_cb_traits(cb)->name; }
+
+double e8q_cb_default_rho(e8q_codebook_id cb) { return e8q_cb_traits(cb)->default_rho; }
 
 /* ---------------------------------------------------------------- reference packing */
 static inline int64_t pack_word_index(int64_t R, int64_t C, int64_t nc) {

@@ -42,14 +42,35 @@ uint8_t e8q_e81b_encode(const double r[8]);
 /* 3 bit: c1 = E8P(x), c2 = E81B((x - E8P(c1)) * 2.04); xhat = dec(c1) + g(c2) / 2.04 */
 uint16_t e8q_rvq3_encode(const double x[8], uint8_t *c2, double xhat[8]);
 
-/* any codebook: c2 is ignored for E8P12, holds a u8 index for RVQ3 */
+/* ---------------------------------------------------------------- codebook traits
+ * One row per codebook (ggml-style): everything a caller may ask about a codebook is read from
+ * here, never re-derived from the bit count. Adding a codebook is adding a row. */
+typedef struct {
+  e8q_codebook_id id;
+  const char *name;          /* "E8P12", "E8P12RVQ3B", "E8P12RVQ4B" (quantization_config.codebook) */
+  int bits;                  /* nominal bits per weight (--bits) */
+  int codes2_bytes;          /* bytes per codes2 entry: 0 (no second stage), 1 (u8), 2 (u16) */
+  const char *codes2_dtype;  /* safetensors dtype of codes2: NULL, "U8", "U16" */
+  double resid_scale;        /* second stage input = residual * resid_scale; 0 without one */
+  double default_rho;        /* target RMS of the rotated weight (DESIGN §3; the reference code's defaults) */
+  /* nearest code: c1 (and c2: the second stage, 0 for E8P12); xhat [8] the decoded point, may be NULL */
+  void (*encode)(const double x[8], uint16_t *c1, uint16_t *c2, double xhat[8]);
+  /* out [8] = decoded (c1, c2) in double (exact) */
+  void (*decode_f64)(uint16_t c1, uint16_t c2, double out[8]);
+} e8q_codebook_traits;
+
+/* 1 when cb has a row */
+int e8q_cb_known(e8q_codebook_id cb);
+/* the row of cb (fatal on an unknown id) */
+const e8q_codebook_traits *e8q_cb_traits(e8q_codebook_id cb);
+/* 2, 3, 4 bits -> codebook: the row with that many bits (fatal on anything else) */
+e8q_codebook_id e8q_cb_from_bits(int bits);
+/* any codebook, through its row: c2 may be NULL (ignored), holds a u8 index for RVQ3 */
 void e8q_cb_encode(e8q_codebook_id cb, const double x[8], uint16_t *c1, uint16_t *c2, double xhat[8]);
 void e8q_cb_decode_f64(e8q_codebook_id cb, uint16_t c1, uint16_t c2, double out[8]);
-/* "E8P12", "E8P12RVQ3B", "E8P12RVQ4B" */
+/* the row's name */
 const char *e8q_cb_name(e8q_codebook_id cb);
-/* 2, 3, 4 bits -> codebook (fatal on anything else) */
-e8q_codebook_id e8q_cb_from_bits(int bits);
-/* the rho the reference code uses by default for this codebook (1.03, 0.98, 1.03) */
+/* the row's default rho (1.03, 0.98, 1.03) */
 double e8q_cb_default_rho(e8q_codebook_id cb);
 
 /* ---------------------------------------------------------------- reference packing */

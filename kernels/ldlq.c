@@ -26,8 +26,9 @@ static void quant8(const e8q_ldlq_opts *o, const double x[8], double q[8], uint1
   e8q_cb_encode(o->cb, x, &c1, &c2, q);
   if (codes) codes[idx] = c1;
   if (codes2) {
-    if (o->cb == E8Q_CB_E8P12RVQ4B) ((uint16_t *)codes2)[idx] = c2;
-    else if (o->cb == E8Q_CB_E8P12RVQ3B) ((uint8_t *)codes2)[idx] = (uint8_t)c2;
+    int bytes = e8q_cb_traits(o->cb)->codes2_bytes;
+    if (bytes == 2) ((uint16_t *)codes2)[idx] = c2;
+    else if (bytes == 1) ((uint8_t *)codes2)[idx] = (uint8_t)c2;
   }
 }
 

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/rng.h"
+#include "kernels/e8p.h"
 
 static int env_set(const char *name) {
   const char *env = getenv(name);
@@ -54,18 +55,10 @@ void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *nam
   E8Q_CHECK(d->codes, "%s: codes [%d, %d] missing", name, d->m, d->n_pad / 8);
   E8Q_CHECK(d->SU && d->SV, "%s: SU [%d] and SV [%d] are required", name, d->n_pad, d->m);
   E8Q_CHECK(isfinite(d->Wscale), "%s: Wscale is not finite", name);
-  switch (d->codebook) {
-    case E8Q_CB_E8P12:
-      E8Q_CHECK(!d->codes2, "%s: codebook E8P12 (2 bit) takes no codes2", name);
-      break;
-    case E8Q_CB_E8P12RVQ3B:
-    case E8Q_CB_E8P12RVQ4B:
-      E8Q_CHECK(d->codes2, "%s: codebook %s needs codes2 [%d, %d]", name,
-                d->codebook == E8Q_CB_E8P12RVQ3B ? "E8P12RVQ3B" : "E8P12RVQ4B", d->m, d->n_pad / 8);
-      break;
-    default:
-      E8Q_FATAL("%s: unknown codebook id %d (expected 2, 3 or 4 bits)", name, (int)d->codebook);
-  }
+  E8Q_CHECK(e8q_cb_known(d->codebook), "%s: unknown codebook id %d (expected 2, 3 or 4 bits)", name, (int)d->codebook);
+  const e8q_codebook_traits *cbt = e8q_cb_traits(d->codebook);
+  if (!cbt->codes2_bytes) E8Q_CHECK(!d->codes2, "%s: codebook %s (%d bit) takes no codes2", name, cbt->name, cbt->bits);
+  else E8Q_CHECK(d->codes2, "%s: codebook %s needs codes2 [%d, %d]", name, cbt->name, d->m, d->n_pad / 8);
   check_factor(name, "in", d->n_pad, d->K_in, d->R_in);
   check_factor(name, "out", d->m, d->K_out, d->R_out);
   E8Q_CHECK(d->n_pieces >= 1, "%s: n_pieces = %d must be >= 1", name, d->n_pieces);
@@ -81,8 +74,7 @@ void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *nam
   q->d = *d;
   q->nc = d->n_pad / 8;
   q->resid_scale = d->resid_scale;
-  if (q->resid_scale == 0)
-    q->resid_scale = d->codebook == E8Q_CB_E8P12RVQ3B ? (float)E8Q_RVQ3_RESID_SCALE : (float)E8Q_RVQ4_RESID_SCALE;
+  if (q->resid_scale == 0) q->resid_scale = cbt->codes2_bytes ? (float)cbt->resid_scale : (float)E8Q_RVQ4_RESID_SCALE;
   E8Q_CHECK(isfinite(q->resid_scale) && q->resid_scale > 0, "%s: resid_scale %g must be positive",
             name, (double)q->resid_scale);
   q->out_scale = e8q_alloc_aligned(sizeof(float) * (size_t)d->m, "qlinear output scales");
