@@ -196,22 +196,42 @@ static uint64_t tar_octal(const unsigned char *p, int n) {
   return v;
 }
 
+/* A fatal error while a libarchive reader is open: the message is formatted first (it may quote
+ * libarchive's strings or an entry's name, which the reader owns), then the reader is freed, so a
+ * trapped error (tests, fuzz targets) leaks nothing of libarchive's. */
+static void ar_fail(struct archive *ar, const char *fmt, ...) E8Q_PRINTF(2, 3) E8Q_NORETURN;
+static void ar_fail(struct archive *ar, const char *fmt, ...) {
+  char msg[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (ar) archive_read_free(ar);
+  E8Q_FATAL("%s", msg);
+}
+#define AR_CHECK(ar, cond, ...)                 \
+     do {                                          \
+    if (!(cond)) ar_fail((ar), __VA_ARGS__);    \
+  } while (0)
+
 /* data offset of the member whose header sequence starts at `pos` (skipping pax/GNU extension
  * headers before the real one) */
-static uint64_t data_offset(int fd, const char *path, uint64_t pos) {
+static uint64_t data_offset(struct archive *ar, int fd, const char *path, uint64_t pos) {
   unsigned char h[512];
   for (int guard = 0; guard < 8; guard++) {
-    E8Q_CHECK(pread(fd, h, 512, (off_t)pos) == 512, "archive %s: cannot read the tar header at byte %llu", path,
-              (unsigned long long)pos);
-    char type = (char)h[156];
+    AR_CHECK(ar, pos <= (uint64_t)INT64_MAX - 512 && pread(fd, h, 512, (off_t)pos) == 512,
+                "archive %s: cannot read the tar header at byte %llu", path, (unsigned long long)pos);
+       char type = (char)h[156];
     if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
       uint64_t sz = tar_octal(h + 124, 12);
-      pos += 512 + (sz + 511) / 512 * 512;
-      continue;
+      AR_CHECK(ar, sz < ((uint64_t)1 << 40), "archive %s: an extension header at byte %llu declares %llu bytes", path,
+                  (unsigned long long)pos, (unsigned long long)sz);
+         pos += 512 + (sz + 511) / 512 * 512;
+         continue;
     }
     return pos + 512;
   }
-  E8Q_FATAL("archive %s: too many extension headers at byte %llu", path, (unsigned long long)pos);
+  ar_fail(ar, "archive %s: too many extension headers at byte %llu", path, (unsigned long long)pos);
 }
 
 /* libarchive reading the descriptor fd of `path` (a regular file: e8q_open_regular) */
@@ -219,9 +239,11 @@ static struct archive *open_reader(int fd, const char *path) {
   struct archive *ar = archive_read_new();
   E8Q_CHECK(ar, "libarchive: out of memory");
   archive_read_support_format_tar(ar);
-  if (archive_read_open_fd(ar, fd, 1 << 16) != ARCHIVE_OK)
-    E8Q_FATAL("cannot open the artifact %s: %s; check the path (an .e8q file written by e8q quantize)", path,
-              archive_error_string(ar));
+  if (archive_read_open_fd(ar, fd, 1 << 16) != ARCHIVE_OK) {
+    close(fd);
+    ar_fail(ar, "cannot open the artifact %s: %s; check the path (an .e8q file written by e8q quantize)", path,
+            archive_error_string(ar));
+  }
   return ar;
 }
 
@@ -232,12 +254,15 @@ static char *read_entry(struct archive *ar, const char *path, const char *name, 
   for (;;) {
     char tmp[1 << 15];
     la_ssize_t r = archive_read_data(ar, tmp, sizeof tmp);
-    E8Q_CHECK(r >= 0, "artifact %s: cannot read member %s: %s", path, name, archive_error_string(ar));
+    if (r < 0) free(buf);
+    AR_CHECK(ar, r >= 0, "artifact %s: cannot read member %s: %s", path, name, archive_error_string(ar));
     if (r == 0) break;
-    E8Q_CHECK(got + (size_t)r <= limit, "artifact %s: member %s is larger than its declared %llu bytes; the archive is "
-              "damaged or forged", path, name, (unsigned long long)limit);
-    memcpy(buf + got, tmp, (size_t)r);
-    got += (size_t)r;
+    if (got + (size_t)r > limit) free(buf);
+    AR_CHECK(ar, got + (size_t)r <= limit,
+                "artifact %s: member %s is larger than its declared %llu bytes; the archive is damaged or forged", path,
+                name, (unsigned long long)limit);
+       memcpy(buf + got, tmp, (size_t)r);
+       got += (size_t)r;
   }
   buf[got] = '\0';
   *n = got;
@@ -255,35 +280,35 @@ e8q_artifact *e8q_artifact_open(const char *path) {
   size_t manifest_n = 0;
   while ((rc = archive_read_next_header(ar, &e)) == ARCHIVE_OK) {
     const char *name = archive_entry_pathname(e);
-    E8Q_CHECK(name && name_safe(name), "artifact %s: member '%s' has an absolute path or '..'; refusing to read it",
-              path, name ? name : "(null)");
-    E8Q_CHECK(archive_entry_filetype(e) == AE_IFREG, "artifact %s: member %s is not a regular file; refusing it", path,
-              name);
-    E8Q_CHECK(archive_entry_size_is_set(e) && archive_entry_size(e) >= 0, "artifact %s: member %s has no size", path,
-              name);
+    AR_CHECK(ar, name && name_safe(name), "artifact %s: member '%s' has an absolute path or '..'; refusing to read it",
+                 path, name ? name : "(null)");
+    AR_CHECK(ar, archive_entry_filetype(e) == AE_IFREG, "artifact %s: member %s is not a regular file; refusing it", path,
+                 name);
+    AR_CHECK(ar, archive_entry_size_is_set(e) && archive_entry_size(e) >= 0, "artifact %s: member %s has no size", path,
+                 name);
     for (int i = 0; i < a->n; i++)
-      E8Q_CHECK(strcmp(a->members[i].name, name) != 0, "artifact %s: member %s appears twice", path, name);
+      AR_CHECK(ar, strcmp(a->members[i].name, name) != 0, "artifact %s: member %s appears twice", path, name);
     if (a->n == cap) {
       cap = cap ? 2 * cap : 16;
       a->members = realloc(a->members, (size_t)cap * sizeof *a->members);
-      E8Q_CHECK(a->members, "out of memory");
+      AR_CHECK(ar, a->members, "out of memory");
     }
     e8q_artifact_member *m = &a->members[a->n++];
     m->name = strdup(name);
     m->size = (uint64_t)archive_entry_size(e);
-    m->offset = data_offset(fd, path, (uint64_t)archive_read_header_position(ar));
+    m->offset = data_offset(ar, fd, path, (uint64_t)archive_read_header_position(ar));
     size_t n = 0;
     if (!strcmp(name, "manifest.json")) {
-      E8Q_CHECK(m->size < (64u << 20), "artifact %s: manifest.json of %llu bytes is implausibly large", path,
-                (unsigned long long)m->size);
+      AR_CHECK(ar, m->size < (64u << 20), "artifact %s: manifest.json of %llu bytes is implausibly large", path,
+                   (unsigned long long)m->size);
       manifest_text = read_entry(ar, path, name, m->size, &manifest_n);
     } else if (!strcmp(name, "manifest.json.sha256")) {
-      E8Q_CHECK(m->size <= 128, "artifact %s: manifest.json.sha256 is too large", path);
+      AR_CHECK(ar, m->size <= 128, "artifact %s: manifest.json.sha256 is too large", path);
       manifest_hash = read_entry(ar, path, name, m->size, &n);
     }
   }
-  E8Q_CHECK(rc == ARCHIVE_EOF, "artifact %s is not a valid tar archive (or is truncated): %s", path,
-            archive_error_string(ar));
+  AR_CHECK(ar, rc == ARCHIVE_EOF, "artifact %s is not a valid tar archive (or is truncated): %s", path,
+           archive_error_string(ar));
   archive_read_free(ar);
   close(fd);
   E8Q_CHECK(manifest_text, "artifact %s has no manifest.json: not an e8q artifact (or truncated)", path);

@@ -16,6 +16,7 @@ packages=(
   libssl-dev                                      # SHA-256 (libcrypto)
   libcmocka-dev                                   # unit tests
   libpcre2-dev                                    # byte-level BPE pre-tokenizers (Unicode classes)
+  clang libomp-dev                                # libFuzzer + ASan/UBSan fuzz targets (fuzz/run.sh, E8Q_FUZZ=ON)
 )
 [ "${1:-}" = --slurm ] && packages+=(munge slurmctld slurmd slurm-client)
 sudo_cmd=()

@@ -4,6 +4,7 @@
 # Tests read ../shared (override with E8Q_SHARED). MPI tests run under `timeout`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 build_dir=${E8Q_TEST_BUILD_DIR:-build-test}
 # the real test model (SmolLM2-135M GGUF, pinned by sha256; cached, so offline once fetched): the
 # tests that need it fail rather than skip when it is missing
@@ -15,3 +16,6 @@ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DE8Q_WERROR=ON -DE
 cmake --build "$build_dir" -j"$(nproc)"
 cd "$build_dir"
 ctest --output-on-failure --timeout 900 -j"${E8Q_TEST_JOBS:-2}"
+cd "$root"
+# the file parsers under libFuzzer with ASan + UBSan, 20 s per target (fuzz/README.md): their own build
+bash fuzz/run.sh "${E8Q_FUZZ_SECONDS:-20}"
