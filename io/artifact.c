@@ -209,9 +209,9 @@ static void ar_fail(struct archive *ar, const char *fmt, ...) {
   if (ar) archive_read_free(ar);
   E8Q_FATAL("%s", msg);
 }
-#define AR_CHECK(ar, cond, ...)                 \
-     do {                                          \
-    if (!(cond)) ar_fail((ar), __VA_ARGS__);    \
+#define AR_CHECK(ar, cond, ...)              \
+  do {                                       \
+    if (!(cond)) ar_fail((ar), __VA_ARGS__); \
   } while (0)
 
 /* data offset of the member whose header sequence starts at `pos` (skipping pax/GNU extension
@@ -220,14 +220,14 @@ static uint64_t data_offset(struct archive *ar, int fd, const char *path, uint64
   unsigned char h[512];
   for (int guard = 0; guard < 8; guard++) {
     AR_CHECK(ar, pos <= (uint64_t)INT64_MAX - 512 && pread(fd, h, 512, (off_t)pos) == 512,
-                "archive %s: cannot read the tar header at byte %llu", path, (unsigned long long)pos);
-       char type = (char)h[156];
+             "archive %s: cannot read the tar header at byte %llu", path, (unsigned long long)pos);
+    char type = (char)h[156];
     if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
       uint64_t sz = tar_octal(h + 124, 12);
       AR_CHECK(ar, sz < ((uint64_t)1 << 40), "archive %s: an extension header at byte %llu declares %llu bytes", path,
-                  (unsigned long long)pos, (unsigned long long)sz);
-         pos += 512 + (sz + 511) / 512 * 512;
-         continue;
+               (unsigned long long)pos, (unsigned long long)sz);
+      pos += 512 + (sz + 511) / 512 * 512;
+      continue;
     }
     return pos + 512;
   }
@@ -259,10 +259,10 @@ static char *read_entry(struct archive *ar, const char *path, const char *name, 
     if (r == 0) break;
     if (got + (size_t)r > limit) free(buf);
     AR_CHECK(ar, got + (size_t)r <= limit,
-                "artifact %s: member %s is larger than its declared %llu bytes; the archive is damaged or forged", path,
-                name, (unsigned long long)limit);
-       memcpy(buf + got, tmp, (size_t)r);
-       got += (size_t)r;
+             "artifact %s: member %s is larger than its declared %llu bytes; the archive is damaged or forged", path,
+             name, (unsigned long long)limit);
+    memcpy(buf + got, tmp, (size_t)r);
+    got += (size_t)r;
   }
   buf[got] = '\0';
   *n = got;
