@@ -415,7 +415,7 @@ static void rvq3_decode_f64(uint16_t c1, uint16_t c2, double out[8]) {
 
 static const e8q_codebook_traits cb_traits[] = {
     /* id                 name          bits c2B c2 dtype resid scale            default rho   encode        decode */
-    {E8Q_CB_E8P12,      "E8P12",      2, 0, NULL,  0,                    E8Q_RHO_E8P_REF, e8p12_encode, e8p12_decode_f64},
+    {E8Q_CB_E8P12,      "E8P12",      2, 0, NULL,  0,                    E8Q_RHO_E8P,  e8p12_encode, e8p12_decode_f64},
     {E8Q_CB_E8P12RVQ3B, "E8P12RVQ3B", 3, 1, "U8",  E8Q_RVQ3_RESID_SCALE, E8Q_RHO_RVQ3, rvq3_encode,  rvq3_decode_f64},
     {E8Q_CB_E8P12RVQ4B, "E8P12RVQ4B", 4, 2, "U16", E8Q_RVQ4_RESID_SCALE, E8Q_RHO_RVQ4, rvq4_encode,  rvq4_decode_f64},
 };

@@ -1,6 +1,6 @@
 /* kernels/ldlq.c: Hessian preparation, block LDL with reported fallbacks, buffered LDLQ
- * (float and double through kernels/ldlq_impl.h), the unbuffered reference, losses,
- * baselines and the one-linear helper. */
+ * (float and double through kernels/ldlq_impl.h), the unbuffered reference, losses and the
+ * baselines' numeric steps. The driver that strings them together is worker/quantize_linear.c. */
 #include "kernels/ldlq.h"
 
 #include <cblas.h>
@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "common/rng.h"
 #include "kernels/e8p.h"
 
 /* ---------------------------------------------------------------- quantizer of 8 values */
@@ -291,26 +290,15 @@ double e8q_rel_fro(const double *W, const double *What, int64_t count) {
   return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* ---------------------------------------------------------------- baselines and names */
-static const char *method_names[] = {"ldlq", "nearest", "noe8", "rtn"};
-
-e8q_method e8q_method_from_name(const char *name) {
-  for (int i = 0; i < 4; i++)
-    if (name && strcmp(name, method_names[i]) == 0) return (e8q_method)i;
-  E8Q_FATAL("unknown quantization method \"%s\": use ldlq (QuIP#), nearest, noe8 or rtn", name ? name : "(null)");
-}
-
-const char *e8q_method_name(e8q_method m) { return (unsigned)m < 4 ? method_names[m] : "?"; }
-
+/* ---------------------------------------------------------------- baselines */
 double e8q_noe8_rho(int bits) {
   E8Q_CHECK(bits >= 2 && bits <= 4, "noe8 baseline: %d bits is not supported (2, 3 or 4)", bits);
   return bits == 2 ? 1.00 : bits == 3 ? 1.71 : 2.98;
 }
 
-/* per-row min-max round to nearest with 2^bits levels (no RHT). W, What [m, ld]: the range
- * and the rounding cover the first n columns only (the zero pad columns n..ld-1 would widen
- * the range of a row of one sign); pad columns of What are set to 0. */
-static void rtn_rows(const double *W, int64_t m, int64_t n, int64_t ld, int bits, double *What) {
+void e8q_rtn_rows(const double *W, int64_t m, int64_t n, int64_t ld, int bits, double *What) {
+  E8Q_CHECK(bits >= 1 && bits <= 16 && n >= 1 && n <= ld, "rtn: %d bits, %lld of %lld columns", bits, (long long)n,
+            (long long)ld);
   double levels = (double)((1 << bits) - 1);
   for (int64_t r = 0; r < m; r++) {
     const double *w = W + r * ld;
@@ -320,154 +308,4 @@ static void rtn_rows(const double *W, int64_t m, int64_t n, int64_t ld, int bits
     for (int64_t j = 0; j < n; j++) What[r * ld + j] = step > 0 ? lo + round((w[j] - lo) / step) * step : w[j];
     for (int64_t j = n; j < ld; j++) What[r * ld + j] = 0;
   }
-}
-
-/* ---------------------------------------------------------------- one linear */
-void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, const e8q_quant_opts *o,
-                         e8q_quant_result *res) {
-  const char *nm = o->name ? o->name : "linear";
-  E8Q_CHECK(m > 0 && n > 0, "%s: quantize a %lld x %lld weight: empty shape", nm, (long long)m, (long long)n);
-  e8q_codebook_id cb = e8q_cb_from_bits(o->bits);
-  for (int64_t i = 0; i < n * n; i++)
-    E8Q_CHECK(isfinite(H[i]), "%s: Hessian entry (%lld, %lld) is %g: the calibration activations overflowed", nm,
-              (long long)(i / n), (long long)(i % n), H[i]);
-  for (int64_t i = 0; i < m * n; i++)
-    E8Q_CHECK(isfinite(W[i]), "%s: weight entry (%lld, %lld) is %g: the checkpoint is corrupt", nm, (long long)(i / n),
-              (long long)(i % n), (double)W[i]);
-  memset(res, 0, sizeof *res);
-  const int64_t np = e8q_pad8(n), nb = np / 8;
-  const double sigma = o->sigma_reg > 0 ? o->sigma_reg : E8Q_SIGMA_REG;
-  res->m = m, res->n = n, res->n_pad = np, res->cb = cb, res->K_m = 1, res->K_n = 1;
-  double *Wd = e8q_malloc(sizeof(double) * (size_t)(m * np), "padded weight");
-  double *Hd = e8q_malloc(sizeof(double) * (size_t)(np * np), "padded Hessian");
-  e8q_pad_weight(W, m, n, np, Wd);
-  e8q_pad_hessian(H, n, np, Hd);
-  double *hat = e8q_malloc(sizeof(double) * (size_t)(m * np), "quantized weight");
-
-  if (o->method == E8Q_METHOD_RTN) {
-    /* no RHT: quantize W directly; the proxy uses the prepared (unrotated) Hessian */
-    rtn_rows(Wd, m, n, np, o->bits, hat);
-    e8q_hessian_prep(Hd, np, sigma);
-    res->status.ok = 1, res->status.attempts = 1, res->status.prec = E8Q_PREC_F64, res->status.sigma_reg = sigma;
-    snprintf(res->status.message, sizeof res->status.message, "rtn: no factorisation");
-    res->Wscale = 1;
-  } else {
-    e8q_had hm, hn;
-    if (o->had_m) e8q_had_init_factor(&hm, m, o->had_m);
-    else e8q_had_init(&hm, m, E8Q_HAD_SEED);
-    if (o->had_n) e8q_had_init_factor(&hn, np, o->had_n);
-    else e8q_had_init(&hn, np, E8Q_HAD_SEED);
-    res->K_m = hm.f.K, res->K_n = hn.f.K;
-    double *SU = e8q_malloc(sizeof(double) * (size_t)np, "SU"), *SV = e8q_malloc(sizeof(double) * (size_t)m, "SV");
-    res->SU = e8q_malloc(sizeof(float) * (size_t)np, "SU");
-    res->SV = e8q_malloc(sizeof(float) * (size_t)m, "SV");
-    e8q_rng_fill_signs(o->seed, E8Q_RNG_STREAM_SU, 0, (size_t)np, res->SU);
-    e8q_rng_fill_signs(o->seed, E8Q_RNG_STREAM_SV, 0, (size_t)m, res->SV);
-    for (int64_t j = 0; j < np; j++) SU[j] = res->SU[j];
-    for (int64_t i = 0; i < m; i++) SV[i] = res->SV[i];
-    e8q_rht_weight(&hm, &hn, SU, SV, Wd);
-    e8q_rht_hessian(&hn, SU, Hd);
-    e8q_ldl f;
-    if (!e8q_ldl_build(&f, Hd, np, sigma, o->prec, &res->status)) {
-      free(Wd), free(Hd), free(hat), free(SU), free(SV);
-      e8q_had_free(&hm), e8q_had_free(&hn);
-      return; /* res->What == NULL; the caller reports res->status.message */
-    }
-    /* the prepared rotated Hessian for the proxy: the factorisation's own copy in f64 (the raw
-     * one is no longer needed: one n x n matrix less at peak), else prepare the raw one */
-    const double *Hp;
-    if (f.H) {
-      free(Hd);
-      Hd = NULL;
-      Hp = f.H;
-    } else {
-      e8q_hessian_prep(Hd, np, res->status.sigma_reg);
-      Hp = Hd;
-    }
-    double ms = 0;
-    for (int64_t i = 0; i < m * np; i++) ms += Wd[i] * Wd[i];
-    double rho = o->method == E8Q_METHOD_NOE8 ? e8q_noe8_rho(o->bits) : o->rho > 0 ? o->rho : e8q_cb_default_rho(cb);
-    double ws = sqrt(ms / (double)(m * np)) / rho;
-    /* an all-zero weight, or one whose scale underflows to 0 in float: Wscale 0 and a zero
-     * input to the codebook, so What is exactly 0 (no codebook has a zero point: a scale of 1
-     * would decode to the codewords nearest 0, and dividing by a float 0 gives inf/NaN) */
-    res->Wscale = (float)ws > 0 ? (float)ws : 0.0f;
-    double *Ws = e8q_malloc(sizeof(double) * (size_t)(m * np), "scaled rotated weight");
-    for (int64_t i = 0; i < m * np; i++) Ws[i] = res->Wscale > 0 ? Wd[i] / (double)res->Wscale : 0.0;
-    e8q_ldlq_opts lo = {.cb = cb,
-                        .tune_iters = o->tune_iters < 0 ? E8Q_TUNE_ITERS : o->tune_iters,
-                        .feedback = o->method != E8Q_METHOD_NEAREST,
-                        .noe8_bits = o->method == E8Q_METHOD_NOE8 ? o->bits : 0};
-    if (o->method != E8Q_METHOD_NOE8) {
-      res->codes = e8q_malloc(sizeof(uint16_t) * (size_t)(m * nb), "codes");
-      if (cb == E8Q_CB_E8P12RVQ4B) res->codes2 = e8q_malloc(sizeof(uint16_t) * (size_t)(m * nb), "codes2");
-      if (cb == E8Q_CB_E8P12RVQ3B) res->codes2 = e8q_malloc(sizeof(uint8_t) * (size_t)(m * nb), "codes2");
-    }
-    e8q_ldlq_rows(&f, &lo, Ws, m, 0, m, res->codes, res->codes2, hat);
-    for (int64_t i = 0; i < m * np; i++) hat[i] *= (double)res->Wscale;
-    free(Ws);
-    /* proxy in the rotated basis (orthogonal invariance), then back to the original basis */
-    res->proxy = e8q_proxy_loss(Wd, hat, Hp, np, 0, m);
-    e8q_ldl_free(&f);
-    e8q_rht_weight_inv(&hm, &hn, SU, SV, hat);
-    free(SU), free(SV);
-    e8q_had_free(&hm), e8q_had_free(&hn);
-    e8q_pad_weight(W, m, n, np, Wd); /* original basis again, for the Frobenius error */
-  }
-  if (o->method == E8Q_METHOD_RTN) res->proxy = e8q_proxy_loss(Wd, hat, Hd, np, 0, m);
-  res->What = e8q_malloc(sizeof(float) * (size_t)(m * n), "quantized weight");
-  double num = 0, den = 0;
-  for (int64_t r = 0; r < m; r++)
-    for (int64_t j = 0; j < n; j++) {
-      double v = hat[r * np + j], w = Wd[r * np + j];
-      res->What[r * n + j] = (float)v;
-      num += (v - w) * (v - w);
-      den += w * w;
-    }
-  res->rel_fro = den > 0 ? sqrt(num / den) : sqrt(num);
-  free(Wd), free(Hd), free(hat);
-}
-
-void e8q_quant_result_free(e8q_quant_result *r) {
-  free(r->codes), free(r->codes2), free(r->SU), free(r->SV), free(r->What);
-  memset(r, 0, sizeof *r);
-}
-
-/* ---------------------------------------------------------------- fused groups */
-void e8q_quantize_fused(const float *const *W, const int64_t *m, int npieces, int64_t n, const double *H,
-                        const e8q_quant_opts *o, e8q_quant_result *res, float *fuse_scales) {
-  const char *nm = o->name ? o->name : "fused group";
-  E8Q_CHECK(npieces >= 1, "%s: a fused group needs at least one piece (got %d)", nm, npieces);
-  int64_t mt = 0;
-  for (int p = 0; p < npieces; p++) {
-    E8Q_CHECK(m[p] > 0, "%s: fused piece %d has %lld rows", nm, p, (long long)m[p]);
-    mt += m[p];
-  }
-  float *S = e8q_malloc(sizeof(float) * (size_t)(mt * n), "stacked fused group");
-  int64_t off = 0;
-  for (int p = 0; p < npieces; p++) {
-    double ss = 0;
-    for (int64_t i = 0; i < m[p] * n; i++) ss += (double)W[p][i] * (double)W[p][i];
-    double rms = sqrt(ss / (double)(m[p] * n));
-    /* an all-zero piece keeps scale 1; so does one whose RMS underflows to 0 in float (a few
-     * subnormal entries), else the division below gives inf and 0/0 */
-    fuse_scales[p] = (float)rms > 0 ? (float)rms : 1.0f;
-    for (int64_t i = 0; i < m[p] * n; i++) S[off * n + i] = W[p][i] / fuse_scales[p];
-    off += m[p];
-  }
-  e8q_quantize_linear(S, mt, n, H, o, res);
-  free(S);
-  if (!res->What) return; /* factorisation failed: res->status says why */
-  double num = 0, den = 0;
-  off = 0;
-  for (int p = 0; p < npieces; p++) {
-    for (int64_t i = 0; i < m[p] * n; i++) {
-      float v = res->What[off * n + i] * fuse_scales[p];
-      res->What[off * n + i] = v;
-      num += ((double)v - W[p][i]) * ((double)v - W[p][i]);
-      den += (double)W[p][i] * W[p][i];
-    }
-    off += m[p];
-  }
-  res->rel_fro = den > 0 ? sqrt(num / den) : sqrt(num);
 }

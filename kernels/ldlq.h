@@ -1,6 +1,7 @@
 /* kernels/ldlq.h: block LDLQ onto the E8P12 / RVQ codebooks (QuIP#, DESIGN.md section 3),
- * Hessian preparation and factorisation with reported fallbacks, proxy loss, ablation
- * baselines, and the "quantize one linear" helper the pipeline calls.
+ * Hessian preparation and factorisation with reported fallbacks, proxy loss and the ablation
+ * baselines: the numeric steps of "quantize one linear", whose one driver is
+ * worker/quantize_linear.c (e8q_quantize_group).
  *
  * Conventions follow the reference code (Cornell-RelaxML/quip-sharp, lib/algo/quip.py):
  *   H <- H / mean(diag H); H_ii += sigma_reg (0.01)
@@ -25,7 +26,6 @@
 #include <stdint.h>
 
 #include "kernels/codebook.h"
-#include "kernels/hadamard.h"
 
 #define E8Q_LDLQ_BUF 128       /* columns per buffered feedback product */
 #define E8Q_LDLQ_ROW_TILE 256  /* rows per tile (split points for identical results) */
@@ -100,62 +100,16 @@ double e8q_proxy_loss(const double *W, const double *What, const double *H, int6
 /* ||What - W||_F / ||W||_F over count entries */
 double e8q_rel_fro(const double *W, const double *What, int64_t count);
 
-/* ---------------------------------------------------------------- one linear */
-typedef enum {
-  E8Q_METHOD_LDLQ = 0,    /* "ldlq": RHT + LDLQ + tune onto E8P/RVQ (QuIP#) */
-  E8Q_METHOD_NEAREST = 1, /* "nearest": RHT + nearest E8P/RVQ point per block, no LDLQ */
-  E8Q_METHOD_NOE8 = 2,    /* "noe8": RHT + LDLQ + tune onto the scalar half-integer grid */
-  E8Q_METHOD_RTN = 3,     /* "rtn": no RHT; per-row min-max round to nearest, 2^bits levels */
-} e8q_method;
-/* "ldlq" | "nearest" | "noe8" | "rtn" (fatal otherwise, listing the names) */
-e8q_method e8q_method_from_name(const char *name);
-const char *e8q_method_name(e8q_method m);
-
-/* "noe8" grid: each rotated weight (scaled to RMS rho_noe8(bits)) is rounded to the nearest
- * of the 2^bits half-integers -(2^bits-1)/2 .. (2^bits-1)/2 (2 bits: -1.5 -0.5 0.5 1.5).
+/* ---------------------------------------------------------------- baselines
+ * "noe8" grid: each rotated weight (scaled to RMS rho_noe8(bits)) is rounded to the nearest
+ * of the 2^bits half-integers -(2^bits-1)/2 .. (2^bits-1)/2 (2 bits: -1.5 -0.5 0.5 1.5), by
+ * e8q_ldlq_rows with e8q_ldlq_opts.noe8_bits = bits.
  * rho_noe8 = 1.00, 1.71, 2.98 for 2, 3, 4 bits: the std for which unit spacing is the optimal
  * uniform quantizer of a Gaussian (Max 1960). */
 double e8q_noe8_rho(int bits);
-
-typedef struct {
-  int bits;            /* 2, 3, 4 */
-  double rho;          /* target RMS of the rotated weight; <= 0: codebook default (1.03, 0.98, 1.03) */
-  int tune_iters;      /* < 0: E8Q_TUNE_ITERS */
-  e8q_method method;
-  uint64_t seed;       /* SU / SV signs: e8q_rng streams E8Q_RNG_STREAM_SU / _SV */
-  double sigma_reg;    /* <= 0: E8Q_SIGMA_REG */
-  e8q_prec prec;       /* LDLQ precision to try first */
-  const e8q_had_factor *had_m, *had_n; /* factors to use (NULL: built with E8Q_HAD_SEED) */
-  const char *name;    /* the linear, for error messages (e.g. "model.layers.3.mlp.down_proj"); NULL: "linear" */
-} e8q_quant_opts;
-
-typedef struct {
-  int64_t m, n, n_pad;
-  e8q_codebook_id cb;
-  uint16_t *codes;     /* [m, n_pad/8] (NULL for noe8 and rtn) */
-  void *codes2;        /* [m, n_pad/8]: u16 (4 bit), u8 (3 bit), NULL (2 bit, noe8, rtn) */
-  float *SU;           /* [n_pad] (NULL for rtn) */
-  float *SV;           /* [m] (NULL for rtn) */
-  float Wscale;        /* decode: What_r = Wscale * codebook values; 0 for an all-zero weight (What = 0) */
-  int K_m, K_n;        /* Hadamard factor orders used (1 = none) */
-  float *What;         /* [m, n] the quantized weight in the original basis */
-  double proxy;        /* tr((What-W) H (What-W)^T) / tr(W H W^T), prepared H */
-  double rel_fro;      /* ||What - W||_F / ||W||_F */
-  e8q_ldl_status status;
-} e8q_quant_result;
-
-/* W [m, n] f32, H [n, n] f64 (a sum or mean of x x^T; it is prepared here). Fatal on bad
- * shapes; a failed factorisation is reported in res->status (res->What is NULL then). */
-void e8q_quantize_linear(const float *W, int64_t m, int64_t n, const double *H, const e8q_quant_opts *o,
-                         e8q_quant_result *res);
-void e8q_quant_result_free(e8q_quant_result *r);
-
-/* A fused group (q, k, v or up, gate: one input, one Hessian): each piece W_p [m_p, n] is
- * divided by its own RMS, fuse_scales[p] (DESIGN "Fused groups"), the pieces are stacked in
- * order into one [sum m_p, n] matrix and quantized as one linear. res describes the stacked
- * matrix (codes, SV, Wscale, proxy of the normalised stack); res->What and res->rel_fro are
- * rescaled back, so What rows of piece p approximate W_p. fuse_scales [npieces] out. */
-void e8q_quantize_fused(const float *const *W, const int64_t *m, int npieces, int64_t n, const double *H,
-                        const e8q_quant_opts *o, e8q_quant_result *res, float *fuse_scales);
+/* "rtn": per-row min-max round to nearest with 2^bits levels (no RHT). W, What [m, ld]: the
+ * range and the rounding cover the first n columns only (zero pad columns n..ld-1 would widen
+ * the range of a row of one sign); pad columns of What are set to 0. */
+void e8q_rtn_rows(const double *W, int64_t m, int64_t n, int64_t ld, int bits, double *What);
 
 #endif

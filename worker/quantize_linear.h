@@ -13,12 +13,14 @@
  *             ranks at tile boundaries (the codes do not depend on the rank count); the proxy
  *             loss is summed per tile and reduced exactly;
  *   gather    codes (and codes2) to rank 0.
- * Methods (kernels/ldlq.h e8q_method): ldlq ("e8p" on the command line: LDLQ + tune onto
- * E8P/RVQ, the default) and nearest (RHT, nearest codebook point, no LDLQ) write E8P codes.
- * The ablations noe8 (RHT + LDLQ onto the scalar half-integer grid) and rtn (no RHT, per-row
- * round to nearest) have no E8P codes: they run e8q_quantize_linear (kernels/ldlq.h) on rank 0
- * and give the quantized weight as a dense matrix (`dense`), stored as such in the artifact
- * (quantization_config "dense_ablation": true) so their perplexity can be measured.
+ * Methods: e8p (the default; "ldlq", the reference code's name, is accepted: LDLQ + tune onto
+ * E8P/RVQ) and nearest (RHT, nearest codebook point, no LDLQ) write E8P codes, their rows split
+ * across ranks. The ablations noe8 (RHT + LDLQ + tune onto the scalar half-integer grid) and
+ * rtn (no RHT, per-row round to nearest) have no E8P codes: the same steps run all rows on
+ * rank 0, which turns the result back into a dense matrix (`dense`), stored as such in the
+ * artifact (quantization_config "dense_ablation": true) so their perplexity can be measured.
+ * One rule for each choice: rho (--rho, else e8q_cb_default_rho of the codebook, or
+ * e8q_noe8_rho for noe8), the per-linear seed (from seed, layer, group), damping E8Q_SIGMA_REG.
  */
 #ifndef E8Q_WORKER_QUANTIZE_LINEAR_H
 #define E8Q_WORKER_QUANTIZE_LINEAR_H
@@ -28,6 +30,13 @@
 #include "shard/plan.h"
 
 #include "kernels/ldlq.h"
+
+typedef enum {
+  E8Q_METHOD_LDLQ = 0,    /* "e8p": RHT + LDLQ + tune onto E8P/RVQ (QuIP#) */
+  E8Q_METHOD_NEAREST = 1, /* "nearest": RHT + nearest E8P/RVQ point per block, no LDLQ */
+  E8Q_METHOD_NOE8 = 2,    /* "noe8": RHT + LDLQ + tune onto the scalar half-integer grid */
+  E8Q_METHOD_RTN = 3,     /* "rtn": no RHT; per-row min-max round to nearest, 2^bits levels */
+} e8q_method;
 
 /* "e8p" (= "ldlq"), "nearest", "noe8", "rtn" -> method; anything else: fatal naming the option */
 e8q_method e8q_method_parse(const char *s);
@@ -39,7 +48,7 @@ static inline int e8q_method_dense(e8q_method m) { return m == E8Q_METHOD_NOE8 |
 typedef struct {
   int bits;          /* 2, 3, 4 */
   e8q_method method;
-  double rho;        /* RMS of Wr before rounding; <= 0: the codebook default */
+  double rho;        /* RMS of Wr before rounding; <= 0: the codebook default (noe8: e8q_noe8_rho) */
   int tune_iters;    /* LDLQ block coordinate-descent passes */
   uint64_t seed;     /* run seed */
   int scalapack;     /* 1: factorise with ScaLAPACK across ranks */
@@ -50,9 +59,9 @@ typedef struct {
   uint16_t *codes;   /* [m, nc] (rank 0); NULL for the dense ablations */
   float *dense;      /* [m, n] quantized weight of a dense ablation (noe8, rtn; rank 0), else NULL */
   void *codes2;      /* [m, nc] u16 (4 bit) or u8 (3 bit); NULL at 2 bit */
-  float *SU;         /* [n_pad] */
-  float *SV;         /* [m] */
-  float Wscale;
+  float *SU;         /* [n_pad] (NULL for rtn) */
+  float *SV;         /* [m] (NULL for rtn) */
+  float Wscale;      /* Ŵr = Wscale * codebook values; 0 for an all-zero group; 1 for the dense ablations */
   float fuse_scales[E8Q_PLAN_MAX_PIECES];
   double proxy_loss; /* tr((Ŵ-W) H (Ŵ-W)ᵀ) / tr(W H Wᵀ) in the rotated, fused frame */
   int retries;       /* factorisation attempts beyond the first (kernels/ldlq.h fallbacks) */

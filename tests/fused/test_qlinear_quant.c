@@ -1,18 +1,22 @@
 /* tests/fused/test_qlinear_quant.c: the fused kernel decodes what the quantizer encodes.
  *
- * kernels/ldlq's e8q_quantize_linear returns the codes, SU, SV, Wscale and, independently, the
- * quantized weight What in the original basis (its own inverse RHT in float64). A layer built
- * from those codes must compute What·x: this holds only if the decoder's conventions (SU on the
- * input side, M_n_padᵀ on the input, M_m on the output, padding, RVQ stage scaling) are the
- * quantizer's. Every bit width, a padded input dimension (n = 172 -> 176), non-power-of-two
- * factors on both sides, fresh random data each run. */
+ * The quantizer (worker/quantize_linear.c, e8q_quantize_group) returns the codes, SU, SV,
+ * Wscale and fuse scale; the quantized weight What in the original basis is rebuilt here with
+ * the quantizer's own steps in float64 (codebook decode, Wscale, the inverse RHT of
+ * kernels/hadamard.h). A layer built from those codes must compute What·x: this holds only if
+ * the decoder's conventions (SU on the input side, M_n_padᵀ on the input, M_m on the output,
+ * padding, RVQ stage scaling) are the quantizer's. Every bit width, a padded input dimension
+ * (n = 172 -> 176), non-power-of-two factors on both sides, fresh random data each run. */
 #include <math.h>
+#include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/ldlq.h"
+#include "common/comm.h"
+#include "kernels/e8p.h"
 #include "kernels/qlinear.h"
 #include "testutil.h"
+#include "worker/quantize_linear.h"
 
 static void check_bits(int bits, uint64_t seed) {
   const int m = 48, n = 172, nsamp = 400;
@@ -30,18 +34,40 @@ static void check_bits(int bits, uint64_t seed) {
       for (int k = 0; k < n; k++) H[i * n + k] += X[s * n + i] * X[s * n + k];
 
   const int n_pad = 176;
-  e8q_had_factor fm, fn;
-  e8q_had_factor_build(&fm, e8q_had_choose_K(m), t_rng_u64(&g));
-  e8q_had_factor_build(&fn, e8q_had_choose_K(n_pad), t_rng_u64(&g));
-  e8q_quant_opts o = {.bits = bits, .rho = 0, .tune_iters = 2, .method = E8Q_METHOD_LDLQ,
-                      .seed = t_rng_u64(&g), .sigma_reg = 0, .prec = E8Q_PREC_F64, .had_m = &fm, .had_n = &fn};
-  e8q_quant_result r;
-  e8q_quantize_linear(W, m, n, H, &o, &r);
-  assert_non_null(r.What);
+  e8q_group_plan gp;
+  memset(&gp, 0, sizeof gp);
+  gp.name = "test", gp.m = m, gp.n = n, gp.n_pad = n_pad, gp.n_pieces = 1, gp.piece_rows[0] = m;
+  gp.K_m = e8q_had_choose_K(m), gp.K_n = e8q_had_choose_K(n_pad);
+  e8q_qlin_opts o = {.bits = bits, .method = E8Q_METHOD_LDLQ, .tune_iters = 2, .seed = t_rng_u64(&g)};
+  e8q_qlin_result r;
+  e8q_quantize_group(&o, &gp, 1, 2, W, H, nsamp, &r);
+  assert_non_null(r.codes);
   assert_int_equal(r.n_pad, n_pad);
+  e8q_had hm, hn;
+  e8q_had_init(&hm, m, E8Q_HAD_SEED);
+  e8q_had_init(&hn, n_pad, E8Q_HAD_SEED);
+  const e8q_had_factor fm = hm.f, fn = hn.f;
+  assert_true(fm.K > 1 && fn.K > 1); /* non-power-of-two factors on both sides */
+  /* What [m, n] in the original basis: fuse scale x SV M_m (Wscale Q) M_n_padᵀ SU, first n columns */
+  const e8q_codebook_id cb = e8q_cb_from_bits(bits);
+  const int c2 = e8q_cb_traits(cb)->codes2_bytes;
+  double *Q = malloc(sizeof(double) * m * n_pad), *SU = malloc(sizeof(double) * n_pad), *SV = malloc(sizeof(double) * m);
+  for (int i = 0; i < m * n_pad / 8; i++) {
+    uint16_t s2 = c2 == 2 ? ((uint16_t *)r.codes2)[i] : c2 == 1 ? ((uint8_t *)r.codes2)[i] : 0;
+    e8q_cb_decode_f64(cb, r.codes[i], s2, Q + 8 * i);
+  }
+  for (int i = 0; i < m * n_pad; i++) Q[i] *= (double)r.Wscale;
+  for (int j = 0; j < n_pad; j++) SU[j] = r.SU[j];
+  for (int i = 0; i < m; i++) SV[i] = r.SV[i];
+  e8q_rht_weight_inv(&hm, &hn, SU, SV, Q);
+  float *What = malloc(sizeof(float) * m * n);
+  for (int i = 0; i < m; i++)
+    for (int k = 0; k < n; k++) What[i * n + k] = (float)(Q[i * n_pad + k] * r.fuse_scales[0]);
+  free(Q), free(SU), free(SV);
 
-  e8q_qlinear_desc d = {.m = m, .n = n, .n_pad = n_pad, .codebook = r.cb, .codes = r.codes,
+  e8q_qlinear_desc d = {.m = m, .n = n, .n_pad = n_pad, .codebook = cb, .codes = r.codes,
                         .codes2 = r.codes2, .SU = r.SU, .SV = r.SV, .Wscale = r.Wscale, .n_pieces = 1,
+                        .fuse_scales = r.fuse_scales,
                         .K_in = fn.K, .R_in = fn.K > 1 ? fn.Rf : NULL, .K_out = fm.K,
                         .R_out = fm.K > 1 ? fm.Rf : NULL};
   e8q_qlinear q;
@@ -54,7 +80,7 @@ static void check_bits(int bits, uint64_t seed) {
     double mx = 0, err = 0;
     for (int i = 0; i < m; i++) {
       double acc = 0;
-      for (int k = 0; k < n; k++) acc += (double)r.What[i * n + k] * x[b * n + k];
+      for (int k = 0; k < n; k++) acc += (double)What[i * n + k] * x[b * n + k];
       mx = fmax(mx, fabs(acc));
       err = fmax(err, fabs(acc - (double)y[b * m + i]));
     }
@@ -66,17 +92,18 @@ static void check_bits(int bits, uint64_t seed) {
   double *Wd = malloc(sizeof(double) * m * n), worst = 0, wmax = 0;
   e8q_qlinear_dequant_ref(&q, Wd);
   for (int i = 0; i < m * n; i++) {
-    worst = fmax(worst, fabs(Wd[i] - (double)r.What[i]));
-    wmax = fmax(wmax, fabs((double)r.What[i]));
+    worst = fmax(worst, fabs(Wd[i] - (double)What[i]));
+    wmax = fmax(wmax, fabs((double)What[i]));
   }
   if (!(worst <= 1e-5 * wmax)) fail_msg("%d bit: dense decode differs from What by %.3g", bits, worst / wmax);
   free(Wd);
   free(x);
   free(y);
   e8q_qlinear_free(&q);
-  e8q_quant_result_free(&r);
-  e8q_had_factor_free(&fm);
-  e8q_had_factor_free(&fn);
+  e8q_qlin_result_free(&r);
+  e8q_had_free(&hm);
+  e8q_had_free(&hn);
+  free(What);
   free(W);
   free(X);
   free(H);
@@ -87,12 +114,17 @@ static void test_2bit(void **s) { (void)s; check_bits(2, g_seed); }
 static void test_3bit(void **s) { (void)s; check_bits(3, g_seed); }
 static void test_4bit(void **s) { (void)s; check_bits(4, g_seed); }
 
-int main(void) {
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  e8q_comm_global_open(-1);
   g_seed = t_fresh_seed("test_qlinear_quant");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_2bit),
       cmocka_unit_test(test_3bit),
       cmocka_unit_test(test_4bit),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  e8q_comm_global_close();
+  MPI_Finalize();
+  return rc;
 }

@@ -1,7 +1,8 @@
 /* tests/pipeline/test_worker.c: the worker pieces of `e8q quantize` on one rank: Gram
  * matrices against their plain-loop twin, the Hessian accumulator against a float64 reference,
- * calibration windows, and quantize_group (fuse scales, proxy loss against a direct
- * recomputation from the decoded weight, the non-positive-definite retry path). */
+ * calibration windows, and quantize_group, the one driver of "quantize one linear" (every
+ * method; fuse scales; proxy loss against a direct recomputation from the decoded weight;
+ * padding decoded by hand; zero, tiny and zero-Hessian cases; the retry path; bad input). */
 #include <math.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -11,8 +12,10 @@
 #include "coordinator/calib.h"
 #include "coordinator/qmodel.h"
 #include "io/tokenizer.h"
+#include "kernels/e8p.h"
 #include "kernels/hadamard.h"
 #include "kernels/qlinear.h"
+#include "synth.h"
 #include "testutil.h"
 #include "worker/cholesky.h"
 #include "worker/hessian.h"
@@ -162,15 +165,20 @@ static e8q_group_plan group(int m, int n, int pieces) {
   return g;
 }
 
-/* the decoded weight of a result (through the fused kernel's dense reference) */
+/* the decoded weight of a result (through the fused kernel's dense reference; a dense
+ * ablation's weight as it is) */
 static void decode(const e8q_group_plan *g, const e8q_qlin_result *q, int bits, double *W) {
+  if (q->dense) {
+    for (int i = 0; i < g->m * g->n; i++) W[i] = q->dense[i];
+    return;
+  }
   e8q_had hn, hm;
   e8q_had_init(&hn, g->n_pad, E8Q_HAD_SEED);
   e8q_had_init(&hm, g->m, E8Q_HAD_SEED);
   e8q_qlinear_desc d;
   memset(&d, 0, sizeof d);
   d.m = g->m, d.n = g->n, d.n_pad = g->n_pad;
-  d.codebook = bits == 2 ? E8Q_CB_E8P12 : bits == 3 ? E8Q_CB_E8P12RVQ3B : E8Q_CB_E8P12RVQ4B;
+  d.codebook = e8q_cb_from_bits(bits);
   d.codes = q->codes, d.codes2 = q->codes2, d.SU = q->SU, d.SV = q->SV, d.Wscale = q->Wscale;
   d.n_pieces = g->n_pieces, d.piece_rows = g->n_pieces > 1 ? g->piece_rows : NULL, d.fuse_scales = q->fuse_scales;
   d.K_in = hn.f.K, d.R_in = hn.f.Rf, d.K_out = hm.f.K, d.R_out = hm.f.Rf;
@@ -179,6 +187,33 @@ static void decode(const e8q_group_plan *g, const e8q_qlin_result *q, int bits, 
   e8q_qlinear_dequant_ref(&ql, W);
   e8q_qlinear_free(&ql);
   e8q_had_free(&hn), e8q_had_free(&hm);
+}
+
+/* tr(E H Eᵀ)/tr(W H Wᵀ) of the decoded weight Wd [m, ld] (ld = n, or n_pad with the decoded pad
+ * columns) against W [m, n] (zero beyond n), with H [n, n] padded to ld and prepared (over mean
+ * diag, + damping), computed directly in the source frame, each piece normalised by its fuse
+ * scale as the quantizer saw it */
+static double direct_proxy(const e8q_group_plan *g, const e8q_qlin_result *q, const float *W, const double *H,
+                           const double *Wd, int ld) {
+  const int m = g->m, n = g->n;
+  double md = 0;
+  for (int i = 0; i < n; i++) md += H[i * n + i];
+  md /= ld;
+  if (!(md > 0)) md = 1;
+  double num = 0, den = 0;
+  for (int r = 0, p = 0, left = g->piece_rows[0]; r < m; r++, left--) {
+    while (left == 0) left = g->piece_rows[++p];
+    double fs = q->fuse_scales[p];
+    for (int i = 0; i < ld; i++)
+      for (int j = 0; j < ld; j++) {
+        double h = (i < n && j < n ? H[i * n + j] / md : 0) + (i == j ? q->damp : 0);
+        double wi = i < n ? W[r * n + i] : 0, wj = j < n ? W[r * n + j] : 0;
+        double ei = (Wd[r * ld + i] - wi) / fs, ej = (Wd[r * ld + j] - wj) / fs;
+        num += ei * h * ej;
+        den += wi / fs * h * wj / fs;
+      }
+  }
+  return den > 0 ? num / den : 0;
 }
 
 static void test_quantize_group(void **state) {
@@ -202,25 +237,10 @@ static void test_quantize_group(void **state) {
       for (int i = p * 32 * n; i < (p + 1) * 32 * n; i++) ss += (double)W[i] * W[i];
       T_NEAR(q.fuse_scales[p], sqrt(ss / (32.0 * n)), 1e-6 * sqrt(ss / (32.0 * n)), "fuse scale");
     }
-    /* the recorded proxy loss equals tr(E H Eᵀ)/tr(W H Wᵀ) of the decoded weight, with H as
-     * prepared (over mean diag, + damping), computed here directly in the source frame, per
-     * piece normalised as the quantizer saw it */
+    /* the recorded proxy loss equals the one of the decoded weight */
     decode(&g, &q, 2, Wd);
-    double md = 0;
-    for (int i = 0; i < n; i++) md += H[i * n + i];
-    md /= n;
-    double num = 0, den = 0;
-    for (int r = 0; r < m; r++) {
-      double fs = q.fuse_scales[r / 32];
-      for (int i = 0; i < n; i++)
-        for (int j = 0; j < n; j++) {
-          double h = H[i * n + j] / md + (i == j ? q.damp : 0);
-          double ei = (Wd[r * n + i] - W[r * n + i]) / fs, ej = (Wd[r * n + j] - W[r * n + j]) / fs;
-          num += ei * h * ej;
-          den += W[r * n + i] / fs * h * W[r * n + j] / fs;
-        }
-    }
-    T_NEAR(q.proxy_loss, num / den, 1e-9 + 1e-6 * num / den, "proxy loss");
+    double want = direct_proxy(&g, &q, W, H, Wd, n);
+    T_NEAR(q.proxy_loss, want, 1e-9 + 1e-6 * want, "proxy loss");
     proxy[meth] = q.proxy_loss;
     e8q_qlin_result_free(&q);
   }
@@ -262,6 +282,250 @@ static void test_quantize_group_zero(void **state) {
   free(W), free(H), free(Wd), free(Wdummy);
 }
 
+/* ---------------------------------------------------------------- every method on one problem
+ * an ill-conditioned H (5 decades): the proxy losses rank as they must, and each equals the one
+ * of its decoded weight (coded methods: decoded codes; noe8, rtn: the dense weight) */
+static float *to_f32(const double *a, int count, double scale) {
+  float *f = malloc(sizeof(float) * (size_t)count);
+  for (int i = 0; i < count; i++) f[i] = (float)(scale * a[i]);
+  return f;
+}
+
+static void test_quantize_group_methods(void **state) {
+  (void)state;
+  const int m = 64, n = 128;
+  double *H = synth_hessian(n, 5, 61), *Wd0 = synth_weight(m, n, 62), *Wd = malloc(sizeof(double) * m * n);
+  float *W = to_f32(Wd0, m * n, 1);
+  e8q_group_plan g = group(m, n, 1);
+  assert_int_equal(g.K_n, 1);
+  double proxy[6];
+  const char *name[6] = {"e8p+tune", "e8p", "nearest", "noe8", "rtn", "e8p+tune 4 bit"};
+  for (int v = 0; v < 6; v++) {
+    e8q_qlin_opts o = {.bits = v == 5 ? 4 : 2, .tune_iters = v == 0 || v == 5 ? 10 : 0, .seed = 7,
+                       .method = v <= 1 || v == 5 ? E8Q_METHOD_LDLQ : v == 2 ? E8Q_METHOD_NEAREST : v == 3 ? E8Q_METHOD_NOE8 : E8Q_METHOD_RTN};
+    e8q_qlin_result q;
+    e8q_quantize_group(&o, &g, 0, 0, W, H, 1000, &q);
+    proxy[v] = q.proxy_loss;
+    print_message("%-16s proxy %.5f  (%s)\n", name[v], q.proxy_loss, q.ldl_message);
+    if (e8q_method_dense(o.method)) {
+      assert_non_null(q.dense);
+      assert_null(q.codes);
+    } else {
+      assert_non_null(q.codes);
+      assert_true(o.bits == 2 ? q.codes2 == NULL : q.codes2 != NULL);
+    }
+    decode(&g, &q, o.bits, Wd);
+    double want = direct_proxy(&g, &q, W, H, Wd, n);
+    T_NEAR(q.proxy_loss, want, 1e-9 + 1e-5 * want, "proxy of the decoded weight");
+    e8q_qlin_result_free(&q);
+  }
+  assert_true(proxy[0] < proxy[1]);
+  assert_true(proxy[1] < proxy[2]);
+  assert_true(proxy[0] < proxy[3]); /* E8 beats the scalar grid */
+  assert_true(proxy[0] < proxy[4]); /* and plain round to nearest */
+  assert_true(proxy[5] < proxy[0] / 4);
+  /* one parser, one name table */
+  assert_int_equal(e8q_method_parse("e8p"), E8Q_METHOD_LDLQ);
+  assert_int_equal(e8q_method_parse("ldlq"), E8Q_METHOD_LDLQ);
+  assert_int_equal(e8q_method_parse("noe8"), E8Q_METHOD_NOE8);
+  for (int k = 0; k < 4; k++) assert_int_equal(e8q_method_parse(e8q_method_cli_name((e8q_method)k)), k);
+  assert_string_equal(e8q_method_cli_name(E8Q_METHOD_LDLQ), "e8p");
+  E8Q_EXPECT_FATAL(e8q_method_parse("gptq"), "gptq", "e8p", "nearest", "noe8", "rtn");
+  free(H), free(Wd0), free(Wd), free(W);
+}
+
+/* ---------------------------------------------------------------- a padded shape, decoded by hand
+ * stories260K's down_proj shape: n = 172 -> 176 (K = 44, Paley). The codes decoded with the
+ * codebook, Wscale and the inverse RHT of kernels/hadamard.h (the quantizer's conventions)
+ * equal the fused kernel's dense decode, and give the recorded proxy loss, pad columns included */
+static void test_quantize_group_padded(void **state) {
+  (void)state;
+  const int m = 64, n = 172;
+  double *H = synth_hessian(n, 2, 71), *Wd0 = synth_weight(m, n, 72);
+  float *W = to_f32(Wd0, m * n, 0.02);
+  e8q_group_plan g = group(m, n, 1);
+  assert_int_equal(g.n_pad, 176);
+  assert_int_equal(g.K_n, 44);
+  assert_int_equal(g.K_m, 1);
+  double proxies[5] = {0};
+  double *Q = malloc(sizeof(double) * m * 176), *D = malloc(sizeof(double) * m * n), SU[176], SV[64];
+  for (int bits = 2; bits <= 4; bits++) {
+    e8q_qlin_opts o = {.bits = bits, .method = E8Q_METHOD_LDLQ, .tune_iters = 2, .seed = 99};
+    e8q_qlin_result q;
+    e8q_quantize_group(&o, &g, 2, 3, W, H, 1000, &q);
+    assert_int_equal(q.n_pad, 176);
+    print_message("bits %d: proxy %.5f Wscale %g\n", bits, q.proxy_loss, q.Wscale);
+    const e8q_codebook_id cb = e8q_cb_from_bits(bits);
+    const int c2 = e8q_cb_traits(cb)->codes2_bytes;
+    for (int i = 0; i < m * 176 / 8; i++) {
+      uint16_t s = c2 == 2 ? ((uint16_t *)q.codes2)[i] : c2 == 1 ? ((uint8_t *)q.codes2)[i] : 0;
+      e8q_cb_decode_f64(cb, q.codes[i], s, Q + 8 * i);
+    }
+    for (int i = 0; i < m * 176; i++) Q[i] *= (double)q.Wscale * q.fuse_scales[0];
+    for (int j = 0; j < 176; j++) SU[j] = q.SU[j];
+    for (int i = 0; i < m; i++) SV[i] = q.SV[i];
+    e8q_had hm, hn;
+    e8q_had_init(&hm, m, E8Q_HAD_SEED);
+    e8q_had_init(&hn, 176, E8Q_HAD_SEED);
+    e8q_rht_weight_inv(&hm, &hn, SU, SV, Q);
+    e8q_had_free(&hm), e8q_had_free(&hn);
+    decode(&g, &q, bits, D);
+    double wmax = 0;
+    for (int i = 0; i < m * n; i++) wmax = fmax(wmax, fabs(D[i]));
+    for (int i = 0; i < m; i++)
+      for (int j = 0; j < n; j++) T_NEAR(Q[i * 176 + j], D[i * n + j], 1e-6 * wmax, "decoded by hand vs fused decode");
+    double want = direct_proxy(&g, &q, W, H, Q, 176);
+    T_NEAR(q.proxy_loss, want, 1e-9 + 1e-6 * want, "proxy of the decoded weight, pad columns included");
+    proxies[bits] = q.proxy_loss;
+    e8q_qlin_result_free(&q);
+  }
+  /* more bits, less loss: each extra bit should cut the proxy loss by well over half */
+  assert_true(proxies[2] < 0.1);
+  assert_true(proxies[3] < proxies[2] / 2);
+  assert_true(proxies[4] < proxies[3] / 2);
+  free(H), free(Wd0), free(W), free(Q), free(D);
+}
+
+/* ---------------------------------------------------------------- fused pieces of very different scale
+ * q, k, v with v 1000x smaller: with fuse scales every piece keeps its own relative precision;
+ * stacking raw rows would leave v with almost none */
+static void test_quantize_group_fused_scales(void **state) {
+  (void)state;
+  const int n = 64, mq = 64, mk = 32, mv = 32, m = mq + mk + mv;
+  double *H = synth_hessian(n, 2, 81), *Wd0 = synth_weight(m, n, 82), *D = malloc(sizeof(double) * m * n);
+  float *W = malloc(sizeof(float) * m * n);
+  for (int i = 0; i < m * n; i++) W[i] = (float)((i < mq * n ? 0.05 : i < (mq + mk) * n ? 0.02 : 5e-5) * Wd0[i]);
+  e8q_group_plan g = group(m, n, 3);
+  g.piece_rows[0] = mq, g.piece_rows[1] = mk, g.piece_rows[2] = mv;
+  e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 2, .seed = 3};
+  e8q_qlin_result q;
+  e8q_quantize_group(&o, &g, 0, 0, W, H, 1000, &q);
+  T_NEAR(q.fuse_scales[0], 0.05, 0.005, "fuse scale of q");
+  T_NEAR(q.fuse_scales[2], 5e-5, 5e-6, "fuse scale of v");
+  decode(&g, &q, 2, D);
+  double err[3];
+  for (int p = 0, off = 0; p < 3; off += g.piece_rows[p] * n, p++) {
+    double num = 0, den = 0;
+    for (int i = off; i < off + g.piece_rows[p] * n; i++) num += (D[i] - W[i]) * (D[i] - W[i]), den += (double)W[i] * W[i];
+    err[p] = sqrt(num / den);
+  }
+  print_message("fused q/k/v relative errors %.3f %.3f %.3f\n", err[0], err[1], err[2]);
+  assert_true(err[2] < 2 * err[0] && err[2] < 0.8);
+  e8q_qlin_result_free(&q);
+  free(H), free(Wd0), free(D), free(W);
+}
+
+/* ---------------------------------------------------------------- rtn on a padded shape
+ * n = 12 is padded to 16. Per-row min-max round to nearest must use the row's own range: rows
+ * of one sign (here all in [1, 2]) must not see the zero pad columns, so every value lies on the
+ * grid lo + k (hi - lo) / 3 (2 bits) of its row */
+static void test_quantize_group_rtn_padded(void **state) {
+  (void)state;
+  enum { M = 4, N = 12 };
+  float W[M * N];
+  double H[N * N];
+  for (int i = 0; i < N; i++)
+    for (int j = 0; j < N; j++) H[i * N + j] = i == j ? 1.0 + 0.1 * i : 0.05;
+  for (int r = 0; r < M; r++)
+    for (int c = 0; c < N; c++) W[r * N + c] = (float)((r % 2 ? -1.0 : 1.0) * (1.0 + fmod(0.37 * (c + 1) * (r + 2), 1.0)));
+  e8q_group_plan g = group(M, N, 1);
+  assert_int_equal(g.n_pad, 16);
+  e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_RTN, .seed = 1};
+  e8q_qlin_result q;
+  e8q_quantize_group(&o, &g, 0, 0, W, H, 100, &q);
+  assert_non_null(q.dense);
+  assert_int_equal(q.retries, 0);
+  assert_string_equal(q.ldl_message, "rtn: no factorisation");
+  for (int r = 0; r < M; r++) {
+    double lo = W[r * N], hi = W[r * N];
+    for (int c = 1; c < N; c++) lo = fmin(lo, W[r * N + c]), hi = fmax(hi, W[r * N + c]);
+    double step = (hi - lo) / 3;
+    for (int c = 0; c < N; c++) {
+      double want = lo + round((W[r * N + c] - lo) / step) * step;
+      T_NEAR(q.dense[r * N + c], want, 1e-6, "rtn value on the row's own min-max grid");
+    }
+  }
+  e8q_qlin_result_free(&q);
+}
+
+/* ---------------------------------------------------------------- degenerate pieces and weights
+ * piece 0 ordinary, piece 1 all zero, piece 2 all zero but one subnormal entry: its RMS (about
+ * 2e-47) is positive in double but 0 in float. Fuse scales stay usable divisors (finite, > 0)
+ * and the result is finite. A piece of 0 rows is refused, naming the layer and group. */
+static void test_quantize_group_tiny_pieces(void **state) {
+  (void)state;
+  enum { N = 64, M0 = 16, M1 = 16, M2 = 32, M = M0 + M1 + M2 };
+  double *H = synth_hessian(N, 2, 91), *Wd0 = synth_weight(M0, N, 92), *D = malloc(sizeof(double) * M * N);
+  float *W = calloc(M * N, sizeof(float));
+  for (int i = 0; i < M0 * N; i++) W[i] = (float)(0.03 * Wd0[i]);
+  W[(M0 + M1) * N + 5] = 1e-44f;
+  assert_true(W[(M0 + M1) * N + 5] > 0);
+  e8q_group_plan g = group(M, N, 3);
+  g.piece_rows[0] = M0, g.piece_rows[1] = M1, g.piece_rows[2] = M2;
+  e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 1, .seed = 5};
+  e8q_qlin_result q;
+  e8q_quantize_group(&o, &g, 0, 0, W, H, 100, &q);
+  for (int p = 0; p < 3; p++) assert_true(isfinite(q.fuse_scales[p]) && q.fuse_scales[p] > 0);
+  decode(&g, &q, 2, D);
+  for (int i = 0; i < M * N; i++) assert_true(isfinite(D[i]));
+  T_NEAR(q.fuse_scales[0], 0.03, 0.006, "fuse scale of the ordinary piece");
+  e8q_qlin_result_free(&q);
+  g.piece_rows[1] = 0, g.piece_rows[2] = M1 + M2;
+  g.name = "self_attn.qkv_proj";
+  E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 0, 0, W, H, 100, &q), "layer 0 self_attn.qkv_proj: fused piece 1 has 0 rows");
+  free(H), free(Wd0), free(D), free(W);
+}
+
+/* No codebook (E8P, RVQ, the noe8 half-integer grid) has a zero point, so an all-zero weight
+ * must decode to exactly 0, not to the codewords nearest 0. A weight whose scale underflows in
+ * float (one subnormal entry) is treated the same way: finite, |Ŵ| at most that entry. */
+static void test_quantize_group_zero_weight(void **state) {
+  (void)state;
+  enum { M = 8, N = 64 };
+  double *H = synth_hessian(N, 2, 93), *D = malloc(sizeof(double) * M * N);
+  float *W = calloc(M * N, sizeof(float));
+  e8q_group_plan g = group(M, N, 1);
+  for (int tiny = 0; tiny <= 1; tiny++) {
+    W[7] = tiny ? 1e-44f : 0.0f;
+    for (int v = 0; v < 5; v++) {
+      e8q_qlin_opts o = {.bits = v < 3 ? 2 + v : 2, .tune_iters = 2, .seed = 4,
+                         .method = v < 3 ? E8Q_METHOD_LDLQ : v == 3 ? E8Q_METHOD_NEAREST : E8Q_METHOD_NOE8};
+      e8q_qlin_result q;
+      e8q_quantize_group(&o, &g, 0, 1, W, H, 100, &q);
+      assert_true(isfinite(q.Wscale) && q.Wscale >= 0);
+      decode(&g, &q, o.bits, D);
+      for (int i = 0; i < M * N; i++) {
+        assert_true(isfinite(D[i]));
+        assert_true(fabs(D[i]) <= W[7]);
+      }
+      assert_true(q.proxy_loss == 0 || tiny);
+      e8q_qlin_result_free(&q);
+    }
+  }
+  free(H), free(D), free(W);
+}
+
+/* A linear whose calibration inputs are all zero has H = 0: it becomes sigma_reg * I, L = I,
+ * and LDLQ with its tune passes gives the codes of nearest rounding */
+static void test_quantize_group_zero_hessian(void **state) {
+  (void)state;
+  enum { M = 8, N = 32 };
+  double *H = calloc(N * N, sizeof(double));
+  float W[M * N];
+  for (int i = 0; i < M * N; i++) W[i] = (float)sin(0.7 * i + 0.2);
+  e8q_group_plan g = group(M, N, 1);
+  e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 3, .seed = 2};
+  e8q_qlin_result q, qn;
+  e8q_quantize_group(&o, &g, 0, 0, W, H, 100, &q);
+  assert_int_equal(q.retries, 0);
+  o.method = E8Q_METHOD_NEAREST;
+  e8q_quantize_group(&o, &g, 0, 0, W, H, 100, &qn);
+  assert_memory_equal(q.codes, qn.codes, sizeof(uint16_t) * M * N / 8);
+  e8q_qlin_result_free(&q);
+  e8q_qlin_result_free(&qn);
+  free(H);
+}
+
 static void test_not_positive_definite_retry(void **state) {
   (void)state;
   const int m = 32, n = 16;
@@ -284,10 +548,16 @@ static void test_not_positive_definite_retry(void **state) {
   e8q_qlin_result_free(&q);
   /* beyond tenfold damping: a fatal error naming the layer and group */
   H[5 * n + 5] = -0.5;
-  E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test", "damping");
-  /* hopeless (NaN): a clear fatal error naming the layer */
+  E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test", "damping", "unusable");
+  /* hopeless (NaN): a clear fatal error naming the layer and the entry */
   H[3] = NAN;
-  E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3");
+  E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test: the Hessian has a non-finite entry",
+                   "at [0, 3]");
+  /* a non-finite weight: the checkpoint is corrupt */
+  H[3] = 0;
+  W[9] = INFINITY;
+  E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test: weight entry [0, 9] is inf",
+                   "corrupt");
   free(W), free(H);
 }
 
@@ -330,6 +600,13 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_calibration_windows),
       cmocka_unit_test(test_quantize_group),
       cmocka_unit_test(test_quantize_group_zero),
+      cmocka_unit_test(test_quantize_group_methods),
+      cmocka_unit_test(test_quantize_group_padded),
+      cmocka_unit_test(test_quantize_group_fused_scales),
+      cmocka_unit_test(test_quantize_group_rtn_padded),
+      cmocka_unit_test(test_quantize_group_tiny_pieces),
+      cmocka_unit_test(test_quantize_group_zero_weight),
+      cmocka_unit_test(test_quantize_group_zero_hessian),
       cmocka_unit_test(test_not_positive_definite_retry),
       cmocka_unit_test(test_scalapack_retry),
   };
