@@ -16,6 +16,7 @@
 #include "common/file.h"
 #include "common/hash.h"
 #include "io/atomic.h"
+#include "io/text.h"
 
 /* ================================================================ writing */
 struct e8q_artifact_writer {
@@ -396,17 +397,6 @@ void e8q_artifact_extract(const e8q_artifact *a, const char *name, const char *d
   free(buf);
 }
 
-static void reportf(char *out, size_t cap, const char *fmt, ...) E8Q_PRINTF(3, 4);
-static void reportf(char *out, size_t cap, const char *fmt, ...) {
-  if (!out) return;
-  size_t l = strlen(out);
-  if (l + 1 >= cap) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(out + l, cap - l, fmt, ap);
-  va_end(ap);
-}
-
 /* The archive's end: after the last member's data (rounded up to a 512-byte block) come the
  * end-of-archive marker, two zero blocks, and nothing else but zero padding. libarchive stops at
  * the marker and ignores what follows, so bytes appended to an artifact would pass unseen.
@@ -419,12 +409,12 @@ static int verify_end(const e8q_artifact *a, int fd, char *report, size_t cap) {
   }
   struct stat sb;
   if (fstat(fd, &sb) != 0) {
-    reportf(report, cap, "archive end: cannot stat the file: %s\n", strerror(errno));
+    e8q_appendf(report, cap, "archive end: cannot stat the file: %s\n", strerror(errno));
     return 1;
   }
   uint64_t size = (uint64_t)sb.st_size;
   if (size < end + 1024) {
-    reportf(report, cap, "archive end: the end-of-archive marker (two zero blocks after byte %llu) is missing: the "
+    e8q_appendf(report, cap, "archive end: the end-of-archive marker (two zero blocks after byte %llu) is missing: the "
             "file has %llu bytes; the archive is truncated\n", (unsigned long long)end, (unsigned long long)size);
     return 1;
   }
@@ -433,14 +423,14 @@ static int verify_end(const e8q_artifact *a, int fd, char *report, size_t cap) {
     size_t want = size - pos < sizeof buf ? (size_t)(size - pos) : sizeof buf;
     ssize_t r = pread(fd, buf, want, (off_t)pos);
     if (r <= 0) {
-      reportf(report, cap, "archive end: cannot read byte %llu: %s\n", (unsigned long long)pos,
+      e8q_appendf(report, cap, "archive end: cannot read byte %llu: %s\n", (unsigned long long)pos,
               r < 0 ? strerror(errno) : "unexpected end of file");
       return 1;
     }
     for (ssize_t i = 0; i < r; i++)
       if (buf[i] != 0) {
         uint64_t at = pos + (uint64_t)i;
-        reportf(report, cap, "archive end: byte %llu of %llu is not zero: %s; the file is not the archive e8q "
+        e8q_appendf(report, cap, "archive end: byte %llu of %llu is not zero: %s; the file is not the archive e8q "
                 "wrote (copy it again or re-create it)\n", (unsigned long long)at, (unsigned long long)size,
                 at < end + 1024 ? "the end-of-archive marker is damaged"
                                 : "data follows the end-of-archive marker (appended to the archive?)");
@@ -478,12 +468,12 @@ int e8q_artifact_verify(const e8q_artifact *a, char *report, size_t cap) {
     e8q_hex(dg, 32, hex);
     if (r < 0) {
       bad++;
-      reportf(report, cap, "%s: unreadable: %s\n", name, archive_error_string(ar));
+      e8q_appendf(report, cap, "%s: unreadable: %s\n", name, archive_error_string(ar));
       break;
     }
     if (got != limit) {
       bad++;
-      reportf(report, cap, "%s: %llu bytes, header says %llu\n", name, (unsigned long long)got,
+      e8q_appendf(report, cap, "%s: %llu bytes, header says %llu\n", name, (unsigned long long)got,
               (unsigned long long)limit);
     }
     if (!strcmp(name, "manifest.json")) {
@@ -495,18 +485,18 @@ int e8q_artifact_verify(const e8q_artifact *a, char *report, size_t cap) {
     const cJSON *sz = cJSON_GetObjectItemCaseSensitive(d, "size");
     if (!cJSON_IsString(sha) || strcmp(sha->valuestring, hex) != 0) {
       bad++;
-      reportf(report, cap, "%s: sha256 %s, manifest says %s\n", name, hex,
+      e8q_appendf(report, cap, "%s: sha256 %s, manifest says %s\n", name, hex,
               cJSON_IsString(sha) ? sha->valuestring : "(none)");
     }
     if (!cJSON_IsNumber(sz) || sz->valuedouble != (double)got) {
       bad++;
-      reportf(report, cap, "%s: %llu bytes, manifest says %.0f\n", name, (unsigned long long)got,
+      e8q_appendf(report, cap, "%s: %llu bytes, manifest says %.0f\n", name, (unsigned long long)got,
               cJSON_IsNumber(sz) ? sz->valuedouble : -1.0);
     }
   }
   if (rc != ARCHIVE_EOF && rc != ARCHIVE_OK) {
     bad++;
-    reportf(report, cap, "archive structure: %s\n", archive_error_string(ar));
+    e8q_appendf(report, cap, "archive structure: %s\n", archive_error_string(ar));
   }
   archive_read_free(ar);
   bad += verify_end(a, fd, report, cap);
@@ -514,7 +504,7 @@ int e8q_artifact_verify(const e8q_artifact *a, char *report, size_t cap) {
   recorded_manifest[64] = '\0';
   if (strcmp(manifest_hex, recorded_manifest) != 0) {
     bad++;
-    reportf(report, cap, "manifest.json: sha256 %s, manifest.json.sha256 says %s\n", manifest_hex,
+    e8q_appendf(report, cap, "manifest.json: sha256 %s, manifest.json.sha256 says %s\n", manifest_hex,
             recorded_manifest[0] ? recorded_manifest : "(missing)");
   }
   return bad;

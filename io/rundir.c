@@ -3,7 +3,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,16 +68,6 @@ cJSON *e8q_model_fingerprint(const char *model_dir) {
 }
 
 /* ---------------------------------------------------------------- diff */
-static void appendf(char *out, size_t cap, const char *fmt, ...) E8Q_PRINTF(3, 4);
-static void appendf(char *out, size_t cap, const char *fmt, ...) {
-  size_t l = strlen(out);
-  if (l + 1 >= cap) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(out + l, cap - l, fmt, ap);
-  va_end(ap);
-}
-
 static char *short_json(const cJSON *v) {
   if (!v) return strdup("(absent)");
   char *s = cJSON_PrintUnformatted(v);
@@ -106,7 +95,7 @@ static int json_diff(const cJSON *now, const cJSON *old, const char *path, const
   }
   if (now && old && cJSON_Compare(now, old, 1)) return 0;
   char *a = short_json(now), *b = short_json(old);
-  appendf(out, cap, "\n  %s: %s now, %s in %s", path, a, b, where);
+  e8q_appendf(out, cap, "\n  %s: %s now, %s in %s", path, a, b, where);
   free(a);
   free(b);
   return 1;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,4 +170,15 @@ void e8q_ids_write(const char *path, const int *ids, size_t n) {
   }
   e8q_atomic_write_file(path, "ids", b, n * 4, NULL);
   free(b);
+}
+
+/* ---------------------------------------------------------------- reports */
+void e8q_appendf(char *out, size_t cap, const char *fmt, ...) {
+  if (!out) return;
+  size_t l = strlen(out);
+  if (l + 1 >= cap) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(out + l, cap - l, fmt, ap);
+  va_end(ap);
 }

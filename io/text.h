@@ -37,4 +37,9 @@ size_t e8q_utf8_check(const char *text, size_t len);
 /* writes n ids as a little-endian uint32 file, atomically; fatal on a negative id or I/O error */
 void e8q_ids_write(const char *path, const int *ids, size_t n);
 
+/* ---------------------------------------------------------------- reports */
+/* appends printf-formatted text to the NUL-terminated string in out [cap] (reports of several
+ * lines); what does not fit is cut, a full buffer is left as it is; out NULL: nothing */
+void e8q_appendf(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif
