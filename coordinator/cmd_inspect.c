@@ -67,17 +67,17 @@ int cmd_inspect(int argc, char **argv) {
         fprintf(stderr, "e8q inspect: unknown option %s\n", argv[i]);
         inspect_usage(stderr);
       }
-      return 2;
+      return 1;
     } else if (!path) {
       path = argv[i];
     } else {
       if (e8q_rank() == 0) fprintf(stderr, "e8q inspect: more than one artifact given (%s, %s)\n", path, argv[i]);
-      return 2;
+      return 1;
     }
   }
   if (!path) {
     if (e8q_rank() == 0) inspect_usage(stderr);
-    return 2;
+    return 1;
   }
   if (e8q_rank() != 0) return 0; /* one reader is enough */
   e8q_artifact *a = e8q_artifact_open(path);

@@ -80,11 +80,18 @@ static void test_roundtrip(void **state) {
   free(d);
 }
 
-static int run_inspect(const char *path, const char *out) {
-  char cmd[16384];
-  snprintf(cmd, sizeof cmd, "'%s' inspect '%s' --verify > '%s' 2>&1", E8Q_BIN, path, out);
+/* `e8q inspect ARGS --verify`, output to out; the exit status */
+static int run_inspect_args(const char *args, const char *out) {
+  char cmd[32768];
+  snprintf(cmd, sizeof cmd, "'%s' inspect %s --verify > '%s' 2>&1", E8Q_BIN, args, out);
   int st = system(cmd);
   return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int run_inspect(const char *path, const char *out) {
+  char args[8192];
+  snprintf(args, sizeof args, "'%s'", path);
+  return run_inspect_args(args, out);
 }
 
 static void test_flipped_byte_in_every_member(void **state) {
@@ -127,8 +134,18 @@ static void test_flipped_byte_in_every_member(void **state) {
       e8q_artifact_close(b);
     }
     if (bad < 1) fail_msg("flipped byte in %s not caught", ms[i].name);
-    assert_int_not_equal(run_inspect(p, log), 0);
+    assert_int_equal(run_inspect(p, log), 1); /* a failure exits 1, as every command's */
   }
+  /* so do usage errors: an unknown option, two artifacts, none */
+  char args[2 * sizeof p + 16];
+  snprintf(args, sizeof args, "'%s' --bogus-option", p);
+  assert_int_equal(run_inspect_args(args, log), 1);
+  char *msg = t_read_file(log, NULL);
+  assert_non_null(strstr(msg, "unknown option --bogus-option"));
+  free(msg);
+  snprintf(args, sizeof args, "'%s' '%s'", p, p);
+  assert_int_equal(run_inspect_args(args, log), 1);
+  assert_int_equal(run_inspect_args("", log), 1);
   e8q_artifact_close(a);
   t_write_file(p, orig, n);
   free(orig);
