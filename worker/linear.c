@@ -1,4 +1,4 @@
-/* worker/linear.c: y = x Wᵀ, dense through BLAS (quantized linears: see linear.h). */
+/* worker/linear.c: y = x Wᵀ, dense through BLAS, quantized through the fused kernels (worker/linear.h). */
 #include "worker/linear.h"
 
 #include <cblas.h>
