@@ -29,7 +29,7 @@ int e8q_open_regular(const char *path, const char *what) {
   }
   if (!S_ISREG(sb.st_mode)) {
     close(fd);
-    E8Q_FATAL("%s is a %s, not a regular file; e8q reads a %s only from a regular file: give the path of one",
+    E8Q_FATAL("%s is a %s, not a regular file: e8q reads the %s from a regular file only; give the path of one",
               path, e8q_file_kind(sb.st_mode), what);
   }
   int fl = fcntl(fd, F_GETFL);
