@@ -94,14 +94,27 @@ e8q_comm *e8q_comm_get(void) {
 e8q_comm *e8q_comm_get_opt(void) { return g_world; }
 
 /* ---------------------------------------------------------------- helpers */
+/* The prologue of every call: 1 when buf is device memory, so the call goes to NCCL (fatal
+ * for a host-only communicator, or a build without CUDA/NCCL); 0 for host memory (MPI). */
+static int on_device(const e8q_comm *c, e8q_mem mem, const char *what) {
+  if (mem != E8Q_MEM_DEVICE) return 0;
 #ifdef E8Q_HAVE_CUDA
-#define DEVICE_OR_FATAL(c, what)                                                         \
-  E8Q_CHECK((c)->nccl, "%s: device buffer given to a host-only communicator (create it with " \
-            "e8q_comm_world(device) to use NCCL)", (what))
+  E8Q_CHECK(c->nccl, "%s: device buffer given to a host-only communicator (create it with "
+            "e8q_comm_world(device) to use NCCL)", what);
+  return 1;
 #else
-#define DEVICE_OR_FATAL(c, what)                                                         \
-  E8Q_FATAL("%s: device buffer given but e8q was built without CUDA/NCCL", (what))
+  (void)c;
+  E8Q_FATAL("%s: device buffer given but e8q was built without CUDA/NCCL", what);
 #endif
+}
+/* an NCCL call, compiled only with CUDA (without it on_device never returns 1) */
+#ifdef E8Q_HAVE_CUDA
+#define NCCL_CALL(call) call
+#else
+#define NCCL_CALL(call) ((void)0)
+#endif
+/* elements in the MPI segment of a transfer of total elements starting at off */
+static size_t seg_len(size_t total, size_t off) { return total - off < COMM_SEG ? total - off : COMM_SEG; }
 
 static MPI_Datatype dt_mpi(e8q_comm_type dt) {
   switch (dt) {
@@ -129,19 +142,15 @@ void e8q_comm_barrier(e8q_comm *c) { E8Q_CHECK_MPI(MPI_Barrier(c->mpi)); }
 static void reduce(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, size_t n, int op, int root,
                    const char *what) {
   if (root >= 0) check_root(c, root, what);
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, what);
-#ifdef E8Q_HAVE_CUDA
-    if (root < 0) e8q_nccl_allreduce(c->nccl, (int)dt, op, buf, n);
-    else e8q_nccl_reduce_sum(c->nccl, (int)dt, buf, n, root);
-#endif
+  if (on_device(c, mem, what)) {
+    NCCL_CALL(root < 0 ? e8q_nccl_allreduce(c->nccl, (int)dt, op, buf, n) : e8q_nccl_reduce_sum(c->nccl, (int)dt, buf, n, root));
     return;
   }
   MPI_Datatype t = dt_mpi(dt);
   MPI_Op mop = op == E8Q_NCCL_MAX ? MPI_MAX : MPI_SUM;
   char *p = buf;
   for (size_t off = 0; off < n; off += COMM_SEG) {
-    size_t k = n - off < COMM_SEG ? n - off : COMM_SEG;
+    size_t k = seg_len(n, off);
     void *b = p + off * dt_size(dt);
     if (root < 0)
       E8Q_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, b, (int)k, t, mop, c->mpi));
@@ -173,16 +182,13 @@ void e8q_comm_reduce_sum(e8q_comm *c, e8q_mem mem, e8q_comm_type dt, void *buf, 
 
 void e8q_comm_bcast(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int root) {
   check_root(c, root, "e8q_comm_bcast");
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_bcast");
-#ifdef E8Q_HAVE_CUDA
-    e8q_nccl_bcast(c->nccl, buf, bytes, root);
-#endif
+  if (on_device(c, mem, "e8q_comm_bcast")) {
+    NCCL_CALL(e8q_nccl_bcast(c->nccl, buf, bytes, root));
     return;
   }
   char *p = buf;
   for (size_t off = 0; off < bytes; off += COMM_SEG) {
-    size_t k = bytes - off < COMM_SEG ? bytes - off : COMM_SEG;
+    size_t k = seg_len(bytes, off);
     E8Q_CHECK_MPI(MPI_Bcast(p + off, (int)k, MPI_BYTE, root, c->mpi));
   }
 }
@@ -208,8 +214,7 @@ void e8q_comm_gatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send_by
     E8Q_CHECK(counts[c->rank] == send_bytes, "e8q_comm_gatherv: counts[%d] = %zu but rank %d sends %zu bytes",
               c->rank, counts[c->rank], c->rank, send_bytes);
   }
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_gatherv");
+  if (on_device(c, mem, "e8q_comm_gatherv")) {
 #ifdef E8Q_HAVE_CUDA
     E8Q_CHECK(counts, "e8q_comm_gatherv: device buffers need counts on every rank");
     e8q_nccl_gatherv(c->nccl, send, send_bytes, recv, counts, root);
@@ -233,11 +238,8 @@ void e8q_comm_allgatherv(e8q_comm *c, e8q_mem mem, const void *send, size_t send
   E8Q_CHECK(counts, "e8q_comm_allgatherv: counts must be given on every rank");
   E8Q_CHECK(counts[c->rank] == send_bytes, "e8q_comm_allgatherv: counts[%d] = %zu but rank %d sends %zu bytes",
             c->rank, counts[c->rank], c->rank, send_bytes);
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_allgatherv");
-#ifdef E8Q_HAVE_CUDA
-    e8q_nccl_gatherv(c->nccl, send, send_bytes, recv, counts, -1);
-#endif
+  if (on_device(c, mem, "e8q_comm_allgatherv")) {
+    NCCL_CALL(e8q_nccl_gatherv(c->nccl, send, send_bytes, recv, counts, -1));
     return;
   }
   int *ic = e8q_malloc(sizeof(int) * c->size, "allgatherv counts");
@@ -256,8 +258,7 @@ static void gather_items(e8q_comm *c, e8q_mem mem, const void *send, size_t item
   E8Q_CHECK(item_bytes <= INT_MAX && item_bytes * (size_t)c->size <= INT_MAX,
             "%s: %zu bytes per rank on %d ranks exceed MPI's int counts (2 GiB); use the v-variant in pieces", what,
             item_bytes, c->size);
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, what);
+  if (on_device(c, mem, what)) {
     size_t *counts = e8q_malloc(sizeof(size_t) * (size_t)c->size, "gather counts");
     for (int r = 0; r < c->size; r++) counts[r] = item_bytes;
     if (root < 0) e8q_comm_allgatherv(c, mem, send, item_bytes, recv, counts);
@@ -283,16 +284,13 @@ void e8q_comm_allgather(e8q_comm *c, e8q_mem mem, const void *send, size_t item_
 
 void e8q_comm_send(e8q_comm *c, e8q_mem mem, const void *buf, size_t bytes, int peer, int tag) {
   check_root(c, peer, "e8q_comm_send (peer)");
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_send");
-#ifdef E8Q_HAVE_CUDA
-    e8q_nccl_send(c->nccl, buf, bytes, peer);
-#endif
+  if (on_device(c, mem, "e8q_comm_send")) {
+    NCCL_CALL(e8q_nccl_send(c->nccl, buf, bytes, peer));
     return;
   }
   const char *p = buf;
   for (size_t off = 0; off < bytes || off == 0; off += COMM_SEG) {
-    size_t k = bytes - off < COMM_SEG ? bytes - off : COMM_SEG;
+    size_t k = seg_len(bytes, off);
     E8Q_CHECK_MPI(MPI_Send(p + off, (int)k, MPI_BYTE, peer, tag, c->mpi));
     if (bytes == 0) break;
   }
@@ -300,16 +298,13 @@ void e8q_comm_send(e8q_comm *c, e8q_mem mem, const void *buf, size_t bytes, int 
 
 void e8q_comm_recv(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int peer, int tag) {
   check_root(c, peer, "e8q_comm_recv (peer)");
-  if (mem == E8Q_MEM_DEVICE) {
-    DEVICE_OR_FATAL(c, "e8q_comm_recv");
-#ifdef E8Q_HAVE_CUDA
-    e8q_nccl_recv(c->nccl, buf, bytes, peer);
-#endif
+  if (on_device(c, mem, "e8q_comm_recv")) {
+    NCCL_CALL(e8q_nccl_recv(c->nccl, buf, bytes, peer));
     return;
   }
   char *p = buf;
   for (size_t off = 0; off < bytes || off == 0; off += COMM_SEG) {
-    size_t k = bytes - off < COMM_SEG ? bytes - off : COMM_SEG;
+    size_t k = seg_len(bytes, off);
     MPI_Status st;
     E8Q_CHECK_MPI(MPI_Recv(p + off, (int)k, MPI_BYTE, peer, tag, c->mpi, &st));
     int got = 0;
