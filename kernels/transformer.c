@@ -216,7 +216,42 @@ void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const floa
   }
 }
 
+void e8q_attention_step_ref(int pos, int n_heads, int n_kv_heads, int hd, const float *q, const float *kc,
+                            const float *vc, float *out, float *att) {
+  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
+            n_heads, n_kv_heads);
+  size_t ldkv = (size_t)n_kv_heads * hd;
+  int group = n_heads / n_kv_heads;
+  double scale = 1.0 / sqrt((double)hd);
+  for (int h = 0; h < n_heads; h++) {
+    /* scores, softmax, weighted values, written out plainly (double accumulation) */
+    const float *qh = q + (size_t)h * hd, *k = kc + (size_t)(h / group) * hd, *v = vc + (size_t)(h / group) * hd;
+    float *a = att + (size_t)h * (pos + 1);
+    double mx = -INFINITY, sum = 0;
+    for (int j = 0; j <= pos; j++) {
+      double sc = 0;
+      for (int i = 0; i < hd; i++) sc += (double)qh[i] * k[(size_t)j * ldkv + i];
+      a[j] = (float)(sc * scale);
+      if (a[j] > mx) mx = a[j];
+    }
+    for (int j = 0; j <= pos; j++) sum += exp((double)a[j] - mx);
+    for (int i = 0; i < hd; i++) {
+      double acc = 0;
+      for (int j = 0; j <= pos; j++) acc += exp((double)a[j] - mx) / sum * v[(size_t)j * ldkv + i];
+      out[(size_t)h * hd + i] = (float)acc;
+    }
+  }
+}
+
 /* ---------------------------------------------------------------- SwiGLU */
+
+void e8q_swiglu_ref(int T, int hidden, const float *ug, float *h) {
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < hidden; i++) {
+      double up = ug[(size_t)t * 2 * hidden + i], g = ug[(size_t)t * 2 * hidden + hidden + i];
+      h[(size_t)t * hidden + i] = (float)(g / (1.0 + exp(-g)) * up);
+    }
+}
 
 void e8q_swiglu(int T, int hidden, const float *ug, float *h) {
 #pragma omp parallel for schedule(static) if ((size_t)T * hidden > E8Q_PAR_MIN)
@@ -231,6 +266,13 @@ void e8q_swiglu(int T, int hidden, const float *ug, float *h) {
 }
 
 /* ---------------------------------------------------------------- softmax and NLL */
+
+void e8q_softmax_ref(int n, float *x) {
+  double mx = x[0], sum = 0;
+  for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+  for (int i = 0; i < n; i++) sum += exp((double)x[i] - mx);
+  for (int i = 0; i < n; i++) x[i] = (float)(exp((double)x[i] - mx) / sum);
+}
 
 void e8q_softmax(int n, float *x) {
   float mx = x[0];

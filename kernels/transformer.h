@@ -47,15 +47,22 @@ void e8q_attention_ref(int n_seq, int T, int n_heads, int n_kv_heads, int hd, co
  * out: [n_heads*hd]; att: scratch [n_heads, pos+1]. */
 void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const float *q, const float *kc,
                         const float *vc, float *out, float *att);
+/* plain loops in double accumulation, one head after another: the reference for tests */
+void e8q_attention_step_ref(int pos, int n_heads, int n_kv_heads, int hd, const float *q, const float *kc,
+                            const float *vc, float *out, float *att);
 
 /* ---------------------------------------------------------------- SwiGLU
  * h[t,i] = silu(gate[t,i]) * up[t,i], with ug rows [up (hidden) | gate (hidden)]
  * (the upgate group's row order, DESIGN §4). */
 void e8q_swiglu(int T, int hidden, const float *ug /* [T, 2*hidden] */, float *h /* [T, hidden] */);
+/* the same in double, sequential: the reference for tests */
+void e8q_swiglu_ref(int T, int hidden, const float *ug /* [T, 2*hidden] */, float *h /* [T, hidden] */);
 
 /* ---------------------------------------------------------------- softmax and NLL
  * in place, max-subtracted */
 void e8q_softmax(int n, float *x /* [n] */);
+/* the same in double throughout: the reference for tests */
+void e8q_softmax_ref(int n, float *x /* [n] */);
 /* -log softmax(logits)[target], computed in double */
 double e8q_nll(int n, const float *logits /* [n] */, int target);
 /* index of the largest logit (first on ties) */

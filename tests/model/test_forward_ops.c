@@ -144,13 +144,20 @@ static void check_attention(int n_seq, int T, int nh, int nkv, int hd, uint64_t 
   int kvd = nkv * hd;
   float *kc = malloc(sizeof(float) * T * kvd), *vc = malloc(sizeof(float) * T * kvd);
   float *o = malloc(sizeof(float) * nh * hd), *att = malloc(sizeof(float) * nh * T);
+  float *o_ref = malloc(sizeof(float) * nh * hd);
+  double *o_d = malloc(sizeof(double) * nh * hd);
   for (int t = 0; t < T; t++) {
     memcpy(kc + (size_t)t * kvd, qkv + (size_t)t * ld + nh * hd, sizeof(float) * kvd);
     memcpy(vc + (size_t)t * kvd, qkv + (size_t)t * ld + nh * hd + kvd, sizeof(float) * kvd);
     e8q_attention_step(t, nh, nkv, hd, qkv + (size_t)t * ld, kc, vc, o, att);
     expect_close(o, ref + (size_t)t * nh * hd, (size_t)nh * hd, 1e-4, 1e-5, "attention_step");
+    e8q_attention_step_ref(t, nh, nkv, hd, qkv + (size_t)t * ld, kc, vc, o_ref, att);
+    expect_close(o_ref, ref + (size_t)t * nh * hd, (size_t)nh * hd, 1e-5, 1e-6, "attention_step_ref");
+    /* the fast step holds to its _ref */
+    for (int i = 0; i < nh * hd; i++) o_d[i] = o_ref[i];
+    expect_close(o, o_d, (size_t)nh * hd, 1e-4, 1e-5, "attention_step vs _ref");
   }
-  free(qkv), free(a), free(b), free(ref), free(kc), free(vc), free(o), free(att);
+  free(qkv), free(a), free(b), free(ref), free(kc), free(vc), free(o), free(att), free(o_ref), free(o_d);
 }
 
 static void test_attention(void **state) {
@@ -175,6 +182,13 @@ static void test_swiglu_softmax_nll(void **state) {
     }
   e8q_swiglu(T, H, ug, h);
   expect_close(h, ref, (size_t)T * H, 1e-5, 1e-6, "swiglu");
+  float *h_ref = malloc(sizeof(float) * T * H);
+  double *h_d = malloc(sizeof(double) * T * H);
+  e8q_swiglu_ref(T, H, ug, h_ref);
+  expect_close(h_ref, ref, (size_t)T * H, 1e-6, 1e-7, "swiglu_ref");
+  for (int i = 0; i < T * H; i++) h_d[i] = h_ref[i];
+  expect_close(h, h_d, (size_t)T * H, 1e-5, 1e-6, "swiglu vs _ref");
+  free(h_ref), free(h_d);
 
   int V = 301;
   float *l = rand_vec(&r, V, 8.0), *p = malloc(sizeof(float) * V);
@@ -186,6 +200,14 @@ static void test_swiglu_softmax_nll(void **state) {
   double *pr = malloc(sizeof(double) * V);
   for (int i = 0; i < V; i++) pr[i] = exp(l[i] - mx) / z;
   expect_close(p, pr, V, 1e-5, 1e-9, "softmax");
+  float *p_ref = malloc(sizeof(float) * V);
+  double *p_d = malloc(sizeof(double) * V);
+  memcpy(p_ref, l, sizeof(float) * V);
+  e8q_softmax_ref(V, p_ref);
+  expect_close(p_ref, pr, V, 1e-6, 1e-12, "softmax_ref");
+  for (int i = 0; i < V; i++) p_d[i] = p_ref[i];
+  expect_close(p, p_d, V, 1e-5, 1e-9, "softmax vs _ref");
+  free(p_ref), free(p_d);
   for (int tgt = 0; tgt < V; tgt += 50) {
     double want = log(z) - ((double)l[tgt] - mx); /* -log softmax, exact in double */
     T_NEAR(e8q_nll(V, l, tgt), want, 1e-9 * (1 + want), "nll");
