@@ -92,7 +92,14 @@ void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, flo
 }
 
 /* ---------------------------------------------------------------- attention
- * One query row: scores against keys 0..n-1 (row stride ldk), softmax, weighted sum of
+ * query heads per KV head (GQA), checked */
+static int kv_group(int n_heads, int n_kv_heads) {
+  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
+            n_heads, n_kv_heads);
+  return n_heads / n_kv_heads;
+}
+
+/* One query row: scores against keys 0..n-1 (row stride ldk), softmax, weighted sum of
  * values (row stride ldv). att: scratch [n]. */
 static void attend_row(int n, int hd, float scale, const float *q, const float *k, size_t ldk,
                        const float *v, size_t ldv, float *att, float *out) {
@@ -122,10 +129,8 @@ static void attend_row(int n, int hd, float scale, const float *q, const float *
 }
 
 void e8q_attention_ref(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv, float *out) {
-  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
-            n_heads, n_kv_heads);
   size_t ld = (size_t)(n_heads + 2 * n_kv_heads) * hd, ldo = (size_t)n_heads * hd;
-  int group = n_heads / n_kv_heads;
+  int group = kv_group(n_heads, n_kv_heads);
   float scale = 1.0f / sqrtf((float)hd);
   float *att = e8q_malloc(sizeof(float) * (size_t)T, "attention scores");
   for (int s = 0; s < n_seq; s++)
@@ -165,10 +170,8 @@ void e8q_attention_ref(int n_seq, int T, int n_heads, int n_kv_heads, int hd, co
 enum { ATT_BLOCK = 256 }; /* query rows per block: bounds the score scratch to ATT_BLOCK x T */
 
 void e8q_attention(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv, float *out) {
-  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
-            n_heads, n_kv_heads);
   int ld = (n_heads + 2 * n_kv_heads) * hd, ldo = n_heads * hd;
-  int group = n_heads / n_kv_heads;
+  int group = kv_group(n_heads, n_kv_heads);
   float scale = 1.0f / sqrtf((float)hd);
   int B = T < ATT_BLOCK ? T : ATT_BLOCK;
   float *S = e8q_malloc(sizeof(float) * (size_t)B * T, "attention scores");
@@ -203,10 +206,8 @@ void e8q_attention(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const 
 
 void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const float *q, const float *kc,
                         const float *vc, float *out, float *att) {
-  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
-            n_heads, n_kv_heads);
   size_t ldkv = (size_t)n_kv_heads * hd;
-  int group = n_heads / n_kv_heads;
+  int group = kv_group(n_heads, n_kv_heads);
   float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for schedule(static) if ((size_t)pos * n_heads * hd > E8Q_PAR_MIN)
   for (int h = 0; h < n_heads; h++) {
@@ -218,10 +219,8 @@ void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const floa
 
 void e8q_attention_step_ref(int pos, int n_heads, int n_kv_heads, int hd, const float *q, const float *kc,
                             const float *vc, float *out, float *att) {
-  E8Q_CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: %d heads not a multiple of %d kv heads",
-            n_heads, n_kv_heads);
   size_t ldkv = (size_t)n_kv_heads * hd;
-  int group = n_heads / n_kv_heads;
+  int group = kv_group(n_heads, n_kv_heads);
   double scale = 1.0 / sqrt((double)hd);
   for (int h = 0; h < n_heads; h++) {
     /* scores, softmax, weighted values, written out plainly (double accumulation) */
