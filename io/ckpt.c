@@ -11,8 +11,7 @@
 
 void e8q_ckpt_write(const char *path, const char *kind, const char *const *meta, int n, const e8q_ckpt_tensor *t,
                     char sha_hex[65], uint64_t *size) {
-  cJSON *h = cJSON_CreateObject();
-  cJSON *m = cJSON_AddObjectToObject(h, "__metadata__");
+  cJSON *m = cJSON_CreateObject();
   cJSON_AddStringToObject(m, "format", E8Q_CKPT_FORMAT);
   cJSON_AddStringToObject(m, "version", E8Q_CKPT_VERSION);
   cJSON_AddStringToObject(m, "kind", kind);
@@ -21,33 +20,14 @@ void e8q_ckpt_write(const char *path, const char *kind, const char *const *meta,
     E8Q_CHECK(meta[i + 1], "internal: checkpoint metadata key %s has no value", meta[i]);
     cJSON_AddStringToObject(m, meta[i], meta[i + 1]);
   }
-  uint64_t off = 0;
-  for (int i = 0; i < n; i++) {
-    cJSON *o = cJSON_AddObjectToObject(h, t[i].name);
-    cJSON_AddStringToObject(o, "dtype", e8q_dtype_name(t[i].dt));
-    cJSON *sh = cJSON_AddArrayToObject(o, "shape");
-    uint64_t numel = 1;
-    for (int d = 0; d < t[i].ndim; d++) {
-      cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t[i].shape[d]));
-      numel *= (uint64_t)t[i].shape[d];
-    }
-    uint64_t bytes = numel * e8q_dtype_size(t[i].dt);
-    cJSON *of = cJSON_AddArrayToObject(o, "data_offsets");
-    cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
-    cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + bytes)));
-    off += bytes;
-  }
-  char *js = cJSON_PrintUnformatted(h);
-  cJSON_Delete(h);
-  size_t len = strlen(js), padded = (len + 7) / 8 * 8;
-  uint8_t le[8];
-  for (int i = 0; i < 8; i++) le[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+  e8q_st_decl *d = e8q_malloc(sizeof(e8q_st_decl) * (size_t)(n ? n : 1), "checkpoint tensors");
+  for (int i = 0; i < n; i++) d[i] = (e8q_st_decl){t[i].name, t[i].dt, t[i].ndim, t[i].shape};
+  size_t hlen;
+  uint8_t *hdr = e8q_st_header(m, n, d, &hlen);
+  free(d);
   e8q_atomic_file *f = e8q_atomic_begin(path, kind);
-  e8q_atomic_write(f, le, 8);
-  e8q_atomic_write(f, js, len);
-  static const char spaces[8] = "        ";
-  e8q_atomic_write(f, spaces, padded - len);
-  free(js);
+  e8q_atomic_write(f, hdr, hlen);
+  free(hdr);
   for (int i = 0; i < n; i++) {
     uint64_t numel = 1;
     for (int d = 0; d < t[i].ndim; d++) numel *= (uint64_t)t[i].shape[d];

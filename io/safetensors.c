@@ -819,34 +819,50 @@ void e8q_st_writer_declare(e8q_st_writer *w, const char *name, e8q_dtype dt, int
   w->total += t->bytes;
 }
 
-static void wr_header(e8q_st_writer *w) {
+uint8_t *e8q_st_header(struct cJSON *meta, int n, const e8q_st_decl *t, size_t *len) {
   cJSON *root = cJSON_CreateObject();
-  if (w->meta) {
-    cJSON_AddItemToObject(root, "__metadata__", w->meta);
-    w->meta = NULL;
-  }
+  E8Q_CHECK(root, "out of memory building a safetensors header");
+  if (meta) cJSON_AddItemToObject(root, "__metadata__", meta);
   uint64_t off = 0;
-  for (int i = 0; i < w->n; i++) {
+  for (int i = 0; i < n; i++) {
+    E8Q_CHECK(t[i].dt >= 0 && t[i].dt < E8Q_DT_COUNT, "tensor \"%s\": invalid dtype code %d", t[i].name, (int)t[i].dt);
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "dtype", g_dtype_names[w->t[i].dt]);
+    cJSON_AddStringToObject(o, "dtype", g_dtype_names[t[i].dt]);
     cJSON *sh = cJSON_AddArrayToObject(o, "shape");
-    for (int d = 0; d < w->t[i].ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)w->t[i].shape[d]));
+    uint64_t numel = 1;
+    for (int d = 0; d < t[i].ndim; d++) {
+      cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t[i].shape[d]));
+      numel *= (uint64_t)t[i].shape[d];
+    }
+    uint64_t bytes = numel * g_dtype_sizes[t[i].dt];
     cJSON *of = cJSON_AddArrayToObject(o, "data_offsets");
     cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
-    cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + w->t[i].bytes)));
-    off += w->t[i].bytes;
-    cJSON_AddItemToObject(root, w->t[i].name, o);
+    cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + bytes)));
+    off += bytes;
+    cJSON_AddItemToObject(root, t[i].name, o);
   }
   char *json = cJSON_PrintUnformatted(root);
-  E8Q_CHECK(json, "%s: out of memory printing the header", w->path);
+  E8Q_CHECK(json, "out of memory printing a safetensors header");
   cJSON_Delete(root);
-  size_t len = strlen(json), padded = (len + 7) & ~(size_t)7; /* data block 8-byte aligned */
-  uint8_t lenb[8];
-  for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-  wr_raw(w, lenb, 8);
-  wr_raw(w, json, len);
-  wr_raw(w, "        ", padded - len);
+  size_t jl = strlen(json), padded = (jl + 7) & ~(size_t)7; /* data block 8-byte aligned */
+  uint8_t *h = e8q_malloc(8 + padded, "safetensors header");
+  for (int i = 0; i < 8; i++) h[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+  memcpy(h + 8, json, jl);
+  memset(h + 8 + jl, ' ', padded - jl);
   free(json);
+  *len = 8 + padded;
+  return h;
+}
+
+static void wr_header(e8q_st_writer *w) {
+  e8q_st_decl *d = e8q_malloc(sizeof(e8q_st_decl) * (size_t)(w->n ? w->n : 1), "tensor declarations");
+  for (int i = 0; i < w->n; i++) d[i] = (e8q_st_decl){w->t[i].name, w->t[i].dt, w->t[i].ndim, w->t[i].shape};
+  size_t len;
+  uint8_t *h = e8q_st_header(w->meta, w->n, d, &len);
+  w->meta = NULL;
+  free(d);
+  wr_raw(w, h, len);
+  free(h);
   w->started = 1;
 }
 

@@ -122,6 +122,19 @@ void e8q_st_model_read_f32_range(const e8q_st_model *m, const char *name, int64_
  * declared order (any chunking); finish() checks every byte was written, fsyncs and renames
  * the temporary file into place, so a reader never sees a partial file. A full disk or any
  * I/O error is a fatal error naming the file; the temporary is removed. */
+/* The one safetensors header builder (e8q_st_writer and checkpoints, io/ckpt.c): the 8-byte
+ * little-endian length, then the JSON, __metadata__ first (meta: a cJSON object, taken over;
+ * NULL: none), then each tensor in order with packed data_offsets, padded with spaces to a
+ * multiple of 8. Returns malloc'd bytes, *len their count. */
+typedef struct {
+  const char *name;
+  e8q_dtype dt;
+  int ndim;
+  const int64_t *shape; /* [ndim] */
+} e8q_st_decl;
+struct cJSON;
+uint8_t *e8q_st_header(struct cJSON *meta, int n, const e8q_st_decl *t, size_t *len);
+
 typedef struct e8q_st_writer e8q_st_writer;
 e8q_st_writer *e8q_st_writer_begin(const char *path);
 void e8q_st_writer_meta(e8q_st_writer *w, const char *key, const char *value);
