@@ -25,6 +25,8 @@ const char *const e8q_fault_points[] = {
     "propagate.done",     /* X_{b+1} committed */
     "commit.mid",         /* shard temp file written, not yet renamed */
     "commit.done",        /* shard renamed and journalled */
+    "e2e.step",           /* end-to-end fine-tuning: before an Adam step (mid-epoch, nothing committed) */
+    "e2e.epoch",          /* end-to-end fine-tuning: an epoch's checkpoint (e2e/state.ckpt) committed */
     "gather.mid",         /* R/model.safetensors written, not journalled */
     "gather.done",        /* R/model.safetensors and R/config.json committed */
     "validate.done",      /* R/validation.json committed */

@@ -18,6 +18,7 @@
 #include "io/config.h"
 #include "io/rundir.h"
 #include "shard/demo.h"
+#include "worker/finetune_e2e.h"
 
 #define E8Q_DEFAULT_SEED 0
 #define E8Q_DEFAULT_TUNE 10
@@ -65,19 +66,21 @@ static void quantize_usage(FILE *f) {
           "  --scalapack-min N    dimension from which auto uses ScaLAPACK (default %d)\n"
           "  --eval-text FILE     held-out text: perplexity recorded in the manifest\n"
           "  --eval-lines K       first K non-empty lines, each [BOS]+tokens (default 40)\n"
-          "  --ft MODE            fine-tuning: none, block, e2e, all (default all = block + e2e); end-to-end\n"
-          "                       fine-tuning is not implemented yet: e2e/all say so and skip it\n"
+          "  --ft MODE            fine-tuning: none, block, e2e, all (default all = block + e2e)\n"
           "  --ft-epochs E        block fine-tuning epochs per round (default %d; early stop after 3\n"
           "                       epochs without held-out improvement, the best held-out state kept)\n"
           "  --ft-lr LR           Adam learning rate of norms and not yet quantized weights (default %g)\n"
           "  --ft-susv-lr LR      Adam learning rate of SU and SV of quantized linears (default %g)\n"
           "  --ft-valid V         held-out calibration sequences for fine-tuning (default devset/3)\n"
           "  --ft-batch B         sequences per Adam step (default %d)\n"
-          "  --e2e-epochs E       end-to-end fine-tuning epochs (default %d; recorded, not implemented yet)\n"
+          "  --e2e-epochs E       end-to-end fine-tuning epochs (default %d; SU/SV, norms, final norm and an\n"
+          "                       untied lm_head on cross-entropy against the original model's next-token\n"
+          "                       distribution; --ft-lr, --ft-susv-lr, --ft-batch, --ft-valid as above)\n"
+          "  --e2e-topk K         ids kept per position of the original distribution (default %d)\n"
           "  --log-json FILE      append one JSON event per step\n"
           "  --help               this text\n",
           E8Q_DEMO_VOCAB, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEFAULT_DEVSET, E8Q_DEMO_DEVSET, E8Q_DEFAULT_CTX, E8Q_DEMO_CTX, E8Q_DEFAULT_SEED, E8Q_DEFAULT_TUNE, E8Q_DEFAULT_SCALAPACK_MIN,
-          E8Q_DEFAULT_FT_EPOCHS, E8Q_DEFAULT_FT_LR, E8Q_DEFAULT_FT_SUSV_LR, E8Q_DEFAULT_FT_BATCH, E8Q_DEFAULT_E2E_EPOCHS);
+          E8Q_DEFAULT_FT_EPOCHS, E8Q_DEFAULT_FT_LR, E8Q_DEFAULT_FT_SUSV_LR, E8Q_DEFAULT_FT_BATCH, E8Q_DEFAULT_E2E_EPOCHS, E8Q_E2E_TOPK_DEFAULT);
 }
 
 /* the recorded evaluation and size of a finished artifact, in one line (rank 0) */
@@ -116,6 +119,7 @@ int cmd_quantize(int argc, char **argv) {
   o.ft_valid = -1; /* not given: devset/3 below */
   o.ft_batch = E8Q_DEFAULT_FT_BATCH;
   o.e2e_epochs = E8Q_DEFAULT_E2E_EPOCHS;
+  o.e2e_topk = E8Q_E2E_TOPK_DEFAULT;
   const char *method = "e8p";
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -163,6 +167,7 @@ int cmd_quantize(int argc, char **argv) {
     else if (!strcmp(a, "--ft-valid")) o.ft_valid = e8q_opt_int(a, v, 1, 1 << 24);
     else if (!strcmp(a, "--ft-batch")) o.ft_batch = e8q_opt_int(a, v, 1, 1 << 24);
     else if (!strcmp(a, "--e2e-epochs")) o.e2e_epochs = e8q_opt_int(a, v, 0, 1000000);
+    else if (!strcmp(a, "--e2e-topk")) o.e2e_topk = e8q_opt_int(a, v, 1, 1 << 20);
     else E8Q_FATAL("quantize: unknown option '%s' (see e8q quantize --help)", a);
   }
   const int demo = o.model == NULL;
@@ -176,9 +181,8 @@ int cmd_quantize(int argc, char **argv) {
   if (!o.devset) o.devset = E8Q_DEFAULT_DEVSET;
   if ((int)o.ft < 0) o.ft = E8Q_FT_ALL;
   if (o.ft_valid < 0) o.ft_valid = o.devset / 3;
-  const int block_ft = o.ft == E8Q_FT_BLOCK || o.ft == E8Q_FT_ALL;
-  E8Q_CHECK(!block_ft || e8q_method_dense(e8q_method_parse(method)) || (o.ft_valid >= 1 && o.ft_valid < o.devset),
-            "quantize: block fine-tuning needs held-out and training sequences: --ft-valid %d of --devset %d (give "
+  E8Q_CHECK(o.ft == E8Q_FT_OFF || e8q_method_dense(e8q_method_parse(method)) || (o.ft_valid >= 1 && o.ft_valid < o.devset),
+            "quantize: fine-tuning needs held-out and training sequences: --ft-valid %d of --devset %d (give "
             "1 <= --ft-valid < --devset, a larger --devset, or --ft none)",
             o.ft_valid, o.devset);
   E8Q_CHECK(o.bits, "quantize: --bits 2|3|4 is required");
@@ -234,15 +238,13 @@ int cmd_quantize(int argc, char **argv) {
            (unsigned long long)o.seed, o.rho > 0 ? "given" : "codebook default", o.tune_iters,
            o.scalapack == E8Q_SCALAPACK_ALWAYS ? "always" : o.scalapack == E8Q_SCALAPACK_NEVER ? "never" : "auto",
            o.scalapack_min, o.out, o.run_dir, o.eval_text ? ", eval " : "", o.eval_text ? o.eval_text : "");
-  e8q_info("  ft %s: epochs %d, lr %g, susv-lr %g, batch %d, held-out %d of %d; e2e-epochs %d", e8q_ft_mode_name(o.ft),
-           o.ft_epochs, o.ft_lr, o.ft_susv_lr, o.ft_batch, o.ft_valid, o.devset, o.e2e_epochs);
-  if (block_ft && e8q_method_dense(o.method))
-    e8q_info("  note: --method %s stores dense quantized weights without SU/SV: block fine-tuning does not apply and "
-             "is skipped",
+  e8q_info("  ft %s: epochs %d, lr %g, susv-lr %g, batch %d, held-out %d of %d; e2e-epochs %d, e2e-topk %d",
+           e8q_ft_mode_name(o.ft), o.ft_epochs, o.ft_lr, o.ft_susv_lr, o.ft_batch, o.ft_valid, o.devset, o.e2e_epochs,
+           o.e2e_topk);
+  if (o.ft != E8Q_FT_OFF && e8q_method_dense(o.method))
+    e8q_info("  note: --method %s stores dense quantized weights without SU/SV: fine-tuning does not apply and is "
+             "skipped",
              method);
-  if (o.ft == E8Q_FT_E2E || o.ft == E8Q_FT_ALL)
-    e8q_info("  note: end-to-end fine-tuning (--ft %s) is not implemented yet: it is skipped%s", e8q_ft_mode_name(o.ft),
-             o.ft == E8Q_FT_ALL && !e8q_method_dense(o.method) ? " (block fine-tuning runs)" : "");
   int rc = e8q_run_quantize(&o);
   if (demo && rc == 0) {
     if (e8q_rank() == 0) demo_print_result(o.out);

@@ -125,6 +125,8 @@ void e8q_run_gather(e8q_run *R) {
     e8q_rundir_path(R->rd, rel, path, sizeof path);
     sh[b] = e8q_ckpt_open(path, "shard");
   }
+  /* end-to-end fine-tuning's tuned SU/SV, norms, final norm and lm_head (NULL when it did not run) */
+  e8q_e2e_tuned *tuned_e2e = e8q_run_e2e_tuned_open(R);
   /* the Hadamard factors, built exactly as quantization used them */
   int Ks[2 * E8Q_N_GROUPS];
   int nK = distinct_factors(p, Ks);
@@ -151,6 +153,10 @@ void e8q_run_gather(e8q_run *R) {
           o->shape[0] = x->shape[0];
           o->shape[1] = x->ndim > 1 ? x->shape[1] : 0;
           o->data = e8q_st_data(sh[b], x);
+          int nd;
+          int64_t shp[2];
+          const float *e2e = e8q_run_e2e_tuned_find(tuned_e2e, o->name, &nd, shp);
+          if (e2e) o->data = e2e; /* same dtype (F32) and shape */
         }
     if (pass == 0) {
       for (int i = 0; i < nK; i++) {
@@ -183,6 +189,13 @@ void e8q_run_gather(e8q_run *R) {
     for (int j = 0; j < k; j++) {
       out_tensor *o = &t[n++];
       snprintf(o->name, sizeof o->name, "%s", names[j]);
+      /* tuned end to end: from e2e/state.ckpt (F32) */
+      const float *e2e = e8q_run_e2e_tuned_find(tuned_e2e, names[j], &o->ndim, o->shape);
+      if (e2e) {
+        o->dt = E8Q_DT_F32;
+        o->data = e2e;
+        continue;
+      }
       /* a block's norms tuned by fine-tuning: from its shard (F32) */
       const e8q_st_tensor *tuned =
           i >= 0 && i < L ? e8q_st_find(sh[i], j == 0 ? "input_layernorm.weight" : "post_attention_layernorm.weight")
@@ -227,6 +240,7 @@ void e8q_run_gather(e8q_run *R) {
   for (int i = 0; i < nK; i++) e8q_had_factor_free(&fac[i]);
   for (int b = 0; b < L; b++) e8q_st_close(sh[b]);
   free(sh);
+  e8q_run_e2e_tuned_close(tuned_e2e);
 
   /* config.json: the source's (a GGUF's is derived from its metadata, io/config.h) */
   char *src = e8q_config_json(R->o->model);

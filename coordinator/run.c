@@ -48,7 +48,7 @@ static size_t act_floats(const e8q_run *R) { return (size_t)R->T * R->dim; }
 
 /* Files written by every rank: each sends "rel sha size\n" lines to rank 0, which journals them
  * in rank order (so the journal does not depend on timing). */
-static void journal_from_all(e8q_run *R, const char *lines) {
+void e8q_run_journal_files(e8q_run *R, const char *lines) {
   size_t len = strlen(lines);
   size_t *lens = R->rank == 0 ? e8q_malloc(sizeof(size_t) * (size_t)R->size, "lengths") : NULL; /* [size] */
   e8q_comm_gather(R->comm, E8Q_MEM_HOST, &len, sizeof len, lens, 0);
@@ -101,7 +101,7 @@ static void acts_commit(e8q_run *R, int b, const float *X) {
     size_t l = strlen(lines);
     snprintf(lines + l, cap - l, "%s %s %llu\n", rel, sha, (unsigned long long)size);
   }
-  journal_from_all(R, lines);
+  e8q_run_journal_files(R, lines);
   free(lines);
 }
 
@@ -158,6 +158,8 @@ static void acts_rebuild(e8q_run *R, int b, float *X) {
   }
   e8q_fwd_scratch_free(&sc);
 }
+
+void e8q_run_acts_rebuild(e8q_run *R, int b, float *X) { acts_rebuild(R, b, X); }
 
 /* ================================================================ Hessians
  * hessians/{b}.{g}.ckpt: "H" F64 [n, n] (sums), "tokens" I64 [1]. */
@@ -750,6 +752,12 @@ static void run_block(e8q_run *R, int b) {
     acts_commit(R, b + 1, R->Y);
     e8q_fault_point("propagate.done");
   }
+  /* end-to-end fine-tuning: the last block propagates too, X_L = original block L-1 (X_{L-1}),
+   * for the original model's next-token targets (coordinator/e2e.c) */
+  if (last && e8q_run_e2e_on(R) && !e8q_run_e2e_targets_have(R)) {
+    if (!y_valid) targets_compute(R, &blk);
+    e8q_run_e2e_targets_commit(R, R->Y);
+  }
   e8q_progress_step("propagate", b, NULL, have_next && !last);
   e8q_block_free(&blk);
 
@@ -788,6 +796,7 @@ static cJSON *options_json(const e8q_run_opts *o, const e8q_run *R) {
   cJSON_AddNumberToObject(j, "ft_valid", o->ft_valid);
   cJSON_AddNumberToObject(j, "ft_batch", o->ft_batch);
   cJSON_AddNumberToObject(j, "e2e_epochs", o->e2e_epochs);
+  cJSON_AddNumberToObject(j, "e2e_topk", o->e2e_topk);
   if (o->eval_text) {
     e8q_sha256_file_hex(o->eval_text, hex);
     cJSON_AddStringToObject(j, "eval_text_sha256", hex);
@@ -835,7 +844,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   R->q.rho = o->rho;
   R->q.tune_iters = o->tune_iters;
   R->q.seed = o->seed;
-  int steps = 2 + R->cfg.n_layers * (1 + E8Q_N_GROUPS + 2) + 3;
+  int steps = 2 + R->cfg.n_layers * (1 + E8Q_N_GROUPS + 2) + e8q_run_e2e_on(R) + 3;
   e8q_progress_begin(steps, o->log_json);
   if (R->rank == 0) { /* the options (file hashes) and fingerprint only go into rank 0's plan and pack */
     R->options = options_json(o, R);
@@ -934,9 +943,11 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   free(R->Y);
   R->X = R->Y = NULL;
 
-  /* END-TO-END FINE-TUNING goes here (a later issue): train every SU/SV, the norms, the final
-   * norm and lm_head on cross-entropy against the original model's softmax, data parallel over
-   * the calibration sequences with gradients all-reduced; committed like a block. */
+  /* ---------------------------------------------------------- end-to-end fine-tuning
+   * every SU/SV, the norms, the final norm and an untied lm_head on cross-entropy against the
+   * original model's top-k next-token distribution; data parallel with exact gradient sums;
+   * e2e/state.ckpt per epoch (coordinator/e2e.c, worker/finetune_e2e.h) */
+  e8q_run_e2e(R);
 
   /* ---------------------------------------------------------- gather, validate, pack */
   int gathered = e8q_run_has_step(R, "gather") && e8q_run_have(R, "model.safetensors") && e8q_run_have(R, "config.json");

@@ -11,7 +11,8 @@
 
 typedef enum { E8Q_SCALAPACK_AUTO = 0, E8Q_SCALAPACK_ALWAYS, E8Q_SCALAPACK_NEVER } e8q_scalapack_mode;
 
-/* --ft: which fine-tuning runs (DESIGN §3); e2e is not implemented yet (skipped, said so) */
+/* --ft: which fine-tuning runs (DESIGN §3): block rounds (worker/finetune.h), end to end
+ * (worker/finetune_e2e.h), both (all) or none */
 typedef enum { E8Q_FT_OFF = 0, E8Q_FT_BLOCK, E8Q_FT_E2E, E8Q_FT_ALL } e8q_ft_mode;
 /* "none", "block", "e2e", "all" */
 static inline const char *e8q_ft_mode_name(e8q_ft_mode m) {
@@ -39,7 +40,8 @@ typedef struct {
   double ft_susv_lr;       /* --ft-susv-lr: SU and SV */
   int ft_valid;            /* --ft-valid: held-out sequences (the last ones of the devset) */
   int ft_batch;            /* --ft-batch: sequences per Adam step */
-  int e2e_epochs;          /* --e2e-epochs: end-to-end fine-tuning epochs (recorded; not implemented) */
+  int e2e_epochs;          /* --e2e-epochs: end-to-end fine-tuning epochs */
+  int e2e_topk;            /* --e2e-topk: ids kept per position of the original model's distribution */
 } e8q_run_opts;
 
 /* collective; returns the exit code */

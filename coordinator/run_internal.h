@@ -38,6 +38,30 @@ int e8q_run_has_step(e8q_run *R, const char *step);
 /* rank 0: journal a STEP */
 void e8q_run_step(e8q_run *R, const char *step);
 
+/* run.c: journals the files every rank wrote: each rank's "rel sha size\n" lines, journalled by
+ * rank 0 in rank order (collective) */
+void e8q_run_journal_files(e8q_run *R, const char *lines);
+/* run.c: X_b [s1-s0, T, dim] of this rank's sequences from scratch: embed, original blocks 0..b-1 */
+void e8q_run_acts_rebuild(e8q_run *R, int b, float *X);
+
+/* e2e.c: end-to-end fine-tuning (worker/finetune_e2e.h) */
+int e8q_run_e2e_on(const e8q_run *R); /* --ft e2e|all on a method with SU/SV */
+/* collective: e2e/targets of this rank's sequences from X_L [s1-s0, T, dim], the original
+ * model's final hidden states (before the final norm), committed and journalled */
+void e8q_run_e2e_targets_commit(e8q_run *R, const float *XL);
+/* collective: 1 when every sequence's targets were committed and are intact */
+int e8q_run_e2e_targets_have(e8q_run *R);
+/* collective: the stage (trains, checkpoints e2e/state.ckpt per epoch, journals STEP "e2e") */
+void e8q_run_e2e(e8q_run *R);
+/* rank 0, for gather: the tuned tensors of e2e/state.ckpt (NULL when e2e is off) */
+typedef struct e8q_e2e_tuned e8q_e2e_tuned;
+e8q_e2e_tuned *e8q_run_e2e_tuned_open(e8q_run *R);
+/* the tuned F32 tensor of artifact name `name` (its ndim and shape), or NULL (t may be NULL) */
+const float *e8q_run_e2e_tuned_find(const e8q_e2e_tuned *t, const char *name, int *ndim, int64_t shape[2]);
+void e8q_run_e2e_tuned_close(e8q_e2e_tuned *t);
+/* rank 0, for validate: held-out CE before/after, epochs, steps, top-k (NULL when e2e is off) */
+cJSON *e8q_run_e2e_record(e8q_run *R);
+
 /* gather.c: R/model.safetensors and R/config.json from the block shards (rank 0) */
 void e8q_run_gather(e8q_run *R);
 /* validate.c: R/validation.json (collective: perplexity is evaluated on all ranks) */

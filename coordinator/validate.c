@@ -99,6 +99,9 @@ void e8q_run_validate(e8q_run *R) {
     cJSON_AddNumberToObject(val, "max_fused_vs_dense_rel_err", worst);
     cJSON_AddNumberToObject(val, "mean_proxy_loss", n ? sum_proxy / n : 0);
     cJSON_AddNumberToObject(val, "tolerance", E8Q_VALIDATE_TOL);
+    /* end-to-end fine-tuning: held-out CE before and after (coordinator/e2e.c) */
+    cJSON *e2e = e8q_run_e2e_record(R);
+    if (e2e) cJSON_AddItemToObject(val, "end_to_end_fine_tuning", e2e);
   }
   /* perplexity on the held-out text (all ranks), through the fused kernels on the mapped codes
    * (the dense decode only for the dense ablations): no rank holds a dense copy of the model */
