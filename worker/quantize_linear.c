@@ -271,16 +271,10 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
       }
     }
   }
-  free(hat);
-  free(Wr);
-  free(Hr);
+  free(hat), free(Wr), free(Hr);
 }
 
 void e8q_qlin_result_free(e8q_qlin_result *r) {
-  free(r->dense);
-  free(r->codes);
-  free(r->codes2);
-  free(r->SU);
-  free(r->SV);
+  free(r->dense), free(r->codes), free(r->codes2), free(r->SU), free(r->SV);
   memset(r, 0, sizeof *r);
 }
