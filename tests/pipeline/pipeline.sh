@@ -383,6 +383,56 @@ assert sum(1 for e in ev if e["event"] == "ft_round") == 15
 print("NLL --ft none", nn, "--ft block", nb)
 PY
   ;;
+e2e)
+  # end-to-end fine-tuning: --ft all (block rounds + e2e) gives a lower 40-line NLL than --ft block
+  # at 2 bits; --ft e2e gives the same bytes on 1, 2 and 4 ranks; killed mid-epoch (e2e.step) or
+  # after an epoch's checkpoint (e2e.epoch) and rerun (also on another rank count): the same bytes;
+  # the manifest records the held-out CE before and after
+  E2E=(--ft e2e --e2e-epochs 2)
+  q 2 "$TMP/block.e8q" --ft block --ft-epochs 1 > "$TMP/block.log" 2>&1 || { cat "$TMP/block.log"; fail "--ft block run failed"; }
+  q 2 "$TMP/all.e8q" --ft all --ft-epochs 1 --e2e-epochs 2 > "$TMP/all.log" 2>&1 || { cat "$TMP/all.log"; fail "--ft all run failed"; }
+  q 1 "$TMP/e1.e8q" "${E2E[@]}" --log-json "$TMP/events.jsonl" > "$TMP/e1.log" 2>&1 || { cat "$TMP/e1.log"; fail "1-rank --ft e2e run failed"; }
+  grep -q "ft e2e: .* e2e-epochs 2, e2e-topk 64" "$TMP/e1.log" || { cat "$TMP/e1.log"; fail "e2e options not printed"; }
+  grep -q "end-to-end fine-tuning epoch 2/2: train CE .*, held-out CE" "$TMP/e1.log" || { cat "$TMP/e1.log"; fail "no per-epoch progress line"; }
+  q 2 "$TMP/e2.e8q" "${E2E[@]}" > "$TMP/e2.log" 2>&1 || { cat "$TMP/e2.log"; fail "2-rank --ft e2e run failed"; }
+  q 4 "$TMP/e4.e8q" "${E2E[@]}" > "$TMP/e4.log" 2>&1 || { cat "$TMP/e4.log"; fail "4-rank --ft e2e run failed"; }
+  cmp "$TMP/e1.e8q" "$TMP/e2.e8q" || fail "--ft e2e: 1 and 2 ranks differ"
+  cmp "$TMP/e1.e8q" "$TMP/e4.e8q" || fail "--ft e2e: 1 and 4 ranks differ"
+  left=$(cd "$TMP/e1.e8q.run" && ls e2e)
+  [ "$left" = "state.ckpt" ] || fail "the finished run kept end-to-end intermediates: $(echo $left)"
+  for point in e2e.step:3:2 e2e.epoch:1:2 e2e.step:2@1:2 e2e.epoch:1:4; do
+    rm -rf "$TMP/r.e8q" "$TMP/r.e8q.run"
+    p=${point%:*}; np2=${point##*:}; local_rank=""; [[ $p == *@* ]] && local_rank=${p#*@}
+    E8Q_FAULT=${p%@*} E8Q_FAULT_RANK=$local_rank q 2 "$TMP/r.e8q" "${E2E[@]}" > "$TMP/kill.log" 2>&1 && fail "$p: the run was not killed"
+    grep -q "fault injection: killing" "$TMP/kill.log" || { cat "$TMP/kill.log"; fail "$p: no fault message"; }
+    q $np2 "$TMP/r.e8q" "${E2E[@]}" > "$TMP/resume.log" 2>&1 || { cat "$TMP/resume.log"; fail "$p: the rerun failed"; }
+    cmp "$TMP/e1.e8q" "$TMP/r.e8q" || fail "$p: resumed artifact differs"
+    echo "killed at $p on 2 ranks, resumed on $np2: identical"
+  done
+  member "$TMP/block.e8q" manifest.json > "$TMP/mb.json"
+  member "$TMP/all.e8q" manifest.json > "$TMP/ma.json"
+  member "$TMP/e1.e8q" manifest.json > "$TMP/me.json"
+  python3 - "$TMP/mb.json" "$TMP/ma.json" "$TMP/me.json" "$TMP/events.jsonl" <<'PY' || fail "end-to-end fine-tuning results"
+import json, sys
+b, a, e = (json.load(open(p)) for p in sys.argv[1:4])
+assert e["options"]["ft"] == "e2e" and e["options"]["e2e_epochs"] == 2 and e["options"]["e2e_topk"] == 64, e["options"]
+nb, na, ne = (m["evaluation"]["mean_nll"] for m in (b, a, e))
+assert na < nb, (na, nb)
+assert "end_to_end_fine_tuning" not in b["validation"]
+for m in (a, e):
+    f = m["validation"]["end_to_end_fine_tuning"]
+    assert 0 < f["held_out_ce_after"] <= f["held_out_ce_before"], f
+    assert f["epochs"] == 2 and f["topk"] == 64, f
+assert not any("fine_tuning" in l for l in e["validation"]["linears"])  # --ft e2e: no block rounds
+ev = [json.loads(l) for l in open(sys.argv[4])]
+assert sum(1 for x in ev if x["event"] == "e2e_epoch") == 2
+assert sum(1 for x in ev if x["event"] == "e2e_done") == 1
+steps = [x for x in ev if x["event"] == "step"]
+assert steps[-1]["done"] == steps[-1]["total"] == len(steps), steps[-1]
+assert [x["stage"] for x in steps][-4:] == ["e2e", "gather", "validate", "pack"]
+print("NLL --ft block", nb, "--ft all", na, "--ft e2e", ne)
+PY
+  ;;
 *) fail "unknown case" ;;
 esac
 rm -rf "$TMP"
