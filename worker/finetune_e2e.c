@@ -194,23 +194,30 @@ double e8q_e2e_seq_grad(const e8q_e2e_model *M, const e8q_e2e_state *S, int T, i
 }
 
 /* ---------------------------------------------------------------- losses */
-double e8q_e2e_loss(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, int v0, int v1,
-                    int s0, int s1, const int *ids, const int *tid, const float *tprob) {
+/* the held-out loss with the caller's work buffers (training keeps one set) */
+static double loss_with(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, int v0, int v1,
+                        int s0, int s1, const int *ids, const int *tid, const float *tprob, e8q_e2e_work *w) {
   const size_t tk = (size_t)(T - 1) * k;
-  e8q_e2e_work w = {0};
   e8q_xsum acc;
   e8q_xsum_init(&acc, 1, E8Q_XSUM_FRAC_DEFAULT);
   for (int i = v0 > s0 ? v0 : s0; i < (v1 < s1 ? v1 : s1); i++) { /* one sequence per forward */
     const size_t r = (size_t)(i - s0);
-    double l = e8q_e2e_seq_grad(M, S, T, k, ids + r * T, tid + r * tk, tprob + r * tk, NULL, &w);
+    double l = e8q_e2e_seq_grad(M, S, T, k, ids + r * T, tid + r * tk, tprob + r * tk, NULL, w);
     e8q_xsum_add(&acc, &l);
   }
   double sum = 0;
   if (comm) e8q_comm_allreduce_sum_ordered(comm, &acc, &sum);
   else e8q_xsum_get(&acc, &sum);
   e8q_xsum_free(&acc);
-  e8q_e2e_work_free(&w);
   return v1 > v0 ? sum / ((double)(v1 - v0) * (double)(T - 1)) : NAN;
+}
+
+double e8q_e2e_loss(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, int v0, int v1,
+                    int s0, int s1, const int *ids, const int *tid, const float *tprob) {
+  e8q_e2e_work w = {0};
+  double l = loss_with(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob, &w);
+  e8q_e2e_work_free(&w);
+  return l;
 }
 
 /* ---------------------------------------------------------------- training */
@@ -237,8 +244,9 @@ void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_
   E8Q_CHECK(o->batch >= 1 && o->epochs >= 0, "end-to-end fine-tuning: batch %d, epochs %d", o->batch, o->epochs);
   const int v0 = n_train, v1 = n_train + n_valid;
   const size_t n = S->n, tk = (size_t)(T - 1) * k;
+  e8q_e2e_work w = {0}; /* one set of work buffers for training and held-out losses */
   if (!S->started) { /* the loss before training is the first best */
-    S->init_loss = S->best_loss = e8q_e2e_loss(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob);
+    S->init_loss = S->best_loss = loss_with(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob, &w);
     memcpy(S->best, S->p, sizeof(float) * n);
     S->started = 1;
   }
@@ -248,7 +256,6 @@ void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_
   int *perm = e8q_malloc(sizeof(int) * (size_t)n_train, "e2e order");                   /* [n_train] */
   e8q_xsum xs;
   e8q_xsum_init(&xs, n + 1, E8Q_XSUM_FRAC_DEFAULT);
-  e8q_e2e_work w = {0};
   e8q_adam A;
   e8q_adam_init(&A);
   A.step = S->step;
@@ -284,7 +291,7 @@ void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_
     }
     S->step = A.step;
     S->train_loss = train_sum / ((double)n_train * (double)(T - 1));
-    S->valid_loss = e8q_e2e_loss(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob);
+    S->valid_loss = loss_with(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob, &w);
     if (S->valid_loss < S->best_loss) {
       S->best_loss = S->valid_loss;
       memcpy(S->best, S->p, sizeof(float) * n);
