@@ -77,6 +77,8 @@ static size_t mul3_sat(size_t a, size_t b, size_t c) { return mul_sat(mul_sat(a,
 static void plan_memory(e8q_plan *p) {
   const e8q_config *c = &p->cfg;
   size_t weights = 2 * (size_t)c->dim, sum_n2 = 0, nmax = 0, ldlq = 0;
+  size_t susv = 0, codes = 0; /* SU+SV floats and code bytes (4 bit: codes + codes2) of one block */
+  size_t dense_tail = 0;      /* weights of o, upgate and down: dense in block round 0 */
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     const e8q_group_plan *gp = &p->groups[g];
     size_t m = (size_t)gp->m, n = (size_t)gp->n, np = (size_t)gp->n_pad;
@@ -87,12 +89,33 @@ static void plan_memory(e8q_plan *p) {
     size_t need = add_sat(add_sat(mul3_sat(8, m, np), mul3_sat(24, np, np)),
                           add_sat(mul3_sat(16, (size_t)E8Q_LDLQ_ROW_TILE, np), mul3_sat(4, m, np) / 8));
     if (need > ldlq) ldlq = need;
+    susv = add_sat(susv, np + m);
+    codes = add_sat(codes, mul_sat(m, np) / 2);
+    if (g > 0) dense_tail = add_sat(dense_tail, mul_sat(m, n));
   }
   weights = mul_sat(weights, 4);
   size_t T = (size_t)p->ctx;
   size_t widths = (size_t)c->dim + p->groups[E8Q_GROUP_QKV].m + p->groups[E8Q_GROUP_O].n + c->dim +
                   3 * (size_t)c->hidden_dim; /* < 2^34: config integers are at most 2^30 */
   size_t scratch = add_sat(mul3_sat(4, T, widths), mul_sat(mul3_sat(4, (size_t)c->n_heads, T), T));
+  /* fine-tuning (shard/plan.h): one block forward's saved activations and their gradients
+   * (worker/block_train.h), 7 dim + 2 m_qkv + 2 q_dim + 6 hidden floats per token */
+  const e8q_group_plan *gq = &p->groups[E8Q_GROUP_QKV];
+  size_t bt = mul3_sat(4, T, 7 * (size_t)c->dim + 2 * (size_t)gq->m + 2 * (size_t)p->groups[E8Q_GROUP_O].n +
+                                 6 * (size_t)c->hidden_dim);
+  /* block rounds: the largest trained vector is round 0's (qkv's SU/SV, the norms, the dense o,
+   * upgate and down), 48 bytes per parameter; the output y of a sequence */
+  size_t n_ft = add_sat((size_t)gq->n_pad + gq->m + 2 * (size_t)c->dim, dense_tail);
+  size_t ft_block = add_sat(add_sat(mul_sat(48, n_ft), bt), mul3_sat(4, T, (size_t)c->dim));
+  /* end to end: the quantized model, the head (embed, untied lm_head), the trained vector
+   * (every SU/SV and norm, the final norm, an untied lm_head) at 48 bytes per parameter, a
+   * sequence's saved block inputs, stream buffers and logits, one block's activations, the
+   * attention scores, the targets of the rank's sequences */
+  const size_t L = (size_t)c->n_layers, VD = mul_sat((size_t)c->vocab_size, (size_t)c->dim);
+  size_t n_e2e = add_sat(mul_sat(L, susv + 2 * (size_t)c->dim), add_sat((size_t)c->dim, c->tied ? 0 : VD));
+  size_t e2e_fixed = add_sat(add_sat(mul_sat(L, codes), mul3_sat(4, VD, c->tied ? 1 : 2)), mul_sat(48, n_e2e));
+  e2e_fixed = add_sat(e2e_fixed, mul3_sat(4, T, add_sat(mul_sat(L + 3, (size_t)c->dim), (size_t)c->vocab_size)));
+  e2e_fixed = add_sat(e2e_fixed, add_sat(bt, mul_sat(mul3_sat(4, (size_t)c->n_heads, T), T)));
   for (int r = 0; r < p->n_ranks; r++) {
     e8q_rank_mem *m = &p->mem[r];
     size_t seqs = (size_t)(p->seq_start[r + 1] - p->seq_start[r]);
@@ -102,8 +125,14 @@ static void plan_memory(e8q_plan *p) {
     m->hess_acc = add_sat(mul_sat(24, sum_n2), mul_sat(8 * 256, nmax));
     m->hessians = mul_sat(8, sum_n2);
     m->ldlq = ldlq;
-    size_t quant = add_sat(m->hessians, m->ldlq);
+    m->ft_block = ft_block;
+    m->e2e = add_sat(e2e_fixed, mul3_sat(8, seqs, mul_sat(T - 1, E8Q_PLAN_E2E_TOPK)));
+    /* quantizing a group after a block round holds that round's state (16 bytes a parameter) */
+    size_t quant = add_sat(m->hessians, add_sat(m->ldlq, mul_sat(16, n_ft)));
+    size_t tune = add_sat(m->hessians, m->ft_block);
+    if (tune > quant) quant = tune;
     m->peak = add_sat(add_sat(m->weights, m->acts), m->hess_acc > quant ? m->hess_acc : quant);
+    if (m->e2e > m->peak) m->peak = m->e2e;
     E8Q_CHECK(m->peak < SIZE_MAX,
               "the memory a rank needs for this model overflows 64 bits (hidden_size %d, intermediate_size %d, "
               "%d heads, --ctx %d, %zu sequences): the config's sizes are implausible; check config.json",
@@ -273,7 +302,8 @@ void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file) {
     fprintf(f, "\n");
   }
   fprintf(f, "\nper rank (rows of qkv/o/upgate/down; memory in GiB,\n"
-             "peak = weights + acts + max(hess_acc, hessians + ldlq)):\n");
+             "peak = max(weights + acts + max(hess_acc, hessians + ldlq + 16 n_ft, hessians + ft_block), e2e); the\n"
+             "fine-tuning terms are those of the default --ft all, see shard/plan.h):\n");
   fprintf(f, "  %4s %11s %27s %9s %9s %9s %9s %9s %9s%s\n", "rank", "sequences", "rows", "weights", "acts", "hess_acc",
           "hessians", "ldlq", "peak", gpu_mem_gib > 0 ? "  fits" : "");
   int all_fit = 1;
@@ -290,8 +320,10 @@ void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file) {
     all_fit &= fits;
     fprintf(f, "  %4d %11s %27s %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f%s\n", r, seqs, rows, gib(m->weights), gib(m->acts),
             gib(m->hess_acc), gib(m->hessians), gib(m->ldlq), gib(m->peak), gpu_mem_gib > 0 ? (fits ? "  yes" : "  NO") : "");
-    fprintf(f, "       bytes: weights %zu acts %zu hess_acc %zu hessians %zu ldlq %zu peak %zu\n", m->weights, m->acts,
-            m->hess_acc, m->hessians, m->ldlq, m->peak);
+    fprintf(f, "       ft_block %.3f, e2e %.3f; bytes: weights %zu acts %zu hess_acc %zu hessians %zu ldlq %zu ft_block %zu "
+               "e2e %zu peak %zu\n",
+            gib(m->ft_block), gib(m->e2e), m->weights, m->acts, m->hess_acc, m->hessians, m->ldlq, m->ft_block, m->e2e,
+            m->peak);
   }
   if (gpu_mem_gib > 0 && !all_fit)
     fprintf(f, "\nsome ranks need more than %.1f GiB: use more ranks or a smaller --devset/--ctx\n", gpu_mem_gib);

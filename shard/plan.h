@@ -29,8 +29,29 @@
  *                                 + 8 * 3*n_pad^2                    rotated H, prepared H, factor L
  *                                 + 8 * 2*256*n_pad                  a row tile's residual and H E
  *                                 + 4 * m*n_pad/8                    codes and codes2 (rank 0)
- *   peak      = weights + acts + max(hess_acc, hessians + ldlq)
- * with seqs_r = the sequences of rank r.
+ *   ft_block  = 48 * n_ft                                            block fine-tuning round 0's vector:
+ *                                                                    p, best, Adam m, v, gradient, step
+ *                                                                    mean (4 B each), double sum (8 B),
+ *                                                                    exact sum (16 B) per parameter
+ *             + 4 * ctx * (7*dim + 2*m_qkv + 2*q_dim + 6*hidden)      one block forward's saved activations
+ *                                                                    and their gradients (one sequence)
+ *             + 4 * ctx * dim                                        its output
+ *     n_ft    = n_pad_qkv + m_qkv + 2*dim + m*n of o, upgate, down    (the largest round)
+ *   e2e       = layers * sum over groups of m*n_pad/2                 the quantized model's codes at 4 bit
+ *                                                                    (codes + codes2; 2 bit needs half)
+ *             + 4 * vocab*dim * (tied ? 1 : 2)                        embedding and lm_head
+ *             + 48 * n_e2e                                           the trained vector, as ft_block
+ *             + 4 * ctx * ((layers + 3)*dim + vocab)                 a sequence's saved block inputs,
+ *                                                                    stream buffers and logits
+ *             + 4 * ctx * (7*dim + 2*m_qkv + 2*q_dim + 6*hidden)      one block's activations (recompute)
+ *             + 4 * n_heads*ctx*ctx                                  attention scores
+ *             + 8 * seqs_r*(ctx-1)*E8Q_PLAN_E2E_TOPK                 the targets (id, probability)
+ *     n_e2e   = layers * (sum over groups of n_pad + m, + 2*dim) + dim + (tied ? 0 : vocab*dim)
+ *   peak      = max(weights + acts + max(hess_acc, hessians + ldlq + 16*n_ft, hessians + ft_block),
+ *                   e2e)
+ * with seqs_r = the sequences of rank r. The fine-tuning terms are those of the default --ft all
+ * (e2e runs after the blocks, when their buffers are freed; quantizing a group after a block round
+ * holds that round's state, 16 bytes a parameter).
  */
 #ifndef E8Q_SHARD_PLAN_H
 #define E8Q_SHARD_PLAN_H
@@ -56,9 +77,13 @@ typedef struct {
 
 /* calibration sequences per Hessian chunk (a constant of the format of the sums) */
 #define E8Q_SEQ_CHUNK 8
+/* ids kept per position of the original distribution in the e2e memory estimate: the default
+ * --e2e-topk (E8Q_E2E_TOPK_DEFAULT, worker/finetune_e2e.h, which shard/ cannot include) */
+#define E8Q_PLAN_E2E_TOPK 64
 
 typedef struct {
   size_t weights, acts, hess_acc, hessians, ldlq, peak; /* bytes, see the formula above */
+  size_t ft_block, e2e;                                /* fine-tuning, see the formula above */
 } e8q_rank_mem;
 
 typedef struct {
