@@ -315,6 +315,59 @@ void e8q_comm_recv(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int peer, 
   }
 }
 
+/* ---------------------------------------------------------------- nonblocking point to point */
+struct e8q_comm_req {
+  int n;                /* segments */
+  int recv;             /* 1: a receive (sizes checked on completion) */
+  int peer, tag;
+  size_t bytes;
+  MPI_Request *req;     /* [n] */
+};
+
+static e8q_comm_req *post(e8q_comm *c, void *buf, size_t bytes, int peer, int tag, int recv) {
+  check_root(c, peer, recv ? "e8q_comm_irecv (peer)" : "e8q_comm_isend (peer)");
+  e8q_comm_req *r = e8q_calloc(1, sizeof *r, "communication request");
+  r->n = bytes == 0 ? 1 : (int)((bytes + COMM_SEG - 1) / COMM_SEG);
+  r->recv = recv;
+  r->peer = peer;
+  r->tag = tag;
+  r->bytes = bytes;
+  r->req = e8q_calloc((size_t)r->n, sizeof(MPI_Request), "communication requests");
+  char *p = buf;
+  for (int i = 0; i < r->n; i++) {
+    size_t off = (size_t)i * COMM_SEG, k = bytes == 0 ? 0 : seg_len(bytes, off);
+    if (recv)
+      E8Q_CHECK_MPI(MPI_Irecv(p + off, (int)k, MPI_BYTE, peer, tag, c->mpi, &r->req[i]));
+    else
+      E8Q_CHECK_MPI(MPI_Isend(p + off, (int)k, MPI_BYTE, peer, tag, c->mpi, &r->req[i]));
+  }
+  return r;
+}
+
+e8q_comm_req *e8q_comm_isend(e8q_comm *c, const void *buf, size_t bytes, int peer, int tag) {
+  return post(c, (void *)buf, bytes, peer, tag, 0);
+}
+
+e8q_comm_req *e8q_comm_irecv(e8q_comm *c, void *buf, size_t bytes, int peer, int tag) {
+  return post(c, buf, bytes, peer, tag, 1);
+}
+
+void e8q_comm_wait(e8q_comm_req *r) {
+  if (!r) return;
+  for (int i = 0; i < r->n; i++) {
+    MPI_Status st;
+    E8Q_CHECK_MPI(MPI_Wait(&r->req[i], &st));
+    if (!r->recv) continue;
+    int got = 0;
+    MPI_Get_count(&st, MPI_BYTE, &got);
+    size_t want = r->bytes == 0 ? 0 : seg_len(r->bytes, (size_t)i * COMM_SEG);
+    E8Q_CHECK((size_t)got == want, "e8q_comm_wait: expected %zu bytes from rank %d (tag %d), got %d", want, r->peer,
+              r->tag, got);
+  }
+  free(r->req);
+  free(r);
+}
+
 /* ---------------------------------------------------------------- reproducible sums */
 #define XSUM_MAX_FRAC 120
 

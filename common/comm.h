@@ -85,6 +85,14 @@ void e8q_comm_allgather(e8q_comm *c, e8q_mem mem, const void *send, size_t item_
 /* point to point (not collective); tag is used by MPI only (NCCL orders by call sequence) */
 void e8q_comm_send(e8q_comm *c, e8q_mem mem, const void *buf, size_t bytes, int peer, int tag);
 void e8q_comm_recv(e8q_comm *c, e8q_mem mem, void *buf, size_t bytes, int peer, int tag);
+/* Nonblocking point to point (host buffers only; not collective): the call returns at once with
+ * a request that e8q_comm_wait completes and frees; buf must stay untouched (isend) or unread
+ * (irecv) until then. A receive checks that exactly `bytes` arrived. Messages between two ranks
+ * arrive in the order they were sent. */
+typedef struct e8q_comm_req e8q_comm_req;
+e8q_comm_req *e8q_comm_isend(e8q_comm *c, const void *buf, size_t bytes, int peer, int tag);
+e8q_comm_req *e8q_comm_irecv(e8q_comm *c, void *buf, size_t bytes, int peer, int tag);
+void e8q_comm_wait(e8q_comm_req *r); /* NULL is a no-op */
 
 /* ---------------------------------------------------------------- reproducible sums
  * e8q_xsum is an exact, order-independent accumulator of n values: each value is held as a

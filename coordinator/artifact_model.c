@@ -21,11 +21,16 @@ static const char *const tok_names[] = {"tokenizer.model", "tokenizer.json", "to
 /* Every float tensor of the weights (scales SU/SV/Wscale/fuse_scales, Hadamard factors,
  * embeddings, norms, dense weights) holds finite values only: the manifest's hashes say the
  * archive is as written, not that what was written is sound, and one NaN in a scale turns every
- * logit into NaN without an error. */
-static void check_floats_finite(const e8q_safetensors *st, const char *artifact) {
+ * logit into NaN without an error. lo >= 0: only the tensors of layers [lo, hi) and the Hadamard
+ * factors (a pipeline stage touches no other page of the mapping). */
+static void check_floats_finite(const e8q_safetensors *st, const char *artifact, int lo, int hi) {
   for (int k = 0; k < st->n_tensors; k++) {
     const e8q_st_tensor *t = &st->tensors[k];
     if (t->dtype != E8Q_DT_F32 && t->dtype != E8Q_DT_F16 && t->dtype != E8Q_DT_BF16) continue;
+    int layer = -1;
+    if (lo >= 0 && strncmp(t->name, "hadamard.", 9) != 0 &&
+        !(sscanf(t->name, "model.layers.%d.", &layer) == 1 && layer >= lo && layer < hi))
+      continue; /* layers [lo, hi) only: the embedding and head are checked as they are read */
     const unsigned char *p = e8q_st_data(st, t);
     int64_t n = e8q_st_numel(t);
     for (int64_t i = 0; i < n; i++) {
@@ -45,7 +50,9 @@ static void check_floats_finite(const e8q_safetensors *st, const char *artifact)
   }
 }
 
-void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fused) {
+/* verification, the tokenizer files unpacked into a->dir, model.safetensors mapped in place;
+ * returns the mapping and (*cfg, malloc'd) the config text */
+static e8q_safetensors *artifact_map(e8q_artifact_model *a, const char *artifact, char **cfg) {
   memset(a, 0, sizeof *a);
   e8q_artifact *ar = e8q_artifact_open(artifact);
   /* every member against its sha256 (rank 0 reads, all ranks learn the outcome and, when it is
@@ -77,19 +84,89 @@ void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fu
   }
   const e8q_artifact_member *mm = e8q_artifact_find(ar, "model.safetensors");
   E8Q_CHECK(mm && e8q_artifact_find(ar, "config.json"), "artifact %s lacks model.safetensors or config.json", artifact);
-  char *cfg = e8q_artifact_read(ar, "config.json", NULL);
+  *cfg = e8q_artifact_read(ar, "config.json", NULL);
   char label[4200];
   snprintf(label, sizeof label, "%s:model.safetensors", artifact);
   e8q_safetensors *st = e8q_st_open_region(artifact, mm->offset, mm->size, label);
-  check_floats_finite(st, artifact);
+  e8q_artifact_close(ar);
+  return st;
+}
+
+void e8q_artifact_model_open(e8q_artifact_model *a, const char *artifact, int fused) {
+  char *cfg = NULL;
+  e8q_safetensors *st = artifact_map(a, artifact, &cfg);
+  check_floats_finite(st, artifact, -1, -1);
   e8q_qmodel_open_st(&a->q, artifact, cfg, st);
   free(cfg);
-  e8q_artifact_close(ar);
   if (!fused || a->q.dense) { /* dense ablations have no codes for the fused kernels */
     a->m = e8q_qmodel_dense(&a->q);
     return;
   }
   a->m = e8q_qmodel_fused(&a->q);
+}
+
+void e8q_artifact_model_open_layers(e8q_artifact_model *a, const char *artifact, int fused, int lo, int hi) {
+  char *cfg = NULL;
+  e8q_safetensors *st = artifact_map(a, artifact, &cfg);
+  check_floats_finite(st, artifact, lo, hi);
+  e8q_qmodel_open_st_range(&a->q, artifact, cfg, st, lo, hi);
+  free(cfg);
+  a->m = e8q_qmodel_blocks(&a->q, fused);
+}
+
+/* ---------------------------------------------------------------- sizes */
+
+void e8q_artifact_eval_bytes(const char *artifact, int fused, e8q_config *cfg, e8q_eval_bytes *b) {
+  memset(b, 0, sizeof *b);
+  e8q_artifact *ar = e8q_artifact_open(artifact);
+  const e8q_artifact_member *mm = e8q_artifact_find(ar, "model.safetensors");
+  E8Q_CHECK(mm && e8q_artifact_find(ar, "config.json"), "artifact %s lacks model.safetensors or config.json", artifact);
+  char *txt = e8q_artifact_read(ar, "config.json", NULL);
+  char label[4200];
+  snprintf(label, sizeof label, "%s:model.safetensors", artifact);
+  e8q_safetensors *st = e8q_st_open_region(artifact, mm->offset, mm->size, label);
+  e8q_artifact_close(ar);
+  e8q_qmodel q; /* no layer described: the config and the header only */
+  e8q_qmodel_open_st_range(&q, artifact, txt, st, 0, 0);
+  free(txt);
+  *cfg = q.cfg;
+  const e8q_config *c = &q.cfg;
+  int L = c->n_layers;
+  size_t D = (size_t)c->dim, V = (size_t)c->vocab_size;
+  b->n_layers = L;
+  b->tied = c->tied;
+  b->layer = e8q_calloc((size_t)L, sizeof(size_t), "layer bytes"); /* [L] */
+  size_t codes = 0;
+  for (int k = 0; k < st->n_tensors; k++) {
+    const e8q_st_tensor *t = &st->tensors[k];
+    size_t bytes = (size_t)(t->end - t->begin);
+    int layer = -1;
+    if (sscanf(t->name, "model.layers.%d.", &layer) == 1 && layer >= 0 && layer < L) {
+      b->layer[layer] += bytes;
+      if (strstr(t->name, ".codes")) codes += bytes;
+    } else if (!strncmp(t->name, "hadamard.", 9)) {
+      b->shared += bytes;
+    } else if (!strcmp(t->name, "model.embed_tokens.weight")) {
+      b->embed = bytes;
+      if (c->tied) b->head += bytes;
+    } else if (!strcmp(t->name, "lm_head.weight") || !strcmp(t->name, "model.norm.weight")) {
+      b->head += bytes;
+    }
+  }
+  /* what loading adds per layer: the two norms in f32, and per linear its output scales (fused)
+   * plus the VNNI core's copy of the codes (an upper bound: AVX512-VNNI CPUs only), or (dense) the
+   * decoded f32 weights */
+  for (int l = 0; l < L; l++) {
+    size_t add = 2 * 4 * D;
+    for (int g = 0; g < E8Q_N_GROUPS; g++) {
+      int m, n;
+      e8q_group_shape(c, g, &m, &n);
+      add += fused && !q.dense ? 4 * (size_t)m : 4 * (size_t)m * (size_t)n;
+    }
+    b->layer[l] += add + (fused && !q.dense ? codes / (size_t)L : 0);
+  }
+  b->f32_copies = 4 * V * D * (c->tied ? 1 : 2);
+  e8q_qmodel_close(&q); /* closes st */
 }
 
 void e8q_artifact_model_close(e8q_artifact_model *a) {

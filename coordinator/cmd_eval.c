@@ -17,7 +17,7 @@
 static void eval_usage(FILE *f) {
   fprintf(f,
           "usage: [mpirun -np N] e8q eval --model PATH | --artifact OUT.e8q [--dense] --text FILE [--tokenizer FILE]\n"
-          "                               [--per-line N | --ctx T [--windows W]]\n\n"
+          "                               [--per-line N | --ctx T [--windows W]] [--pipeline P]\n\n"
           "Perplexity of a model (Hugging Face directory, GGUF file or llama2.c .bin) on a text.\n\n"
           "  --model PATH      model directory (config.json + safetensors), .gguf file or llama2.c .bin\n"
           "  --artifact F      an .e8q archive from e8q quantize (linears through the fused kernels)\n"
@@ -32,8 +32,13 @@ static void eval_usage(FILE *f) {
           "                    (default when neither is given: the model's max positions, at most %d);\n"
           "                    the text is encoded once, with BOS first when the model's tokenizer adds one\n"
           "  --windows W       with --ctx: score only the first W windows\n"
+          "  --pipeline P      with --artifact: ranks form groups of P; each rank of a group maps and builds\n"
+          "                    only its contiguous range of layers (split by resident bytes, embeddings and\n"
+          "                    head counted; e8q plan --artifact F --ranks N --pipeline P prints it), windows\n"
+          "                    flow rank to rank, groups split the windows; the result is the same bits\n"
           "  --help            this text\n\n"
-          "Sequences are split across MPI ranks; the result does not depend on the rank count.\n"
+          "Sequences are split across MPI ranks; the result does not depend on the rank count (nor on P).\n"
+          "Rank 0 prints every rank's peak resident memory (stderr, and peak_rss_bytes in the JSON).\n"
           "The last line printed on stdout is one JSON object with mean_nll, ppl and tokens.\n",
           E8Q_DEFAULT_CTX);
 }
@@ -41,7 +46,7 @@ static void eval_usage(FILE *f) {
 int cmd_eval(int argc, char **argv) {
   const char *model_path = NULL, *text_path = NULL, *tok_path = NULL, *artifact = NULL;
   int dense = 0;
-  int per_line = 0, ctx = 0, windows = 0;
+  int per_line = 0, ctx = 0, windows = 0, pipeline = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -61,6 +66,8 @@ int cmd_eval(int argc, char **argv) {
       per_line = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else if (!strcmp(a, "--ctx")) {
       ctx = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
+    } else if (!strcmp(a, "--pipeline")) { /* layer-pipelined groups of P ranks (coordinator/eval.h) */
+      pipeline = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 20);
     } else if (!strcmp(a, "--windows")) {
       windows = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else {
@@ -77,13 +84,37 @@ int cmd_eval(int argc, char **argv) {
   E8Q_CHECK(!(per_line && ctx), "eval: --per-line and --ctx exclude each other; give one");
   E8Q_CHECK(!(per_line && windows), "eval: --windows counts --ctx windows; with --per-line give the number of lines there");
   E8Q_CHECK(!ctx || ctx >= 2, "eval: --ctx %d: a window needs at least 2 tokens (one predicted from the other)", ctx);
+  E8Q_CHECK(!pipeline || artifact,
+            "eval: --pipeline splits an artifact's layers across ranks; give --artifact OUT.e8q (a --model is "
+            "evaluated data parallel: drop --pipeline)");
+  int size = e8q_comm_size(e8q_comm_get()), rank = e8q_rank();
+  E8Q_CHECK(!pipeline || size % pipeline == 0,
+            "eval: --pipeline %d: the %d ranks do not form whole groups of %d; run a multiple of %d ranks", pipeline,
+            size, pipeline, pipeline);
+  double t0 = e8q_now();
   e8q_artifact_model am = {0};
-  if (artifact) {
+  e8q_eval_plan plan = {0};
+  e8q_eval_ends ends = {0};
+  if (pipeline) { /* the split, from the header (the same on every rank), then only this rank's layers */
+    e8q_config pc;
+    e8q_eval_bytes eb;
+    e8q_artifact_eval_bytes(artifact, !dense, &pc, &eb);
+    e8q_eval_plan_build(&plan, &pc, &eb, size, pipeline, ctx ? ctx : e8q_default_ctx(pc.max_seq_len));
+    e8q_eval_bytes_free(&eb);
+    const e8q_eval_stage *me = e8q_eval_plan_rank(&plan, rank);
+    e8q_artifact_model_open_layers(&am, artifact, !dense, me->lo, me->hi);
+    e8q_eval_ends_from_st(&ends, &am.q.cfg, am.q.st, me->head);
+    if (rank == 0)
+      for (int st = 0; st < pipeline; st++)
+        e8q_info("eval: pipeline stage %d: layers %d-%d%s%s, about %.1f MiB resident", st, plan.stage[st].lo,
+                 plan.stage[st].hi - 1, plan.stage[st].embed ? " + embeddings" : "",
+                 plan.stage[st].head ? " + head" : "", (double)plan.stage[st].total / (1 << 20));
+    model_path = am.dir;
+  } else if (artifact) {
     e8q_artifact_model_open(&am, artifact, !dense);
     model_path = am.dir;
   }
 
-  double t0 = e8q_now();
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
   const e8q_config *c = &m->cfg;
   if (!per_line && !ctx) ctx = e8q_default_ctx(c->max_seq_len);
@@ -103,12 +134,20 @@ int cmd_eval(int argc, char **argv) {
     e8q_eval_set_lines(&set, text_path, tok, per_line);
   else
     e8q_eval_set_windows(&set, text_path, tok, c->vocab_size, ctx, windows);
-  int size = e8q_comm_size(e8q_comm_get());
   e8q_info("eval: %s on %s: %d %s, %d rank%s", artifact ? artifact : model_path, text_path, set.n, per_line ? "lines" : "windows", size,
            size > 1 ? "s" : "");
   double t1 = e8q_now();
-  e8q_eval_result r = e8q_eval_run(m, &set, 1);
+  e8q_eval_result r = pipeline ? e8q_eval_run_pipeline(m, e8q_eval_plan_rank(&plan, rank)->lo,
+                                                       e8q_eval_plan_rank(&plan, rank)->hi, &ends, pipeline, &set, 1)
+                               : e8q_eval_run(m, &set, 1);
   double t2 = e8q_now();
+  /* ---- every rank's peak resident memory, gathered on rank 0 */
+  double rss = (double)e8q_peak_rss();
+  double *all_rss = rank == 0 ? e8q_malloc(sizeof(double) * (size_t)size, "peak RSS per rank") : NULL; /* [size] */
+  e8q_comm_gather(e8q_comm_get(), E8Q_MEM_HOST, &rss, sizeof rss, all_rss, 0);
+  for (int q = 0; q < size && rank == 0; q++)
+    e8q_info("eval: rank %d peak RSS %.1f MiB%s", q, all_rss[q] / (1 << 20),
+             pipeline ? (q % pipeline == 0 ? " (first stage)" : q % pipeline == pipeline - 1 ? " (last stage)" : "") : "");
 
   if (e8q_rank() == 0) {
     cJSON *o = cJSON_CreateObject();
@@ -129,6 +168,11 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "mean_nll", r.mean_nll);
     cJSON_AddNumberToObject(o, "ppl", r.ppl);
     cJSON_AddNumberToObject(o, "ranks", size);
+    if (pipeline) {
+      cJSON_AddNumberToObject(o, "pipeline", pipeline);
+      cJSON_AddNumberToObject(o, "groups", size / pipeline);
+    }
+    cJSON_AddItemToObject(o, "peak_rss_bytes", cJSON_CreateDoubleArray(all_rss, size));
     cJSON_AddNumberToObject(o, "seconds", t2 - t0);
     cJSON_AddNumberToObject(o, "tokens_per_s", (t2 - t1) > 0 ? (double)r.tokens / (t2 - t1) : 0.0);
     char *js = cJSON_PrintUnformatted(o);
@@ -140,6 +184,9 @@ int cmd_eval(int argc, char **argv) {
   e8q_eval_set_free(&set);
   if (tok) e8q_tokenizer_free(tok);
   free(tok_used);
+  free(all_rss);
+  e8q_eval_ends_free(&ends);
+  e8q_eval_plan_free(&plan);
   if (artifact) e8q_artifact_model_close(&am);
   else e8q_model_free(m);
   return 0;

@@ -1,6 +1,7 @@
 /* coordinator/eval.c: building evaluation sequences and scoring them across ranks. */
 #include "coordinator/eval.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "io/text.h"
+#include "kernels/transformer.h"
 #include "worker/forward.h"
 
 /* ---------------------------------------------------------------- building sets */
@@ -104,36 +106,100 @@ void e8q_eval_set_free(e8q_eval_set *s) {
   memset(s, 0, sizeof *s);
 }
 
-/* ---------------------------------------------------------------- scoring */
+/* ---------------------------------------------------------------- model ends */
 
-e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int progress) {
-  e8q_comm *c = e8q_comm_get_opt(); /* NULL: a lone process without MPI (unit tests) */
-  int rank = c ? e8q_comm_rank(c) : 0, size = c ? e8q_comm_size(c) : 1;
-  double *nll = e8q_calloc((size_t)s->n, sizeof(double), "per-sequence NLL");   /* [n] */
-  int64_t *cnt = e8q_calloc((size_t)s->n, sizeof(int64_t), "per-sequence counts"); /* [n] */
-  double t0 = e8q_now(), last = t0;
-  int cut = 0;
-  for (int i = rank; i < s->n; i += size) {
-    const int *seq = s->seq[i];
-    int len = s->len[i];
-    if (len > m->cfg.max_seq_len) { /* positions beyond the model's are not scored */
-      len = m->cfg.max_seq_len;
-      cut++;
+void e8q_eval_ends_from_model(e8q_eval_ends *e, const e8q_model *m) {
+  memset(e, 0, sizeof *e);
+  e->cfg = m->cfg;
+  e->embed = m->embed;
+  e->lm_head = m->lm_head;
+  e->final_norm = m->final_norm;
+  e->label = m->path;
+}
+
+void e8q_eval_ends_from_st(e8q_eval_ends *e, const e8q_config *cfg, const e8q_safetensors *st, int head) {
+  memset(e, 0, sizeof *e);
+  e->cfg = *cfg;
+  e->st = st;
+  e->label = st->path;
+  e->embed_name = "model.embed_tokens.weight";
+  e->head_name = cfg->tied ? "model.embed_tokens.weight" : "lm_head.weight";
+  const e8q_st_tensor *t = e8q_st_find(st, e->embed_name);
+  E8Q_CHECK(t && e8q_st_numel(t) == (int64_t)cfg->vocab_size * cfg->dim,
+            "%s: tensor %s is missing or not [%d, %d]", st->path, e->embed_name, cfg->vocab_size, cfg->dim);
+  if (!head) return;
+  t = e8q_st_find(st, e->head_name);
+  E8Q_CHECK(t && e8q_st_numel(t) == (int64_t)cfg->vocab_size * cfg->dim, "%s: tensor %s is missing or not [%d, %d]",
+            st->path, e->head_name, cfg->vocab_size, cfg->dim);
+  int64_t D = cfg->dim;
+  e->norm_owned = e8q_malloc(sizeof(float) * (size_t)D, "model.norm"); /* [dim] */
+  e8q_st_read_f32(st, "model.norm.weight", 1, &D, e->norm_owned);
+  e->final_norm = e->norm_owned;
+}
+
+void e8q_eval_ends_free(e8q_eval_ends *e) {
+  free(e->norm_owned);
+  memset(e, 0, sizeof *e);
+}
+
+/* x [T, dim] <- the embedding rows of ids [T] (the f32 table, or rows converted from the mapping:
+ * the same floats, f16/bf16 -> f32 being exact; non-finite rows are fatal there) */
+static void ends_embed(const e8q_eval_ends *e, int T, const int *ids, float *x) {
+  int D = e->cfg.dim;
+  for (int t = 0; t < T; t++) {
+    E8Q_CHECK(ids[t] >= 0 && ids[t] < e->cfg.vocab_size,
+              "token id %d (position %d) is outside the model's vocabulary [0, %d): wrong tokenizer or id file?", ids[t],
+              t, e->cfg.vocab_size);
+    if (e->embed)
+      memcpy(x + (size_t)t * D, e->embed + (size_t)ids[t] * D, sizeof(float) * (size_t)D);
+    else
+      e8q_st_read_f32_range(e->st, e->embed_name, (int64_t)ids[t] * D, D, x + (size_t)t * D);
+  }
+}
+
+/* Sum over rows r of x [N, dim] with targets[r] >= 0 of -log softmax(lm_head(norm(x_r)))[targets[r]],
+ * in chunks of E8Q_EVAL_HEAD_ROWS rows, each chunk's logits computed over blocks of
+ * E8Q_EVAL_VOCAB_BLOCK lm_head rows (f32 in place, or converted into wblk). x is overwritten by
+ * the normed rows. logits [E8Q_EVAL_HEAD_ROWS, vocab], wblk [E8Q_EVAL_VOCAB_BLOCK, dim] (unused
+ * with an f32 head). */
+static double ends_nll(const e8q_eval_ends *e, int N, float *x, const int *targets, long *count, float *logits,
+                       float *wblk) {
+  int D = e->cfg.dim, V = e->cfg.vocab_size;
+  double sum = 0.0;
+  long cnt = 0;
+  for (int r0 = 0; r0 < N; r0 += E8Q_EVAL_HEAD_ROWS) {
+    int rows = N - r0 < E8Q_EVAL_HEAD_ROWS ? N - r0 : E8Q_EVAL_HEAD_ROWS;
+    float *xr = x + (size_t)r0 * D; /* [rows, dim] */
+    e8q_rmsnorm(rows, D, xr, e->final_norm, (float)e->cfg.norm_eps, xr);
+    for (int v0 = 0; v0 < V; v0 += E8Q_EVAL_VOCAB_BLOCK) {
+      int vb = V - v0 < E8Q_EVAL_VOCAB_BLOCK ? V - v0 : E8Q_EVAL_VOCAB_BLOCK;
+      const float *W = e->lm_head ? e->lm_head + (size_t)v0 * D : wblk; /* [vb, dim] */
+      if (!e->lm_head) e8q_st_read_f32_range(e->st, e->head_name, (int64_t)v0 * D, (int64_t)vb * D, wblk);
+      if (rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, vb, D, 1.0f, W, D, xr, 1, 0.0f, logits + v0, 1);
+      else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, vb, D, 1.0f, xr, D, W, D, 0.0f, logits + v0, V);
     }
-    long tokens = 0;
-    e8q_score_seqs(m, 1, &seq, &len, &nll[i], &tokens);
-    cnt[i] = tokens;
-    if (progress && e8q_now() - last > 2.0) {
-      last = e8q_now();
-      e8q_info("eval: %d/%d sequences on rank 0, %.1f s", (i - rank) / size + 1, (s->n - rank + size - 1) / size,
-               last - t0);
+    for (int r = 0; r < rows; r++) {
+      int tgt = targets[r0 + r];
+      if (tgt < 0) continue;
+      E8Q_CHECK(tgt < V, "target token id %d is outside the model's vocabulary [0, %d)", tgt, V);
+      sum += e8q_nll(V, logits + (size_t)r * V, tgt);
+      cnt++;
     }
   }
-  if (cut)
-    e8q_warn("eval: %d sequence%s longer than the model's %d positions: only the first %d tokens of each were scored",
-             cut, cut > 1 ? "s" : "", m->cfg.max_seq_len, m->cfg.max_seq_len);
-  /* every other rank holds zeros for sequence i: the sums are exact, the order fixed */
-  if (size > 1) {
+  if (count) *count = cnt;
+  return sum;
+}
+
+/* ---------------------------------------------------------------- scoring */
+
+/* the tokens of sequence i that are scored: at most the model's positions */
+static int eval_len(const e8q_eval_set *s, int i, int max_len) { return s->len[i] < max_len ? s->len[i] : max_len; }
+
+/* per-sequence sums (zero where another rank computed them) -> the result, in sequence order */
+static e8q_eval_result eval_finish(e8q_comm *c, const e8q_eval_set *s, double *nll, int64_t *cnt, const char *label) {
+  if (c && e8q_comm_size(c) > 1) { /* one rank holds sequence i's values, every other zeros: exact */
     e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_F64, nll, (size_t)s->n);
     e8q_comm_allreduce_sum(c, E8Q_MEM_HOST, E8Q_COMM_I64, cnt, (size_t)s->n);
   }
@@ -150,12 +216,102 @@ e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int prog
               "evaluation of %s: sequence %d (%d tokens) has a non-finite NLL (%g): the model's logits overflow "
               "or hold NaN, so its weights are damaged or out of float32 range; check the model (e8q inspect "
               "--verify for an artifact) or re-create it",
-              m->path ? m->path : "the model", i, s->len[i], nll[i]);
+              label ? label : "the model", i, s->len[i], nll[i]);
   r.mean_nll = r.sum_nll / (double)r.tokens;
   r.ppl = exp(r.mean_nll);
+  return r;
+}
+
+e8q_eval_result e8q_eval_run_pipeline(const e8q_model *blocks, int lo, int hi, const e8q_eval_ends *ends, int P,
+                                      const e8q_eval_set *s, int progress) {
+  e8q_comm *c = e8q_comm_get_opt(); /* NULL: a lone process without MPI (unit tests) */
+  int rank = c ? e8q_comm_rank(c) : 0, size = c ? e8q_comm_size(c) : 1;
+  E8Q_CHECK(P >= 1 && size % P == 0, "--pipeline %d: the rank count %d is not a multiple of it", P, size);
+  const e8q_config *cfg = &ends->cfg;
+  int G = size / P, g = rank / P, st = rank % P, first = st == 0, last = st == P - 1;
+  int D = cfg->dim, max_len = cfg->max_seq_len;
+  double *nll = e8q_calloc((size_t)s->n, sizeof(double), "per-sequence NLL");   /* [n] */
+  int64_t *cnt = e8q_calloc((size_t)s->n, sizeof(int64_t), "per-sequence counts"); /* [n] */
+  /* this group's windows that score anything, in order: every stage of the group walks the same list */
+  int *mine = e8q_malloc(sizeof(int) * (size_t)(s->n / G + 1), "group windows"); /* [<= n/G + 1] */
+  int nm = 0, maxT = 2, cut = 0;
+  for (int i = g; i < s->n; i += G) {
+    int T = eval_len(s, i, max_len);
+    if (s->len[i] > max_len) cut++;
+    if (T < 2) continue;
+    mine[nm++] = i;
+    if (T > maxT) maxT = T;
+  }
+  if (cut && first)
+    e8q_warn("eval: %d sequence%s longer than the model's %d positions: only the first %d tokens of each were scored",
+             cut, cut > 1 ? "s" : "", max_len, max_len);
+  float *buf[2]; /* [maxT, dim] each: the residual stream of a window (receive/compute, send) */
+  for (int k = 0; k < 2; k++) buf[k] = e8q_alloc_aligned(sizeof(float) * (size_t)maxT * D, "residual stream");
+  e8q_comm_req *rq[2] = {NULL, NULL}, *sq[2] = {NULL, NULL};
+  float *logits = last ? e8q_alloc_aligned(sizeof(float) * E8Q_EVAL_HEAD_ROWS * (size_t)cfg->vocab_size, "logits chunk")
+                       : NULL; /* [64, vocab] */
+  float *wblk = last && !ends->lm_head
+                    ? e8q_alloc_aligned(sizeof(float) * E8Q_EVAL_VOCAB_BLOCK * (size_t)D, "lm_head block")
+                    : NULL; /* [2048, dim] */
+  int *targets = e8q_malloc(sizeof(int) * (size_t)maxT, "targets"); /* [maxT] */
+  e8q_fwd_scratch scr = {0};
+  double t0 = e8q_now(), tlast = t0;
+  /* stage s > 0 keeps the next window's receive posted while it computes (buffers alternate) */
+  if (!first && nm > 0) rq[0] = e8q_comm_irecv(c, buf[0], sizeof(float) * (size_t)eval_len(s, mine[0], max_len) * D,
+                                               rank - 1, 0);
+  for (int k = 0; k < nm; k++) {
+    int i = mine[k], T = eval_len(s, i, max_len), b = k % 2, tag = k % 32768;
+    float *x = buf[b]; /* [T, dim] */
+    if (first) {
+      e8q_comm_wait(sq[b]); /* window k-2's send from this buffer */
+      sq[b] = NULL;
+      ends_embed(ends, T, s->seq[i], x);
+    } else {
+      e8q_comm_wait(rq[b]);
+      rq[b] = NULL;
+      if (k + 1 < nm) {
+        e8q_comm_wait(sq[1 - b]); /* window k-1 left from the other buffer */
+        sq[1 - b] = NULL;
+        rq[1 - b] = e8q_comm_irecv(c, buf[1 - b], sizeof(float) * (size_t)eval_len(s, mine[k + 1], max_len) * D,
+                                   rank - 1, (k + 1) % 32768);
+      }
+    }
+    for (int l = lo; l < hi; l++) e8q_block_forward(&blocks->blocks[l], cfg, 1, T, x, NULL, &scr);
+    if (!last) {
+      sq[b] = e8q_comm_isend(c, x, sizeof(float) * (size_t)T * D, rank + 1, tag);
+    } else {
+      for (int t = 0; t + 1 < T; t++) targets[t] = s->seq[i][t + 1];
+      targets[T - 1] = -1;
+      long n_scored = 0;
+      nll[i] = ends_nll(ends, T, x, targets, &n_scored, logits, wblk);
+      cnt[i] = n_scored;
+    }
+    if (progress && e8q_now() - tlast > 2.0) {
+      tlast = e8q_now();
+      e8q_info("eval: %d/%d sequences on rank 0, %.1f s", k + 1, nm, tlast - t0);
+    }
+  }
+  for (int k = 0; k < 2; k++) {
+    e8q_comm_wait(sq[k]);
+    e8q_comm_wait(rq[k]);
+  }
+  e8q_fwd_scratch_free(&scr);
+  free(targets);
+  free(wblk);
+  free(logits);
+  for (int k = 0; k < 2; k++) free(buf[k]);
+  free(mine);
+  e8q_eval_result r = eval_finish(c, s, nll, cnt, ends->label);
   free(nll);
   free(cnt);
   return r;
+}
+
+e8q_eval_result e8q_eval_run(const e8q_model *m, const e8q_eval_set *s, int progress) {
+  E8Q_CHECK(m->blocks, "model %s was loaded without its blocks", m->path ? m->path : "(memory)");
+  e8q_eval_ends e;
+  e8q_eval_ends_from_model(&e, m);
+  return e8q_eval_run_pipeline(m, 0, m->cfg.n_layers, &e, 1, s, progress);
 }
 
 /* ---------------------------------------------------------------- tokenizer */

@@ -56,6 +56,11 @@ void e8q_qmodel_open(e8q_qmodel *q, const char *dir) {
 }
 
 void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text, e8q_safetensors *st) {
+  e8q_qmodel_open_st_range(q, dir, config_text, st, 0, -1);
+}
+
+void e8q_qmodel_open_st_range(e8q_qmodel *q, const char *dir, const char *config_text, e8q_safetensors *st, int lo,
+                              int hi) {
   memset(q, 0, sizeof *q);
   q->dir = strdup(dir);
   q->st = st;
@@ -86,11 +91,15 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
   const cJSON *rs = cJSON_GetObjectItemCaseSensitive(qc, "resid_scale");
   snprintf(path, sizeof path, "%s", q->st->path);
   int L = q->cfg.n_layers;
+  if (hi < 0) hi = L;
+  E8Q_CHECK(0 <= lo && lo <= hi && hi <= L, "%s: layer range [%d, %d) outside the model's %d layers", path, lo, hi, L);
+  q->lo = lo;
+  q->hi = hi;
   char name[256];
   q->dense = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "dense_ablation"));
   if (q->dense) {
     q->W = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *q->W, "dense ablation weights");
-    for (int b = 0; b < L; b++)
+    for (int b = lo; b < hi; b++)
       for (int g = 0; g < E8Q_N_GROUPS; g++) {
         int m, n;
         e8q_group_shape(&q->cfg, g, &m, &n);
@@ -101,7 +110,7 @@ void e8q_qmodel_open_st(e8q_qmodel *q, const char *dir, const char *config_text,
     return;
   }
   q->lin = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *q->lin, "quantized linears");
-  for (int b = 0; b < L; b++)
+  for (int b = lo; b < hi; b++)
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
       e8q_qlinear_desc d;
       memset(&d, 0, sizeof d);
@@ -183,13 +192,21 @@ e8q_model *e8q_qmodel_head(const e8q_qmodel *q) {
 
 /* The head model plus every block's norms, with the four linears of each block set by
  * set_linear(q, b, g, L) (dense weights or a pointer to the quantized form). */
-static e8q_model *model_with_blocks(const e8q_qmodel *q, void (*set_linear)(const e8q_qmodel *, int, int, e8q_linear *)) {
-  e8q_model *m = e8q_qmodel_head(q);
+static e8q_model *model_with_blocks(const e8q_qmodel *q, void (*set_linear)(const e8q_qmodel *, int, int, e8q_linear *),
+                                     int with_head) {
+  e8q_model *m;
+  if (with_head) {
+    m = e8q_qmodel_head(q);
+  } else {
+    m = e8q_calloc(1, sizeof *m, "model");
+    m->cfg = q->cfg;
+    m->path = strdup(q->dir);
+  }
   const e8q_config *c = &m->cfg;
   m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");
   int64_t D = c->dim;
   char name[256];
-  for (int b = 0; b < c->n_layers; b++) {
+  for (int b = q->lo; b < q->hi; b++) {
     e8q_block *blk = &m->blocks[b];
     blk->attn_norm = e8q_malloc(sizeof(float) * (size_t)D, "attn_norm");
     blk->ffn_norm = e8q_malloc(sizeof(float) * (size_t)D, "ffn_norm");
@@ -228,11 +245,15 @@ static void set_fused(const e8q_qmodel *q, int b, int g, e8q_linear *L) {
   L->q = (const struct e8q_qlinear *)ql;
 }
 
-e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) { return model_with_blocks(q, set_dense); }
+e8q_model *e8q_qmodel_dense(const e8q_qmodel *q) { return model_with_blocks(q, set_dense, 1); }
 
 /* The model whose quantized linears run through the fused decode kernels (no dense matrix;
  * q must outlive the model). Not for dense ablations (they have no codes). */
 e8q_model *e8q_qmodel_fused(const e8q_qmodel *q) {
   E8Q_CHECK(!q->dense, "%s: a dense ablation has no codes for the fused kernels; use its dense model", q->dir);
-  return model_with_blocks(q, set_fused);
+  return model_with_blocks(q, set_fused, 1);
+}
+
+e8q_model *e8q_qmodel_blocks(const e8q_qmodel *q, int fused) {
+  return model_with_blocks(q, fused && !q->dense ? set_fused : set_dense, 0);
 }

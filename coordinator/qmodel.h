@@ -19,6 +19,7 @@ typedef struct {
   const float **W;          /* [n_layers * E8Q_N_GROUPS] dense weights [m, n] (dense only; read-only) */
   int n_owned;
   void **owned;             /* aligned copies of small tensors, owned */
+  int lo, hi;               /* layers described: [lo, hi) (all unless opened with a range) */
 } e8q_qmodel;
 
 /* Fatal, naming the file and tensor, on anything missing or inconsistent. */
@@ -26,6 +27,10 @@ void e8q_qmodel_open(e8q_qmodel *q, const char *dir);
 /* the same from a config text and an open safetensors (owned from here on; e.g. a member of an
  * artifact mapped in place with e8q_st_open_region); label names it in messages */
 void e8q_qmodel_open_st(e8q_qmodel *q, const char *label, const char *config_text, e8q_safetensors *st);
+/* the same describing only layers [lo, hi) (hi = -1: up to the last): the tensors of other
+ * layers are never read, so their pages of a mapping stay untouched (layer-pipelined evaluation) */
+void e8q_qmodel_open_st_range(e8q_qmodel *q, const char *label, const char *config_text, e8q_safetensors *st, int lo,
+                              int hi);
 void e8q_qmodel_close(e8q_qmodel *q);
 static inline const e8q_qlinear *e8q_qmodel_linear(const e8q_qmodel *q, int layer, int group) {
   return &q->lin[layer * E8Q_N_GROUPS + group];
@@ -38,5 +43,8 @@ e8q_model *e8q_qmodel_dense(const e8q_qmodel *q);
 /* The model with every quantized linear through the fused decode kernels (the dense matrices are
  * never built; q must outlive it). Fatal for a dense ablation. */
 e8q_model *e8q_qmodel_fused(const e8q_qmodel *q);
+/* Only the blocks of q's layer range (fused, or dense decoded when `fused` is 0 or q is a dense
+ * ablation): no embeddings, final norm or lm_head; blocks outside the range are zero (no weights). */
+e8q_model *e8q_qmodel_blocks(const e8q_qmodel *q, int fused);
 
 #endif
