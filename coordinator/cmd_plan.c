@@ -6,8 +6,10 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "coordinator/artifact_model.h"
 #include "coordinator/commands.h"
 #include "coordinator/options.h"
+#include "shard/evalplan.h"
 #include "shard/plan.h"
 
 static void plan_usage(FILE *f) {
@@ -20,13 +22,22 @@ static void plan_usage(FILE *f) {
           "  --ranks N      number of MPI ranks to plan for (default 1)\n"
           "  --gpu-mem G    memory per rank in GiB: marks which ranks fit\n"
           "  --devset S     calibration sequences (default %d)\n"
-          "  --ctx T        tokens per sequence (default min(%d, max_position_embeddings))\n",
+          "  --ctx T        tokens per sequence (default min(%d, max_position_embeddings))\n\n"
+          "usage: e8q plan --artifact OUT.e8q --ranks N [--pipeline P] [--mem G] [--ctx T] [--dense]\n\n"
+          "The evaluation of an artifact (e8q eval): every rank's resident bytes (weights it maps or\n"
+          "builds, activations for windows of T tokens), from config.json and the safetensors header.\n"
+          "  --pipeline P   layer-pipelined: groups of P ranks, each rank holding a range of layers (the\n"
+          "                split e8q eval --pipeline P uses); without it, data parallel (whole model per rank)\n"
+          "  --mem G        memory per rank in GiB (--gpu-mem is the same): marks which ranks fit;\n"
+          "                exit status 3 when one does not\n"
+          "  --dense        plan e8q eval --dense (decoded f32 linears)\n"
+          "The process itself (MPI, libraries: tens of MiB) is not counted.\n",
           E8Q_DEFAULT_DEVSET, E8Q_DEFAULT_CTX);
 }
 
 int cmd_plan(int argc, char **argv) {
-  const char *model = NULL;
-  int ranks = 1, devset = E8Q_DEFAULT_DEVSET, ctx = 0;
+  const char *model = NULL, *artifact = NULL;
+  int ranks = 1, devset = E8Q_DEFAULT_DEVSET, ctx = 0, pipeline = 0, dense = 0;
   double gpu_mem = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -34,12 +45,19 @@ int cmd_plan(int argc, char **argv) {
       if (e8q_rank() == 0) plan_usage(stdout);
       return 0;
     }
+    if (!strcmp(a, "--dense")) {
+      dense = 1;
+      continue;
+    }
     if (i + 1 >= argc) {
       if (e8q_rank() == 0) fprintf(stderr, "e8q plan: option %s needs a value (or is unknown)\n", a);
       return 2;
     }
     const char *v = argv[++i];
     if (!strcmp(a, "--model")) model = v;
+    else if (!strcmp(a, "--artifact")) artifact = v;
+    else if (!strcmp(a, "--pipeline")) pipeline = e8q_opt_int("--pipeline", v, 1, 1 << 20);
+    else if (!strcmp(a, "--mem")) gpu_mem = e8q_opt_double("--mem", v, 1e-9, 1e9);
     else if (!strcmp(a, "--ranks")) ranks = e8q_opt_int("--ranks", v, 1, 1 << 20);
     else if (!strcmp(a, "--devset")) devset = e8q_opt_int("--devset", v, 1, 1 << 24);
     else if (!strcmp(a, "--ctx")) ctx = e8q_opt_int("--ctx", v, 2, 1 << 24);
@@ -52,9 +70,30 @@ int cmd_plan(int argc, char **argv) {
       return 2;
     }
   }
+  if (artifact) {
+    E8Q_CHECK(!model, "plan: give --model DIR (quantization) or --artifact OUT.e8q (evaluation), not both");
+    if (e8q_rank() != 0) return 0;
+    e8q_config cfg;
+    e8q_eval_bytes eb;
+    e8q_artifact_eval_bytes(artifact, !dense, &cfg, &eb);
+    if (ctx == 0) ctx = e8q_default_ctx(cfg.max_seq_len);
+    e8q_eval_plan ep, dp;
+    e8q_eval_plan_build(&ep, &cfg, &eb, ranks, pipeline, ctx);
+    printf("evaluation plan for %s (%d layers, dim %d, vocab %d%s)\n", artifact, cfg.n_layers, cfg.dim,
+           cfg.vocab_size, cfg.tied ? ", tied head" : "");
+    int bad = e8q_eval_plan_print(&ep, gpu_mem, stdout);
+    if (pipeline) { /* the data-parallel rank, for comparison */
+      e8q_eval_plan_build(&dp, &cfg, &eb, 1, 0, ctx);
+      printf("data parallel, for comparison: %.1f MiB per rank\n", (double)dp.stage[0].total / (1 << 20));
+      e8q_eval_plan_free(&dp);
+    }
+    e8q_eval_plan_free(&ep);
+    e8q_eval_bytes_free(&eb);
+    return bad ? 3 : 0;
+  }
   if (!model) {
     if (e8q_rank() == 0) {
-      fprintf(stderr, "e8q plan: --model DIR is required\n");
+      fprintf(stderr, "e8q plan: --model DIR or --artifact OUT.e8q is required\n");
       plan_usage(stderr);
     }
     return 2;

@@ -58,14 +58,18 @@ void e8q_eval_plan_build(e8q_eval_plan *p, const e8q_config *cfg, const e8q_eval
     free(prefix);
     return;
   }
-  /* best[s][j]: the smallest largest-stage total when stages 0..s hold layers [0, j);
-   * cut[s][j] the first layer of stage s there. Ties go to the earliest cut. */
+  /* best[s][j]: the smallest largest-stage total when stages 0..s hold layers [0, j), and among
+   * those the smallest sum of squared stage totals (sq[s][j]: the stages under the largest are
+   * balanced too); cut[s][j] the first layer of stage s there. Exact ties go to the earliest cut. */
   size_t *best = e8q_malloc(sizeof(size_t) * (size_t)P * (size_t)(L + 1), "pipeline split costs"); /* [P, L+1] */
+  double *sq = e8q_malloc(sizeof(double) * (size_t)P * (size_t)(L + 1), "pipeline split balance");  /* [P, L+1] */
   int *cut = e8q_malloc(sizeof(int) * (size_t)P * (size_t)(L + 1), "pipeline split points");       /* [P, L+1] */
   for (int s = 0; s < P; s++)
     for (int j = 0; j <= L; j++) {
       size_t *bj = &best[(size_t)s * (L + 1) + j];
+      double *qj = &sq[(size_t)s * (L + 1) + j];
       *bj = SIZE_MAX;
+      *qj = 0;
       cut[(size_t)s * (L + 1) + j] = -1;
       int last = s == P - 1;
       if (last && j != L) continue;
@@ -74,8 +78,10 @@ void e8q_eval_plan_build(e8q_eval_plan *p, const e8q_config *cfg, const e8q_eval
         if (prev == SIZE_MAX) continue;
         size_t mine = stage_weights(b, prefix, i, j, s == 0, last) + acts_bytes(cfg, ctx, last, 1) + (last ? vblock : 0);
         size_t v = prev > mine ? prev : mine;
-        if (v < *bj) {
+        double q = (s == 0 ? 0.0 : sq[(size_t)(s - 1) * (L + 1) + i]) + (double)mine * (double)mine;
+        if (v < *bj || (v == *bj && q < *qj)) {
           *bj = v;
+          *qj = q;
           cut[(size_t)s * (L + 1) + j] = i;
         }
       }
@@ -95,6 +101,7 @@ void e8q_eval_plan_build(e8q_eval_plan *p, const e8q_config *cfg, const e8q_eval
     j = i;
   }
   free(best);
+  free(sq);
   free(cut);
   free(prefix);
 }
