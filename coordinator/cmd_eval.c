@@ -147,7 +147,8 @@ int cmd_eval(int argc, char **argv) {
   e8q_comm_gather(e8q_comm_get(), E8Q_MEM_HOST, &rss, sizeof rss, all_rss, 0);
   for (int q = 0; q < size && rank == 0; q++)
     e8q_info("eval: rank %d peak RSS %.1f MiB%s", q, all_rss[q] / (1 << 20),
-             pipeline ? (q % pipeline == 0 ? " (first stage)" : q % pipeline == pipeline - 1 ? " (last stage)" : "") : "");
+             pipeline > 1 ? (q % pipeline == 0 ? " (first stage)" : q % pipeline == pipeline - 1 ? " (last stage)" : "")
+                          : "");
 
   if (e8q_rank() == 0) {
     cJSON *o = cJSON_CreateObject();

@@ -13,6 +13,8 @@
 #          Fine-tuning is off here (--ft none) to keep CI short: its determinism and resume are
 #          tested on stories260K (pipeline_ft), its effect on SmolLM2 is measured by
 #          scripts/smollm2_results.sh (README)
+#   pipeline  eval --pipeline 1, 2, 4 on 4 ranks of a 2-bit artifact: the data-parallel mean NLL bit
+#          for bit; with P = 4 every rank's peak RSS below half the data-parallel rank's
 set -u
 E8Q=$1; MPIEXEC=$2; CASE=$3
 SHARED=${E8Q_SHARED:?}
@@ -77,6 +79,33 @@ assert 1.9 < sz["linear_codes_bpw"] < 2.2, sz
 # the embedding (Q8_0 in the GGUF) is kept as F16, not widened to F32: under 2x its F16 size in all
 print("quantized mean NLL", r["mean_nll"], "bytes", sz["model_safetensors_bytes"])
 assert sz["model_safetensors_bytes"] < 49152 * 576 * 2 + 40e6, sz
+PY
+  ;;
+pipeline)
+  # layer-pipelined evaluation of a 2-bit artifact (quantized at the lowest settings: the numbers
+  # of interest are the evaluation's): --pipeline 1, 2, 4 on 4 ranks give the data-parallel run's
+  # sum_nll and mean_nll bits; with --pipeline 4 every rank's peak RSS is below half the
+  # data-parallel rank's (the stages map only their layers; the tied embedding/head is read from the
+  # mapping as it is used instead of being copied to f32)
+  OMP_NUM_THREADS=1 timeout -k 5 ${QTIME:-900} "$MPIEXEC" -np 2 "$E8Q" quantize --model "$MODEL" --bits 2 --calib "$TEXT" \
+    --calib-skip 2000 --devset 2 --ctx 32 --tune-iters 0 --seed 3 --ft none --out "$TMP/a.e8q" > "$TMP/q.log" 2>&1 ||
+    { tail -30 "$TMP/q.log"; fail "quantize failed"; }
+  for p in 0 1 2 4; do
+    pp=(); [ $p -gt 0 ] && pp=(--pipeline $p)
+    OMP_NUM_THREADS=1 timeout -k 5 300 "$MPIEXEC" -np 4 "$E8Q" eval --artifact "$TMP/a.e8q" --text "$TEXT" --ctx 128 \
+      --windows 8 "${pp[@]}" > "$TMP/p$p.json" 2> "$TMP/p$p.err" || { cat "$TMP/p$p.err"; fail "eval --pipeline $p failed"; }
+    grep "peak RSS" "$TMP/p$p.err"
+  done
+  "$E8Q" plan --artifact "$TMP/a.e8q" --ranks 4 --pipeline 4 --ctx 128 || fail "plan --artifact"
+  python3 - "$TMP" <<'PY' || fail "pipelined evaluation"
+import json, sys
+r = {p: json.loads(open(f"{sys.argv[1]}/p{p}.json").read().strip().splitlines()[-1]) for p in (0, 1, 2, 4)}
+for p in (1, 2, 4):
+    assert r[p]["sum_nll"] == r[0]["sum_nll"] and r[p]["mean_nll"] == r[0]["mean_nll"], (p, r[p], r[0])
+dp = max(r[0]["peak_rss_bytes"])
+for p in (0, 1, 2, 4):
+    print(f"--pipeline {p}: mean NLL {r[p]['mean_nll']!r}, peak RSS MiB", [round(x / 2**20, 1) for x in r[p]["peak_rss_bytes"]])
+assert max(r[4]["peak_rss_bytes"]) < dp / 2, (r[4]["peak_rss_bytes"], dp)
 PY
   ;;
 *) fail "unknown case $CASE" ;;
