@@ -1,6 +1,7 @@
 /* coordinator/calib.c: deterministic calibration windows (coordinator/calib.h). */
 #include "coordinator/calib.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +23,17 @@ void e8q_calib_build(e8q_calib *c, const char *path, const e8q_tokenizer *tok, i
               "from the --model directory): put the model's tokenizer.model there, or give --calib a token id "
               "file (.ids or .u32, little-endian uint32)",
               path);
-    char *text = e8q_text_read(path, NULL);
+    size_t nb = 0;
+    char *text = e8q_file_read(path, &nb, "calibration text");
+    E8Q_CHECK(nb > 0, "--calib %s is empty: give a calibration text (UTF-8) or a token id file (.ids/.u32)", path);
+    size_t bad = e8q_utf8_check(text, nb);
+    if (bad < nb) {
+      unsigned b = (uint8_t)text[bad];
+      free(text);
+      E8Q_FATAL("--calib %s is not valid UTF-8 (bad byte 0x%02x at byte offset %zu): convert it to UTF-8 (for "
+                "example with iconv)",
+                path, b, bad);
+    }
     char **lines = NULL;
     int n = e8q_text_lines(text, skip_lines, 0, &lines);
     free(text);
@@ -43,7 +54,7 @@ void e8q_calib_build(e8q_calib *c, const char *path, const e8q_tokenizer *tok, i
   }
   long W = len / T;
   E8Q_CHECK(W >= n_seq,
-            "calibration file %s is too short: after skipping %d lines it gives %ld tokens = %ld windows of --ctx %d, but "
+            "--calib %s is too short: after skipping %d lines it gives %ld tokens = %ld windows of --ctx %d, but "
             "--devset %d needs %d windows (%ld tokens); use a longer file or lower --devset or --ctx",
             path, skip_lines, len, W, T, n_seq, n_seq, (long)n_seq * T);
   /* seeded partial Fisher-Yates over the window indices */

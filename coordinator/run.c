@@ -4,9 +4,11 @@
 
 #include <cblas.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/error.h"
@@ -797,12 +799,90 @@ static cJSON *options_json(const e8q_run_opts *o, const e8q_run *R) {
   cJSON_AddNumberToObject(j, "ft_batch", o->ft_batch);
   cJSON_AddNumberToObject(j, "e2e_epochs", o->e2e_epochs);
   cJSON_AddNumberToObject(j, "e2e_topk", o->e2e_topk);
-  if (o->eval_text) {
-    e8q_sha256_file_hex(o->eval_text, hex);
-    cJSON_AddStringToObject(j, "eval_text_sha256", hex);
-    cJSON_AddNumberToObject(j, "eval_lines", o->eval_lines);
-  }
+  /* --eval-text, --eval-lines and --log-json only affect reporting: not part of the run's
+   * identity (a rerun may change or drop them; validation_current decides whether the recorded
+   * evaluation still holds) */
   return j;
+}
+
+/* ================================================================ input checks
+ * Every input and output path is checked before plan.json is written, so that a bad file never
+ * costs the run directory (rank 0 only: cheap, and only rank 0 prints). */
+
+/* opt's path is an existing, readable regular file; fatal naming the option and the file */
+static void input_file_check(const char *opt, const char *path) {
+  struct stat sb;
+  E8Q_CHECK_ERRNO(stat(path, &sb) == 0, "%s %s: cannot read it; give an existing file", opt, path);
+  E8Q_CHECK(!S_ISDIR(sb.st_mode), "%s %s is a directory, not a file: give the file itself", opt, path);
+  E8Q_CHECK(S_ISREG(sb.st_mode), "%s %s is not a regular file: give a text file or a token id file (.ids/.u32)", opt,
+            path);
+  E8Q_CHECK_ERRNO(access(path, R_OK) == 0, "%s %s: cannot read it (permissions?)", opt, path);
+}
+
+/* --eval-text: token ids inside the vocabulary (e8q_ids_read names the file) and not empty, or
+ * UTF-8 text with at least one non-blank line among the first --eval-lines, and a tokenizer */
+static void eval_text_check(const e8q_run_opts *o, const e8q_config *cfg) {
+  input_file_check("--eval-text", o->eval_text);
+  if (e8q_ids_is_file(o->eval_text)) {
+    int *ids = NULL;
+    size_t n = e8q_ids_read(o->eval_text, cfg->vocab_size, &ids);
+    free(ids);
+    E8Q_CHECK(n > 0, "--eval-text %s holds no token ids: give a non-empty id file or a text file", o->eval_text);
+    return;
+  }
+  char *tp = e8q_tokenizer_find(o->model, cfg->vocab_size);
+  E8Q_CHECK(tp,
+            "--eval-text %s is text but no tokenizer was found with the model (e8q quantize reads tokenizer.model "
+            "from the --model directory %s): put the model's tokenizer.model there, or give a token id file (.ids "
+            "or .u32, little-endian uint32)",
+            o->eval_text, o->model);
+  free(tp);
+  size_t n = 0;
+  char *text = e8q_file_read(o->eval_text, &n, "held-out text");
+  size_t bad = e8q_utf8_check(text, n);
+  if (bad < n) {
+    unsigned b = (uint8_t)text[bad];
+    free(text);
+    E8Q_FATAL("--eval-text %s is not valid UTF-8 (bad byte 0x%02x at byte offset %zu): convert it to UTF-8 (for "
+              "example with iconv) or drop --eval-text",
+              o->eval_text, b, bad);
+  }
+  char **lines = NULL;
+  int k = e8q_text_lines(text, 0, o->eval_lines, &lines);
+  e8q_text_lines_free(lines, k);
+  free(text);
+  E8Q_CHECK(k > 0, "--eval-text %s holds no non-blank line: give a file with held-out text, or drop --eval-text",
+            o->eval_text);
+}
+
+/* --out: not a directory (its directory's writability: cmd_quantize's e8q_atomic_begin) */
+static void out_check(const char *out) {
+  struct stat sb;
+  E8Q_CHECK(stat(out, &sb) != 0 || !S_ISDIR(sb.st_mode),
+            "--out %s is a directory: --out names the artifact file (OUT.e8q); give a file name", out);
+}
+
+/* rank 0: 1 when R/validation.json's evaluation record is the one this run's reporting options
+ * ask for (--eval-text's sha256 and --eval-lines, or none), 0 when validation must be redone */
+static int validation_current(e8q_run *R) {
+  char path[4096];
+  e8q_rundir_path(R->rd, "validation.json", path, sizeof path);
+  char *txt = e8q_file_read(path, NULL, "validation record");
+  cJSON *v = cJSON_Parse(txt);
+  free(txt);
+  const cJSON *ev = cJSON_GetObjectItemCaseSensitive(v, "evaluation");
+  int ok;
+  if (!R->o->eval_text) {
+    ok = cJSON_IsString(ev);
+  } else {
+    char hex[65];
+    e8q_sha256_file_hex(R->o->eval_text, hex);
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(ev, "text_sha256");
+    const cJSON *pl = cJSON_GetObjectItemCaseSensitive(ev, "per_line");
+    ok = cJSON_IsString(h) && !strcmp(h->valuestring, hex) && cJSON_IsNumber(pl) && pl->valueint == R->o->eval_lines;
+  }
+  cJSON_Delete(v);
+  return ok;
 }
 
 int e8q_run_quantize(const e8q_run_opts *o) {
@@ -822,22 +902,20 @@ int e8q_run_quantize(const e8q_run_opts *o) {
 
   /* ---------------------------------------------------------- plan */
   e8q_config_load(o->model, &R->cfg);
-  if (o->eval_text && !e8q_ids_is_file(o->eval_text)) { /* scored at the very end: refuse now, before any work */
-    char *tp = e8q_tokenizer_find(o->model, R->cfg.vocab_size);
-    E8Q_CHECK(tp,
-              "--eval-text %s is text but no tokenizer was found with the model (e8q quantize reads tokenizer.model "
-              "from the --model directory %s): put the model's tokenizer.model there, or give a token id file (.ids "
-              "or .u32, little-endian uint32)",
-              o->eval_text, o->model);
-    free(tp);
+  /* every input and output, before plan.json (a bad file must not cost the run directory) */
+  if (R->rank == 0) {
+    input_file_check("--calib", o->calib);
+    if (o->eval_text) eval_text_check(o, &R->cfg);
+    out_check(o->out);
   }
-  if (o->eval_text && e8q_ids_is_file(o->eval_text)) { /* ids outside the vocabulary: refused now, naming the file */
-    int *ids = NULL;
-    e8q_ids_read(o->eval_text, R->cfg.vocab_size, &ids);
-    free(ids);
-  }
+  barrier();
   R->T = o->ctx;
   R->dim = R->cfg.dim;
+  /* the calibration windows (all ranks), checked before plan.json: the text decodes and gives
+   * --devset windows of --ctx tokens after --calib-skip lines */
+  e8q_tokenizer *tok = e8q_eval_open_tokenizer(o->model, &R->cfg, NULL, 0, NULL);
+  e8q_calib_build(&R->calib, o->calib, tok, R->cfg.vocab_size, o->calib_skip, o->devset, R->T, o->seed);
+  if (tok) e8q_tokenizer_free(tok);
   e8q_plan_build(&R->plan, o->model, R->size, o->devset, R->T);
   R->q.bits = o->bits;
   R->q.method = o->method;
@@ -876,9 +954,6 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   e8q_progress_step("plan", -1, NULL, 0);
 
   /* ---------------------------------------------------------- calibration + embed */
-  e8q_tokenizer *tok = e8q_eval_open_tokenizer(o->model, &R->cfg, NULL, 0, NULL);
-  e8q_calib_build(&R->calib, o->calib, tok, R->cfg.vocab_size, o->calib_skip, o->devset, R->T, o->seed);
-  if (tok) e8q_tokenizer_free(tok);
   R->s0 = R->plan.seq_start[R->rank];
   R->s1 = R->plan.seq_start[R->rank + 1];
   R->head = e8q_model_load_ex(o->model, 0);
@@ -956,7 +1031,10 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   e8q_fault_point("gather.done");
   e8q_progress_step("gather", -1, NULL, gathered);
 
+  /* the evaluation record follows the reporting options of THIS run: another --eval-text or
+   * --eval-lines (or none) redoes validation (then pack) on the same quantized model */
   int validated = e8q_run_has_step(R, "validate") && e8q_run_have(R, "validation.json");
+  if (validated) validated = e8q_run_bcast_int(R->rank == 0 ? validation_current(R) : 0);
   if (!validated) e8q_run_validate(R);
   e8q_fault_point("validate.done");
   e8q_progress_step("validate", -1, NULL, validated);

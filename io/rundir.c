@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,7 +115,7 @@ void e8q_rundir_check_usable(const char *dir) {
        * quantize run without --model (slurm/submit.sh keeps its files in RUN.slurm/, outside) */
       const char *nm = e->d_name;
       if (!strcmp(nm, ".") || !strcmp(nm, "..") || !strcmp(nm, "hessians") || !strcmp(nm, "acts") ||
-          !strcmp(nm, "shards") || !strcmp(nm, E8Q_RUNDIR_DEMO_MODEL) || strstr(nm, ".tmp."))
+          !strcmp(nm, "shards") || !strcmp(nm, "lock") || !strcmp(nm, E8Q_RUNDIR_DEMO_MODEL) || strstr(nm, ".tmp."))
         continue;
       closedir(d);
       char jp[4200];
@@ -132,14 +133,70 @@ void e8q_rundir_check_usable(const char *dir) {
   if (d) closedir(d);
 }
 
+/* ---------------------------------------------------------------- lock */
+/* R/lock write-locked by this process (fcntl F_SETLK: released by the kernel when the process
+ * dies, so a killed run never leaves a stale lock); its content names the holder. Fatal, naming
+ * the holder's host and pid, when another process holds it. Returns the open descriptor. */
+static int rundir_lock(const char *dir) {
+  char p[4096];
+  snprintf(p, sizeof p, "%s/lock", dir);
+  int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  E8Q_CHECK_ERRNO(fd >= 0, "--run-dir %s: cannot create its lock file %s", dir, p);
+  struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+  if (fcntl(fd, F_SETLK, &fl) != 0) {
+    int err = errno;
+    E8Q_CHECK(err == EACCES || err == EAGAIN, "--run-dir %s: cannot lock %s: %s", dir, p, strerror(err));
+    char who[256] = "";
+    ssize_t n = pread(fd, who, sizeof who - 1, 0);
+    who[n > 0 ? n : 0] = '\0';
+    who[strcspn(who, "\n")] = '\0';
+    char host[200] = "?";
+    long pid = -1;
+    sscanf(who, "%199s %ld", host, &pid);
+    close(fd);
+    E8Q_FATAL("--run-dir %s is in use by another e8q quantize run (host %s, pid %ld; see %s): wait for it to finish, "
+              "or use another --run-dir",
+              dir, host, pid, p);
+  }
+  char host[200] = "unknown", line[300];
+  if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "unknown");
+  host[sizeof host - 1] = '\0';
+  int n = snprintf(line, sizeof line, "%s %ld\n", host, (long)getpid());
+  E8Q_CHECK_ERRNO(ftruncate(fd, 0) == 0 && pwrite(fd, line, (size_t)n, 0) == n && fsync(fd) == 0,
+                  "--run-dir %s: cannot write its lock file %s", dir, p);
+  return fd;
+}
+
+/* plan.json created exclusively: a complete, fsynced temporary linked to its name (link fails
+ * with EEXIST when another creator won). Returns 1 when this call created it. */
+static int plan_create(const char *dir, const char *p, const char *text) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s/.plan.json.tmp.%ld", dir, (long)getpid());
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  E8Q_CHECK_ERRNO(fd >= 0, "cannot create %s (is --run-dir %s writable?)", tmp, dir);
+  size_t len = strlen(text);
+  E8Q_CHECK_ERRNO(write(fd, text, len) == (ssize_t)len && fsync(fd) == 0, "cannot write %s", tmp);
+  close(fd);
+  int rc = link(tmp, p), err = errno;
+  unlink(tmp);
+  if (rc != 0 && err == EEXIST) return 0;
+  errno = err;
+  E8Q_CHECK_ERRNO(rc == 0, "cannot create %s", p);
+  e8q_fsync_dir(dir);
+  return 1;
+}
+
 e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
   static const char *const keys[] = {"fingerprint", "options", "seed"};
   for (int i = 0; i < 3; i++)
     E8Q_CHECK(cJSON_GetObjectItemCaseSensitive(plan, keys[i]), "internal: run plan lacks \"%s\"", keys[i]);
   e8q_rundir_check_usable(dir);
   e8q_mkdirs(dir);
+  int lock_fd = rundir_lock(dir); /* before anything in dir is swept, read or written */
+  e8q_rundir_check_usable(dir);   /* again, under the lock */
   e8q_rundir *r = e8q_calloc(1, sizeof *r, "run directory");
   r->dir = strdup(dir);
+  r->lock_fd = lock_fd;
   char p[4096];
   e8q_atomic_sweep(dir);
   static const char *const subs[] = {"hessians", "acts", "shards"};
@@ -149,7 +206,18 @@ e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
     e8q_atomic_sweep(p);
   }
   snprintf(p, sizeof p, "%s/plan.json", dir);
-  char *old_text = access(p, F_OK) == 0 ? e8q_file_read(p, NULL, "run plan") : NULL;
+  cJSON *mine = cJSON_Duplicate(plan, 1);
+  cJSON_DeleteItemFromObjectCaseSensitive(mine, "format");
+  cJSON_DeleteItemFromObjectCaseSensitive(mine, "version");
+  cJSON_AddStringToObject(mine, "format", E8Q_PLAN_FORMAT);
+  cJSON_AddNumberToObject(mine, "version", E8Q_PLAN_VERSION);
+  int created = 0;
+  if (access(p, F_OK) != 0) {
+    char *text = cJSON_Print(mine);
+    created = plan_create(dir, p, text);
+    free(text);
+  }
+  char *old_text = created ? NULL : e8q_file_read(p, NULL, "run plan");
   if (old_text) {
     cJSON *old = cJSON_Parse(old_text);
     free(old_text);
@@ -161,6 +229,10 @@ e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
     E8Q_CHECK(cJSON_IsNumber(ver) && ver->valueint == E8Q_PLAN_VERSION,
               "%s has plan version %d; this e8q reads version %d: use the e8q that made it or another --run-dir", p,
               cJSON_IsNumber(ver) ? ver->valueint : -1, E8Q_PLAN_VERSION);
+    /* reporting-only options recorded by older versions: not part of the run's identity */
+    cJSON *oo = cJSON_GetObjectItemCaseSensitive(old, "options");
+    cJSON_DeleteItemFromObjectCaseSensitive(oo, "eval_text_sha256");
+    cJSON_DeleteItemFromObjectCaseSensitive(oo, "eval_lines");
     char diff[8192] = "";
     int n = 0;
     for (int i = 0; i < 3; i++)
@@ -168,21 +240,16 @@ e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
                          keys[i], p, diff, sizeof diff);
     if (n > 0) {
       cJSON_Delete(old);
+      cJSON_Delete(mine);
       E8Q_FATAL("run directory %s belongs to a different run (%d difference%s):%s\nrerun with the model and options "
                 "recorded there, or choose another --run-dir (or remove %s) to start afresh",
                 dir, n, n > 1 ? "s" : "", diff, dir);
     }
     r->plan = old;
     r->resumed = 1;
+    cJSON_Delete(mine);
   } else {
-    r->plan = cJSON_Duplicate(plan, 1);
-    cJSON_DeleteItemFromObjectCaseSensitive(r->plan, "format");
-    cJSON_DeleteItemFromObjectCaseSensitive(r->plan, "version");
-    cJSON_AddStringToObject(r->plan, "format", E8Q_PLAN_FORMAT);
-    cJSON_AddNumberToObject(r->plan, "version", E8Q_PLAN_VERSION);
-    char *text = cJSON_Print(r->plan);
-    e8q_atomic_write_file(p, "plan", text, strlen(text), NULL);
-    free(text);
+    r->plan = mine;
   }
   r->journal = e8q_journal_open(dir);
   return r;
@@ -191,6 +258,7 @@ e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
 void e8q_rundir_close(e8q_rundir *r) {
   if (!r) return;
   e8q_journal_close(r->journal);
+  if (r->lock_fd >= 0) close(r->lock_fd); /* releases the lock (the file stays: no unlink race) */
   cJSON_Delete(r->plan);
   free(r->dir);
   free(r);

@@ -2,6 +2,8 @@
  *
  *   R/plan.json   immutable: {"format": "e8q-plan", "version": 1, "fingerprint": {...},
  *                 "options": {...}, "seed": s, ...anything else the planner adds}
+ *   R/lock        "host pid\n" of the run that holds the directory: an exclusive fcntl lock
+ *                 taken before anything in R is read or written, held until close (or exit)
  *   R/journal     io/journal.h
  *   R/hessians/, R/acts/, R/shards/   checkpoint files, each written atomically and recorded
  *                 in the journal with its sha256
@@ -26,6 +28,7 @@ typedef struct {
   e8q_journal *journal; /* owned */
   cJSON *plan;          /* owned: the plan.json in force */
   int resumed;          /* 1 when plan.json existed */
+  int lock_fd;          /* R/lock, write-locked (fcntl) while the directory is open */
 } e8q_rundir;
 
 /* The model's fingerprint: {"config_sha256": hex of config.json, "files": {"<name>.safetensors":
@@ -41,7 +44,10 @@ void e8q_rundir_check_usable(const char *dir);
 
 /* Creates or reopens dir. `plan` must hold "fingerprint", "options" and "seed"; it is copied.
  * Fatal (naming each difference: "options.bits: 3 now, 2 in R/plan.json") when an existing
- * plan.json differs in those three. */
+ * plan.json differs in those three; the reporting-only options of older plans
+ * (eval_text_sha256, eval_lines) are not compared. Fatal, naming the other run's host and pid,
+ * when another process holds R/lock. plan.json is created exclusively (link of a complete
+ * temporary): of two creators one wins and the other compares against the winner's plan. */
 e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan);
 void e8q_rundir_close(e8q_rundir *r);
 

@@ -433,6 +433,82 @@ assert [x["stage"] for x in steps][-4:] == ["e2e", "gather", "validate", "pack"]
 print("NLL --ft block", nb, "--ft all", na, "--ft e2e", ne)
 PY
   ;;
+inputs)
+  # every input and output is checked before plan.json is written; reporting-only options
+  # (--eval-text, --eval-lines, --log-json) are not part of the run's identity
+  BASE=(--model "$MODEL" --calib-skip 1000 --devset 24 --ctx 64 --tune-iters 2 --seed 7 --ft none --bits 2)
+  qi() { timeout -k 5 120 "$MPIEXEC" -np 1 "$E8Q" quantize "${BASE[@]}" "$@"; }
+  noplan() { [ -e "$1/plan.json" ] && fail "$2: plan.json was written"; return 0; }
+  printf 'good line\n\xff\xfe bad bytes\n' > "$TMP/bad.txt"
+  printf '\n   \n\t\n' > "$TMP/blank.txt"
+  : > "$TMP/empty.txt"
+  head -c 300 "$TEXT" > "$TMP/short.txt"
+  # bad --eval-text: refused before plan.json, naming the option and the file
+  qi --calib "$TEXT" --eval-text "$TMP/bad.txt" --out "$TMP/a.e8q" > "$TMP/log" 2>&1 && fail "non-UTF-8 --eval-text accepted"
+  grep -q -- "--eval-text $TMP/bad.txt" "$TMP/log" && grep -q "UTF-8" "$TMP/log" || { cat "$TMP/log"; fail "bad --eval-text not named"; }
+  noplan "$TMP/a.e8q.run" "non-UTF-8 --eval-text"
+  qi --calib "$TEXT" --eval-text "$TMP/blank.txt" --out "$TMP/a.e8q" > "$TMP/log" 2>&1 && fail "blank --eval-text accepted"
+  grep -q -- "--eval-text $TMP/blank.txt" "$TMP/log" || { cat "$TMP/log"; fail "blank --eval-text not named"; }
+  noplan "$TMP/a.e8q.run" "blank --eval-text"
+  # bad --calib: missing, a directory, empty, too short, skipped past its end: before plan.json
+  for c in "$TMP/missing.txt" "$TMP" "$TMP/empty.txt" "$TMP/short.txt"; do
+    qi --calib "$c" --out "$TMP/c.e8q" > "$TMP/log" 2>&1 && fail "--calib $c accepted"
+    grep -q -- "--calib $c" "$TMP/log" || { cat "$TMP/log"; fail "--calib $c: option and file not named"; }
+    grep -q "to hash it" "$TMP/log" && { cat "$TMP/log"; fail "--calib $c: the hashing message"; }
+    noplan "$TMP/c.e8q.run" "--calib $c"
+  done
+  timeout -k 5 120 "$MPIEXEC" -np 1 "$E8Q" quantize --model "$MODEL" --calib "$TEXT" --calib-skip 100000 --devset 24 \
+    --ctx 64 --ft none --bits 2 --out "$TMP/c.e8q" > "$TMP/log" 2>&1 && fail "--calib-skip past the end accepted"
+  grep -q "too short" "$TMP/log" || { cat "$TMP/log"; fail "--calib-skip: no 'too short'"; }
+  noplan "$TMP/c.e8q.run" "--calib-skip past the end"
+  qi --calib "$TEXT" --eval-text "$TMP/missing.txt" --out "$TMP/c.e8q" > "$TMP/log" 2>&1 && fail "missing --eval-text accepted"
+  grep -q -- "--eval-text $TMP/missing.txt" "$TMP/log" || { cat "$TMP/log"; fail "missing --eval-text not named"; }
+  noplan "$TMP/c.e8q.run" "missing --eval-text"
+  # --out naming a directory: refused before plan.json, naming --out
+  mkdir -p "$TMP/dir.e8q"
+  qi --calib "$TEXT" --out "$TMP/dir.e8q" > "$TMP/log" 2>&1 && fail "--out naming a directory accepted"
+  grep -q -- "--out $TMP/dir.e8q is a directory" "$TMP/log" || { cat "$TMP/log"; fail "--out directory not named"; }
+  noplan "$TMP/dir.e8q.run" "--out a directory"
+  # the reference run, then reruns on its run directory with other reporting options: resumed,
+  # validation recomputed, same model bytes
+  qi --calib "$TEXT" --eval-text "$TEXT" --eval-lines 40 --out "$TMP/a.e8q" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "reference run failed"; }
+  head -n 20 "$TEXT" > "$TMP/eval2.txt"
+  qi --calib "$TEXT" --eval-text "$TMP/eval2.txt" --eval-lines 10 --log-json "$TMP/ev.jsonl" --out "$TMP/b.e8q" \
+    --run-dir "$TMP/a.e8q.run" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "rerun with another --eval-text refused"; }
+  grep -q "resuming the run" "$TMP/log" || { cat "$TMP/log"; fail "rerun did not resume"; }
+  qi --calib "$TEXT" --out "$TMP/c.e8q" --run-dir "$TMP/a.e8q.run" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "rerun without --eval-text refused"; }
+  for x in a b c; do member "$TMP/$x.e8q" manifest.json > "$TMP/m$x.json"; member "$TMP/$x.e8q" model.safetensors > "$TMP/s$x"; done
+  cmp "$TMP/sa" "$TMP/sb" && cmp "$TMP/sa" "$TMP/sc" || fail "the model differs after changing reporting options"
+  python3 - "$TMP/ma.json" "$TMP/mb.json" "$TMP/mc.json" "$TMP/eval2.txt" <<'PY' || fail "evaluation records"
+import hashlib, json, sys
+a, b, c = (json.load(open(p)) for p in sys.argv[1:4])
+h = hashlib.sha256(open(sys.argv[4], "rb").read()).hexdigest()
+assert a["evaluation"]["per_line"] == 40, a["evaluation"]
+assert b["evaluation"]["text_sha256"] == h and b["evaluation"]["per_line"] == 10, b["evaluation"]
+assert c["evaluation"] == "no --eval-text given", c["evaluation"]
+for m in (a, b, c):
+    assert "eval_text_sha256" not in m["options"] and "eval_lines" not in m["options"], m["options"]
+PY
+  ;;
+lock)
+  # two runs on one run directory: the second is refused naming the first's host and pid, the
+  # first completes and its artifact equals a solo run's
+  q 1 "$TMP/solo.e8q" > "$TMP/solo.log" 2>&1 || { cat "$TMP/solo.log"; fail "solo run failed"; }
+  q 1 "$TMP/a.e8q" --run-dir "$TMP/R" > "$TMP/a.log" 2>&1 &
+  A=$!
+  for i in $(seq 1 2000); do [ -s "$TMP/R/lock" ] && break; sleep 0.01; done
+  [ -s "$TMP/R/lock" ] || fail "no lock file $TMP/R/lock"
+  q 1 "$TMP/b.e8q" --bits 4 --run-dir "$TMP/R" > "$TMP/b.log" 2>&1 && fail "a second run on the same --run-dir was accepted"
+  wait $A || { cat "$TMP/a.log"; fail "the first run failed"; }
+  read -r host pid < "$TMP/R/lock"
+  grep -q "pid $pid" "$TMP/b.log" && grep -q "$host" "$TMP/b.log" || { cat "$TMP/b.log" "$TMP/R/lock"; fail "the refusal does not name the first run's host and pid"; }
+  grep -q "another --run-dir" "$TMP/b.log" || { cat "$TMP/b.log"; fail "the refusal does not say what to do"; }
+  cmp "$TMP/solo.e8q" "$TMP/a.e8q" || fail "the locked run's artifact differs from a solo run's"
+  [ -e "$TMP/b.e8q" ] && fail "the refused run wrote an artifact"
+  # the lock goes with its run: a rerun afterwards resumes
+  q 1 "$TMP/c.e8q" --run-dir "$TMP/R" > "$TMP/c.log" 2>&1 || { cat "$TMP/c.log"; fail "rerun after the first run failed"; }
+  cmp "$TMP/solo.e8q" "$TMP/c.e8q" || fail "rerun differs"
+  ;;
 *) fail "unknown case" ;;
 esac
 rm -rf "$TMP"
