@@ -103,6 +103,26 @@ static void test_basic(e8q_comm *c) {
     bad = 0;
     for (int i = 0; i < 5; i++) bad += in[i] != 100 * prev + i;
     CHECK(bad == 0, "send/recv ring: %d wrong values", bad);
+    /* nonblocking, every rank at once (blocking sends in this order could deadlock): two messages
+     * each way round the ring, posted receives first on odd ranks, arriving in the order sent */
+    int64_t a[2][5], b[2][5];
+    e8q_comm_req *rq[2], *sq[2];
+    for (int m = 0; m < 2; m++)
+      for (int i = 0; i < 5; i++) a[m][i] = 1000 * m + 100 * r + i;
+    for (int m = 0; m < 2; m++) {
+      if (r % 2) rq[m] = e8q_comm_irecv(c, b[m], sizeof b[m], prev, 9);
+      sq[m] = e8q_comm_isend(c, a[m], sizeof a[m], next, 9);
+      if (!(r % 2)) rq[m] = e8q_comm_irecv(c, b[m], sizeof b[m], prev, 9);
+    }
+    for (int m = 0; m < 2; m++) {
+      e8q_comm_wait(rq[m]);
+      e8q_comm_wait(sq[m]);
+    }
+    e8q_comm_wait(NULL);
+    bad = 0;
+    for (int m = 0; m < 2; m++)
+      for (int i = 0; i < 5; i++) bad += b[m][i] != 1000 * m + 100 * prev + i;
+    CHECK(bad == 0, "isend/irecv ring: %d wrong values", bad);
   }
 }
 
