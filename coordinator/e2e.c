@@ -134,6 +134,8 @@ static void targets_remove(e8q_run *R) {
   rmdir(path);
 }
 
+void e8q_run_e2e_targets_remove(e8q_run *R) { targets_remove(R); }
+
 /* ---------------------------------------------------------------- the state checkpoint */
 static void state_commit(e8q_run *R, const e8q_e2e_state *S) {
   if (R->rank != 0) return;

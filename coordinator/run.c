@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "coordinator/run_internal.h"
 #include "io/atomic.h"
 #include "io/ckpt.h"
+#include "io/gguf.h"
 #include "io/text.h"
 #include "io/tokenizer.h"
 #include "kernels/e8p.h"
@@ -73,6 +75,82 @@ void e8q_run_journal_files(e8q_run *R, const char *lines) {
     free(all);
     free(lens);
   }
+}
+
+/* ================================================================ the source model under the run
+ * A source file changed during the run: truncated, its mapped pages raise SIGBUS (turned into a
+ * message naming the model by source_sigbus); rewritten in place, its size/inode/mtime no longer
+ * match what was recorded when the fingerprint was hashed (e8q_run_source_check, before every
+ * block commit and after gather). A rerun re-hashes every file (plan.json's fingerprint) and
+ * refuses a changed one by name. */
+static char g_sigbus_msg[8704];
+static size_t g_sigbus_len;
+
+static void source_sigbus(int sig) {
+  (void)sig;
+  ssize_t w = write(2, g_sigbus_msg, g_sigbus_len); /* async-signal-safe: a fixed message */
+  (void)w;
+  _exit(70);
+}
+
+/* all ranks: SIGBUS while the run reads mapped files names the source model */
+static void source_sigbus_install(const e8q_run_opts *o, struct sigaction *old) {
+  int n = snprintf(g_sigbus_msg, sizeof g_sigbus_msg,
+                   "e8q: error: SIGBUS reading a memory-mapped file: a file of the source model %s (for example "
+                   "%s/model.safetensors) or of --run-dir %s was truncated or changed while this run read it. Restore "
+                   "the original file and rerun the same command (the run resumes from %s)\n",
+                   o->model, o->model, o->run_dir, o->run_dir);
+  g_sigbus_len = n > 0 && (size_t)n < sizeof g_sigbus_msg ? (size_t)n : sizeof g_sigbus_msg - 1;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = source_sigbus;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, old);
+}
+
+static int src_stat(const char *path, e8q_run_src_file *f) {
+  struct stat sb;
+  if (stat(path, &sb) != 0) return 0;
+  f->size = (long long)sb.st_size;
+  f->ino = (long long)sb.st_ino;
+  f->mtime_ns = (long long)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
+  return 1;
+}
+
+/* rank 0, right after the fingerprint was hashed: the state of each file it names */
+static void source_record(e8q_run *R) {
+  const cJSON *files = cJSON_GetObjectItemCaseSensitive(R->fingerprint, "files");
+  R->n_src = cJSON_GetArraySize(files);
+  R->src = e8q_calloc((size_t)(R->n_src > 0 ? R->n_src : 1), sizeof *R->src, "source files");
+  int i = 0;
+  const cJSON *c;
+  cJSON_ArrayForEach(c, files) {
+    e8q_run_src_file *f = &R->src[i++];
+    if (e8q_gguf_is_file(R->o->model)) snprintf(f->path, sizeof f->path, "%s", R->o->model);
+    else snprintf(f->path, sizeof f->path, "%s/%s", R->o->model, c->string);
+    E8Q_CHECK_ERRNO(src_stat(f->path, f), "--model %s: cannot stat %s", R->o->model, f->path);
+  }
+}
+
+void e8q_run_source_check(e8q_run *R, const char *stage, void (*cleanup)(e8q_run *R, int b), int b) {
+  int bad = -1;
+  if (R->rank == 0)
+    for (int i = 0; i < R->n_src && bad < 0; i++) {
+      e8q_run_src_file now;
+      if (!src_stat(R->src[i].path, &now) || now.size != R->src[i].size || now.ino != R->src[i].ino ||
+          now.mtime_ns != R->src[i].mtime_ns)
+        bad = i;
+    }
+  bad = e8q_run_bcast_int(bad);
+  if (bad < 0) return;
+  if (cleanup) cleanup(R, b);
+  barrier();
+  if (R->rank == 0)
+    E8Q_FATAL("the source model file %s changed (size, inode or modification time) while this run read it (at %s): "
+              "what was computed from it is discarded, nothing read from the changed bytes was committed. Restore "
+              "the original file and rerun the same command (the run resumes from %s; a changed file is refused)",
+              R->src[bad].path, stage, R->o->run_dir);
+  barrier(); /* rank 0 aborts the job */
 }
 
 /* ================================================================ activations
@@ -669,6 +747,23 @@ static void ft_block_round(e8q_run *R, int b, int g, const e8q_block *blk, int *
 }
 
 /* ================================================================ one block */
+/* the uncommitted intermediates of block b (e8q_run_source_check's cleanup) */
+static void block_discard(e8q_run *R, int b) {
+  parts_remove(R, b);
+  hessians_remove(R, b);
+  if (b + 1 < R->cfg.n_layers) acts_remove(R, b + 1);
+  else if (e8q_run_e2e_on(R)) e8q_run_e2e_targets_remove(R);
+}
+
+/* what gather read from the source model (embeddings, norms): redone by the rerun */
+static void gather_discard(e8q_run *R, int b) {
+  (void)b;
+  if (R->rank != 0) return;
+  char path[4096];
+  e8q_rundir_path(R->rd, "model.safetensors", path, sizeof path);
+  unlink(path);
+}
+
 static void run_block(e8q_run *R, int b) {
   char step[64], what[64];
   e8q_block blk;
@@ -763,7 +858,11 @@ static void run_block(e8q_run *R, int b) {
   e8q_progress_step("propagate", b, NULL, have_next && !last);
   e8q_block_free(&blk);
 
-  /* ---------------------------------------------------------- commit */
+  /* ---------------------------------------------------------- commit
+   * only when the source model did not change while block b was read: otherwise its
+   * intermediates (Hessians, parts, fine-tuning rounds, X_{b+1}) are removed and the run stops */
+  snprintf(step, sizeof step, "layer %d commit", b);
+  e8q_run_source_check(R, step, block_discard, b);
   block_commit(R, b);
   snprintf(step, sizeof step, "block %d", b);
   e8q_run_step(R, step);
@@ -899,6 +998,8 @@ int e8q_run_quantize(const e8q_run_opts *o) {
    * artifact independent of OPENBLAS_NUM_THREADS. Parallelism comes from the ranks (and from
    * OpenMP in the kernels, whose results do not depend on the thread count). */
   openblas_set_num_threads(1);
+  struct sigaction old_sigbus;
+  source_sigbus_install(o, &old_sigbus);
 
   /* ---------------------------------------------------------- plan */
   e8q_config_load(o->model, &R->cfg);
@@ -927,6 +1028,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   if (R->rank == 0) { /* the options (file hashes) and fingerprint only go into rank 0's plan and pack */
     R->options = options_json(o, R);
     R->fingerprint = e8q_model_fingerprint(o->model);
+    source_record(R);
     cJSON *plan = cJSON_CreateObject();
     cJSON_AddItemToObject(plan, "fingerprint", cJSON_Duplicate(R->fingerprint, 1));
     cJSON_AddItemToObject(plan, "options", cJSON_Duplicate(R->options, 1));
@@ -1028,6 +1130,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   int gathered = e8q_run_has_step(R, "gather") && e8q_run_have(R, "model.safetensors") && e8q_run_have(R, "config.json");
   if (!gathered && R->rank == 0) e8q_run_gather(R);
   barrier();
+  e8q_run_source_check(R, "gather", gather_discard, 0);
   e8q_fault_point("gather.done");
   e8q_progress_step("gather", -1, NULL, gathered);
 
@@ -1066,5 +1169,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   cJSON_Delete(R->options);
   cJSON_Delete(R->fingerprint);
   e8q_rundir_close(R->rd);
+  free(R->src);
+  sigaction(SIGBUS, &old_sigbus, NULL);
   return 0;
 }

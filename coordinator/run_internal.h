@@ -12,6 +12,12 @@
 #include "shard/model.h"
 #include "shard/plan.h"
 
+/* a source model file as it was when its sha256 went into the fingerprint (rank 0) */
+typedef struct {
+  char path[4096];
+  long long size, ino, mtime_ns;
+} e8q_run_src_file;
+
 typedef struct {
   const e8q_run_opts *o;
   e8q_comm *comm; /* the process communicator (e8q_comm_get) */
@@ -28,7 +34,15 @@ typedef struct {
   e8q_model *head;       /* embeddings, final norm, lm_head (no blocks) */
   e8q_st_model *st;      /* the source checkpoint */
   e8q_qlin_opts q;       /* per-linear options */
+  e8q_run_src_file *src; /* rank 0: [n_src] the source model files (e8q_run_source_check) */
+  int n_src;
 } e8q_run;
+
+/* Collective: fatal (naming the file) when a source model file's size, inode or mtime changed
+ * since its fingerprint was taken, i.e. the weights read since may mix old and new bytes. Called
+ * after reading and before committing what was computed from them; `cleanup` (may be NULL) runs
+ * on every rank first, to remove uncommitted intermediates. */
+void e8q_run_source_check(e8q_run *R, const char *stage, void (*cleanup)(e8q_run *R, int b), int b);
 
 /* rank 0 decides, every rank gets the answer */
 int e8q_run_bcast_int(int v);
@@ -51,6 +65,8 @@ int e8q_run_e2e_on(const e8q_run *R); /* --ft e2e|all on a method with SU/SV */
 void e8q_run_e2e_targets_commit(e8q_run *R, const float *XL);
 /* collective: 1 when every sequence's targets were committed and are intact */
 int e8q_run_e2e_targets_have(e8q_run *R);
+/* rank 0 removes e2e/targets (e8q_run_source_check's cleanup of the last block) */
+void e8q_run_e2e_targets_remove(e8q_run *R);
 /* collective: the stage (trains, checkpoints e2e/state.ckpt per epoch, journals STEP "e2e") */
 void e8q_run_e2e(e8q_run *R);
 /* rank 0, for gather: the tuned tensors of e2e/state.ckpt (NULL when e2e is off) */

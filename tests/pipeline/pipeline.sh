@@ -509,6 +509,42 @@ lock)
   q 1 "$TMP/c.e8q" --run-dir "$TMP/R" > "$TMP/c.log" 2>&1 || { cat "$TMP/c.log"; fail "rerun after the first run failed"; }
   cmp "$TMP/solo.e8q" "$TMP/c.e8q" || fail "rerun differs"
   ;;
+source)
+  # the source model changing under a run: truncated (SIGBUS on the mapped tensors) or
+  # overwritten with other bytes of the same size: the run stops naming the file, commits nothing
+  # read from the changed bytes, a rerun on the changed file is refused naming it, and once the
+  # file is restored the rerun resumes to the artifact of an undisturbed run
+  cp -r "$MODEL" "$TMP/m"
+  ST="$TMP/m/model.safetensors"
+  cp "$ST" "$TMP/orig.safetensors"
+  q 1 "$TMP/solo.e8q" --model "$TMP/m" > "$TMP/solo.log" 2>&1 || { cat "$TMP/solo.log"; fail "solo run failed"; }
+  disturb() { # disturb NAME CMD...: run on R_NAME, stopped after block 0 while CMD changes the model
+    local name=$1; shift
+    q 1 "$TMP/$name.e8q" --model "$TMP/m" --run-dir "$TMP/R_$name" > "$TMP/$name.log" 2>&1 &
+    local A=$!
+    for i in $(seq 1 3000); do [ -e "$TMP/R_$name/shards/0.e8qs" ] && [ -s "$TMP/R_$name/lock" ] && break; sleep 0.01; done
+    local host pid; read -r host pid < "$TMP/R_$name/lock"
+    kill -STOP "$pid"; "$@"; kill -CONT "$pid"
+    wait $A && fail "$name: the run went on after the source model changed"
+    grep -q "$ST" "$TMP/$name.log" || { cat "$TMP/$name.log"; fail "$name: the changed file is not named"; }
+    [ -e "$TMP/$name.e8q" ] && fail "$name: an artifact was written"
+    return 0
+  }
+  disturb trunc truncate -s 4096 "$ST"
+  grep -q "changed" "$TMP/trunc.log" || { cat "$TMP/trunc.log"; fail "trunc: no clear message"; }
+  grep -q "SIGBUS\|Bus error" "$TMP/trunc.log" && ! grep -q "e8q: " "$TMP/trunc.log" && fail "trunc: a bare SIGBUS"
+  cp "$TMP/orig.safetensors" "$ST"
+  q 1 "$TMP/trunc.e8q" --model "$TMP/m" --run-dir "$TMP/R_trunc" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "trunc: rerun after restoring failed"; }
+  cmp "$TMP/solo.e8q" "$TMP/trunc.e8q" || fail "trunc: resumed artifact differs"
+  flip() { python3 -c "import os,sys; f=open(sys.argv[1],'r+b'); n=os.path.getsize(sys.argv[1]); f.seek(n-8192); b=f.read(4096); f.seek(n-8192); f.write(bytes(x^0x55 for x in b))" "$ST"; }
+  disturb flip flip
+  grep -q "changed" "$TMP/flip.log" || { cat "$TMP/flip.log"; fail "flip: no clear message"; }
+  q 1 "$TMP/flip.e8q" --model "$TMP/m" --run-dir "$TMP/R_flip" > "$TMP/log" 2>&1 && fail "flip: rerun on the changed file accepted"
+  grep -q "model.safetensors" "$TMP/log" || { cat "$TMP/log"; fail "flip: the refusal does not name the file"; }
+  cp "$TMP/orig.safetensors" "$ST"
+  q 1 "$TMP/flip.e8q" --model "$TMP/m" --run-dir "$TMP/R_flip" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "flip: rerun after restoring failed"; }
+  cmp "$TMP/solo.e8q" "$TMP/flip.e8q" || fail "flip: resumed artifact differs"
+  ;;
 *) fail "unknown case" ;;
 esac
 rm -rf "$TMP"
