@@ -23,112 +23,10 @@
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_avx512.h"
 #include "kernels/qlinear_vnni.h"
+#include "qlayer.h"
 #include "testutil.h"
 
 static uint64_t g_seed;
-
-#define GUARD 16
-static const float GUARD_VAL = -1234.5678f;
-
-/* ---------------------------------------------------------------- a random layer */
-typedef struct {
-  e8q_qlinear_desc d;
-  uint16_t *codes;
-  void *codes2;
-  float *SU, *SV, *R_in, *R_out, *fs;
-  int piece_rows[3];
-} layer;
-
-static float nonzero_uniform(t_rng *g, float lo, float hi) {
-  float v;
-  do v = lo + (hi - lo) * (float)t_rng_uniform(g);
-  while (v == 0);
-  return v;
-}
-
-/* the float copy of a Hadamard factor of order K (NULL for K = 1), caller frees */
-static float *factor_f32(int K, uint64_t seed) {
-  if (K == 1) return NULL;
-  e8q_had_factor f;
-  e8q_had_factor_build(&f, K, seed);
-  float *R = malloc(sizeof(float) * K * K);
-  memcpy(R, f.Rf, sizeof(float) * K * K);
-  e8q_had_factor_free(&f);
-  return R;
-}
-
-static void layer_make(layer *L, t_rng *g, int m, int n, int K_out, int K_in, e8q_codebook_id cb) {
-  memset(L, 0, sizeof *L);
-  const int np = (n + 7) / 8 * 8, nc = np / 8;
-  L->codes = malloc(sizeof(uint16_t) * (size_t)m * nc);
-  for (size_t i = 0; i < (size_t)m * nc; i++) L->codes[i] = (uint16_t)t_rng_u64(g);
-  if (cb == E8Q_CB_E8P12RVQ4B) {
-    uint16_t *c2 = malloc(sizeof(uint16_t) * (size_t)m * nc);
-    for (size_t i = 0; i < (size_t)m * nc; i++) c2[i] = (uint16_t)t_rng_u64(g);
-    L->codes2 = c2;
-  } else if (cb == E8Q_CB_E8P12RVQ3B) {
-    uint8_t *c2 = malloc((size_t)m * nc);
-    for (size_t i = 0; i < (size_t)m * nc; i++) c2[i] = (uint8_t)t_rng_u64(g);
-    L->codes2 = c2;
-  }
-  L->SU = malloc(sizeof(float) * np);
-  L->SV = malloc(sizeof(float) * m);
-  for (int i = 0; i < np; i++) L->SU[i] = (t_rng_u64(g) & 1 ? 1.f : -1.f) * nonzero_uniform(g, 0.5f, 1.5f);
-  for (int i = 0; i < m; i++) L->SV[i] = (t_rng_u64(g) & 1 ? 1.f : -1.f) * nonzero_uniform(g, 0.5f, 1.5f);
-  /* real factors (Paley or seeded random orthogonal, kernels/hadamard.h), fresh seed */
-  L->R_in = factor_f32(K_in, t_rng_u64(g));
-  L->R_out = factor_f32(K_out, t_rng_u64(g));
-  /* three fused pieces when m allows it (like q, k, v) */
-  int pieces = m >= 3 ? 3 : 1;
-  L->fs = malloc(sizeof(float) * 3);
-  if (pieces == 3) {
-    L->piece_rows[0] = m / 2;
-    L->piece_rows[1] = m / 4;
-    L->piece_rows[2] = m - m / 2 - m / 4;
-  }
-  for (int i = 0; i < 3; i++) L->fs[i] = nonzero_uniform(g, 0.2f, 2.0f);
-  L->d = (e8q_qlinear_desc){
-      .m = m, .n = n, .n_pad = np, .codebook = cb, .codes = L->codes, .codes2 = L->codes2,
-      .resid_scale = 0, .SU = L->SU, .SV = L->SV, .Wscale = nonzero_uniform(g, 0.01f, 0.1f),
-      .n_pieces = pieces, .piece_rows = pieces == 3 ? L->piece_rows : NULL, .fuse_scales = L->fs,
-      .K_in = K_in, .R_in = L->R_in, .K_out = K_out, .R_out = L->R_out};
-}
-
-static void layer_free(layer *L) {
-  free(L->codes);
-  free(L->codes2);
-  free(L->SU);
-  free(L->SV);
-  free(L->R_in);
-  free(L->R_out);
-  free(L->fs);
-}
-
-/* buffer with GUARD floats of GUARD_VAL on each side; returns the inside */
-static float *guarded(size_t n) {
-  float *p = malloc(sizeof(float) * (n + 2 * GUARD));
-  for (size_t i = 0; i < n + 2 * GUARD; i++) p[i] = GUARD_VAL;
-  return p + GUARD;
-}
-static void guarded_check_free(float *p, size_t n, const char *what) {
-  for (int i = 0; i < GUARD; i++) {
-    if (p[-1 - i] != GUARD_VAL) fail_msg("%s: write before the output (guard %d)", what, i);
-    if (p[n + i] != GUARD_VAL) fail_msg("%s: write past the output (guard %d)", what, i);
-  }
-  free(p - GUARD);
-}
-
-static float *random_input(t_rng *g, size_t n) {
-  float *x = malloc(sizeof(float) * n);
-  for (size_t i = 0; i < n; i++) {
-    x[i] = (float)t_rng_normal(g);
-    if (x[i] == 0) x[i] = 0.5f;
-  }
-  return x;
-}
-
-static const e8q_codebook_id CBS[3] = {E8Q_CB_E8P12, E8Q_CB_E8P12RVQ3B, E8Q_CB_E8P12RVQ4B};
-static const char *CBN[3] = {"E8P12", "E8P12RVQ3B", "E8P12RVQ4B"};
 
 /* ---------------------------------------------------------------- core: AVX2 vs _ref */
 /* max |a - b| over a batch row, relative to max |b| of that row */
@@ -149,24 +47,24 @@ typedef void (*core_fn)(const e8q_qlinear *, int, const float *, float *);
 
 static void core_case_with(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch, core_fn core,
                            const char *path) {
-  layer L;
-  layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
+  qlayer L;
+  qlayer_make(&L, g, m, n, K_out, K_in, QLAYER_CBS[cbi]);
   e8q_qlinear q;
   e8q_qlinear_init(&q, &L.d, "test layer");
   const int np = L.d.n_pad;
-  float *u = random_input(g, (size_t)batch * np);
-  float *z_ref = guarded((size_t)batch * m), *z_avx = guarded((size_t)batch * m);
+  float *u = qlayer_random_input(g, (size_t)batch * np);
+  float *z_ref = qlayer_guarded((size_t)batch * m), *z_avx = qlayer_guarded((size_t)batch * m);
   e8q_qlinear_codes_matmul_ref(&q, batch, u, z_ref);
   core(&q, batch, u, z_avx);
   double e = rel_err_rows(z_avx, z_ref, batch, m);
   if (!(e <= 1e-5))
     fail_msg("%s m=%d n=%d batch=%d: %s core differs from _ref by %.3g relative (seed %llu)",
-             CBN[cbi], m, n, batch, path, e, (unsigned long long)g_seed);
-  guarded_check_free(z_ref, (size_t)batch * m, "core _ref");
-  guarded_check_free(z_avx, (size_t)batch * m, path);
+             QLAYER_CBN[cbi], m, n, batch, path, e, (unsigned long long)g_seed);
+  qlayer_guarded_check_free(z_ref, (size_t)batch * m, "core _ref");
+  qlayer_guarded_check_free(z_avx, (size_t)batch * m, path);
   free(u);
   e8q_qlinear_free(&q);
-  layer_free(&L);
+  qlayer_free(&L);
 }
 
 static void core_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
@@ -215,19 +113,19 @@ static void test_core_avx512_vs_ref(void **state) {
 /* batch columns; column c scaled by in_scale · 10^(3·(c % 3) - 3) (its own fixed-point scale),
  * column 2 all zeros when batch > 2 */
 static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, float in_scale, int batch) {
-  layer L;
-  layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
+  qlayer L;
+  qlayer_make(&L, g, m, n, K_out, K_in, QLAYER_CBS[cbi]);
   e8q_qlinear q;
   e8q_qlinear_init(&q, &L.d, "test layer");
-  if (!e8q_qlinear_vnni_fits(&L.d)) fail_msg("%s m=%d n=%d should fit the VNNI core", CBN[cbi], m, n);
+  if (!e8q_qlinear_vnni_fits(&L.d)) fail_msg("%s m=%d n=%d should fit the VNNI core", QLAYER_CBN[cbi], m, n);
   e8q_qlinear_vnni v; /* its own copy: q->vnni is NULL under E8Q_NO_VNNI */
   e8q_qlinear_vnni_init(&v, &L.d);
   const int np = L.d.n_pad;
-  float *u = random_input(g, (size_t)batch * np);
+  float *u = qlayer_random_input(g, (size_t)batch * np);
   for (int c = 0; c < batch; c++)
     for (int k = 0; k < np; k++)
       u[(size_t)c * np + k] *= c == 2 ? 0.0f : in_scale * powf(10.0f, (float)(3 * (c % 3) - 3));
-  float *z_ref = guarded((size_t)batch * m), *z = guarded((size_t)batch * m);
+  float *z_ref = qlayer_guarded((size_t)batch * m), *z = qlayer_guarded((size_t)batch * m);
   e8q_qlinear_codes_matmul_ref(&q, batch, u, z_ref);
   if (!e8q_qlinear_vnni_matmul(&q, &v, batch, u, z)) fail_msg("VNNI core refused a finite input");
   double *what = malloc(sizeof(double) * (size_t)m * np); /* Ŵr decoded in float64 */
@@ -250,13 +148,13 @@ static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, floa
       const double bound = umax / 16777216.0 * wabs * 1.0001 + fabs(z64) * 6e-8;
       if (!(fabs((double)zc[r] - z64) <= bound))
         fail_msg("%s m=%d n=%d column %d/%d row %d: VNNI %.9g vs float64 %.9g, error %.3g > bound %.3g (seed %llu)",
-                 CBN[cbi], m, n, c, batch, r, (double)zc[r], z64, fabs((double)zc[r] - z64), bound,
+                 QLAYER_CBN[cbi], m, n, c, batch, r, (double)zc[r], z64, fabs((double)zc[r] - z64), bound,
                  (unsigned long long)g_seed);
       if (umax == 0 && zc[r] != 0.0f) fail_msg("VNNI core: zero column gave %g in row %d", (double)zc[r], r);
       worst = fmax(worst, fabs((double)zc[r] - (double)zr[r]));
     }
     if (!(worst <= 1e-5 * (zmax > 0 ? zmax : 1)))
-      fail_msg("%s m=%d n=%d column %d/%d: VNNI core differs from _ref by %.3g relative (seed %llu)", CBN[cbi], m,
+      fail_msg("%s m=%d n=%d column %d/%d: VNNI core differs from _ref by %.3g relative (seed %llu)", QLAYER_CBN[cbi], m,
                n, c, batch, worst / zmax, (unsigned long long)g_seed);
   }
   /* a NaN anywhere is refused before anything is written */
@@ -265,13 +163,13 @@ static void vnni_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, floa
   if (e8q_qlinear_vnni_matmul(&q, &v, batch, u, z)) fail_msg("VNNI core accepted a NaN input");
   for (size_t i = 0; i < (size_t)batch * m; i++)
     if (z[i] != 7.0f) fail_msg("VNNI core wrote output %zu of a refused input", i);
-  guarded_check_free(z_ref, (size_t)batch * m, "core _ref");
-  guarded_check_free(z, (size_t)batch * m, "VNNI core");
+  qlayer_guarded_check_free(z_ref, (size_t)batch * m, "core _ref");
+  qlayer_guarded_check_free(z, (size_t)batch * m, "VNNI core");
   free(what);
   free(u);
   e8q_qlinear_vnni_free(&v);
   e8q_qlinear_free(&q);
-  layer_free(&L);
+  qlayer_free(&L);
 }
 
 static void test_core_vnni(void **state) {
@@ -302,15 +200,15 @@ static void test_core_vnni(void **state) {
 
 /* ---------------------------------------------------------------- forward vs float64 dense */
 static void forward_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
-  layer L;
-  layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
+  qlayer L;
+  qlayer_make(&L, g, m, n, K_out, K_in, QLAYER_CBS[cbi]);
   e8q_qlinear q;
   e8q_qlinear_init(&q, &L.d, "test layer");
   double *W = malloc(sizeof(double) * (size_t)m * n);
   e8q_qlinear_dequant_ref(&q, W);
-  float *x = random_input(g, (size_t)batch * n);
-  float *y_ref = guarded((size_t)batch * m), *y_avx = guarded((size_t)batch * m),
-        *y_512 = guarded((size_t)batch * m), *y_disp = guarded((size_t)batch * m);
+  float *x = qlayer_random_input(g, (size_t)batch * n);
+  float *y_ref = qlayer_guarded((size_t)batch * m), *y_avx = qlayer_guarded((size_t)batch * m),
+        *y_512 = qlayer_guarded((size_t)batch * m), *y_disp = qlayer_guarded((size_t)batch * m);
   e8q_qlinear_forward_ref(&q, batch, x, y_ref);
   const int avx = e8q_cpu_has_avx2(), avx512 = e8q_cpu_has_avx512();
   if (avx) e8q_qlinear_forward_avx2(&q, batch, x, y_avx);
@@ -329,7 +227,7 @@ static void forward_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, i
     if (!(mx > 0)) fail_msg("dense output is zero: the test data is degenerate");
     if (!(e_ref <= 1e-5 * mx) || !(e_avx <= 1e-5 * mx) || !(e_512 <= 1e-5 * mx))
       fail_msg("%s m=%d n=%d K_out=%d K_in=%d batch=%d: vs float64 dense: _ref %.3g, AVX2 %.3g, "
-               "AVX-512 %.3g relative (seed %llu)", CBN[cbi], m, n, K_out, K_in, batch, e_ref / mx,
+               "AVX-512 %.3g relative (seed %llu)", QLAYER_CBN[cbi], m, n, K_out, K_in, batch, e_ref / mx,
                e_avx / mx, e_512 / mx, (unsigned long long)g_seed);
   }
   /* the dispatcher runs one of the paths exactly: E8Q_NO_AVX2=1 forces _ref, E8Q_NO_AVX512=1
@@ -341,14 +239,14 @@ static void forward_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, i
   if (memcmp(y_disp, want, sizeof(float) * (size_t)batch * m) != 0)
     fail_msg("e8q_qlinear_forward differs from the %s path it should dispatch to",
              use_512 ? "AVX-512" : use_avx ? "AVX2" : "_ref");
-  guarded_check_free(y_ref, (size_t)batch * m, "forward _ref");
-  guarded_check_free(y_avx, (size_t)batch * m, "forward AVX2");
-  guarded_check_free(y_512, (size_t)batch * m, "forward AVX-512");
-  guarded_check_free(y_disp, (size_t)batch * m, "forward");
+  qlayer_guarded_check_free(y_ref, (size_t)batch * m, "forward _ref");
+  qlayer_guarded_check_free(y_avx, (size_t)batch * m, "forward AVX2");
+  qlayer_guarded_check_free(y_512, (size_t)batch * m, "forward AVX-512");
+  qlayer_guarded_check_free(y_disp, (size_t)batch * m, "forward");
   free(x);
   free(W);
   e8q_qlinear_free(&q);
-  layer_free(&L);
+  qlayer_free(&L);
 }
 
 static void test_forward_vs_dense(void **state) {
@@ -369,8 +267,8 @@ static void test_f64_ref_and_validate(void **state) {
   (void)state;
   t_rng g = {g_seed ^ 0x5555};
   for (int cbi = 0; cbi < 3; cbi++) {
-    layer L;
-    layer_make(&L, &g, 13, 172, 13, 11, CBS[cbi]);
+    qlayer L;
+    qlayer_make(&L, &g, 13, 172, 13, 11, QLAYER_CBS[cbi]);
     e8q_qlinear q;
     e8q_qlinear_init(&q, &L.d, "test layer");
     const int m = 13, n = 172, batch = 3;
@@ -385,7 +283,7 @@ static void test_f64_ref_and_validate(void **state) {
       dmax = fmax(dmax, fabs(Wf[i] - W[i]));
     }
     if (!(wmax > 0 && dmax <= 1e-12 * wmax))
-      fail_msg("%s: e8q_qlinear_dequant differs from the _ref by %.3g (max |W| %.3g)", CBN[cbi], dmax, wmax);
+      fail_msg("%s: e8q_qlinear_dequant differs from the _ref by %.3g (max |W| %.3g)", QLAYER_CBN[cbi], dmax, wmax);
     free(Wf);
     for (int i = 0; i < batch * n; i++) x[i] = t_rng_normal(&g) + 0.01;
     e8q_qlinear_forward_f64_ref(&q, batch, x, y);
@@ -399,12 +297,12 @@ static void test_f64_ref_and_validate(void **state) {
       }
     }
     double e = e8q_qlinear_validate(&q, 4, g_seed);
-    if (!(e > 0 && e < 1e-5)) fail_msg("%s: validate error %.3g outside (0, 1e-5)", CBN[cbi], e);
+    if (!(e > 0 && e < 1e-5)) fail_msg("%s: validate error %.3g outside (0, 1e-5)", QLAYER_CBN[cbi], e);
     free(W);
     free(x);
     free(y);
     e8q_qlinear_free(&q);
-    layer_free(&L);
+    qlayer_free(&L);
   }
 }
 
@@ -414,8 +312,8 @@ static void test_decode_f64_matches_codebook(void **state) {
   (void)state;
   t_rng g = {g_seed ^ 0x3333};
   for (int cbi = 0; cbi < 3; cbi++) {
-    layer L;
-    layer_make(&L, &g, 5, 64, 5, 1, CBS[cbi]);
+    qlayer L;
+    qlayer_make(&L, &g, 5, 64, 5, 1, QLAYER_CBS[cbi]);
     e8q_qlinear q;
     e8q_qlinear_init(&q, &L.d, "test layer");
     double *W = malloc(sizeof(double) * 5 * 64);
@@ -427,11 +325,11 @@ static void test_decode_f64_matches_codebook(void **state) {
         if (cbi == 0) e8q_e8p_decode(L.codes[i], w);
         else if (cbi == 1) e8q_rvq3_decode(L.codes[i], ((uint8_t *)L.codes2)[i], w);
         else e8q_rvq4_decode(L.codes[i], ((uint16_t *)L.codes2)[i], w);
-        for (int t = 0; t < 8; t++) T_NEAR(W[(size_t)r * 64 + 8 * j + t], w[t], 1e-6, CBN[cbi]);
+        for (int t = 0; t < 8; t++) T_NEAR(W[(size_t)r * 64 + 8 * j + t], w[t], 1e-6, QLAYER_CBN[cbi]);
       }
     free(W);
     e8q_qlinear_free(&q);
-    layer_free(&L);
+    qlayer_free(&L);
   }
 }
 
@@ -439,8 +337,8 @@ static void test_decode_f64_matches_codebook(void **state) {
 static void test_bad_desc(void **state) {
   (void)state;
   t_rng g = {g_seed ^ 0x4444};
-  layer L;
-  layer_make(&L, &g, 12, 40, 3, 5, E8Q_CB_E8P12);
+  qlayer L;
+  qlayer_make(&L, &g, 12, 40, 3, 5, E8Q_CB_E8P12);
   e8q_qlinear q;
   e8q_qlinear_desc d = L.d;
   d.n_pad = 48;
@@ -467,7 +365,7 @@ static void test_bad_desc(void **state) {
   d = L.d;
   L.piece_rows[2] += 1;
   E8Q_EXPECT_FATAL(e8q_qlinear_init(&q, &d, "layers.0.qkv"), "layers.0.qkv", "sum to 13");
-  layer_free(&L);
+  qlayer_free(&L);
 }
 
 int main(void) {

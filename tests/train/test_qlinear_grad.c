@@ -29,114 +29,10 @@
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_avx512.h"
 #include "kernels/qlinear_grad.h"
+#include "qlayer.h"
 #include "testutil.h"
 
 static uint64_t g_seed;
-
-#define GUARD 16
-static const float GUARD_VAL = -1234.5678f;
-
-/* ---------------------------------------------------------------- a random layer */
-typedef struct {
-  e8q_qlinear_desc d;
-  uint16_t *codes;
-  void *codes2;
-  float *SU, *SV, *R_in, *R_out, *fs;
-  int piece_rows[3];
-} layer;
-
-static float nonzero_uniform(t_rng *g, float lo, float hi) {
-  float v;
-  do v = lo + (hi - lo) * (float)t_rng_uniform(g);
-  while (v == 0);
-  return v;
-}
-
-static float signed_scale(t_rng *g) { return (t_rng_u64(g) & 1 ? 1.f : -1.f) * nonzero_uniform(g, 0.5f, 1.5f); }
-
-/* the float copy of a Hadamard factor of order K (NULL for K = 1), caller frees */
-static float *factor_f32(int K, uint64_t seed) {
-  if (K == 1) return NULL;
-  e8q_had_factor f;
-  e8q_had_factor_build(&f, K, seed);
-  float *R = malloc(sizeof(float) * K * K);
-  memcpy(R, f.Rf, sizeof(float) * K * K);
-  e8q_had_factor_free(&f);
-  return R;
-}
-
-/* m x n layer, K_out | m and K_in | n_pad with power-of-two quotients; three fused pieces when
- * m >= 3 */
-static void layer_make(layer *L, t_rng *g, int m, int n, int K_out, int K_in, e8q_codebook_id cb) {
-  memset(L, 0, sizeof *L);
-  const int np = (n + 7) / 8 * 8, nc = np / 8;
-  L->codes = malloc(sizeof(uint16_t) * (size_t)m * nc);
-  for (size_t i = 0; i < (size_t)m * nc; i++) L->codes[i] = (uint16_t)t_rng_u64(g);
-  if (cb == E8Q_CB_E8P12RVQ4B) {
-    uint16_t *c2 = malloc(sizeof(uint16_t) * (size_t)m * nc);
-    for (size_t i = 0; i < (size_t)m * nc; i++) c2[i] = (uint16_t)t_rng_u64(g);
-    L->codes2 = c2;
-  } else if (cb == E8Q_CB_E8P12RVQ3B) {
-    uint8_t *c2 = malloc((size_t)m * nc);
-    for (size_t i = 0; i < (size_t)m * nc; i++) c2[i] = (uint8_t)t_rng_u64(g);
-    L->codes2 = c2;
-  }
-  L->SU = malloc(sizeof(float) * np);
-  L->SV = malloc(sizeof(float) * m);
-  for (int i = 0; i < np; i++) L->SU[i] = signed_scale(g);
-  for (int i = 0; i < m; i++) L->SV[i] = signed_scale(g);
-  L->R_in = factor_f32(K_in, t_rng_u64(g));
-  L->R_out = factor_f32(K_out, t_rng_u64(g));
-  int pieces = m >= 3 ? 3 : 1;
-  L->fs = malloc(sizeof(float) * 3);
-  if (pieces == 3) {
-    L->piece_rows[0] = m / 2;
-    L->piece_rows[1] = m / 4;
-    L->piece_rows[2] = m - m / 2 - m / 4;
-  }
-  for (int i = 0; i < 3; i++) L->fs[i] = nonzero_uniform(g, 0.2f, 2.0f);
-  L->d = (e8q_qlinear_desc){
-      .m = m, .n = n, .n_pad = np, .codebook = cb, .codes = L->codes, .codes2 = L->codes2,
-      .resid_scale = 0, .SU = L->SU, .SV = L->SV, .Wscale = nonzero_uniform(g, 0.01f, 0.1f),
-      .n_pieces = pieces, .piece_rows = pieces == 3 ? L->piece_rows : NULL, .fuse_scales = L->fs,
-      .K_in = K_in, .R_in = L->R_in, .K_out = K_out, .R_out = L->R_out};
-}
-
-static void layer_free(layer *L) {
-  free(L->codes);
-  free(L->codes2);
-  free(L->SU);
-  free(L->SV);
-  free(L->R_in);
-  free(L->R_out);
-  free(L->fs);
-}
-
-/* buffer with GUARD floats of GUARD_VAL on each side; returns the inside */
-static float *guarded(size_t n) {
-  float *p = malloc(sizeof(float) * (n + 2 * GUARD));
-  for (size_t i = 0; i < n + 2 * GUARD; i++) p[i] = GUARD_VAL;
-  return p + GUARD;
-}
-static void guarded_check_free(float *p, size_t n, const char *what) {
-  for (int i = 0; i < GUARD; i++) {
-    if (p[-1 - i] != GUARD_VAL) fail_msg("%s: write before the output (guard %d)", what, i);
-    if (p[n + i] != GUARD_VAL) fail_msg("%s: write past the output (guard %d)", what, i);
-  }
-  free(p - GUARD);
-}
-
-static float *random_input(t_rng *g, size_t n) {
-  float *x = malloc(sizeof(float) * n);
-  for (size_t i = 0; i < n; i++) {
-    x[i] = (float)t_rng_normal(g);
-    if (x[i] == 0) x[i] = 0.5f;
-  }
-  return x;
-}
-
-static const e8q_codebook_id CBS[3] = {E8Q_CB_E8P12, E8Q_CB_E8P12RVQ3B, E8Q_CB_E8P12RVQ4B};
-static const char *CBN[3] = {"E8P12", "E8P12RVQ3B", "E8P12RVQ4B"};
 
 /* ---------------------------------------------------------------- transpose product */
 typedef void (*mmt_fn)(const e8q_qlinear *, int, const float *, float *);
@@ -146,7 +42,7 @@ typedef void (*mmt_fn)(const e8q_qlinear *, int, const float *, float *);
 static void mmt_check(const e8q_qlinear *q, const double *what, int batch, const float *g, mmt_fn fn,
                       const char *path, int cbi) {
   const int m = q->d.m, np = q->d.n_pad;
-  float *t = guarded((size_t)batch * np);
+  float *t = qlayer_guarded((size_t)batch * np);
   fn(q, batch, g, t);
   for (int b = 0; b < batch; b++) {
     double scale = 0, worst = 0;
@@ -167,14 +63,14 @@ static void mmt_check(const e8q_qlinear *q, const double *what, int batch, const
     }
     if (!(worst <= 5e-6 * scale))
       fail_msg("%s m=%d n=%d batch=%d row %d: %s transpose product off by %.3g at column %d, > 5e-6 x %.3g (seed %llu)",
-               CBN[cbi], m, q->d.n, batch, b, path, worst, wk, scale, (unsigned long long)g_seed);
+               QLAYER_CBN[cbi], m, q->d.n, batch, b, path, worst, wk, scale, (unsigned long long)g_seed);
   }
-  guarded_check_free(t, (size_t)batch * np, path);
+  qlayer_guarded_check_free(t, (size_t)batch * np, path);
 }
 
 static void mmt_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, const int *batches, int nb) {
-  layer L;
-  layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
+  qlayer L;
+  qlayer_make(&L, g, m, n, K_out, K_in, QLAYER_CBS[cbi]);
   e8q_qlinear q;
   e8q_qlinear_init(&q, &L.d, "test layer");
   const int np = L.d.n_pad;
@@ -182,7 +78,7 @@ static void mmt_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, const
   e8q_qlinear_decode_f64(&q, what);
   for (int i = 0; i < nb; i++) {
     const int batch = batches[i];
-    float *gr = random_input(g, (size_t)batch * m);
+    float *gr = qlayer_random_input(g, (size_t)batch * m);
     mmt_check(&q, what, batch, gr, e8q_qlinear_codes_matmul_t_ref, "_ref", cbi);
     if (e8q_cpu_has_avx512()) mmt_check(&q, what, batch, gr, e8q_qlinear_codes_matmul_t_avx512, "AVX-512", cbi);
     if (e8q_cpu_has_avx2()) mmt_check(&q, what, batch, gr, e8q_qlinear_codes_matmul_t_avx2, "AVX2", cbi);
@@ -191,7 +87,7 @@ static void mmt_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, const
   }
   free(what);
   e8q_qlinear_free(&q);
-  layer_free(&L);
+  qlayer_free(&L);
 }
 
 static void test_matmul_t(void **state) {
@@ -217,14 +113,14 @@ static void test_threads_bitwise(void **state) {
   t_rng g = {g_seed ^ 0x3333};
   const int maxthr = omp_get_max_threads();
   for (int cbi = 0; cbi < 3; cbi++) {
-    layer L;
-    layer_make(&L, &g, 71, 2053, 71, 257, CBS[cbi]); /* n_pad 2056 = 257 x 8: 9 groups */
+    qlayer L;
+    qlayer_make(&L, &g, 71, 2053, 71, 257, QLAYER_CBS[cbi]); /* n_pad 2056 = 257 x 8: 9 groups */
     e8q_qlinear q;
     e8q_qlinear_init(&q, &L.d, "test layer");
     const int m = 71, n = 2053, np = 2056, batches[] = {1, 6, 16};
     for (int bi = 0; bi < 3; bi++) {
       const int batch = batches[bi];
-      float *gr = random_input(&g, (size_t)batch * m), *x = random_input(&g, (size_t)batch * n);
+      float *gr = qlayer_random_input(&g, (size_t)batch * m), *x = qlayer_random_input(&g, (size_t)batch * n);
       /* the transpose product of every path the CPU has, and the dispatching backward */
       const mmt_fn paths[3] = {e8q_qlinear_codes_matmul_t_ref, e8q_qlinear_codes_matmul_t_avx2,
                                e8q_qlinear_codes_matmul_t_avx512};
@@ -247,11 +143,11 @@ static void test_threads_bitwise(void **state) {
       for (int th = 1; th < 3; th++) {
         for (int pi = 0; pi < 3; pi++)
           if (have[pi] && memcmp(t[pi][0], t[pi][th], sizeof(float) * (size_t)batch * np))
-            fail_msg("%s batch %d: %s transpose product differs between 1 and %d threads", CBN[cbi], batch, pname[pi],
+            fail_msg("%s batch %d: %s transpose product differs between 1 and %d threads", QLAYER_CBN[cbi], batch, pname[pi],
                      th + 1);
         if (memcmp(dx[0], dx[th], sizeof(float) * (size_t)batch * n) || memcmp(dSU[0], dSU[th], sizeof(float) * np) ||
             memcmp(dSV[0], dSV[th], sizeof(float) * m) || memcmp(dfs[0], dfs[th], sizeof(float) * 3))
-          fail_msg("%s batch %d: backward differs between 1 and %d threads", CBN[cbi], batch, th + 1);
+          fail_msg("%s batch %d: backward differs between 1 and %d threads", QLAYER_CBN[cbi], batch, th + 1);
       }
       for (int th = 0; th < 3; th++) {
         for (int pi = 0; pi < 3; pi++) free(t[pi][th]);
@@ -264,7 +160,7 @@ static void test_threads_bitwise(void **state) {
       free(x);
     }
     e8q_qlinear_free(&q);
-    layer_free(&L);
+    qlayer_free(&L);
   }
 }
 
@@ -319,24 +215,24 @@ static void fd_compare(const float *after, float start, const double *fd, int cn
                        int cbi, int m, int n) {
   double mx = 0;
   for (int i = 0; i < cnt; i++) mx = fmax(mx, fabs(fd[i]));
-  if (!(mx > 0)) fail_msg("%s %s: finite-difference gradient is all zero", CBN[cbi], fam);
+  if (!(mx > 0)) fail_msg("%s %s: finite-difference gradient is all zero", QLAYER_CBN[cbi], fam);
   for (int i = 0; i < cnt; i++) {
     const double a = (double)after[i] - (double)start;
     if (!(fabs(a - fd[i]) <= 1e-4 * mx))
       fail_msg("%s m=%d n=%d %s: %s[%d] = %.9g, finite difference %.9g (|diff| %.3g > 1e-4 x max %.3g) (seed %llu)",
-               CBN[cbi], m, n, path, fam, i, a, fd[i], fabs(a - fd[i]), mx, (unsigned long long)g_seed);
+               QLAYER_CBN[cbi], m, n, path, fam, i, a, fd[i], fabs(a - fd[i]), mx, (unsigned long long)g_seed);
   }
 }
 
 typedef void (*bwd_fn)(const e8q_qlinear *, int, const float *, const float *, float *, float *, float *, float *);
 
 static void fd_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
-  layer L;
-  layer_make(&L, g, m, n, K_out, K_in, CBS[cbi]);
+  qlayer L;
+  qlayer_make(&L, g, m, n, K_out, K_in, QLAYER_CBS[cbi]);
   e8q_qlinear q;
   e8q_qlinear_init(&q, &L.d, "test layer");
   const int np = L.d.n_pad, npc = L.d.n_pieces;
-  float *x = random_input(g, (size_t)batch * n), *c = random_input(g, (size_t)batch * m);
+  float *x = qlayer_random_input(g, (size_t)batch * n), *c = qlayer_random_input(g, (size_t)batch * m);
   double *what = malloc(sizeof(double) * (size_t)m * np);
   e8q_qlinear_decode_f64(&q, what);
   fd_model M = {.q = &q, .what = what, .batch = batch};
@@ -375,7 +271,7 @@ static void fd_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int ba
   const float START = 0.5f; /* accumulation onto a nonzero start */
   float *res[2][4];
   for (int f = 0; f < 2; f++) {
-    float *dx = guarded((size_t)batch * n), *dSU = guarded(np), *dSV = guarded(m), *dfs = guarded(npc);
+    float *dx = qlayer_guarded((size_t)batch * n), *dSU = qlayer_guarded(np), *dSV = qlayer_guarded(m), *dfs = qlayer_guarded(npc);
     for (int i = 0; i < np; i++) dSU[i] = START;
     for (int i = 0; i < m; i++) dSV[i] = START;
     for (int i = 0; i < npc; i++) dfs[i] = START;
@@ -401,9 +297,9 @@ static void fd_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int ba
       d = fmax(d, fabs((double)res[0][k][i] - (double)res[1][k][i]));
     }
     if (!(d <= 1e-5 * mx))
-      fail_msg("%s m=%d n=%d: %s of backward and backward_ref differ by %.3g (max %.3g)", CBN[cbi], m, n, fam[k], d, mx);
-    guarded_check_free(res[0][k], cnt[k], fam[k]);
-    guarded_check_free(res[1][k], cnt[k], fam[k]);
+      fail_msg("%s m=%d n=%d: %s of backward and backward_ref differ by %.3g (max %.3g)", QLAYER_CBN[cbi], m, n, fam[k], d, mx);
+    qlayer_guarded_check_free(res[0][k], cnt[k], fam[k]);
+    qlayer_guarded_check_free(res[1][k], cnt[k], fam[k]);
   }
   /* the NULL outputs are really optional: dx alone equals the full call's dx */
   {
@@ -430,7 +326,7 @@ static void fd_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int ba
   free(x);
   free(c);
   e8q_qlinear_free(&q);
-  layer_free(&L);
+  qlayer_free(&L);
 }
 
 static void test_backward_fd(void **state) {
@@ -455,36 +351,36 @@ static void test_set_scales(void **state) {
   (void)state;
   t_rng g = {g_seed ^ 0x5555};
   for (int cbi = 0; cbi < 3; cbi++) {
-    layer L;
-    layer_make(&L, &g, 37, 101, 37, 13, CBS[cbi]);
+    qlayer L;
+    qlayer_make(&L, &g, 37, 101, 37, 13, QLAYER_CBS[cbi]);
     const int m = 37, n = 101, batch = 3;
     e8q_qlinear q;
     e8q_qlinear_init(&q, &L.d, "test layer");
-    float *x = random_input(&g, (size_t)batch * n);
+    float *x = qlayer_random_input(&g, (size_t)batch * n);
     float *y0 = malloc(sizeof(float) * batch * m), *y1 = malloc(sizeof(float) * batch * m),
           *y2 = malloc(sizeof(float) * batch * m);
     e8q_qlinear_forward(&q, batch, x, y0);
     float SV2[37], fs2[3];
-    for (int r = 0; r < m; r++) SV2[r] = signed_scale(&g);
-    for (int p = 0; p < 3; p++) fs2[p] = nonzero_uniform(&g, 0.2f, 2.0f);
+    for (int r = 0; r < m; r++) SV2[r] = qlayer_signed_scale(&g);
+    for (int p = 0; p < 3; p++) fs2[p] = qlayer_nonzero_uniform(&g, 0.2f, 2.0f);
     e8q_qlinear_set_scales(&q, SV2, fs2);
     e8q_qlinear_desc d2 = L.d;
     d2.SV = SV2;
     d2.fuse_scales = fs2;
     e8q_qlinear q2;
     e8q_qlinear_init(&q2, &d2, "fresh layer");
-    if (memcmp(q.out_scale, q2.out_scale, sizeof(float) * m)) fail_msg("%s: set_scales output scales != fresh init", CBN[cbi]);
+    if (memcmp(q.out_scale, q2.out_scale, sizeof(float) * m)) fail_msg("%s: set_scales output scales != fresh init", QLAYER_CBN[cbi]);
     e8q_qlinear_forward(&q, batch, x, y1);
     e8q_qlinear_forward(&q2, batch, x, y2);
-    if (memcmp(y1, y2, sizeof(float) * batch * m)) fail_msg("%s: forward after set_scales != fresh layer", CBN[cbi]);
-    if (!memcmp(y0, y1, sizeof(float) * batch * m)) fail_msg("%s: set_scales changed nothing", CBN[cbi]);
+    if (memcmp(y1, y2, sizeof(float) * batch * m)) fail_msg("%s: forward after set_scales != fresh layer", QLAYER_CBN[cbi]);
+    if (!memcmp(y0, y1, sizeof(float) * batch * m)) fail_msg("%s: set_scales changed nothing", QLAYER_CBN[cbi]);
     e8q_qlinear_forward_ref(&q, batch, x, y1);
     e8q_qlinear_forward_ref(&q2, batch, x, y2);
-    if (memcmp(y1, y2, sizeof(float) * batch * m)) fail_msg("%s: forward_ref after set_scales != fresh layer", CBN[cbi]);
+    if (memcmp(y1, y2, sizeof(float) * batch * m)) fail_msg("%s: forward_ref after set_scales != fresh layer", QLAYER_CBN[cbi]);
     /* NULL fuse scales: all 1 */
     e8q_qlinear_set_scales(&q, SV2, NULL);
     for (int r = 0; r < m; r++)
-      if (q.out_scale[r] != SV2[r]) fail_msg("%s: set_scales(fs NULL) row %d: %g != SV %g", CBN[cbi], r, (double)q.out_scale[r], (double)SV2[r]);
+      if (q.out_scale[r] != SV2[r]) fail_msg("%s: set_scales(fs NULL) row %d: %g != SV %g", QLAYER_CBN[cbi], r, (double)q.out_scale[r], (double)SV2[r]);
     e8q_qlinear_set_scales(&q, SV2, fs2);
     /* SU updated in place is read by the next forward (both layers borrow L.SU) */
     for (int k = 0; k < L.d.n_pad; k++) L.SU[k] *= 1.25f;
@@ -492,7 +388,7 @@ static void test_set_scales(void **state) {
     e8q_qlinear_init(&q3, &d2, "fresh layer 3");
     e8q_qlinear_forward(&q, batch, x, y1);
     e8q_qlinear_forward(&q3, batch, x, y2);
-    if (memcmp(y1, y2, sizeof(float) * batch * m)) fail_msg("%s: forward after SU update != fresh layer", CBN[cbi]);
+    if (memcmp(y1, y2, sizeof(float) * batch * m)) fail_msg("%s: forward after SU update != fresh layer", QLAYER_CBN[cbi]);
     /* SV changed without set_scales: the backward refuses */
     float dSV[37] = {0};
     SV2[5] *= 2.0f;
@@ -506,7 +402,7 @@ static void test_set_scales(void **state) {
     e8q_qlinear_free(&q);
     e8q_qlinear_free(&q2);
     e8q_qlinear_free(&q3);
-    layer_free(&L);
+    qlayer_free(&L);
   }
 }
 
