@@ -75,7 +75,7 @@ static int setup(void **state) {
   char cmd[16384];
   snprintf(cmd, sizeof cmd,
            "OMP_NUM_THREADS=1 timeout 120 %s quantize --model %s --calib %s --calib-skip 1000 --devset 16 --ctx 64 "
-           "--tune-iters 1 --seed 7 --bits 2 --out %s > %s/quantize.log 2>&1",
+           "--tune-iters 1 --seed 7 --ft none --bits 2 --out %s > %s/quantize.log 2>&1",
            E8Q_BIN, g_model, text, g_art, g_dir);
   print_message("$ %s\n", cmd);
   int rc = system(cmd) == 0 ? 0 : -1;

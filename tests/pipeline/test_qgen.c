@@ -57,7 +57,7 @@ static int setup(void **state) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd,
              "OMP_NUM_THREADS=1 timeout 120 %s quantize --model %s --calib %s --calib-skip 1000 --devset 24 --ctx 64 "
-             "--tune-iters 2 --seed 7 --bits %d --out %s > %s/quantize.log 2>&1",
+             "--tune-iters 2 --seed 7 --ft block --ft-epochs 1 --bits %d --out %s > %s/quantize.log 2>&1",
              E8Q_BIN, model, text, bits, g_art_b[bits], g_dir);
     print_message("$ %s\n", cmd);
     if (system(cmd) != 0) {
