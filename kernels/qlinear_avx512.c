@@ -41,15 +41,12 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "kernels/qlinear_avx512_decode.h"
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,gfni")))
-#define INLINE __attribute__((always_inline)) inline
-#define CH 32 /* codes per unpacked chunk */
-
-/* ---------------------------------------------------------------- tables */
-static float abs_tab[E8Q_E8P_ROWS][8] __attribute__((aligned(64)));   /* signed-abs rows */
-static float e81b_tab[E8Q_E81B_SIZE][8] __attribute__((aligned(64))); /* 1-bit E8 grid values */
-static uint64_t gf_sign, gf_par; /* GF(2) 8x8 matrices: B -> element-order signs, B -> parity (all bits) */
+/* ---------------------------------------------------------------- tables (kernels/qlinear_avx512_decode.h) */
+float e8q_avx512_abs_tab[E8Q_E8P_ROWS][8] __attribute__((aligned(64)));   /* signed-abs rows */
+float e8q_avx512_e81b_tab[E8Q_E81B_SIZE][8] __attribute__((aligned(64))); /* 1-bit E8 grid values */
+uint64_t e8q_avx512_gf_sign, e8q_avx512_gf_par; /* GF(2) 8x8 matrices: B -> element-order signs, B -> parity (all bits) */
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 static void tables_build(void) {
@@ -58,93 +55,29 @@ static void tables_build(void) {
     sign_rows[i] = e8q_e8p_sign_bits(i);
     par_rows[i] = 0xFF;
   }
-  gf_sign = e8q_gf2_matrix(sign_rows);
-  gf_par = e8q_gf2_matrix(par_rows);
+  e8q_avx512_gf_sign = e8q_gf2_matrix(sign_rows);
+  e8q_avx512_gf_par = e8q_gf2_matrix(par_rows);
   for (int A = 0; A < E8Q_E8P_ROWS; A++) {
     float w[8];
     e8q_e8p_decode((uint16_t)(A << 8), w); /* B = 0: no signs, shift +1/4 */
-    for (int i = 0; i < 8; i++) abs_tab[A][i] = w[i] - 0.25f;
+    for (int i = 0; i < 8; i++) e8q_avx512_abs_tab[A][i] = w[i] - 0.25f;
   }
-  for (int k = 0; k < E8Q_E81B_SIZE; k++) e8q_e81b_decode((uint32_t)k, e81b_tab[k]);
+  for (int k = 0; k < E8Q_E81B_SIZE; k++) e8q_e81b_decode((uint32_t)k, e8q_avx512_e81b_tab[k]);
   /* the decomposition must reproduce codebook.h exactly for every code */
   for (int c = 0; c < E8Q_E8P_NCODES; c++) {
     float w[8];
     e8q_e8p_decode((uint16_t)c, w);
-    const uint8_t B = (uint8_t)(c & 0xFF), s = e8q_gf2_affine(gf_sign, B, 0), p = e8q_gf2_affine(gf_par, B, 0);
+    const uint8_t B = (uint8_t)(c & 0xFF), s = e8q_gf2_affine(e8q_avx512_gf_sign, B, 0), p = e8q_gf2_affine(e8q_avx512_gf_par, B, 0);
     for (int i = 0; i < 8; i++) {
-      float v = ((s >> i) & 1 ? -abs_tab[c >> 8][i] : abs_tab[c >> 8][i]) + (p ? -0.25f : 0.25f);
+      float v = ((s >> i) & 1 ? -e8q_avx512_abs_tab[c >> 8][i] : e8q_avx512_abs_tab[c >> 8][i]) + (p ? -0.25f : 0.25f);
       E8Q_CHECK(v == w[i] && (p == 0 || p == 0xFF),
                 "qlinear AVX-512: E8P sign/shift decomposition disagrees with codebook.h at code %d", c);
     }
   }
 }
 
-/* ---------------------------------------------------------------- unpacking 32 codes */
-typedef struct {
-  uint16_t off[CH]; /* [CH] byte offset of the abs row (A * 32) */
-  uint8_t sgn[CH];  /* [CH] element-order sign bits */
-  uint8_t pm[CH];   /* [CH] 0xFF where the code's parity is odd (shift -1/4), else 0 (batch path) */
-  uint32_t par;     /* bit k: parity of code k (shift -1/4) */
-} __attribute__((aligned(64))) e8p_chunk;
+void e8q_avx512_tables_init(void) { pthread_once(&tables_once, tables_build); }
 
-typedef struct {
-  uint16_t off[CH]; /* [CH] byte offset of the 1-bit E8 row (index * 32) */
-} __attribute__((aligned(64))) e81b_chunk;
-
-static AVX512 INLINE void e8p_unpack(const uint16_t *c, int cnt, e8p_chunk *o, const int want_pm) {
-  const __mmask32 lm = cnt >= CH ? 0xFFFFFFFFu : (1u << cnt) - 1;
-  const __m512i v = _mm512_maskz_loadu_epi16(lm, c);
-  const __m512i s = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64((long long)gf_sign), 0);
-  const __m512i pb = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64((long long)gf_par), 0);
-  o->par = _mm512_test_epi16_mask(pb, _mm512_set1_epi16(0x00FF));
-  if (want_pm) _mm256_store_si256((__m256i *)o->pm, _mm256_movm_epi8(o->par));
-  _mm512_store_si512(o->off, _mm512_slli_epi16(_mm512_srli_epi16(v, 8), 5));
-  const __m512i even = _mm512_set_epi8(
-      63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21, 19, 17,
-      15, 13, 11, 9, 7, 5, 3, 1, 62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30,
-      28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  _mm256_store_si256((__m256i *)o->sgn, _mm512_castsi512_si256(_mm512_permutexvar_epi8(even, s)));
-}
-
-static AVX512 INLINE void e81b_unpack(const uint8_t *c, int cnt, e81b_chunk *o) {
-  const __mmask32 lm = cnt >= CH ? 0xFFFFFFFFu : (1u << cnt) - 1;
-  _mm512_store_si512(o->off, _mm512_slli_epi16(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(lm, c)), 5));
-}
-
-/* two rows of a table (byte offsets packed in o) in one register: row lo | row hi */
-static AVX512 INLINE __m512 rows2(const char *tab, uint32_t o) {
-  __m512 w = _mm512_castps256_ps512(_mm256_load_ps((const float *)(tab + (o & 0xFFFFu))));
-  return _mm512_insertf32x8(w, _mm256_load_ps((const float *)(tab + (o >> 16))), 1);
-}
-
-/* codes 2p, 2p+1 of an unpacked chunk, without the shift */
-static AVX512 INLINE __m512 e8p_pair(const e8p_chunk *c, int p) {
-  uint32_t o;
-  memcpy(&o, c->off + 2 * p, 4);
-  __m512 w = rows2((const char *)abs_tab, o);
-  /* written out so the mask comes straight from memory (kmovw k, m16: a load, no port-5 uop)
-   * and the XOR goes into w in place (GCC otherwise adds a GPR->mask move and a copy) */
-  __mmask16 k;
-  __asm__("kmovw %1, %0" : "=Yk"(k) : "m"(*(const uint16_t *)(const void *)(c->sgn + 2 * p)));
-  __asm__("vpxord %2, %0, %0%{%1%}" : "+v"(w) : "Yk"(k), "v"(_mm512_set1_epi32((int)0x80000000u)));
-  return w;
-}
-
-/* the same with the shift folded in, less the +1/4 every code has (added back once per output
- * as Σ x / 4): w - 1/4 = signed abs, minus 1/2 where the parity is odd */
-static AVX512 INLINE __m512 e8p_pair_m(const e8p_chunk *c, int p) {
-  __m512 w = e8p_pair(c, p);
-  __mmask16 k;
-  __asm__("kmovw %1, %0" : "=Yk"(k) : "m"(*(const uint16_t *)(const void *)(c->pm + 2 * p)));
-  __asm__("vsubps %2, %0, %0%{%1%}" : "+v"(w) : "Yk"(k), "v"(_mm512_set1_ps(0.5f)));
-  return w;
-}
-
-static AVX512 INLINE __m512 e81b_pair(const e81b_chunk *c, int p) {
-  uint32_t o;
-  memcpy(&o, c->off + 2 * p, 4);
-  return rows2((const char *)e81b_tab, o);
-}
 
 /* Σ_{j: p_j} X_j for a chunk: masked adds of the 32 block sums */
 static AVX512 INLINE __m512 par_add(__m512 s, uint32_t par, const float *X) {

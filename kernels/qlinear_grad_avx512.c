@@ -1,8 +1,8 @@
 /* kernels/qlinear_grad_avx512.c: the AVX-512 transpose product t = Ŵrᵀ g of the quantized
  * linear's backward (kernels/qlinear_grad.h), decoded on the fly from the codes.
  *
- * Decoding is that of the forward's AVX-512 core (kernels/qlinear_avx512.c, whose helpers are
- * file-static, so the few needed are repeated here): per row and group of 32 codes, one GFNI
+ * Decoding is that of the forward's AVX-512 core (kernels/qlinear_avx512_decode.h, shared with
+ * kernels/qlinear_avx512.c, tables included): per row and group of 32 codes, one GFNI
  * affine instruction turns the sign bytes into element-order sign masks and a second one their
  * parities; a pair of codes then decodes into one 16-float register with two loads from an
  * 8 KiB f32 table of signed-abs rows (L1 resident) and a masked XOR of the signs. The shift is
@@ -27,108 +27,14 @@
 
 #include <immintrin.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
 #include "kernels/qlinear_avx512.h"
+#include "kernels/qlinear_avx512_decode.h"
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,gfni")))
-#define INLINE __attribute__((always_inline)) inline
-#define CH 32 /* codes per column group (one unpacked chunk per row) */
 #define RB 32 /* rows per block */
-
-/* ---------------------------------------------------------------- tables */
-static float abs_tab[E8Q_E8P_ROWS][8] __attribute__((aligned(64)));   /* signed-abs rows */
-static float e81b_tab[E8Q_E81B_SIZE][8] __attribute__((aligned(64))); /* 1-bit E8 grid values */
-static uint64_t gf_sign, gf_par; /* GF(2) 8x8 matrices: B -> element-order signs, B -> parity */
-static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
-
-static void tables_build(void) {
-  uint8_t sign_rows[8], par_rows[8];
-  for (int i = 0; i < 8; i++) {
-    sign_rows[i] = e8q_e8p_sign_bits(i);
-    par_rows[i] = 0xFF;
-  }
-  gf_sign = e8q_gf2_matrix(sign_rows);
-  gf_par = e8q_gf2_matrix(par_rows);
-  for (int A = 0; A < E8Q_E8P_ROWS; A++) {
-    float w[8];
-    e8q_e8p_decode((uint16_t)(A << 8), w); /* B = 0: no signs, shift +1/4 */
-    for (int i = 0; i < 8; i++) abs_tab[A][i] = w[i] - 0.25f;
-  }
-  for (int k = 0; k < E8Q_E81B_SIZE; k++) e8q_e81b_decode((uint32_t)k, e81b_tab[k]);
-  /* the decomposition must reproduce codebook.h exactly for every code */
-  for (int c = 0; c < E8Q_E8P_NCODES; c++) {
-    float w[8];
-    e8q_e8p_decode((uint16_t)c, w);
-    const uint8_t B = (uint8_t)(c & 0xFF), s = e8q_gf2_affine(gf_sign, B, 0), p = e8q_gf2_affine(gf_par, B, 0);
-    for (int i = 0; i < 8; i++) {
-      float v = ((s >> i) & 1 ? -abs_tab[c >> 8][i] : abs_tab[c >> 8][i]) + (p ? -0.25f : 0.25f);
-      E8Q_CHECK(v == w[i] && (p == 0 || p == 0xFF),
-                "qlinear grad AVX-512: E8P sign/shift decomposition disagrees with codebook.h at code %d", c);
-    }
-  }
-}
-
-/* ---------------------------------------------------------------- unpacking 32 codes */
-typedef struct {
-  uint16_t off[CH]; /* [CH] byte offset of the abs row (A * 32) */
-  uint8_t sgn[CH];  /* [CH] element-order sign bits */
-  uint8_t pm[CH];   /* [CH] 0xFF where the code's parity is odd (shift -1/4), else 0 */
-} __attribute__((aligned(64))) e8p_chunk;
-
-typedef struct {
-  uint16_t off[CH]; /* [CH] byte offset of the 1-bit E8 row (index * 32) */
-} __attribute__((aligned(64))) e81b_chunk;
-
-static AVX512 INLINE void e8p_unpack(const uint16_t *c, int cnt, e8p_chunk *o) {
-  const __mmask32 lm = cnt >= CH ? 0xFFFFFFFFu : (1u << cnt) - 1;
-  const __m512i v = _mm512_maskz_loadu_epi16(lm, c);
-  const __m512i s = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64((long long)gf_sign), 0);
-  const __m512i pb = _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64((long long)gf_par), 0);
-  const __mmask32 par = _mm512_test_epi16_mask(pb, _mm512_set1_epi16(0x00FF));
-  _mm256_store_si256((__m256i *)o->pm, _mm256_movm_epi8(par));
-  _mm512_store_si512(o->off, _mm512_slli_epi16(_mm512_srli_epi16(v, 8), 5));
-  const __m512i even = _mm512_set_epi8(
-      63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21, 19, 17,
-      15, 13, 11, 9, 7, 5, 3, 1, 62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30,
-      28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  _mm256_store_si256((__m256i *)o->sgn, _mm512_castsi512_si256(_mm512_permutexvar_epi8(even, s)));
-}
-
-static AVX512 INLINE void e81b_unpack(const uint8_t *c, int cnt, e81b_chunk *o) {
-  const __mmask32 lm = cnt >= CH ? 0xFFFFFFFFu : (1u << cnt) - 1;
-  _mm512_store_si512(o->off, _mm512_slli_epi16(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(lm, c)), 5));
-}
-
-/* two rows of a table (byte offsets packed in o) in one register: row lo | row hi */
-static AVX512 INLINE __m512 rows2(const char *tab, uint32_t o) {
-  __m512 w = _mm512_castps256_ps512(_mm256_load_ps((const float *)(tab + (o & 0xFFFFu))));
-  return _mm512_insertf32x8(w, _mm256_load_ps((const float *)(tab + (o >> 16))), 1);
-}
-
-/* codes 2p, 2p+1 of an unpacked chunk, less the +1/4 every code has: signed abs, minus 1/2
- * where the parity is odd */
-static AVX512 INLINE __m512 e8p_pair_m(const e8p_chunk *c, int p) {
-  uint32_t o;
-  memcpy(&o, c->off + 2 * p, 4);
-  __m512 w = rows2((const char *)abs_tab, o);
-  __mmask16 k, kp;
-  /* masks straight from memory, XOR and subtract in place (see qlinear_avx512.c) */
-  __asm__("kmovw %1, %0" : "=Yk"(k) : "m"(*(const uint16_t *)(const void *)(c->sgn + 2 * p)));
-  __asm__("vpxord %2, %0, %0%{%1%}" : "+v"(w) : "Yk"(k), "v"(_mm512_set1_epi32((int)0x80000000u)));
-  __asm__("kmovw %1, %0" : "=Yk"(kp) : "m"(*(const uint16_t *)(const void *)(c->pm + 2 * p)));
-  __asm__("vsubps %2, %0, %0%{%1%}" : "+v"(w) : "Yk"(kp), "v"(_mm512_set1_ps(0.5f)));
-  return w;
-}
-
-static AVX512 INLINE __m512 e81b_pair(const e81b_chunk *c, int p) {
-  uint32_t o;
-  memcpy(&o, c->off + 2 * p, 4);
-  return rows2((const char *)e81b_tab, o);
-}
 
 /* ---------------------------------------------------------------- one register tile */
 /* BT batch columns x P code pairs (starting at pair p0 of the group), over the `rows` rows of the
@@ -177,8 +83,8 @@ static AVX512 INLINE void group(const e8q_qlinear *q, const int cb, int gi, int 
     const int rows = m - r0 < RB ? m - r0 : RB;
     for (int i = 0; i < rows; i++) {
       const size_t at = (size_t)(r0 + i) * nc + j0;
-      e8p_unpack(q->d.codes + at, cnt, &ch1[i]);
-      if (cb == E8Q_CB_E8P12RVQ4B) e8p_unpack((const uint16_t *)q->d.codes2 + at, cnt, &ch2[i]);
+      e8p_unpack(q->d.codes + at, cnt, &ch1[i], 1);
+      if (cb == E8Q_CB_E8P12RVQ4B) e8p_unpack((const uint16_t *)q->d.codes2 + at, cnt, &ch2[i], 1);
       if (cb == E8Q_CB_E8P12RVQ3B) e81b_unpack((const uint8_t *)q->d.codes2 + at, cnt, &chb[i]);
     }
     const int first = r0 == 0;
@@ -224,7 +130,7 @@ void e8q_qlinear_codes_matmul_t_avx512(const e8q_qlinear *q, int batch, const fl
   E8Q_CHECK(e8q_cpu_has_avx512(), "e8q_qlinear_codes_matmul_t_avx512: this CPU lacks AVX-512 (F/BW/VL/DQ/VBMI) or GFNI");
   E8Q_CHECK(batch >= 0, "e8q_qlinear_codes_matmul_t_avx512: batch %d < 0", batch);
   if (batch == 0) return;
-  pthread_once(&tables_once, tables_build);
+  e8q_avx512_tables_init();
   const int m = q->d.m, nc = q->nc, np = q->d.n_pad, ncp = (nc + CH - 1) / CH * CH, ngroups = ncp / CH;
   const size_t ldt = (size_t)ncp * 8;
   float *gt = e8q_alloc_aligned(sizeof(float) * (size_t)m * batch, "qlinear grad transposed g");
