@@ -17,7 +17,6 @@ static int env_set(const char *name) {
   const char *env = getenv(name);
   return env && *env && strcmp(env, "0") != 0;
 }
-static int simd_level(void);
 
 /* ---------------------------------------------------------------- validation */
 static int is_pow2(long v) { return v > 0 && (v & (v - 1)) == 0; }
@@ -88,7 +87,7 @@ void e8q_qlinear_init(e8q_qlinear *q, const e8q_qlinear_desc *d, const char *nam
   had_make(&q->h_in, d->n_pad, d->K_in, d->R_in, name, "R_in");
   had_make(&q->h_out, d->m, d->K_out, d->R_out, name, "R_out");
   /* the VNNI core reads its own copy of the codes (the same 2, 3 or 4 bits per weight) */
-  if (simd_level() == 2 && e8q_cpu_has_vnni() && !env_set("E8Q_NO_VNNI") && e8q_qlinear_vnni_fits(d)) {
+  if (e8q_qlinear_simd_level() == 2 && e8q_cpu_has_vnni() && !env_set("E8Q_NO_VNNI") && e8q_qlinear_vnni_fits(d)) {
     q->vnni = e8q_malloc(sizeof *q->vnni, "qlinear VNNI codes");
     e8q_qlinear_vnni_init(q->vnni, d);
   }
@@ -219,9 +218,8 @@ int e8q_cpu_has_avx512(void) {
 #endif
 }
 
-/* 0 = scalar _ref, 1 = AVX2, 2 = AVX-512; decided once per process.
- * E8Q_NO_AVX2=1 forces _ref (no SIMD at all), E8Q_NO_AVX512=1 stops at AVX2. */
-static int simd_level(void) {
+/* 0 = scalar _ref, 1 = AVX2, 2 = AVX-512 (qlinear.h) */
+int e8q_qlinear_simd_level(void) {
   static int decided = -1;
   int v = __atomic_load_n(&decided, __ATOMIC_RELAXED);
   if (v < 0) {
@@ -234,7 +232,7 @@ static int simd_level(void) {
 
 const char *e8q_qlinear_path(const e8q_qlinear *q) {
 #if defined(__x86_64__) || defined(__i386__)
-  switch (simd_level()) {
+  switch (e8q_qlinear_simd_level()) {
     case 2: return q->vnni ? "AVX-512 VNNI (integer core)" : "AVX-512 (f32)";
     case 1: return "AVX2";
     default: break;
@@ -246,7 +244,7 @@ const char *e8q_qlinear_path(const e8q_qlinear *q) {
 
 void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y) {
 #if defined(__x86_64__) || defined(__i386__)
-  switch (simd_level()) {
+  switch (e8q_qlinear_simd_level()) {
     case 2: forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx512); return;
     case 1: forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx2); return;
     default: break;

@@ -96,6 +96,10 @@ void e8q_qlinear_forward_ref(const e8q_qlinear *q, int batch, const float *x, fl
 void e8q_qlinear_forward_avx2(const e8q_qlinear *q, int batch, const float *x, float *y);
 #endif
 int e8q_cpu_has_avx2(void); /* AVX2 and FMA present (cpuid) */
+/* the SIMD level the forward and the backward (kernels/qlinear_grad.h) dispatch to, decided once
+ * per process: 0 = scalar _ref, 1 = AVX2, 2 = AVX-512. E8Q_NO_AVX2=1 forces _ref (no SIMD at
+ * all), E8Q_NO_AVX512=1 stops at AVX2. */
+int e8q_qlinear_simd_level(void);
 
 /* ---------------------------------------------------------------- the core (exposed for tests)
  * z[b, r] = Σ_k Ŵr[r, k] · u[b, k]: the decoded codes times already-rotated inputs, no scales.

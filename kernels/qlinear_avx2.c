@@ -23,30 +23,28 @@
 
 #include "common/error.h"
 #include "kernels/qlinear.h"
+#include "kernels/qlinear_avx2_decode.h"
 
-#define AVX2 __attribute__((target("avx2,fma")))
 
-/* ---------------------------------------------------------------- decode tables */
-static int8_t e8p_q4[E8Q_E8P_NCODES][8] __attribute__((aligned(64)));  /* 4 * E8P(c) */
-static int8_t e81b_h2[E8Q_E81B_SIZE][8] __attribute__((aligned(64)));  /* 2 * E81B(i) */
+/* ---------------------------------------------------------------- decode tables (kernels/qlinear_avx2_decode.h) */
+int8_t e8q_avx2_e8p_q4[E8Q_E8P_NCODES][8] __attribute__((aligned(64)));  /* 4 * E8P(c) */
+int8_t e8q_avx2_e81b_h2[E8Q_E81B_SIZE][8] __attribute__((aligned(64)));  /* 2 * E81B(i) */
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
 static void tables_build(void) {
   for (int c = 0; c < E8Q_E8P_NCODES; c++) {
     float w[8];
     e8q_e8p_decode((uint16_t)c, w);
-    for (int t = 0; t < 8; t++) e8p_q4[c][t] = (int8_t)lrintf(4.0f * w[t]);
+    for (int t = 0; t < 8; t++) e8q_avx2_e8p_q4[c][t] = (int8_t)lrintf(4.0f * w[t]);
   }
   for (int i = 0; i < E8Q_E81B_SIZE; i++) {
     float w[8];
     e8q_e81b_decode((uint32_t)i, w);
-    for (int t = 0; t < 8; t++) e81b_h2[i][t] = (int8_t)lrintf(2.0f * w[t]);
+    for (int t = 0; t < 8; t++) e8q_avx2_e81b_h2[i][t] = (int8_t)lrintf(2.0f * w[t]);
   }
 }
 
-static AVX2 inline __m256 ld_i8(const int8_t *p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
+void e8q_avx2_tables_init(void) { pthread_once(&tables_once, tables_build); }
 
 static AVX2 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -80,9 +78,9 @@ static AVX2 INLINE void mv_rows(const e8q_qlinear *q, const int cb, const int R,
     const __m256 x = _mm256_loadu_ps(u + 8 * j);
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
-      a1[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c1[i][j]]), x, a1[i]);
-      if (cb == E8Q_CB_E8P12RVQ4B) a2[i] = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[i][j]]), x, a2[i]);
-      if (cb == E8Q_CB_E8P12RVQ3B) a2[i] = _mm256_fmadd_ps(ld_i8(e81b_h2[c2b[i][j]]), x, a2[i]);
+      a1[i] = _mm256_fmadd_ps(ld_i8(e8q_avx2_e8p_q4[c1[i][j]]), x, a1[i]);
+      if (cb == E8Q_CB_E8P12RVQ4B) a2[i] = _mm256_fmadd_ps(ld_i8(e8q_avx2_e8p_q4[c2w[i][j]]), x, a2[i]);
+      if (cb == E8Q_CB_E8P12RVQ3B) a2[i] = _mm256_fmadd_ps(ld_i8(e8q_avx2_e81b_h2[c2b[i][j]]), x, a2[i]);
     }
   }
   const float k2 = cb == E8Q_CB_E8P12RVQ4B ? 0.25f / q->resid_scale : 0.5f / q->resid_scale;
@@ -123,9 +121,9 @@ static AVX2 INLINE void mm_tile(const e8q_qlinear *q, const int cb, const int BT
 #pragma GCC unroll 8
   for (int t = 0; t < BT; t++) acc[t] = _mm256_setzero_ps();
   for (int j = 0; j < nc; j++) {
-    __m256 w = ld_i8(e8p_q4[c1[j]]);
-    if (cb == E8Q_CB_E8P12RVQ4B) w = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[j]]), k2, w);
-    if (cb == E8Q_CB_E8P12RVQ3B) w = _mm256_fmadd_ps(ld_i8(e81b_h2[c2b[j]]), k2, w);
+    __m256 w = ld_i8(e8q_avx2_e8p_q4[c1[j]]);
+    if (cb == E8Q_CB_E8P12RVQ4B) w = _mm256_fmadd_ps(ld_i8(e8q_avx2_e8p_q4[c2w[j]]), k2, w);
+    if (cb == E8Q_CB_E8P12RVQ3B) w = _mm256_fmadd_ps(ld_i8(e8q_avx2_e81b_h2[c2b[j]]), k2, w);
     const float *x = ut + (size_t)b0 * np + (size_t)j * BT * 8;
 #pragma GCC unroll 8
     for (int t = 0; t < BT; t++) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8 * t), acc[t]);

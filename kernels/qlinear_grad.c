@@ -9,11 +9,6 @@
 #include "common/error.h"
 #include "kernels/qlinear_avx512.h"
 
-static int env_set(const char *name) {
-  const char *env = getenv(name);
-  return env && *env && strcmp(env, "0") != 0;
-}
-
 /* ---------------------------------------------------------------- decoding one code */
 /* Ŵr[r, 8j..8j+7] in f32 with codebook.h's decoders (as qlinear.c decodes it) */
 static inline void decode_f32(const e8q_qlinear *q, size_t idx, float w[8]) {
@@ -46,21 +41,9 @@ void e8q_qlinear_codes_matmul_t_ref(const e8q_qlinear *q, int batch, const float
 }
 
 /* ---------------------------------------------------------------- dispatch */
-/* 2 = AVX-512, 1 = AVX2, 0 = _ref; decided once per process. As the forward: E8Q_NO_AVX512=1
- * stops at AVX2, E8Q_NO_AVX2=1 forces _ref. */
-static int grad_level(void) {
-  static int decided = -1;
-  int v = __atomic_load_n(&decided, __ATOMIC_RELAXED);
-  if (v < 0) {
-    v = 0;
-    if (e8q_cpu_has_avx2() && !env_set("E8Q_NO_AVX2")) v = e8q_cpu_has_avx512() && !env_set("E8Q_NO_AVX512") ? 2 : 1;
-    __atomic_store_n(&decided, v, __ATOMIC_RELAXED);
-  }
-  return v;
-}
-
+/* the forward's SIMD level (e8q_qlinear_simd_level: E8Q_NO_AVX512 / E8Q_NO_AVX2 act on both) */
 const char *e8q_qlinear_grad_path(void) {
-  switch (grad_level()) {
+  switch (e8q_qlinear_simd_level()) {
     case 2: return "AVX-512 (f32)";
     case 1: return "AVX2";
     default: return "scalar _ref";
@@ -69,7 +52,7 @@ const char *e8q_qlinear_grad_path(void) {
 
 void e8q_qlinear_codes_matmul_t(const e8q_qlinear *q, int batch, const float *g, float *t) {
 #if defined(__x86_64__) || defined(__i386__)
-  switch (grad_level()) {
+  switch (e8q_qlinear_simd_level()) {
     case 2: e8q_qlinear_codes_matmul_t_avx512(q, batch, g, t); return;
     case 1: e8q_qlinear_codes_matmul_t_avx2(q, batch, g, t); return;
     default: break;

@@ -1,9 +1,9 @@
 /* kernels/qlinear_grad_avx2.c: the AVX2+FMA transpose product t = Ŵrᵀ g of the quantized
  * linear's backward (kernels/qlinear_grad.h), for CPUs without AVX-512 (and E8Q_NO_AVX512=1).
  *
- * Decoding as in the forward's AVX2 core (kernels/qlinear_avx2.c, whose table is file-static, so
- * it is rebuilt here): a process-wide table holds every E8P code's 8 values as int8 in quarter
- * units (4·value, exact), 65,536 x 8 bytes = 512 KiB, built once from codebook.h; the 1-bit E8
+ * Decoding as in the forward's AVX2 core (kernels/qlinear_avx2.c; one copy of its tables, shared
+ * through kernels/qlinear_avx2_decode.h): a process-wide table holds every E8P code's 8 values as
+ * int8 in quarter units (4·value, exact), 65,536 x 8 bytes = 512 KiB, built once from codebook.h; the 1-bit E8
  * grid of RVQ3 is a 256 x 8 int8 table in half units. A code decodes with one 8-byte load, a sign
  * extension and a conversion; the sums run in quarter units and t is scaled by 1/4 (exact) at
  * the end.
@@ -21,38 +21,15 @@
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
+#include "kernels/qlinear_avx2_decode.h"
 
-#define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE __attribute__((always_inline)) inline
 #define CH 32 /* codes per column group */
 #define RB 64 /* rows per block */
-
-/* ---------------------------------------------------------------- decode tables */
-static int8_t e8p_q4[E8Q_E8P_NCODES][8] __attribute__((aligned(64))); /* 4 * E8P(c) */
-static int8_t e81b_h2[E8Q_E81B_SIZE][8] __attribute__((aligned(64))); /* 2 * E81B(i) */
-static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
-
-static void tables_build(void) {
-  for (int c = 0; c < E8Q_E8P_NCODES; c++) {
-    float w[8];
-    e8q_e8p_decode((uint16_t)c, w);
-    for (int t = 0; t < 8; t++) e8p_q4[c][t] = (int8_t)lrintf(4.0f * w[t]);
-  }
-  for (int i = 0; i < E8Q_E81B_SIZE; i++) {
-    float w[8];
-    e8q_e81b_decode((uint32_t)i, w);
-    for (int t = 0; t < 8; t++) e81b_h2[i][t] = (int8_t)lrintf(2.0f * w[t]);
-  }
-}
-
-static AVX2 INLINE __m256 ld_i8(const int8_t *p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
 
 /* ---------------------------------------------------------------- one register tile */
 /* BT batch columns x P codes (from code c0 of the group) over `rows` rows of the block.
@@ -73,9 +50,9 @@ static AVX2 INLINE void tile(const int cb, const int BT, const int P, const uint
 #pragma GCC unroll 8
     for (int p = 0; p < P; p++) {
       const size_t at = (size_t)i * CH + c0 + p;
-      w[p] = ld_i8(e8p_q4[c1[at]]);
-      if (cb == E8Q_CB_E8P12RVQ4B) w[p] = _mm256_fmadd_ps(ld_i8(e8p_q4[c2w[at]]), k2, w[p]);
-      if (cb == E8Q_CB_E8P12RVQ3B) w[p] = _mm256_fmadd_ps(ld_i8(e81b_h2[c2b[at]]), k2, w[p]);
+      w[p] = ld_i8(e8q_avx2_e8p_q4[c1[at]]);
+      if (cb == E8Q_CB_E8P12RVQ4B) w[p] = _mm256_fmadd_ps(ld_i8(e8q_avx2_e8p_q4[c2w[at]]), k2, w[p]);
+      if (cb == E8Q_CB_E8P12RVQ3B) w[p] = _mm256_fmadd_ps(ld_i8(e8q_avx2_e81b_h2[c2b[at]]), k2, w[p]);
     }
     const float *gr = gt + (size_t)i * batch;
 #pragma GCC unroll 8
@@ -154,7 +131,7 @@ void e8q_qlinear_codes_matmul_t_avx2(const e8q_qlinear *q, int batch, const floa
   E8Q_CHECK(e8q_cpu_has_avx2(), "e8q_qlinear_codes_matmul_t_avx2: this CPU lacks AVX2/FMA");
   E8Q_CHECK(batch >= 0, "e8q_qlinear_codes_matmul_t_avx2: batch %d < 0", batch);
   if (batch == 0) return;
-  pthread_once(&tables_once, tables_build);
+  e8q_avx2_tables_init();
   const int m = q->d.m, nc = q->nc, np = q->d.n_pad, ncp = (nc + CH - 1) / CH * CH, ngroups = ncp / CH;
   const size_t ldt = (size_t)ncp * 8;
   float *gt = e8q_alloc_aligned(sizeof(float) * (size_t)m * batch, "qlinear grad transposed g");
