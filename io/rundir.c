@@ -241,9 +241,14 @@ e8q_rundir *e8q_rundir_open(const char *dir, const cJSON *plan) {
     if (n > 0) {
       cJSON_Delete(old);
       cJSON_Delete(mine);
-      E8Q_FATAL("run directory %s belongs to a different run (%d difference%s):%s\nrerun with the model and options "
-                "recorded there, or choose another --run-dir (or remove %s) to start afresh",
-                dir, n, n > 1 ? "s" : "", diff, dir);
+      const int src = strstr(diff, "\n  fingerprint.") != NULL; /* a source file changed since the run began */
+      E8Q_FATAL("run directory %s belongs to a different run (%d difference%s):%s\n%srerun with the model and "
+                "options recorded there, or choose another --run-dir (or remove %s) to start afresh",
+                dir, n, n > 1 ? "s" : "", diff,
+                src ? "the source model is not the one this run began with (each changed file is named above): "
+                      "restore the original file to resume; or "
+                    : "",
+                dir);
     }
     r->plan = old;
     r->resumed = 1;

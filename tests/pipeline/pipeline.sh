@@ -498,9 +498,11 @@ lock)
   A=$!
   for i in $(seq 1 2000); do [ -s "$TMP/R/lock" ] && break; sleep 0.01; done
   [ -s "$TMP/R/lock" ] || fail "no lock file $TMP/R/lock"
-  q 1 "$TMP/b.e8q" --bits 4 --run-dir "$TMP/R" > "$TMP/b.log" 2>&1 && fail "a second run on the same --run-dir was accepted"
-  wait $A || { cat "$TMP/a.log"; fail "the first run failed"; }
   read -r host pid < "$TMP/R/lock"
+  kill -STOP "$pid" # the first run holds the lock while the second tries (however fast the machine)
+  q 1 "$TMP/b.e8q" --bits 4 --run-dir "$TMP/R" > "$TMP/b.log" 2>&1 && { kill -CONT "$pid"; fail "a second run on the same --run-dir was accepted"; }
+  kill -CONT "$pid"
+  wait $A || { cat "$TMP/a.log"; fail "the first run failed"; }
   grep -q "pid $pid" "$TMP/b.log" && grep -q "$host" "$TMP/b.log" || { cat "$TMP/b.log" "$TMP/R/lock"; fail "the refusal does not name the first run's host and pid"; }
   grep -q "another --run-dir" "$TMP/b.log" || { cat "$TMP/b.log"; fail "the refusal does not say what to do"; }
   cmp "$TMP/solo.e8q" "$TMP/a.e8q" || fail "the locked run's artifact differs from a solo run's"
@@ -540,7 +542,8 @@ source)
   disturb flip flip
   grep -q "changed" "$TMP/flip.log" || { cat "$TMP/flip.log"; fail "flip: no clear message"; }
   q 1 "$TMP/flip.e8q" --model "$TMP/m" --run-dir "$TMP/R_flip" > "$TMP/log" 2>&1 && fail "flip: rerun on the changed file accepted"
-  grep -q "model.safetensors" "$TMP/log" || { cat "$TMP/log"; fail "flip: the refusal does not name the file"; }
+  grep -q "fingerprint.files.model.safetensors" "$TMP/log" && grep -q "restore the original file" "$TMP/log" ||
+    { cat "$TMP/log"; fail "flip: the refusal does not name the file and say what to do"; }
   cp "$TMP/orig.safetensors" "$ST"
   q 1 "$TMP/flip.e8q" --model "$TMP/m" --run-dir "$TMP/R_flip" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "flip: rerun after restoring failed"; }
   cmp "$TMP/solo.e8q" "$TMP/flip.e8q" || fail "flip: resumed artifact differs"
