@@ -2,6 +2,7 @@
  * directory: the pieces that make `e8q quantize` resumable. Crashes are real: a forked child
  * SIGKILLs itself at a named fault point and the parent inspects what is left on disk. */
 #include <cjson/cJSON.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -230,6 +231,53 @@ static void test_journal_enospc_keeps_records(void **state) {
   free(d);
 }
 
+/* R/lock held by another process: refused naming its host and pid; released when it exits.
+ * Reporting-only options recorded by older plans (eval_text_sha256, eval_lines) are ignored. */
+static void test_rundir_lock(void **state) {
+  (void)state;
+  char *d = t_tmpdir("rundir-lock");
+  cJSON *plan = cJSON_CreateObject();
+  cJSON_AddStringToObject(cJSON_AddObjectToObject(plan, "fingerprint"), "config_sha256", "abc");
+  cJSON_AddNumberToObject(cJSON_AddObjectToObject(plan, "options"), "bits", 2);
+  cJSON_AddNumberToObject(plan, "seed", 7);
+  char lp[4096];
+  snprintf(lp, sizeof lp, "%s/lock", d);
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t child = fork();
+  if (child == 0) { /* another run: holds the lock until killed */
+    int fd = open(lp, O_RDWR | O_CREAT, 0644);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (fd < 0 || fcntl(fd, F_SETLK, &fl) != 0 || pwrite(fd, "otherhost 4242\n", 15, 0) != 15) _exit(1);
+    if (write(fds[1], "x", 1) != 1) _exit(1);
+    pause();
+    _exit(0);
+  }
+  char c;
+  assert_int_equal(read(fds[0], &c, 1), 1);
+  E8Q_EXPECT_FATAL(e8q_rundir_open(d, plan), d, "in use by another e8q quantize run", "host otherhost, pid 4242",
+                   "wait for it to finish", "another --run-dir");
+  char pp[4200];
+  snprintf(pp, sizeof pp, "%s/plan.json", d);
+  assert_int_not_equal(access(pp, F_OK), 0); /* nothing written by the refused run */
+  kill(child, SIGKILL);
+  waitpid(child, NULL, 0);
+  close(fds[0]);
+  close(fds[1]);
+  e8q_rundir *r = e8q_rundir_open(d, plan); /* the lock died with its holder */
+  assert_false(r->resumed);
+  e8q_rundir_close(r);
+  /* a plan of an older e8q that recorded --eval-text's hash and --eval-lines still resumes */
+  const char *old = "{\"format\": \"e8q-plan\", \"version\": 1, \"fingerprint\": {\"config_sha256\": \"abc\"}, "
+                    "\"options\": {\"bits\": 2, \"eval_text_sha256\": \"ff\", \"eval_lines\": 40}, \"seed\": 7}";
+  t_write_file(pp, old, strlen(old));
+  r = e8q_rundir_open(d, plan);
+  assert_true(r->resumed);
+  e8q_rundir_close(r);
+  cJSON_Delete(plan);
+  free(d);
+}
+
 static void test_journal_file_checks(void **state) {
   (void)state;
   char *d = t_tmpdir("journal-files");
@@ -308,6 +356,7 @@ int main(void) {
       cmocka_unit_test(test_journal_replay_and_torn),
       cmocka_unit_test(test_journal_enospc_keeps_records),
       cmocka_unit_test(test_journal_file_checks),
+      cmocka_unit_test(test_rundir_lock),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
