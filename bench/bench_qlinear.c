@@ -26,15 +26,7 @@
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_avx512.h"
 #include "kernels/qlinear_vnni.h"
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd(void) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return rng_state;
-}
-static float rndf(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1); }
+#include "bench_qlayer.h"
 
 static int cmp_d(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -90,33 +82,17 @@ static double copy_bw(size_t bytes, int reps) {
 
 static int K_of(int d) { return e8q_had_choose_K(d); } /* the factor e8q would choose */
 
-static void factor_f32(float *R, int K) {
-  if (K == 1) return;
-  e8q_had_factor f;
-  e8q_had_factor_build(&f, K, E8Q_HAD_SEED);
-  memcpy(R, f.Rf, sizeof(float) * K * K);
-  e8q_had_factor_free(&f);
-}
 
 static int g_kernels_only, g_cb = -1; /* --cb 0|1|2: only E8P, RVQ3 or RVQ4 */
 
 static void run_shape(int m, int n, int threads, int batch, int reps, double bw_dram) {
   const int np = n, nc = np / 8, K_in = K_of(np), K_out = K_of(m);
   size_t ncodes = (size_t)m * nc;
-  uint16_t *codes = e8q_malloc(ncodes * 2, "codes"), *codes2 = e8q_malloc(ncodes * 2, "codes2");
-  uint8_t *codes3 = e8q_malloc(ncodes, "codes2 (3 bit)");
-  for (size_t i = 0; i < ncodes; i++) {
-    uint64_t v = rnd();
-    codes[i] = (uint16_t)v;
-    codes2[i] = (uint16_t)(v >> 16);
-    codes3[i] = (uint8_t)(v >> 32);
-  }
-  float *SU = e8q_malloc(sizeof(float) * np, "SU"), *SV = e8q_malloc(sizeof(float) * m, "SV");
-  for (int i = 0; i < np; i++) SU[i] = rnd() & 1 ? 1.f : -1.f;
-  for (int i = 0; i < m; i++) SV[i] = rnd() & 1 ? 1.f : -1.f;
-  float *R_in = e8q_malloc(sizeof(float) * K_in * K_in, "R_in"), *R_out = e8q_malloc(sizeof(float) * K_out * K_out, "R_out");
-  factor_f32(R_in, K_in);
-  factor_f32(R_out, K_out);
+  bench_qcodes C;
+  bench_qcodes_make(&C, m, np, K_in, K_out);
+  uint16_t *codes = C.codes, *codes2 = C.codes2;
+  uint8_t *codes3 = C.codes3;
+  float *SU = C.SU, *SV = C.SV, *R_in = C.R_in, *R_out = C.R_out;
   float *x = e8q_malloc(sizeof(float) * (size_t)batch * n, "x"), *y = e8q_malloc(sizeof(float) * (size_t)batch * m, "y");
   for (size_t i = 0; i < (size_t)batch * n; i++) x[i] = rndf();
 
@@ -167,7 +143,7 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
              c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "", e8q_qlinear_path(&q));
     e8q_qlinear_free(&q);
   }
-  free(codes); free(codes2); free(codes3); free(SU); free(SV); free(R_in); free(R_out); free(x); free(y);
+  bench_qcodes_free(&C); free(x); free(y);
 }
 
 int main(int argc, char **argv) {
