@@ -23,6 +23,7 @@
 
 #include "kernels/qlinear.h"
 #include "kernels/transformer_grad.h"
+#include "ref64.h"
 #include "testutil.h"
 #include "worker/block_train.h"
 #include "worker/finetune.h"
@@ -37,18 +38,6 @@ enum { NSEQ = 2, T = 5, D = 16, NH = 4, NKV = 2, HD = 4, H = 12 };
 static const double EPS = 1e-5, THETA = 10000.0;
 
 /* ---------------------------------------------------------------- helpers */
-static float *rand_vec(t_rng *r, size_t n, double scale) {
-  float *x = malloc(sizeof(float) * (n ? n : 1));
-  for (size_t i = 0; i < n; i++) x[i] = (float)(scale * t_rng_normal(r));
-  return x;
-}
-
-static double *to_double(const float *x, size_t n) {
-  double *y = malloc(sizeof(double) * (n ? n : 1));
-  for (size_t i = 0; i < n; i++) y[i] = x[i];
-  return y;
-}
-
 static e8q_config tiny_config(void) {
   e8q_config c;
   memset(&c, 0, sizeof c);
@@ -63,35 +52,6 @@ static e8q_config tiny_config(void) {
   c.rope_theta = THETA;
   c.norm_eps = EPS;
   return c;
-}
-
-typedef double (*loss_fn)(void *ctx);
-
-/* central differences of f w.r.t. p[i] for every i < n (p read by f through ctx), each compared
- * with the analytic g[i]: |g - fd| <= rtol (|fd| + rms(fd)) */
-static void fd_check(const char *what, loss_fn f, void *ctx, double *p, size_t n, const float *g, double rtol) {
-  double *fd = malloc(sizeof(double) * n), ss = 0.0, worst = 0.0;
-  for (size_t i = 0; i < n; i++) {
-    double p0 = p[i], h = 1e-5 * (fabs(p0) > 1.0 ? fabs(p0) : 1.0);
-    p[i] = p0 + h;
-    double lp = f(ctx);
-    p[i] = p0 - h;
-    double lm = f(ctx);
-    p[i] = p0;
-    fd[i] = (lp - lm) / (2.0 * h);
-    ss += fd[i] * fd[i];
-  }
-  double rms = sqrt(ss / (double)n);
-  if (!(rms > 1e-6)) fail_msg("%s: finite-difference gradient is zero (rms %g)", what, rms);
-  for (size_t i = 0; i < n; i++) {
-    double err = fabs((double)g[i] - fd[i]) / (fabs(fd[i]) + rms);
-    if (err > worst) worst = err;
-    if (!(err <= rtol))
-      fail_msg("%s[%zu]: analytic %.9g vs finite difference %.9g (relative error %.3g > %.3g, seed %llu)", what, i,
-               (double)g[i], fd[i], err, rtol, (unsigned long long)g_seed);
-  }
-  print_message("  %-28s %4zu checked, max rel err %.2e (bound %.0e)\n", what, n, worst, rtol);
-  free(fd);
 }
 
 /* ---------------------------------------------------------------- a quantized linear with random codes */
@@ -162,60 +122,6 @@ static void qlin_free(qlin *L) {
 }
 
 /* ---------------------------------------------------------------- float64 block forward */
-static double dot_d(const double *a, const double *b, size_t n) {
-  double s = 0.0;
-  for (size_t i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
-static void rmsnorm_d(int n, int d, const double *x, const double *w, double *y) {
-  for (int t = 0; t < n; t++) {
-    double ss = dot_d(x + (size_t)t * d, x + (size_t)t * d, d);
-    double r = 1.0 / sqrt(ss / d + EPS);
-    for (int i = 0; i < d; i++) y[t * d + i] = x[t * d + i] * r * w[i];
-  }
-}
-
-static void rope_d(double *x) { /* q and k heads of every qkv row, positions 0..T-1 per sequence */
-  for (int s = 0; s < NSEQ; s++)
-    for (int t = 0; t < T; t++)
-      for (int h = 0; h < NH + NKV; h++) {
-        double *v = x + ((size_t)s * T + t) * LD + (size_t)h * HD;
-        for (int i = 0; i < HD / 2; i++) {
-          double ang = t * exp(-2.0 * i / HD * log(THETA)), a = v[i], b = v[i + HD / 2];
-          v[i] = a * cos(ang) - b * sin(ang);
-          v[i + HD / 2] = a * sin(ang) + b * cos(ang);
-        }
-      }
-}
-
-static void attention_d(const double *qkv, double *out) {
-  int group = NH / NKV;
-  double p[T];
-  for (int s = 0; s < NSEQ; s++)
-    for (int t = 0; t < T; t++)
-      for (int h = 0; h < NH; h++) {
-        const double *base = qkv + (size_t)s * T * LD, *q = base + (size_t)t * LD + h * HD;
-        const double *k = base + (NH + h / group) * HD, *v = base + (NH + NKV + h / group) * HD;
-        double mx = -INFINITY, sum = 0.0;
-        for (int j = 0; j <= t; j++) {
-          p[j] = dot_d(q, k + (size_t)j * LD, HD) / sqrt((double)HD);
-          mx = p[j] > mx ? p[j] : mx;
-        }
-        for (int j = 0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
-        double *o = out + ((size_t)s * T + t) * QD + h * HD;
-        for (int i = 0; i < HD; i++) {
-          o[i] = 0.0;
-          for (int j = 0; j <= t; j++) o[i] += p[j] / sum * v[(size_t)j * LD + i];
-        }
-      }
-}
-
-static void linear_d(int n_rows, int m, int n, const double *x, const double *W, double *y) {
-  for (int t = 0; t < n_rows; t++)
-    for (int i = 0; i < m; i++) y[(size_t)t * m + i] = dot_d(x + (size_t)t * n, W + (size_t)i * n, n);
-}
-
 /* the dense equivalent of a quantized linear: W[r, c] = fs(r) SV[r] B[r, c] SU[c] */
 static void qdense_d(const qlin *L, int m, int n, const double *SU, const double *SV, double *W) {
   int piece = 0, left = L->n_pieces > 1 ? L->rows[0] : m;
@@ -237,13 +143,13 @@ static double block_loss(void *vc) {
       proj[N * D];
   qdense_d(b->qkv, LD, D, b->SUqkv, b->SVqkv, Wqkv);
   qdense_d(b->down, D, H, b->SUdown, b->SVdown, Wdown);
-  rmsnorm_d(N, D, b->x, b->w1, xn);
+  rmsnorm_d(N, D, b->x, b->w1, EPS, xn);
   linear_d(N, LD, D, xn, Wqkv, qkv);
-  rope_d(qkv);
-  attention_d(qkv, att);
+  rope_d(NSEQ, T, 0, NH + NKV, HD, THETA, qkv, LD); /* q and k heads, positions 0..T-1 */
+  attention_d(NSEQ, T, NH, NKV, HD, qkv, att);
   linear_d(N, D, QD, att, b->wo, proj);
   for (int i = 0; i < N * D; i++) x1[i] = b->x[i] + proj[i];
-  rmsnorm_d(N, D, x1, b->w2, xn);
+  rmsnorm_d(N, D, x1, b->w2, EPS, xn);
   linear_d(N, 2 * H, D, xn, b->wug, ug);
   for (int t = 0; t < N; t++)
     for (int i = 0; i < H; i++) {
@@ -306,15 +212,15 @@ static void test_block_grad(void **state) {
   double Ld = block_loss(&b);
   T_NEAR(L, Ld, 1e-4 * Ld, "block loss, fp32 training forward vs float64 composition");
   const double rtol = 1e-4;
-  fd_check("d/dX", block_loss, &b, b.x, N * D, dx, rtol);
-  fd_check("d/d attn_norm", block_loss, &b, b.w1, D, gr.d_attn_norm, rtol);
-  fd_check("d/d ffn_norm", block_loss, &b, b.w2, D, gr.d_ffn_norm, rtol);
-  fd_check("d/d SU qkv (quantized)", block_loss, &b, b.SUqkv, D, gr.dSU[0], rtol);
-  fd_check("d/d SV qkv (quantized)", block_loss, &b, b.SVqkv, LD, gr.dSV[0], rtol);
-  fd_check("d/d SU down (n 12, n_pad 16)", block_loss, &b, b.SUdown, H, gr.dSU[3], rtol);
-  fd_check("d/d SV down", block_loss, &b, b.SVdown, D, gr.dSV[3], rtol);
-  fd_check("d/d Wo (dense)", block_loss, &b, b.wo, D * QD, gr.dW[1], rtol);
-  fd_check("d/d Wupgate (dense)", block_loss, &b, b.wug, 2 * H * D, gr.dW[2], rtol);
+  fd_check("d/dX", block_loss, &b, b.x, N * D, dx, (fd_opts){.rtol = rtol});
+  fd_check("d/d attn_norm", block_loss, &b, b.w1, D, gr.d_attn_norm, (fd_opts){.rtol = rtol});
+  fd_check("d/d ffn_norm", block_loss, &b, b.w2, D, gr.d_ffn_norm, (fd_opts){.rtol = rtol});
+  fd_check("d/d SU qkv (quantized)", block_loss, &b, b.SUqkv, D, gr.dSU[0], (fd_opts){.rtol = rtol});
+  fd_check("d/d SV qkv (quantized)", block_loss, &b, b.SVqkv, LD, gr.dSV[0], (fd_opts){.rtol = rtol});
+  fd_check("d/d SU down (n 12, n_pad 16)", block_loss, &b, b.SUdown, H, gr.dSU[3], (fd_opts){.rtol = rtol});
+  fd_check("d/d SV down", block_loss, &b, b.SVdown, D, gr.dSV[3], (fd_opts){.rtol = rtol});
+  fd_check("d/d Wo (dense)", block_loss, &b, b.wo, D * QD, gr.dW[1], (fd_opts){.rtol = rtol});
+  fd_check("d/d Wupgate (dense)", block_loss, &b, b.wug, 2 * H * D, gr.dW[2], (fd_opts){.rtol = rtol});
 
   double *bd[] = {b.x, b.w1, b.w2, b.SUqkv, b.SVqkv, b.SUdown, b.SVdown, b.wo, b.wug, b.tgt};
   for (size_t i = 0; i < sizeof bd / sizeof bd[0]; i++) free(bd[i]);

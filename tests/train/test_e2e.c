@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "kernels/qlinear.h"
+#include "ref64.h"
 #include "testutil.h"
 #include "worker/finetune.h"
 #include "worker/finetune_e2e.h"
@@ -137,24 +138,6 @@ static void tiny_free(tiny *m) {
 }
 
 /* ---------------------------------------------------------------- float64 model */
-static double dot_d(const double *a, const double *b, size_t n) {
-  double s = 0.0;
-  for (size_t i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
-static void rmsnorm_d(int n, const double *x, const double *w, double *y) {
-  for (int t = 0; t < n; t++) {
-    double r = 1.0 / sqrt(dot_d(x + t * D, x + t * D, D) / D + EPS);
-    for (int i = 0; i < D; i++) y[t * D + i] = x[t * D + i] * r * w[i];
-  }
-}
-
-static void linear_d(int n_rows, int m, int n, const double *x, const double *W, double *y) {
-  for (int t = 0; t < n_rows; t++)
-    for (int i = 0; i < m; i++) y[(size_t)t * m + i] = dot_d(x + (size_t)t * n, W + (size_t)i * n, n);
-}
-
 /* W[r, c] = fs(r) SV[r] B[r, c] SU[c] */
 static void qdense_d(const tiny *m, int b, int g, const double *p, double *W) {
   int mm, n;
@@ -189,7 +172,7 @@ static double model_loss(void *vc) {
   for (int t = 0; t < T; t++)
     for (int i = 0; i < D; i++) x[t * D + i] = m->embed[c->ids[t] * D + i];
   for (int b = 0; b < L; b++) {
-    rmsnorm_d(T, x, c->p + m->S.off_attn[b], xn);
+    rmsnorm_d(T, D, x, c->p + m->S.off_attn[b], EPS, xn);
     qdense_d(m, b, 0, c->p, W);
     linear_d(T, LD, D, xn, W, qkv);
     for (int t = 0; t < T; t++) /* rope on q and k heads */
@@ -220,7 +203,7 @@ static double model_loss(void *vc) {
     qdense_d(m, b, 1, c->p, W);
     linear_d(T, D, QD, att, W, proj);
     for (int i = 0; i < T * D; i++) x[i] += proj[i];
-    rmsnorm_d(T, x, c->p + m->S.off_ffn[b], xn);
+    rmsnorm_d(T, D, x, c->p + m->S.off_ffn[b], EPS, xn);
     qdense_d(m, b, 2, c->p, W);
     linear_d(T, 2 * H, D, xn, W, ug);
     for (int t = 0; t < T; t++)
@@ -232,7 +215,7 @@ static double model_loss(void *vc) {
     linear_d(T, D, H, h, W, proj);
     for (int i = 0; i < T * D; i++) x[i] += proj[i];
   }
-  rmsnorm_d(T - 1, x, c->p + m->S.off_final, xn);
+  rmsnorm_d(T - 1, D, x, c->p + m->S.off_final, EPS, xn);
   linear_d(T - 1, V, D, xn, c->p + m->S.off_head, z);
   double loss = 0.0;
   for (int t = 0; t < T - 1; t++) {
@@ -245,33 +228,6 @@ static double model_loss(void *vc) {
   }
   free(x), free(xn), free(qkv), free(att), free(proj), free(ug), free(h), free(W), free(z);
   return loss;
-}
-
-/* central differences of f w.r.t. p[i], i < n, against the analytic g[i]:
- * |g - fd| <= rtol (|fd| + rms(fd)) */
-static void fd_check(const char *what, loss_ctx *c, double *p, size_t n, const float *g, double rtol) {
-  double *fd = malloc(sizeof(double) * n), ss = 0.0, worst = 0.0;
-  for (size_t i = 0; i < n; i++) {
-    double p0 = p[i], h = 1e-5 * (fabs(p0) > 1.0 ? fabs(p0) : 1.0);
-    p[i] = p0 + h;
-    double lp = model_loss(c);
-    p[i] = p0 - h;
-    double lm = model_loss(c);
-    p[i] = p0;
-    fd[i] = (lp - lm) / (2.0 * h);
-    ss += fd[i] * fd[i];
-  }
-  double rms = sqrt(ss / (double)n);
-  if (!(rms > 1e-7)) fail_msg("%s: finite-difference gradient is zero (rms %g)", what, rms);
-  for (size_t i = 0; i < n; i++) {
-    double err = fabs((double)g[i] - fd[i]) / (fabs(fd[i]) + rms);
-    if (err > worst) worst = err;
-    if (!(err <= rtol))
-      fail_msg("%s[%zu]: analytic %.9g vs finite difference %.9g (relative error %.3g > %.3g, seed %llu)", what, i,
-               (double)g[i], fd[i], err, rtol, (unsigned long long)g_seed);
-  }
-  print_message("  %-30s %4zu checked, max rel err %.2e (bound %.0e)\n", what, n, worst, rtol);
-  free(fd);
 }
 
 /* ---------------------------------------------------------------- 1. gradients */
@@ -303,13 +259,14 @@ static void test_e2e_grad(void **state) {
   double Ld = model_loss(&c);
   T_NEAR(Lf, Ld, 1e-4 * Ld, "model loss, fp32 pipeline vs float64 composition");
   const double rtol = 1e-4;
-  fd_check("d/d SU qkv, block 0", &c, pd + S->off_SU[0], D, grad + S->off_SU[0], rtol);
-  fd_check("d/d SV qkv, block 0", &c, pd + S->off_SV[0], LD, grad + S->off_SV[0], rtol);
-  fd_check("d/d SV down, block 1", &c, pd + S->off_SV[4 + 3], D, grad + S->off_SV[4 + 3], rtol);
-  fd_check("d/d attn_norm, block 0", &c, pd + S->off_attn[0], D, grad + S->off_attn[0], rtol);
-  fd_check("d/d ffn_norm, block 1", &c, pd + S->off_ffn[1], D, grad + S->off_ffn[1], rtol);
-  fd_check("d/d final norm", &c, pd + S->off_final, D, grad + S->off_final, rtol);
-  fd_check("d/d lm_head (rows 0-3)", &c, pd + S->off_head, 4 * D, grad + S->off_head, rtol);
+  const fd_opts fo = {.rtol = rtol, .min_rms = 1e-7};
+  fd_check("d/d SU qkv, block 0", model_loss, &c, pd + S->off_SU[0], D, grad + S->off_SU[0], fo);
+  fd_check("d/d SV qkv, block 0", model_loss, &c, pd + S->off_SV[0], LD, grad + S->off_SV[0], fo);
+  fd_check("d/d SV down, block 1", model_loss, &c, pd + S->off_SV[4 + 3], D, grad + S->off_SV[4 + 3], fo);
+  fd_check("d/d attn_norm, block 0", model_loss, &c, pd + S->off_attn[0], D, grad + S->off_attn[0], fo);
+  fd_check("d/d ffn_norm, block 1", model_loss, &c, pd + S->off_ffn[1], D, grad + S->off_ffn[1], fo);
+  fd_check("d/d final norm", model_loss, &c, pd + S->off_final, D, grad + S->off_final, fo);
+  fd_check("d/d lm_head (rows 0-3)", model_loss, &c, pd + S->off_head, 4 * D, grad + S->off_head, fo);
   free(pd);
   free(grad);
   tiny_free(&m);

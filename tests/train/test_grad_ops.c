@@ -18,67 +18,17 @@
 
 #include "kernels/transformer.h"
 #include "kernels/transformer_grad.h"
+#include "ref64.h"
 #include "testutil.h"
 
 static uint64_t g_seed;
 
 /* ---------------------------------------------------------------- helpers */
 
-static float *rand_vec(t_rng *r, size_t n, double scale) {
-  float *x = malloc(sizeof(float) * (n ? n : 1));
-  for (size_t i = 0; i < n; i++) x[i] = (float)(scale * t_rng_normal(r));
-  return x;
-}
-
-static double *to_double(const float *x, size_t n) {
-  double *y = malloc(sizeof(double) * (n ? n : 1));
-  for (size_t i = 0; i < n; i++) y[i] = x[i];
-  return y;
-}
-
 static float *copy_f(const float *x, size_t n) {
   float *y = malloc(sizeof(float) * (n ? n : 1));
   memcpy(y, x, sizeof(float) * n);
   return y;
-}
-
-typedef double (*loss_fn)(void *ctx);
-
-/* Central differences of f(ctx) with respect to p[i] (p is read by f through ctx), for every i
- * when n <= max_check, else for max_check random i; each compared with the analytic g[i]:
- * |g - fd| <= rtol (|fd| + rms(fd)). Fails unless the gradient is nonzero somewhere. Returns
- * the largest |g - fd| / (|fd| + rms). */
-static double fd_check(const char *what, loss_fn f, void *ctx, double *p, size_t n, const float *g, size_t max_check,
-                       double rtol, t_rng *r) {
-  size_t m = n <= max_check ? n : max_check;
-  size_t *idx = malloc(sizeof(size_t) * m);
-  double *fd = malloc(sizeof(double) * m);
-  double ss = 0.0;
-  for (size_t k = 0; k < m; k++) {
-    size_t i = n <= max_check ? k : (size_t)(t_rng_u64(r) % n);
-    idx[k] = i;
-    double p0 = p[i], h = 1e-5 * (fabs(p0) > 1.0 ? fabs(p0) : 1.0);
-    p[i] = p0 + h;
-    double lp = f(ctx);
-    p[i] = p0 - h;
-    double lm = f(ctx);
-    p[i] = p0;
-    fd[k] = (lp - lm) / (2.0 * h);
-    ss += fd[k] * fd[k];
-  }
-  double rms = sqrt(ss / (double)m), worst = 0.0;
-  if (!(rms > 1e-6)) fail_msg("%s: finite-difference gradient is zero (rms %g): the check would be vacuous", what, rms);
-  for (size_t k = 0; k < m; k++) {
-    double err = fabs((double)g[idx[k]] - fd[k]) / (fabs(fd[k]) + rms);
-    if (err > worst) worst = err;
-    if (!(err <= rtol))
-      fail_msg("%s[%zu]: analytic %.9g vs finite difference %.9g (relative error %.3g > %.3g, seed %llu)", what,
-               idx[k], (double)g[idx[k]], fd[k], err, rtol, (unsigned long long)g_seed);
-  }
-  print_message("  %-34s %5zu checked, max rel err %.2e (bound %.0e)\n", what, m, worst, rtol);
-  free(idx);
-  free(fd);
-  return worst;
 }
 
 /* |a - b| <= rtol (|b| + rms(b)) elementwise */
@@ -98,60 +48,7 @@ static void expect_same_bits(const void *a, const void *b, size_t bytes, const c
   if (memcmp(a, b, bytes) != 0) fail_msg("%s: 1 and 2 threads give different bits (seed %llu)", what, (unsigned long long)g_seed);
 }
 
-static double dot_d(const double *a, const double *b, size_t n) {
-  double s = 0.0;
-  for (size_t i = 0; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
 /* ---------------------------------------------------------------- float64 forwards, from the definitions */
-
-static void rmsnorm_d(int T, int d, const double *x, const double *w, double eps, double *y) {
-  for (int t = 0; t < T; t++) {
-    double ss = 0.0;
-    for (int i = 0; i < d; i++) ss += x[t * d + i] * x[t * d + i];
-    double r = 1.0 / sqrt(ss / d + eps);
-    for (int i = 0; i < d; i++) y[t * d + i] = x[t * d + i] * r * w[i];
-  }
-}
-
-/* rotate-half RoPE of the first nh*hd columns, in place */
-static void rope_d(int n_seq, int T, int pos0, int nh, int hd, double theta, double *x, int ld) {
-  int half = hd / 2;
-  for (int s = 0; s < n_seq; s++)
-    for (int t = 0; t < T; t++)
-      for (int h = 0; h < nh; h++) {
-        double *v = x + ((size_t)s * T + t) * ld + (size_t)h * hd;
-        for (int i = 0; i < half; i++) {
-          double ang = (pos0 + t) * exp(-2.0 * i / hd * log(theta)), a = v[i], b = v[i + half];
-          v[i] = a * cos(ang) - b * sin(ang);
-          v[i + half] = a * sin(ang) + b * cos(ang);
-        }
-      }
-}
-
-static void attention_d(int n_seq, int T, int nh, int nkv, int hd, const double *qkv, double *out) {
-  int ld = (nh + 2 * nkv) * hd, ldo = nh * hd, group = nh / nkv;
-  double *p = malloc(sizeof(double) * T);
-  for (int s = 0; s < n_seq; s++)
-    for (int t = 0; t < T; t++)
-      for (int h = 0; h < nh; h++) {
-        const double *base = qkv + (size_t)s * T * ld, *q = base + (size_t)t * ld + h * hd;
-        const double *k = base + (nh + h / group) * hd, *v = base + (nh + nkv + h / group) * hd;
-        double mx = -INFINITY, sum = 0.0;
-        for (int j = 0; j <= t; j++) {
-          p[j] = dot_d(q, k + (size_t)j * ld, hd) / sqrt((double)hd);
-          mx = p[j] > mx ? p[j] : mx;
-        }
-        for (int j = 0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
-        double *o = out + ((size_t)s * T + t) * ldo + h * hd;
-        for (int i = 0; i < hd; i++) {
-          o[i] = 0.0;
-          for (int j = 0; j <= t; j++) o[i] += p[j] / sum * v[(size_t)j * ld + i];
-        }
-      }
-  free(p);
-}
 
 static void swiglu_d(int T, int H, const double *ug, double *h) {
   for (int t = 0; t < T; t++)
@@ -159,12 +56,6 @@ static void swiglu_d(int T, int H, const double *ug, double *h) {
       double u = ug[(size_t)t * 2 * H + i], g = ug[(size_t)t * 2 * H + H + i];
       h[(size_t)t * H + i] = g / (1.0 + exp(-g)) * u;
     }
-}
-
-/* y = x Wᵀ, W [m, n] */
-static void linear_d(int T, int m, int n, const double *x, const double *W, double *y) {
-  for (int t = 0; t < T; t++)
-    for (int i = 0; i < m; i++) y[(size_t)t * m + i] = dot_d(x + (size_t)t * n, W + (size_t)i * n, n);
 }
 
 /* sum_t -sum_v p log softmax(z) */
@@ -214,9 +105,9 @@ static void test_rmsnorm_grad(void **state) {
     for (int i = 0; i < d; i++) dwinc[i] = dw[i] - dw0[i]; /* accumulated onto dw0 */
     char what[64];
     snprintf(what, sizeof what, "%s dx", name);
-    fd_check(what, rms_loss, &c, c.x, n, dx, n, 1e-5, &r);
+    fd_check(what, rms_loss, &c, c.x, n, dx, (fd_opts){n, 1e-5, 0, &r});
     snprintf(what, sizeof what, "%s dw (accumulated)", name);
-    fd_check(what, rms_loss, &c, c.w, d, dwinc, d, 1e-5, &r);
+    fd_check(what, rms_loss, &c, c.w, d, dwinc, (fd_opts){d, 1e-5, 0, &r});
     /* dx aliasing dy, and the NULL outputs */
     float *alias = copy_f(dy, n), *dw2 = calloc(d, sizeof(float));
     fn(T, d, x, w, eps, alias, alias, dw2);
@@ -262,8 +153,8 @@ static void test_rope_grad(void **state) {
   float *g = copy_f(dy, n), *gr = copy_f(dy, n);
   e8q_rope_backward(n_seq, T, pos0, nh, hd, theta, g, ld);
   e8q_rope_backward_ref(n_seq, T, pos0, nh, hd, theta, gr, ld);
-  fd_check("rope_backward", rope_loss, &c, c.x, n, g, n, 1e-5, &r);
-  fd_check("rope_backward_ref", rope_loss, &c, c.x, n, gr, n, 1e-5, &r);
+  fd_check("rope_backward", rope_loss, &c, c.x, n, g, (fd_opts){n, 1e-5, 0, &r});
+  fd_check("rope_backward_ref", rope_loss, &c, c.x, n, gr, (fd_opts){n, 1e-5, 0, &r});
   /* the backward is the inverse: backward(forward(x)) = x */
   float *y = copy_f(x, n);
   e8q_rope(n_seq, T, pos0, nh, hd, theta, y, ld);
@@ -306,9 +197,9 @@ static void test_attention_grad(void **state) {
     e8q_attention_backward_ref(n_seq, T, nh, nkv, hd, qkv, dout, gr);
     char what[64];
     snprintf(what, sizeof what, "attention_backward %d/%d hd %d", nh, nkv, hd);
-    fd_check(what, att_loss, &c, c.qkv, n, g, n, 1e-5, &r);
+    fd_check(what, att_loss, &c, c.qkv, n, g, (fd_opts){n, 1e-5, 0, &r});
     snprintf(what, sizeof what, "attention_backward_ref %d/%d hd %d", nh, nkv, hd);
-    fd_check(what, att_loss, &c, c.qkv, n, gr, n, 1e-5, &r);
+    fd_check(what, att_loss, &c, c.qkv, n, gr, (fd_opts){n, 1e-5, 0, &r});
     free(qkv), free(dout), free(g), free(gr), free(c.qkv), free(c.c);
   }
   float z[24] = {0};
@@ -341,8 +232,8 @@ static void test_swiglu_grad(void **state) {
   float *g = malloc(sizeof(float) * n), *gr = malloc(sizeof(float) * n);
   e8q_swiglu_backward(T, H, ug, dh, g);
   e8q_swiglu_backward_ref(T, H, ug, dh, gr);
-  fd_check("swiglu_backward", swiglu_loss, &c, c.ug, n, g, n, 1e-5, &r);
-  fd_check("swiglu_backward_ref", swiglu_loss, &c, c.ug, n, gr, n, 1e-5, &r);
+  fd_check("swiglu_backward", swiglu_loss, &c, c.ug, n, g, (fd_opts){n, 1e-5, 0, &r});
+  fd_check("swiglu_backward_ref", swiglu_loss, &c, c.ug, n, gr, (fd_opts){n, 1e-5, 0, &r});
   /* saturated gates stay finite: silu'(-100) = 0, silu'(100) = 1 */
   float ugx[4] = {2.0f, 3.0f, -100.0f, 100.0f}, dhx[2] = {1.0f, 1.0f}, dugx[4];
   e8q_swiglu_backward(1, 2, ugx, dhx, dugx);
@@ -385,9 +276,9 @@ static void test_linear_grad(void **state) {
     for (int i = 0; i < m * n; i++) inc[i] = dW[i] - dW0[i];
     char what[64];
     snprintf(what, sizeof what, "%s dx", name);
-    fd_check(what, lin_loss, &c, c.x, (size_t)T * n, dx, 1000, 1e-5, &r);
+    fd_check(what, lin_loss, &c, c.x, (size_t)T * n, dx, (fd_opts){1000, 1e-5, 0, &r});
     snprintf(what, sizeof what, "%s dW (accumulated)", name);
-    fd_check(what, lin_loss, &c, c.W, (size_t)m * n, inc, 1000, 1e-5, &r);
+    fd_check(what, lin_loss, &c, c.W, (size_t)m * n, inc, (fd_opts){1000, 1e-5, 0, &r});
     /* NULL outputs */
     float *dx2 = malloc(sizeof(float) * T * n), *dW2 = calloc((size_t)m * n, sizeof(float));
     fn(T, m, n, x, W, dy, dx2, NULL);
@@ -442,8 +333,8 @@ static void test_xent_soft(void **state) {
   T_NEAR(Lr, direct, 1e-12 * fabs(direct), "xent_soft_ref loss vs direct");
   T_NEAR(e8q_xent_soft(T, V, z, p, NULL), L, 0.0, "xent_soft without a gradient");
   xent_ctx c = {T, V, to_double(z, n), to_double(p, n)};
-  fd_check("xent_soft dlogits", xent_loss, &c, c.z, n, g, n, 1e-5, &r);
-  fd_check("xent_soft_ref dlogits", xent_loss, &c, c.z, n, gr, n, 1e-5, &r);
+  fd_check("xent_soft dlogits", xent_loss, &c, c.z, n, g, (fd_opts){n, 1e-5, 0, &r});
+  fd_check("xent_soft_ref dlogits", xent_loss, &c, c.z, n, gr, (fd_opts){n, 1e-5, 0, &r});
   /* softmax(z) - p: every row sums to zero */
   for (int t = 0; t < T; t++) {
     double s = 0.0;
@@ -456,7 +347,7 @@ static void test_xent_soft(void **state) {
   for (size_t i = 0; i < n; i++) c.p[i] = p7[i];
   double L7 = e8q_xent_soft(T, V, z, p7, g);
   T_NEAR(L7, xent_d(T, V, c.z, c.p), 1e-12 * fabs(L7), "xent_soft loss, targets summing to 0.7");
-  fd_check("xent_soft dlogits, mass 0.7", xent_loss, &c, c.z, n, g, n, 1e-5, &r);
+  fd_check("xent_soft dlogits, mass 0.7", xent_loss, &c, c.z, n, g, (fd_opts){n, 1e-5, 0, &r});
   /* dlogits aliasing logits */
   float *alias = copy_f(z, n);
   T_NEAR(e8q_xent_soft(T, V, alias, p7, alias), L7, 0.0, "xent_soft in place: loss");
@@ -471,8 +362,8 @@ static void test_xent_soft(void **state) {
   double Lt = e8q_xent_soft_logits(T, V, z, tz, g), Ltr = e8q_xent_soft_logits_ref(T, V, z, tz, gr);
   T_NEAR(Lt, xent_d(T, V, c.z, c.p), 1e-12 * fabs(Lt), "xent_soft_logits loss");
   T_NEAR(Ltr, Lt, 1e-12 * fabs(Lt), "xent_soft_logits_ref loss");
-  fd_check("xent_soft_logits dlogits", xent_loss, &c, c.z, n, g, n, 1e-5, &r);
-  fd_check("xent_soft_logits_ref dlogits", xent_loss, &c, c.z, n, gr, n, 1e-5, &r);
+  fd_check("xent_soft_logits dlogits", xent_loss, &c, c.z, n, g, (fd_opts){n, 1e-5, 0, &r});
+  fd_check("xent_soft_logits_ref dlogits", xent_loss, &c, c.z, n, gr, (fd_opts){n, 1e-5, 0, &r});
   float bad[2] = {0.5f, -0.1f}, zz[2] = {0};
   E8Q_EXPECT_FATAL(e8q_xent_soft(1, 2, zz, bad, NULL), "is not >= 0");
   free(z), free(p), free(tz), free(g), free(gr), free(p7), free(alias), free(c.z), free(c.p);
@@ -556,8 +447,8 @@ static void test_xent_topk(void **state) {
   T_NEAR(L, expect, 1e-12 * fabs(expect), "xent_topk loss vs renormalised definition");
   T_NEAR(Lr, expect, 1e-12 * fabs(expect), "xent_topk_ref loss vs renormalised definition");
   xent_ctx c = {T, V, zd, pd};
-  fd_check("xent_topk dlogits", xent_loss, &c, c.z, n, g, n, 1e-5, &r);
-  fd_check("xent_topk_ref dlogits", xent_loss, &c, c.z, n, gr, n, 1e-5, &r);
+  fd_check("xent_topk dlogits", xent_loss, &c, c.z, n, g, (fd_opts){n, 1e-5, 0, &r});
+  fd_check("xent_topk_ref dlogits", xent_loss, &c, c.z, n, gr, (fd_opts){n, 1e-5, 0, &r});
   for (int v = 0; v < V; v++) assert_true(g[4 * V + v] == 0.0f && gr[4 * V + v] == 0.0f); /* no target */
   /* in place */
   float *alias = copy_f(z, n);
@@ -826,13 +717,13 @@ static void test_block_grad(void **state) {
                to_double(w2, BD), to_double(wug, 2 * BH * BD), to_double(wdown, BD * BH), to_double(tgt, BN * BD)};
   double Ld = block_loss(&b);
   T_NEAR(L, Ld, 1e-4 * Ld, "block loss, fp32 kernels vs float64 composition");
-  fd_check("block d/dx", block_loss, &b, b.x, BN * BD, dx, 1000, 1e-4, &r);
-  fd_check("block d/d attn_norm", block_loss, &b, b.w1, BD, dw1, 1000, 1e-4, &r);
-  fd_check("block d/d ffn_norm", block_loss, &b, b.w2, BD, dw2, 1000, 1e-4, &r);
-  fd_check("block d/d Wqkv (sample)", block_loss, &b, b.wqkv, BLD * BD, dwqkv, 200, 1e-4, &r);
-  fd_check("block d/d Wo (sample)", block_loss, &b, b.wo, BD * BQ, dwo, 100, 1e-4, &r);
-  fd_check("block d/d Wupgate (sample)", block_loss, &b, b.wug, 2 * BH * BD, dwug, 100, 1e-4, &r);
-  fd_check("block d/d Wdown (sample)", block_loss, &b, b.wdown, BD * BH, dwdown, 100, 1e-4, &r);
+  fd_check("block d/dx", block_loss, &b, b.x, BN * BD, dx, (fd_opts){1000, 1e-4, 0, &r});
+  fd_check("block d/d attn_norm", block_loss, &b, b.w1, BD, dw1, (fd_opts){1000, 1e-4, 0, &r});
+  fd_check("block d/d ffn_norm", block_loss, &b, b.w2, BD, dw2, (fd_opts){1000, 1e-4, 0, &r});
+  fd_check("block d/d Wqkv (sample)", block_loss, &b, b.wqkv, BLD * BD, dwqkv, (fd_opts){200, 1e-4, 0, &r});
+  fd_check("block d/d Wo (sample)", block_loss, &b, b.wo, BD * BQ, dwo, (fd_opts){100, 1e-4, 0, &r});
+  fd_check("block d/d Wupgate (sample)", block_loss, &b, b.wug, 2 * BH * BD, dwug, (fd_opts){100, 1e-4, 0, &r});
+  fd_check("block d/d Wdown (sample)", block_loss, &b, b.wdown, BD * BH, dwdown, (fd_opts){100, 1e-4, 0, &r});
   free(x), free(w1), free(w2), free(wqkv), free(wo), free(wug), free(wdown), free(tgt);
   free(dw1), free(dw2), free(dwqkv), free(dwo), free(dwug), free(dwdown);
   free(b.x), free(b.w1), free(b.wqkv), free(b.wo), free(b.w2), free(b.wug), free(b.wdown), free(b.tgt);
