@@ -4,6 +4,7 @@
  *   bench_qcodes_make  codes [m, np/8] (uint16), codes2 [m, np/8] (uint16, RVQ4's stage 2),
  *                      codes3 [m, np/8] (uint8, RVQ3's stage 2), SU [np], SV [m],
  *                      R_in [K_in, K_in], R_out [K_out, K_out]
+ *   bench_qcodes_desc  the layer of one codebook over those arrays
  * Everything through e8q_malloc, released by bench_qcodes_free. */
 #ifndef E8Q_BENCH_QLAYER_H
 #define E8Q_BENCH_QLAYER_H
@@ -14,6 +15,7 @@
 
 #include "common/error.h"
 #include "kernels/hadamard.h"
+#include "kernels/qlinear.h"
 
 /* ---------------------------------------------------------------- fixed random stream */
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -60,6 +62,18 @@ static inline void bench_qcodes_make(bench_qcodes *c, int m, int np, int K_in, i
   c->R_out = e8q_malloc(sizeof(float) * K_out * K_out, "R_out");
   bench_factor_f32(c->R_in, K_in);
   bench_factor_f32(c->R_out, K_out);
+}
+
+static const e8q_codebook_id BENCH_CBS[3] = {E8Q_CB_E8P12, E8Q_CB_E8P12RVQ3B, E8Q_CB_E8P12RVQ4B};
+static const char *BENCH_CB_NAMES[3] = {"E8P ", "RVQ3", "RVQ4"};
+
+/* the m x n layer (n_pad np) of codebook BENCH_CBS[c] over c's arrays: one piece, Wscale 0.01 */
+static inline e8q_qlinear_desc bench_qcodes_desc(const bench_qcodes *C, int c, int m, int n, int np, int K_in,
+                                                 int K_out) {
+  return (e8q_qlinear_desc){.m = m, .n = n, .n_pad = np, .codebook = BENCH_CBS[c], .codes = C->codes,
+                            .codes2 = c == 0 ? NULL : c == 1 ? (const void *)C->codes3 : (const void *)C->codes2,
+                            .SU = C->SU, .SV = C->SV, .Wscale = 0.01f, .n_pieces = 1, .K_in = K_in,
+                            .R_in = K_in > 1 ? C->R_in : NULL, .K_out = K_out, .R_out = K_out > 1 ? C->R_out : NULL};
 }
 
 static inline void bench_qcodes_free(bench_qcodes *c) {

@@ -90,9 +90,6 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
   size_t ncodes = (size_t)m * nc;
   bench_qcodes C;
   bench_qcodes_make(&C, m, np, K_in, K_out);
-  uint16_t *codes = C.codes, *codes2 = C.codes2;
-  uint8_t *codes3 = C.codes3;
-  float *SU = C.SU, *SV = C.SV, *R_in = C.R_in, *R_out = C.R_out;
   float *x = e8q_malloc(sizeof(float) * (size_t)batch * n, "x"), *y = e8q_malloc(sizeof(float) * (size_t)batch * m, "y");
   for (size_t i = 0; i < (size_t)batch * n; i++) x[i] = rndf();
 
@@ -118,16 +115,12 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
          bw_codes / 1e9);
   }
 
-  const e8q_codebook_id cbs[3] = {E8Q_CB_E8P12, E8Q_CB_E8P12RVQ3B, E8Q_CB_E8P12RVQ4B};
-  const char *names[3] = {"E8P ", "RVQ3", "RVQ4"};
+  const char *const *names = BENCH_CB_NAMES;
   const double bytes_per_code[3] = {2, 3, 4};
   double t_e8p = 0;
   for (int c = 0; c < 3; c++) {
     if (g_cb >= 0 && c != g_cb) continue;
-    e8q_qlinear_desc d = {.m = m, .n = n, .n_pad = np, .codebook = cbs[c], .codes = codes,
-                          .codes2 = c == 0 ? NULL : c == 1 ? (const void *)codes3 : (const void *)codes2,
-                          .SU = SU, .SV = SV, .Wscale = 0.01f, .n_pieces = 1, .K_in = K_in,
-                          .R_in = K_in > 1 ? R_in : NULL, .K_out = K_out, .R_out = K_out > 1 ? R_out : NULL};
+    e8q_qlinear_desc d = bench_qcodes_desc(&C, c, m, n, np, K_in, K_out);
     e8q_qlinear q;
     e8q_qlinear_init(&q, &d, names[c]);
     double t;

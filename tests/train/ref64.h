@@ -8,6 +8,7 @@
  *               [n_seq·T, nh hd]
  *   linear_d    y = x Wᵀ, W [m, n]
  *   fd_check    central differences against the analytic gradient
+ *   tiny_config_make  a tiny model's configuration
  * g_seed: the including test's seed (set by its main), printed in failure messages. */
 #ifndef E8Q_TESTS_TRAIN_REF64_H
 #define E8Q_TESTS_TRAIN_REF64_H
@@ -16,7 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "io/config.h"
 #include "testutil.h"
 
 static uint64_t g_seed; /* a tentative definition: the test file repeats it */
@@ -32,6 +35,25 @@ static inline double *to_double(const float *x, size_t n) {
   double *y = malloc(sizeof(double) * (n ? n : 1));
   for (size_t i = 0; i < n; i++) y[i] = x[i];
   return y;
+}
+
+/* ---------------------------------------------------------------- a tiny model */
+/* dim x hidden, n_layers, nh query / nkv key-value heads of hd, vocab; 64 positions, untied */
+static inline e8q_config tiny_config_make(int dim, int hidden, int n_layers, int nh, int nkv, int hd, int vocab,
+                                          double theta, double eps) {
+  e8q_config c;
+  memset(&c, 0, sizeof c);
+  c.dim = dim;
+  c.hidden_dim = hidden;
+  c.n_layers = n_layers;
+  c.n_heads = nh;
+  c.n_kv_heads = nkv;
+  c.head_dim = hd;
+  c.vocab_size = vocab;
+  c.max_seq_len = 64;
+  c.rope_theta = theta;
+  c.norm_eps = eps;
+  return c;
 }
 
 /* ---------------------------------------------------------------- finite differences */

@@ -38,21 +38,7 @@ enum { NSEQ = 2, T = 5, D = 16, NH = 4, NKV = 2, HD = 4, H = 12 };
 static const double EPS = 1e-5, THETA = 10000.0;
 
 /* ---------------------------------------------------------------- helpers */
-static e8q_config tiny_config(void) {
-  e8q_config c;
-  memset(&c, 0, sizeof c);
-  c.dim = D;
-  c.hidden_dim = H;
-  c.n_layers = 1;
-  c.n_heads = NH;
-  c.n_kv_heads = NKV;
-  c.head_dim = HD;
-  c.vocab_size = 32;
-  c.max_seq_len = 64;
-  c.rope_theta = THETA;
-  c.norm_eps = EPS;
-  return c;
-}
+static e8q_config tiny_config(void) { return tiny_config_make(D, H, 1, NH, NKV, HD, 32, THETA, EPS); }
 
 /* ---------------------------------------------------------------- a quantized linear with random codes */
 typedef struct {

@@ -34,22 +34,7 @@ enum { L = 2, D = 16, NH = 4, NKV = 2, HD = 4, H = 16, V = 32, K = 8 };
 static const double EPS = 1e-5, THETA = 10000.0;
 
 /* ---------------------------------------------------------------- helpers */
-static e8q_config tiny_config(void) {
-  e8q_config c;
-  memset(&c, 0, sizeof c);
-  c.dim = D;
-  c.hidden_dim = H;
-  c.n_layers = L;
-  c.n_heads = NH;
-  c.n_kv_heads = NKV;
-  c.head_dim = HD;
-  c.vocab_size = V;
-  c.max_seq_len = 64;
-  c.rope_theta = THETA;
-  c.norm_eps = EPS;
-  c.tied = 0;
-  return c;
-}
+static e8q_config tiny_config(void) { return tiny_config_make(D, H, L, NH, NKV, HD, V, THETA, EPS); }
 
 static void shape_of(int g, int *m, int *n) {
   static const int M[4] = {LD, D, 2 * H, D}, N[4] = {D, QD, D, H};
