@@ -18,21 +18,20 @@ static void saved_ensure(e8q_bt_saved *s, const e8q_config *c, size_t N) {
   e8q_bt_saved_free(s);
   size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, hd = (size_t)c->head_dim;
   size_t q = (size_t)c->n_heads * hd, qkv = q + 2 * (size_t)c->n_kv_heads * hd;
-  s->x0 = e8q_alloc_aligned(sizeof(float) * N * D, "train x0");
-  s->xn1 = e8q_alloc_aligned(sizeof(float) * N * D, "train xn1");
-  s->qkv = e8q_alloc_aligned(sizeof(float) * N * qkv, "train qkv");
-  s->att = e8q_alloc_aligned(sizeof(float) * N * q, "train attention");
-  s->x1 = e8q_alloc_aligned(sizeof(float) * N * D, "train x1");
-  s->xn2 = e8q_alloc_aligned(sizeof(float) * N * D, "train xn2");
-  s->ug = e8q_alloc_aligned(sizeof(float) * N * 2 * H, "train up|gate");
-  s->h = e8q_alloc_aligned(sizeof(float) * N * H, "train hidden");
-  s->d1 = e8q_alloc_aligned(sizeof(float) * N * D, "train dx1");
-  s->dn = e8q_alloc_aligned(sizeof(float) * N * D, "train dxn");
-  s->dt = e8q_alloc_aligned(sizeof(float) * N * D, "train dnorm");
-  s->dh = e8q_alloc_aligned(sizeof(float) * N * H, "train dh");
-  s->dug = e8q_alloc_aligned(sizeof(float) * N * 2 * H, "train dug");
-  s->datt = e8q_alloc_aligned(sizeof(float) * N * q, "train datt");
-  s->dqkv = e8q_alloc_aligned(sizeof(float) * N * qkv, "train dqkv");
+  /* each buffer, its row width and what it holds (the name of an allocation failure) */
+  const struct {
+    float **p;
+    size_t width;
+    const char *what;
+  } bufs[] = {
+      {&s->x0, D, "train x0"},          {&s->xn1, D, "train xn1"},      {&s->qkv, qkv, "train qkv"},
+      {&s->att, q, "train attention"},  {&s->x1, D, "train x1"},        {&s->xn2, D, "train xn2"},
+      {&s->ug, 2 * H, "train up|gate"}, {&s->h, H, "train hidden"},     {&s->d1, D, "train dx1"},
+      {&s->dn, D, "train dxn"},         {&s->dt, D, "train dnorm"},     {&s->dh, H, "train dh"},
+      {&s->dug, 2 * H, "train dug"},    {&s->datt, q, "train datt"},    {&s->dqkv, qkv, "train dqkv"},
+  };
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+    *bufs[i].p = e8q_alloc_aligned(sizeof(float) * N * bufs[i].width, bufs[i].what); /* [N, width] */
   s->cap = N;
 }
 
