@@ -17,7 +17,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "io/config.h"
 #include "testutil.h"
@@ -41,19 +40,8 @@ static inline double *to_double(const float *x, size_t n) {
 /* dim x hidden, n_layers, nh query / nkv key-value heads of hd, vocab; 64 positions, untied */
 static inline e8q_config tiny_config_make(int dim, int hidden, int n_layers, int nh, int nkv, int hd, int vocab,
                                           double theta, double eps) {
-  e8q_config c;
-  memset(&c, 0, sizeof c);
-  c.dim = dim;
-  c.hidden_dim = hidden;
-  c.n_layers = n_layers;
-  c.n_heads = nh;
-  c.n_kv_heads = nkv;
-  c.head_dim = hd;
-  c.vocab_size = vocab;
-  c.max_seq_len = 64;
-  c.rope_theta = theta;
-  c.norm_eps = eps;
-  return c;
+  return (e8q_config){.dim = dim, .hidden_dim = hidden, .n_layers = n_layers, .n_heads = nh, .n_kv_heads = nkv,
+                      .head_dim = hd, .vocab_size = vocab, .max_seq_len = 64, .rope_theta = theta, .norm_eps = eps};
 }
 
 /* ---------------------------------------------------------------- finite differences */

@@ -107,6 +107,20 @@ static void qlin_free(qlin *L) {
   free(L->B);
 }
 
+/* the test block: norms w1, w2; quantized qkv; dense o and up|gate; down quantized (Ldown) or
+ * dense (wdown) */
+static e8q_block block_make(float *w1, float *w2, qlin *Lqkv, float *wo, float *wug, float *wdown, qlin *Ldown) {
+  e8q_block b;
+  memset(&b, 0, sizeof b);
+  b.attn_norm = w1;
+  b.ffn_norm = w2;
+  b.qkv = (e8q_linear){LD, D, NULL, &Lqkv->q};
+  b.o = (e8q_linear){D, QD, wo, NULL};
+  b.upgate = (e8q_linear){2 * H, D, wug, NULL};
+  b.down = (e8q_linear){D, H, wdown, Ldown ? &Ldown->q : NULL};
+  return b;
+}
+
 /* ---------------------------------------------------------------- float64 block forward */
 /* the dense equivalent of a quantized linear: W[r, c] = fs(r) SV[r] B[r, c] SU[c] */
 static void qdense_d(const qlin *L, int m, int n, const double *SU, const double *SV, double *W) {
@@ -161,14 +175,7 @@ static void test_block_grad(void **state) {
   for (int i = 0; i < D; i++) w1[i] += 1.0f, w2[i] += 1.0f;
   float *wo = rand_vec(&r, D * QD, 1.0 / sqrt(QD)), *wug = rand_vec(&r, 2 * H * D, 1.0 / sqrt(D));
   float *tgt = rand_vec(&r, N * D, 1.0);
-  e8q_block blk;
-  memset(&blk, 0, sizeof blk);
-  blk.attn_norm = w1;
-  blk.ffn_norm = w2;
-  blk.qkv = (e8q_linear){LD, D, NULL, &Lqkv.q};
-  blk.o = (e8q_linear){D, QD, wo, NULL};
-  blk.upgate = (e8q_linear){2 * H, D, wug, NULL};
-  blk.down = (e8q_linear){D, H, NULL, &Ldown.q};
+  e8q_block blk = block_make(w1, w2, &Lqkv, wo, wug, NULL, &Ldown);
 
   float *y = malloc(sizeof(float) * N * D), *dx = malloc(sizeof(float) * N * D);
   e8q_bt_saved sv = {0};
@@ -264,14 +271,7 @@ static void test_ft_round(void **state) {
   for (int i = 0; i < D; i++) w1[i] += 1.0f, w2[i] += 1.0f;
   float *wo = rand_vec(&r, D * QD, 1.0 / sqrt(QD)), *wug = rand_vec(&r, 2 * H * D, 1.0 / sqrt(D));
   float *wdown = rand_vec(&r, D * H, 1.0 / sqrt(H));
-  e8q_block orig;
-  memset(&orig, 0, sizeof orig);
-  orig.attn_norm = w1;
-  orig.ffn_norm = w2;
-  orig.qkv = (e8q_linear){LD, D, NULL, &Lqkv.q};
-  orig.o = (e8q_linear){D, QD, wo, NULL};
-  orig.upgate = (e8q_linear){2 * H, D, wug, NULL};
-  orig.down = (e8q_linear){D, H, wdown, NULL};
+  e8q_block orig = block_make(w1, w2, &Lqkv, wo, wug, wdown, NULL);
   const size_t TD = (size_t)T * D;
   float *X = rand_vec(&r, FT_SEQ * TD, 1.0), *Y = malloc(sizeof(float) * FT_SEQ * TD);
   memcpy(Y, X, sizeof(float) * FT_SEQ * TD);
