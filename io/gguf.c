@@ -333,16 +333,21 @@ static void parse_header(e8q_gguf *g, gguf_cursor *c, uint64_t *n_tensors, uint6
             c->size);
 }
 
+/* a metadata key or tensor name at the cursor (`what` names it in errors), as a malloc'd C string */
+static char *cur_name(const e8q_gguf *g, gguf_cursor *c, const char *what) {
+  size_t at = c->pos;
+  uint64_t len;
+  const uint8_t *s = cur_str(c, &len, what);
+  return name_copy(g->path, s, len, what, at);
+}
+
 static void parse_kv(e8q_gguf *g, gguf_cursor *c, uint64_t n_kv) {
   g->kv = e8q_calloc((size_t)(n_kv ? n_kv : 1), sizeof *g->kv, "GGUF metadata");
   for (uint64_t i = 0; i < n_kv; i++) {
     char what[64];
     snprintf(what, sizeof what, "metadata key %" PRIu64, i);
-    size_t at = c->pos;
-    uint64_t len;
-    const uint8_t *k = cur_str(c, &len, what);
     gguf_kv *kv = &g->kv[g->n_kv];
-    kv->key = name_copy(g->path, k, len, what, at);
+    kv->key = cur_name(g, c, what);
     g->n_kv++; /* owned from here on, so close() frees it */
     E8Q_CHECK(kv_find(g, kv->key) == kv, "%s: corrupt GGUF: metadata key %s appears twice", g->path, kv->key);
     char tw[320];
@@ -369,11 +374,8 @@ static void parse_tensors(e8q_gguf *g, gguf_cursor *c, uint64_t n_tensors) {
   for (uint64_t i = 0; i < n_tensors; i++) {
     char what[64];
     snprintf(what, sizeof what, "the name of tensor %" PRIu64, i);
-    size_t at = c->pos;
-    uint64_t len;
-    const uint8_t *nm = cur_str(c, &len, what);
     e8q_gguf_tensor *t = &g->tensors[g->n_tensors];
-    t->name = name_copy(g->path, nm, len, what, at);
+    t->name = cur_name(g, c, what);
     g->n_tensors++;
     char w[320];
     snprintf(w, sizeof w, "the dimension count of tensor %.250s", t->name);
