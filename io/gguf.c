@@ -333,8 +333,11 @@ static void parse_header(e8q_gguf *g, gguf_cursor *c, uint64_t *n_tensors, uint6
             c->size);
 }
 
-/* a metadata key or tensor name at the cursor (`what` names it in errors), as a malloc'd C string */
-static char *cur_name(const e8q_gguf *g, gguf_cursor *c, const char *what) {
+/* the i-th metadata key or tensor name at the cursor, as a malloc'd C string; what_fmt (with one
+ * PRIu64 conversion for i) names it in errors */
+static char *cur_name(const e8q_gguf *g, gguf_cursor *c, const char *what_fmt, uint64_t i) {
+  char what[64];
+  snprintf(what, sizeof what, what_fmt, i);
   size_t at = c->pos;
   uint64_t len;
   const uint8_t *s = cur_str(c, &len, what);
@@ -344,10 +347,8 @@ static char *cur_name(const e8q_gguf *g, gguf_cursor *c, const char *what) {
 static void parse_kv(e8q_gguf *g, gguf_cursor *c, uint64_t n_kv) {
   g->kv = e8q_calloc((size_t)(n_kv ? n_kv : 1), sizeof *g->kv, "GGUF metadata");
   for (uint64_t i = 0; i < n_kv; i++) {
-    char what[64];
-    snprintf(what, sizeof what, "metadata key %" PRIu64, i);
     gguf_kv *kv = &g->kv[g->n_kv];
-    kv->key = cur_name(g, c, what);
+    kv->key = cur_name(g, c, "metadata key %" PRIu64, i);
     g->n_kv++; /* owned from here on, so close() frees it */
     E8Q_CHECK(kv_find(g, kv->key) == kv, "%s: corrupt GGUF: metadata key %s appears twice", g->path, kv->key);
     char tw[320];
@@ -372,10 +373,8 @@ static int64_t mul_checked(int64_t a, int64_t b, const char *path, const char *t
 static void parse_tensors(e8q_gguf *g, gguf_cursor *c, uint64_t n_tensors) {
   g->tensors = e8q_calloc((size_t)(n_tensors ? n_tensors : 1), sizeof *g->tensors, "GGUF tensor infos");
   for (uint64_t i = 0; i < n_tensors; i++) {
-    char what[64];
-    snprintf(what, sizeof what, "the name of tensor %" PRIu64, i);
     e8q_gguf_tensor *t = &g->tensors[g->n_tensors];
-    t->name = cur_name(g, c, what);
+    t->name = cur_name(g, c, "the name of tensor %" PRIu64, i);
     g->n_tensors++;
     char w[320];
     snprintf(w, sizeof w, "the dimension count of tensor %.250s", t->name);
