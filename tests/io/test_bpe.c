@@ -101,6 +101,21 @@ static int python_has(const char *modules) {
   return system(cmd) == 0;
 }
 
+/* text through t, fast and _ref, == the ids of want_json (a JSON array), and decoded back to text;
+ * msg names the case in failures */
+static void check_encode(const e8q_tokenizer *t, const char *text, const cJSON *want_json, const char *msg) {
+  int *want, *a, *r;
+  int nw = json_ids(want_json, &want);
+  int na = e8q_tokenizer_encode(t, text, 0, 0, &a);
+  int nr = e8q_tokenizer_encode_ref(t, text, 0, 0, &r);
+  assert_ids_equal(a, na, want, nw, msg);
+  assert_ids_equal(r, nr, want, nw, msg);
+  assert_round_trip(t, text, a, na, msg);
+  free(want);
+  free(a);
+  free(r);
+}
+
 /* ---------------------------------------------------------------- SmolLM2 goldens */
 
 typedef struct {
@@ -160,17 +175,8 @@ static void smol_check(const e8q_tokenizer *t, const smol_golden *g, int ref, co
   int k = 0;
   cJSON_ArrayForEach(c, cJSON_GetObjectItem(g->edge, "cases")) {
     const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
-    int *want, *a, *r;
-    int nw = json_ids(cJSON_GetObjectItem(c, "ids"), &want);
-    int na = e8q_tokenizer_encode(t, text, 0, 0, &a);
-    int nr = e8q_tokenizer_encode_ref(t, text, 0, 0, &r);
     snprintf(msg, sizeof msg, "%s: edge case %d (%.40s)", what, k, text);
-    assert_ids_equal(a, na, want, nw, msg);
-    assert_ids_equal(r, nr, want, nw, msg);
-    assert_round_trip(t, text, a, na, msg);
-    free(want);
-    free(a);
-    free(r);
+    check_encode(t, text, cJSON_GetObjectItem(c, "ids"), msg);
     k++;
   }
 }
@@ -288,17 +294,8 @@ static void tiny_check(const e8q_tokenizer *t, const cJSON *golden, const char *
   int k = 0;
   cJSON_ArrayForEach(c, cJSON_GetObjectItem(golden, "cases")) {
     const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
-    int *want, *a, *r;
-    int nw = json_ids(cJSON_GetObjectItem(c, name), &want);
-    int na = e8q_tokenizer_encode(t, text, 0, 0, &a);
-    int nr = e8q_tokenizer_encode_ref(t, text, 0, 0, &r);
     snprintf(msg, sizeof msg, "%s: case %d (%.40s)", name, k, text);
-    assert_ids_equal(a, na, want, nw, msg);
-    assert_ids_equal(r, nr, want, nw, msg);
-    assert_round_trip(t, text, a, na, msg);
-    free(want);
-    free(a);
-    free(r);
+    check_encode(t, text, cJSON_GetObjectItem(c, name), msg);
     k++;
   }
   assert_true(k >= 15);
@@ -307,21 +304,13 @@ static void tiny_check(const e8q_tokenizer *t, const cJSON *golden, const char *
   char *head = strndup(wiki, hb);
   char key[64];
   snprintf(key, sizeof key, "%s_wiki_head", name);
-  int *want, *a, *r;
-  int nw = json_ids(cJSON_GetObjectItem(golden, key), &want);
-  int na = e8q_tokenizer_encode(t, head, 0, 0, &a);
-  int nr = e8q_tokenizer_encode_ref(t, head, 0, 0, &r);
   snprintf(msg, sizeof msg, "%s: wiki.test.raw head", name);
-  assert_ids_equal(a, na, want, nw, msg);
-  assert_ids_equal(r, nr, want, nw, msg);
-  assert_round_trip(t, head, a, na, msg);
-  free(want);
-  free(a);
-  free(r);
+  check_encode(t, head, cJSON_GetObjectItem(golden, key), msg);
   /* with the model's own BOS flag, as tokenizers adds special tokens */
   snprintf(key, sizeof key, "%s_bos", name);
-  nw = json_ids(cJSON_GetObjectItem(golden, key), &want);
-  na = e8q_tokenizer_encode(t, "Hello world", e8q_tokenizer_add_bos(t), 0, &a);
+  int *want, *a;
+  int nw = json_ids(cJSON_GetObjectItem(golden, key), &want);
+  int na = e8q_tokenizer_encode(t, "Hello world", e8q_tokenizer_add_bos(t), 0, &a);
   snprintf(msg, sizeof msg, "%s: with its BOS flag", name);
   assert_ids_equal(a, na, want, nw, msg);
   free(want);
