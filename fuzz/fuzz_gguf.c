@@ -6,20 +6,9 @@
 #include "io/gguf.h"
 #include "io/tokenizer.h"
 
-typedef struct {
-  const char *path;
-  e8q_gguf *g;
-  e8q_tokenizer *t;
-} ctx;
-
-static void open_g(void *a) {
-  ctx *c = a;
-  c->g = e8q_gguf_open(c->path);
-}
-static void hf_config(void *a) {
-  ctx *c = a;
-  free(e8q_gguf_hf_config(c->g));
-}
+static void *open_g(const char *path) { return e8q_gguf_open(path); }
+static void *load_tok(const char *path) { return e8q_tokenizer_load(path); }
+static void hf_config(void *g) { free(e8q_gguf_hf_config(g)); }
 typedef struct {
   const e8q_gguf *g;
   const e8q_gguf_tensor *t;
@@ -34,20 +23,17 @@ static void read_rows(void *a) {
     if (take > 0) e8q_gguf_read_rows_f32(r->g, r->t, 0, take, buf);
   }
 }
-static void tok(void *a) {
-  ctx *c = a;
-  c->t = e8q_tokenizer_load(c->path);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
-  ctx c = {fz_write("model.gguf", data, n), NULL, NULL};
-  if (fz_call(open_g, &c)) return 0;
-  fz_call(hf_config, &c);
-  for (int i = 0; i < e8q_gguf_n_tensors(c.g) && i < 32; i++) {
-    rd r = {c.g, e8q_gguf_tensor_at(c.g, i)};
+  const char *path = fz_write("model.gguf", data, n);
+  e8q_gguf *g = fz_open(open_g, path);
+  if (!g) return 0;
+  fz_call(hf_config, g);
+  for (int i = 0; i < e8q_gguf_n_tensors(g) && i < 32; i++) {
+    rd r = {g, e8q_gguf_tensor_at(g, i)};
     fz_call(read_rows, &r);
   }
-  e8q_gguf_close(c.g);
-  if (!fz_call(tok, &c)) e8q_tokenizer_free(c.t);
+  e8q_gguf_close(g);
+  e8q_tokenizer *t = fz_open(load_tok, path);
+  if (t) e8q_tokenizer_free(t);
   return 0;
 }

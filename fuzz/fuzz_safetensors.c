@@ -9,10 +9,7 @@ typedef struct {
   e8q_safetensors *st;
 } ctx;
 
-static void open_whole(void *a) {
-  ctx *c = a;
-  c->st = e8q_st_open(c->path);
-}
+static void *open_whole(const char *path) { return e8q_st_open(path); }
 static void open_region(void *a) {
   ctx *c = a;
   c->st = e8q_st_open_region(c->path, c->offset, c->size, "fuzz.e8q:model.safetensors");
@@ -39,10 +36,10 @@ static void read_all(const e8q_safetensors *st) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
-  ctx c = {fz_write("model.safetensors", data, n), 0, 0, NULL};
-  if (!fz_call(open_whole, &c)) {
-    read_all(c.st);
-    e8q_st_close(c.st);
+  e8q_safetensors *st = fz_open(open_whole, fz_write("model.safetensors", data, n));
+  if (st) {
+    read_all(st);
+    e8q_st_close(st);
   }
   if (n > 16) { /* the same bytes as a member at offset 7 of a larger file */
     static uint8_t buf[1 << 20];
@@ -50,8 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
       for (int i = 0; i < 7; i++) buf[i] = 0xA5;
       for (size_t i = 0; i < n; i++) buf[7 + i] = data[i];
       for (int i = 0; i < 9; i++) buf[7 + n + i] = 0x5A;
-      c.path = fz_write("region.bin", buf, n + 16);
-      c.offset = 7, c.size = n;
+      ctx c = {fz_write("region.bin", buf, n + 16), 7, n, NULL};
       if (!fz_call(open_region, &c)) e8q_st_close(c.st);
     }
   }

@@ -231,6 +231,22 @@ int fz_call(void (*fn)(void *), void *arg) {
 
 const char *fz_last_error(void) { return g_msg; }
 
+typedef struct {
+  fz_opener open;
+  const char *path;
+  void *h;
+} open_call;
+
+static void open_run(void *a) {
+  open_call *c = a;
+  c->h = c->open(c->path);
+}
+
+void *fz_open(fz_opener open, const char *path) {
+  open_call c = {open, path, NULL};
+  return fz_call(open_run, &c) ? NULL : c.h;
+}
+
 /* ---------------------------------------------------------------- files */
 static char g_dir[256];
 

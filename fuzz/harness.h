@@ -27,4 +27,10 @@ int fz_call(void (*fn)(void *), void *arg);
 /* the message of the last trapped error */
 const char *fz_last_error(void);
 
+/* ---------------------------------------------------------------- opening a file under the trap */
+/* a parser's open or load call, as fz_open takes it (a one-line wrapper returning the handle) */
+typedef void *(*fz_opener)(const char *path);
+/* open(path) through fz_call: the handle, or NULL when a fatal error was trapped */
+void *fz_open(fz_opener open, const char *path);
+
 #endif
