@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,4 +103,26 @@ uint64_t t_fresh_seed(const char *test) {
   uint64_t s = env ? strtoull(env, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
   print_message("%s: seed %llu (E8Q_TEST_SEED to repeat)\n", test, (unsigned long long)s);
   return s;
+}
+
+char *t_run(const char *cmd, int *status) {
+  print_message("$ %s\n", cmd);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  size_t cap = 1 << 16, n = 0, k;
+  char *out = malloc(cap);
+  while ((k = fread(out + n, 1, cap - n - 1, p)) > 0) {
+    n += k;
+    if (cap - n < 1024) out = realloc(out, cap *= 2);
+  }
+  out[n] = '\0';
+  int st = pclose(p);
+  *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+  return out;
+}
+
+int t_rm_rf(const char *dir) {
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  return system(cmd);
 }

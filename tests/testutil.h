@@ -24,6 +24,11 @@ char *t_tmpdir(const char *tag);
 /* read a whole file; returns malloc'd bytes (NUL-terminated), *n gets the size */
 char *t_read_file(const char *path, size_t *n);
 void t_write_file(const char *path, const void *data, size_t n);
+/* runs a shell command through popen (the line printed first), returns its stdout (malloc'd,
+ * NUL-terminated) and its exit status (128 when it did not exit normally) */
+char *t_run(const char *cmd, int *status);
+/* rm -rf dir (a test's temporary directory); returns system()'s status */
+int t_rm_rf(const char *dir);
 
 /* Runs stmt with a fatal-error trap armed: the test fails unless stmt raises a fatal error
  * whose message contains every given substring (case-sensitive). */

@@ -41,19 +41,7 @@ static char *g_model;    /* stories260K-hf */
 static char *run(const char *cmd, int *status) {
   char full[20000];
   snprintf(full, sizeof full, "%s 2>&1", cmd);
-  print_message("$ %s\n", full);
-  FILE *p = popen(full, "r");
-  assert_non_null(p);
-  size_t cap = 1 << 16, n = 0, k;
-  char *out = malloc(cap);
-  while ((k = fread(out + n, 1, cap - n - 1, p)) > 0) {
-    n += k;
-    if (cap - n < 1024) out = realloc(out, cap *= 2);
-  }
-  out[n] = '\0';
-  int st = pclose(p);
-  *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-  return out;
+  return t_run(full, status);
 }
 
 /* fails unless the command exits non-zero with every needle in its output */
@@ -89,9 +77,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[4300];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
-  if (system(cmd)) {}
+  if (t_rm_rf(g_dir)) {}
   free(g_dir), free(g_model);
   return 0;
 }
@@ -340,9 +326,7 @@ static void test_plan_refuses_extra_layers(void **state) {
   e8q_plan plan;
   E8Q_EXPECT_FATAL(e8q_plan_build(&plan, d, 1, 16, 64), d, "9 tensors of layers the config does not have",
                    "num_hidden_layers is 4", "up to 4", "model.layers.4.", "fix num_hidden_layers");
-  char cmd[4500];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", d);
-  assert_int_equal(system(cmd), 0);
+  assert_int_equal(t_rm_rf(d), 0);
 }
 
 static void test_hessian_overflow_named(void **state) {

@@ -29,22 +29,6 @@ static char *g_dir;      /* temporary directory of the artifact */
 static char g_art[4200]; /* the 4-bit artifact */
 static char g_art_b[5][4200]; /* [bits]: the 2-, 3- and 4-bit artifacts (g_art_b[4] == g_art) */
 
-/* runs a shell command, returns its stdout (malloc'd) and exit status */
-static char *run(const char *cmd, int *status) {
-  print_message("$ %s\n", cmd);
-  FILE *p = popen(cmd, "r");
-  assert_non_null(p);
-  size_t cap = 1 << 16, n = 0, k;
-  char *out = malloc(cap);
-  while ((k = fread(out + n, 1, cap - n - 1, p)) > 0) {
-    n += k;
-    if (cap - n < 1024) out = realloc(out, cap *= 2);
-  }
-  out[n] = '\0';
-  int st = pclose(p);
-  *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-  return out;
-}
 
 static int setup(void **state) {
   (void)state;
@@ -73,9 +57,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[4300];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
-  if (system(cmd)) {}
+  if (t_rm_rf(g_dir)) {}
   free(g_dir);
   return 0;
 }
@@ -88,7 +70,7 @@ static int *generate_ids(const char *launcher, const char *extra, int *n, char *
   snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 timeout 120 %s %s generate --artifact %s --ids --tokens %d %s 2> %s",
            launcher, E8Q_BIN, g_art, N_TOKENS, extra, errpath);
   int st;
-  char *out = run(cmd, &st);
+  char *out = t_run(cmd, &st);
   *err = t_read_file(errpath, NULL);
   if (st != 0) fail_msg("generate failed (%d): %s", st, *err);
   size_t len = strlen(out);
@@ -139,18 +121,18 @@ static void test_qgen_prompt_uses_archive_tokenizer(void **state) {
   snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 timeout 120 %s generate --artifact %s --prompt 'Once upon a time' --tokens 20",
            E8Q_BIN, g_art);
   int st;
-  char *out = run(cmd, &st);
+  char *out = t_run(cmd, &st);
   assert_int_equal(st, 0);
   if (strncmp(out, "Once upon a time", 16) != 0 || strlen(out) < 40) fail_msg("generated text: %s", out);
   free(out);
   /* --dense without --artifact, and both sources, are refused */
   snprintf(cmd, sizeof cmd, "%s generate --model x --artifact %s 2>&1", E8Q_BIN, g_art);
-  out = run(cmd, &st);
+  out = t_run(cmd, &st);
   assert_int_not_equal(st, 0);
   assert_non_null(strstr(out, "not both"));
   free(out);
   snprintf(cmd, sizeof cmd, "%s generate --model x --dense 2>&1", E8Q_BIN);
-  out = run(cmd, &st);
+  out = t_run(cmd, &st);
   assert_int_not_equal(st, 0);
   if (!strstr(out, "--dense applies to --artifact only")) fail_msg("--dense without --artifact: %s", out);
   free(out);
