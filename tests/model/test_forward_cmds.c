@@ -10,23 +10,6 @@
 
 #include "testutil.h"
 
-/* runs a shell command, returns its stdout (malloc'd) and exit status */
-static char *run(const char *cmd, int *status) {
-  print_message("$ %s\n", cmd);
-  FILE *p = popen(cmd, "r");
-  assert_non_null(p);
-  size_t cap = 1 << 16, n = 0;
-  char *out = malloc(cap);
-  size_t k;
-  while ((k = fread(out + n, 1, cap - n - 1, p)) > 0) {
-    n += k;
-    if (cap - n < 1024) out = realloc(out, cap *= 2);
-  }
-  out[n] = '\0';
-  int st = pclose(p);
-  *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-  return out;
-}
 
 /* the last non-empty line of s, parsed as JSON */
 static cJSON *last_json(char *s) {
@@ -55,7 +38,7 @@ static void check_generate_ids(const char *model_rel) {
   char *mp = t_shared_path(model_rel), cmd[2048];
   snprintf(cmd, sizeof cmd, "timeout 120 %s generate --model %s --tokens 100 --ids", E8Q_BIN, mp);
   int st;
-  char *out = run(cmd, &st);
+  char *out = t_run(cmd, &st);
   assert_int_equal(st, 0);
   cJSON *got = last_json(out);
   assert_true(cJSON_IsArray(got));
@@ -78,7 +61,7 @@ static void test_forward_cmd_generate_text(void **s) {
   char *mp = t_shared_path("models/stories260K/stories260K.bin"), cmd[2048];
   snprintf(cmd, sizeof cmd, "timeout 120 %s generate --model %s --tokens 100", E8Q_BIN, mp);
   int st;
-  char *out = run(cmd, &st);
+  char *out = t_run(cmd, &st);
   assert_int_equal(st, 0);
   size_t n = strlen(out);
   assert_true(n > 0 && out[n - 1] == '\n');
@@ -87,7 +70,7 @@ static void test_forward_cmd_generate_text(void **s) {
   /* with a prompt: the text continues it */
   free(out);
   snprintf(cmd, sizeof cmd, "timeout 120 %s generate --model %s --prompt 'Once upon a time' --tokens 10", E8Q_BIN, mp);
-  out = run(cmd, &st);
+  out = t_run(cmd, &st);
   assert_int_equal(st, 0);
   assert_true(strncmp(out, "Once upon a time, there was", 27) == 0);
   cJSON_Delete(g);
@@ -104,9 +87,9 @@ static void test_forward_cmd_generate_sampled(void **s) {
   snprintf(cmd, sizeof cmd, "timeout 120 %s generate --model %s --tokens 30 --ids --temperature 1.5 --top-p 0.95 --seed 7",
            E8Q_BIN, mp);
   int st;
-  char *o1 = run(cmd, &st);
+  char *o1 = t_run(cmd, &st);
   assert_int_equal(st, 0);
-  char *o2 = run(cmd, &st);
+  char *o2 = t_run(cmd, &st);
   assert_int_equal(st, 0);
   assert_string_equal(o1, o2);
   cJSON *ids = last_json(o1);
@@ -122,7 +105,7 @@ static void test_forward_cmd_generate_sampled(void **s) {
 static char *eval_cmd(const char *launcher, const char *model_rel, const char *extra, int *st) {
   char *mp = t_shared_path(model_rel), *tp = t_shared_path("text/tinystories_valid_head.txt"), cmd[4096];
   snprintf(cmd, sizeof cmd, "timeout 120 %s %s eval --model %s --text %s %s", launcher, E8Q_BIN, mp, tp, extra);
-  char *out = run(cmd, st);
+  char *out = t_run(cmd, st);
   free(mp), free(tp);
   return out;
 }
@@ -148,7 +131,7 @@ static void test_forward_cmd_eval(void **s) {
   snprintf(path, sizeof path, "%s/head.txt", dir);
   t_write_file(path, text, cut);
   snprintf(cmd, sizeof cmd, "timeout 120 %s eval --model %s --text %s --ctx 256", E8Q_BIN, mp, path);
-  out = run(cmd, &st);
+  out = t_run(cmd, &st);
   free(text), free(tp), free(mp), free(dir);
   assert_int_equal(st, 0);
   j = last_json(out);
@@ -189,18 +172,18 @@ static void test_forward_cmd_options(void **s) {
   int st;
   for (int i = 0; i < 3; i++) {
     snprintf(cmd, sizeof cmd, "timeout 60 %s %s --help", E8Q_BIN, cmds[i]);
-    char *out = run(cmd, &st);
+    char *out = t_run(cmd, &st);
     assert_int_equal(st, 0);
     assert_non_null(strstr(out, mention[i]));
     free(out);
     snprintf(cmd, sizeof cmd, "timeout 60 %s %s --bogus-option 2>&1", E8Q_BIN, cmds[i]);
-    out = run(cmd, &st);
+    out = t_run(cmd, &st);
     assert_int_not_equal(st, 0);
     if (!strstr(out, "unknown option '--bogus-option'")) fail_msg("%s: message does not name the option: %s", cmds[i], out);
     free(out);
   }
   snprintf(cmd, sizeof cmd, "timeout 60 %s eval --model /nonexistent 2>&1", E8Q_BIN);
-  char *out = run(cmd, &st);
+  char *out = t_run(cmd, &st);
   assert_int_not_equal(st, 0);
   assert_non_null(strstr(out, "--text"));
   free(out);
@@ -212,10 +195,10 @@ static void test_forward_cmd_demo(void **s) {
   char *dir = t_tmpdir("fwd_cmd_demo"), cmd[4096];
   int st;
   snprintf(cmd, sizeof cmd, "timeout 60 %s demo --out %s/m --seed 9", E8Q_BIN, dir);
-  free(run(cmd, &st));
+  free(t_run(cmd, &st));
   assert_int_equal(st, 0);
   snprintf(cmd, sizeof cmd, "timeout 60 %s eval --model %s/m --text %s/m/eval.txt --per-line 20", E8Q_BIN, dir, dir);
-  char *out = run(cmd, &st);
+  char *out = t_run(cmd, &st);
   assert_int_equal(st, 0);
   cJSON *j = last_json(out);
   double mean = cJSON_GetObjectItemCaseSensitive(j, "mean_nll")->valuedouble;
@@ -223,7 +206,7 @@ static void test_forward_cmd_demo(void **s) {
   cJSON_Delete(j);
   free(out);
   snprintf(cmd, sizeof cmd, "timeout 60 %s generate --model %s/m --prompt 'The cat' --tokens 8 --ids", E8Q_BIN, dir);
-  out = run(cmd, &st);
+  out = t_run(cmd, &st);
   assert_int_equal(st, 0);
   j = last_json(out);
   assert_true(cJSON_IsArray(j) && cJSON_GetArraySize(j) <= 8);
