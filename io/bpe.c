@@ -21,6 +21,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/error.h"
+#include "common/heap.h"
 #include "common/log.h"
 #include "io/atomic.h"
 #include "io/text.h"
@@ -506,51 +507,21 @@ typedef struct {
   int id, prev, next; /* id -1: merged away */
 } sym;
 
+E8Q_HEAP_DEFINE(cand_heap, cand, cand_before, 256, "out of memory in the BPE tokenizer")
+
 typedef struct {
-  sym *s;      /* [scap] symbols of the current piece */
+  sym *s;       /* [scap] symbols of the current piece */
   size_t scap;
-  int *tmp;    /* [scap] initial ids */
-  cand *h;     /* [hcap] heap */
-  size_t hn, hcap;
+  int *tmp;     /* [scap] initial ids */
+  cand_heap hp; /* the candidate merges */
 } merge_scratch;
-
-static void heap_push(merge_scratch *q, cand c) {
-  if (q->hn == q->hcap) {
-    q->hcap = q->hcap ? 2 * q->hcap : 256;
-    q->h = realloc(q->h, q->hcap * sizeof(cand));
-    E8Q_CHECK(q->h, "out of memory in the BPE tokenizer");
-  }
-  size_t i = q->hn++;
-  while (i > 0) {
-    size_t up = (i - 1) / 2;
-    if (!cand_before(&c, &q->h[up])) break;
-    q->h[i] = q->h[up];
-    i = up;
-  }
-  q->h[i] = c;
-}
-
-static cand heap_pop(merge_scratch *q) {
-  cand top = q->h[0], last = q->h[--q->hn];
-  size_t i = 0;
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= q->hn) break;
-    if (c + 1 < q->hn && cand_before(&q->h[c + 1], &q->h[c])) c++;
-    if (!cand_before(&q->h[c], &last)) break;
-    q->h[i] = q->h[c];
-    i = c;
-  }
-  if (q->hn) q->h[i] = last;
-  return top;
-}
 
 static void try_pair(const e8q_bpe *b, merge_scratch *q, int l) {
   if (l < 0) return;
   int r = q->s[l].next;
   if (r < 0) return;
   const mslot *m = merge_find(b, q->s[l].id, q->s[r].id);
-  if (m) heap_push(q, (cand){m->rank, l, r, q->s[l].id, q->s[r].id, m->id});
+  if (m) cand_heap_push(&q->hp, (cand){m->rank, l, r, q->s[l].id, q->s[r].id, m->id});
 }
 
 /* the same merges with a heap over a linked list: O(n log n) */
@@ -571,10 +542,10 @@ static void merge_fast(const e8q_bpe *b, const char *p, size_t n, merge_scratch 
   if (ns == 0) return;
   for (int i = 0; i < ns; i++) q->s[i] = (sym){q->tmp[i], i - 1, i + 1};
   q->s[ns - 1].next = -1;
-  q->hn = 0;
+  q->hp.n = 0;
   for (int i = 0; i + 1 < ns; i++) try_pair(b, q, i);
-  while (q->hn > 0) {
-    cand c = heap_pop(q);
+  while (q->hp.n > 0) {
+    cand c = cand_heap_pop(&q->hp);
     sym *L = &q->s[c.l];
     /* stale when either side was merged away or changed since the push */
     if (L->id != c.lid || L->next != c.r || q->s[c.r].id != c.rid) continue;
@@ -741,7 +712,7 @@ static int encode(const e8q_bpe *b, const char *text, int bos, int eos, int ref,
   free(c.tab);
   free(c.ms.s);
   free(c.ms.tmp);
-  free(c.ms.h);
+  free(c.ms.hp.h);
   if (!ids.v) ivec_push(&ids, 0), ids.n = 0; /* a valid pointer even for no ids */
   *out = ids.v;
   return (int)ids.n;

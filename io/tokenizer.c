@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 
 #include "common/error.h"
+#include "common/heap.h"
 #include "common/log.h"
 #include "io/atomic.h"
 #include "io/bpe.h"
@@ -699,41 +700,7 @@ static int cand_better(const cand *a, const cand *b) {
   return a->score > b->score || (a->score == b->score && a->l < b->l);
 }
 
-typedef struct {
-  cand *h;
-  size_t n, cap;
-} heap;
-
-static void heap_push(heap *q, cand c) {
-  if (q->n == q->cap) {
-    q->cap = q->cap ? 2 * q->cap : 1024;
-    q->h = realloc(q->h, q->cap * sizeof(cand));
-    E8Q_CHECK(q->h, "out of memory in the tokenizer");
-  }
-  size_t i = q->n++;
-  while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (!cand_better(&c, &q->h[p])) break;
-    q->h[i] = q->h[p];
-    i = p;
-  }
-  q->h[i] = c;
-}
-
-static cand heap_pop(heap *q) {
-  cand top = q->h[0], last = q->h[--q->n];
-  size_t i = 0;
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= q->n) break;
-    if (c + 1 < q->n && cand_better(&q->h[c + 1], &q->h[c])) c++;
-    if (!cand_better(&q->h[c], &last)) break;
-    q->h[i] = q->h[c];
-    i = c;
-  }
-  if (q->n) q->h[i] = last;
-  return top;
-}
+E8Q_HEAP_DEFINE(heap, cand, cand_better, 1024, "out of memory in the tokenizer")
 
 typedef struct {
   int start, len, id, prev, next; /* len 0: byte-fallback symbol or merged away */
