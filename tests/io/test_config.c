@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "io/config.h"
+#include "expect_config.h"
 #include "testutil.h"
 
 static void test_config_stories(void **state) {
@@ -11,21 +12,9 @@ static void test_config_stories(void **state) {
   char *d = t_shared_path("models/stories260K-hf");
   e8q_config c;
   e8q_config_load(d, &c);
-  assert_string_equal(c.model_type, "llama");
-  assert_int_equal(c.dim, 64);
-  assert_int_equal(c.hidden_dim, 172);
-  assert_int_equal(c.n_layers, 5);
-  assert_int_equal(c.n_heads, 8);
-  assert_int_equal(c.n_kv_heads, 4);
-  assert_int_equal(c.head_dim, 8);
-  assert_int_equal(c.vocab_size, 512);
-  assert_int_equal(c.max_seq_len, 512);
-  assert_true(c.rope_theta == 10000.0);
-  assert_true(c.norm_eps == 1e-5);
-  assert_int_equal(c.tied, 1);
-  assert_int_equal(c.bos_id, 1);
-  assert_int_equal(c.eos_id, 2);
-  assert_int_equal(c.sliding_window, 0);
+  expect_config(&c, &(e8q_config){.model_type = "llama", .dim = 64, .hidden_dim = 172, .n_layers = 5, .n_heads = 8,
+                                  .n_kv_heads = 4, .head_dim = 8, .vocab_size = 512, .max_seq_len = 512,
+                                  .rope_theta = 10000.0, .norm_eps = 1e-5, .tied = 1, .bos_id = 1, .eos_id = 2});
   char *j = e8q_config_json(d);
   assert_non_null(strstr(j, "\"hidden_size\":\t64"));
   free(j);

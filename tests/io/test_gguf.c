@@ -26,6 +26,7 @@
 #include "io/ggml_quants.h"
 #include "io/gguf.h"
 #include "io/safetensors.h"
+#include "expect_config.h"
 #include "testutil.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -1364,20 +1365,10 @@ static void test_smollm2_config(void **state) {
   char *path = model_path();
   e8q_gguf *g = e8q_gguf_open(path);
   e8q_config cfg = config_of(g);
-  assert_string_equal(cfg.model_type, "llama");
-  assert_int_equal(cfg.dim, 576);
-  assert_int_equal(cfg.hidden_dim, 1536);
-  assert_int_equal(cfg.n_layers, 30);
-  assert_int_equal(cfg.n_heads, 9);
-  assert_int_equal(cfg.n_kv_heads, 3);
-  assert_int_equal(cfg.head_dim, 64);
-  assert_int_equal(cfg.vocab_size, 49152);
-  assert_int_equal(cfg.max_seq_len, 8192);
-  assert_true(cfg.rope_theta == 100000.0);
-  assert_true(cfg.norm_eps == 1e-5);
-  assert_int_equal(cfg.tied, 1);
-  assert_int_equal(cfg.bos_id, 1);
-  assert_int_equal(cfg.eos_id, 2);
+  expect_config(&cfg, &(e8q_config){.model_type = "llama", .dim = 576, .hidden_dim = 1536, .n_layers = 30,
+                                    .n_heads = 9, .n_kv_heads = 3, .head_dim = 64, .vocab_size = 49152,
+                                    .max_seq_len = 8192, .rope_theta = 100000.0, .norm_eps = 1e-5, .tied = 1,
+                                    .bos_id = 1, .eos_id = 2});
   char *json = e8q_gguf_hf_config(g);
   assert_non_null(strstr(json, "\"torch_dtype\":\"float32\""));
   assert_non_null(strstr(json, "\"rms_norm_eps\":1e-05"));
