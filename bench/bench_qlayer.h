@@ -77,13 +77,8 @@ static inline e8q_qlinear_desc bench_qcodes_desc(const bench_qcodes *C, int c, i
 }
 
 static inline void bench_qcodes_free(bench_qcodes *c) {
-  free(c->codes);
-  free(c->codes2);
-  free(c->codes3);
-  free(c->SU);
-  free(c->SV);
-  free(c->R_in);
-  free(c->R_out);
+  void *bufs[] = {c->codes, c->codes2, c->codes3, c->SU, c->SV, c->R_in, c->R_out};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
 }
 
 #endif
