@@ -9,18 +9,15 @@
 static void *open_g(const char *path) { return e8q_gguf_open(path); }
 static void *load_tok(const char *path) { return e8q_tokenizer_load(path); }
 static void hf_config(void *g) { free(e8q_gguf_hf_config(g)); }
-typedef struct {
-  const e8q_gguf *g;
-  const e8q_gguf_tensor *t;
-} rd;
 static void read_rows(void *a) {
-  rd *r = a;
+  const fz_item *r = a;
+  const e8q_gguf_tensor *t = r->item;
   static float buf[1 << 16];
-  int64_t rows = e8q_gguf_n_rows(r->t);
-  if (r->t->ne[0] > 0 && r->t->ne[0] <= 4096 && rows > 0) {
-    int64_t take = (1 << 16) / r->t->ne[0];
+  int64_t rows = e8q_gguf_n_rows(t);
+  if (t->ne[0] > 0 && t->ne[0] <= 4096 && rows > 0) {
+    int64_t take = (1 << 16) / t->ne[0];
     if (take > rows) take = rows;
-    if (take > 0) e8q_gguf_read_rows_f32(r->g, r->t, 0, take, buf);
+    if (take > 0) e8q_gguf_read_rows_f32(r->file, t, 0, take, buf);
   }
 }
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
@@ -29,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
   if (!g) return 0;
   fz_call(hf_config, g);
   for (int i = 0; i < e8q_gguf_n_tensors(g) && i < 32; i++) {
-    rd r = {g, e8q_gguf_tensor_at(g, i)};
+    fz_item r = {g, e8q_gguf_tensor_at(g, i)};
     fz_call(read_rows, &r);
   }
   e8q_gguf_close(g);

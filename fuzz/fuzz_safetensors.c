@@ -15,22 +15,20 @@ static void open_region(void *a) {
   c->st = e8q_st_open_region(c->path, c->offset, c->size, "fuzz.e8q:model.safetensors");
 }
 
-typedef struct {
-  const e8q_safetensors *st;
-  const char *name;
-} rd;
 static void read_one(void *a) {
-  rd *r = a;
-  const e8q_st_tensor *t = e8q_st_find(r->st, r->name);
+  const fz_item *r = a;
+  const e8q_safetensors *st = r->file;
+  const char *name = r->item;
+  const e8q_st_tensor *t = e8q_st_find(st, name);
   float buf[4096];
   int64_t n = e8q_st_numel(t);
-  if (n <= 4096) e8q_st_read_f32(r->st, r->name, -1, NULL, buf);
-  if (n >= 2) e8q_st_read_f32_range(r->st, r->name, 1, n - 1 > 4096 ? 4096 : n - 1, buf);
+  if (n <= 4096) e8q_st_read_f32(st, name, -1, NULL, buf);
+  if (n >= 2) e8q_st_read_f32_range(st, name, 1, n - 1 > 4096 ? 4096 : n - 1, buf);
 }
 
 static void read_all(const e8q_safetensors *st) {
   for (int i = 0; i < st->n_tensors; i++) {
-    rd r = {st, st->tensors[i].name};
+    fz_item r = {st, st->tensors[i].name};
     fz_call(read_one, &r);
   }
 }

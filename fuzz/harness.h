@@ -32,5 +32,10 @@ const char *fz_last_error(void);
 typedef void *(*fz_opener)(const char *path);
 /* open(path) through fz_call: the handle, or NULL when a fatal error was trapped */
 void *fz_open(fz_opener open, const char *path);
+/* an opened file and one of its items (a tensor, a name), the argument of a per-item fz_call */
+typedef struct {
+  const void *file;
+  const void *item;
+} fz_item;
 
 #endif
