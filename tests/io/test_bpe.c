@@ -119,6 +119,7 @@ static void check_encode(const e8q_tokenizer *t, const char *text, const cJSON *
 /* ---------------------------------------------------------------- SmolLM2 goldens */
 
 typedef struct {
+  char *gguf;     /* the model (t_smollm2_path: skips the test when it is missing) */
   char *text;     /* wiki.test.raw */
   int *want;      /* golden ids */
   int n_want;
@@ -126,6 +127,7 @@ typedef struct {
 } smol_golden;
 
 static void smol_load(smol_golden *g) {
+  g->gguf = t_smollm2_path();
   char *tp = t_shared_path("text/wiki.test.raw");
   char *ip = t_shared_path("golden/smollm2/wiki_test_ids.u32");
   char *ep = t_shared_path("golden/smollm2/edge_ids.json");
@@ -144,6 +146,7 @@ static void smol_load(smol_golden *g) {
 }
 
 static void smol_free(smol_golden *g) {
+  free(g->gguf);
   free(g->text);
   free(g->want);
   cJSON_Delete(g->edge);
@@ -183,10 +186,9 @@ static void smol_check(const e8q_tokenizer *t, const smol_golden *g, int ref, co
 
 static void test_smollm2_gguf(void **state) {
   (void)state;
-  char *gguf = t_smollm2_path();
   smol_golden g;
   smol_load(&g);
-  e8q_tokenizer *t = e8q_tokenizer_load(gguf);
+  e8q_tokenizer *t = e8q_tokenizer_load(g.gguf);
   assert_true(e8q_tokenizer_is_bpe(t));
   assert_int_equal(e8q_tokenizer_vocab_size(t), 49152);
   assert_int_equal(e8q_tokenizer_add_bos(t), 0); /* tokenizer.ggml.add_bos_token false */
@@ -209,18 +211,16 @@ static void test_smollm2_gguf(void **state) {
   free(ids);
   e8q_tokenizer_free(t);
   smol_free(&g);
-  free(gguf);
 }
 
 /* the tokenizer.json e8q writes gives the same ids, and `tokenizers` reads it to the same ids */
 static void test_smollm2_write_json(void **state) {
   (void)state;
-  char *gguf = t_smollm2_path();
   smol_golden g;
   smol_load(&g);
   char *dir = t_tmpdir("bpe_write");
   char *out = join(dir, "tokenizer.json");
-  e8q_tokenizer *t = e8q_tokenizer_load(gguf);
+  e8q_tokenizer *t = e8q_tokenizer_load(g.gguf);
   e8q_tokenizer_write_json(t, out);
   e8q_tokenizer_free(t);
   t = e8q_tokenizer_load(out);
@@ -253,17 +253,14 @@ static void test_smollm2_write_json(void **state) {
   free(out2);
   free(dir);
   smol_free(&g);
-  free(gguf);
 }
 
 /* a tokenizer.json made by the Python tokenizers package from the GGUF's vocabulary */
 static void test_smollm2_hf_json(void **state) {
   (void)state;
-  char *gguf = t_smollm2_path();
   if (!python_has("tokenizers, gguf")) {
     print_message("python3 with the tokenizers and gguf packages is not available: skipping (pip install "
                   "tokenizers gguf)\n");
-    free(gguf);
     skip();
   }
   smol_golden g;
@@ -272,7 +269,7 @@ static void test_smollm2_hf_json(void **state) {
   char *out = join(dir, "tokenizer.json");
   char *script = repo_path("scripts/bpe_golden.py");
   char cmd[4096];
-  snprintf(cmd, sizeof cmd, "python3 '%s' hf-json '%s' '%s'", script, gguf, out);
+  snprintf(cmd, sizeof cmd, "python3 '%s' hf-json '%s' '%s'", script, g.gguf, out);
   if (system(cmd) != 0) fail_msg("%s failed", cmd);
   e8q_tokenizer *t = e8q_tokenizer_load(out);
   assert_int_equal(e8q_tokenizer_vocab_size(t), 49152);
@@ -283,7 +280,6 @@ static void test_smollm2_hf_json(void **state) {
   free(out);
   free(dir);
   smol_free(&g);
-  free(gguf);
 }
 
 /* ---------------------------------------------------------------- tiny Llama 3 / Qwen 2 */
