@@ -447,29 +447,23 @@ static void edit_gap(cJSON *r) { cJSON_DeleteItemFromObject(cJSON_GetObjectItem(
 static void test_bad_json(void **state) {
   (void)state;
   char *dir = t_tmpdir("bpe_bad");
-  char *p = tiny_edited(dir, "type.json", edit_model_type);
-  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.type", "Unigram", "BPE");
-  free(p);
-  p = tiny_edited(dir, "novocab.json", edit_no_vocab);
-  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.vocab", "missing");
-  free(p);
-  p = tiny_edited(dir, "merge.json", edit_bad_merge);
-  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.merges[3]", "nosuchtoken", "not in the vocabulary");
-  free(p);
-  p = tiny_edited(dir, "merge2.json", edit_bad_merge_result);
-  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.merges[5]", "merged token \"QZ\"", "not in the vocabulary");
-  free(p);
-  p = tiny_edited(dir, "pre.json", edit_metaspace);
-  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "pre_tokenizer", "Metaspace", "not a structure e8q implements");
-  free(p);
-  p = tiny_edited(dir, "regex.json", edit_unknown_regex);
-  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "pre_tokenizer.pretokenizers[0].pattern.Regex", "\\w+|\\s+");
-  free(p);
-  p = tiny_edited(dir, "gap.json", edit_gap);
-  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "neither model.vocab nor added_tokens");
-  free(p);
+  /* the tiny tokenizer.json edited by `edit`, written as dir/file, refused with the path and every needle */
+#define REFUSED_EDIT(file, edit, ...)                                     \
+  do {                                                                    \
+    char *p_ = tiny_edited(dir, (file), (edit));                          \
+    E8Q_EXPECT_FATAL(e8q_tokenizer_load(p_), p_, __VA_ARGS__);            \
+    free(p_);                                                             \
+  } while (0)
+  REFUSED_EDIT("type.json", edit_model_type, "model.type", "Unigram", "BPE");
+  REFUSED_EDIT("novocab.json", edit_no_vocab, "model.vocab", "missing");
+  REFUSED_EDIT("merge.json", edit_bad_merge, "model.merges[3]", "nosuchtoken", "not in the vocabulary");
+  REFUSED_EDIT("merge2.json", edit_bad_merge_result, "model.merges[5]", "merged token \"QZ\"", "not in the vocabulary");
+  REFUSED_EDIT("pre.json", edit_metaspace, "pre_tokenizer", "Metaspace", "not a structure e8q implements");
+  REFUSED_EDIT("regex.json", edit_unknown_regex, "pre_tokenizer.pretokenizers[0].pattern.Regex", "\\w+|\\s+");
+  REFUSED_EDIT("gap.json", edit_gap, "neither model.vocab nor added_tokens");
+#undef REFUSED_EDIT
   /* not JSON at all, under a .json name; and a '{' file under another name is read as JSON */
-  p = join(dir, "broken.json");
+  char *p = join(dir, "broken.json");
   t_write_file(p, "{\"model\": [", 11);
   E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "not valid JSON");
   free(p);
