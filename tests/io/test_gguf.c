@@ -1027,6 +1027,14 @@ static __attribute__((noinline)) void open_refused(const char *path, const void 
     if (!strstr(trap.message, need[i])) fail_msg("fatal message \"%s\" lacks \"%s\"", trap.message, need[i]);
 }
 #define OPEN_REFUSED(bytes, n, ...) open_refused(path, (bytes), (n), (const char *const[]){path, __VA_ARGS__, NULL})
+/* c = a fresh copy of the L.size bytes of b, stmt applied to it, then refused with every needle
+ * (the test's b, c, L and path) */
+#define EDIT(stmt, ...)                   \
+  do {                                    \
+    memcpy(c, b, L.size);                 \
+    stmt;                                 \
+    OPEN_REFUSED(c, L.size, __VA_ARGS__); \
+  } while (0)
 
 static void put_u32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static void put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -1073,12 +1081,6 @@ static void test_bad_header_and_metadata(void **state) {
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   uint8_t *b = tiny_bytes(&o, &L, path), *c = malloc(L.size);
-#define EDIT(stmt, ...)                   \
-  do {                                    \
-    memcpy(c, b, L.size);                 \
-    stmt;                                 \
-    OPEN_REFUSED(c, L.size, __VA_ARGS__); \
-  } while (0)
   EDIT(memcpy(c, "GGUX", 4), "not a GGUF file");
   EDIT(memcpy(c, "\0\0\0\0", 4), "not a GGUF file");
   EDIT(put_u32(c + 4, 1), "GGUF version 1 is not supported", "2 and 3");
@@ -1111,7 +1113,6 @@ static void test_bad_header_and_metadata(void **state) {
   /* duplicate keys */
   k = kv_index(&L, "test.i8");
   EDIT(memcpy(c + L.key_at[k] + 8, "test.u8", 7), "metadata key test.u8 appears twice");
-#undef EDIT
   free(c);
   free(b);
 
@@ -1167,12 +1168,6 @@ static void test_bad_tensor_infos(void **state) {
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   uint8_t *b = tiny_bytes(&o, &L, path), *c = malloc(L.size);
-#define EDIT(stmt, ...)                   \
-  do {                                    \
-    memcpy(c, b, L.size);                 \
-    stmt;                                 \
-    OPEN_REFUSED(c, L.size, __VA_ARGS__); \
-  } while (0)
   int emb = t_index(&L, "token_embd.weight"), q = t_index(&L, "blk.0.attn_q.weight");
   int kt = t_index(&L, "blk.0.attn_k.weight"), last = L.n_t - 1, down = t_index(&L, "blk.0.ffn_down.weight");
   /* unknown types, by number, naming the tensor */
@@ -1200,7 +1195,6 @@ static void test_bad_tensor_infos(void **state) {
   /* names */
   EDIT(memcpy(c + L.name_at[kt] + 8, "blk.0.attn_v.weight", 19), "tensor blk.0.attn_v.weight appears twice");
   EDIT(put_u64(c + L.name_at[q], 0), "the name of tensor", "is empty");
-#undef EDIT
   free(c);
   free(b);
   free(path);
