@@ -50,12 +50,6 @@ static void barrier(void) { e8q_comm_barrier(e8q_comm_get()); }
 
 static void target_rel(int i, char *out, size_t cap) { snprintf(out, cap, "e2e/targets/s%d.ckpt", i); }
 
-/* a number of a checkpoint's metadata (exact: written with %.17g) */
-static double meta_num(const e8q_safetensors *st, const char *key, const char *path) {
-  const char *v = e8q_ckpt_meta(st, key);
-  E8Q_CHECK(v, "%s: end-to-end fine-tuning checkpoint without '%s' (remove it and rerun)", path, key);
-  return strtod(v, NULL);
-}
 
 /* ---------------------------------------------------------------- targets */
 void e8q_run_e2e_targets_commit(e8q_run *R, const float *XL) {
@@ -179,15 +173,15 @@ static int state_load(e8q_run *R, e8q_e2e_state *S) {
   memcpy(S->best, e8q_ckpt_get(st, "best", E8Q_DT_F32, n), sizeof(float) * S->n);
   memcpy(S->m, e8q_ckpt_get(st, "m", E8Q_DT_F32, n), sizeof(float) * S->n);
   memcpy(S->v, e8q_ckpt_get(st, "v", E8Q_DT_F32, n), sizeof(float) * S->n);
-  S->epoch = (int)meta_num(st, "epoch", path);
-  S->step = (long)meta_num(st, "step", path);
-  S->worse = (int)meta_num(st, "worse", path);
-  S->started = (int)meta_num(st, "started", path);
-  S->done = (int)meta_num(st, "done", path);
-  S->init_loss = meta_num(st, "init_loss", path);
-  S->best_loss = meta_num(st, "best_loss", path);
-  S->train_loss = meta_num(st, "train_loss", path);
-  S->valid_loss = meta_num(st, "valid_loss", path);
+  S->epoch = (int)e8q_ckpt_meta_num(st, "epoch", path);
+  S->step = (long)e8q_ckpt_meta_num(st, "step", path);
+  S->worse = (int)e8q_ckpt_meta_num(st, "worse", path);
+  S->started = (int)e8q_ckpt_meta_num(st, "started", path);
+  S->done = (int)e8q_ckpt_meta_num(st, "done", path);
+  S->init_loss = e8q_ckpt_meta_num(st, "init_loss", path);
+  S->best_loss = e8q_ckpt_meta_num(st, "best_loss", path);
+  S->train_loss = e8q_ckpt_meta_num(st, "train_loss", path);
+  S->valid_loss = e8q_ckpt_meta_num(st, "valid_loss", path);
   e8q_st_close(st);
   return 1;
 }
@@ -414,7 +408,7 @@ e8q_e2e_tuned *e8q_run_e2e_tuned_open(e8q_run *R) {
   e8q_rundir_path(R->rd, E2E_STATE, path, sizeof path);
   e8q_e2e_tuned *t = e8q_calloc(1, sizeof *t, "e2e tuned tensors");
   t->st = e8q_ckpt_open(path, "e2e");
-  E8Q_CHECK((int)meta_num(t->st, "done", path) == 1,
+  E8Q_CHECK((int)e8q_ckpt_meta_num(t->st, "done", path) == 1,
             "internal: %s: end-to-end fine-tuning is not finished (rerun the same command)", path);
   e8q_e2e_layout(&t->L, &R->cfg);
   t->cfg = &R->cfg;
@@ -472,11 +466,11 @@ cJSON *e8q_run_e2e_record(e8q_run *R) {
   e8q_rundir_path(R->rd, E2E_STATE, path, sizeof path);
   e8q_safetensors *st = e8q_ckpt_open(path, "e2e");
   cJSON *e = cJSON_CreateObject();
-  cJSON_AddNumberToObject(e, "held_out_ce_before", meta_num(st, "init_loss", path));
-  cJSON_AddNumberToObject(e, "held_out_ce_after", meta_num(st, "best_loss", path));
-  cJSON_AddNumberToObject(e, "epochs", meta_num(st, "epoch", path));
-  cJSON_AddNumberToObject(e, "steps", meta_num(st, "step", path));
-  cJSON_AddNumberToObject(e, "topk", meta_num(st, "topk", path));
+  cJSON_AddNumberToObject(e, "held_out_ce_before", e8q_ckpt_meta_num(st, "init_loss", path));
+  cJSON_AddNumberToObject(e, "held_out_ce_after", e8q_ckpt_meta_num(st, "best_loss", path));
+  cJSON_AddNumberToObject(e, "epochs", e8q_ckpt_meta_num(st, "epoch", path));
+  cJSON_AddNumberToObject(e, "steps", e8q_ckpt_meta_num(st, "step", path));
+  cJSON_AddNumberToObject(e, "topk", e8q_ckpt_meta_num(st, "topk", path));
   cJSON_AddStringToObject(e, "trained",
                           R->cfg.tied ? "SU/SV of every linear, every norm, the final norm (lm_head tied to the "
                                         "embedding: frozen)"

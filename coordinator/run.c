@@ -302,12 +302,6 @@ static void part_rel(int b, int g, char *out, size_t cap) { snprintf(out, cap, "
 /* shards/{b}.ft{g}.ckpt: fine-tuning round g of block b (see "block fine-tuning" below) */
 static void ft_rel(int b, int g, char *out, size_t cap) { snprintf(out, cap, "shards/%d.ft%d.ckpt", b, g); }
 static int ft_on(const e8q_run *R);
-/* a number of a fine-tuning checkpoint's metadata (exact: written with %.17g) */
-static double ft_meta_num(const e8q_safetensors *st, const char *key, const char *path) {
-  const char *v = e8q_ckpt_meta(st, key);
-  E8Q_CHECK(v, "%s: fine-tuning checkpoint without '%s' (remove it and rerun)", path, key);
-  return strtod(v, NULL);
-}
 
 
 static int group_tensors(const e8q_run *R, const e8q_group_plan *gp, const e8q_qlin_result *q, const char *prefix,
@@ -442,10 +436,10 @@ static void block_commit(e8q_run *R, int b) {
       e8q_rundir_path(R->rd, rel, path, sizeof path);
       e8q_safetensors *fr = e8q_ckpt_open(path, "ft");
       cJSON *f = cJSON_AddObjectToObject(s, "fine_tuning");
-      cJSON_AddNumberToObject(f, "held_out_mse_before", ft_meta_num(fr, "init_loss", path));
-      cJSON_AddNumberToObject(f, "held_out_mse_after", ft_meta_num(fr, "best_loss", path));
-      cJSON_AddNumberToObject(f, "epochs", ft_meta_num(fr, "epoch", path));
-      cJSON_AddNumberToObject(f, "steps", ft_meta_num(fr, "step", path));
+      cJSON_AddNumberToObject(f, "held_out_mse_before", e8q_ckpt_meta_num(fr, "init_loss", path));
+      cJSON_AddNumberToObject(f, "held_out_mse_after", e8q_ckpt_meta_num(fr, "best_loss", path));
+      cJSON_AddNumberToObject(f, "epochs", e8q_ckpt_meta_num(fr, "epoch", path));
+      cJSON_AddNumberToObject(f, "steps", e8q_ckpt_meta_num(fr, "step", path));
       e8q_st_close(fr);
     }
   }
@@ -535,23 +529,23 @@ static int ft_load(e8q_run *R, int b, int g, e8q_ft_state *S) {
   if (!e8q_run_have(R, rel)) return 0;
   snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
   e8q_safetensors *st = e8q_ckpt_open(path, "ft");
-  E8Q_CHECK((int)ft_meta_num(st, "n_quant", path) == S->n_quant,
+  E8Q_CHECK((int)e8q_ckpt_meta_num(st, "n_quant", path) == S->n_quant,
             "%s: layer %d round %s: %d quantized groups in the checkpoint, %d expected", path, b, e8q_group_names[g],
-            (int)ft_meta_num(st, "n_quant", path), S->n_quant);
+            (int)e8q_ckpt_meta_num(st, "n_quant", path), S->n_quant);
   const int64_t n = (int64_t)S->n;
   memcpy(S->p, e8q_ckpt_get(st, "p", E8Q_DT_F32, n), sizeof(float) * S->n);
   memcpy(S->best, e8q_ckpt_get(st, "best", E8Q_DT_F32, n), sizeof(float) * S->n);
   memcpy(S->m, e8q_ckpt_get(st, "m", E8Q_DT_F32, n), sizeof(float) * S->n);
   memcpy(S->v, e8q_ckpt_get(st, "v", E8Q_DT_F32, n), sizeof(float) * S->n);
-  S->epoch = (int)ft_meta_num(st, "epoch", path);
-  S->step = (long)ft_meta_num(st, "step", path);
-  S->worse = (int)ft_meta_num(st, "worse", path);
-  S->started = (int)ft_meta_num(st, "started", path);
-  S->done = (int)ft_meta_num(st, "done", path);
-  S->init_loss = ft_meta_num(st, "init_loss", path);
-  S->best_loss = ft_meta_num(st, "best_loss", path);
-  S->train_loss = ft_meta_num(st, "train_loss", path);
-  S->valid_loss = ft_meta_num(st, "valid_loss", path);
+  S->epoch = (int)e8q_ckpt_meta_num(st, "epoch", path);
+  S->step = (long)e8q_ckpt_meta_num(st, "step", path);
+  S->worse = (int)e8q_ckpt_meta_num(st, "worse", path);
+  S->started = (int)e8q_ckpt_meta_num(st, "started", path);
+  S->done = (int)e8q_ckpt_meta_num(st, "done", path);
+  S->init_loss = e8q_ckpt_meta_num(st, "init_loss", path);
+  S->best_loss = e8q_ckpt_meta_num(st, "best_loss", path);
+  S->train_loss = e8q_ckpt_meta_num(st, "train_loss", path);
+  S->valid_loss = e8q_ckpt_meta_num(st, "valid_loss", path);
   e8q_st_close(st);
   return 1;
 }

@@ -43,6 +43,12 @@ const char *e8q_ckpt_meta(const e8q_safetensors *st, const char *key) {
   return NULL;
 }
 
+double e8q_ckpt_meta_num(const e8q_safetensors *st, const char *key, const char *path) {
+  const char *v = e8q_ckpt_meta(st, key);
+  E8Q_CHECK(v, "%s: checkpoint without '%s' in its metadata (damaged: remove it and rerun)", path, key);
+  return strtod(v, NULL);
+}
+
 e8q_safetensors *e8q_ckpt_open(const char *path, const char *kind) {
   e8q_safetensors *st = e8q_st_open(path);
   const char *f = e8q_ckpt_meta(st, "format"), *v = e8q_ckpt_meta(st, "version"), *k = e8q_ckpt_meta(st, "kind");

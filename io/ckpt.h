@@ -33,6 +33,9 @@ void e8q_ckpt_write(const char *path, const char *kind, const char *const *meta,
 e8q_safetensors *e8q_ckpt_open(const char *path, const char *kind);
 /* a metadata value, NULL when absent */
 const char *e8q_ckpt_meta(const e8q_safetensors *st, const char *key);
+/* the number stored under key (exact when written with %.17g); fatal naming the file (path) and
+ * the key when it is absent: the checkpoint is damaged and must be recomputed */
+double e8q_ckpt_meta_num(const e8q_safetensors *st, const char *key, const char *path);
 /* a tensor's bytes, checking dtype and element count; fatal naming file and tensor otherwise */
 const void *e8q_ckpt_get(const e8q_safetensors *st, const char *name, e8q_dtype dt, int64_t numel);
 
