@@ -365,10 +365,12 @@ void e8q_run_e2e(e8q_run *R) {
     const size_t pk = (size_t)(T - 1) * k, TD = (size_t)T * R->dim;
     if (!e8q_run_e2e_targets_have(R)) { /* missing or corrupt: the original model again */
       e8q_info("e8q: end-to-end targets are missing or corrupt: recomputing them from the original model");
+      const double t = e8q_run_stage_begin();
       float *X = e8q_malloc(sizeof(float) * (size_t)(n_my > 0 ? n_my : 1) * TD, "final hidden states"); /* [n_my, T, dim] */
       e8q_run_acts_rebuild(R, R->cfg.n_layers, X);
       e8q_run_e2e_targets_commit(R, X);
       free(X);
+      e8q_run_stage_end(R, E8Q_STAGE_E2E_TARGETS, t);
     }
     int *tid = e8q_malloc(sizeof(int) * (size_t)(n_my > 0 ? n_my : 1) * pk, "e2e target ids");       /* [n_my, T-1, k] */
     float *tprob = e8q_malloc(sizeof(float) * (size_t)(n_my > 0 ? n_my : 1) * pk, "e2e target probs"); /* [n_my, T-1, k] */
@@ -381,8 +383,10 @@ void e8q_run_e2e(e8q_run *R) {
                        .seed = R->o->seed};
     e8q_e2e_hooks hk = {epoch_end, &C};
     const int n_valid = R->o->ft_valid, n_train = R->plan.devset - n_valid;
+    const double t = e8q_run_stage_begin();
     e8q_e2e_train(&eo, R->comm, &C.M, &C.S, T, k, n_train, n_valid, R->s0, R->s1,
                   R->calib.ids + (size_t)R->s0 * T, tid, tprob, &hk);
+    e8q_run_stage_end(R, E8Q_STAGE_E2E, t);
     free(tprob);
     free(tid);
   }

@@ -30,6 +30,15 @@
 #include "worker/forward.h"
 #include "worker/hessian.h"
 
+/* ================================================================ stage timing */
+const char *const e8q_run_stage_names[E8Q_N_STAGES] = {"embed",      "hessian",     "quantize", "block-ft",
+                                                        "propagate",  "e2e-targets", "e2e",      "gather",
+                                                        "validate",   "pack"};
+
+double e8q_run_stage_begin(void) { return e8q_now(); }
+
+void e8q_run_stage_end(e8q_run *R, e8q_run_stage s, double t) { R->stage_s[s] += e8q_now() - t; }
+
 /* ================================================================ helpers */
 int e8q_run_bcast_int(int v) {
   e8q_comm_bcast(e8q_comm_get(), E8Q_MEM_HOST, &v, sizeof v, 0);
@@ -722,6 +731,7 @@ static void targets_compute(e8q_run *R, const e8q_block *blk) {
 static void ft_block_round(e8q_run *R, int b, int g, const e8q_block *blk, int *y_valid) {
   ft_round_ctx F;
   if (!ft_round_open(R, b, g, blk, &F)) return;
+  const double t = e8q_run_stage_begin();
   if (!*y_valid) { /* Hessians were loaded from disk: the targets were never computed */
     targets_compute(R, blk);
     *y_valid = 1;
@@ -738,6 +748,7 @@ static void ft_block_round(e8q_run *R, int b, int g, const e8q_block *blk, int *
   const int n_valid = R->o->ft_valid, n_train = R->plan.devset - n_valid;
   e8q_ft_round(&fo, R->comm, &R->cfg, &F.tb, &F.S, R->T, n_train, n_valid, R->s0, R->s1, R->X, R->Y, &hk);
   ft_round_close(&F);
+  e8q_run_stage_end(R, E8Q_STAGE_BLOCK_FT, t);
 }
 
 /* ================================================================ one block */
@@ -772,6 +783,7 @@ static void run_block(e8q_run *R, int b) {
   const int resumed = hessians_load(R, b, H, &tokens);
   int y_valid = !resumed; /* the Hessian pass leaves Y = block(X) */
   if (!resumed) {
+    const double t = e8q_run_stage_begin();
     e8q_hessian_acc acc;
     e8q_hessian_acc_init(&acc, &R->cfg, R->T);
     e8q_fwd_scratch sc = {0};
@@ -786,6 +798,7 @@ static void run_block(e8q_run *R, int b) {
     e8q_hessian_acc_reduce(&acc, H, &tokens);
     e8q_hessian_acc_free(&acc);
     hessians_commit(R, b, H, tokens);
+    e8q_run_stage_end(R, E8Q_STAGE_HESSIAN, t);
     e8q_fault_point("hessian.done");
   }
   e8q_progress_step("hessian", b, NULL, resumed);
@@ -797,6 +810,7 @@ static void run_block(e8q_run *R, int b) {
     part_rel(b, g, rel, sizeof rel);
     int done = e8q_run_have(R, rel);
     if (!done) {
+      const double t = e8q_run_stage_begin();
       e8q_qlin_result q;
       /* after a fine-tuning round, the group is quantized from its TUNED dense weight (its
        * Hessian stays the one of the original activations) */
@@ -822,6 +836,7 @@ static void run_block(e8q_run *R, int b) {
         e8q_progress_event("linear", f, 0);
       }
       e8q_qlin_result_free(&q);
+      e8q_run_stage_end(R, E8Q_STAGE_QUANTIZE, t);
       if (g < E8Q_N_GROUPS - 1) e8q_fault_point("quantize.mid");
     }
     snprintf(what, sizeof what, "%s", gp->name);
@@ -839,15 +854,20 @@ static void run_block(e8q_run *R, int b) {
   int last = b + 1 == R->cfg.n_layers; /* nothing to propagate after the last block */
   int have_next = last || acts_load(R, b + 1, R->Y);
   if (!have_next) {
+    const double t = e8q_run_stage_begin();
     if (!y_valid) targets_compute(R, &blk);
+    y_valid = 1;
     acts_commit(R, b + 1, R->Y);
+    e8q_run_stage_end(R, E8Q_STAGE_PROPAGATE, t);
     e8q_fault_point("propagate.done");
   }
   /* end-to-end fine-tuning: the last block propagates too, X_L = original block L-1 (X_{L-1}),
    * for the original model's next-token targets (coordinator/e2e.c) */
   if (last && e8q_run_e2e_on(R) && !e8q_run_e2e_targets_have(R)) {
+    const double t = e8q_run_stage_begin();
     if (!y_valid) targets_compute(R, &blk);
     e8q_run_e2e_targets_commit(R, R->Y);
+    e8q_run_stage_end(R, E8Q_STAGE_E2E_TARGETS, t);
   }
   e8q_progress_step("propagate", b, NULL, have_next && !last);
   e8q_block_free(&blk);
@@ -1078,6 +1098,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
     acts_remove(R, start - 1);
   }
   int embed_resumed = start > 0;
+  double t_stage = e8q_run_stage_begin();
   if (start < R->cfg.n_layers) {
     if (start == 0) {
       embed_resumed = acts_load(R, 0, R->X);
@@ -1093,6 +1114,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   }
   if (!embed_resumed) {
     e8q_run_step(R, "embed");
+    e8q_run_stage_end(R, E8Q_STAGE_EMBED, t_stage);
     e8q_fault_point("embed.done");
   }
   e8q_progress_step("embed", -1, NULL, embed_resumed);
@@ -1122,8 +1144,10 @@ int e8q_run_quantize(const e8q_run_opts *o) {
 
   /* ---------------------------------------------------------- gather, validate, pack */
   int gathered = e8q_run_has_step(R, "gather") && e8q_run_have(R, "model.safetensors") && e8q_run_have(R, "config.json");
+  t_stage = e8q_run_stage_begin();
   if (!gathered && R->rank == 0) e8q_run_gather(R);
   barrier();
+  e8q_run_stage_end(R, E8Q_STAGE_GATHER, t_stage);
   e8q_run_source_check(R, "gather", gather_discard, 0);
   e8q_fault_point("gather.done");
   e8q_progress_step("gather", -1, NULL, gathered);
@@ -1132,12 +1156,18 @@ int e8q_run_quantize(const e8q_run_opts *o) {
    * --eval-lines (or none) redoes validation (then pack) on the same quantized model */
   int validated = e8q_run_has_step(R, "validate") && e8q_run_have(R, "validation.json");
   if (validated) validated = e8q_run_bcast_int(R->rank == 0 ? validation_current(R) : 0);
-  if (!validated) e8q_run_validate(R);
+  if (!validated) {
+    t_stage = e8q_run_stage_begin();
+    e8q_run_validate(R);
+    e8q_run_stage_end(R, E8Q_STAGE_VALIDATE, t_stage);
+  }
   e8q_fault_point("validate.done");
   e8q_progress_step("validate", -1, NULL, validated);
 
+  t_stage = e8q_run_stage_begin();
   if (R->rank == 0) e8q_run_pack(R);
   barrier();
+  e8q_run_stage_end(R, E8Q_STAGE_PACK, t_stage);
   e8q_progress_step("pack", -1, o->out, 0);
 
   /* ---------------------------------------------------------- report */
@@ -1149,9 +1179,19 @@ int e8q_run_quantize(const e8q_run_opts *o) {
     cJSON *arr = cJSON_AddArrayToObject(f, "peak_rss_bytes");
     for (int r = 0; r < R->size; r++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(all[r]));
     cJSON_AddNumberToObject(f, "wall_s", e8q_now() - t0);
+    cJSON *st = cJSON_AddObjectToObject(f, "stage_s");
+    char line[1024];
+    size_t len = 0;
+    for (int k = 0; k < E8Q_N_STAGES; k++) {
+      cJSON_AddNumberToObject(st, e8q_run_stage_names[k], R->stage_s[k]);
+      if (R->stage_s[k] > 0 && len < sizeof line)
+        len += (size_t)snprintf(line + len, sizeof line - len, "%s %s %.1f s", len ? "," : "", e8q_run_stage_names[k],
+                                R->stage_s[k]);
+    }
     cJSON_AddStringToObject(f, "out", o->out);
     e8q_progress_event("done", f, 1);
     for (int r = 0; r < R->size; r++) e8q_info("e8q: rank %d peak RSS %.1f MiB", r, all[r] / (1 << 20));
+    e8q_info("e8q: wall %.1f s by stage (this process, rank 0's clock):%s", e8q_now() - t0, len ? line : " none");
     free(all);
   }
   e8q_progress_end();

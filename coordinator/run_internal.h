@@ -18,6 +18,23 @@ typedef struct {
   long long size, ino, mtime_ns;
 } e8q_run_src_file;
 
+/* the stages whose wall time a run reports at its end (rank 0's clock; this process only: a
+ * resumed run counts what it redid) */
+typedef enum {
+  E8Q_STAGE_EMBED,       /* calibration ids embedded: X_0 */
+  E8Q_STAGE_HESSIAN,     /* the Hessian pass over each block */
+  E8Q_STAGE_QUANTIZE,    /* RHT + LDLQ of each linear */
+  E8Q_STAGE_BLOCK_FT,    /* block fine-tuning rounds (with their targets when recomputed) */
+  E8Q_STAGE_PROPAGATE,   /* X_{b+1} = original block b (X_b), committed */
+  E8Q_STAGE_E2E_TARGETS, /* the original model's top-k next-token targets */
+  E8Q_STAGE_E2E,         /* end-to-end fine-tuning */
+  E8Q_STAGE_GATHER,      /* model.safetensors from the shards */
+  E8Q_STAGE_VALIDATE,    /* decode check and evaluation */
+  E8Q_STAGE_PACK,        /* OUT.e8q */
+  E8Q_N_STAGES
+} e8q_run_stage;
+extern const char *const e8q_run_stage_names[E8Q_N_STAGES];
+
 typedef struct {
   const e8q_run_opts *o;
   e8q_comm *comm; /* the process communicator (e8q_comm_get) */
@@ -36,7 +53,12 @@ typedef struct {
   e8q_qlin_opts q;       /* per-linear options */
   e8q_run_src_file *src; /* rank 0: [n_src] the source model files (e8q_run_source_check) */
   int n_src;
+  double stage_s[E8Q_N_STAGES]; /* wall seconds spent in each stage by this process */
 } e8q_run;
+
+/* stage timing: t = e8q_run_stage_begin(); ...; e8q_run_stage_end(R, stage, t) */
+double e8q_run_stage_begin(void);
+void e8q_run_stage_end(e8q_run *R, e8q_run_stage s, double t);
 
 /* Collective: fatal (naming the file) when a source model file's size, inode or mtime changed
  * since its fingerprint was taken, i.e. the weights read since may mix old and new bytes. Called

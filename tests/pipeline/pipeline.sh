@@ -40,6 +40,13 @@ assert stages[:3] == ["plan", "embed", "hessian"] and stages[-3:] == ["gather", 
 assert sum(1 for e in ev if e["event"] == "linear") == 20
 done = [e for e in ev if e["event"] == "done"][0]
 assert len(done["peak_rss_bytes"]) == 2 and all(x > 1e6 for x in done["peak_rss_bytes"])
+# wall time by stage: every stage of a fresh --ft none run ran, none of fine-tuning, and they add
+# up to no more than the wall time
+st = done["stage_s"]
+ran = {"embed", "hessian", "quantize", "propagate", "gather", "validate", "pack"}
+assert set(st) == ran | {"block-ft", "e2e-targets", "e2e"}, st
+assert all(st[k] > 0 for k in ran) and all(st[k] == 0 for k in set(st) - ran), st
+assert sum(st.values()) <= done["wall_s"], (st, done["wall_s"])
 PY
   q 4 "$TMP/a4.e8q" > "$TMP/log4" 2>&1 || { cat "$TMP/log4"; fail "4-rank run failed"; }
   cmp "$TMP/a1.e8q" "$TMP/a2.e8q" || fail "1 and 2 ranks differ"
@@ -380,6 +387,8 @@ assert not any("fine_tuning" in l for l in n["validation"]["linears"])
 ev = [json.loads(l) for l in open(sys.argv[3])]
 assert sum(1 for e in ev if e["event"] == "ft_epoch") == 30
 assert sum(1 for e in ev if e["event"] == "ft_round") == 15
+st = [e for e in ev if e["event"] == "done"][0]["stage_s"]
+assert st["block-ft"] > 0 and st["e2e"] == 0 and st["e2e-targets"] == 0, st
 print("NLL --ft none", nn, "--ft block", nb)
 PY
   ;;
