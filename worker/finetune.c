@@ -12,6 +12,7 @@
 #include "kernels/hadamard.h"
 #include "kernels/transformer_grad.h"
 #include "worker/block_train.h"
+#include "worker/seqdeal.h"
 
 /* the data order of epoch e of round (layer, group): its own stream under the run seed */
 #define E8Q_FT_RNG_STREAM (0x4674ull << 32) /* "Ft" */
@@ -83,6 +84,13 @@ void e8q_ft_refresh(e8q_ft_state *S, e8q_block *tb) {
 }
 
 /* ---------------------------------------------------------------- losses */
+/* the deal of X and Y [s1-s0, T, dim] (worker/seqdeal.h) */
+static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int s0, int s1, size_t TD, const float *X, const float *Y) {
+  const void *base[2] = {X, Y};
+  const size_t bytes[2] = {sizeof(float) * TD, sizeof(float) * TD};
+  e8q_seqdeal_init(d, comm, s0, s1, 2, base, bytes);
+}
+
 double e8q_ft_loss(e8q_comm *comm, const e8q_config *cfg, const e8q_block *tb, int T, int v0, int v1, int s0, int s1,
                    const float *X, const float *Y) {
   const size_t TD = (size_t)T * cfg->dim;
@@ -90,11 +98,21 @@ double e8q_ft_loss(e8q_comm *comm, const e8q_config *cfg, const e8q_block *tb, i
   e8q_bt_saved sv = {0};
   e8q_xsum acc;
   e8q_xsum_init(&acc, 1, E8Q_XSUM_FRAC_DEFAULT);
-  for (int i = v0 > s0 ? v0 : s0; i < (v1 < s1 ? v1 : s1); i++) { /* one sequence per forward */
-    e8q_block_train_forward(tb, cfg, 1, T, X + (size_t)(i - s0) * TD, y, &sv);
-    double l = e8q_mse(TD, y, Y + (size_t)(i - s0) * TD, NULL);
+  /* the held-out sequences dealt evenly to the ranks, one sequence per forward */
+  e8q_seqdeal d;
+  deal_init(&d, comm, s0, s1, TD, X, Y);
+  const int n = v1 > v0 ? v1 - v0 : 0;
+  int *list = e8q_malloc(sizeof(int) * (size_t)(n ? n : 1), "fine-tuning held-out list"); /* [n] */
+  for (int k = 0; k < n; k++) list[k] = v0 + k;
+  for (int r = 0; r < e8q_seqdeal_rounds(&d, n); r++) {
+    const void *xy[2];
+    if (e8q_seqdeal_round(&d, list, n, r, xy) < 0) continue;
+    e8q_block_train_forward(tb, cfg, 1, T, xy[0], y, &sv);
+    double l = e8q_mse(TD, y, xy[1], NULL);
     e8q_xsum_add(&acc, &l);
   }
+  free(list);
+  e8q_seqdeal_free(&d);
   double sum = 0;
   if (comm) e8q_comm_allreduce_sum_ordered(comm, &acc, &sum);
   else e8q_xsum_get(&acc, &sum);
@@ -163,6 +181,8 @@ void e8q_ft_round(const e8q_ft_opts *o, e8q_comm *comm, const e8q_config *cfg, e
   const int n_ap = S->n_susv ? 2 : 1;
   const e8q_adam_param *aps = S->n_susv ? ap : ap + 1;
   const int steps = (n_train + o->batch - 1) / o->batch;
+  e8q_seqdeal d; /* a step's sequences dealt evenly to the ranks */
+  deal_init(&d, comm, s0, s1, TD, X, Y);
 
   while (S->epoch < o->epochs && S->worse < o->early_stop) {
     epoch_order(o, S->epoch, n_train, perm);
@@ -171,12 +191,12 @@ void e8q_ft_round(const e8q_ft_opts *o, e8q_comm *comm, const e8q_config *cfg, e
       e8q_fault_point("ft.step");
       const int k0 = t * o->batch, k1 = k0 + o->batch < n_train ? k0 + o->batch : n_train;
       e8q_xsum_zero(&xs);
-      for (int k = k0; k < k1; k++) {
-        const int i = perm[k];
-        if (i < s0 || i >= s1) continue; /* another rank's sequence */
+      for (int r = 0; r < e8q_seqdeal_rounds(&d, k1 - k0); r++) {
+        const void *xy[2];
+        if (e8q_seqdeal_round(&d, perm + k0, k1 - k0, r, xy) < 0) continue; /* none for this rank */
         memset(grad, 0, sizeof(float) * n);
-        e8q_block_train_forward(tb, cfg, 1, T, X + (size_t)(i - s0) * TD, y, &sv);
-        acc[n] = e8q_mse(TD, y, Y + (size_t)(i - s0) * TD, y); /* y <- dL/dy */
+        e8q_block_train_forward(tb, cfg, 1, T, xy[0], y, &sv);
+        acc[n] = e8q_mse(TD, y, xy[1], y); /* y <- dL/dy */
         e8q_block_train_backward(tb, cfg, &sv, y, NULL, &gr);
         for (size_t j = 0; j < n; j++) acc[j] = grad[j];
         e8q_xsum_add(&xs, acc);
@@ -208,6 +228,7 @@ void e8q_ft_round(const e8q_ft_opts *o, e8q_comm *comm, const e8q_config *cfg, e
   S->done = 1;
   if (hooks && hooks->epoch_end) hooks->epoch_end(hooks->ctx, S);
 
+  e8q_seqdeal_free(&d);
   e8q_bt_saved_free(&sv);
   e8q_xsum_free(&xs);
   free(perm);

@@ -13,9 +13,11 @@
  * Sequences: global indices 0..n_train-1 train, n_train..n_train+n_valid-1 held out. Each rank
  * holds sequences [s0, s1) of X and Y. Step t of epoch e uses the training sequences
  * perm_e[t*batch .. t*batch+batch), perm_e a shuffle seeded by (seed, layer, group, epoch)
- * (common/rng.h), so the data order is a function of the epoch and needs no checkpoint. Every
- * rank computes each of ITS sequences' gradient from zero (one sequence per forward: the bits
- * of a sequence's gradient do not depend on which rank owns it), adds it (as double) into an
+ * (common/rng.h), so the data order is a function of the epoch and needs no checkpoint. A
+ * step's sequences are dealt evenly to the ranks (worker/seqdeal.h: the holder sends X and Y to
+ * the rank that trains it), so every rank works even at one or two sequences per rank and step.
+ * Every rank computes each of its dealt sequences' gradient from zero (one sequence per forward:
+ * the bits of a sequence's gradient do not depend on which rank computes it), adds it (as double) into an
  * exact accumulator (e8q_xsum) and e8q_comm_allreduce_sum_ordered gives every rank the same
  * summed gradient bit for bit, for any rank count; every rank then applies the same Adam
  * update. Losses travel in the same accumulator. The loss of a step is the mean squared error

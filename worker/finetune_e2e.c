@@ -13,6 +13,7 @@
 #include "kernels/transformer_grad.h"
 #include "worker/block_train.h"
 #include "worker/linear.h"
+#include "worker/seqdeal.h"
 
 /* the data order of epoch e: its own stream under the run seed */
 #define E8Q_E2E_RNG_STREAM (0x4532ull << 32) /* "E2" */
@@ -194,17 +195,34 @@ double e8q_e2e_seq_grad(const e8q_e2e_model *M, const e8q_e2e_state *S, int T, i
 }
 
 /* ---------------------------------------------------------------- losses */
+/* the deal of ids [s1-s0, T] and tid/tprob [s1-s0, T-1, k] (worker/seqdeal.h) */
+static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int T, int k, int s0, int s1, const int *ids, const int *tid,
+                      const float *tprob) {
+  const size_t tk = (size_t)(T - 1) * k;
+  const void *base[3] = {ids, tid, tprob};
+  const size_t bytes[3] = {sizeof(int) * (size_t)T, sizeof(int) * tk, sizeof(float) * tk};
+  e8q_seqdeal_init(d, comm, s0, s1, 3, base, bytes);
+}
+
 /* the held-out loss with the caller's work buffers (training keeps one set) */
 static double loss_with(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, int v0, int v1,
                         int s0, int s1, const int *ids, const int *tid, const float *tprob, e8q_e2e_work *w) {
-  const size_t tk = (size_t)(T - 1) * k;
   e8q_xsum acc;
   e8q_xsum_init(&acc, 1, E8Q_XSUM_FRAC_DEFAULT);
-  for (int i = v0 > s0 ? v0 : s0; i < (v1 < s1 ? v1 : s1); i++) { /* one sequence per forward */
-    const size_t r = (size_t)(i - s0);
-    double l = e8q_e2e_seq_grad(M, S, T, k, ids + r * T, tid + r * tk, tprob + r * tk, NULL, w);
+  /* the held-out sequences dealt evenly to the ranks, one sequence per forward */
+  e8q_seqdeal d;
+  deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
+  const int n = v1 > v0 ? v1 - v0 : 0;
+  int *list = e8q_malloc(sizeof(int) * (size_t)(n ? n : 1), "e2e held-out list"); /* [n] */
+  for (int j = 0; j < n; j++) list[j] = v0 + j;
+  for (int r = 0; r < e8q_seqdeal_rounds(&d, n); r++) {
+    const void *pt[3];
+    if (e8q_seqdeal_round(&d, list, n, r, pt) < 0) continue;
+    double l = e8q_e2e_seq_grad(M, S, T, k, pt[0], pt[1], pt[2], NULL, w);
     e8q_xsum_add(&acc, &l);
   }
+  free(list);
+  e8q_seqdeal_free(&d);
   double sum = 0;
   if (comm) e8q_comm_allreduce_sum_ordered(comm, &acc, &sum);
   else e8q_xsum_get(&acc, &sum);
@@ -243,7 +261,7 @@ void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_
             n_valid);
   E8Q_CHECK(o->batch >= 1 && o->epochs >= 0, "end-to-end fine-tuning: batch %d, epochs %d", o->batch, o->epochs);
   const int v0 = n_train, v1 = n_train + n_valid;
-  const size_t n = S->n, tk = (size_t)(T - 1) * k;
+  const size_t n = S->n;
   e8q_e2e_work w = {0}; /* one set of work buffers for training and held-out losses */
   if (!S->started) { /* the loss before training is the first best */
     S->init_loss = S->best_loss = loss_with(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob, &w);
@@ -264,6 +282,8 @@ void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_
       {S->p + S->n_susv, gmean + S->n_susv, S->m + S->n_susv, S->v + S->n_susv, n - S->n_susv, (float)o->lr},
   };
   const int steps = (n_train + o->batch - 1) / o->batch;
+  e8q_seqdeal d; /* a step's sequences dealt evenly to the ranks */
+  deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
 
   while (S->epoch < o->epochs && S->worse < o->early_stop) {
     epoch_order(o->seed, S->epoch, n_train, perm);
@@ -272,12 +292,11 @@ void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_
       e8q_fault_point("e2e.step");
       const int k0 = t * o->batch, k1 = k0 + o->batch < n_train ? k0 + o->batch : n_train;
       e8q_xsum_zero(&xs);
-      for (int j = k0; j < k1; j++) {
-        const int i = perm[j];
-        if (i < s0 || i >= s1) continue; /* another rank's sequence */
-        const size_t r = (size_t)(i - s0);
+      for (int r = 0; r < e8q_seqdeal_rounds(&d, k1 - k0); r++) {
+        const void *pt[3];
+        if (e8q_seqdeal_round(&d, perm + k0, k1 - k0, r, pt) < 0) continue; /* none for this rank */
         memset(grad, 0, sizeof(float) * n);
-        acc[n] = e8q_e2e_seq_grad(M, S, T, k, ids + r * T, tid + r * tk, tprob + r * tk, grad, &w);
+        acc[n] = e8q_e2e_seq_grad(M, S, T, k, pt[0], pt[1], pt[2], grad, &w);
         for (size_t q = 0; q < n; q++) acc[q] = grad[q];
         e8q_xsum_add(&xs, acc);
       }
@@ -308,6 +327,7 @@ void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_
   S->done = 1;
   if (hooks && hooks->epoch_end) hooks->epoch_end(hooks->ctx, S);
 
+  e8q_seqdeal_free(&d);
   e8q_e2e_work_free(&w);
   e8q_xsum_free(&xs);
   free(perm);

@@ -138,8 +138,8 @@ typedef struct {
 } e8q_e2e_hooks;
 
 /* Collective. Trains M (bound to S) from S (fresh or restored; nothing when S->done).
- * Sequences 0..n_train-1 train, n_train..n_train+n_valid-1 held out; this rank holds [s0, s1).
- * On return S->done = 1 and S->p (and M) hold the best held-out state. */
+ * Sequences 0..n_train-1 train, n_train..n_train+n_valid-1 held out; this rank holds [s0, s1);
+ * a step's (and the held-out) sequences are dealt evenly to the ranks (worker/seqdeal.h). On return S->done = 1 and S->p (and M) hold the best held-out state. */
 void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_e2e_state *S, int T, int k,
                    int n_train, int n_valid, int s0, int s1, const int *ids, const int *tid, const float *tprob,
                    const e8q_e2e_hooks *hooks);
