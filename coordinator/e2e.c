@@ -258,17 +258,10 @@ static void ctx_open(e8q_run *R, e2e_ctx *C) {
       d.n = gp->n;
       d.n_pad = gp->n_pad;
       d.codebook = cb;
-      snprintf(name, sizeof name, "%s.codes", gp->name);
-      C->codes[q] = e8q_alloc_aligned(sizeof(uint16_t) * (size_t)nco, "e2e codes");
-      memcpy(C->codes[q], e8q_ckpt_get(sh, name, E8Q_DT_U16, nco), sizeof(uint16_t) * (size_t)nco);
+      snprintf(name, sizeof name, "%s.", gp->name);
+      e8q_run_codes_read(sh, name, cb, nco, &C->codes[q], &C->codes2[q]);
       d.codes = C->codes[q];
-      if (R->o->bits > 2) {
-        const size_t es = R->o->bits == 4 ? sizeof(uint16_t) : 1;
-        snprintf(name, sizeof name, "%s.codes2", gp->name);
-        C->codes2[q] = e8q_alloc_aligned(es * (size_t)nco, "e2e codes2");
-        memcpy(C->codes2[q], e8q_ckpt_get(sh, name, R->o->bits == 4 ? E8Q_DT_U16 : E8Q_DT_U8, nco), es * (size_t)nco);
-        d.codes2 = C->codes2[q];
-      }
+      d.codes2 = C->codes2[q];
       d.SU = C->S.p + C->S.off_SU[q];
       d.SV = C->S.p + C->S.off_SV[q];
       snprintf(name, sizeof name, "%s.Wscale", gp->name);

@@ -40,6 +40,27 @@ double e8q_run_stage_begin(void) { return e8q_now(); }
 void e8q_run_stage_end(e8q_run *R, e8q_run_stage s, double t) { R->stage_s[s] += e8q_now() - t; }
 
 /* ================================================================ helpers */
+e8q_dtype e8q_run_codes2_dtype(e8q_codebook_id cb, size_t *bytes) {
+  const e8q_codebook_traits *t = e8q_cb_traits(cb);
+  *bytes = (size_t)t->codes2_bytes;
+  return t->codes2_dtype ? e8q_dtype_from_name(t->codes2_dtype) : E8Q_DT_U8;
+}
+
+void e8q_run_codes_read(const e8q_safetensors *st, const char *prefix, e8q_codebook_id cb, int64_t n_codes,
+                        uint16_t **codes, void **codes2) {
+  char name[256];
+  snprintf(name, sizeof name, "%scodes", prefix);
+  *codes = e8q_alloc_aligned(sizeof(uint16_t) * (size_t)n_codes, "codes");
+  memcpy(*codes, e8q_ckpt_get(st, name, E8Q_DT_U16, n_codes), sizeof(uint16_t) * (size_t)n_codes);
+  size_t es;
+  const e8q_dtype dt = e8q_run_codes2_dtype(cb, &es);
+  *codes2 = NULL;
+  if (!es) return;
+  snprintf(name, sizeof name, "%scodes2", prefix);
+  *codes2 = e8q_alloc_aligned(es * (size_t)n_codes, "codes2");
+  memcpy(*codes2, e8q_ckpt_get(st, name, dt, n_codes), es * (size_t)n_codes);
+}
+
 int e8q_run_bcast_int(int v) {
   e8q_comm_bcast(e8q_comm_get(), E8Q_MEM_HOST, &v, sizeof v, 0);
   return v;
@@ -325,12 +346,11 @@ static int group_tensors(const e8q_run *R, const e8q_group_plan *gp, const e8q_q
   }
   snprintf(names[k], 160, "%scodes", prefix);
   t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_U16, 2, {gp->m, nc}, q->codes};
-  if (R->o->bits == 4) {
+  size_t c2_bytes;
+  const e8q_dtype c2_dt = e8q_run_codes2_dtype(e8q_cb_from_bits(R->o->bits), &c2_bytes);
+  if (c2_bytes) {
     snprintf(names[k], 160, "%scodes2", prefix);
-    t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_U16, 2, {gp->m, nc}, q->codes2};
-  } else if (R->o->bits == 3) {
-    snprintf(names[k], 160, "%scodes2", prefix);
-    t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_U8, 2, {gp->m, nc}, q->codes2};
+    t[k++] = (e8q_ckpt_tensor){names[k - 1], c2_dt, 2, {gp->m, nc}, q->codes2};
   }
   snprintf(names[k], 160, "%sSU", prefix);
   t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 1, {gp->n_pad}, q->SU};
@@ -408,8 +428,9 @@ static void block_commit(e8q_run *R, int b) {
       q.dense = (float *)e8q_ckpt_get(parts[g], "weight", E8Q_DT_F32, (int64_t)gp->m * gp->n);
     } else {
       q.codes = (uint16_t *)e8q_ckpt_get(parts[g], "codes", E8Q_DT_U16, gp->m * nc);
-      if (R->o->bits == 4) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", E8Q_DT_U16, gp->m * nc);
-      if (R->o->bits == 3) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", E8Q_DT_U8, gp->m * nc);
+      size_t c2_bytes;
+      const e8q_dtype c2_dt = e8q_run_codes2_dtype(e8q_cb_from_bits(R->o->bits), &c2_bytes);
+      if (c2_bytes) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", c2_dt, gp->m * nc);
       q.SU = (float *)e8q_ckpt_get(parts[g], "SU", E8Q_DT_F32, gp->n_pad);
       q.SV = (float *)e8q_ckpt_get(parts[g], "SV", E8Q_DT_F32, gp->m);
       if (pft && g < L.n_quant) { /* tuned */
@@ -642,15 +663,9 @@ static int ft_round_open(e8q_run *R, int b, int g, const e8q_block *blk, ft_roun
     d.n = gp->n;
     d.n_pad = gp->n_pad;
     d.codebook = cb;
-    F->codes[k] = e8q_alloc_aligned(sizeof(uint16_t) * (size_t)nco, "fine-tuning codes");
-    memcpy(F->codes[k], e8q_ckpt_get(st, "codes", E8Q_DT_U16, nco), sizeof(uint16_t) * (size_t)nco);
+    e8q_run_codes_read(st, "", cb, nco, &F->codes[k], &F->codes2[k]);
     d.codes = F->codes[k];
-    if (R->o->bits > 2) {
-      size_t es = R->o->bits == 4 ? sizeof(uint16_t) : 1;
-      F->codes2[k] = e8q_alloc_aligned(es * (size_t)nco, "fine-tuning codes2");
-      memcpy(F->codes2[k], e8q_ckpt_get(st, "codes2", R->o->bits == 4 ? E8Q_DT_U16 : E8Q_DT_U8, nco), es * (size_t)nco);
-      d.codes2 = F->codes2[k];
-    }
+    d.codes2 = F->codes2[k];
     d.SU = F->S.p + F->S.off_SU[k];
     d.SV = F->S.p + F->S.off_SV[k];
     memcpy(&d.Wscale, e8q_ckpt_get(st, "Wscale", E8Q_DT_F32, 1), sizeof(float));
