@@ -1,7 +1,6 @@
 /* coordinator/calib.c: deterministic calibration windows (coordinator/calib.h). */
 #include "coordinator/calib.h"
 
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,17 +22,7 @@ void e8q_calib_build(e8q_calib *c, const char *path, const e8q_tokenizer *tok, i
               "from the --model directory): put the model's tokenizer.model there, or give --calib a token id "
               "file (.ids or .u32, little-endian uint32)",
               path);
-    size_t nb = 0;
-    char *text = e8q_file_read(path, &nb, "calibration text");
-    E8Q_CHECK(nb > 0, "--calib %s is empty: give a calibration text (UTF-8) or a token id file (.ids/.u32)", path);
-    size_t bad = e8q_utf8_check(text, nb);
-    if (bad < nb) {
-      unsigned b = (uint8_t)text[bad];
-      free(text);
-      E8Q_FATAL("--calib %s is not valid UTF-8 (bad byte 0x%02x at byte offset %zu): convert it to UTF-8 (for "
-                "example with iconv)",
-                path, b, bad);
-    }
+    char *text = e8q_text_read_for(path, "--calib", NULL);
     char **lines = NULL;
     int n = e8q_text_lines(text, skip_lines, 0, &lines);
     free(text);

@@ -66,21 +66,25 @@ size_t e8q_utf8_check(const char *text, size_t len) {
   return len;
 }
 
-char *e8q_text_read(const char *path, size_t *len) {
+char *e8q_text_read_for(const char *path, const char *opt, size_t *len) {
   size_t n;
   char *buf = e8q_file_read(path, &n, "text file");
-  E8Q_CHECK(n > 0, "%s: the text file is empty; give a file with text (UTF-8) or token ids (.ids/.u32)", path);
+  const char *o = opt ? opt : "", *sp = opt ? " " : "";
+  E8Q_CHECK(n > 0, "%s%s%s: the text file is empty; give a file with text (UTF-8) or token ids (.ids/.u32)", o, sp,
+            path);
   size_t bad = e8q_utf8_check(buf, n);
   if (bad < n) {
     unsigned b = (uint8_t)buf[bad];
     free(buf);
-    E8Q_FATAL("%s: not valid UTF-8: bad byte 0x%02x at byte offset %zu%s; convert the file to UTF-8 (for "
+    E8Q_FATAL("%s%s%s: not valid UTF-8: bad byte 0x%02x at byte offset %zu%s; convert the file to UTF-8 (for "
               "example with iconv)",
-              path, b, bad, b == 0 ? " (a NUL byte)" : "");
+              o, sp, path, b, bad, b == 0 ? " (a NUL byte)" : "");
   }
   if (len) *len = n;
   return buf;
 }
+
+char *e8q_text_read(const char *path, size_t *len) { return e8q_text_read_for(path, NULL, len); }
 
 /* ---------------------------------------------------------------- lines */
 

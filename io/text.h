@@ -16,6 +16,8 @@ char *e8q_file_read(const char *path, size_t *len, const char *what);
 /* Whole file as a NUL-terminated string. Fatal, naming the file, when it is missing, empty,
  * or not valid UTF-8 (with the byte offset of the first bad sequence). */
 char *e8q_text_read(const char *path, size_t *len);
+/* e8q_text_read for a command-line option: messages start "OPT PATH" (opt NULL: as above) */
+char *e8q_text_read_for(const char *path, const char *opt, size_t *len);
 
 /* Non-empty lines (after stripping trailing \r\n; a line of only whitespace counts as empty),
  * at most max_lines (<= 0: all), starting after `skip` non-empty lines. Returns the count;

@@ -90,6 +90,7 @@ static void test_text_empty_file(void **state) {
   (void)state;
   char *p = tmp_file("empty.txt", "", 0);
   E8Q_EXPECT_FATAL(e8q_text_read(p, NULL), p, "empty");
+  E8Q_EXPECT_FATAL(e8q_text_read_for(p, "--calib", NULL), "--calib", p, "empty"); /* the option named */
   free(p);
   E8Q_EXPECT_FATAL(e8q_text_read("/nonexistent/calib.txt", NULL), "/nonexistent/calib.txt",
                    "No such file");
@@ -102,6 +103,7 @@ static void test_text_not_utf8(void **state) {
   s[17] = (char)0xe9;
   char *p = tmp_file("latin1.txt", s, strlen(s));
   E8Q_EXPECT_FATAL(e8q_text_read(p, NULL), p, "not valid UTF-8", "0xe9", "byte offset 17");
+  E8Q_EXPECT_FATAL(e8q_text_read_for(p, "--eval-text", NULL), "--eval-text", p, "not valid UTF-8", "0xe9");
   free(p);
   char z[] = "abc\0def";
   p = tmp_file("nul.txt", z, 7);
