@@ -419,8 +419,20 @@ __int128 e8q_xsum_from_double(double x, int frac_bits) {
   return neg ? -v : v;
 }
 
-double e8q_xsum_to_double(__int128 v, int frac_bits) {
+double e8q_xsum_to_double_ref(__int128 v, int frac_bits) {
   return ldexp((double)v, -frac_bits); /* (double) of __int128 rounds to nearest */
+}
+
+/* the same bits, faster: a value that fits 64 bits converts in hardware (round to nearest even,
+ * like the 128-bit conversion), and 2^-frac_bits (frac_bits <= XSUM_MAX_FRAC) is a normal
+ * double, so for |v| >= 1 the product is exact, as ldexp's result is */
+double e8q_xsum_to_double(__int128 v, int frac_bits) {
+  const double d = v >= INT64_MIN && v <= INT64_MAX ? (double)(int64_t)v : (double)v;
+  union {
+    uint64_t u;
+    double d;
+  } p = {.u = (uint64_t)(1023 - frac_bits) << 52}; /* 2^-frac_bits */
+  return d * p.d;
 }
 
 static inline __int128 xsum_add1(__int128 a, __int128 b) {

@@ -130,6 +130,7 @@ void e8q_xsum_get(const e8q_xsum *s, double *out);
 /* the conversions one value at a time (exposed for tests) */
 __int128 e8q_xsum_from_double(double x, int frac_bits);
 double e8q_xsum_to_double(__int128 v, int frac_bits);
+double e8q_xsum_to_double_ref(__int128 v, int frac_bits); /* ldexp of the 128-bit conversion */
 
 /* Collective: replaces every rank's s by the exact sum of all ranks' s (integer reduction,
  * order-independent), then writes the rounded total to out [n] (may be NULL) on every rank.

@@ -157,6 +157,24 @@ static void test_xsum_convert(void) {
     if (fabs(y) < 0x1p62) bad += e8q_xsum_from_double(x, f) != (__int128)llrint(y);
   }
   CHECK(bad == 0, "%d random conversions differ from llrint", bad);
+  /* to_double is to_double_ref bit for bit: random 128-bit values of every magnitude, both signs,
+   * around the int64 limits, at several frac_bits */
+  bad = 0;
+  const __int128 edges[] = {0, 1, -1, INT64_MAX, INT64_MIN, (__int128)INT64_MAX + 1, (__int128)INT64_MIN - 1,
+                            ((__int128)1 << 126) - 1, -((__int128)1 << 126)};
+  for (int fb = 0; fb <= 120; fb += 8) {
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) {
+      double a = e8q_xsum_to_double(edges[i], fb), b = e8q_xsum_to_double_ref(edges[i], fb);
+      bad += memcmp(&a, &b, sizeof a) != 0;
+    }
+    for (int i = 0; i < 20000; i++) {
+      __int128 v = (__int128)t_rng_u64(&g) << 64 | t_rng_u64(&g);
+      v >>= (int)(t_rng_u64(&g) % 127); /* arithmetic: every magnitude, both signs */
+      double a = e8q_xsum_to_double(v, fb), b = e8q_xsum_to_double_ref(v, fb);
+      bad += memcmp(&a, &b, sizeof a) != 0;
+    }
+  }
+  CHECK(bad == 0, "%d conversions to double differ from the ldexp reference", bad);
   /* 1000 additions of 1e-17 onto 1 are not lost (a double sum would lose them all) */
   e8q_xsum s;
   e8q_xsum_init(&s, 1, f);
