@@ -7,7 +7,7 @@
 #include "common/log.h"
 #include "coordinator/commands.h"
 #include "coordinator/options.h"
-#include "shard/demo.h"
+#include "coordinator/demo_model.h"
 
 static void demo_usage(FILE *f) {
   fprintf(f,

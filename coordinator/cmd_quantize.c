@@ -1,5 +1,5 @@
 /* coordinator/cmd_quantize.c: `[mpirun -np N] e8q quantize ...`: options, defaults, then the
- * driver (coordinator/run.c). Without --model it runs on the built-in DEMO model (shard/demo.h),
+ * driver (coordinator/run.c). Without --model it runs on the built-in DEMO model (coordinator/demo_model.h),
  * written into R/demo-model/ of the run directory, so `e8q quantize` alone does a whole run. */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -17,7 +17,7 @@
 #include "io/atomic.h"
 #include "io/config.h"
 #include "io/rundir.h"
-#include "shard/demo.h"
+#include "coordinator/demo_model.h"
 #include "worker/finetune_e2e.h"
 
 #define E8Q_DEFAULT_SEED 0

@@ -9,7 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "coordinator/eval.h"
-#include "shard/demo.h"
+#include "coordinator/demo_model.h"
 #include "testutil.h"
 #include "worker/forward.h"
 

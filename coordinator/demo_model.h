@@ -1,4 +1,4 @@
-/* shard/demo.h: a small deterministic demo model, for the README's first command and tests.
+/* coordinator/demo_model.h: a small deterministic demo model, for the README's first command and tests.
  *
  * A real Llama-architecture checkpoint in Hugging Face format with RANDOM weights (not a
  * trained model, it generates gibberish): dim 128, intermediate 344 (= 43*8, a non-power-of-two
@@ -10,8 +10,8 @@
  * DIR gets config.json, model.safetensors (f32), tokenizer.model (SentencePiece BPE: <unk>
  * <s> </s>, the 256 byte tokens, lower-case letters and a few merges), calib.txt and eval.txt
  * (deterministic generated sentences). The same seed gives bit-identical files. */
-#ifndef E8Q_SHARD_DEMO_H
-#define E8Q_SHARD_DEMO_H
+#ifndef E8Q_COORDINATOR_DEMO_MODEL_H
+#define E8Q_COORDINATOR_DEMO_MODEL_H
 
 #include <stdint.h>
 

@@ -1,5 +1,5 @@
-/* shard/demo.c: the deterministic random demo model (see demo.h). */
-#include "shard/demo.h"
+/* coordinator/demo_model.c: the deterministic random demo model (see demo_model.h). */
+#include "coordinator/demo_model.h"
 
 #include <errno.h>
 #include <math.h>
