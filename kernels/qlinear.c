@@ -171,12 +171,13 @@ void e8q_qlinear_codes_matmul_ref(const e8q_qlinear *q, int batch, const float *
 /* the shared frame of both paths: rotate inputs, run the core, rotate outputs */
 typedef void (*core_fn)(const e8q_qlinear *, int, const float *, float *);
 
-static void forward_with(const e8q_qlinear *q, int batch, const float *x, float *y, core_fn core) {
+/* zk: NULL, or [batch, m] <- the output before the output scales (y = out_scale ⊙ zk) */
+static void forward_with(const e8q_qlinear *q, int batch, const float *x, float *y, float *zk, core_fn core) {
   const int m = q->d.m, n = q->d.n, np = q->d.n_pad;
   E8Q_CHECK(batch >= 0, "e8q_qlinear_forward: batch %d < 0", batch);
   if (batch == 0) return;
   float *u = e8q_alloc_aligned(sizeof(float) * (size_t)batch * np, "qlinear rotated input");
-  float *z = e8q_alloc_aligned(sizeof(float) * (size_t)batch * m, "qlinear rotated output");
+  float *z = zk ? zk : e8q_alloc_aligned(sizeof(float) * (size_t)batch * m, "qlinear rotated output");
   for (int b = 0; b < batch; b++) {
     float *ub = u + (size_t)b * np;
     const float *xb = x + (size_t)b * n;
@@ -190,11 +191,15 @@ static void forward_with(const e8q_qlinear *q, int batch, const float *x, float 
   for (int b = 0; b < batch; b++)
     for (int r = 0; r < m; r++) y[(size_t)b * m + r] = q->out_scale[r] * z[(size_t)b * m + r];
   free(u);
-  free(z);
+  if (!zk) free(z);
 }
 
 void e8q_qlinear_forward_ref(const e8q_qlinear *q, int batch, const float *x, float *y) {
-  forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_ref);
+  forward_with(q, batch, x, y, NULL, e8q_qlinear_codes_matmul_ref);
+}
+
+void e8q_qlinear_forward_keep_ref(const e8q_qlinear *q, int batch, const float *x, float *y, float *z) {
+  forward_with(q, batch, x, y, z, e8q_qlinear_codes_matmul_ref);
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -242,26 +247,30 @@ const char *e8q_qlinear_path(const e8q_qlinear *q) {
   return "scalar _ref";
 }
 
-void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y) {
+void e8q_qlinear_forward_keep(const e8q_qlinear *q, int batch, const float *x, float *y, float *z) {
 #if defined(__x86_64__) || defined(__i386__)
   switch (e8q_qlinear_simd_level()) {
-    case 2: forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx512); return;
-    case 1: forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx2); return;
+    case 2: forward_with(q, batch, x, y, z, e8q_qlinear_codes_matmul_avx512); return;
+    case 1: forward_with(q, batch, x, y, z, e8q_qlinear_codes_matmul_avx2); return;
     default: break;
   }
 #endif
-  forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_ref);
+  forward_with(q, batch, x, y, z, e8q_qlinear_codes_matmul_ref);
+}
+
+void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y) {
+  e8q_qlinear_forward_keep(q, batch, x, y, NULL);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 void e8q_qlinear_forward_avx2(const e8q_qlinear *q, int batch, const float *x, float *y) {
   E8Q_CHECK(e8q_cpu_has_avx2(), "e8q_qlinear_forward_avx2: this CPU lacks AVX2/FMA");
-  forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx2);
+  forward_with(q, batch, x, y, NULL, e8q_qlinear_codes_matmul_avx2);
 }
 
 void e8q_qlinear_forward_avx512(const e8q_qlinear *q, int batch, const float *x, float *y) {
   E8Q_CHECK(e8q_cpu_has_avx512(), "e8q_qlinear_forward_avx512: this CPU lacks AVX-512 (F/BW/VL/DQ/VBMI) or GFNI");
-  forward_with(q, batch, x, y, e8q_qlinear_codes_matmul_avx512);
+  forward_with(q, batch, x, y, NULL, e8q_qlinear_codes_matmul_avx512);
 }
 #endif
 

@@ -87,6 +87,10 @@ void e8q_qlinear_set_scales(e8q_qlinear *q, const float *SV, const float *fuse_s
  * AVX2, else _ref; in the environment E8Q_NO_AVX512=1 stops at AVX2, E8Q_NO_AVX2=1 forces
  * _ref and E8Q_NO_VNNI=1 keeps the f32 AVX-512 core. */
 void e8q_qlinear_forward(const e8q_qlinear *q, int batch, const float *x, float *y);
+/* the same, and z [batch, m] (NULL: not kept) <- the output before the output scales, y = os ⊙ z
+ * (os = fs · SV per row): what the backward needs for dSV and dfs (e8q_qlinear_backward_z) */
+void e8q_qlinear_forward_keep(const e8q_qlinear *q, int batch, const float *x, float *y, float *z);
+void e8q_qlinear_forward_keep_ref(const e8q_qlinear *q, int batch, const float *x, float *y, float *z);
 /* the core e8q_qlinear_forward runs for q, in words (benchmarks, logs) */
 const char *e8q_qlinear_path(const e8q_qlinear *q);
 /* the scalar reference of the same product (same arithmetic in plain loops, OpenMP rows) */

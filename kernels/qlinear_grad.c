@@ -82,8 +82,8 @@ static void row_scales(const e8q_qlinear *q, float *fs_row, int *piece_of, const
   }
 }
 
-static void backward_with(const e8q_qlinear *q, int batch, const float *x, const float *dy, float *dx, float *dSU,
-                          float *dSV, float *dfs, fwd_fn fwd, mmt_fn mmt, const char *who) {
+static void backward_with(const e8q_qlinear *q, int batch, const float *x, const float *zk, const float *dy, float *dx,
+                          float *dSU, float *dSV, float *dfs, fwd_fn fwd, mmt_fn mmt, const char *who) {
   const int m = q->d.m, n = q->d.n, np = q->d.n_pad;
   E8Q_CHECK(batch >= 0, "%s: batch %d < 0", who, batch);
   if (batch == 0) return;
@@ -93,14 +93,19 @@ static void backward_with(const e8q_qlinear *q, int batch, const float *x, const
   int *piece_of = e8q_malloc(sizeof(int) * (size_t)m, "qlinear grad row pieces");
   row_scales(q, fs_row, piece_of, who);
 
-  /* ---- dSV, dfs: need M_m z, recomputed as the forward with unit output scales */
+  /* ---- dSV, dfs: need M_m z, the forward's (zk) or recomputed with unit output scales */
   if (dSV || dfs) {
-    float *ones = e8q_alloc_aligned(sizeof(float) * (size_t)m, "qlinear grad unit scales");
-    float *zm = e8q_alloc_aligned(sizeof(float) * (size_t)batch * m, "qlinear grad M_m z");
-    for (int r = 0; r < m; r++) ones[r] = 1.0f;
-    e8q_qlinear qq = *q; /* shallow: same codes, transforms, VNNI copy; only the scales differ */
-    qq.out_scale = ones;
-    fwd(&qq, batch, x, zm);
+    float *ones = NULL, *zbuf = NULL;
+    const float *zm = zk;
+    if (!zm) {
+      ones = e8q_alloc_aligned(sizeof(float) * (size_t)m, "qlinear grad unit scales");
+      zbuf = e8q_alloc_aligned(sizeof(float) * (size_t)batch * m, "qlinear grad M_m z");
+      for (int r = 0; r < m; r++) ones[r] = 1.0f;
+      e8q_qlinear qq = *q; /* shallow: same codes, transforms, VNNI copy; only the scales differ */
+      qq.out_scale = ones;
+      fwd(&qq, batch, x, zbuf);
+      zm = zbuf;
+    }
     double *fsum = dfs ? e8q_calloc((size_t)q->d.n_pieces, sizeof(double), "qlinear grad dfs") : NULL;
     for (int r = 0; r < m; r++) {
       double a = 0; /* dL/d(os[r]) */
@@ -112,7 +117,7 @@ static void backward_with(const e8q_qlinear *q, int batch, const float *x, const
       for (int p = 0; p < q->d.n_pieces; p++) dfs[p] += (float)fsum[p];
     free(fsum);
     free(ones);
-    free(zm);
+    free(zbuf);
   }
 
   /* ---- dx, dSU: dz = Wscale · M_mᵀ (os ⊙ dy), v = M_n_pad Ŵrᵀ dz */
@@ -144,12 +149,18 @@ static void backward_with(const e8q_qlinear *q, int batch, const float *x, const
 
 void e8q_qlinear_backward(const e8q_qlinear *q, int batch, const float *x, const float *dy, float *dx, float *dSU,
                           float *dSV, float *dfs) {
-  backward_with(q, batch, x, dy, dx, dSU, dSV, dfs, e8q_qlinear_forward, e8q_qlinear_codes_matmul_t,
+  backward_with(q, batch, x, NULL, dy, dx, dSU, dSV, dfs, e8q_qlinear_forward, e8q_qlinear_codes_matmul_t,
                 "e8q_qlinear_backward");
+}
+
+void e8q_qlinear_backward_z(const e8q_qlinear *q, int batch, const float *x, const float *z, const float *dy,
+                            float *dx, float *dSU, float *dSV, float *dfs) {
+  backward_with(q, batch, x, z, dy, dx, dSU, dSV, dfs, e8q_qlinear_forward, e8q_qlinear_codes_matmul_t,
+                "e8q_qlinear_backward_z");
 }
 
 void e8q_qlinear_backward_ref(const e8q_qlinear *q, int batch, const float *x, const float *dy, float *dx,
                               float *dSU, float *dSV, float *dfs) {
-  backward_with(q, batch, x, dy, dx, dSU, dSV, dfs, e8q_qlinear_forward_ref, e8q_qlinear_codes_matmul_t_ref,
+  backward_with(q, batch, x, NULL, dy, dx, dSU, dSV, dfs, e8q_qlinear_forward_ref, e8q_qlinear_codes_matmul_t_ref,
                 "e8q_qlinear_backward_ref");
 }

@@ -76,6 +76,10 @@ const char *e8q_qlinear_grad_path(void);
  * (kernels/hadamard.h), the same as the forward's. Deterministic for any thread count. */
 void e8q_qlinear_backward(const e8q_qlinear *q, int batch, const float *x, const float *dy, float *dx,
                           float *dSU, float *dSV, float *dfs);
+/* the same, with z [batch, m] the forward's output before the output scales, as
+ * e8q_qlinear_forward_keep gave it for this x (NULL: recomputed): saves the recomputation */
+void e8q_qlinear_backward_z(const e8q_qlinear *q, int batch, const float *x, const float *z, const float *dy,
+                            float *dx, float *dSU, float *dSV, float *dfs);
 /* the same chain through e8q_qlinear_forward_ref and e8q_qlinear_codes_matmul_t_ref */
 void e8q_qlinear_backward_ref(const e8q_qlinear *q, int batch, const float *x, const float *dy, float *dx,
                               float *dSU, float *dSV, float *dfs);

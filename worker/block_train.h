@@ -36,6 +36,8 @@ typedef struct {
   float *xn2;        /* [cap, dim] rmsnorm(x1, ffn_norm): input of upgate */
   float *ug;         /* [cap, 2*hidden] up | gate */
   float *h;          /* [cap, hidden] swiglu(ug): input of down */
+  float *z[E8Q_N_GROUPS]; /* [cap, m of group g] a quantized linear's output before its output
+                           * scales (e8q_linear_forward_keep), for its backward; unused when dense */
   /* backward work buffers */
   float *d1;         /* [cap, dim] dL/dx1 */
   float *dn;         /* [cap, dim] dL/dxn (either norm's output) */

@@ -6,7 +6,9 @@
 #include "common/error.h"
 #include "kernels/qlinear.h"
 
-void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) {
+void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) { e8q_linear_forward_keep(L, T, x, y, NULL); }
+
+void e8q_linear_forward_keep(const e8q_linear *L, int T, const float *x, float *y, float *z) {
   if (T <= 0) return;
   if (L->w) {
     if (T == 1)
@@ -20,7 +22,7 @@ void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) {
     const e8q_qlinear *q = (const e8q_qlinear *)L->q;
     E8Q_CHECK(q->d.m == L->m && q->d.n == L->n, "linear [%d x %d] has a quantized form of shape [%d x %d]", L->m, L->n,
               q->d.m, q->d.n);
-    e8q_qlinear_forward(q, T, x, y);
+    e8q_qlinear_forward_keep(q, T, x, y, z);
     return;
   }
   E8Q_FATAL("linear [%d x %d] has neither dense weights nor a quantized form", L->m, L->n);

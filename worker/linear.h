@@ -10,6 +10,9 @@
 #include "shard/model.h"
 
 void e8q_linear_forward(const e8q_linear *L, int T, const float *x /* [T, n] */, float *y /* [T, m] */);
+/* the same; for a quantized linear z [T, m] (may be NULL) also gets its output before the output
+ * scales (e8q_qlinear_forward_keep), which the training backward reuses; a dense one ignores z */
+void e8q_linear_forward_keep(const e8q_linear *L, int T, const float *x, float *y, float *z);
 /* plain loops in double accumulation, dense only: the reference for tests */
 void e8q_linear_forward_ref(const e8q_linear *L, int T, const float *x /* [T, n] */, float *y /* [T, m] */);
 

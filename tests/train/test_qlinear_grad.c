@@ -107,6 +107,59 @@ static void test_matmul_t(void **state) {
   }
 }
 
+/* ---------------------------------------------------------------- the kept forward output
+ * e8q_qlinear_forward_keep gives the forward's y bit for bit and z with y = os ⊙ z exactly;
+ * the backward from that z equals the backward that recomputes it, bit for bit (so the block
+ * training backward, which reuses it, changes no result) */
+static void test_backward_kept_z(void **state) {
+  (void)state;
+  t_rng g = {g_seed ^ 0x5a5a};
+  for (int cbi = 0; cbi < 3; cbi++) {
+    const int m = 37, n = 203, np = 208, batch = 19;
+    qlayer L;
+    qlayer_make(&L, &g, m, n, m, np / 8, QLAYER_CBS[cbi]);
+    e8q_qlinear q;
+    e8q_qlinear_init(&q, &L.d, "test layer");
+    float *x = qlayer_random_input(&g, (size_t)batch * n), *dy = qlayer_random_input(&g, (size_t)batch * m);
+    float *y = malloc(sizeof(float) * batch * m), *yk = malloc(sizeof(float) * batch * m);
+    float *z = malloc(sizeof(float) * batch * m);
+    e8q_qlinear_forward(&q, batch, x, y);
+    e8q_qlinear_forward_keep(&q, batch, x, yk, z);
+    assert_memory_equal(y, yk, sizeof(float) * batch * m);
+    for (int b = 0; b < batch; b++)
+      for (int r = 0; r < m; r++) assert_true(yk[b * m + r] == q.out_scale[r] * z[b * m + r]);
+    float *dx[2], *dSU[2], *dSV[2], *dfs[2];
+    for (int k = 0; k < 2; k++) {
+      dx[k] = malloc(sizeof(float) * batch * n);
+      dSU[k] = calloc(np, sizeof(float));
+      dSV[k] = calloc(m, sizeof(float));
+      dfs[k] = calloc(3, sizeof(float));
+    }
+    e8q_qlinear_backward(&q, batch, x, dy, dx[0], dSU[0], dSV[0], dfs[0]);
+    e8q_qlinear_backward_z(&q, batch, x, z, dy, dx[1], dSU[1], dSV[1], dfs[1]);
+    assert_memory_equal(dx[0], dx[1], sizeof(float) * batch * n);
+    assert_memory_equal(dSU[0], dSU[1], sizeof(float) * np);
+    assert_memory_equal(dSV[0], dSV[1], sizeof(float) * m);
+    assert_memory_equal(dfs[0], dfs[1], sizeof(float) * 3);
+    double sv = 0;
+    for (int r = 0; r < m; r++) sv += fabs(dSV[0][r]);
+    assert_true(sv > 0); /* the compared gradient is not all zeros */
+    for (int k = 0; k < 2; k++) {
+      free(dx[k]);
+      free(dSU[k]);
+      free(dSV[k]);
+      free(dfs[k]);
+    }
+    free(x);
+    free(dy);
+    free(y);
+    free(yk);
+    free(z);
+    e8q_qlinear_free(&q);
+    qlayer_free(&L);
+  }
+}
+
 /* ---------------------------------------------------------------- determinism */
 static void test_threads_bitwise(void **state) {
   (void)state;
@@ -411,6 +464,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_matmul_t),
       cmocka_unit_test(test_threads_bitwise),
+      cmocka_unit_test(test_backward_kept_z),
       cmocka_unit_test(test_backward_fd),
       cmocka_unit_test(test_set_scales),
   };
