@@ -2,6 +2,7 @@
  * all measured in the same run.
  *
  *   bench_qlinear [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R]
+ *                 [--matrices N|auto]
  *
  * For each shape (default 4096x14336 and 8192x28672), threads (1, 2) and batch (1, 8):
  *   - e8q_qlinear_forward (the whole fused call: SU, input Hadamard, decode product, output
@@ -12,6 +13,12 @@
  *     between repeated products when they fit in the last-level cache).
  * Ratios printed: speedup over f32 BLAS; effective weight bandwidth (code bytes / time) as a
  * fraction of the copy bandwidth (the bound for streaming those bytes).
+ *
+ * --matrices N cycles the fused products through N distinct weight matrices of the shape (each
+ * its own random codes), so that the codes do not stay in the last-level cache between products
+ * as one matrix's do; `auto` takes the smallest N whose E8P codes exceed twice the last-level
+ * cache size read from sysfs. The time printed is per product; the bandwidth is then a DRAM
+ * figure, compared with the DRAM copy of the same run.
  */
 #include <cblas.h>
 #include <math.h>
@@ -84,12 +91,53 @@ static int K_of(int d) { return e8q_had_choose_K(d); } /* the factor e8q would c
 
 
 static int g_kernels_only, g_cb = -1; /* --cb 0|1|2: only E8P, RVQ3 or RVQ4 */
+static int g_matrices = 1;            /* --matrices: distinct weight matrices cycled; 0 = auto */
+
+/* the last-level cache of cpu0 in bytes (the highest-level unified cache sysfs lists), or 0 */
+static size_t llc_bytes(void) {
+  size_t best = 0;
+  int best_level = 0;
+  for (int i = 0; i < 8; i++) {
+    char path[128], type[32] = "";
+    int level = 0;
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/type", i);
+    FILE *f = fopen(path, "r");
+    if (!f) break;
+    if (fscanf(f, "%31s", type) != 1) type[0] = 0;
+    fclose(f);
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+    if ((f = fopen(path, "r"))) {
+      if (fscanf(f, "%d", &level) != 1) level = 0;
+      fclose(f);
+    }
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+    if (strcmp(type, "Unified") || level < best_level || !(f = fopen(path, "r"))) continue;
+    size_t v = 0;
+    char unit = 0;
+    if (fscanf(f, "%zu%c", &v, &unit) >= 1) {
+      if (unit == 'K') v <<= 10;
+      else if (unit == 'M') v <<= 20;
+      best = v;
+      best_level = level;
+    }
+    fclose(f);
+  }
+  return best;
+}
 
 static void run_shape(int m, int n, int threads, int batch, int reps, double bw_dram) {
   const int np = n, nc = np / 8, K_in = K_of(np), K_out = K_of(m);
   size_t ncodes = (size_t)m * nc;
-  bench_qcodes C;
-  bench_qcodes_make(&C, m, np, K_in, K_out);
+  int nmat = g_matrices;
+  if (nmat == 0) { /* auto: E8P codes beyond twice the last-level cache */
+    const size_t llc = llc_bytes();
+    E8Q_CHECK(llc, "bench_qlinear --matrices auto: no last-level cache size in /sys/devices/system/cpu/cpu0/cache; give N");
+    nmat = (int)(2 * llc / (2 * ncodes)) + 1;
+    printf("  --matrices auto: %d matrices, %.0f MiB of E8P codes (last-level cache %.0f MiB)\n", nmat,
+           2.0 * ncodes * nmat / (1 << 20), (double)llc / (1 << 20));
+  }
+  bench_qcodes *C = e8q_malloc(sizeof(bench_qcodes) * (size_t)nmat, "bench layers"); /* [nmat] */
+  for (int k = 0; k < nmat; k++) bench_qcodes_make(&C[k], m, np, K_in, K_out);
   float *x = e8q_malloc(sizeof(float) * (size_t)batch * n, "x"), *y = e8q_malloc(sizeof(float) * (size_t)batch * m, "y");
   for (size_t i = 0; i < (size_t)batch * n; i++) x[i] = rndf();
 
@@ -120,23 +168,31 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
   double t_e8p = 0;
   for (int c = 0; c < 3; c++) {
     if (g_cb >= 0 && c != g_cb) continue;
-    e8q_qlinear_desc d = bench_qcodes_desc(&C, c, m, n, np, K_in, K_out);
-    e8q_qlinear q;
-    e8q_qlinear_init(&q, &d, names[c]);
+    e8q_qlinear *q = e8q_malloc(sizeof(e8q_qlinear) * (size_t)nmat, "bench qlinears"); /* [nmat] */
+    for (int k = 0; k < nmat; k++) {
+      e8q_qlinear_desc d = bench_qcodes_desc(&C[k], c, m, n, np, K_in, K_out);
+      e8q_qlinear_init(&q[k], &d, names[c]);
+    }
     double t;
-    TIME_MEDIAN(reps, t, e8q_qlinear_forward(&q, batch, x, y));
+    TIME_MEDIAN(reps, t, for (int k = 0; k < nmat; k++) e8q_qlinear_forward(&q[k], batch, x, y));
+    t /= nmat; /* per product */
+    g_cpu /= nmat;
     if (c == 0) t_e8p = t;
     double wb = bytes_per_code[c] * (double)ncodes / t;
     if (g_kernels_only) /* no BLAS or copy reference measured */
       printf("    %s %8.3f ms (cpu %7.3f ms) | weights %5.1f GB/s | %.3f ns per code per thread (cpu) | %s\n",
-             names[c], t * 1e3, g_cpu * 1e3, wb / 1e9, g_cpu * 1e9 / ((double)ncodes / threads), e8q_qlinear_path(&q));
+             names[c], t * 1e3, g_cpu * 1e3, wb / 1e9, g_cpu * 1e9 / ((double)ncodes / threads), e8q_qlinear_path(q));
     else
       printf("    %s %8.3f ms (cpu %7.3f ms) | %5.1fx f32 | weights %5.1f GB/s = %3.0f%% of DRAM copy, %3.0f%% of codes-sized copy%s | %s\n",
              names[c], t * 1e3, g_cpu * 1e3, t_blas / t, wb / 1e9, 100 * wb / bw_dram, 100 * wb / bw_codes,
-             c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "", e8q_qlinear_path(&q));
-    e8q_qlinear_free(&q);
+             c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "", e8q_qlinear_path(q));
+    for (int k = 0; k < nmat; k++) e8q_qlinear_free(&q[k]);
+    free(q);
   }
-  bench_qcodes_free(&C); free(x); free(y);
+  for (int k = 0; k < nmat; k++) bench_qcodes_free(&C[k]);
+  free(C);
+  free(x);
+  free(y);
 }
 
 int main(int argc, char **argv) {
@@ -150,7 +206,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) { thr_list[0] = atoi(argv[++i]); nthr = 1; }
     else if (!strcmp(argv[i], "--batch") && i + 1 < argc) { b_list[0] = atoi(argv[++i]); nb = 1; }
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-    else { fprintf(stderr, "usage: %s [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R]\n", argv[0]); return 2; }
+    else if (!strcmp(argv[i], "--matrices") && i + 1 < argc) {
+      i++;
+      g_matrices = strcmp(argv[i], "auto") ? atoi(argv[i]) : 0;
+      if (g_matrices < 0 || (g_matrices == 0 && strcmp(argv[i], "auto"))) { fprintf(stderr, "--matrices N|auto\n"); return 2; }
+    }
+    else { fprintf(stderr, "usage: %s [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R] [--matrices N|auto]\n", argv[0]); return 2; }
   }
   /* each product line ends with the core e8q_qlinear_forward ran (e8q_qlinear_path) */
   printf("bench_qlinear: CPU: AVX2 %s, AVX-512 %s, VNNI %s (E8Q_NO_VNNI=1 / E8Q_NO_AVX512=1 / E8Q_NO_AVX2=1 "
