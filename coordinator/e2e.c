@@ -32,6 +32,7 @@
 #include "io/ckpt.h"
 #include "kernels/e8p.h"
 #include "kernels/hadamard.h"
+#include "shard/layout.h"
 #include "worker/finetune.h"
 #include "worker/finetune_e2e.h"
 #include "worker/forward.h"
@@ -207,19 +208,19 @@ static void state_fresh(e8q_run *R, int b, const e8q_safetensors *sh, e8q_e2e_st
     const e8q_group_plan *gp = &R->plan.groups[g];
     const size_t k = (size_t)b * E8Q_N_GROUPS + g;
     char name[160];
-    snprintf(name, sizeof name, "%s.SU", gp->name);
+    e8q_layout_group_name(name, sizeof name, g, E8Q_FIELD_SU);
     memcpy(S->p + S->off_SU[k], e8q_ckpt_get(sh, name, E8Q_DT_F32, gp->n_pad), sizeof(float) * (size_t)gp->n_pad);
-    snprintf(name, sizeof name, "%s.SV", gp->name);
+    e8q_layout_group_name(name, sizeof name, g, E8Q_FIELD_SV);
     memcpy(S->p + S->off_SV[k], e8q_ckpt_get(sh, name, E8Q_DT_F32, gp->m), sizeof(float) * (size_t)gp->m);
   }
-  static const char *const norms[2] = {"input_layernorm.weight", "post_attention_layernorm.weight"};
+  const char *const *norms = e8q_layout_norm_names;
   for (int j = 0; j < 2; j++) {
-    float *dst = S->p + (j == 0 ? S->off_attn[b] : S->off_ffn[b]);
+    float *dst = S->p + (j == E8Q_NORM_ATTN ? S->off_attn[b] : S->off_ffn[b]);
     if (e8q_st_find(sh, norms[j])) {
       memcpy(dst, e8q_ckpt_get(sh, norms[j], E8Q_DT_F32, D), sizeof(float) * (size_t)D);
     } else {
       char name[192];
-      snprintf(name, sizeof name, "model.layers.%d.%s", b, norms[j]);
+      e8q_layout_layer_tensor(name, sizeof name, b, norms[j]);
       e8q_st_model_read_f32_range(R->st, name, 0, D, dst);
     }
   }
@@ -244,7 +245,7 @@ static void ctx_open(e8q_run *R, e2e_ctx *C) {
   const e8q_codebook_id cb = e8q_cb_from_bits(R->o->bits);
   for (int b = 0; b < L; b++) {
     char rel[64], path[4096], name[160];
-    snprintf(rel, sizeof rel, "shards/%d.e8qs", b);
+    e8q_layout_shard_rel(rel, sizeof rel, b);
     snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
     e8q_safetensors *sh = e8q_ckpt_open(path, "shard");
     if (!loaded) state_fresh(R, b, sh, &C->S);
@@ -258,24 +259,23 @@ static void ctx_open(e8q_run *R, e2e_ctx *C) {
       d.n = gp->n;
       d.n_pad = gp->n_pad;
       d.codebook = cb;
-      snprintf(name, sizeof name, "%s.", gp->name);
-      e8q_run_codes_read(sh, name, cb, nco, &C->codes[q], &C->codes2[q]);
+      e8q_layout_codes_read(sh, g, cb, nco, &C->codes[q], &C->codes2[q]);
       d.codes = C->codes[q];
       d.codes2 = C->codes2[q];
       d.SU = C->S.p + C->S.off_SU[q];
       d.SV = C->S.p + C->S.off_SV[q];
-      snprintf(name, sizeof name, "%s.Wscale", gp->name);
+      e8q_layout_group_name(name, sizeof name, g, E8Q_FIELD_WSCALE);
       memcpy(&d.Wscale, e8q_ckpt_get(sh, name, E8Q_DT_F32, 1), sizeof(float));
       d.n_pieces = gp->n_pieces;
       d.piece_rows = gp->n_pieces > 1 ? gp->piece_rows : NULL;
-      snprintf(name, sizeof name, "%s.fuse_scales", gp->name);
+      e8q_layout_group_name(name, sizeof name, g, E8Q_FIELD_FUSE_SCALES);
       memcpy(C->fs[q], e8q_ckpt_get(sh, name, E8Q_DT_F32, gp->n_pieces), sizeof(float) * (size_t)gp->n_pieces);
       d.fuse_scales = C->fs[q];
       d.K_in = gp->K_n;
       d.R_in = gp->K_n > 1 ? C->fac[g][0].Rf : NULL;
       d.K_out = gp->K_m;
       d.R_out = gp->K_m > 1 ? C->fac[g][1].Rf : NULL;
-      snprintf(name, sizeof name, "model.layers.%d.%s", b, gp->name);
+      e8q_layout_layer_tensor(name, sizeof name, b, gp->name);
       e8q_qlinear_init(&C->ql[q], &d, name);
       C->blocks[b].lin[g] = (e8q_linear){gp->m, gp->n, NULL, &C->ql[q]};
     }
@@ -417,31 +417,31 @@ e8q_e2e_tuned *e8q_run_e2e_tuned_open(e8q_run *R) {
 const float *e8q_run_e2e_tuned_find(const e8q_e2e_tuned *t, const char *name, int *ndim, int64_t shape[2]) {
   if (!t) return NULL;
   const e8q_config *c = t->cfg;
-  int b;
-  char rest[192];
+  const char *rest = NULL;
   *ndim = 1;
   shape[0] = c->dim;
   shape[1] = 0;
-  if (sscanf(name, "model.layers.%d.%191s", &b, rest) == 2 && b >= 0 && b < c->n_layers) {
-    if (!strcmp(rest, "input_layernorm.weight")) return t->best + t->L.off_attn[b];
-    if (!strcmp(rest, "post_attention_layernorm.weight")) return t->best + t->L.off_ffn[b];
+  const int b = e8q_layout_layer_of(name, &rest);
+  if (b >= 0 && b < c->n_layers && *rest) {
+    if (!strcmp(rest, e8q_layout_norm_names[E8Q_NORM_ATTN])) return t->best + t->L.off_attn[b];
+    if (!strcmp(rest, e8q_layout_norm_names[E8Q_NORM_FFN])) return t->best + t->L.off_ffn[b];
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
       const e8q_group_plan *gp = &t->plan->groups[g];
       const size_t len = strlen(gp->name), q = (size_t)b * E8Q_N_GROUPS + g;
       if (strncmp(rest, gp->name, len) != 0 || rest[len] != '.') continue;
-      if (!strcmp(rest + len + 1, "SU")) {
+      if (!strcmp(rest + len + 1, e8q_field_names[E8Q_FIELD_SU])) {
         shape[0] = gp->n_pad;
         return t->best + t->L.off_SU[q];
       }
-      if (!strcmp(rest + len + 1, "SV")) {
+      if (!strcmp(rest + len + 1, e8q_field_names[E8Q_FIELD_SV])) {
         shape[0] = gp->m;
         return t->best + t->L.off_SV[q];
       }
     }
     return NULL;
   }
-  if (!strcmp(name, "model.norm.weight")) return t->best + t->L.off_final;
-  if (!strcmp(name, "lm_head.weight") && t->L.train_head) {
+  if (!strcmp(name, E8Q_LAYOUT_FINAL_NORM)) return t->best + t->L.off_final;
+  if (!strcmp(name, E8Q_LAYOUT_LM_HEAD) && t->L.train_head) {
     *ndim = 2;
     shape[0] = c->vocab_size;
     shape[1] = c->dim;

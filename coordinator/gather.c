@@ -30,6 +30,7 @@
 #include "io/tokenizer.h"
 #include "kernels/e8p.h"
 #include "kernels/hadamard.h"
+#include "shard/layout.h"
 
 /* ---------------------------------------------------------------- quantization_config */
 static int distinct_factors(const e8q_plan *p, int *Ks) {
@@ -121,7 +122,7 @@ void e8q_run_gather(e8q_run *R) {
   e8q_safetensors **sh = e8q_calloc((size_t)L, sizeof *sh, "shards");
   char rel[256], path[4096];
   for (int b = 0; b < L; b++) {
-    snprintf(rel, sizeof rel, "shards/%d.e8qs", b);
+    e8q_layout_shard_rel(rel, sizeof rel, b);
     e8q_rundir_path(R->rd, rel, path, sizeof path);
     sh[b] = e8q_ckpt_open(path, "shard");
   }
@@ -133,21 +134,20 @@ void e8q_run_gather(e8q_run *R) {
   e8q_had_factor fac[2 * E8Q_N_GROUPS];
   for (int i = 0; i < nK; i++) e8q_had_factor_build(&fac[i], Ks[i], E8Q_HAD_SEED);
   /* the list of tensors: quantized linears, factors, float tensors of the source */
-  int cap = L * E8Q_N_GROUPS * 7 + nK + 3 * L + 8, n = 0;
+  int cap = L * E8Q_N_GROUPS * E8Q_N_FIELDS + nK + 3 * L + 8, n = 0;
   out_tensor *t = e8q_calloc((size_t)cap, sizeof *t, "tensor list");
-  static const char *const fields[] = {"SU", "SV", "Wscale", "fuse_scales", "weight", "codes", "codes2"};
   for (int pass = 0; pass < 3; pass++) { /* F32, U16, U8 */
     for (int b = 0; b < L; b++)
       for (int g = 0; g < E8Q_N_GROUPS; g++)
-        for (int f = 0; f < 7; f++) {
+        for (int f = 0; f < E8Q_N_FIELDS; f++) {
           char src[160];
-          snprintf(src, sizeof src, "%s.%s", p->groups[g].name, fields[f]);
+          e8q_layout_group_name(src, sizeof src, g, (e8q_field)f);
           const e8q_st_tensor *x = e8q_st_find(sh[b], src);
           if (!x) continue;
           int want = x->dtype == E8Q_DT_F32 ? 0 : x->dtype == E8Q_DT_U16 ? 1 : 2;
           if (want != pass) continue;
           out_tensor *o = &t[n++];
-          snprintf(o->name, sizeof o->name, "model.layers.%d.%s", b, src);
+          e8q_layout_group_tensor(o->name, sizeof o->name, b, g, (e8q_field)f);
           o->dt = x->dtype;
           o->ndim = x->ndim;
           o->shape[0] = x->shape[0];
@@ -161,7 +161,7 @@ void e8q_run_gather(e8q_run *R) {
     if (pass == 0) {
       for (int i = 0; i < nK; i++) {
         out_tensor *o = &t[n++];
-        snprintf(o->name, sizeof o->name, "hadamard.K%d", Ks[i]);
+        e8q_layout_hadamard_tensor(o->name, sizeof o->name, Ks[i]);
         o->dt = E8Q_DT_F32;
         o->ndim = 2;
         o->shape[0] = o->shape[1] = Ks[i];
@@ -176,13 +176,13 @@ void e8q_run_gather(e8q_run *R) {
     char a[192], c[192];
     int k = 0;
     if (i == -1) {
-      names[k++] = "model.embed_tokens.weight";
+      names[k++] = E8Q_LAYOUT_EMBED;
     } else if (i == L) {
-      names[k++] = "model.norm.weight";
-      if (!R->cfg.tied) names[k++] = "lm_head.weight";
+      names[k++] = E8Q_LAYOUT_FINAL_NORM;
+      if (!R->cfg.tied) names[k++] = E8Q_LAYOUT_LM_HEAD;
     } else {
-      snprintf(a, sizeof a, "model.layers.%d.input_layernorm.weight", i);
-      snprintf(c, sizeof c, "model.layers.%d.post_attention_layernorm.weight", i);
+      e8q_layout_layer_tensor(a, sizeof a, i, e8q_layout_norm_names[E8Q_NORM_ATTN]);
+      e8q_layout_layer_tensor(c, sizeof c, i, e8q_layout_norm_names[E8Q_NORM_FFN]);
       names[k++] = a;
       names[k++] = c;
     }
@@ -198,8 +198,7 @@ void e8q_run_gather(e8q_run *R) {
       }
       /* a block's norms tuned by fine-tuning: from its shard (F32) */
       const e8q_st_tensor *tuned =
-          i >= 0 && i < L ? e8q_st_find(sh[i], j == 0 ? "input_layernorm.weight" : "post_attention_layernorm.weight")
-                          : NULL;
+          i >= 0 && i < L ? e8q_st_find(sh[i], e8q_layout_norm_names[j == 0 ? E8Q_NORM_ATTN : E8Q_NORM_FFN]) : NULL;
       if (tuned) {
         o->dt = tuned->dtype;
         o->ndim = tuned->ndim;
@@ -273,10 +272,10 @@ void e8q_run_pack(e8q_run *R) {
   double lin_bytes = 0, code_bytes = 0;
   for (int i = 0; i < st->n_tensors; i++) {
     const e8q_st_tensor *x = &st->tensors[i];
-    if (strncmp(x->name, "model.layers.", 13) != 0 || strstr(x->name, "layernorm")) continue;
+    if (e8q_layout_layer_of(x->name, NULL) < 0 || strstr(x->name, "layernorm")) continue;
     double bytes = (double)(x->end - x->begin);
     lin_bytes += bytes;
-    if (strstr(x->name, ".codes")) code_bytes += bytes;
+    if (strstr(x->name, ".codes")) code_bytes += bytes; /* codes and codes2 */
     if (strstr(x->name, ".weight")) code_bytes += bytes * R->o->bits / 32.0; /* dense ablation: nominal bits */
   }
   double file_bytes = (double)st->file_size;

@@ -12,6 +12,7 @@
 #include "io/config.h"
 #include "io/text.h"
 #include "kernels/e8p.h"
+#include "shard/layout.h"
 
 static void *own(e8q_qmodel *q, size_t bytes) {
   q->owned = realloc(q->owned, sizeof(void *) * (size_t)(q->n_owned + 1));
@@ -86,7 +87,6 @@ void e8q_qmodel_open_st_range(e8q_qmodel *q, const char *dir, const char *config
             path);
   q->bits = bits->valueint;
   q->cb = e8q_cb_from_bits(q->bits);
-  const e8q_codebook_traits *cbt = e8q_cb_traits(q->cb);
   const cJSON *had = cJSON_GetObjectItemCaseSensitive(qc, "hadamard");
   const cJSON *rs = cJSON_GetObjectItemCaseSensitive(qc, "resid_scale");
   snprintf(path, sizeof path, "%s", q->st->path);
@@ -103,7 +103,7 @@ void e8q_qmodel_open_st_range(e8q_qmodel *q, const char *dir, const char *config
       for (int g = 0; g < E8Q_N_GROUPS; g++) {
         int m, n;
         e8q_group_shape(&q->cfg, g, &m, &n);
-        snprintf(name, sizeof name, "model.layers.%d.%s.weight", b, e8q_group_names[g]);
+        e8q_layout_group_tensor(name, sizeof name, b, g, E8Q_FIELD_WEIGHT);
         q->W[b * E8Q_N_GROUPS + g] = tensor_ptr(q, name, E8Q_DT_F32, (int64_t)m * n);
       }
     cJSON_Delete(cj);
@@ -119,41 +119,37 @@ void e8q_qmodel_open_st_range(e8q_qmodel *q, const char *dir, const char *config
       d.codebook = q->cb;
       int64_t nc = d.n_pad / 8;
       const char *G = e8q_group_names[g];
-#define TN(field) (snprintf(name, sizeof name, "model.layers.%d.%s.%s", b, G, field), name)
-      d.codes = tensor_ptr(q, TN("codes"), E8Q_DT_U16, d.m * nc);
-      if (cbt->codes2_dtype) d.codes2 = tensor_ptr(q, TN("codes2"), e8q_dtype_from_name(cbt->codes2_dtype), d.m * nc);
+#define TN(field) (e8q_layout_group_tensor(name, sizeof name, b, g, (field)), name)
+      d.codes = tensor_ptr(q, TN(E8Q_FIELD_CODES), E8Q_DT_U16, d.m * nc);
+      size_t c2_bytes;
+      const e8q_dtype c2_dt = e8q_layout_codes2_dtype(q->cb, &c2_bytes);
+      if (c2_bytes) d.codes2 = tensor_ptr(q, TN(E8Q_FIELD_CODES2), c2_dt, d.m * nc);
       d.resid_scale = cJSON_IsNumber(rs) ? (float)rs->valuedouble : 0;
-      d.SU = tensor_ptr(q, TN("SU"), E8Q_DT_F32, d.n_pad);
-      d.SV = tensor_ptr(q, TN("SV"), E8Q_DT_F32, d.m);
-      d.Wscale = *(const float *)tensor_ptr(q, TN("Wscale"), E8Q_DT_F32, 1);
-      const e8q_st_tensor *fs = e8q_st_find(q->st, TN("fuse_scales"));
+      d.SU = tensor_ptr(q, TN(E8Q_FIELD_SU), E8Q_DT_F32, d.n_pad);
+      d.SV = tensor_ptr(q, TN(E8Q_FIELD_SV), E8Q_DT_F32, d.m);
+      d.Wscale = *(const float *)tensor_ptr(q, TN(E8Q_FIELD_WSCALE), E8Q_DT_F32, 1);
+      const e8q_st_tensor *fs = e8q_st_find(q->st, TN(E8Q_FIELD_FUSE_SCALES));
       E8Q_CHECK(fs, "%s: tensor %s is missing", path, name);
       d.n_pieces = (int)e8q_st_numel(fs);
       d.fuse_scales = tensor_ptr(q, name, E8Q_DT_F32, d.n_pieces);
 #undef TN
-      int *rows = own(q, sizeof(int) * 3);
-      int hd = q->cfg.head_dim;
-      if (g == E8Q_GROUP_QKV && d.n_pieces == 3) {
-        rows[0] = q->cfg.n_heads * hd;
-        rows[1] = rows[2] = q->cfg.n_kv_heads * hd;
-      } else if (g == E8Q_GROUP_UPGATE && d.n_pieces == 2) {
-        rows[0] = rows[1] = q->cfg.hidden_dim;
-      } else {
-        E8Q_CHECK(d.n_pieces == 1, "%s: layer %d %s has %d fuse scales", path, b, G, d.n_pieces);
-        rows[0] = d.m;
-      }
+      /* the layout's pieces, or one scale for the whole group */
+      int *rows = own(q, sizeof(int) * E8Q_PLAN_MAX_PIECES);
+      const int np = e8q_layout_pieces(&q->cfg, g, rows, NULL);
+      E8Q_CHECK(d.n_pieces == np || d.n_pieces == 1, "%s: layer %d %s has %d fuse scales", path, b, G, d.n_pieces);
+      if (d.n_pieces == 1) rows[0] = d.m;
       d.piece_rows = d.n_pieces > 1 ? rows : NULL;
       d.K_in = had_K(had, d.n_pad, path);
       d.K_out = had_K(had, d.m, path);
       if (d.K_in > 1) {
-        snprintf(name, sizeof name, "hadamard.K%d", d.K_in);
+        e8q_layout_hadamard_tensor(name, sizeof name, d.K_in);
         d.R_in = tensor_ptr(q, name, E8Q_DT_F32, (int64_t)d.K_in * d.K_in);
       }
       if (d.K_out > 1) {
-        snprintf(name, sizeof name, "hadamard.K%d", d.K_out);
+        e8q_layout_hadamard_tensor(name, sizeof name, d.K_out);
         d.R_out = tensor_ptr(q, name, E8Q_DT_F32, (int64_t)d.K_out * d.K_out);
       }
-      snprintf(name, sizeof name, "model.layers.%d.%s", b, G);
+      e8q_layout_layer_tensor(name, sizeof name, b, G);
       e8q_qlinear_init(&q->lin[b * E8Q_N_GROUPS + g], &d, name);
     }
   cJSON_Delete(cj);
@@ -178,14 +174,14 @@ e8q_model *e8q_qmodel_head(const e8q_qmodel *q) {
   int64_t D = q->cfg.dim, V = q->cfg.vocab_size;
   int64_t s_embed[2] = {V, D};
   m->embed = e8q_malloc(sizeof(float) * (size_t)(V * D), "embed_tokens");
-  e8q_st_read_f32(q->st, "model.embed_tokens.weight", 2, s_embed, m->embed);
+  e8q_st_read_f32(q->st, E8Q_LAYOUT_EMBED, 2, s_embed, m->embed);
   m->final_norm = e8q_malloc(sizeof(float) * (size_t)D, "model.norm");
-  e8q_st_read_f32(q->st, "model.norm.weight", 1, &D, m->final_norm);
+  e8q_st_read_f32(q->st, E8Q_LAYOUT_FINAL_NORM, 1, &D, m->final_norm);
   if (q->cfg.tied) {
     m->lm_head = m->embed;
   } else {
     m->lm_head = e8q_malloc(sizeof(float) * (size_t)(V * D), "lm_head");
-    e8q_st_read_f32(q->st, "lm_head.weight", 2, s_embed, m->lm_head);
+    e8q_st_read_f32(q->st, E8Q_LAYOUT_LM_HEAD, 2, s_embed, m->lm_head);
   }
   return m;
 }
@@ -210,9 +206,9 @@ static e8q_model *model_with_blocks(const e8q_qmodel *q, void (*set_linear)(cons
     e8q_block *blk = &m->blocks[b];
     blk->attn_norm = e8q_malloc(sizeof(float) * (size_t)D, "attn_norm");
     blk->ffn_norm = e8q_malloc(sizeof(float) * (size_t)D, "ffn_norm");
-    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", b);
+    e8q_layout_layer_tensor(name, sizeof name, b, e8q_layout_norm_names[E8Q_NORM_ATTN]);
     e8q_st_read_f32(q->st, name, 1, &D, blk->attn_norm);
-    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", b);
+    e8q_layout_layer_tensor(name, sizeof name, b, e8q_layout_norm_names[E8Q_NORM_FFN]);
     e8q_st_read_f32(q->st, name, 1, &D, blk->ffn_norm);
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
       e8q_group_shape(c, g, &blk->lin[g].m, &blk->lin[g].n);

@@ -25,6 +25,7 @@
 #include "io/tokenizer.h"
 #include "kernels/e8p.h"
 #include "kernels/hadamard.h"
+#include "shard/layout.h"
 #include "worker/cholesky.h"
 #include "worker/finetune.h"
 #include "worker/forward.h"
@@ -40,27 +41,6 @@ double e8q_run_stage_begin(void) { return e8q_now(); }
 void e8q_run_stage_end(e8q_run *R, e8q_run_stage s, double t) { R->stage_s[s] += e8q_now() - t; }
 
 /* ================================================================ helpers */
-e8q_dtype e8q_run_codes2_dtype(e8q_codebook_id cb, size_t *bytes) {
-  const e8q_codebook_traits *t = e8q_cb_traits(cb);
-  *bytes = (size_t)t->codes2_bytes;
-  return t->codes2_dtype ? e8q_dtype_from_name(t->codes2_dtype) : E8Q_DT_U8;
-}
-
-void e8q_run_codes_read(const e8q_safetensors *st, const char *prefix, e8q_codebook_id cb, int64_t n_codes,
-                        uint16_t **codes, void **codes2) {
-  char name[256];
-  snprintf(name, sizeof name, "%scodes", prefix);
-  *codes = e8q_alloc_aligned(sizeof(uint16_t) * (size_t)n_codes, "codes");
-  memcpy(*codes, e8q_ckpt_get(st, name, E8Q_DT_U16, n_codes), sizeof(uint16_t) * (size_t)n_codes);
-  size_t es;
-  const e8q_dtype dt = e8q_run_codes2_dtype(cb, &es);
-  *codes2 = NULL;
-  if (!es) return;
-  snprintf(name, sizeof name, "%scodes2", prefix);
-  *codes2 = e8q_alloc_aligned(es * (size_t)n_codes, "codes2");
-  memcpy(*codes2, e8q_ckpt_get(st, name, dt, n_codes), es * (size_t)n_codes);
-}
-
 int e8q_run_bcast_int(int v) {
   e8q_comm_bcast(e8q_comm_get(), E8Q_MEM_HOST, &v, sizeof v, 0);
   return v;
@@ -327,50 +307,47 @@ static void hessians_remove(e8q_run *R, int b) {
 
 /* ================================================================ shards
  * shards/{b}.{g}.part: one quantized group; shards/{b}.e8qs: the block (4 groups, names
- * prefixed with the group name). */
-static void part_rel(int b, int g, char *out, size_t cap) { snprintf(out, cap, "shards/%d.%d.part", b, g); }
-/* shards/{b}.ft{g}.ckpt: fine-tuning round g of block b (see "block fine-tuning" below) */
-static void ft_rel(int b, int g, char *out, size_t cap) { snprintf(out, cap, "shards/%d.ft%d.ckpt", b, g); }
+ * prefixed with the group name); shards/{b}.ft{g}.ckpt: fine-tuning round g of block b (see
+ * "block fine-tuning" below). Names, dtypes and shapes: shard/layout.h. */
 static int ft_on(const e8q_run *R);
 
+/* field f of a quantized group's result */
+static const void *field_data(const e8q_qlin_result *q, e8q_field f) {
+  switch (f) {
+  case E8Q_FIELD_SU: return q->SU;
+  case E8Q_FIELD_SV: return q->SV;
+  case E8Q_FIELD_WSCALE: return &q->Wscale;
+  case E8Q_FIELD_FUSE_SCALES: return q->fuse_scales;
+  case E8Q_FIELD_WEIGHT: return q->dense;
+  case E8Q_FIELD_CODES: return q->codes;
+  case E8Q_FIELD_CODES2: return q->codes2;
+  default: E8Q_FATAL("internal: unknown field %d", (int)f);
+  }
+}
 
-static int group_tensors(const e8q_run *R, const e8q_group_plan *gp, const e8q_qlin_result *q, const char *prefix,
-                         char names[6][160], e8q_ckpt_tensor *t) {
-  int k = 0, nc = gp->n_pad / 8;
-  if (e8q_method_dense(R->o->method)) { /* noe8 / rtn ablations: the quantized weight, dense */
-    snprintf(names[k], 160, "%sweight", prefix);
-    t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 2, {gp->m, gp->n}, q->dense};
-    snprintf(names[k], 160, "%sfuse_scales", prefix);
-    t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 1, {gp->n_pieces}, q->fuse_scales};
-    return k;
+/* the fields of group gp (shard/layout.h), named for a shard (g, its index) or for a part
+ * (g = E8Q_LAYOUT_PART), with their data from `data` (one pointer per field) */
+static int group_tensors(const e8q_run *R, const e8q_group_plan *gp, int g, const void *const data[E8Q_N_FIELDS],
+                         char names[][160], e8q_ckpt_tensor *t) {
+  e8q_field_desc fd[E8Q_LAYOUT_MAX_FIELDS];
+  const int k = e8q_layout_group_fields(gp, e8q_method_dense(R->o->method), e8q_cb_from_bits(R->o->bits), fd);
+  for (int i = 0; i < k; i++) {
+    e8q_layout_group_name(names[i], 160, g, fd[i].f);
+    t[i] = (e8q_ckpt_tensor){names[i], fd[i].dt, fd[i].ndim, {fd[i].shape[0], fd[i].shape[1]}, data[fd[i].f]};
   }
-  snprintf(names[k], 160, "%scodes", prefix);
-  t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_U16, 2, {gp->m, nc}, q->codes};
-  size_t c2_bytes;
-  const e8q_dtype c2_dt = e8q_run_codes2_dtype(e8q_cb_from_bits(R->o->bits), &c2_bytes);
-  if (c2_bytes) {
-    snprintf(names[k], 160, "%scodes2", prefix);
-    t[k++] = (e8q_ckpt_tensor){names[k - 1], c2_dt, 2, {gp->m, nc}, q->codes2};
-  }
-  snprintf(names[k], 160, "%sSU", prefix);
-  t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 1, {gp->n_pad}, q->SU};
-  snprintf(names[k], 160, "%sSV", prefix);
-  t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 1, {gp->m}, q->SV};
-  snprintf(names[k], 160, "%sWscale", prefix);
-  t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 1, {1}, &q->Wscale};
-  snprintf(names[k], 160, "%sfuse_scales", prefix);
-  t[k++] = (e8q_ckpt_tensor){names[k - 1], E8Q_DT_F32, 1, {gp->n_pieces}, q->fuse_scales};
   return k;
 }
 
 static void part_commit(e8q_run *R, int b, int g, const e8q_qlin_result *q) {
   if (R->rank != 0) return;
   const e8q_group_plan *gp = &R->plan.groups[g];
-  char names[6][160];
-  e8q_ckpt_tensor t[6];
-  int k = group_tensors(R, gp, q, "", names, t);
+  char names[E8Q_LAYOUT_MAX_FIELDS][160];
+  e8q_ckpt_tensor t[E8Q_LAYOUT_MAX_FIELDS];
+  const void *data[E8Q_N_FIELDS];
+  for (int f = 0; f < E8Q_N_FIELDS; f++) data[f] = field_data(q, (e8q_field)f);
+  int k = group_tensors(R, gp, E8Q_LAYOUT_PART, data, names, t);
   char rel[256], path[4096], sha[65], lb[16], gb[16], pl[40], rt[16], dp[40];
-  part_rel(b, g, rel, sizeof rel);
+  e8q_layout_part_rel(rel, sizeof rel, b, g);
   e8q_rundir_path(R->rd, rel, path, sizeof path);
   snprintf(lb, sizeof lb, "%d", b);
   snprintf(gb, sizeof gb, "%d", g);
@@ -400,8 +377,8 @@ static void part_commit(e8q_run *R, int b, int g, const e8q_qlin_result *q) {
 static void block_commit(e8q_run *R, int b) {
   if (R->rank != 0) return;
   e8q_safetensors *parts[E8Q_N_GROUPS];
-  e8q_ckpt_tensor t[E8Q_N_GROUPS * 6 + 2];
-  char names[E8Q_N_GROUPS * 6 + 2][160];
+  e8q_ckpt_tensor t[E8Q_N_GROUPS * E8Q_LAYOUT_MAX_FIELDS + 2];
+  char names[E8Q_N_GROUPS * E8Q_LAYOUT_MAX_FIELDS + 2][160];
   int k = 0;
   cJSON *stats = cJSON_CreateObject();
   e8q_safetensors *ft = NULL; /* the last round's checkpoint */
@@ -409,7 +386,7 @@ static void block_commit(e8q_run *R, int b) {
   const float *pft = NULL;     /* [L.n] its tuned parameters */
   if (ft_on(R)) {
     char rel[256], path[4096];
-    ft_rel(b, E8Q_GROUP_DOWN - 1, rel, sizeof rel);
+    e8q_layout_ft_rel(rel, sizeof rel, b, E8Q_GROUP_DOWN - 1);
     e8q_rundir_path(R->rd, rel, path, sizeof path);
     ft = e8q_ckpt_open(path, "ft");
     e8q_ft_layout(&L, &R->cfg, E8Q_GROUP_DOWN);
@@ -417,41 +394,21 @@ static void block_commit(e8q_run *R, int b) {
   }
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     char rel[256], path[4096];
-    part_rel(b, g, rel, sizeof rel);
+    e8q_layout_part_rel(rel, sizeof rel, b, g);
     e8q_rundir_path(R->rd, rel, path, sizeof path);
     parts[g] = e8q_ckpt_open(path, "part");
     const e8q_group_plan *gp = &R->plan.groups[g];
-    e8q_qlin_result q;
-    memset(&q, 0, sizeof q);
-    int64_t nc = gp->n_pad / 8;
-    if (e8q_method_dense(R->o->method)) {
-      q.dense = (float *)e8q_ckpt_get(parts[g], "weight", E8Q_DT_F32, (int64_t)gp->m * gp->n);
-    } else {
-      q.codes = (uint16_t *)e8q_ckpt_get(parts[g], "codes", E8Q_DT_U16, gp->m * nc);
-      size_t c2_bytes;
-      const e8q_dtype c2_dt = e8q_run_codes2_dtype(e8q_cb_from_bits(R->o->bits), &c2_bytes);
-      if (c2_bytes) q.codes2 = (void *)e8q_ckpt_get(parts[g], "codes2", c2_dt, gp->m * nc);
-      q.SU = (float *)e8q_ckpt_get(parts[g], "SU", E8Q_DT_F32, gp->n_pad);
-      q.SV = (float *)e8q_ckpt_get(parts[g], "SV", E8Q_DT_F32, gp->m);
-      if (pft && g < L.n_quant) { /* tuned */
-        q.SU = (float *)(pft + L.off_SU[g]);
-        q.SV = (float *)(pft + L.off_SV[g]);
-      }
-      memcpy(&q.Wscale, e8q_ckpt_get(parts[g], "Wscale", E8Q_DT_F32, 1), sizeof(float));
+    /* the part's fields, in place in its mapping (SU/SV tuned by the last round instead) */
+    e8q_field_desc fd[E8Q_LAYOUT_MAX_FIELDS];
+    const int nf = e8q_layout_group_fields(gp, e8q_method_dense(R->o->method), e8q_cb_from_bits(R->o->bits), fd);
+    const void *data[E8Q_N_FIELDS] = {0};
+    for (int i = 0; i < nf; i++)
+      data[fd[i].f] = e8q_ckpt_get(parts[g], e8q_field_names[fd[i].f], fd[i].dt, e8q_field_numel(&fd[i]));
+    if (pft && g < L.n_quant) {
+      data[E8Q_FIELD_SU] = pft + L.off_SU[g];
+      data[E8Q_FIELD_SV] = pft + L.off_SV[g];
     }
-    memcpy(q.fuse_scales, e8q_ckpt_get(parts[g], "fuse_scales", E8Q_DT_F32, gp->n_pieces), sizeof(float) * gp->n_pieces);
-    char prefix[96];
-    snprintf(prefix, sizeof prefix, "%s.", gp->name);
-    /* tensor data must stay valid until written: Wscale and fuse_scales point into q (stack):
-     * point them at the mapped part instead */
-    int k0 = k;
-    k += group_tensors(R, gp, &q, prefix, names + k0, t + k0);
-    for (int j = k0; j < k; j++) {
-      t[j].name = names[j];
-      const char *base = names[j] + strlen(prefix);
-      if (!strcmp(base, "Wscale")) t[j].data = e8q_ckpt_get(parts[g], "Wscale", E8Q_DT_F32, 1);
-      if (!strcmp(base, "fuse_scales")) t[j].data = e8q_ckpt_get(parts[g], "fuse_scales", E8Q_DT_F32, gp->n_pieces);
-    }
+    k += group_tensors(R, gp, g, data, names + k, t + k);
     cJSON *s = cJSON_AddObjectToObject(stats, gp->name);
     const char *pl = e8q_ckpt_meta(parts[g], "proxy_loss"), *rt = e8q_ckpt_meta(parts[g], "retries"),
                *dp = e8q_ckpt_meta(parts[g], "damp");
@@ -462,7 +419,7 @@ static void block_commit(e8q_run *R, int b) {
     cJSON_AddStringToObject(s, "factorisation", fm ? fm : "");
     if (ft && g < E8Q_GROUP_DOWN) { /* the round after this group */
       char rel[256], path[4096];
-      ft_rel(b, g, rel, sizeof rel);
+      e8q_layout_ft_rel(rel, sizeof rel, b, g);
       e8q_rundir_path(R->rd, rel, path, sizeof path);
       e8q_safetensors *fr = e8q_ckpt_open(path, "ft");
       cJSON *f = cJSON_AddObjectToObject(s, "fine_tuning");
@@ -474,17 +431,13 @@ static void block_commit(e8q_run *R, int b) {
     }
   }
   if (pft) { /* the tuned norms */
-    snprintf(names[k], 160, "input_layernorm.weight");
-    t[k] = (e8q_ckpt_tensor){names[k], E8Q_DT_F32, 1, {R->cfg.dim}, pft + L.off_attn};
-    k++;
-    snprintf(names[k], 160, "post_attention_layernorm.weight");
-    t[k] = (e8q_ckpt_tensor){names[k], E8Q_DT_F32, 1, {R->cfg.dim}, pft + L.off_ffn};
-    k++;
+    t[k++] = (e8q_ckpt_tensor){e8q_layout_norm_names[E8Q_NORM_ATTN], E8Q_DT_F32, 1, {R->cfg.dim}, pft + L.off_attn};
+    t[k++] = (e8q_ckpt_tensor){e8q_layout_norm_names[E8Q_NORM_FFN], E8Q_DT_F32, 1, {R->cfg.dim}, pft + L.off_ffn};
   }
   char *stats_s = cJSON_PrintUnformatted(stats);
   cJSON_Delete(stats);
   char rel[256], path[4096], sha[65], lb[16];
-  snprintf(rel, sizeof rel, "shards/%d.e8qs", b);
+  e8q_layout_shard_rel(rel, sizeof rel, b);
   e8q_rundir_path(R->rd, rel, path, sizeof path);
   snprintf(lb, sizeof lb, "%d", b);
   const char *meta[] = {"layer", lb, "stats", stats_s, NULL};
@@ -501,10 +454,10 @@ static void parts_remove(e8q_run *R, int b) {
   if (R->rank != 0) return;
   char rel[256], path[4096];
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
-    part_rel(b, g, rel, sizeof rel);
+    e8q_layout_part_rel(rel, sizeof rel, b, g);
     e8q_rundir_path(R->rd, rel, path, sizeof path);
     unlink(path);
-    ft_rel(b, g, rel, sizeof rel); /* fine-tuning checkpoints (any mode: a run may have left them) */
+    e8q_layout_ft_rel(rel, sizeof rel, b, g); /* fine-tuning checkpoints (any mode: a run may have left them) */
     e8q_rundir_path(R->rd, rel, path, sizeof path);
     unlink(path);
   }
@@ -524,7 +477,7 @@ static int ft_on(const e8q_run *R) {
 static void ft_commit(e8q_run *R, int b, int g, const e8q_ft_state *S) {
   if (R->rank != 0) return;
   char rel[256], path[4096], sha[65], v[12][40];
-  ft_rel(b, g, rel, sizeof rel);
+  e8q_layout_ft_rel(rel, sizeof rel, b, g);
   e8q_rundir_path(R->rd, rel, path, sizeof path);
   snprintf(v[0], sizeof v[0], "%d", b);
   snprintf(v[1], sizeof v[1], "%d", g);
@@ -555,7 +508,7 @@ static void ft_commit(e8q_run *R, int b, int g, const e8q_ft_state *S) {
  * restored when shards/{b}.ft{g}.ckpt was committed and is intact, else 0 and S untouched. */
 static int ft_load(e8q_run *R, int b, int g, e8q_ft_state *S) {
   char rel[256], path[4096];
-  ft_rel(b, g, rel, sizeof rel);
+  e8q_layout_ft_rel(rel, sizeof rel, b, g);
   if (!e8q_run_have(R, rel)) return 0;
   snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
   e8q_safetensors *st = e8q_ckpt_open(path, "ft");
@@ -625,11 +578,13 @@ static void ft_round_fresh(e8q_run *R, int b, int g, const e8q_block *blk, e8q_f
   /* the new group's signs from its part */
   const e8q_group_plan *gp = &R->plan.groups[g];
   char rel[256], path[4096];
-  part_rel(b, g, rel, sizeof rel);
+  e8q_layout_part_rel(rel, sizeof rel, b, g);
   snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
   e8q_safetensors *st = e8q_ckpt_open(path, "part");
-  memcpy(S->p + S->off_SU[g], e8q_ckpt_get(st, "SU", E8Q_DT_F32, gp->n_pad), sizeof(float) * (size_t)gp->n_pad);
-  memcpy(S->p + S->off_SV[g], e8q_ckpt_get(st, "SV", E8Q_DT_F32, gp->m), sizeof(float) * (size_t)gp->m);
+  memcpy(S->p + S->off_SU[g], e8q_ckpt_get(st, e8q_field_names[E8Q_FIELD_SU], E8Q_DT_F32, gp->n_pad),
+         sizeof(float) * (size_t)gp->n_pad);
+  memcpy(S->p + S->off_SV[g], e8q_ckpt_get(st, e8q_field_names[E8Q_FIELD_SV], E8Q_DT_F32, gp->m),
+         sizeof(float) * (size_t)gp->m);
   e8q_st_close(st);
 }
 
@@ -653,7 +608,7 @@ static int ft_round_open(e8q_run *R, int b, int g, const e8q_block *blk, ft_roun
   for (int k = 0; k <= g; k++) {
     const e8q_group_plan *gp = &R->plan.groups[k];
     char rel[256], path[4096], name[128];
-    part_rel(b, k, rel, sizeof rel);
+    e8q_layout_part_rel(rel, sizeof rel, b, k);
     snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
     e8q_safetensors *st = e8q_ckpt_open(path, "part");
     const int64_t nc = gp->n_pad / 8, nco = (int64_t)gp->m * nc;
@@ -663,15 +618,16 @@ static int ft_round_open(e8q_run *R, int b, int g, const e8q_block *blk, ft_roun
     d.n = gp->n;
     d.n_pad = gp->n_pad;
     d.codebook = cb;
-    e8q_run_codes_read(st, "", cb, nco, &F->codes[k], &F->codes2[k]);
+    e8q_layout_codes_read(st, E8Q_LAYOUT_PART, cb, nco, &F->codes[k], &F->codes2[k]);
     d.codes = F->codes[k];
     d.codes2 = F->codes2[k];
     d.SU = F->S.p + F->S.off_SU[k];
     d.SV = F->S.p + F->S.off_SV[k];
-    memcpy(&d.Wscale, e8q_ckpt_get(st, "Wscale", E8Q_DT_F32, 1), sizeof(float));
+    memcpy(&d.Wscale, e8q_ckpt_get(st, e8q_field_names[E8Q_FIELD_WSCALE], E8Q_DT_F32, 1), sizeof(float));
     d.n_pieces = gp->n_pieces;
     d.piece_rows = gp->n_pieces > 1 ? gp->piece_rows : NULL;
-    memcpy(F->fs[k], e8q_ckpt_get(st, "fuse_scales", E8Q_DT_F32, gp->n_pieces), sizeof(float) * (size_t)gp->n_pieces);
+    memcpy(F->fs[k], e8q_ckpt_get(st, e8q_field_names[E8Q_FIELD_FUSE_SCALES], E8Q_DT_F32, gp->n_pieces),
+           sizeof(float) * (size_t)gp->n_pieces);
     d.fuse_scales = F->fs[k];
     e8q_st_close(st);
     e8q_had_factor_build(&F->fac[k][0], gp->K_n, E8Q_HAD_SEED);
@@ -680,7 +636,7 @@ static int ft_round_open(e8q_run *R, int b, int g, const e8q_block *blk, ft_roun
     d.R_in = gp->K_n > 1 ? F->fac[k][0].Rf : NULL;
     d.K_out = gp->K_m;
     d.R_out = gp->K_m > 1 ? F->fac[k][1].Rf : NULL;
-    snprintf(name, sizeof name, "model.layers.%d.%s", b, gp->name);
+    e8q_layout_layer_tensor(name, sizeof name, b, gp->name);
     e8q_qlinear_init(&F->ql[k], &d, name);
     F->tb.lin[k].m = gp->m;
     F->tb.lin[k].n = gp->n;
@@ -822,7 +778,7 @@ static void run_block(e8q_run *R, int b) {
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     const e8q_group_plan *gp = &R->plan.groups[g];
     char rel[256];
-    part_rel(b, g, rel, sizeof rel);
+    e8q_layout_part_rel(rel, sizeof rel, b, g);
     int done = e8q_run_have(R, rel);
     if (!done) {
       const double t = e8q_run_stage_begin();
@@ -1099,7 +1055,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
     for (;;) {
       if (start >= R->cfg.n_layers) break;
       snprintf(step, sizeof step, "block %d", start);
-      snprintf(rel, sizeof rel, "shards/%d.e8qs", start);
+      e8q_layout_shard_rel(rel, sizeof rel, start);
       if (!e8q_journal_has_step(R->rd->journal, step) || !e8q_rundir_have(R->rd, rel)) break;
       start++;
     }

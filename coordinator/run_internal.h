@@ -76,14 +76,6 @@ int e8q_run_has_step(e8q_run *R, const char *step);
 /* rank 0: journal a STEP */
 void e8q_run_step(e8q_run *R, const char *step);
 
-/* run.c: a codebook's codes2 in a checkpoint: its dtype and element bytes (e8q_cb_traits;
- * bytes 0 when the codebook has no second stage) */
-e8q_dtype e8q_run_codes2_dtype(e8q_codebook_id cb, size_t *bytes);
-/* run.c: owned copies of a quantized group's codes [m, n_pad/8] (u16) and codes2 (NULL when the
- * codebook has none) read from checkpoint tensors `prefix`codes / `prefix`codes2 */
-void e8q_run_codes_read(const e8q_safetensors *st, const char *prefix, e8q_codebook_id cb, int64_t n_codes,
-                        uint16_t **codes, void **codes2);
-
 /* run.c: journals the files every rank wrote: each rank's "rel sha size\n" lines, journalled by
  * rank 0 in rank order (collective) */
 void e8q_run_journal_files(e8q_run *R, const char *lines);

@@ -22,6 +22,7 @@
 #include "coordinator/run_internal.h"
 #include "io/ckpt.h"
 #include "io/text.h"
+#include "shard/layout.h"
 
 #define E8Q_VALIDATE_BATCH 4
 #define E8Q_VALIDATE_TOL 1e-3 /* fused vs float64, relative to max |y| of each input */
@@ -40,7 +41,7 @@ void e8q_run_validate(e8q_run *R) {
     int n = 0;
     char path[4096], rel[64];
     for (int b = 0; b < q.cfg.n_layers; b++) {
-      snprintf(rel, sizeof rel, "shards/%d.e8qs", b);
+      e8q_layout_shard_rel(rel, sizeof rel, b);
       e8q_rundir_path(R->rd, rel, path, sizeof path);
       e8q_safetensors *sh = e8q_ckpt_open(path, "shard");
       cJSON *stats = cJSON_Parse(e8q_ckpt_meta(sh, "stats") ? e8q_ckpt_meta(sh, "stats") : "{}");

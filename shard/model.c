@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "io/gguf.h"
 #include "io/llama2c.h"
+#include "shard/layout.h"
 
 const char *const e8q_group_names[E8Q_N_GROUPS] = {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.upgate_proj",
                                                    "mlp.down_proj"};
@@ -50,7 +51,7 @@ void e8q_block_free(e8q_block *b) {
 /* reads HF tensor "model.layers.{i}.{suffix}" of shape [rows, cols] (cols 0: a vector) into dst */
 static void read_layer(const e8q_st_model *st, int i, const char *suffix, int64_t rows, int64_t cols, float *dst) {
   char name[256];
-  snprintf(name, sizeof name, "model.layers.%d.%s", i, suffix);
+  e8q_layout_layer_tensor(name, sizeof name, i, suffix);
   int64_t shape[2] = {rows, cols};
   e8q_st_model_read_f32(st, name, cols ? 2 : 1, shape, dst);
 }
@@ -59,17 +60,20 @@ void e8q_block_load(const e8q_st_model *st, const e8q_config *cfg, int i, e8q_bl
   E8Q_CHECK(i >= 0 && i < cfg->n_layers, "block %d outside the model's %d layers", i, cfg->n_layers);
   block_alloc(cfg, b);
   b->layer1 = i + 1;
-  int64_t D = cfg->dim, H = cfg->hidden_dim, q = (int64_t)cfg->n_heads * cfg->head_dim,
-          kv = (int64_t)cfg->n_kv_heads * cfg->head_dim;
-  read_layer(st, i, "input_layernorm.weight", D, 0, b->attn_norm);
-  read_layer(st, i, "post_attention_layernorm.weight", D, 0, b->ffn_norm);
-  read_layer(st, i, "self_attn.q_proj.weight", q, D, b->qkv.w);
-  read_layer(st, i, "self_attn.k_proj.weight", kv, D, b->qkv.w + q * D);
-  read_layer(st, i, "self_attn.v_proj.weight", kv, D, b->qkv.w + (q + kv) * D);
-  read_layer(st, i, "self_attn.o_proj.weight", D, q, b->o.w);
-  read_layer(st, i, "mlp.up_proj.weight", H, D, b->upgate.w);
-  read_layer(st, i, "mlp.gate_proj.weight", H, D, b->upgate.w + H * D);
-  read_layer(st, i, "mlp.down_proj.weight", D, H, b->down.w);
+  read_layer(st, i, e8q_layout_norm_names[E8Q_NORM_ATTN], cfg->dim, 0, b->attn_norm);
+  read_layer(st, i, e8q_layout_norm_names[E8Q_NORM_FFN], cfg->dim, 0, b->ffn_norm);
+  for (int g = 0; g < E8Q_N_GROUPS; g++) { /* the pieces of each group, stacked in order */
+    int rows[E8Q_PLAN_MAX_PIECES];
+    const char *names[E8Q_PLAN_MAX_PIECES];
+    const int np = e8q_layout_pieces(cfg, g, rows, names), n = b->lin[g].n;
+    int64_t row = 0;
+    for (int k = 0; k < np; k++) {
+      char suffix[96];
+      snprintf(suffix, sizeof suffix, "%s.weight", names[k]);
+      read_layer(st, i, suffix, rows[k], n, b->lin[g].w + row * n);
+      row += rows[k];
+    }
+  }
 }
 
 /* ---------------------------------------------------------------- HF directory or GGUF file */
@@ -81,14 +85,14 @@ static void load_hf(e8q_model *m, const char *dir, int with_blocks) {
   int64_t D = c->dim, V = c->vocab_size;
   int64_t s_embed[2] = {V, D}, s_norm[1] = {D};
   m->embed = e8q_malloc(sizeof(float) * (size_t)(V * D), "embed_tokens");
-  e8q_st_model_read_f32(st, "model.embed_tokens.weight", 2, s_embed, m->embed);
+  e8q_st_model_read_f32(st, E8Q_LAYOUT_EMBED, 2, s_embed, m->embed);
   m->final_norm = e8q_malloc(sizeof(float) * (size_t)D, "model.norm");
-  e8q_st_model_read_f32(st, "model.norm.weight", 1, s_norm, m->final_norm);
+  e8q_st_model_read_f32(st, E8Q_LAYOUT_FINAL_NORM, 1, s_norm, m->final_norm);
   if (c->tied) {
     m->lm_head = m->embed;
   } else {
     m->lm_head = e8q_malloc(sizeof(float) * (size_t)(V * D), "lm_head");
-    e8q_st_model_read_f32(st, "lm_head.weight", 2, s_embed, m->lm_head);
+    e8q_st_model_read_f32(st, E8Q_LAYOUT_LM_HEAD, 2, s_embed, m->lm_head);
   }
   if (with_blocks) {
     m->blocks = e8q_calloc((size_t)c->n_layers, sizeof(e8q_block), "blocks");

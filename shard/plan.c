@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "kernels/hadamard.h"
 #include "kernels/ldlq.h"
+#include "shard/layout.h"
 
 /* ---------------------------------------------------------------- small rules */
 int e8q_plan_hadamard_factor(int n, const char *what) {
@@ -38,32 +39,7 @@ static void group_fill(e8q_group_plan *g, const e8q_config *cfg, int id) {
   g->K_n = e8q_plan_hadamard_factor(g->n_pad, what);
   snprintf(what, sizeof what, "%s output (m)", g->name);
   g->K_m = e8q_plan_hadamard_factor(g->m, what);
-  int hd = cfg->head_dim;
-  switch (id) {
-  case E8Q_GROUP_QKV:
-    g->n_pieces = 3;
-    g->piece_rows[0] = cfg->n_heads * hd;
-    g->piece_rows[1] = g->piece_rows[2] = cfg->n_kv_heads * hd;
-    g->piece_names[0] = "self_attn.q_proj";
-    g->piece_names[1] = "self_attn.k_proj";
-    g->piece_names[2] = "self_attn.v_proj";
-    break;
-  case E8Q_GROUP_O:
-    g->n_pieces = 1;
-    g->piece_rows[0] = g->m;
-    g->piece_names[0] = "self_attn.o_proj";
-    break;
-  case E8Q_GROUP_UPGATE:
-    g->n_pieces = 2;
-    g->piece_rows[0] = g->piece_rows[1] = cfg->hidden_dim;
-    g->piece_names[0] = "mlp.up_proj";
-    g->piece_names[1] = "mlp.gate_proj";
-    break;
-  default:
-    g->n_pieces = 1;
-    g->piece_rows[0] = g->m;
-    g->piece_names[0] = "mlp.down_proj";
-  }
+  g->n_pieces = e8q_layout_pieces(cfg, id, g->piece_rows, g->piece_names);
 }
 
 /* ---------------------------------------------------------------- memory
@@ -219,7 +195,7 @@ static long layer_of(const char *name, const char *prefix) {
 static void check_no_extra_layers(const e8q_st_model *st, const char *dir, int n_layers) {
   char names[3][160];
   long n_extra = 0, max_layer = -1;
-  const char *prefix = st->gguf ? "blk." : "model.layers.";
+  const char *prefix = st->gguf ? "blk." : E8Q_LAYOUT_LAYER_PREFIX;
 #define NOTE_NAME(nm)                                                       \
   do {                                                                      \
     long li_ = layer_of((nm), prefix);                                      \
@@ -252,23 +228,24 @@ void e8q_plan_build(e8q_plan *p, const char *model_dir, int n_ranks, int devset,
   e8q_plan_from_config(p, &cfg, n_ranks, devset, ctx);
   e8q_st_model *st = e8q_st_model_open(model_dir);
   check_no_extra_layers(st, model_dir, cfg.n_layers);
-  char name[256];
+  char name[256], what[128];
   for (int i = 0; i < cfg.n_layers; i++) {
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
       const e8q_group_plan *gp = &p->groups[g];
       for (int k = 0; k < gp->n_pieces; k++) {
-        snprintf(name, sizeof name, "model.layers.%d.%s.weight", i, gp->piece_names[k]);
+        snprintf(what, sizeof what, "%s.weight", gp->piece_names[k]);
+        e8q_layout_layer_tensor(name, sizeof name, i, what);
         check_tensor(st, model_dir, name, gp->piece_rows[k], gp->n);
       }
     }
-    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", i);
-    check_tensor(st, model_dir, name, cfg.dim, 0);
-    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", i);
-    check_tensor(st, model_dir, name, cfg.dim, 0);
+    for (int j = 0; j < 2; j++) {
+      e8q_layout_layer_tensor(name, sizeof name, i, e8q_layout_norm_names[j]);
+      check_tensor(st, model_dir, name, cfg.dim, 0);
+    }
   }
-  check_tensor(st, model_dir, "model.embed_tokens.weight", cfg.vocab_size, cfg.dim);
-  check_tensor(st, model_dir, "model.norm.weight", cfg.dim, 0);
-  if (!cfg.tied) check_tensor(st, model_dir, "lm_head.weight", cfg.vocab_size, cfg.dim);
+  check_tensor(st, model_dir, E8Q_LAYOUT_EMBED, cfg.vocab_size, cfg.dim);
+  check_tensor(st, model_dir, E8Q_LAYOUT_FINAL_NORM, cfg.dim, 0);
+  if (!cfg.tied) check_tensor(st, model_dir, E8Q_LAYOUT_LM_HEAD, cfg.vocab_size, cfg.dim);
   e8q_st_model_close(st);
 }
 
