@@ -27,7 +27,7 @@
 #include "common/fault.h"
 #include "common/log.h"
 #include "coordinator/progress.h"
-#include "coordinator/run_internal.h"
+#include "coordinator/e2e.h"
 #include "io/atomic.h"
 #include "io/ckpt.h"
 #include "kernels/e8p.h"
@@ -47,8 +47,6 @@ int e8q_run_e2e_on(const e8q_run *R) {
 /* k: the kept ids per position */
 static int topk_of(const e8q_run *R) { return R->o->e2e_topk < R->cfg.vocab_size ? R->o->e2e_topk : R->cfg.vocab_size; }
 
-static void barrier(void) { e8q_comm_barrier(e8q_comm_get()); }
-
 static void target_rel(int i, char *out, size_t cap) { snprintf(out, cap, "e2e/targets/s%d.ckpt", i); }
 
 
@@ -61,7 +59,7 @@ void e8q_run_e2e_targets_commit(e8q_run *R, const float *XL) {
     e8q_mkdirs(path);
     e8q_atomic_sweep(path); /* temporaries of a killed run (no rank writes before the barrier) */
   }
-  barrier();
+  e8q_run_barrier();
   float *x = e8q_malloc(sizeof(float) * (size_t)P * D, "e2e final hidden");       /* [T-1, dim] */
   float *logits = e8q_malloc(sizeof(float) * (size_t)P * V, "e2e original logits"); /* [T-1, vocab] */
   int *ids = e8q_malloc(sizeof(int) * (size_t)P * k, "e2e target ids");             /* [T-1, k] */
@@ -322,7 +320,7 @@ static void epoch_end(void *ctx, const e8q_e2e_state *S) {
   e2e_ctx *C = ctx;
   e8q_run *R = C->R;
   state_commit(R, S);
-  barrier(); /* the checkpoint is on disk before any rank can be killed at e2e.epoch */
+  e8q_run_barrier(); /* the checkpoint is on disk before any rank can be killed at e2e.epoch */
   if (R->rank == 0) {
     cJSON *f = cJSON_CreateObject();
     cJSON_AddNumberToObject(f, "epoch", S->epoch);
@@ -385,7 +383,7 @@ void e8q_run_e2e(e8q_run *R) {
   }
   ctx_close(&C);
   e8q_run_step(R, "e2e");
-  barrier();
+  e8q_run_barrier();
   targets_remove(R);
   e8q_progress_step("e2e", -1, NULL, 0);
 }
