@@ -331,10 +331,7 @@ typedef struct {
   int b, g;
   e8q_ft_state S;
   e8q_block tb;                                  /* the block under training */
-  e8q_qlinear ql[E8Q_N_GROUPS];                  /* quantized groups 0..g, SU/SV in S.p */
-  uint16_t *codes[E8Q_N_GROUPS];                 /* [m, n_pad/8] owned copies (aligned) */
-  void *codes2[E8Q_N_GROUPS];                    /* [m, n_pad/8] u16 / u8, or NULL */
-  float fs[E8Q_N_GROUPS][E8Q_PLAN_MAX_PIECES];   /* fuse scales (borrowed by ql) */
+  e8q_run_qlin lin[E8Q_N_GROUPS];                /* quantized groups 0..g, SU/SV in S.p */
   e8q_had_factor fac[E8Q_N_GROUPS][2];           /* factors of n_pad and of m */
 } ft_round_ctx;
 
@@ -388,44 +385,20 @@ static int ft_round_open(e8q_run *R, int b, int g, const e8q_block *blk, ft_roun
   } else {
     ft_round_fresh(R, b, g, blk, &F->S);
   }
-  const e8q_codebook_id cb = e8q_cb_from_bits(R->o->bits);
   for (int k = 0; k <= g; k++) {
     const e8q_group_plan *gp = &R->plan.groups[k];
-    char rel[256], path[4096], name[128];
+    char rel[256], path[4096];
     e8q_layout_part_rel(rel, sizeof rel, b, k);
     snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
     e8q_safetensors *st = e8q_ckpt_open(path, "part");
-    const int64_t nc = gp->n_pad / 8, nco = (int64_t)gp->m * nc;
-    e8q_qlinear_desc d;
-    memset(&d, 0, sizeof d);
-    d.m = gp->m;
-    d.n = gp->n;
-    d.n_pad = gp->n_pad;
-    d.codebook = cb;
-    e8q_layout_codes_read(st, E8Q_LAYOUT_PART, cb, nco, &F->codes[k], &F->codes2[k]);
-    d.codes = F->codes[k];
-    d.codes2 = F->codes2[k];
-    d.SU = F->S.p + F->S.off_SU[k];
-    d.SV = F->S.p + F->S.off_SV[k];
-    memcpy(&d.Wscale, e8q_ckpt_get(st, e8q_field_names[E8Q_FIELD_WSCALE], E8Q_DT_F32, 1), sizeof(float));
-    d.n_pieces = gp->n_pieces;
-    d.piece_rows = gp->n_pieces > 1 ? gp->piece_rows : NULL;
-    memcpy(F->fs[k], e8q_ckpt_get(st, e8q_field_names[E8Q_FIELD_FUSE_SCALES], E8Q_DT_F32, gp->n_pieces),
-           sizeof(float) * (size_t)gp->n_pieces);
-    d.fuse_scales = F->fs[k];
-    e8q_st_close(st);
     e8q_had_factor_build(&F->fac[k][0], gp->K_n, E8Q_HAD_SEED);
     e8q_had_factor_build(&F->fac[k][1], gp->K_m, E8Q_HAD_SEED);
-    d.K_in = gp->K_n;
-    d.R_in = gp->K_n > 1 ? F->fac[k][0].Rf : NULL;
-    d.K_out = gp->K_m;
-    d.R_out = gp->K_m > 1 ? F->fac[k][1].Rf : NULL;
-    e8q_layout_layer_tensor(name, sizeof name, b, gp->name);
-    e8q_qlinear_init(&F->ql[k], &d, name);
+    e8q_run_qlin_open(&F->lin[k], R, st, 0, b, k, F->S.p + F->S.off_SU[k], F->S.p + F->S.off_SV[k], F->fac[k]);
+    e8q_st_close(st);
     F->tb.lin[k].m = gp->m;
     F->tb.lin[k].n = gp->n;
     F->tb.lin[k].w = NULL;
-    F->tb.lin[k].q = &F->ql[k];
+    F->tb.lin[k].q = &F->lin[k].ql;
   }
   e8q_ft_bind(&F->S, &R->cfg, &F->tb);
   return 1;
@@ -433,9 +406,7 @@ static int ft_round_open(e8q_run *R, int b, int g, const e8q_block *blk, ft_roun
 
 static void ft_round_close(ft_round_ctx *F) {
   for (int k = 0; k <= F->g; k++) {
-    e8q_qlinear_free(&F->ql[k]);
-    free(F->codes[k]);
-    free(F->codes2[k]);
+    e8q_run_qlin_close(&F->lin[k]);
     e8q_had_factor_free(&F->fac[k][0]);
     e8q_had_factor_free(&F->fac[k][1]);
   }
@@ -659,13 +630,13 @@ static void cleanup_run(e8q_run *R, void *ctx) {
 
 /* ---------------------------------------------------------------- the table */
 static const e8q_stage block_stages[] = {
-    /* name          resume              run              timer                  check fault          on resume progress */
-    {"hessian",     hessian_resume,     hessian_run,     E8Q_STAGE_HESSIAN,     NULL, "hessian.done",   0, "hessian"},
-    {"quantize",    NULL,               quantize_run,    E8Q_STAGE_UNTIMED,     NULL, "quantize.done",  1, NULL},
-    {"propagate",   propagate_resume,   propagate_run,   E8Q_STAGE_PROPAGATE,   NULL, "propagate.done", 0, "propagate"},
-    {"e2e-targets", e2e_targets_resume, e2e_targets_run, E8Q_STAGE_E2E_TARGETS, NULL, NULL,             0, NULL},
-    {"commit",      NULL,               commit_run,      E8Q_STAGE_UNTIMED,     NULL, "commit.done",    1, NULL},
-    {"cleanup",     NULL,               cleanup_run,     E8Q_STAGE_UNTIMED,     NULL, NULL,             0, "commit"},
+    /* name                resume              run              timer                  check fault      on resume progress */
+    {"hessian",           hessian_resume,     hessian_run,     E8Q_STAGE_HESSIAN,     NULL, "hessian.done",   0, "hessian"},
+    {"quantize+block-ft", NULL,               quantize_run,    E8Q_STAGE_UNTIMED,     NULL, "quantize.done",  1, NULL},
+    {"propagate",         propagate_resume,   propagate_run,   E8Q_STAGE_PROPAGATE,   NULL, "propagate.done", 0, "propagate"},
+    {"e2e-targets",       e2e_targets_resume, e2e_targets_run, E8Q_STAGE_E2E_TARGETS, NULL, NULL,             0, NULL},
+    {"commit",            NULL,               commit_run,      E8Q_STAGE_UNTIMED,     NULL, "commit.done",    1, NULL},
+    {"cleanup",           NULL,               cleanup_run,     E8Q_STAGE_UNTIMED,     NULL, NULL,             0, "commit"},
 };
 
 void e8q_run_block(e8q_run *R, int b) {

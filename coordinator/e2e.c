@@ -191,10 +191,7 @@ typedef struct {
   e8q_e2e_state S;
   e8q_e2e_model M;
   e8q_block *blocks;                                /* [L] */
-  e8q_qlinear *ql;                                  /* [L*4] bound to S.p */
-  uint16_t **codes;                                 /* [L*4] -> [m, n_pad/8] owned copies (aligned) */
-  void **codes2;                                    /* [L*4] -> [m, n_pad/8] u16 / u8, or NULL */
-  float (*fs)[E8Q_PLAN_MAX_PIECES];                 /* [L*4] fuse scales (borrowed by ql) */
+  e8q_run_qlin *lin;                                /* [L*4] the quantized linears, SU/SV in S.p */
   e8q_had_factor fac[E8Q_N_GROUPS][2];              /* factors of n_pad and of m */
 } e2e_ctx;
 
@@ -232,17 +229,13 @@ static void ctx_open(e8q_run *R, e2e_ctx *C) {
   e8q_e2e_state_init(&C->S, &R->cfg);
   const int loaded = state_load(R, &C->S);
   C->blocks = e8q_calloc((size_t)L, sizeof *C->blocks, "e2e blocks");
-  C->ql = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *C->ql, "e2e quantized linears");
-  C->codes = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *C->codes, "e2e codes");
-  C->codes2 = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *C->codes2, "e2e codes2");
-  C->fs = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *C->fs, "e2e fuse scales");
+  C->lin = e8q_calloc((size_t)L * E8Q_N_GROUPS, sizeof *C->lin, "e2e quantized linears");
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     e8q_had_factor_build(&C->fac[g][0], R->plan.groups[g].K_n, E8Q_HAD_SEED);
     e8q_had_factor_build(&C->fac[g][1], R->plan.groups[g].K_m, E8Q_HAD_SEED);
   }
-  const e8q_codebook_id cb = e8q_cb_from_bits(R->o->bits);
   for (int b = 0; b < L; b++) {
-    char rel[64], path[4096], name[160];
+    char rel[64], path[4096];
     e8q_layout_shard_rel(rel, sizeof rel, b);
     snprintf(path, sizeof path, "%s/%s", R->o->run_dir, rel);
     e8q_safetensors *sh = e8q_ckpt_open(path, "shard");
@@ -250,32 +243,8 @@ static void ctx_open(e8q_run *R, e2e_ctx *C) {
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
       const e8q_group_plan *gp = &R->plan.groups[g];
       const size_t q = (size_t)b * E8Q_N_GROUPS + g;
-      const int64_t nco = (int64_t)gp->m * (gp->n_pad / 8);
-      e8q_qlinear_desc d;
-      memset(&d, 0, sizeof d);
-      d.m = gp->m;
-      d.n = gp->n;
-      d.n_pad = gp->n_pad;
-      d.codebook = cb;
-      e8q_layout_codes_read(sh, g, cb, nco, &C->codes[q], &C->codes2[q]);
-      d.codes = C->codes[q];
-      d.codes2 = C->codes2[q];
-      d.SU = C->S.p + C->S.off_SU[q];
-      d.SV = C->S.p + C->S.off_SV[q];
-      e8q_layout_group_name(name, sizeof name, g, E8Q_FIELD_WSCALE);
-      memcpy(&d.Wscale, e8q_ckpt_get(sh, name, E8Q_DT_F32, 1), sizeof(float));
-      d.n_pieces = gp->n_pieces;
-      d.piece_rows = gp->n_pieces > 1 ? gp->piece_rows : NULL;
-      e8q_layout_group_name(name, sizeof name, g, E8Q_FIELD_FUSE_SCALES);
-      memcpy(C->fs[q], e8q_ckpt_get(sh, name, E8Q_DT_F32, gp->n_pieces), sizeof(float) * (size_t)gp->n_pieces);
-      d.fuse_scales = C->fs[q];
-      d.K_in = gp->K_n;
-      d.R_in = gp->K_n > 1 ? C->fac[g][0].Rf : NULL;
-      d.K_out = gp->K_m;
-      d.R_out = gp->K_m > 1 ? C->fac[g][1].Rf : NULL;
-      e8q_layout_layer_tensor(name, sizeof name, b, gp->name);
-      e8q_qlinear_init(&C->ql[q], &d, name);
-      C->blocks[b].lin[g] = (e8q_linear){gp->m, gp->n, NULL, &C->ql[q]};
+      e8q_run_qlin_open(&C->lin[q], R, sh, 1, b, g, C->S.p + C->S.off_SU[q], C->S.p + C->S.off_SV[q], C->fac[g]);
+      C->blocks[b].lin[g] = (e8q_linear){gp->m, gp->n, NULL, &C->lin[q].ql};
     }
     C->blocks[b].layer1 = b + 1;
     e8q_st_close(sh);
@@ -297,18 +266,13 @@ static void ctx_open(e8q_run *R, e2e_ctx *C) {
 static void ctx_close(e2e_ctx *C) {
   const int nq = C->R->cfg.n_layers * E8Q_N_GROUPS;
   for (int q = 0; q < nq; q++) {
-    e8q_qlinear_free(&C->ql[q]);
-    free(C->codes[q]);
-    free(C->codes2[q]);
+    e8q_run_qlin_close(&C->lin[q]);
   }
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     e8q_had_factor_free(&C->fac[g][0]);
     e8q_had_factor_free(&C->fac[g][1]);
   }
-  free(C->ql);
-  free(C->codes);
-  free(C->codes2);
-  free(C->fs);
+  free(C->lin);
   free(C->blocks);
   e8q_e2e_state_free(&C->S);
   memset(C, 0, sizeof *C);

@@ -321,8 +321,8 @@ static const e8q_stage run_stages[] = {
     /* name      resume           run             timer               check         fault            on resume progress */
     {"plan",     NULL,            stage_plan,     E8Q_STAGE_UNTIMED,  NULL,         "plan.done",     0, "plan"},
     {"embed",    embed_resume,    stage_embed,    E8Q_STAGE_EMBED,    NULL,         "embed.done",    0, "embed"},
-    {"blocks",   NULL,            stage_blocks,   E8Q_STAGE_UNTIMED,  NULL,         NULL,            0, NULL}, /* block.c */
-    {"e2e",      NULL,            stage_e2e,      E8Q_STAGE_UNTIMED,  NULL,         NULL,            0, NULL}, /* e2e.c */
+    {"blocks",   NULL,            stage_blocks,   E8Q_STAGE_UNTIMED,  NULL,         NULL,            0, NULL}, /* block.c's table */
+    {"e2e",      NULL,            stage_e2e,      E8Q_STAGE_UNTIMED,  NULL,         NULL,            0, NULL}, /* per epoch, e2e.c */
     {"gather",   gather_resume,   stage_gather,   E8Q_STAGE_GATHER,   gather_check, "gather.done",   1, "gather"},
     {"validate", validate_resume, stage_validate, E8Q_STAGE_VALIDATE, NULL,         "validate.done", 1, "validate"},
     {"pack",     NULL,            stage_pack,     E8Q_STAGE_PACK,     NULL,         NULL,            0, NULL},

@@ -19,6 +19,7 @@
 #include "io/atomic.h"
 #include "io/ckpt.h"
 #include "io/gguf.h"
+#include "shard/layout.h"
 #include "worker/forward.h"
 
 /* ---------------------------------------------------------------- stage timing */
@@ -253,4 +254,45 @@ void e8q_run_acts_rebuild(e8q_run *R, int b, float *X) {
     e8q_block_free(&blk);
   }
   e8q_fwd_scratch_free(&sc);
+}
+
+/* ---------------------------------------------------------------- quantized linears to train */
+void e8q_run_qlin_open(e8q_run_qlin *q, const e8q_run *R, const e8q_safetensors *st, int shard, int b, int g,
+                       float *SU, float *SV, const e8q_had_factor fac[2]) {
+  const e8q_group_plan *gp = &R->plan.groups[g];
+  const int in = shard ? g : E8Q_LAYOUT_PART; /* the names of g's tensors in st */
+  const e8q_codebook_id cb = e8q_cb_from_bits(R->o->bits);
+  char name[160];
+  memset(q, 0, sizeof *q);
+  e8q_qlinear_desc d;
+  memset(&d, 0, sizeof d);
+  d.m = gp->m;
+  d.n = gp->n;
+  d.n_pad = gp->n_pad;
+  d.codebook = cb;
+  e8q_layout_codes_read(st, in, cb, (int64_t)gp->m * (gp->n_pad / 8), &q->codes, &q->codes2);
+  d.codes = q->codes;
+  d.codes2 = q->codes2;
+  d.SU = SU;
+  d.SV = SV;
+  e8q_layout_group_name(name, sizeof name, in, E8Q_FIELD_WSCALE);
+  memcpy(&d.Wscale, e8q_ckpt_get(st, name, E8Q_DT_F32, 1), sizeof(float));
+  d.n_pieces = gp->n_pieces;
+  d.piece_rows = gp->n_pieces > 1 ? gp->piece_rows : NULL;
+  e8q_layout_group_name(name, sizeof name, in, E8Q_FIELD_FUSE_SCALES);
+  memcpy(q->fs, e8q_ckpt_get(st, name, E8Q_DT_F32, gp->n_pieces), sizeof(float) * (size_t)gp->n_pieces);
+  d.fuse_scales = q->fs;
+  d.K_in = gp->K_n;
+  d.R_in = gp->K_n > 1 ? fac[0].Rf : NULL;
+  d.K_out = gp->K_m;
+  d.R_out = gp->K_m > 1 ? fac[1].Rf : NULL;
+  e8q_layout_layer_tensor(name, sizeof name, b, gp->name);
+  e8q_qlinear_init(&q->ql, &d, name);
+}
+
+void e8q_run_qlin_close(e8q_run_qlin *q) {
+  e8q_qlinear_free(&q->ql);
+  free(q->codes);
+  free(q->codes2);
+  memset(q, 0, sizeof *q);
 }

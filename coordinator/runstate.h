@@ -19,6 +19,8 @@
 #include "io/rundir.h"
 #include "io/safetensors.h"
 #include "kernels/e8p.h"
+#include "kernels/hadamard.h"
+#include "kernels/qlinear.h"
 #include "shard/model.h"
 #include "shard/plan.h"
 
@@ -142,5 +144,20 @@ void e8q_run_acts_remove(e8q_run *R, int b);
 void e8q_run_acts_embed(e8q_run *R, float *X);
 /* X_b [s1-s0, T, dim] of this rank's sequences from scratch: embed, original blocks 0..b-1 */
 void e8q_run_acts_rebuild(e8q_run *R, int b, float *X);
+
+/* ---------------------------------------------------------------- quantized linears to train
+ * Group g of block b as the fused kernels take it (kernels/qlinear.h), read from an open part
+ * (g's part file, shard 0) or block shard (shard 1) for a fine-tuning stage: the codes, Wscale and
+ * fuse scales copied (the file may be closed afterwards); SU [n_pad] and SV [m] are the caller's
+ * (the trained vector), and so are the Hadamard factors fac[0] (of n_pad) and fac[1] (of m). */
+typedef struct {
+  e8q_qlinear ql;
+  uint16_t *codes;                   /* [m, n_pad/8] owned (aligned) */
+  void *codes2;                      /* [m, n_pad/8] u16 / u8 owned, or NULL */
+  float fs[E8Q_PLAN_MAX_PIECES];     /* fuse scales, borrowed by ql: the struct must not move */
+} e8q_run_qlin;
+void e8q_run_qlin_open(e8q_run_qlin *q, const e8q_run *R, const e8q_safetensors *st, int shard, int b, int g,
+                       float *SU, float *SV, const e8q_had_factor fac[2]);
+void e8q_run_qlin_close(e8q_run_qlin *q);
 
 #endif
