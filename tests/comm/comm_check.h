@@ -6,19 +6,7 @@
 #include <mpi.h>
 #include <stdio.h>
 
-static int n_pass, n_fail, g_rank; /* g_rank: set by main from MPI_COMM_WORLD */
-
-#define CHECK(cond, ...)                                                     \
-  do {                                                                       \
-    if (cond) {                                                              \
-      n_pass++;                                                              \
-    } else {                                                                 \
-      n_fail++;                                                              \
-      fprintf(stderr, "[rank %d] FAIL %s:%d: ", g_rank, __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                                          \
-      fprintf(stderr, "\n");                                                 \
-    }                                                                        \
-  } while (0)
+#include "../check.h" /* CHECK, n_pass/n_fail, g_rank (set by main) */
 
 /* collective over MPI_COMM_WORLD: "<name> on P ranks: N passed, M failed" on rank 0;
  * returns the exit code (1 when any rank failed a check) */

@@ -19,30 +19,7 @@
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_cuda_dev.h"
 
-static int n_pass, n_fail;
-static unsigned long long g_seed;
-#define CHECK(cond, ...)                                                   \
-  do {                                                                     \
-    if (cond) n_pass++;                                                    \
-    else {                                                                 \
-      n_fail++;                                                            \
-      fprintf(stderr, "FAIL %s:%d (seed %llu): ", __FILE__, __LINE__, g_seed); \
-      fprintf(stderr, __VA_ARGS__);                                        \
-      fprintf(stderr, "\n");                                               \
-    }                                                                      \
-  } while (0)
-
-static unsigned long long rs;
-static unsigned long long rnd() {
-  rs ^= rs << 13;
-  rs ^= rs >> 7;
-  rs ^= rs << 17;
-  return rs;
-}
-static float rndf() { // in [-1, 1), never exactly 0
-  float v = (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1);
-  return v == 0 ? 0.5f : v;
-}
+#include "../check.h" // CHECK, n_pass/n_fail, g_seed, rnd/rndf
 
 // a real Hadamard factor of order K (Paley or seeded random orthogonal), float copy
 static void factor(std::vector<float> &R, int K) {
@@ -227,12 +204,11 @@ static void test_forward() {
 int main() {
   const char *env = getenv("E8Q_TEST_SEED");
   g_seed = env ? strtoull(env, NULL, 0) : ((unsigned long long)time(NULL) << 20) ^ (unsigned long long)getpid();
-  rs = g_seed * 0x9E3779B97F4A7C15ull + 1;
+  check_rs = g_seed * 0x9E3779B97F4A7C15ull + 1;
   printf("test_qlinear_cuda_host: seed %llu (E8Q_TEST_SEED to repeat)\n", g_seed);
   test_decode();
   test_codes();
   test_hadamard();
   test_forward();
-  printf("test_qlinear_cuda_host: %d passed, %d failed\n", n_pass, n_fail);
-  return n_fail ? 1 : 0;
+  return check_report_local("test_qlinear_cuda_host");
 }

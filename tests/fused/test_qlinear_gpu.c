@@ -12,21 +12,7 @@
 #include "common/cuda_util.h"
 #include "kernels/qlinear_gpu.h"
 
-static int n_pass, n_fail;
-static unsigned long long seed, rs;
-#define CHECK(cond, ...)                                                     \
-  do {                                                                       \
-    if (cond) n_pass++;                                                      \
-    else {                                                                   \
-      n_fail++;                                                              \
-      fprintf(stderr, "FAIL %s:%d (seed %llu): ", __FILE__, __LINE__, seed); \
-      fprintf(stderr, __VA_ARGS__);                                          \
-      fprintf(stderr, "\n");                                                 \
-    }                                                                        \
-  } while (0)
-
-static unsigned long long rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return rs; }
-static float rndf(void) { float v = (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1); return v == 0 ? 0.5f : v; }
+#include "../check.h" /* CHECK, n_pass/n_fail, g_seed, rnd/rndf */
 
 /* a real Hadamard factor of order K into R [K*K] (untouched for K = 1) */
 static void factor(float *R, int K) {
@@ -75,9 +61,9 @@ static double rel_err(const float *a, const float *b, size_t n) {
 
 int main(void) {
   const char *env = getenv("E8Q_TEST_SEED");
-  seed = env ? strtoull(env, NULL, 0) : ((unsigned long long)time(NULL) << 20) ^ (unsigned long long)getpid();
-  rs = seed * 0x9E3779B97F4A7C15ull + 1;
-  printf("test_qlinear_gpu: seed %llu\n", seed);
+  g_seed = env ? strtoull(env, NULL, 0) : ((unsigned long long)time(NULL) << 20) ^ (unsigned long long)getpid();
+  check_rs = g_seed * 0x9E3779B97F4A7C15ull + 1;
+  printf("test_qlinear_gpu: seed %llu (E8Q_TEST_SEED to repeat)\n", g_seed);
 
   /* fallback without a device (or in a CPU-only build) */
   if (e8q_cuda_device_count() == 0) {
@@ -136,6 +122,5 @@ int main(void) {
   CHECK(g == NULL && why && strstr(why, "shared memory"), "unsupported shape must be refused with a reason");
   e8q_qlinear_gpu_free(g);
   unmake(&L);
-  printf("test_qlinear_gpu: %d passed, %d failed\n", n_pass, n_fail);
-  return n_fail ? 1 : 0;
+  return check_report_local("test_qlinear_gpu");
 }
