@@ -260,31 +260,15 @@ static int ft_on(const e8q_run *R) {
 
 static void ft_commit(e8q_run *R, int b, int g, const e8q_ft_state *S) {
   if (R->rank != 0) return;
-  char rel[256], path[4096], sha[65], v[12][40];
+  char rel[256], path[4096], sha[65], v[3][24];
   e8q_layout_ft_rel(rel, sizeof rel, b, g);
   e8q_rundir_path(R->rd, rel, path, sizeof path);
   snprintf(v[0], sizeof v[0], "%d", b);
   snprintf(v[1], sizeof v[1], "%d", g);
   snprintf(v[2], sizeof v[2], "%d", S->n_quant);
-  snprintf(v[3], sizeof v[3], "%d", S->epoch);
-  snprintf(v[4], sizeof v[4], "%ld", S->step);
-  snprintf(v[5], sizeof v[5], "%d", S->worse);
-  snprintf(v[6], sizeof v[6], "%d", S->started);
-  snprintf(v[7], sizeof v[7], "%d", S->done);
-  snprintf(v[8], sizeof v[8], "%.17g", S->init_loss);
-  snprintf(v[9], sizeof v[9], "%.17g", S->best_loss);
-  snprintf(v[10], sizeof v[10], "%.17g", S->train_loss);
-  snprintf(v[11], sizeof v[11], "%.17g", S->valid_loss);
-  const char *meta[] = {"layer", v[0], "group", v[1], "group_name", e8q_group_names[g], "n_quant", v[2],
-                        "epoch", v[3], "step", v[4], "worse", v[5], "started", v[6], "done", v[7],
-                        "init_loss", v[8], "best_loss", v[9], "train_loss", v[10], "valid_loss", v[11], NULL};
-  int64_t n = (int64_t)S->n;
-  e8q_ckpt_tensor t[4] = {{"p", E8Q_DT_F32, 1, {n}, S->p},
-                          {"best", E8Q_DT_F32, 1, {n}, S->best},
-                          {"m", E8Q_DT_F32, 1, {n}, S->m},
-                          {"v", E8Q_DT_F32, 1, {n}, S->v}};
+  const char *extra[] = {"layer", v[0], "group", v[1], "group_name", e8q_group_names[g], "n_quant", v[2], NULL};
   uint64_t size = 0;
-  e8q_ckpt_write(path, "ft", meta, 4, t, sha, &size);
+  e8q_run_train_ckpt_write(path, "ft", &S->tr, extra, sha, &size);
   e8q_journal_file(R->rd->journal, rel, sha, size);
 }
 
@@ -299,20 +283,7 @@ static int ft_load(e8q_run *R, int b, int g, e8q_ft_state *S) {
   E8Q_CHECK((int)e8q_ckpt_meta_num(st, "n_quant", path) == S->n_quant,
             "%s: layer %d round %s: %d quantized groups in the checkpoint, %d expected", path, b, e8q_group_names[g],
             (int)e8q_ckpt_meta_num(st, "n_quant", path), S->n_quant);
-  const int64_t n = (int64_t)S->n;
-  memcpy(S->p, e8q_ckpt_get(st, "p", E8Q_DT_F32, n), sizeof(float) * S->n);
-  memcpy(S->best, e8q_ckpt_get(st, "best", E8Q_DT_F32, n), sizeof(float) * S->n);
-  memcpy(S->m, e8q_ckpt_get(st, "m", E8Q_DT_F32, n), sizeof(float) * S->n);
-  memcpy(S->v, e8q_ckpt_get(st, "v", E8Q_DT_F32, n), sizeof(float) * S->n);
-  S->epoch = (int)e8q_ckpt_meta_num(st, "epoch", path);
-  S->step = (long)e8q_ckpt_meta_num(st, "step", path);
-  S->worse = (int)e8q_ckpt_meta_num(st, "worse", path);
-  S->started = (int)e8q_ckpt_meta_num(st, "started", path);
-  S->done = (int)e8q_ckpt_meta_num(st, "done", path);
-  S->init_loss = e8q_ckpt_meta_num(st, "init_loss", path);
-  S->best_loss = e8q_ckpt_meta_num(st, "best_loss", path);
-  S->train_loss = e8q_ckpt_meta_num(st, "train_loss", path);
-  S->valid_loss = e8q_ckpt_meta_num(st, "valid_loss", path);
+  e8q_run_train_ckpt_read(st, path, &S->tr);
   e8q_st_close(st);
   return 1;
 }

@@ -132,31 +132,15 @@ void e8q_run_e2e_targets_remove(e8q_run *R) { targets_remove(R); }
 /* ---------------------------------------------------------------- the state checkpoint */
 static void state_commit(e8q_run *R, const e8q_e2e_state *S) {
   if (R->rank != 0) return;
-  char path[4096], sha[65], v[11][40];
+  char path[4096], sha[65], v[2][24];
   e8q_rundir_path(R->rd, "e2e", path, sizeof path);
   e8q_mkdirs(path);
   e8q_rundir_path(R->rd, E2E_STATE, path, sizeof path);
-  snprintf(v[0], sizeof v[0], "%d", S->epoch);
-  snprintf(v[1], sizeof v[1], "%ld", S->step);
-  snprintf(v[2], sizeof v[2], "%d", S->worse);
-  snprintf(v[3], sizeof v[3], "%d", S->started);
-  snprintf(v[4], sizeof v[4], "%d", S->done);
-  snprintf(v[5], sizeof v[5], "%.17g", S->init_loss);
-  snprintf(v[6], sizeof v[6], "%.17g", S->best_loss);
-  snprintf(v[7], sizeof v[7], "%.17g", S->train_loss);
-  snprintf(v[8], sizeof v[8], "%.17g", S->valid_loss);
-  snprintf(v[9], sizeof v[9], "%d", topk_of(R));
-  snprintf(v[10], sizeof v[10], "%d", S->train_head);
-  const char *meta[] = {"epoch", v[0], "step", v[1], "worse", v[2], "started", v[3], "done", v[4],
-                        "init_loss", v[5], "best_loss", v[6], "train_loss", v[7], "valid_loss", v[8],
-                        "topk", v[9], "train_head", v[10], NULL};
-  const int64_t n = (int64_t)S->n;
-  e8q_ckpt_tensor t[4] = {{"p", E8Q_DT_F32, 1, {n}, S->p},
-                          {"best", E8Q_DT_F32, 1, {n}, S->best},
-                          {"m", E8Q_DT_F32, 1, {n}, S->m},
-                          {"v", E8Q_DT_F32, 1, {n}, S->v}};
+  snprintf(v[0], sizeof v[0], "%d", topk_of(R));
+  snprintf(v[1], sizeof v[1], "%d", S->train_head);
+  const char *extra[] = {"topk", v[0], "train_head", v[1], NULL};
   uint64_t size = 0;
-  e8q_ckpt_write(path, "e2e", meta, 4, t, sha, &size);
+  e8q_run_train_ckpt_write(path, "e2e", &S->tr, extra, sha, &size);
   e8q_journal_file(R->rd->journal, E2E_STATE, sha, size);
 }
 
@@ -167,20 +151,7 @@ static int state_load(e8q_run *R, e8q_e2e_state *S) {
   char path[4096];
   snprintf(path, sizeof path, "%s/%s", R->o->run_dir, E2E_STATE);
   e8q_safetensors *st = e8q_ckpt_open(path, "e2e");
-  const int64_t n = (int64_t)S->n;
-  memcpy(S->p, e8q_ckpt_get(st, "p", E8Q_DT_F32, n), sizeof(float) * S->n);
-  memcpy(S->best, e8q_ckpt_get(st, "best", E8Q_DT_F32, n), sizeof(float) * S->n);
-  memcpy(S->m, e8q_ckpt_get(st, "m", E8Q_DT_F32, n), sizeof(float) * S->n);
-  memcpy(S->v, e8q_ckpt_get(st, "v", E8Q_DT_F32, n), sizeof(float) * S->n);
-  S->epoch = (int)e8q_ckpt_meta_num(st, "epoch", path);
-  S->step = (long)e8q_ckpt_meta_num(st, "step", path);
-  S->worse = (int)e8q_ckpt_meta_num(st, "worse", path);
-  S->started = (int)e8q_ckpt_meta_num(st, "started", path);
-  S->done = (int)e8q_ckpt_meta_num(st, "done", path);
-  S->init_loss = e8q_ckpt_meta_num(st, "init_loss", path);
-  S->best_loss = e8q_ckpt_meta_num(st, "best_loss", path);
-  S->train_loss = e8q_ckpt_meta_num(st, "train_loss", path);
-  S->valid_loss = e8q_ckpt_meta_num(st, "valid_loss", path);
+  e8q_run_train_ckpt_read(st, path, &S->tr);
   e8q_st_close(st);
   return 1;
 }

@@ -296,3 +296,56 @@ void e8q_run_qlin_close(e8q_run_qlin *q) {
   free(q->codes2);
   memset(q, 0, sizeof *q);
 }
+
+/* ================================================================ training checkpoints */
+void e8q_run_train_ckpt_write(const char *path, const char *kind, const e8q_train_state *S,
+                              const char *const *extra, char sha[65], uint64_t *size) {
+  enum { N_OWN = 9, MAX_EXTRA = 8 };
+  char v[N_OWN][40];
+  snprintf(v[0], sizeof v[0], "%d", S->epoch);
+  snprintf(v[1], sizeof v[1], "%ld", S->step);
+  snprintf(v[2], sizeof v[2], "%d", S->worse);
+  snprintf(v[3], sizeof v[3], "%d", S->started);
+  snprintf(v[4], sizeof v[4], "%d", S->done);
+  snprintf(v[5], sizeof v[5], "%.17g", S->init_loss);
+  snprintf(v[6], sizeof v[6], "%.17g", S->best_loss);
+  snprintf(v[7], sizeof v[7], "%.17g", S->train_loss);
+  snprintf(v[8], sizeof v[8], "%.17g", S->valid_loss);
+  static const char *const keys[N_OWN] = {"epoch",     "step",      "worse",      "started",   "done",
+                                          "init_loss", "best_loss", "train_loss", "valid_loss"};
+  const char *meta[2 * (MAX_EXTRA + N_OWN) + 1];
+  int k = 0;
+  for (int i = 0; extra && extra[i]; i += 2) {
+    E8Q_CHECK(k < 2 * MAX_EXTRA, "internal: more than %d extra metadata pairs for %s", MAX_EXTRA, path);
+    meta[k++] = extra[i];
+    meta[k++] = extra[i + 1];
+  }
+  for (int i = 0; i < N_OWN; i++) {
+    meta[k++] = keys[i];
+    meta[k++] = v[i];
+  }
+  meta[k] = NULL;
+  const int64_t n = (int64_t)S->n;
+  e8q_ckpt_tensor t[4] = {{"p", E8Q_DT_F32, 1, {n}, S->p},
+                          {"best", E8Q_DT_F32, 1, {n}, S->best},
+                          {"m", E8Q_DT_F32, 1, {n}, S->m},
+                          {"v", E8Q_DT_F32, 1, {n}, S->v}};
+  e8q_ckpt_write(path, kind, meta, 4, t, sha, size);
+}
+
+void e8q_run_train_ckpt_read(const e8q_safetensors *st, const char *path, e8q_train_state *S) {
+  const int64_t n = (int64_t)S->n;
+  memcpy(S->p, e8q_ckpt_get(st, "p", E8Q_DT_F32, n), sizeof(float) * S->n);
+  memcpy(S->best, e8q_ckpt_get(st, "best", E8Q_DT_F32, n), sizeof(float) * S->n);
+  memcpy(S->m, e8q_ckpt_get(st, "m", E8Q_DT_F32, n), sizeof(float) * S->n);
+  memcpy(S->v, e8q_ckpt_get(st, "v", E8Q_DT_F32, n), sizeof(float) * S->n);
+  S->epoch = (int)e8q_ckpt_meta_num(st, "epoch", path);
+  S->step = (long)e8q_ckpt_meta_num(st, "step", path);
+  S->worse = (int)e8q_ckpt_meta_num(st, "worse", path);
+  S->started = (int)e8q_ckpt_meta_num(st, "started", path);
+  S->done = (int)e8q_ckpt_meta_num(st, "done", path);
+  S->init_loss = e8q_ckpt_meta_num(st, "init_loss", path);
+  S->best_loss = e8q_ckpt_meta_num(st, "best_loss", path);
+  S->train_loss = e8q_ckpt_meta_num(st, "train_loss", path);
+  S->valid_loss = e8q_ckpt_meta_num(st, "valid_loss", path);
+}

@@ -23,6 +23,7 @@
 #include "kernels/qlinear.h"
 #include "shard/model.h"
 #include "shard/plan.h"
+#include "worker/trainer.h"
 
 /* a source model file as it was when its sha256 went into the fingerprint (rank 0) */
 typedef struct {
@@ -159,5 +160,15 @@ typedef struct {
 void e8q_run_qlin_open(e8q_run_qlin *q, const e8q_run *R, const e8q_safetensors *st, int shard, int b, int g,
                        float *SU, float *SV, const e8q_had_factor fac[2]);
 void e8q_run_qlin_close(e8q_run_qlin *q);
+
+/* ---------------------------------------------------------------- training checkpoints
+ * A fine-tuning state (worker/trainer.h) as a checkpoint of kind `kind` (io/ckpt.h): the caller's
+ * extra (key, value) metadata pairs (NULL-terminated; may be NULL), then epoch, step, worse,
+ * started, done and the four losses, and the tensors p, best, m, v [S->n]. Rank 0; the file is
+ * written atomically (sha and size for the journal). */
+void e8q_run_train_ckpt_write(const char *path, const char *kind, const e8q_train_state *S,
+                              const char *const *extra, char sha[65], uint64_t *size);
+/* the counters, losses and tensors of such a checkpoint into S (its layout, S->n, set) */
+void e8q_run_train_ckpt_read(const e8q_safetensors *st, const char *path, e8q_train_state *S);
 
 #endif

@@ -2,19 +2,17 @@
 #include "worker/finetune.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
-#include "common/fault.h"
-#include "common/rng.h"
-#include "kernels/adam.h"
 #include "kernels/hadamard.h"
 #include "kernels/transformer_grad.h"
 #include "worker/block_train.h"
 #include "worker/seqdeal.h"
 
-/* the data order of epoch e of round (layer, group): its own stream under the run seed */
+/* the streams of the rounds' data orders (e8q_train_opts.stream) */
 #define E8Q_FT_RNG_STREAM (0x4674ull << 32) /* "Ft" */
 
 /* ---------------------------------------------------------------- state */
@@ -49,18 +47,11 @@ void e8q_ft_layout(e8q_ft_state *S, const e8q_config *cfg, int n_quant) {
 
 void e8q_ft_state_init(e8q_ft_state *S, const e8q_config *cfg, int n_quant) {
   e8q_ft_layout(S, cfg, n_quant);
-  size_t off = S->n;
-  S->p = e8q_calloc(off, sizeof(float), "fine-tuning parameters");
-  S->best = e8q_calloc(off, sizeof(float), "fine-tuning best parameters");
-  S->m = e8q_calloc(off, sizeof(float), "Adam first moment");
-  S->v = e8q_calloc(off, sizeof(float), "Adam second moment");
+  e8q_train_state_alloc(&S->tr);
 }
 
 void e8q_ft_state_free(e8q_ft_state *S) {
-  free(S->p);
-  free(S->best);
-  free(S->m);
-  free(S->v);
+  e8q_train_state_release(&S->tr);
   memset(S, 0, sizeof *S);
 }
 
@@ -83,82 +74,26 @@ void e8q_ft_refresh(e8q_ft_state *S, e8q_block *tb) {
   }
 }
 
-/* ---------------------------------------------------------------- losses */
-/* the deal of X and Y [s1-s0, T, dim] (worker/seqdeal.h) */
-static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int s0, int s1, size_t TD, const float *X, const float *Y) {
-  const void *base[2] = {X, Y};
-  const size_t bytes[2] = {sizeof(float) * TD, sizeof(float) * TD};
-  e8q_seqdeal_init(d, comm, s0, s1, 2, base, bytes);
-}
+/* ---------------------------------------------------------------- one sequence */
+/* what e8q_train_run needs of a round: the block, its state and work buffers */
+typedef struct {
+  const e8q_config *cfg;
+  e8q_block *tb;
+  e8q_ft_state *S;            /* NULL for a loss only */
+  int T;
+  float *y;                   /* [T, dim] the block's output, then dL/dy */
+  e8q_bt_saved sv;            /* the forward's activations */
+  const e8q_ft_hooks *hooks;  /* the caller's, or NULL */
+} ft_ctx;
 
-double e8q_ft_loss(e8q_comm *comm, const e8q_config *cfg, const e8q_block *tb, int T, int v0, int v1, int s0, int s1,
-                   const float *X, const float *Y) {
-  const size_t TD = (size_t)T * cfg->dim;
-  float *y = e8q_alloc_aligned(sizeof(float) * TD, "fine-tuning output"); /* [T, dim] */
-  e8q_bt_saved sv = {0};
-  e8q_xsum acc;
-  e8q_xsum_init(&acc, 1, E8Q_XSUM_FRAC_DEFAULT);
-  /* the held-out sequences dealt evenly to the ranks, one sequence per forward */
-  e8q_seqdeal d;
-  deal_init(&d, comm, s0, s1, TD, X, Y);
-  const int n = v1 > v0 ? v1 - v0 : 0;
-  int *list = e8q_malloc(sizeof(int) * (size_t)(n ? n : 1), "fine-tuning held-out list"); /* [n] */
-  for (int k = 0; k < n; k++) list[k] = v0 + k;
-  for (int r = 0; r < e8q_seqdeal_rounds(&d, n); r++) {
-    const void *xy[2];
-    if (e8q_seqdeal_round(&d, list, n, r, xy) < 0) continue;
-    e8q_block_train_forward(tb, cfg, 1, T, xy[0], y, &sv);
-    double l = e8q_mse(TD, y, xy[1], NULL);
-    e8q_xsum_add(&acc, &l);
-  }
-  free(list);
-  e8q_seqdeal_free(&d);
-  double sum = 0;
-  if (comm) e8q_comm_allreduce_sum_ordered(comm, &acc, &sum);
-  else e8q_xsum_get(&acc, &sum);
-  e8q_xsum_free(&acc);
-  e8q_bt_saved_free(&sv);
-  free(y);
-  return v1 > v0 ? sum / ((double)(v1 - v0) * (double)TD) : NAN;
-}
-
-/* ---------------------------------------------------------------- the round */
-/* perm [n] <- a shuffle of 0..n-1 (Fisher-Yates) from (seed, layer, group, epoch) */
-static void epoch_order(const e8q_ft_opts *o, int epoch, int n, int *perm) {
-  e8q_rng r;
-  e8q_rng_init(&r, o->seed,
-               E8Q_FT_RNG_STREAM + ((uint64_t)o->layer << 20) + ((uint64_t)o->group << 16) + (uint64_t)epoch);
-  for (int i = 0; i < n; i++) perm[i] = i;
-  for (int i = n - 1; i > 0; i--) {
-    int j = (int)e8q_rng_below(&r, (uint64_t)i + 1);
-    int t = perm[i];
-    perm[i] = perm[j];
-    perm[j] = t;
-  }
-}
-
-void e8q_ft_round(const e8q_ft_opts *o, e8q_comm *comm, const e8q_config *cfg, e8q_block *tb, e8q_ft_state *S, int T,
-                  int n_train, int n_valid, int s0, int s1, const float *X, const float *Y, const e8q_ft_hooks *hooks) {
-  if (S->done) return;
-  E8Q_CHECK(n_train >= 1 && n_valid >= 1,
-            "fine-tuning layer %d group %s: %d training and %d held-out sequences (at least one of each is needed)",
-            o->layer, e8q_group_names[o->group], n_train, n_valid);
-  E8Q_CHECK(o->batch >= 1 && o->epochs >= 0, "fine-tuning: batch %d, epochs %d", o->batch, o->epochs);
-  const int v0 = n_train, v1 = n_train + n_valid;
-  const size_t TD = (size_t)T * cfg->dim, n = S->n;
-  if (!S->started) { /* the loss before training is the first best */
-    S->init_loss = S->best_loss = e8q_ft_loss(comm, cfg, tb, T, v0, v1, s0, s1, X, Y);
-    memcpy(S->best, S->p, sizeof(float) * n);
-    S->started = 1;
-  }
-  float *grad = e8q_alloc_aligned(sizeof(float) * n, "fine-tuning gradient");          /* [n] one sequence's */
-  float *gmean = e8q_alloc_aligned(sizeof(float) * n, "fine-tuning step gradient");    /* [n] the step's mean */
-  double *acc = e8q_malloc(sizeof(double) * (n + 1), "fine-tuning gradient (double)"); /* [n+1] grad | loss */
-  float *y = e8q_alloc_aligned(sizeof(float) * TD, "fine-tuning output");             /* [T, dim] */
-  int *perm = e8q_malloc(sizeof(int) * (size_t)n_train, "fine-tuning order");          /* [n_train] */
-  e8q_xsum xs;
-  e8q_xsum_init(&xs, n + 1, E8Q_XSUM_FRAC_DEFAULT);
-  e8q_bt_saved sv = {0};
+/* parts: X [T, dim], Y [T, dim] (the original block's output) */
+static double ft_seq(void *ctx, const void *const *parts, float *grad) {
+  ft_ctx *c = ctx;
+  const size_t TD = (size_t)c->T * c->cfg->dim;
+  e8q_block_train_forward(c->tb, c->cfg, 1, c->T, parts[0], c->y, &c->sv);
+  if (!grad) return e8q_mse(TD, c->y, parts[1], NULL);
+  const double l = e8q_mse(TD, c->y, parts[1], c->y); /* y <- dL/dy */
+  const e8q_ft_state *S = c->S;
   e8q_bt_grads gr;
   memset(&gr, 0, sizeof gr);
   gr.d_attn_norm = grad + S->off_attn;
@@ -171,69 +106,83 @@ void e8q_ft_round(const e8q_ft_opts *o, e8q_comm *comm, const e8q_config *cfg, e
       gr.dW[g] = grad + S->off_W[g];
     }
   }
-  e8q_adam A;
-  e8q_adam_init(&A);
-  A.step = S->step;
-  e8q_adam_param ap[2] = {
-      {S->p, gmean, S->m, S->v, S->n_susv, (float)o->susv_lr},
-      {S->p + S->n_susv, gmean + S->n_susv, S->m + S->n_susv, S->v + S->n_susv, n - S->n_susv, (float)o->lr},
-  };
-  const int n_ap = S->n_susv ? 2 : 1;
-  const e8q_adam_param *aps = S->n_susv ? ap : ap + 1;
-  const int steps = (n_train + o->batch - 1) / o->batch;
-  e8q_seqdeal d; /* a step's sequences dealt evenly to the ranks */
-  deal_init(&d, comm, s0, s1, TD, X, Y);
+  e8q_block_train_backward(c->tb, c->cfg, &c->sv, c->y, NULL, &gr);
+  return l;
+}
 
-  while (S->epoch < o->epochs && S->worse < o->early_stop) {
-    epoch_order(o, S->epoch, n_train, perm);
-    double train_sum = 0; /* the same doubles in the same order on every rank */
-    for (int t = 0; t < steps; t++) {
-      e8q_fault_point("ft.step");
-      const int k0 = t * o->batch, k1 = k0 + o->batch < n_train ? k0 + o->batch : n_train;
-      e8q_xsum_zero(&xs);
-      for (int r = 0; r < e8q_seqdeal_rounds(&d, k1 - k0); r++) {
-        const void *xy[2];
-        if (e8q_seqdeal_round(&d, perm + k0, k1 - k0, r, xy) < 0) continue; /* none for this rank */
-        memset(grad, 0, sizeof(float) * n);
-        e8q_block_train_forward(tb, cfg, 1, T, xy[0], y, &sv);
-        acc[n] = e8q_mse(TD, y, xy[1], y); /* y <- dL/dy */
-        e8q_block_train_backward(tb, cfg, &sv, y, NULL, &gr);
-        for (size_t j = 0; j < n; j++) acc[j] = grad[j];
-        e8q_xsum_add(&xs, acc);
-      }
-      if (comm) e8q_comm_allreduce_sum_ordered(comm, &xs, acc);
-      else e8q_xsum_get(&xs, acc);
-      const double scale = 1.0 / ((double)(k1 - k0) * (double)TD); /* mean over the step's elements */
-      for (size_t j = 0; j < n; j++) gmean[j] = (float)(acc[j] * scale);
-      train_sum += acc[n];
-      e8q_adam_step(&A, n_ap, aps);
-      e8q_ft_refresh(S, tb);
-    }
-    S->step = A.step;
-    S->train_loss = train_sum / ((double)n_train * (double)TD);
-    S->valid_loss = e8q_ft_loss(comm, cfg, tb, T, v0, v1, s0, s1, X, Y);
-    if (S->valid_loss < S->best_loss) {
-      S->best_loss = S->valid_loss;
-      memcpy(S->best, S->p, sizeof(float) * n);
-      S->worse = 0;
-    } else {
-      S->worse++;
-    }
-    S->epoch++;
-    if (hooks && hooks->epoch_end) hooks->epoch_end(hooks->ctx, S);
-  }
-  /* the best held-out state is the result */
-  memcpy(S->p, S->best, sizeof(float) * n);
-  e8q_ft_refresh(S, tb);
-  S->done = 1;
-  if (hooks && hooks->epoch_end) hooks->epoch_end(hooks->ctx, S);
+static void ft_refresh_cb(void *ctx) {
+  ft_ctx *c = ctx;
+  e8q_ft_refresh(c->S, c->tb);
+}
 
+static void ft_epoch_cb(void *ctx, const e8q_train_state *S) {
+  ft_ctx *c = ctx;
+  (void)S; /* c->S's shared part */
+  if (c->hooks && c->hooks->epoch_end) c->hooks->epoch_end(c->hooks->ctx, c->S);
+}
+
+/* the deal of X and Y [s1-s0, T, dim] (worker/seqdeal.h) */
+static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int s0, int s1, size_t TD, const float *X, const float *Y) {
+  const void *base[2] = {X, Y};
+  const size_t bytes[2] = {sizeof(float) * TD, sizeof(float) * TD};
+  e8q_seqdeal_init(d, comm, s0, s1, 2, base, bytes);
+}
+
+static void ctx_init(ft_ctx *c, const e8q_config *cfg, e8q_block *tb, e8q_ft_state *S, int T,
+                     const e8q_ft_hooks *hooks) {
+  memset(c, 0, sizeof *c);
+  c->cfg = cfg;
+  c->tb = tb;
+  c->S = S;
+  c->T = T;
+  c->hooks = hooks;
+  c->y = e8q_alloc_aligned(sizeof(float) * (size_t)T * cfg->dim, "fine-tuning output"); /* [T, dim] */
+}
+
+static void ctx_free(ft_ctx *c) {
+  e8q_bt_saved_free(&c->sv);
+  free(c->y);
+}
+
+/* ---------------------------------------------------------------- losses */
+double e8q_ft_loss(e8q_comm *comm, const e8q_config *cfg, const e8q_block *tb, int T, int v0, int v1, int s0, int s1,
+                   const float *X, const float *Y) {
+  ft_ctx c;
+  ctx_init(&c, cfg, (e8q_block *)tb, NULL, T, NULL); /* forward only: tb is not changed */
+  e8q_seqdeal d;
+  deal_init(&d, comm, s0, s1, (size_t)T * cfg->dim, X, Y);
+  const e8q_train_fns f = {ft_seq, NULL, NULL, &c};
+  double l = e8q_train_loss(comm, &d, v0, v1, (double)T * cfg->dim, &f);
   e8q_seqdeal_free(&d);
-  e8q_bt_saved_free(&sv);
-  e8q_xsum_free(&xs);
-  free(perm);
-  free(y);
-  free(acc);
-  free(gmean);
-  free(grad);
+  ctx_free(&c);
+  return l;
+}
+
+/* ---------------------------------------------------------------- the round */
+void e8q_ft_round(const e8q_ft_opts *o, e8q_comm *comm, const e8q_config *cfg, e8q_block *tb, e8q_ft_state *S, int T,
+                  int n_train, int n_valid, int s0, int s1, const float *X, const float *Y, const e8q_ft_hooks *hooks) {
+  if (S->done) return;
+  char what[160];
+  snprintf(what, sizeof what, "fine-tuning layer %d group %s", o->layer, e8q_group_names[o->group]);
+  const e8q_train_opts to = {
+      .epochs = o->epochs,
+      .lr = o->lr,
+      .susv_lr = o->susv_lr,
+      .batch = o->batch,
+      .early_stop = o->early_stop,
+      .seed = o->seed,
+      /* the data order of epoch e of round (layer, group): its own stream under the run seed */
+      .stream = E8Q_FT_RNG_STREAM + ((uint64_t)o->layer << 20) + ((uint64_t)o->group << 16),
+      .elems_per_seq = (double)T * cfg->dim,
+      .what = what,
+      .fault_step = "ft.step",
+  };
+  ft_ctx c;
+  ctx_init(&c, cfg, tb, S, T, hooks);
+  e8q_seqdeal d; /* a step's sequences dealt evenly to the ranks */
+  deal_init(&d, comm, s0, s1, (size_t)T * cfg->dim, X, Y);
+  const e8q_train_fns f = {ft_seq, ft_refresh_cb, ft_epoch_cb, &c};
+  e8q_train_run(&to, comm, &d, &S->tr, n_train, n_valid, &f);
+  e8q_seqdeal_free(&d);
+  ctx_free(&c);
 }

@@ -37,6 +37,7 @@
 #include "common/comm.h"
 #include "kernels/qlinear.h"
 #include "shard/model.h"
+#include "worker/trainer.h"
 
 #define E8Q_FT_EARLY_STOP 3 /* the reference's ft_early_stop */
 
@@ -53,25 +54,17 @@ typedef struct {
 /* ---------------------------------------------------------------- the trainable state */
 #define E8Q_FT_NONE ((size_t)-1) /* offset of a tensor that is not in the layout */
 typedef struct {
+  union { /* the shared training state (worker/trainer.h), also readable as S->p, S->epoch, ... */
+    e8q_train_state tr;
+    struct {
+      E8Q_TRAIN_STATE_FIELDS
+    };
+  };
   int n_quant;                     /* groups 0..n_quant-1 quantized, the others dense */
-  size_t n;                        /* floats in the flat vector */
-  size_t n_susv;                   /* the first n_susv floats are SU/SV (lr susv_lr) */
   size_t off_SU[E8Q_N_GROUPS];     /* [n_pad] of quantized group g, or E8Q_FT_NONE */
   size_t off_SV[E8Q_N_GROUPS];     /* [m] */
   size_t off_W[E8Q_N_GROUPS];      /* [m, n] of dense group g, or E8Q_FT_NONE */
   size_t off_attn, off_ffn;        /* [dim] each */
-  float *p;                        /* [n] current parameters, owned */
-  float *best;                     /* [n] parameters of the best held-out loss, owned */
-  float *m, *v;                    /* [n] Adam moments, owned */
-  long step;                       /* Adam steps taken */
-  int epoch;                       /* epochs finished */
-  int worse;                       /* epochs in a row without improvement */
-  int started;                     /* 1 once init_loss is measured */
-  int done;                        /* 1 when the round is finished: p holds the best state */
-  double init_loss;                /* held-out MSE before training */
-  double best_loss;                /* best held-out MSE (init_loss counts) */
-  double train_loss;               /* mean training MSE of the last epoch (NAN before) */
-  double valid_loss;               /* held-out MSE after the last epoch (NAN before) */
 } e8q_ft_state;
 
 /* the layout (n, n_susv, offsets) for a block with groups 0..n_quant-1 quantized, nothing

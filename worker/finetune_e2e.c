@@ -6,9 +6,6 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "common/fault.h"
-#include "common/rng.h"
-#include "kernels/adam.h"
 #include "kernels/transformer.h"
 #include "kernels/transformer_grad.h"
 #include "worker/block_train.h"
@@ -59,10 +56,7 @@ void e8q_e2e_layout(e8q_e2e_state *S, const e8q_config *cfg) {
 
 void e8q_e2e_state_init(e8q_e2e_state *S, const e8q_config *cfg) {
   e8q_e2e_layout(S, cfg);
-  S->p = e8q_calloc(S->n, sizeof(float), "e2e parameters");          /* [n] */
-  S->best = e8q_calloc(S->n, sizeof(float), "e2e best parameters");  /* [n] */
-  S->m = e8q_calloc(S->n, sizeof(float), "e2e Adam first moment");   /* [n] */
-  S->v = e8q_calloc(S->n, sizeof(float), "e2e Adam second moment");  /* [n] */
+  e8q_train_state_alloc(&S->tr);
 }
 
 void e8q_e2e_state_free(e8q_e2e_state *S) {
@@ -70,10 +64,7 @@ void e8q_e2e_state_free(e8q_e2e_state *S) {
   free(S->off_SV);
   free(S->off_attn);
   free(S->off_ffn);
-  free(S->p);
-  free(S->best);
-  free(S->m);
-  free(S->v);
+  e8q_train_state_release(&S->tr);
   memset(S, 0, sizeof *S);
 }
 
@@ -194,7 +185,32 @@ double e8q_e2e_seq_grad(const e8q_e2e_model *M, const e8q_e2e_state *S, int T, i
   return loss;
 }
 
-/* ---------------------------------------------------------------- losses */
+/* ---------------------------------------------------------------- the trainer's callbacks */
+typedef struct {
+  const e8q_e2e_model *M;
+  e8q_e2e_state *S;
+  int T, k;
+  e8q_e2e_work w;             /* one set of work buffers for training and held-out losses */
+  const e8q_e2e_hooks *hooks; /* the caller's, or NULL */
+} e2e_ctx;
+
+/* parts: ids [T], tid [T-1, k], tprob [T-1, k] */
+static double e2e_seq(void *ctx, const void *const *parts, float *grad) {
+  e2e_ctx *c = ctx;
+  return e8q_e2e_seq_grad(c->M, c->S, c->T, c->k, parts[0], parts[1], parts[2], grad, &c->w);
+}
+
+static void e2e_refresh_cb(void *ctx) {
+  e2e_ctx *c = ctx;
+  e8q_e2e_refresh(c->S, (e8q_e2e_model *)c->M);
+}
+
+static void e2e_epoch_cb(void *ctx, const e8q_train_state *S) {
+  e2e_ctx *c = ctx;
+  (void)S; /* c->S's shared part */
+  if (c->hooks && c->hooks->epoch_end) c->hooks->epoch_end(c->hooks->ctx, c->S);
+}
+
 /* the deal of ids [s1-s0, T] and tid/tprob [s1-s0, T-1, k] (worker/seqdeal.h) */
 static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int T, int k, int s0, int s1, const int *ids, const int *tid,
                       const float *tprob) {
@@ -204,134 +220,41 @@ static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int T, int k, int s0, int 
   e8q_seqdeal_init(d, comm, s0, s1, 3, base, bytes);
 }
 
-/* the held-out loss with the caller's work buffers (training keeps one set) */
-static double loss_with(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, int v0, int v1,
-                        int s0, int s1, const int *ids, const int *tid, const float *tprob, e8q_e2e_work *w) {
-  e8q_xsum acc;
-  e8q_xsum_init(&acc, 1, E8Q_XSUM_FRAC_DEFAULT);
-  /* the held-out sequences dealt evenly to the ranks, one sequence per forward */
-  e8q_seqdeal d;
-  deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
-  const int n = v1 > v0 ? v1 - v0 : 0;
-  int *list = e8q_malloc(sizeof(int) * (size_t)(n ? n : 1), "e2e held-out list"); /* [n] */
-  for (int j = 0; j < n; j++) list[j] = v0 + j;
-  for (int r = 0; r < e8q_seqdeal_rounds(&d, n); r++) {
-    const void *pt[3];
-    if (e8q_seqdeal_round(&d, list, n, r, pt) < 0) continue;
-    double l = e8q_e2e_seq_grad(M, S, T, k, pt[0], pt[1], pt[2], NULL, w);
-    e8q_xsum_add(&acc, &l);
-  }
-  free(list);
-  e8q_seqdeal_free(&d);
-  double sum = 0;
-  if (comm) e8q_comm_allreduce_sum_ordered(comm, &acc, &sum);
-  else e8q_xsum_get(&acc, &sum);
-  e8q_xsum_free(&acc);
-  return v1 > v0 ? sum / ((double)(v1 - v0) * (double)(T - 1)) : NAN;
-}
-
+/* ---------------------------------------------------------------- losses */
 double e8q_e2e_loss(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, int v0, int v1,
                     int s0, int s1, const int *ids, const int *tid, const float *tprob) {
-  e8q_e2e_work w = {0};
-  double l = loss_with(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob, &w);
-  e8q_e2e_work_free(&w);
+  e2e_ctx c = {.M = M, .S = (e8q_e2e_state *)S, .T = T, .k = k}; /* forward only: S is not changed */
+  e8q_seqdeal d;
+  deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
+  const e8q_train_fns f = {e2e_seq, NULL, NULL, &c};
+  double l = e8q_train_loss(comm, &d, v0, v1, (double)(T - 1), &f);
+  e8q_seqdeal_free(&d);
+  e8q_e2e_work_free(&c.w);
   return l;
 }
 
 /* ---------------------------------------------------------------- training */
-/* perm [n] <- a shuffle of 0..n-1 (Fisher-Yates) from (seed, epoch) */
-static void epoch_order(uint64_t seed, int epoch, int n, int *perm) {
-  e8q_rng r;
-  e8q_rng_init(&r, seed, E8Q_E2E_RNG_STREAM + (uint64_t)epoch);
-  for (int i = 0; i < n; i++) perm[i] = i;
-  for (int i = n - 1; i > 0; i--) {
-    int j = (int)e8q_rng_below(&r, (uint64_t)i + 1);
-    int t = perm[i];
-    perm[i] = perm[j];
-    perm[j] = t;
-  }
-}
-
 void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_e2e_state *S, int T, int k,
                    int n_train, int n_valid, int s0, int s1, const int *ids, const int *tid, const float *tprob,
                    const e8q_e2e_hooks *hooks) {
   if (S->done) return;
-  E8Q_CHECK(n_train >= 1 && n_valid >= 1,
-            "end-to-end fine-tuning: %d training and %d held-out sequences (at least one of each is needed)", n_train,
-            n_valid);
-  E8Q_CHECK(o->batch >= 1 && o->epochs >= 0, "end-to-end fine-tuning: batch %d, epochs %d", o->batch, o->epochs);
-  const int v0 = n_train, v1 = n_train + n_valid;
-  const size_t n = S->n;
-  e8q_e2e_work w = {0}; /* one set of work buffers for training and held-out losses */
-  if (!S->started) { /* the loss before training is the first best */
-    S->init_loss = S->best_loss = loss_with(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob, &w);
-    memcpy(S->best, S->p, sizeof(float) * n);
-    S->started = 1;
-  }
-  float *grad = e8q_alloc_aligned(sizeof(float) * n, "e2e gradient");                  /* [n] one sequence's */
-  float *gmean = e8q_alloc_aligned(sizeof(float) * n, "e2e step gradient");            /* [n] the step's mean */
-  double *acc = e8q_malloc(sizeof(double) * (n + 1), "e2e gradient (double)");          /* [n+1] grad | loss */
-  int *perm = e8q_malloc(sizeof(int) * (size_t)n_train, "e2e order");                   /* [n_train] */
-  e8q_xsum xs;
-  e8q_xsum_init(&xs, n + 1, E8Q_XSUM_FRAC_DEFAULT);
-  e8q_adam A;
-  e8q_adam_init(&A);
-  A.step = S->step;
-  const e8q_adam_param aps[2] = {
-      {S->p, gmean, S->m, S->v, S->n_susv, (float)o->susv_lr},
-      {S->p + S->n_susv, gmean + S->n_susv, S->m + S->n_susv, S->v + S->n_susv, n - S->n_susv, (float)o->lr},
+  const e8q_train_opts to = {
+      .epochs = o->epochs,
+      .lr = o->lr,
+      .susv_lr = o->susv_lr,
+      .batch = o->batch,
+      .early_stop = o->early_stop,
+      .seed = o->seed,
+      .stream = E8Q_E2E_RNG_STREAM, /* + epoch: the data order of each epoch */
+      .elems_per_seq = (double)(T - 1), /* scored positions */
+      .what = "end-to-end fine-tuning",
+      .fault_step = "e2e.step",
   };
-  const int steps = (n_train + o->batch - 1) / o->batch;
+  e2e_ctx c = {.M = M, .S = S, .T = T, .k = k, .hooks = hooks};
   e8q_seqdeal d; /* a step's sequences dealt evenly to the ranks */
   deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
-
-  while (S->epoch < o->epochs && S->worse < o->early_stop) {
-    epoch_order(o->seed, S->epoch, n_train, perm);
-    double train_sum = 0; /* the same doubles in the same order on every rank */
-    for (int t = 0; t < steps; t++) {
-      e8q_fault_point("e2e.step");
-      const int k0 = t * o->batch, k1 = k0 + o->batch < n_train ? k0 + o->batch : n_train;
-      e8q_xsum_zero(&xs);
-      for (int r = 0; r < e8q_seqdeal_rounds(&d, k1 - k0); r++) {
-        const void *pt[3];
-        if (e8q_seqdeal_round(&d, perm + k0, k1 - k0, r, pt) < 0) continue; /* none for this rank */
-        memset(grad, 0, sizeof(float) * n);
-        acc[n] = e8q_e2e_seq_grad(M, S, T, k, pt[0], pt[1], pt[2], grad, &w);
-        for (size_t q = 0; q < n; q++) acc[q] = grad[q];
-        e8q_xsum_add(&xs, acc);
-      }
-      if (comm) e8q_comm_allreduce_sum_ordered(comm, &xs, acc);
-      else e8q_xsum_get(&xs, acc);
-      const double scale = 1.0 / ((double)(k1 - k0) * (double)(T - 1)); /* mean over the step's positions */
-      for (size_t q = 0; q < n; q++) gmean[q] = (float)(acc[q] * scale);
-      train_sum += acc[n];
-      e8q_adam_step(&A, 2, aps);
-      e8q_e2e_refresh(S, M);
-    }
-    S->step = A.step;
-    S->train_loss = train_sum / ((double)n_train * (double)(T - 1));
-    S->valid_loss = loss_with(comm, M, S, T, k, v0, v1, s0, s1, ids, tid, tprob, &w);
-    if (S->valid_loss < S->best_loss) {
-      S->best_loss = S->valid_loss;
-      memcpy(S->best, S->p, sizeof(float) * n);
-      S->worse = 0;
-    } else {
-      S->worse++;
-    }
-    S->epoch++;
-    if (hooks && hooks->epoch_end) hooks->epoch_end(hooks->ctx, S);
-  }
-  /* the best held-out state is the result */
-  memcpy(S->p, S->best, sizeof(float) * n);
-  e8q_e2e_refresh(S, M);
-  S->done = 1;
-  if (hooks && hooks->epoch_end) hooks->epoch_end(hooks->ctx, S);
-
+  const e8q_train_fns f = {e2e_seq, e2e_refresh_cb, e2e_epoch_cb, &c};
+  e8q_train_run(&to, comm, &d, &S->tr, n_train, n_valid, &f);
   e8q_seqdeal_free(&d);
-  e8q_e2e_work_free(&w);
-  e8q_xsum_free(&xs);
-  free(perm);
-  free(acc);
-  free(gmean);
-  free(grad);
+  e8q_e2e_work_free(&c.w);
 }

@@ -40,6 +40,7 @@
 #include "common/comm.h"
 #include "kernels/qlinear.h"
 #include "shard/model.h"
+#include "worker/trainer.h"
 
 #define E8Q_E2E_TOPK_DEFAULT 64 /* --e2e-topk */
 
@@ -54,26 +55,18 @@ typedef struct {
 
 /* ---------------------------------------------------------------- the trainable state */
 typedef struct {
+  union { /* the shared training state (worker/trainer.h), also readable as S->p, S->epoch, ... */
+    e8q_train_state tr;
+    struct {
+      E8Q_TRAIN_STATE_FIELDS
+    };
+  };
   int n_layers;
   int train_head;                  /* 1: lm_head is in the vector (untied model) */
-  size_t n;                        /* floats in the flat vector */
-  size_t n_susv;                   /* the first n_susv floats are SU/SV (lr susv_lr) */
   size_t *off_SU, *off_SV;         /* [n_layers * E8Q_N_GROUPS] offsets of [n_pad] and [m], owned */
   size_t *off_attn, *off_ffn;      /* [n_layers] offsets of [dim] each, owned */
   size_t off_final;                /* [dim] */
   size_t off_head;                 /* [vocab, dim], or (size_t)-1 when tied (frozen) */
-  float *p;                        /* [n] current parameters (NULL for a layout only) */
-  float *best;                     /* [n] parameters of the best held-out loss */
-  float *m, *v;                    /* [n] Adam moments */
-  long step;                       /* Adam steps taken */
-  int epoch;                       /* epochs finished */
-  int worse;                       /* epochs in a row without improvement */
-  int started;                     /* 1 once init_loss is measured */
-  int done;                        /* 1 when finished: p holds the best state */
-  double init_loss;                /* held-out mean CE before training */
-  double best_loss;                /* best held-out mean CE (init_loss counts) */
-  double train_loss;               /* mean training CE of the last epoch (NAN before) */
-  double valid_loss;               /* held-out mean CE after the last epoch (NAN before) */
 } e8q_e2e_state;
 
 /* the layout of cfg's model (offsets owned; p, best, m, v NULL) */
