@@ -30,7 +30,7 @@ TUNE=${TUNE:-10}
 SHARED=${E8Q_SHARED:-../shared}
 case ${PRESET:-smollm2} in
 smollm2)
-  DEVSET=${DEVSET:-64}
+  DEVSET=${DEVSET:-32}
   CTX=${CTX:-512}
   TEXT=$SHARED/text/wiki.test.raw
   SKIP=2000
