@@ -26,6 +26,23 @@ char *t_shared_path(const char *rel) {
   return p;
 }
 
+char *t_read_shared(const char *rel, size_t *n, char **path) {
+  char *p = t_shared_path(rel);
+  char *bytes = t_read_file(p, n);
+  if (path)
+    *path = p;
+  else
+    free(p);
+  return bytes;
+}
+
+char *t_join(const char *a, const char *b) {
+  size_t n = strlen(a) + strlen(b) + 2;
+  char *p = malloc(n);
+  snprintf(p, n, "%s/%s", a, b);
+  return p;
+}
+
 char *t_smollm2_path(void) {
   const char *dir = getenv("E8Q_MODELS");
   char def[4096];

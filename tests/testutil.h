@@ -19,6 +19,11 @@ char *t_shared_path(const char *rel);
  * $E8Q_MODELS, default ~/.cache/e8q): its path, malloc'd. When it is missing the test is skipped
  * with a message, or fails when E8Q_REQUIRE_MODELS=1 (CI: scripts/test.sh fetches it first). */
 char *t_smollm2_path(void);
+/* t_shared_path(rel) read whole (t_read_file); *n gets the size, *path (when path is not NULL)
+ * the malloc'd path, else it is freed */
+char *t_read_shared(const char *rel, size_t *n, char **path);
+/* "a/b", malloc'd */
+char *t_join(const char *a, const char *b);
 /* a fresh empty directory under $E8Q_TEST_TMP (or /tmp), named after tag; caller frees */
 char *t_tmpdir(const char *tag);
 /* read a whole file; returns malloc'd bytes (NUL-terminated), *n gets the size */

@@ -26,13 +26,6 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static char *join(const char *a, const char *b) {
-  size_t n = strlen(a) + strlen(b) + 2;
-  char *p = malloc(n);
-  snprintf(p, n, "%s/%s", a, b);
-  return p;
-}
-
 /* a path in the source tree (this file is tests/io/test_bpe.c) */
 static char *repo_path(const char *rel) {
   const char *me = __FILE__;
@@ -219,7 +212,7 @@ static void test_smollm2_write_json(void **state) {
   smol_golden g;
   smol_load(&g);
   char *dir = t_tmpdir("bpe_write");
-  char *out = join(dir, "tokenizer.json");
+  char *out = t_join(dir, "tokenizer.json");
   e8q_tokenizer *t = e8q_tokenizer_load(g.gguf);
   e8q_tokenizer_write_json(t, out);
   e8q_tokenizer_free(t);
@@ -229,7 +222,7 @@ static void test_smollm2_write_json(void **state) {
   assert_int_equal(e8q_tokenizer_add_bos(t), 0);
   smol_check(t, &g, 0, "SmolLM2 via e8q's tokenizer.json");
   /* written twice: the same bytes */
-  char *out2 = join(dir, "again.json");
+  char *out2 = t_join(dir, "again.json");
   e8q_tokenizer_write_json(t, out2);
   size_t n1, n2;
   char *a = t_read_file(out, &n1), *b = t_read_file(out2, &n2);
@@ -266,7 +259,7 @@ static void test_smollm2_hf_json(void **state) {
   smol_golden g;
   smol_load(&g);
   char *dir = t_tmpdir("bpe_hf");
-  char *out = join(dir, "tokenizer.json");
+  char *out = t_join(dir, "tokenizer.json");
   char *script = repo_path("scripts/bpe_golden.py");
   char cmd[4096];
   snprintf(cmd, sizeof cmd, "python3 '%s' hf-json '%s' '%s'", script, g.gguf, out);
@@ -338,7 +331,7 @@ static void test_tiny_llama3_qwen2(void **state) {
     assert_string_equal(e8q_tokenizer_decode(t, -1, 1), "<|end_of_text|>");
     tiny_check(t, golden, names[f], wiki);
     /* written by e8q and read back: the same ids and flags */
-    char *out = join(dir, "tokenizer.json");
+    char *out = t_join(dir, "tokenizer.json");
     e8q_tokenizer_write_json(t, out);
     e8q_tokenizer *t2 = e8q_tokenizer_load(out);
     assert_int_equal(e8q_tokenizer_add_bos(t2), e8q_tokenizer_add_bos(t));
@@ -364,13 +357,13 @@ static void test_bos_eos_beside(void **state) {
   size_t n;
   char *s = t_read_file(src, &n);
   char *dir = t_tmpdir("bpe_beside");
-  char *p = join(dir, "tokenizer.json");
+  char *p = t_join(dir, "tokenizer.json");
   t_write_file(p, s, n);
   e8q_tokenizer *t = e8q_tokenizer_load(p);
   assert_int_equal(e8q_tokenizer_bos_id(t), -1);
   assert_int_equal(e8q_tokenizer_eos_id(t), -1);
   e8q_tokenizer_free(t);
-  char *cfg = join(dir, "config.json");
+  char *cfg = t_join(dir, "config.json");
   const char cj[] = "{\"bos_token_id\": 1, \"eos_token_id\": 0}";
   t_write_file(cfg, cj, strlen(cj));
   t = e8q_tokenizer_load(p);
@@ -378,7 +371,7 @@ static void test_bos_eos_beside(void **state) {
   assert_int_equal(e8q_tokenizer_eos_id(t), 0);
   assert_int_equal(e8q_tokenizer_add_bos(t), 0);
   e8q_tokenizer_free(t);
-  char *tc = join(dir, "tokenizer_config.json"); /* wins over config.json */
+  char *tc = t_join(dir, "tokenizer_config.json"); /* wins over config.json */
   const char tj[] = "{\"bos_token\": \"<|begin_of_text|>\", \"eos_token\": {\"content\": \"<|end_of_text|>\"}}";
   t_write_file(tc, tj, strlen(tj));
   t = e8q_tokenizer_load(p);
@@ -410,7 +403,7 @@ static char *tiny_edited(const char *dir, const char *name, void (*edit)(cJSON *
   assert_non_null(root);
   edit(root);
   char *out = cJSON_PrintUnformatted(root);
-  char *p = join(dir, name);
+  char *p = t_join(dir, name);
   t_write_file(p, out, strlen(out));
   free(out);
   cJSON_Delete(root);
@@ -463,14 +456,14 @@ static void test_bad_json(void **state) {
   REFUSED_EDIT("gap.json", edit_gap, "neither model.vocab nor added_tokens");
 #undef REFUSED_EDIT
   /* not JSON at all, under a .json name; and a '{' file under another name is read as JSON */
-  char *p = join(dir, "broken.json");
+  char *p = t_join(dir, "broken.json");
   t_write_file(p, "{\"model\": [", 11);
   E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "not valid JSON");
   free(p);
-  p = join(dir, "tokenizer.model");
-  t_write_file(p, "  {\"model\": {\"type\": \"WordPiece\"}}", 35);
-  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model.type \"WordPiece\"");
-  free(p);
+  char *p2 = t_join(dir, "tokenizer.model");
+  t_write_file(p2, "  {\"model\": {\"type\": \"WordPiece\"}}", 35);
+  E8Q_EXPECT_FATAL(e8q_tokenizer_load(p2), p2, "model.type \"WordPiece\"");
+  free(p2);
   free(dir);
 }
 
@@ -486,11 +479,11 @@ static void test_invalid_utf8(void **state) {
   /* no BOS in this tokenizer */
   E8Q_EXPECT_FATAL(e8q_tokenizer_encode(t, "hi", 1, 0, &ids), tp, "no BOS token");
   char *dir = t_tmpdir("bpe_utf8");
-  char *f = join(dir, "bad.txt");
+  char *f = t_join(dir, "bad.txt");
   t_write_file(f, "fine\nnot \x80 fine\n", 16);
   E8Q_EXPECT_FATAL(e8q_tokenizer_encode_file(t, f, 0, &ids), f, "UTF-8");
   /* writing tokenizer.json is for BPE only */
-  char *spm = join(dir, "tokenizer.model");
+  char *spm = t_join(dir, "tokenizer.model");
   const char *pieces[4] = {"<unk>", "<s>", "</s>", "a"};
   const float scores[4] = {0, 0, 0, -1};
   const int types[4] = {2, 3, 3, 1};
@@ -498,7 +491,7 @@ static void test_invalid_utf8(void **state) {
   e8q_tokenizer *s = e8q_tokenizer_load(spm);
   assert_false(e8q_tokenizer_is_bpe(s));
   assert_int_equal(e8q_tokenizer_add_bos(s), 1);
-  char *out = join(dir, "x.json");
+  char *out = t_join(dir, "x.json");
   E8Q_EXPECT_FATAL(e8q_tokenizer_write_json(s, out), spm, "only byte-level BPE");
   e8q_tokenizer_free(s);
   e8q_tokenizer_free(t);
@@ -612,7 +605,7 @@ static void test_gguf_llama_spm(void **state) {
   g_kv_u32(&g, "tokenizer.ggml.eos_token_id", 2);
   g_kv_u32(&g, "tokenizer.ggml.unknown_token_id", 0);
   char *dir = t_tmpdir("bpe_gguf_llama");
-  char *gp = join(dir, "tok.gguf");
+  char *gp = t_join(dir, "tok.gguf");
   g_write(&g, gp);
   e8q_tokenizer *tg = e8q_tokenizer_load(gp), *tm = e8q_tokenizer_load(mpath);
   assert_false(e8q_tokenizer_is_bpe(tg));
@@ -652,7 +645,7 @@ static void test_gguf_llama_spm(void **state) {
 static void test_gguf_gpt2_small(void **state) {
   (void)state;
   char *dir = t_tmpdir("bpe_gguf_gpt2");
-  char *gp = join(dir, "small.gguf");
+  char *gp = t_join(dir, "small.gguf");
   char *toks[6] = {"<|eot|>", "a", "b", "ab", "\xc4\xa0", "\xc4\xa0" "ab"}; /* "Ġ" = space */
   int types[6] = {3, 1, 1, 1, 1, 1};
   char *merges[2] = {"a b", "\xc4\xa0 ab"};
@@ -683,7 +676,7 @@ static void test_gguf_gpt2_small(void **state) {
     assert_ids_equal(ids, n, want, 6, "small gpt2 GGUF");
     free(ids);
     /* its tokenizer.json keeps the BOS flag and id */
-    char *jp = join(dir, "tokenizer.json");
+    char *jp = t_join(dir, "tokenizer.json");
     e8q_tokenizer_write_json(t, jp);
     e8q_tokenizer *t2 = e8q_tokenizer_load(jp);
     assert_int_equal(e8q_tokenizer_add_bos(t2), 1);
@@ -704,9 +697,9 @@ static void test_gguf_gpt2_small(void **state) {
 static void test_find(void **state) {
   (void)state;
   char *dir = t_tmpdir("bpe_find");
-  char *json = join(dir, "tokenizer.json");
-  char *model = join(dir, "tokenizer.model");
-  char *weights = join(dir, "model.safetensors");
+  char *json = t_join(dir, "tokenizer.json");
+  char *model = t_join(dir, "tokenizer.model");
+  char *weights = t_join(dir, "model.safetensors");
   t_write_file(json, "{}", 2);
   t_write_file(weights, "x", 1);
   char *f = e8q_tokenizer_find(dir, 49152);
@@ -721,7 +714,7 @@ static void test_find(void **state) {
   assert_string_equal(f, model);
   free(f);
   /* a GGUF file is its own tokenizer */
-  char *gg = join(dir, "m.gguf");
+  char *gg = t_join(dir, "m.gguf");
   t_write_file(gg, "GGUF\x03\0\0\0", 8);
   f = e8q_tokenizer_find(gg, 0);
   assert_string_equal(f, gg);

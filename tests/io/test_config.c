@@ -24,9 +24,9 @@ static void test_config_stories(void **state) {
 /* the parsed-JSON entry: the same config as the file loader, and the label in every message */
 static void test_config_from_json(void **state) {
   (void)state;
-  char *src = t_shared_path("models/stories260K-hf/config.json");
+  char *src;
   size_t n;
-  char *text = t_read_file(src, &n);
+  char *text = t_read_shared("models/stories260K-hf/config.json", &n, &src);
   cJSON *root = cJSON_Parse(text);
   assert_non_null(root);
   e8q_config a, b;
@@ -58,9 +58,8 @@ static char *g_dir;
 
 /* stories260K's config.json with `from` replaced by `to`, written to a temp dir; returns its path */
 static char *config_variant(const char *from, const char *to) {
-  char *src = t_shared_path("models/stories260K-hf/config.json");
   size_t n;
-  char *text = t_read_file(src, &n);
+  char *text = t_read_shared("models/stories260K-hf/config.json", &n, NULL);
   char *at = strstr(text, from);
   if (!at) fail_msg("config.json lacks \"%s\"", from);
   size_t cap = n + strlen(to) + 1;
@@ -76,7 +75,6 @@ static char *config_variant(const char *from, const char *to) {
   t_write_file(p, out, strlen(out));
   free(out);
   free(text);
-  free(src);
   return p;
 }
 

@@ -31,13 +31,6 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static char *join(const char *a, const char *b) {
-  size_t n = strlen(a) + strlen(b) + 2;
-  char *p = malloc(n);
-  snprintf(p, n, "%s/%s", a, b);
-  return p;
-}
-
 static int same_bits(float a, float b) { return memcmp(&a, &b, 4) == 0; }
 
 /* exact sum with Neumaier compensation, and the sum of magnitudes (for tolerances) */
@@ -59,7 +52,7 @@ static char *model_path(void) {
   char buf[4096];
   if (dir && *dir) snprintf(buf, sizeof buf, "%s", dir);
   else snprintf(buf, sizeof buf, "%s/.cache/e8q", getenv("HOME") ? getenv("HOME") : "/root");
-  char *p = join(buf, "SmolLM2-135M-Instruct.Q4_1.gguf");
+  char *p = t_join(buf, "SmolLM2-135M-Instruct.Q4_1.gguf");
   struct stat sb;
   if (stat(p, &sb) != 0) {
     print_message("SmolLM2 GGUF %s not found (run bash scripts/fetch_smollm2.sh, or set E8Q_MODELS): skipping\n",
@@ -121,7 +114,7 @@ static golden *golden_load(void) {
     char *slash = strrchr(dir, '/');
     if (slash) *slash = 0;
     else snprintf(dir, sizeof dir, ".");
-    path = join(dir, "data/ggml_golden.bin");
+    path = t_join(dir, "data/ggml_golden.bin");
   }
   golden *g = calloc(1, sizeof *g);
   g->bytes = (uint8_t *)t_read_file(path, &g->n);
@@ -656,7 +649,7 @@ static uint8_t *tiny_bytes(const tiny_opts *o, tiny_layout *L, const char *path)
 static void test_tiny_metadata(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_meta");
-  char *path = join(dir, "tiny.gguf");
+  char *path = t_join(dir, "tiny.gguf");
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   tiny_write(path, &o, &L);
@@ -737,7 +730,7 @@ static void test_tiny_metadata(void **state) {
 static void test_tiny_tensors(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_tensors");
-  char *path = join(dir, "tiny.gguf");
+  char *path = t_join(dir, "tiny.gguf");
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   tiny_write(path, &o, &L);
@@ -798,7 +791,7 @@ static void test_tiny_tensors(void **state) {
 static void test_tiny_nonfinite(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_nan");
-  char *path = join(dir, "tiny.gguf");
+  char *path = t_join(dir, "tiny.gguf");
   tiny_opts o = tiny_defaults();
   o.nan_embd_row = 7;
   tiny_layout L;
@@ -848,7 +841,7 @@ static e8q_config config_of(const e8q_gguf *g) {
 static void test_tiny_hf_view(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_hf");
-  char *path = join(dir, "tiny.gguf");
+  char *path = t_join(dir, "tiny.gguf");
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   tiny_write(path, &o, &L);
@@ -973,7 +966,7 @@ static void test_tiny_hf_view(void **state) {
 static void test_tiny_hf_refusals(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_refuse");
-  char *path = join(dir, "tiny.gguf");
+  char *path = t_join(dir, "tiny.gguf");
   tiny_layout L;
   e8q_gguf *g;
 #define REFUSED(setup, ...)                                       \
@@ -1050,7 +1043,7 @@ static int tensor_at_pos(const tiny_layout *L, size_t pos) {
 static void test_bad_truncated(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_trunc");
-  char *path = join(dir, "bad.gguf");
+  char *path = t_join(dir, "bad.gguf");
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   uint8_t *b = tiny_bytes(&o, &L, path);
@@ -1077,7 +1070,7 @@ static void test_bad_truncated(void **state) {
 static void test_bad_header_and_metadata(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_badmeta");
-  char *path = join(dir, "bad.gguf");
+  char *path = t_join(dir, "bad.gguf");
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   uint8_t *b = tiny_bytes(&o, &L, path), *c = malloc(L.size);
@@ -1164,7 +1157,7 @@ static void test_bad_header_and_metadata(void **state) {
 static void test_bad_tensor_infos(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_badti");
-  char *path = join(dir, "bad.gguf");
+  char *path = t_join(dir, "bad.gguf");
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   uint8_t *b = tiny_bytes(&o, &L, path), *c = malloc(L.size);
@@ -1204,19 +1197,19 @@ static void test_bad_tensor_infos(void **state) {
 static void test_bad_paths(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_paths");
-  char *path = join(dir, "missing.gguf");
+  char *path = t_join(dir, "missing.gguf");
   E8Q_EXPECT_FATAL(e8q_gguf_open(path), "cannot open GGUF file", path);
   assert_false(e8q_gguf_is_file(path));
   E8Q_EXPECT_FATAL(e8q_gguf_open(dir), dir, "is not a regular file", "directory");
   assert_false(e8q_gguf_is_file(dir));
-  char *fifo = join(dir, "fifo.gguf");
+  char *fifo = t_join(dir, "fifo.gguf");
   if (mkfifo(fifo, 0600) == 0) {
     E8Q_EXPECT_FATAL(e8q_gguf_open(fifo), fifo, "is not a regular file", "FIFO");
     assert_false(e8q_gguf_is_file(fifo));
   } else {
     print_message("mkfifo %s: %s; FIFO case not run\n", fifo, strerror(errno));
   }
-  char *small = join(dir, "small.gguf");
+  char *small = t_join(dir, "small.gguf");
   t_write_file(small, "GGU", 3);
   assert_false(e8q_gguf_is_file(small));
   t_write_file(small, "GGUFxx", 6);
@@ -1262,7 +1255,7 @@ static __attribute__((noinline)) int try_everything(const char *path) {
 static void test_bad_random_edits(void **state) {
   (void)state;
   char *dir = t_tmpdir("gguf_fuzz");
-  char *path = join(dir, "fuzz.gguf");
+  char *path = t_join(dir, "fuzz.gguf");
   tiny_opts o = tiny_defaults();
   tiny_layout L;
   uint8_t *b = tiny_bytes(&o, &L, path), *c = malloc(L.size);

@@ -40,20 +40,13 @@ static void on_alarm(int sig) {
   _exit(3);
 }
 
-static char *join(const char *a, const char *b) {
-  size_t n = strlen(a) + strlen(b) + 2;
-  char *p = malloc(n);
-  snprintf(p, n, "%s/%s", a, b);
-  return p;
-}
-
 /* ---------------------------------------------------------------- FIFOs and directories */
 static void test_fifo_refused_everywhere(void **state) {
   (void)state;
   signal(SIGALRM, on_alarm);
   alarm(10);
   char *d = t_tmpdir("hard-fifo");
-  char *fifo = join(d, "model.safetensors");
+  char *fifo = t_join(d, "model.safetensors");
   assert_int_equal(mkfifo(fifo, 0644), 0);
   E8Q_EXPECT_FATAL(e8q_st_open(fifo), fifo, "FIFO", "not a regular file", "safetensors file");
   E8Q_EXPECT_FATAL(e8q_st_model_open(fifo), fifo, "FIFO", "not a regular file");
@@ -68,11 +61,11 @@ static void test_fifo_refused_everywhere(void **state) {
   E8Q_EXPECT_FATAL(e8q_llama2c_load(fifo, &ck), fifo, "FIFO", "llama2.c checkpoint");
   E8Q_EXPECT_FATAL(e8q_artifact_open(fifo), fifo, "FIFO", "artifact");
   /* config.json and tokenizer.json as FIFOs in a model directory */
-  char *cfg = join(d, "config.json");
+  char *cfg = t_join(d, "config.json");
   assert_int_equal(mkfifo(cfg, 0644), 0);
   e8q_config c;
   E8Q_EXPECT_FATAL(e8q_config_load(d, &c), cfg, "FIFO", "model config");
-  char *tj = join(d, "tokenizer.json");
+  char *tj = t_join(d, "tokenizer.json");
   assert_int_equal(mkfifo(tj, 0644), 0);
   E8Q_EXPECT_FATAL(e8q_tokenizer_load(tj), tj, "FIFO");
   alarm(0);
@@ -135,7 +128,7 @@ static void write_st(const char *path, const char *header, size_t data_bytes) {
 static void test_safetensors_shape_overflow(void **state) {
   (void)state;
   char *d = t_tmpdir("hard-st");
-  char *p = join(d, "big.safetensors");
+  char *p = t_join(d, "big.safetensors");
   write_st(p, "{\"w\": {\"dtype\": \"F32\", \"shape\": [1099511627776, 1099511627776], \"data_offsets\": [0, 4]}}", 4);
   E8Q_EXPECT_FATAL(e8q_st_open(p), p, "\"w\"", "[1099511627776, 1099511627776]", "more than 2^64 bytes", "hold 4");
   /* 2^62 F32 elements: the element count fits, the bytes do not */
@@ -175,7 +168,7 @@ static void append_bytes(const char *path, const unsigned char *b, size_t n) {
 static void test_artifact_trailing_bytes(void **state) {
   (void)state;
   char *d = t_tmpdir("hard-art");
-  char *p = join(d, "a.e8q");
+  char *p = t_join(d, "a.e8q");
   char report[4096];
   write_artifact(p);
   assert_int_equal(verify_file(p, report, sizeof report), 0);
@@ -208,7 +201,7 @@ static void test_artifact_trailing_bytes(void **state) {
 /* ---------------------------------------------------------------- journal and run directory */
 /* runs stmt with stderr going to a file; returns what it printed (malloc'd) */
 static char *stderr_of_journal_open(const char *dir, e8q_journal **j) {
-  char *log = join(dir, "stderr.txt");
+  char *log = t_join(dir, "stderr.txt");
   fflush(stderr);
   int saved = dup(2);
   int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -232,7 +225,7 @@ static void test_journal_damage_named(void **state) {
   e8q_journal_step(j, "b");
   e8q_journal_step(j, "c");
   e8q_journal_close(j);
-  char *jp = join(d, "journal");
+  char *jp = t_join(d, "journal");
   size_t n = 0;
   char *s = t_read_file(jp, &n);
   size_t rec = n / 3;
@@ -245,7 +238,7 @@ static void test_journal_damage_named(void **state) {
       !strstr(err, "journal.damaged"))
     fail_msg("message: %s", err);
   free(err);
-  char *kept_path = join(d, "journal.damaged");
+  char *kept_path = t_join(d, "journal.damaged");
   size_t kn = 0;
   char *kept = t_read_file(kept_path, &kn);
   assert_int_equal(kn, n);
@@ -294,7 +287,7 @@ static void write_some(const char *path) {
 static void test_disk_full_advice(void **state) {
   (void)state;
   char *d = t_tmpdir("hard-enospc");
-  char *p = join(d, "shard.bin");
+  char *p = t_join(d, "shard.bin");
   setenv("E8Q_FAULT_ENOSPC", "shard:3", 1);
   e8q_fault_reset();
   E8Q_EXPECT_FATAL(write_some(p), "No space left", "rerun the same command", "a different --run-dir starts over",
@@ -317,8 +310,8 @@ static void test_disk_full_advice(void **state) {
 static void test_cleanup_on_fatal(void **state) {
   (void)state;
   char *d = t_tmpdir("hard-cleanup");
-  char *sub = join(d, "e8q-artifact-x");
-  char *f = join(sub, "tokenizer.model");
+  char *sub = t_join(d, "e8q-artifact-x");
+  char *f = t_join(sub, "tokenizer.model");
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) { /* a fatal error (no trap, no MPI): exit(1) after the cleanup */

@@ -17,13 +17,6 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static char *join(const char *a, const char *b) {
-  size_t n = strlen(a) + strlen(b) + 2;
-  char *p = malloc(n);
-  snprintf(p, n, "%s/%s", a, b);
-  return p;
-}
-
 /* exact double-precision value of an f16 bit pattern (slow, obviously correct) */
 static double f16_value_ref(uint16_t h) {
   int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
@@ -149,7 +142,7 @@ static const e8q_dtype k_all[] = {E8Q_DT_F32, E8Q_DT_F16, E8Q_DT_BF16, E8Q_DT_F6
 static void test_writer_roundtrip_all_dtypes(void **state) {
   (void)state;
   char *dir = t_tmpdir("st_writer");
-  char *path = join(dir, "all.safetensors");
+  char *path = t_join(dir, "all.safetensors");
   t_rng rng = {t_fresh_seed("writer")};
   int nt = (int)(sizeof k_all / sizeof k_all[0]);
   uint8_t *bytes[16];
@@ -216,7 +209,7 @@ static void test_writer_roundtrip_all_dtypes(void **state) {
 static void test_writer_float_conversions(void **state) {
   (void)state;
   char *dir = t_tmpdir("st_conv");
-  char *path = join(dir, "c.safetensors");
+  char *path = t_join(dir, "c.safetensors");
   t_rng rng = {t_fresh_seed("conv")};
   enum { N = 1000 };
   float x[N];
@@ -256,7 +249,7 @@ static void test_sharded_model(void **state) {
   /* tensors alternate between two shards; the index maps each to its file */
   const char *shard[2] = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
   for (int s = 0; s < 2; s++) {
-    char *p = join(dir, shard[s]);
+    char *p = t_join(dir, shard[s]);
     e8q_st_writer *w = e8q_st_writer_begin(p);
     for (int i = s; i < st->n_tensors; i += 2)
       e8q_st_writer_declare(w, st->tensors[i].name, st->tensors[i].dtype, st->tensors[i].ndim, st->tensors[i].shape);
@@ -265,7 +258,7 @@ static void test_sharded_model(void **state) {
     e8q_st_writer_finish(w);
     free(p);
   }
-  char *idx = join(dir, "model.safetensors.index.json");
+  char *idx = t_join(dir, "model.safetensors.index.json");
   FILE *f = fopen(idx, "w");
   fprintf(f, "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {");
   for (int i = 0; i < st->n_tensors; i++)
@@ -296,7 +289,7 @@ static void test_sharded_model(void **state) {
   e8q_st_model_close(sm);
 
   /* a shard named in the index but absent */
-  char *p2 = join(dir, shard[1]);
+  char *p2 = t_join(dir, shard[1]);
   assert_int_equal(unlink(p2), 0);
   E8Q_EXPECT_FATAL(e8q_st_model_open(dir), "model.safetensors.index.json", shard[1], "missing");
   free(p2);
@@ -324,7 +317,7 @@ static const char *k_n = "model.norm.weight";
 static badctx bad_setup(const char *tag) {
   badctx c;
   c.dir = t_tmpdir(tag);
-  c.good = join(c.dir, "good.safetensors");
+  c.good = t_join(c.dir, "good.safetensors");
   int64_t sq[2] = {8, 4}, sn[1] = {4};
   float q[32], nw[4] = {1, 2, 3, 4};
   for (int i = 0; i < 32; i++) q[i] = 0.5f * (float)i - 3;
@@ -374,7 +367,7 @@ static char *bad_header_edit(badctx *c, const char *from, const char *to) {
   memcpy(out + 8 + pre, to, strlen(to));
   memcpy(out + 8 + pre + strlen(to), at + strlen(from), c->hlen - pre - strlen(from));
   memcpy(out + 8 + nh, c->bytes + 8 + c->hlen, c->n - 8 - c->hlen);
-  char *p = join(c->dir, "bad.safetensors");
+  char *p = t_join(c->dir, "bad.safetensors");
   t_write_file(p, out, 8 + nh + (c->n - 8 - c->hlen));
   free(out);
   free(h);
@@ -386,7 +379,7 @@ static char *bad_bytes(badctx *c, size_t len, size_t at, const void *patch, size
   uint8_t *out = malloc(c->n);
   memcpy(out, c->bytes, c->n);
   if (patch) memcpy(out + at, patch, plen);
-  char *p = join(c->dir, "bad.safetensors");
+  char *p = t_join(c->dir, "bad.safetensors");
   t_write_file(p, out, len);
   free(out);
   return p;
@@ -501,7 +494,7 @@ static void test_bad_model_dir(void **state) {
   (void)state;
   char *dir = t_tmpdir("st_bad_dir");
   E8Q_EXPECT_FATAL(e8q_st_model_open(dir), dir, "neither model.safetensors nor model.safetensors.index.json");
-  char *idx = join(dir, "model.safetensors.index.json");
+  char *idx = t_join(dir, "model.safetensors.index.json");
   t_write_file(idx, "{\"weight_map\": {\"a\": \"../x.safetensors\"}}", 42);
   E8Q_EXPECT_FATAL(e8q_st_model_open(dir), idx, "outside the model directory");
   t_write_file(idx, "{\"weight_map\": {\"a\": \"x.safetensors\"", 36);
@@ -627,7 +620,7 @@ static void test_fuzz_truncations_and_flips(void **state) {
 static void test_writer_io_error(void **state) {
   (void)state;
   char *dir = t_tmpdir("st_wr_err");
-  char *p = join(dir, "big.safetensors");
+  char *p = t_join(dir, "big.safetensors");
   struct rlimit old, lim;
   assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
   lim = old;
@@ -663,7 +656,7 @@ static void test_writer_io_error(void **state) {
 static void test_writer_sparse(void **state) {
   (void)state;
   char *dir = t_tmpdir("st_sparse");
-  char *p = join(dir, "model.safetensors");
+  char *p = t_join(dir, "model.safetensors");
   int64_t big[2] = {28672, 8192}, small[1] = {8192};
   e8q_st_writer *w = e8q_st_writer_begin(p);
   e8q_st_writer_declare(w, "model.layers.0.mlp.up_proj.weight", E8Q_DT_BF16, 2, big);
@@ -735,11 +728,11 @@ static void test_read_range_and_convert(void **state) {
  * mapped in place and reads exactly as the file itself; a region past the end is refused */
 static void test_open_region(void **state) {
   (void)state;
-  char *src = t_shared_path("models/stories260K-hf/model.safetensors");
+  char *src;
   size_t n;
-  char *raw = t_read_file(src, &n);
+  char *raw = t_read_shared("models/stories260K-hf/model.safetensors", &n, &src);
   char *dir = t_tmpdir("st_region");
-  char *arch = join(dir, "model.e8q");
+  char *arch = t_join(dir, "model.e8q");
   size_t pre = 4096 * 3 + 512; /* like a tar member: 512-aligned, not page-aligned */
   char *buf = calloc(1, pre + n + 1000);
   memset(buf, 'x', pre);

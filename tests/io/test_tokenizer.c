@@ -17,13 +17,6 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static char *join(const char *a, const char *b) {
-  size_t n = strlen(a) + strlen(b) + 2;
-  char *p = malloc(n);
-  snprintf(p, n, "%s/%s", a, b);
-  return p;
-}
-
 static void assert_ids_equal(const int *a, int na, const int *b, int nb, const char *what) {
   if (na != nb) fail_msg("%s: %d vs %d ids", what, na, nb);
   for (int i = 0; i < na; i++)
@@ -246,7 +239,7 @@ static void test_write_spm_roundtrip(void **state) {
   pieces[1] = "<s>";
   pieces[2] = "</s>";
   char *dir = t_tmpdir("tok_write");
-  char *out = join(dir, "tokenizer.model");
+  char *out = t_join(dir, "tokenizer.model");
   e8q_tokenizer_write_spm(out, n, pieces, scores, types);
   e8q_tokenizer *back = e8q_tokenizer_load(out);
   assert_int_equal(e8q_tokenizer_vocab_size(back), n);
@@ -344,11 +337,10 @@ static int load_fails(const char *path) {
  * vocabulary (protobuf has no end marker), never a crash */
 static void test_truncated_model(void **state) {
   (void)state;
-  char *mpath = t_shared_path("models/stories260K/tok512.model");
   size_t n;
-  char *raw = t_read_file(mpath, &n);
+  char *raw = t_read_shared("models/stories260K/tok512.model", &n, NULL);
   char *dir = t_tmpdir("tok_trunc");
-  char *p = join(dir, "tokenizer.model");
+  char *p = t_join(dir, "tokenizer.model");
   /* the variants live in memory (memfd opened by its /proc path): no disk I/O per variant */
   int mfd = memfd_create("e8q_tok_trunc", 0);
   char mpathbuf[64];
@@ -372,7 +364,6 @@ static void test_truncated_model(void **state) {
   free(p);
   free(dir);
   free(raw);
-  free(mpath);
 }
 
 /* a text file and the id file of its encoding give the same ids; an id file with an id outside
@@ -382,7 +373,7 @@ static void test_encode_file_text_and_ids(void **state) {
   char *mpath = t_shared_path("models/stories260K/tok512.model");
   e8q_tokenizer *t = e8q_tokenizer_load(mpath);
   char *dir = t_tmpdir("tok_file");
-  char *txt = join(dir, "calib.txt"), *idf = join(dir, "calib.ids");
+  char *txt = t_join(dir, "calib.txt"), *idf = t_join(dir, "calib.ids");
   const char *s = "Lily and Ben went to the park.\nThey saw a big dog!\n";
   t_write_file(txt, s, strlen(s));
   int *a, *b;
@@ -407,11 +398,10 @@ static void test_encode_file_text_and_ids(void **state) {
 /* a truncated or corrupted tokenizer.bin is refused naming the file */
 static void test_bad_bin(void **state) {
   (void)state;
-  char *bpath = t_shared_path("models/stories260K/tok512.bin");
   size_t n;
-  char *raw = t_read_file(bpath, &n);
+  char *raw = t_read_shared("models/stories260K/tok512.bin", &n, NULL);
   char *dir = t_tmpdir("tok_bin");
-  char *p = join(dir, "tokenizer.bin");
+  char *p = t_join(dir, "tokenizer.bin");
   t_write_file(p, raw, n - 3);
   E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "not a valid llama2.c tokenizer.bin");
   int32_t huge = 1 << 30; /* first token's length */
@@ -421,14 +411,13 @@ static void test_bad_bin(void **state) {
   free(p);
   free(dir);
   free(raw);
-  free(bpath);
 }
 
 /* what is not a tokenizer file at all is refused naming the file, a huge one before it is read */
 static void test_not_a_tokenizer_file(void **state) {
   (void)state;
   char *dir = t_tmpdir("tok_notfile");
-  char *p = join(dir, "tokenizer.model");
+  char *p = t_join(dir, "tokenizer.model");
   E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), "cannot open tokenizer file", p);
   E8Q_EXPECT_FATAL(e8q_tokenizer_load(dir), dir, "not a regular file", "tokenizer file");
   t_write_file(p, "", 0);
@@ -473,7 +462,7 @@ static void test_bad_byte_piece(void **state) {
   const float scores[] = {0, 0, 0, 0, 0, -1};
   const int types[] = {2, 3, 3, 6, 6, 1};
   char *dir = t_tmpdir("tok_badbyte");
-  char *out = join(dir, "tokenizer.model");
+  char *out = t_join(dir, "tokenizer.model");
   e8q_tokenizer_write_spm(out, 6, pieces, scores, types);
   E8Q_EXPECT_FATAL(e8q_tokenizer_load(out), out, "byte piece 4", "<0x-1>");
   free(out);
@@ -484,9 +473,8 @@ static void test_bad_byte_piece(void **state) {
  * that encodes without crashing; never a crash */
 static void test_fuzz_model_edits(void **state) {
   (void)state;
-  char *mpath = t_shared_path("models/stories260K/tok512.model");
   size_t n;
-  char *raw = t_read_file(mpath, &n);
+  char *raw = t_read_shared("models/stories260K/tok512.model", &n, NULL);
   int mfd = memfd_create("e8q_tok_fuzz", 0);
   if (mfd < 0) skip();
   char vp[64];
@@ -507,15 +495,13 @@ static void test_fuzz_model_edits(void **state) {
   close(mfd);
   free(mut);
   free(raw);
-  free(mpath);
 }
 
 /* a SentencePiece model that is not BPE (model_type 1 = unigram) is refused */
 static void test_unigram_refused(void **state) {
   (void)state;
-  char *mpath = t_shared_path("models/stories260K/tok512.model");
   size_t n;
-  char *raw = t_read_file(mpath, &n);
+  char *raw = t_read_shared("models/stories260K/tok512.model", &n, NULL);
   /* TrainerSpec: field 3 (model_type, key 0x18) = 2, then field 4 (vocab_size, key 0x20) */
   char *at = NULL;
   for (size_t i = 0; i + 3 < n && !at; i++)
@@ -523,13 +509,12 @@ static void test_unigram_refused(void **state) {
   assert_non_null(at);
   at[1] = 0x01;
   char *dir = t_tmpdir("tok_unigram");
-  char *p = join(dir, "tokenizer.model");
+  char *p = t_join(dir, "tokenizer.model");
   t_write_file(p, raw, n);
   E8Q_EXPECT_FATAL(e8q_tokenizer_load(p), p, "model_type 1 is not BPE");
   free(p);
   free(dir);
   free(raw);
-  free(mpath);
 }
 
 /* A vocabulary with pieces that hold a space after another character ("e t", "d a") cannot be
@@ -558,7 +543,7 @@ static void test_encode_unsplittable_vocab(void **state) {
   pieces[512] = "e t", scores[512] = 10.0f, types[512] = 1;
   pieces[513] = "d a", scores[513] = -0.5f, types[513] = 1;
   char *dir = t_tmpdir("tok_unsplit");
-  char *out = join(dir, "tokenizer.model");
+  char *out = t_join(dir, "tokenizer.model");
   e8q_tokenizer_write_spm(out, n, pieces, scores, types);
   e8q_tokenizer *t = e8q_tokenizer_load(out);
   char *text = e8q_text_read(tpath, NULL);

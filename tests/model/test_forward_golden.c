@@ -190,9 +190,8 @@ static void test_forward_block_streaming(void **s) {
 /* ---------------------------------------------------------------- bad checkpoints */
 static void test_forward_bad_bin(void **s) {
   (void)s;
-  char *src = t_shared_path("models/stories260K/stories260K.bin");
   size_t n;
-  char *bytes = t_read_file(src, &n);
+  char *bytes = t_read_shared("models/stories260K/stories260K.bin", &n, NULL);
   char *dir = t_tmpdir("fwd_bad_bin");
   char path[1024];
   /* truncated by 4 bytes */
@@ -215,7 +214,7 @@ static void test_forward_bad_bin(void **s) {
   snprintf(path, sizeof path, "%s/tiny.bin", dir);
   t_write_file(path, bytes, 10);
   E8Q_EXPECT_FATAL(e8q_model_load(path), "tiny.bin", "28-byte llama2.c header");
-  free(bytes), free(src), free(dir);
+  free(bytes), free(dir);
 }
 
 static void copy_file(const char *from, const char *to) {
@@ -255,9 +254,9 @@ static void test_forward_bad_hf(void **s) {
  * unshared-classifier path must give the same logits. */
 static void test_forward_bin_unshared(void **s) {
   (void)s;
-  char *src = t_shared_path("models/stories260K/stories260K.bin");
+  char *src;
   size_t n;
-  char *bytes = t_read_file(src, &n);
+  char *bytes = t_read_shared("models/stories260K/stories260K.bin", &n, &src);
   size_t emb = 4 * (size_t)512 * 64;
   char *out = malloc(n + emb);
   memcpy(out, bytes, n);
