@@ -99,36 +99,35 @@ static void test_config_mistral_gqa_head_dim(void **state) {
   free(p);
 }
 
+/* stories260K's config.json with from replaced by to is refused naming the file and every further string */
+#define EXPECT_REFUSED(from, to, ...)                                             \
+  do {                                                                            \
+    char *p_ = config_variant(from, to);                                          \
+    e8q_config c_;                                                                \
+    E8Q_EXPECT_FATAL(e8q_config_load(p_, &c_), p_, __VA_ARGS__);                  \
+    free(p_);                                                                     \
+  } while (0)
+
 static void test_config_bad_model_type(void **state) {
   (void)state;
-  char *p = config_variant("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"");
-  e8q_config c;
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "unsupported model_type \"gpt2\"", "llama");
-  free(p);
+  EXPECT_REFUSED("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"",
+                 "unsupported model_type \"gpt2\"", "llama");
 }
 
 static void test_config_missing_field(void **state) {
   (void)state;
-  char *p = config_variant("\"hidden_size\": 64,", "");
-  e8q_config c;
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"hidden_size\"", "missing");
-  free(p);
-  p = config_variant("\"vocab_size\": 512,", "\"vocab_size\": null,");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"vocab_size\"", "missing");
-  free(p);
-  p = config_variant("\"model_type\": \"llama\",", "");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"model_type\"", "missing");
-  free(p);
+  EXPECT_REFUSED("\"hidden_size\": 64,", "", "\"hidden_size\"", "missing");
+  EXPECT_REFUSED("\"vocab_size\": 512,", "\"vocab_size\": null,", "\"vocab_size\"", "missing");
+  EXPECT_REFUSED("\"model_type\": \"llama\",", "", "\"model_type\"", "missing");
 }
 
 static void test_config_rope_scaling_refused(void **state) {
   (void)state;
-  char *p = config_variant("\"rope_theta\": 10000.0,",
-                           "\"rope_theta\": 10000.0, \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0},");
+  EXPECT_REFUSED("\"rope_theta\": 10000.0,",
+                 "\"rope_theta\": 10000.0, \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0},",
+                 "\"rope_scaling\"", "linear", "not supported");
   e8q_config c;
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"rope_scaling\"", "linear", "not supported");
-  free(p);
-  p = config_variant("\"rope_theta\": 10000.0,",
+  char *p = config_variant("\"rope_theta\": 10000.0,",
                      "\"rope_theta\": 10000.0, \"rope_scaling\": {\"rope_type\": \"default\"},");
   e8q_config_load(p, &c); /* the explicit default is plain RoPE */
   free(p);
@@ -137,30 +136,17 @@ static void test_config_rope_scaling_refused(void **state) {
 static void test_config_other_refusals(void **state) {
   (void)state;
   e8q_config c;
-  char *p = config_variant("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"hidden_act\"", "gelu", "silu");
-  free(p);
-  p = config_variant("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 3");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "not divisible by num_key_value_heads 3");
-  free(p);
-  p = config_variant("\"hidden_size\": 64", "\"hidden_size\": 60");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "hidden_size 60", "num_attention_heads 8");
-  free(p);
-  p = config_variant("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 0");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"num_hidden_layers\"", "positive");
-  free(p);
-  p = config_variant("\"intermediate_size\": 172", "\"intermediate_size\": 172.5");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"intermediate_size\"", "integer");
-  free(p);
-  p = config_variant("\"hidden_act\": \"silu\"", "\"hidden_act\": \"silu\", \"attention_bias\": true");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "\"attention_bias\"");
-  free(p);
-  p = config_variant("\"hidden_act\": \"silu\"", "\"hidden_act\": \"silu\", \"quantization_config\": {}");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "already quantized");
-  free(p);
-  p = config_variant("\"hidden_act\": \"silu\",", "\"hidden_act\": \"silu\"");
-  E8Q_EXPECT_FATAL(e8q_config_load(p, &c), p, "not valid JSON");
-  free(p);
+  EXPECT_REFUSED("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"", "\"hidden_act\"", "gelu", "silu");
+  EXPECT_REFUSED("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 3", "not divisible by num_key_value_heads 3");
+  EXPECT_REFUSED("\"hidden_size\": 64", "\"hidden_size\": 60", "hidden_size 60", "num_attention_heads 8");
+  EXPECT_REFUSED("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 0", "\"num_hidden_layers\"", "positive");
+  EXPECT_REFUSED("\"intermediate_size\": 172", "\"intermediate_size\": 172.5", "\"intermediate_size\"",
+                 "integer");
+  EXPECT_REFUSED("\"hidden_act\": \"silu\"", "\"hidden_act\": \"silu\", \"attention_bias\": true",
+                 "\"attention_bias\"");
+  EXPECT_REFUSED("\"hidden_act\": \"silu\"", "\"hidden_act\": \"silu\", \"quantization_config\": {}",
+                 "already quantized");
+  EXPECT_REFUSED("\"hidden_act\": \"silu\",", "\"hidden_act\": \"silu\"", "not valid JSON");
   E8Q_EXPECT_FATAL(e8q_config_load("/nonexistent/model", &c), "/nonexistent/model");
 }
 

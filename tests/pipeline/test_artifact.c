@@ -189,8 +189,7 @@ static void write_raw(const char *path, int n, const char *const *names, const c
 static void test_unsafe_archives_refused(void **state) {
   (void)state;
   char *d = t_tmpdir("artifact-unsafe");
-  char p[4096];
-  snprintf(p, sizeof p, "%s/x.e8q", d);
+  char *p = t_join(d, "x.e8q");
   const char *data[] = {"0123456789"};
   const char *abs_name[] = {"/etc/passwd"};
   write_raw(p, 1, abs_name, data, 10);
@@ -213,13 +212,13 @@ static void test_unsafe_archives_refused(void **state) {
   t_write_file(p, "not a tar at all, just some text that is long enough", 52);
   E8Q_EXPECT_FATAL(e8q_artifact_open(p), p);
   free(d);
+  free(p);
 }
 
 static void test_enospc_leaves_nothing(void **state) {
   (void)state;
   char *d = t_tmpdir("artifact-enospc");
-  char p[4096];
-  snprintf(p, sizeof p, "%s/out.e8q", d);
+  char *p = t_join(d, "out.e8q");
   setenv("E8Q_FAULT_ENOSPC", "artifact:3", 1);
   e8q_fault_reset();
   E8Q_EXPECT_FATAL(write_sample(p), p, "No space left on device");
@@ -232,6 +231,7 @@ static void test_enospc_leaves_nothing(void **state) {
   E8Q_EXPECT_FATAL(e8q_artifact_create("/nonexistent-dir-e8q/out.e8q"), "/nonexistent-dir-e8q/out.e8q",
                    "cannot create");
   free(d);
+  free(p);
 }
 
 int main(void) {

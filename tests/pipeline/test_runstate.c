@@ -61,8 +61,7 @@ static void write_big(const char *path) {
 static void test_atomic_write_and_hash(void **state) {
   (void)state;
   char *d = t_tmpdir("atomic");
-  char p[4096];
-  snprintf(p, sizeof p, "%s/x.bin", d);
+  char *p = t_join(d, "x.bin");
   char hex[65], want[65];
   e8q_atomic_write_file(p, "shard", "hello", 5, hex);
   e8q_sha256_file_hex(p, want);
@@ -77,13 +76,13 @@ static void test_atomic_write_and_hash(void **state) {
   free(s);
   assert_int_equal(count_tmp(d), 0);
   free(d);
+  free(p);
 }
 
 static void test_atomic_crash_before_rename(void **state) {
   (void)state;
   char *d = t_tmpdir("atomic-crash");
-  char p[4096];
-  snprintf(p, sizeof p, "%s/x.bin", d);
+  char *p = t_join(d, "x.bin");
   e8q_atomic_write_file(p, "shard", "old", 3, NULL);
   assert_int_equal(run_child("atomic.before_rename", write_big, p), SIGKILL);
   /* the final name still holds the old, whole content; the temporary is left behind */
@@ -111,6 +110,7 @@ static void test_atomic_crash_before_rename(void **state) {
   assert_int_equal(n, 3); /* the file itself is untouched */
   free(s);
   free(d);
+  free(p);
 }
 
 /* a fault point on the second pass only: first write commits, second is killed */
@@ -122,8 +122,7 @@ static void two_writes(const char *path) {
 static void test_fault_nth_pass(void **state) {
   (void)state;
   char *d = t_tmpdir("fault-nth");
-  char p[4096];
-  snprintf(p, sizeof p, "%s/x.bin", d);
+  char *p = t_join(d, "x.bin");
   assert_int_equal(run_child("atomic.before_rename:2", two_writes, p), SIGKILL);
   char *s = t_read_file(p, NULL);
   assert_string_equal(s, "one");
@@ -135,13 +134,13 @@ static void test_fault_nth_pass(void **state) {
   /* unknown points are programming errors */
   E8Q_EXPECT_FATAL(e8q_fault_point("no.such.point"), "no.such.point", "e8q_fault_points");
   free(d);
+  free(p);
 }
 
 static void test_atomic_enospc(void **state) {
   (void)state;
   char *d = t_tmpdir("enospc");
-  char p[4096];
-  snprintf(p, sizeof p, "%s/shard.bin", d);
+  char *p = t_join(d, "shard.bin");
   e8q_atomic_write_file(p, "shard", "old", 3, NULL);
   setenv("E8Q_FAULT_ENOSPC", "shard:3", 1);
   e8q_fault_reset();
@@ -155,6 +154,7 @@ static void test_atomic_enospc(void **state) {
   E8Q_EXPECT_FATAL(e8q_atomic_write_file("/proc/e8q-nope/x", "artifact", "x", 1, NULL), "/proc/e8q-nope/x",
                    "cannot create");
   free(d);
+  free(p);
 }
 
 /* ---------------------------------------------------------------- journal */
@@ -181,8 +181,7 @@ static void test_journal_replay_and_torn(void **state) {
   assert_int_equal(j->recs[1].type, E8Q_JREC_NOTE);
   assert_string_equal(j->recs[1].payload, "{\"retry\":1}");
   e8q_journal_close(j);
-  char jp[4096];
-  snprintf(jp, sizeof jp, "%s/journal", d);
+  char *jp = t_join(d, "journal");
   size_t before = 0;
   free(t_read_file(jp, &before));
   /* killed in the middle of the 2nd of three new records */
@@ -214,6 +213,7 @@ static void test_journal_replay_and_torn(void **state) {
   assert_int_equal(j->n, 2);
   e8q_journal_close(j);
   free(d);
+  free(jp);
 }
 
 static void test_journal_enospc_keeps_records(void **state) {
@@ -240,8 +240,7 @@ static void test_rundir_lock(void **state) {
   cJSON_AddStringToObject(cJSON_AddObjectToObject(plan, "fingerprint"), "config_sha256", "abc");
   cJSON_AddNumberToObject(cJSON_AddObjectToObject(plan, "options"), "bits", 2);
   cJSON_AddNumberToObject(plan, "seed", 7);
-  char lp[4096];
-  snprintf(lp, sizeof lp, "%s/lock", d);
+  char *lp = t_join(d, "lock");
   int fds[2];
   assert_int_equal(pipe(fds), 0);
   pid_t child = fork();
@@ -257,8 +256,7 @@ static void test_rundir_lock(void **state) {
   assert_int_equal(read(fds[0], &c, 1), 1);
   E8Q_EXPECT_FATAL(e8q_rundir_open(d, plan), d, "in use by another e8q quantize run", "host otherhost, pid 4242",
                    "wait for it to finish", "another --run-dir");
-  char pp[4200];
-  snprintf(pp, sizeof pp, "%s/plan.json", d);
+  char *pp = t_join(d, "plan.json");
   assert_int_not_equal(access(pp, F_OK), 0); /* nothing written by the refused run */
   kill(child, SIGKILL);
   waitpid(child, NULL, 0);
@@ -276,6 +274,8 @@ static void test_rundir_lock(void **state) {
   e8q_rundir_close(r);
   cJSON_Delete(plan);
   free(d);
+  free(lp);
+  free(pp);
 }
 
 static void test_journal_file_checks(void **state) {

@@ -526,26 +526,32 @@ static void test_quantize_group_zero_hessian(void **state) {
   free(H);
 }
 
+/* H (n x n) made indefinite: identity but for one eigenvalue of -0.06 (normalised: about -0.064).
+ * Damping 0.01 is not enough, tenfold is: quantizing takes one retry, reported with message. */
+static void expect_one_retry(const e8q_qlin_opts *o, const e8q_group_plan *g, const float *W, double *H, int n,
+                             const char *message) {
+  memset(H, 0, sizeof(double) * n * n);
+  for (int i = 0; i < n; i++) H[i * n + i] = 1.0;
+  H[5 * n + 5] = -0.06;
+  e8q_qlin_result q;
+  e8q_quantize_group(o, g, 3, 1, W, H, 100, &q);
+  assert_int_equal(q.retries, 1);
+  T_NEAR(q.damp, 0.1, 1e-12, "damping after the retry");
+  assert_non_null(strstr(q.ldl_message, message));
+  assert_true(q.proxy_loss > 0 && q.proxy_loss < 1);
+  e8q_qlin_result_free(&q);
+}
+
 static void test_not_positive_definite_retry(void **state) {
   (void)state;
   const int m = 32, n = 16;
   float *W = malloc(sizeof(float) * m * n);
   double *H = malloc(sizeof(double) * n * n);
   make_problem(m, n, 6, W, H);
-  /* an indefinite H: identity but for one eigenvalue of -0.06 (normalised: about -0.064) */
-  memset(H, 0, sizeof(double) * n * n);
-  for (int i = 0; i < n; i++) H[i * n + i] = 1.0;
-  H[5 * n + 5] = -0.06;
   e8q_group_plan g = group(m, n, 1);
   e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 1, .seed = 1};
   e8q_qlin_result q;
-  e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q);
-  /* damping 0.01 is not enough, tenfold is: one retry, reported */
-  assert_int_equal(q.retries, 1);
-  T_NEAR(q.damp, 0.1, 1e-12, "damping after the retry");
-  assert_non_null(strstr(q.ldl_message, "10x damping"));
-  assert_true(q.proxy_loss > 0 && q.proxy_loss < 1);
-  e8q_qlin_result_free(&q);
+  expect_one_retry(&o, &g, W, H, n, "10x damping");
   /* beyond tenfold damping: a fatal error naming the layer and group */
   H[5 * n + 5] = -0.5;
   E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test", "damping", "unusable");
@@ -576,16 +582,8 @@ static void test_scalapack_retry(void **state) {
   assert_int_equal(q.retries, 0);
   assert_string_equal(q.ldl_message, "ScaLAPACK LDL ok (f64, sigma_reg 0.01)");
   e8q_qlin_result_free(&q);
-  /* the indefinite H of test_not_positive_definite_retry: one retry with tenfold damping */
-  memset(H, 0, sizeof(double) * n * n);
-  for (int i = 0; i < n; i++) H[i * n + i] = 1.0;
-  H[5 * n + 5] = -0.06;
-  e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q);
-  assert_int_equal(q.retries, 1);
-  T_NEAR(q.damp, 0.1, 1e-12, "damping after the retry");
-  assert_non_null(strstr(q.ldl_message, "ScaLAPACK LDL failed, in f64 (not positive definite); retried with 10x damping"));
-  assert_true(q.proxy_loss > 0 && q.proxy_loss < 1);
-  e8q_qlin_result_free(&q);
+  /* the same indefinite H: one retry with tenfold damping */
+  expect_one_retry(&o, &g, W, H, n, "ScaLAPACK LDL failed, in f64 (not positive definite); retried with 10x damping");
   H[5 * n + 5] = -0.5;
   E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test", "ScaLAPACK LDL failed", "damping");
   free(W), free(H);
