@@ -1,6 +1,8 @@
 /* tests/testutil.c */
 #include "testutil.h"
 
+#include "common/fault.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -142,4 +144,12 @@ int t_rm_rf(const char *dir) {
   char cmd[4400];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   return system(cmd);
+}
+
+void t_enospc(const char *spec) {
+  if (spec)
+    setenv("E8Q_FAULT_ENOSPC", spec, 1);
+  else
+    unsetenv("E8Q_FAULT_ENOSPC");
+  e8q_fault_reset();
 }

@@ -32,6 +32,9 @@ void t_write_file(const char *path, const void *data, size_t n);
 /* runs a shell command through popen (the line printed first), returns its stdout (malloc'd,
  * NUL-terminated) and its exit status (128 when it did not exit normally) */
 char *t_run(const char *cmd, int *status);
+/* sets E8Q_FAULT_ENOSPC to spec (common/fault.h; unsets it when spec is NULL) and forgets the
+ * fault counters */
+void t_enospc(const char *spec);
 /* rm -rf dir (a test's temporary directory); returns system()'s status */
 int t_rm_rf(const char *dir);
 

@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
-#include "common/fault.h"
 #include "common/hash.h"
 #include "io/artifact.h"
 #include "io/atomic.h"
@@ -288,17 +287,14 @@ static void test_disk_full_advice(void **state) {
   (void)state;
   char *d = t_tmpdir("hard-enospc");
   char *p = t_join(d, "shard.bin");
-  setenv("E8Q_FAULT_ENOSPC", "shard:3", 1);
-  e8q_fault_reset();
+  t_enospc("shard:3");
   E8Q_EXPECT_FATAL(write_some(p), "No space left", "rerun the same command", "a different --run-dir starts over",
                    "copy the whole run directory");
-  setenv("E8Q_FAULT_ENOSPC", "journal", 1);
-  e8q_fault_reset();
+  t_enospc("journal");
   e8q_journal *j = e8q_journal_open(d);
   E8Q_EXPECT_FATAL(e8q_journal_step(j, "x"), "No space left", "a different --run-dir starts over",
                    "copy the whole run directory");
-  unsetenv("E8Q_FAULT_ENOSPC");
-  e8q_fault_reset();
+  t_enospc(NULL);
   e8q_journal_close(j);
   char cmd[4200];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);

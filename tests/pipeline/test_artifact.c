@@ -11,7 +11,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "common/fault.h"
 #include "io/artifact.h"
 #include "testutil.h"
 
@@ -44,9 +43,7 @@ static void write_sample(const char *path) {
 static void test_roundtrip(void **state) {
   (void)state;
   char *d = t_tmpdir("artifact");
-  char p[4096], q[4096];
-  snprintf(p, sizeof p, "%s/a.e8q", d);
-  snprintf(q, sizeof q, "%s/b.e8q", d);
+  char *p = t_join(d, "a.e8q"), *q = t_join(d, "b.e8q");
   write_sample(p);
   write_sample(q);
   size_t na, nb;
@@ -78,6 +75,7 @@ static void test_roundtrip(void **state) {
   free(A);
   free(b);
   free(d);
+  free(p), free(q);
 }
 
 /* `e8q inspect ARGS --verify`, output to out; the exit status */
@@ -219,10 +217,9 @@ static void test_enospc_leaves_nothing(void **state) {
   (void)state;
   char *d = t_tmpdir("artifact-enospc");
   char *p = t_join(d, "out.e8q");
-  setenv("E8Q_FAULT_ENOSPC", "artifact:3", 1);
-  e8q_fault_reset();
+  t_enospc("artifact:3");
   E8Q_EXPECT_FATAL(write_sample(p), p, "No space left on device");
-  unsetenv("E8Q_FAULT_ENOSPC");
+  t_enospc(NULL);
   struct stat st;
   assert_int_not_equal(stat(p, &st), 0);
   char cmd[4200];

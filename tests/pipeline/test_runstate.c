@@ -142,10 +142,9 @@ static void test_atomic_enospc(void **state) {
   char *d = t_tmpdir("enospc");
   char *p = t_join(d, "shard.bin");
   e8q_atomic_write_file(p, "shard", "old", 3, NULL);
-  setenv("E8Q_FAULT_ENOSPC", "shard:3", 1);
-  e8q_fault_reset();
+  t_enospc("shard:3");
   E8Q_EXPECT_FATAL(write_big(p), p, "No space left on device", "Free space", "rerun the same command");
-  unsetenv("E8Q_FAULT_ENOSPC");
+  t_enospc(NULL);
   char *s = t_read_file(p, NULL);
   assert_string_equal(s, "old"); /* untouched */
   free(s);
@@ -221,9 +220,9 @@ static void test_journal_enospc_keeps_records(void **state) {
   char *d = t_tmpdir("journal-enospc");
   e8q_journal *j = e8q_journal_open(d);
   e8q_journal_step(j, "one");
-  setenv("E8Q_FAULT_ENOSPC", "journal", 1);
+  t_enospc("journal");
   E8Q_EXPECT_FATAL(e8q_journal_step(j, "two"), "run journal", "No space left", "rerun the same command");
-  unsetenv("E8Q_FAULT_ENOSPC");
+  t_enospc(NULL);
   e8q_journal *k = e8q_journal_open(d);
   assert_int_equal(k->n, 1);
   assert_int_equal(k->dropped, 0);

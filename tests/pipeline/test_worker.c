@@ -526,6 +526,14 @@ static void test_quantize_group_zero_hessian(void **state) {
   free(H);
 }
 
+/* the retry tests' problem: W (2n x n) and H from make_problem (seed 6), one group */
+static e8q_group_plan retry_problem(int n, float **W, double **H) {
+  *W = malloc(sizeof(float) * 2 * n * n);
+  *H = malloc(sizeof(double) * n * n);
+  make_problem(2 * n, n, 6, *W, *H);
+  return group(2 * n, n, 1);
+}
+
 /* H (n x n) made indefinite: identity but for one eigenvalue of -0.06 (normalised: about -0.064).
  * Damping 0.01 is not enough, tenfold is: quantizing takes one retry, reported with message. */
 static void expect_one_retry(const e8q_qlin_opts *o, const e8q_group_plan *g, const float *W, double *H, int n,
@@ -544,11 +552,10 @@ static void expect_one_retry(const e8q_qlin_opts *o, const e8q_group_plan *g, co
 
 static void test_not_positive_definite_retry(void **state) {
   (void)state;
-  const int m = 32, n = 16;
-  float *W = malloc(sizeof(float) * m * n);
-  double *H = malloc(sizeof(double) * n * n);
-  make_problem(m, n, 6, W, H);
-  e8q_group_plan g = group(m, n, 1);
+  const int n = 16;
+  float *W;
+  double *H;
+  e8q_group_plan g = retry_problem(n, &W, &H);
   e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 1, .seed = 1};
   e8q_qlin_result q;
   expect_one_retry(&o, &g, W, H, n, "10x damping");
@@ -571,11 +578,10 @@ static void test_not_positive_definite_retry(void **state) {
  * same retries, damping and messages as the LAPACK path, marked "ScaLAPACK" */
 static void test_scalapack_retry(void **state) {
   (void)state;
-  const int m = 32, n = 16;
-  float *W = malloc(sizeof(float) * m * n);
-  double *H = malloc(sizeof(double) * n * n);
-  make_problem(m, n, 6, W, H);
-  e8q_group_plan g = group(m, n, 1);
+  const int n = 16;
+  float *W;
+  double *H;
+  e8q_group_plan g = retry_problem(n, &W, &H);
   e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 1, .seed = 1, .scalapack = 1};
   e8q_qlin_result q;
   e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q);
