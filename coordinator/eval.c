@@ -180,13 +180,7 @@ static double ends_nll(const e8q_eval_ends *e, int N, float *x, const int *targe
       else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, vb, D, 1.0f, xr, D, W, D, 0.0f, logits + v0, V);
     }
-    for (int r = 0; r < rows; r++) {
-      int tgt = targets[r0 + r];
-      if (tgt < 0) continue;
-      E8Q_CHECK(tgt < V, "target token id %d is outside the model's vocabulary [0, %d)", tgt, V);
-      sum += e8q_nll(V, logits + (size_t)r * V, tgt);
-      cnt++;
-    }
+    e8q_nll_rows(rows, V, logits, targets + r0, &sum, &cnt);
   }
   if (count) *count = cnt;
   return sum;

@@ -461,10 +461,15 @@ static inline int64_t pack_word_index(int64_t R, int64_t C, int64_t nc) {
   return ((A * (nc / 8) + B) * 8 + a) * 4 + b;
 }
 
-void e8q_e8p_pack_ref(const uint16_t *codes, int64_t m, int64_t nc, uint64_t *words) {
+/* the reference packing's shape rule; what: "packing" or "unpacking" */
+static void check_ref_shape(int64_t m, int64_t nc, const char *what) {
   E8Q_CHECK(m % 16 == 0 && nc % 8 == 0,
-            "reference E8P packing needs rows %% 16 == 0 and codes per row %% 8 == 0 (got %lld x %lld)",
+            "reference E8P %s needs rows %% 16 == 0 and codes per row %% 8 == 0 (got %lld x %lld)", what,
             (long long)m, (long long)nc);
+}
+
+void e8q_e8p_pack_ref(const uint16_t *codes, int64_t m, int64_t nc, uint64_t *words) {
+  check_ref_shape(m, nc, "packing");
   for (int64_t R = 0; R < m / 2; R++)
     for (int64_t C = 0; C < nc / 2; C++) {
       uint16_t q[4] = {codes[(2 * R) * nc + 2 * C], codes[(2 * R + 1) * nc + 2 * C], codes[(2 * R) * nc + 2 * C + 1],
@@ -479,9 +484,7 @@ void e8q_e8p_pack_ref(const uint16_t *codes, int64_t m, int64_t nc, uint64_t *wo
 }
 
 void e8q_e8p_unpack_ref(const uint64_t *words, int64_t m, int64_t nc, uint16_t *codes) {
-  E8Q_CHECK(m % 16 == 0 && nc % 8 == 0,
-            "reference E8P unpacking needs rows %% 16 == 0 and codes per row %% 8 == 0 (got %lld x %lld)",
-            (long long)m, (long long)nc);
+  check_ref_shape(m, nc, "unpacking");
   for (int64_t R = 0; R < m / 2; R++)
     for (int64_t C = 0; C < nc / 2; C++) {
       uint64_t w = words[pack_word_index(R, C, nc)];

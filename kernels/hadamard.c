@@ -331,34 +331,25 @@ void e8q_had_free(e8q_had *h) {
 
 /* y += r z over b entries (32-byte vectors when b allows; separate multiply and add, as the
  * scalar tail, so results do not depend on the path) */
-static inline void axpy_f64(double *restrict y, double r, const double *restrict z, int64_t b) {
-  int64_t c = 0;
-  if (b % 4 == 0) {
-    e8q_v4d rv = {r, r, r, r};
-    for (; c < b; c += 4) {
-      e8q_v4d yv, zv;
-      memcpy(&yv, y + c, 32);
-      memcpy(&zv, z + c, 32);
-      yv = yv + rv * zv;
-      memcpy(y + c, &yv, 32);
-    }
+#define E8Q_AXPY(name, T, V, L)                                                     \
+  static inline void name(T *restrict y, T r, const T *restrict z, int64_t b) {     \
+    int64_t c = 0;                                                                  \
+    if (b % L == 0) {                                                               \
+      V rv;                                                                         \
+      for (int l = 0; l < L; l++) rv[l] = r;                                        \
+      for (; c < b; c += L) {                                                       \
+        V yv, zv;                                                                   \
+        memcpy(&yv, y + c, 32);                                                     \
+        memcpy(&zv, z + c, 32);                                                     \
+        yv = yv + rv * zv;                                                          \
+        memcpy(y + c, &yv, 32);                                                     \
+      }                                                                             \
+    }                                                                               \
+    for (; c < b; c++) y[c] += r * z[c];                                            \
   }
-  for (; c < b; c++) y[c] += r * z[c];
-}
-static inline void axpy_f32(float *restrict y, float r, const float *restrict z, int64_t b) {
-  int64_t c = 0;
-  if (b % 8 == 0) {
-    e8q_v8f rv = {r, r, r, r, r, r, r, r};
-    for (; c < b; c += 8) {
-      e8q_v8f yv, zv;
-      memcpy(&yv, y + c, 32);
-      memcpy(&zv, z + c, 32);
-      yv = yv + rv * zv;
-      memcpy(y + c, &yv, 32);
-    }
-  }
-  for (; c < b; c++) y[c] += r * z[c];
-}
+E8Q_AXPY(axpy_f64, double, e8q_v4d, 4)
+E8Q_AXPY(axpy_f32, float, e8q_v8f, 8)
+#undef E8Q_AXPY
 
 /* output block a of the mixing: y = Σ_a' R[a][a'] z_a' (R^T when transposed), each element
  * summed from 0 in the order a' = 0, 1, ... with separate multiplies and adds, 128 bytes of

@@ -296,6 +296,16 @@ double e8q_nll(int n, const float *logits, int target) {
   return mx + log(sum) - (double)logits[target];
 }
 
+void e8q_nll_rows(int rows, int n, const float *logits, const int *targets, double *sum, long *count) {
+  for (int r = 0; r < rows; r++) {
+    int tgt = targets[r];
+    if (tgt < 0) continue;
+    E8Q_CHECK(tgt < n, "target token id %d is outside the model's vocabulary [0, %d)", tgt, n);
+    *sum += e8q_nll(n, logits + (size_t)r * n, tgt);
+    (*count)++;
+  }
+}
+
 int e8q_argmax(int n, const float *x) {
   int best = 0;
   for (int i = 1; i < n; i++)

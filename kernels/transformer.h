@@ -65,6 +65,9 @@ void e8q_softmax(int n, float *x /* [n] */);
 void e8q_softmax_ref(int n, float *x /* [n] */);
 /* -log softmax(logits)[target], computed in double */
 double e8q_nll(int n, const float *logits /* [n] */, int target);
+/* adds e8q_nll of each row r of logits [rows, n] whose targets[r] >= 0 to *sum, in row order,
+ * and counts it in *count (a negative target is not scored; one >= n is a fatal error) */
+void e8q_nll_rows(int rows, int n, const float *logits, const int *targets, double *sum, long *count);
 /* index of the largest logit (first on ties) */
 int e8q_argmax(int n, const float *x /* [n] */);
 

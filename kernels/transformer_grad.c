@@ -18,17 +18,23 @@
 
 enum { RMS_COLS = 64 }; /* dw columns per task: fixed, so the sums do not depend on threads */
 
+/* one row's 1 / rms(x) (the forward's r) and *dot = sum_i dy_i w_i x_i, both in double */
+static inline double rms_row(int d, const float *xr, const float *w, const float *gr, float eps, double *dot) {
+  double ss = 0.0, dt = 0.0;
+  for (int i = 0; i < d; i++) {
+    ss += (double)xr[i] * xr[i];
+    dt += (double)gr[i] * w[i] * xr[i];
+  }
+  *dot = dt;
+  return 1.0 / sqrt(ss / d + eps);
+}
+
 void e8q_rmsnorm_backward_ref(int T, int d, const float *x, const float *w, float eps, const float *dy, float *dx,
                               float *dw) {
   double *acc = e8q_calloc((size_t)d, sizeof(double), "rmsnorm backward dw sums");
   for (int t = 0; t < T; t++) {
     const float *xr = x + (size_t)t * d, *gr = dy + (size_t)t * d;
-    double ss = 0.0, dot = 0.0;
-    for (int i = 0; i < d; i++) {
-      ss += (double)xr[i] * xr[i];
-      dot += (double)gr[i] * w[i] * xr[i];
-    }
-    double r = 1.0 / sqrt(ss / d + eps), c = r * r * r * dot / d;
+    double dot, r = rms_row(d, xr, w, gr, eps, &dot), c = r * r * r * dot / d;
     /* dy is read for dw before dx (which may alias it) is written */
     for (int i = 0; i < d; i++) acc[i] += (double)gr[i] * xr[i] * r;
     if (dx) {
@@ -49,12 +55,7 @@ void e8q_rmsnorm_backward(int T, int d, const float *x, const float *w, float ep
 #pragma omp parallel for schedule(static) if (par)
   for (int t = 0; t < T; t++) {
     const float *xr = x + (size_t)t * d, *gr = dy + (size_t)t * d;
-    double ss = 0.0, dot = 0.0;
-    for (int i = 0; i < d; i++) {
-      ss += (double)xr[i] * xr[i];
-      dot += (double)gr[i] * w[i] * xr[i];
-    }
-    double r = 1.0 / sqrt(ss / d + eps);
+    double dot, r = rms_row(d, xr, w, gr, eps, &dot);
     rc[2 * t] = r;
     rc[2 * t + 1] = r * r * r * dot / d;
   }

@@ -130,13 +130,7 @@ double e8q_model_nll(const e8q_model *m, int n_seq, int T, const int *ids, const
   for (int r0 = 0; r0 < N; r0 += CHUNK) {
     int rows = N - r0 < CHUNK ? N - r0 : CHUNK;
     e8q_model_head(m, rows, x + (size_t)r0 * D, logits);
-    for (int r = 0; r < rows; r++) {
-      int tgt = targets[r0 + r];
-      if (tgt < 0) continue;
-      E8Q_CHECK(tgt < V, "target token id %d is outside the model's vocabulary [0, %d)", tgt, V);
-      sum += e8q_nll(V, logits + (size_t)r * V, tgt);
-      cnt++;
-    }
+    e8q_nll_rows(rows, V, logits, targets + r0, &sum, &cnt);
   }
   free(logits);
   free(x);
