@@ -27,8 +27,7 @@ int cmd_demo(int argc, char **argv) {
   unsigned long long seed = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-      if (e8q_rank() == 0) demo_usage(stdout);
+    if (e8q_opt_help(a, demo_usage)) {
       return 0;
     } else if (!strcmp(a, "--out")) {
       out = e8q_opt_value("demo", argc, argv, &i);

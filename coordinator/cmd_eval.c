@@ -49,19 +49,12 @@ int cmd_eval(int argc, char **argv) {
   int per_line = 0, ctx = 0, windows = 0, pipeline = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-      if (e8q_rank() == 0) eval_usage(stdout);
+    if (e8q_opt_help(a, eval_usage)) {
       return 0;
-    } else if (!strcmp(a, "--model")) {
-      model_path = e8q_opt_value("eval", argc, argv, &i);
-    } else if (!strcmp(a, "--artifact")) { /* an .e8q archive (coordinator/artifact_model.h) */
-      artifact = e8q_opt_value("eval", argc, argv, &i);
-    } else if (!strcmp(a, "--dense")) { /* with --artifact: dense decoded linears instead of the fused kernels */
-      dense = 1;
+    } else if (e8q_opt_model("eval", argc, argv, &i, &model_path, &artifact, &dense, &tok_path)) {
+      continue;
     } else if (!strcmp(a, "--text")) {
       text_path = e8q_opt_value("eval", argc, argv, &i);
-    } else if (!strcmp(a, "--tokenizer")) {
-      tok_path = e8q_opt_value("eval", argc, argv, &i);
     } else if (!strcmp(a, "--per-line")) {
       per_line = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else if (!strcmp(a, "--ctx")) {

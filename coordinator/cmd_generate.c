@@ -61,17 +61,10 @@ int cmd_generate(int argc, char **argv) {
   unsigned long long seed = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-      if (e8q_rank() == 0) generate_usage(stdout);
+    if (e8q_opt_help(a, generate_usage)) {
       return 0;
-    } else if (!strcmp(a, "--model")) {
-      model_path = e8q_opt_value("generate", argc, argv, &i);
-    } else if (!strcmp(a, "--artifact")) { /* an .e8q archive (coordinator/artifact_model.h) */
-      artifact = e8q_opt_value("generate", argc, argv, &i);
-    } else if (!strcmp(a, "--dense")) { /* with --artifact: dense decoded linears instead of the fused kernels */
-      dense = 1;
-    } else if (!strcmp(a, "--tokenizer")) {
-      tok_path = e8q_opt_value("generate", argc, argv, &i);
+    } else if (e8q_opt_model("generate", argc, argv, &i, &model_path, &artifact, &dense, &tok_path)) {
+      continue;
     } else if (!strcmp(a, "--prompt")) {
       prompt = e8q_opt_value("generate", argc, argv, &i);
     } else if (!strcmp(a, "--tokens")) {

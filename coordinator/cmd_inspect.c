@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "coordinator/commands.h"
+#include "coordinator/options.h"
 #include "io/artifact.h"
 
 static void inspect_usage(FILE *f) {
@@ -57,8 +58,7 @@ int cmd_inspect(int argc, char **argv) {
   const char *path = NULL;
   int verify = 0;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      if (e8q_rank() == 0) inspect_usage(stdout);
+    if (e8q_opt_help(argv[i], inspect_usage)) {
       return 0;
     } else if (!strcmp(argv[i], "--verify")) {
       verify = 1;

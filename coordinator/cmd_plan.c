@@ -41,10 +41,7 @@ int cmd_plan(int argc, char **argv) {
   double gpu_mem = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-      if (e8q_rank() == 0) plan_usage(stdout);
-      return 0;
-    }
+    if (e8q_opt_help(a, plan_usage)) return 0;
     if (!strcmp(a, "--dense")) {
       dense = 1;
       continue;

@@ -123,10 +123,7 @@ int cmd_quantize(int argc, char **argv) {
   const char *method = "e8p";
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-      if (e8q_rank() == 0) quantize_usage(stdout);
-      return 0;
-    }
+    if (e8q_opt_help(a, quantize_usage)) return 0;
     E8Q_CHECK(i + 1 < argc && a[0] == '-', "quantize: '%s' %s (see e8q quantize --help)", a,
               a[0] == '-' ? "needs a value" : "is not an option");
     const char *v = argv[++i];

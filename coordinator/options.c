@@ -3,12 +3,36 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/error.h"
+#include "common/log.h"
 
 const char *e8q_opt_value(const char *cmd, int argc, char **argv, int *i) {
   E8Q_CHECK(*i + 1 < argc, "%s: option %s needs a value (see e8q %s --help)", cmd, argv[*i], cmd);
   return argv[++*i];
+}
+
+int e8q_opt_help(const char *a, void (*usage)(FILE *)) {
+  if (strcmp(a, "--help") && strcmp(a, "-h")) return 0;
+  if (e8q_rank() == 0) usage(stdout);
+  return 1;
+}
+
+int e8q_opt_model(const char *cmd, int argc, char **argv, int *i, const char **model, const char **artifact,
+                  int *dense, const char **tokenizer) {
+  const char *a = argv[*i];
+  if (!strcmp(a, "--model"))
+    *model = e8q_opt_value(cmd, argc, argv, i);
+  else if (!strcmp(a, "--artifact"))
+    *artifact = e8q_opt_value(cmd, argc, argv, i);
+  else if (!strcmp(a, "--dense"))
+    *dense = 1;
+  else if (!strcmp(a, "--tokenizer"))
+    *tokenizer = e8q_opt_value(cmd, argc, argv, i);
+  else
+    return 0;
+  return 1;
 }
 
 int e8q_opt_int(const char *opt, const char *v, int lo, int hi) {

@@ -6,6 +6,7 @@
 #define E8Q_DEFAULT_CTX 2048     /* tokens per sequence, capped by max_position_embeddings */
 
 #include <stdint.h>
+#include <stdio.h>
 
 /* the default --ctx of a model with max_position_embeddings max_seq_len */
 static inline int e8q_default_ctx(int max_seq_len) {
@@ -14,6 +15,14 @@ static inline int e8q_default_ctx(int max_seq_len) {
 
 /* the value of option argv[*i] (advances *i); fatal naming the command and option when missing */
 const char *e8q_opt_value(const char *cmd, int argc, char **argv, int *i);
+/* 1 when a is --help or -h, after rank 0 printed usage to stdout (the command then returns 0) */
+int e8q_opt_help(const char *a, void (*usage)(FILE *));
+/* the options naming the model a command runs (eval, generate): --model PATH, --artifact OUT.e8q
+ * (an .e8q archive, coordinator/artifact_model.h), --dense (with --artifact: dense decoded linears
+ * instead of the fused kernels), --tokenizer PATH. 1 when argv[*i] is one of them (its value
+ * stored, *i advanced past it), else 0. */
+int e8q_opt_model(const char *cmd, int argc, char **argv, int *i, const char **model, const char **artifact,
+                  int *dense, const char **tokenizer);
 /* integer/double option values in [lo, hi]; fatal naming the option otherwise */
 int e8q_opt_int(const char *opt, const char *v, int lo, int hi);
 double e8q_opt_double(const char *opt, const char *v, double lo, double hi);
