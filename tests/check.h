@@ -5,6 +5,8 @@
 #ifndef E8Q_TESTS_CHECK_H
 #define E8Q_TESTS_CHECK_H
 
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 
 static int n_pass, n_fail;
@@ -28,6 +30,16 @@ static int g_rank = -1;           /* >= 0: printed with every failure (MPI tests
 static inline int check_report_local(const char *name) {
   printf("%s: %d passed, %d failed\n", name, n_pass, n_fail);
   return n_fail ? 1 : 0;
+}
+
+/* max |a - b| over max |b| (over 1 when b is all zero), in double */
+static inline double rel_err(const float *a, const float *b, size_t n) {
+  double mx = 0, d = 0;
+  for (size_t i = 0; i < n; i++) {
+    mx = fmax(mx, fabs((double)b[i]));
+    d = fmax(d, fabs((double)a[i] - (double)b[i]));
+  }
+  return d / (mx > 0 ? mx : 1);
 }
 
 /* ---------------------------------------------------------------- fixed xorshift stream */

@@ -19,7 +19,7 @@
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_cuda_dev.h"
 
-#include "../check.h" // CHECK, n_pass/n_fail, g_seed, rnd/rndf
+#include "../check.h" // CHECK, n_pass/n_fail, g_seed, rnd/rndf, rel_err
 
 // a real Hadamard factor of order K (Paley or seeded random orthogonal), float copy
 static void factor(std::vector<float> &R, int K) {
@@ -90,15 +90,6 @@ static void test_decode() {
 }
 
 // ---------------------------------------------------------------- warp partial sums
-static double rel_err(const float *a, const float *b, size_t n) {
-  double mx = 0, d = 0;
-  for (size_t i = 0; i < n; i++) {
-    mx = fmax(mx, fabs((double)b[i]));
-    d = fmax(d, fabs((double)a[i] - (double)b[i]));
-  }
-  return d / (mx > 0 ? mx : 1);
-}
-
 // what codes_kernel computes, on the host: one emulated warp per row
 static void emulate_codes(const e8q_qlinear *q, int batch, const float *u, float *z) {
   const int m = q->d.m, nc = q->nc, np = q->d.n_pad;

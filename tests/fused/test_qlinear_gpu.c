@@ -12,7 +12,7 @@
 #include "common/cuda_util.h"
 #include "kernels/qlinear_gpu.h"
 
-#include "../check.h" /* CHECK, n_pass/n_fail, g_seed, rnd/rndf */
+#include "../check.h" /* CHECK, n_pass/n_fail, g_seed, rnd/rndf, rel_err */
 
 /* a real Hadamard factor of order K into R [K*K] (untouched for K = 1) */
 static void factor(float *R, int K) {
@@ -48,15 +48,6 @@ static void make(layer *L, int m, int n, int K_out, int K_in, e8q_codebook_id cb
 static void unmake(layer *L) {
   e8q_qlinear_free(&L->q);
   free(L->codes); free(L->codes2); free(L->SU); free(L->SV); free(L->R_in); free(L->R_out);
-}
-
-static double rel_err(const float *a, const float *b, size_t n) {
-  double mx = 0, d = 0;
-  for (size_t i = 0; i < n; i++) {
-    mx = fmax(mx, fabs((double)b[i]));
-    d = fmax(d, fabs((double)a[i] - (double)b[i]));
-  }
-  return d / (mx > 0 ? mx : 1);
 }
 
 int main(void) {

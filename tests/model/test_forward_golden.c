@@ -224,14 +224,21 @@ static void copy_file(const char *from, const char *to) {
   free(b);
 }
 
+/* copies stories260K-hf's config.json into dir; a and b (1024 bytes each) get the path of its
+ * model.safetensors and that of one in dir */
+static void hf_config_into(const char *dir, char *a, char *b) {
+  char *src = t_shared_path("models/stories260K-hf");
+  snprintf(a, 1024, "%s/config.json", src), snprintf(b, 1024, "%s/config.json", dir);
+  copy_file(a, b);
+  snprintf(a, 1024, "%s/model.safetensors", src), snprintf(b, 1024, "%s/model.safetensors", dir);
+  free(src);
+}
+
 static void test_forward_bad_hf(void **s) {
   (void)s;
-  char *src = t_shared_path("models/stories260K-hf");
   char *dir = t_tmpdir("fwd_bad_hf");
   char a[1024], b[1024];
-  snprintf(a, sizeof a, "%s/config.json", src), snprintf(b, sizeof b, "%s/config.json", dir);
-  copy_file(a, b);
-  snprintf(a, sizeof a, "%s/model.safetensors", src), snprintf(b, sizeof b, "%s/model.safetensors", dir);
+  hf_config_into(dir, a, b);
   /* find where model.layers.3.mlp.up_proj.weight lives and put an Inf in it */
   e8q_safetensors *st = e8q_st_open(a);
   const char *victim = "model.layers.3.mlp.up_proj.weight";
@@ -245,7 +252,7 @@ static void test_forward_bad_hf(void **s) {
   memcpy(bytes + off, &inf, 4);
   t_write_file(b, bytes, n);
   E8Q_EXPECT_FATAL(e8q_model_load(dir), victim);
-  free(bytes), free(src), free(dir);
+  free(bytes), free(dir);
 }
 
 
@@ -286,11 +293,8 @@ static void test_forward_bin_unshared(void **s) {
  * The stories260K-hf tensors rewritten with one left out, or one declared with another shape
  * of the same size. */
 static void rewrite_hf(const char *dir, const char *drop, const char *reshape) {
-  char *src = t_shared_path("models/stories260K-hf");
   char a[1024], b[1024];
-  snprintf(a, sizeof a, "%s/config.json", src), snprintf(b, sizeof b, "%s/config.json", dir);
-  copy_file(a, b);
-  snprintf(a, sizeof a, "%s/model.safetensors", src), snprintf(b, sizeof b, "%s/model.safetensors", dir);
+  hf_config_into(dir, a, b);
   e8q_safetensors *st = e8q_st_open(a);
   e8q_st_writer *w = e8q_st_writer_begin(b);
   for (int i = 0; i < st->n_tensors; i++) {
@@ -308,7 +312,6 @@ static void rewrite_hf(const char *dir, const char *drop, const char *reshape) {
   }
   e8q_st_writer_finish(w);
   e8q_st_close(st);
-  free(src);
 }
 
 static void test_forward_hf_tensor_checks(void **s) {

@@ -526,21 +526,22 @@ static void test_quantize_group_zero_hessian(void **state) {
   free(H);
 }
 
-/* the retry tests' problem: W (2n x n) and H from make_problem (seed 6), one group */
-static e8q_group_plan retry_problem(int n, float **W, double **H) {
-  *W = malloc(sizeof(float) * 2 * n * n);
-  *H = malloc(sizeof(double) * n * n);
-  make_problem(2 * n, n, 6, *W, *H);
-  return group(2 * n, n, 1);
+/* the retry tests' problem: W (2 RN x RN) and H from make_problem (seed 6), one group */
+enum { RN = 16 };
+static e8q_group_plan retry_problem(float **W, double **H) {
+  *W = malloc(sizeof(float) * 2 * RN * RN);
+  *H = malloc(sizeof(double) * RN * RN);
+  make_problem(2 * RN, RN, 6, *W, *H);
+  return group(2 * RN, RN, 1);
 }
 
-/* H (n x n) made indefinite: identity but for one eigenvalue of -0.06 (normalised: about -0.064).
+/* H (RN x RN) made indefinite: identity but for one eigenvalue of -0.06 (normalised: about -0.064).
  * Damping 0.01 is not enough, tenfold is: quantizing takes one retry, reported with message. */
-static void expect_one_retry(const e8q_qlin_opts *o, const e8q_group_plan *g, const float *W, double *H, int n,
+static void expect_one_retry(const e8q_qlin_opts *o, const e8q_group_plan *g, const float *W, double *H,
                              const char *message) {
-  memset(H, 0, sizeof(double) * n * n);
-  for (int i = 0; i < n; i++) H[i * n + i] = 1.0;
-  H[5 * n + 5] = -0.06;
+  memset(H, 0, sizeof(double) * RN * RN);
+  for (int i = 0; i < RN; i++) H[i * RN + i] = 1.0;
+  H[5 * RN + 5] = -0.06;
   e8q_qlin_result q;
   e8q_quantize_group(o, g, 3, 1, W, H, 100, &q);
   assert_int_equal(q.retries, 1);
@@ -552,15 +553,14 @@ static void expect_one_retry(const e8q_qlin_opts *o, const e8q_group_plan *g, co
 
 static void test_not_positive_definite_retry(void **state) {
   (void)state;
-  const int n = 16;
   float *W;
   double *H;
-  e8q_group_plan g = retry_problem(n, &W, &H);
+  e8q_group_plan g = retry_problem(&W, &H);
   e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 1, .seed = 1};
   e8q_qlin_result q;
-  expect_one_retry(&o, &g, W, H, n, "10x damping");
+  expect_one_retry(&o, &g, W, H, "10x damping");
   /* beyond tenfold damping: a fatal error naming the layer and group */
-  H[5 * n + 5] = -0.5;
+  H[5 * RN + 5] = -0.5;
   E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test", "damping", "unusable");
   /* hopeless (NaN): a clear fatal error naming the layer and the entry */
   H[3] = NAN;
@@ -578,10 +578,9 @@ static void test_not_positive_definite_retry(void **state) {
  * same retries, damping and messages as the LAPACK path, marked "ScaLAPACK" */
 static void test_scalapack_retry(void **state) {
   (void)state;
-  const int n = 16;
   float *W;
   double *H;
-  e8q_group_plan g = retry_problem(n, &W, &H);
+  e8q_group_plan g = retry_problem(&W, &H);
   e8q_qlin_opts o = {.bits = 2, .method = E8Q_METHOD_LDLQ, .tune_iters = 1, .seed = 1, .scalapack = 1};
   e8q_qlin_result q;
   e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q);
@@ -589,8 +588,8 @@ static void test_scalapack_retry(void **state) {
   assert_string_equal(q.ldl_message, "ScaLAPACK LDL ok (f64, sigma_reg 0.01)");
   e8q_qlin_result_free(&q);
   /* the same indefinite H: one retry with tenfold damping */
-  expect_one_retry(&o, &g, W, H, n, "ScaLAPACK LDL failed, in f64 (not positive definite); retried with 10x damping");
-  H[5 * n + 5] = -0.5;
+  expect_one_retry(&o, &g, W, H, "ScaLAPACK LDL failed, in f64 (not positive definite); retried with 10x damping");
+  H[5 * RN + 5] = -0.5;
   E8Q_EXPECT_FATAL(e8q_quantize_group(&o, &g, 3, 1, W, H, 100, &q), "layer 3 test", "ScaLAPACK LDL failed", "damping");
   free(W), free(H);
 }

@@ -53,6 +53,13 @@ static void test_e8p_abs_table(void **state) {
   assert_int_equal(n, 256);
 }
 
+/* a golden row: key (scanned with key_fmt into *key, an int or unsigned) then 8 numbers; 1 when whole */
+static int read_row(const char *line, const char *key_fmt, void *key, double v[8]) {
+  char fmt[64];
+  snprintf(fmt, sizeof fmt, "%s %%lf %%lf %%lf %%lf %%lf %%lf %%lf %%lf", key_fmt);
+  return sscanf(line, fmt, key, v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) == 9;
+}
+
 static void test_e81b_grid(void **state) {
   (void)state;
   int8_t g2[256][8];
@@ -64,7 +71,7 @@ static void test_e81b_grid(void **state) {
   while ((p = g_line(p, line, sizeof line))) {
     int idx;
     double v[8];
-    if (sscanf(line, "%d %lf %lf %lf %lf %lf %lf %lf %lf", &idx, v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) != 9) continue;
+    if (!read_row(line, "%d", &idx, v)) continue;
     assert_int_equal(idx, n);
     double d[8];
     float f[8];
@@ -88,7 +95,7 @@ static void test_e8p_decode_examples(void **state) {
   while ((p = g_line(p, line, sizeof line))) {
     unsigned c;
     double v[8];
-    if (sscanf(line, "%x %lf %lf %lf %lf %lf %lf %lf %lf", &c, v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) != 9) continue;
+    if (!read_row(line, "%x", &c, v)) continue;
     float f[8];
     double d[8];
     e8q_e8p_decode((uint16_t)c, f);
@@ -117,7 +124,7 @@ static void test_e8p_quantize_examples(void **state) {
     }
     unsigned c;
     double v[8];
-    if (!have || sscanf(line, "out %x %lf %lf %lf %lf %lf %lf %lf %lf", &c, v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) != 9) continue;
+    if (!have || !read_row(line, "out %x", &c, v)) continue;
     double q[8], qr[8];
     uint16_t got = e8q_e8p_encode(x, q), ref = e8q_e8p_encode_ref(x, qr);
     if (got != c || ref != c) fail_msg("example %d: fast 0x%04x, brute force 0x%04x, golden 0x%04x", n, got, ref, c);
