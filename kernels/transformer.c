@@ -42,8 +42,9 @@ void e8q_rmsnorm(int T, int d, const float *x, const float *w, float eps, float 
 
 /* ---------------------------------------------------------------- RoPE */
 
-void e8q_rope_ref(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *x, int ld) {
-  E8Q_CHECK(hd % 2 == 0, "rope: head_dim %d is odd", hd);
+void e8q_rope_turn_ref(const char *what, int n_seq, int T, int pos0, int n_heads, int hd, double theta, double sign,
+                       float *x, int ld) {
+  E8Q_CHECK(hd % 2 == 0, "%s: head_dim %d is odd", what, hd);
   int half = hd / 2;
   for (int s = 0; s < n_seq; s++)
     for (int t = 0; t < T; t++) {
@@ -52,12 +53,16 @@ void e8q_rope_ref(int n_seq, int T, int pos0, int n_heads, int hd, double theta,
         float *v = row + (size_t)h * hd;
         for (int i = 0; i < half; i++) {
           double ang = (double)(pos0 + t) * pow(theta, -2.0 * i / hd);
-          double a = v[i], b = v[i + half];
-          v[i] = (float)(a * cos(ang) - b * sin(ang));
-          v[i + half] = (float)(b * cos(ang) + a * sin(ang));
+          double a = v[i], b = v[i + half], sn = sign * sin(ang);
+          v[i] = (float)(a * cos(ang) - b * sn);
+          v[i + half] = (float)(b * cos(ang) + a * sn);
         }
       }
     }
+}
+
+void e8q_rope_ref(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *x, int ld) {
+  e8q_rope_turn_ref("rope", n_seq, T, pos0, n_heads, hd, theta, 1.0, x, ld);
 }
 
 void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *x, int ld) {

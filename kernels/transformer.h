@@ -30,6 +30,10 @@ void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta,
               float *x /* [n_seq*T, ld] */, int ld);
 void e8q_rope_ref(int n_seq, int T, int pos0, int n_heads, int hd, double theta,
                   float *x /* [n_seq*T, ld] */, int ld);
+/* the reference turn by sign times the RoPE angle (1: e8q_rope_ref, -1: e8q_rope_backward_ref,
+ * the inverse), in double; what names the caller in the error for an odd hd */
+void e8q_rope_turn_ref(const char *what, int n_seq, int T, int pos0, int n_heads, int hd, double theta, double sign,
+                       float *x /* [n_seq*T, ld] */, int ld);
 
 /* ---------------------------------------------------------------- attention (batched)
  * Causal grouped-query attention within each sequence: query head h reads kv head

@@ -9,6 +9,7 @@
 #include <cblas.h>
 
 #include "common/error.h"
+#include "kernels/transformer.h"
 
 /* below this many element operations a loop runs on one thread (a parallel region costs more
  * than it saves, far more when cores are shared) */
@@ -92,21 +93,7 @@ void e8q_rmsnorm_backward(int T, int d, const float *x, const float *w, float ep
  * (da, db) -> (da c + db s, db c - da s) */
 
 void e8q_rope_backward_ref(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *dx, int ld) {
-  E8Q_CHECK(hd % 2 == 0, "rope backward: head_dim %d is odd", hd);
-  int half = hd / 2;
-  for (int s = 0; s < n_seq; s++)
-    for (int t = 0; t < T; t++) {
-      float *row = dx + ((size_t)s * T + t) * ld;
-      for (int h = 0; h < n_heads; h++) {
-        float *v = row + (size_t)h * hd;
-        for (int i = 0; i < half; i++) {
-          double ang = (double)(pos0 + t) * pow(theta, -2.0 * i / hd);
-          double a = v[i], b = v[i + half];
-          v[i] = (float)(a * cos(ang) + b * sin(ang));
-          v[i + half] = (float)(b * cos(ang) - a * sin(ang));
-        }
-      }
-    }
+  e8q_rope_turn_ref("rope backward", n_seq, T, pos0, n_heads, hd, theta, -1.0, dx, ld);
 }
 
 void e8q_rope_backward(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *dx, int ld) {

@@ -59,6 +59,13 @@ static int read_row(const char *line, const char *key_fmt, void *key, double v[8
   snprintf(fmt, sizeof fmt, "%s %%lf %%lf %%lf %%lf %%lf %%lf %%lf %%lf", key_fmt);
   return sscanf(line, fmt, key, v, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7) == 9;
 }
+/* past the next such row after p (the lines that are not one skipped); NULL at the section's end */
+static const char *next_row(const char *p, const char *key_fmt, void *key, double v[8]) {
+  char line[512];
+  while ((p = g_line(p, line, sizeof line)))
+    if (read_row(line, key_fmt, key, v)) return p;
+  return NULL;
+}
 
 static void test_e81b_grid(void **state) {
   (void)state;
@@ -66,12 +73,9 @@ static void test_e81b_grid(void **state) {
   e8q_e81b_build_grid2(g2);
   assert_memory_equal(g2, e8q_e81b_grid2_host, sizeof g2);
   const char *p = golden("e81b_grid");
-  char line[512];
-  int n = 0;
-  while ((p = g_line(p, line, sizeof line))) {
-    int idx;
-    double v[8];
-    if (!read_row(line, "%d", &idx, v)) continue;
+  int n = 0, idx;
+  double v[8];
+  while ((p = next_row(p, "%d", &idx, v))) {
     assert_int_equal(idx, n);
     double d[8];
     float f[8];
@@ -90,12 +94,10 @@ static void test_e81b_grid(void **state) {
 static void test_e8p_decode_examples(void **state) {
   (void)state;
   const char *p = golden("e8p_decode_examples");
-  char line[512];
   int n = 0;
-  while ((p = g_line(p, line, sizeof line))) {
-    unsigned c;
-    double v[8];
-    if (!read_row(line, "%x", &c, v)) continue;
+  unsigned c;
+  double v[8];
+  while ((p = next_row(p, "%x", &c, v))) {
     float f[8];
     double d[8];
     e8q_e8p_decode((uint16_t)c, f);
