@@ -65,12 +65,10 @@ void e8q_rope_ref(int n_seq, int T, int pos0, int n_heads, int hd, double theta,
   e8q_rope_turn_ref("rope", n_seq, T, pos0, n_heads, hd, theta, 1.0, x, ld);
 }
 
-void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *x, int ld) {
-  E8Q_CHECK(hd % 2 == 0, "rope: head_dim %d is odd", hd);
+float *e8q_rope_table(int T, int pos0, int hd, double theta) {
   int half = hd / 2;
-  /* angles in double, once per (position, frequency) */
-  float *cs = e8q_malloc(sizeof(float) * 2 * (size_t)T * half, "rope cos/sin table");
-  double *inv_freq = e8q_malloc(sizeof(double) * (size_t)half, "rope frequencies");
+  float *cs = e8q_malloc(sizeof(float) * 2 * (size_t)(T > 0 ? T : 1) * (half > 0 ? half : 1), "rope cos/sin table");
+  double *inv_freq = e8q_malloc(sizeof(double) * (size_t)(half > 0 ? half : 1), "rope frequencies");
   for (int i = 0; i < half; i++) inv_freq[i] = pow(theta, -2.0 * i / hd);
   for (int t = 0; t < T; t++)
     for (int i = 0; i < half; i++) {
@@ -79,6 +77,13 @@ void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, flo
       cs[((size_t)t * half + i) * 2 + 1] = (float)sin(ang);
     }
   free(inv_freq);
+  return cs;
+}
+
+void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *x, int ld) {
+  E8Q_CHECK(hd % 2 == 0, "rope: head_dim %d is odd", hd);
+  int half = hd / 2;
+  float *cs = e8q_rope_table(T, pos0, hd, theta);
   int N = n_seq * T;
 #pragma omp parallel for schedule(static) if ((size_t)N * n_heads * hd > E8Q_PAR_MIN)
   for (int r = 0; r < N; r++) {

@@ -28,6 +28,9 @@ void e8q_rmsnorm_ref(int T, int d, const float *x /* [T, d] */, const float *w /
  * token t of each sequence sits at position pos0 + t. hd must be even. */
 void e8q_rope(int n_seq, int T, int pos0, int n_heads, int hd, double theta,
               float *x /* [n_seq*T, ld] */, int ld);
+/* e8q_rope's table: cos and sin (float pairs) of the angle of position pos0 + t and frequency i
+ * (computed in double), [T, hd/2, 2], malloc'd */
+float *e8q_rope_table(int T, int pos0, int hd, double theta);
 void e8q_rope_ref(int n_seq, int T, int pos0, int n_heads, int hd, double theta,
                   float *x /* [n_seq*T, ld] */, int ld);
 /* the reference turn by sign times the RoPE angle (1: e8q_rope_ref, -1: e8q_rope_backward_ref,

@@ -99,14 +99,7 @@ void e8q_rope_backward_ref(int n_seq, int T, int pos0, int n_heads, int hd, doub
 void e8q_rope_backward(int n_seq, int T, int pos0, int n_heads, int hd, double theta, float *dx, int ld) {
   E8Q_CHECK(hd % 2 == 0, "rope backward: head_dim %d is odd", hd);
   int half = hd / 2;
-  /* the forward's table: angles in double, once per (position, frequency) */
-  float *cs = e8q_malloc(sizeof(float) * 2 * (size_t)(T > 0 ? T : 1) * (half > 0 ? half : 1), "rope cos/sin table");
-  for (int t = 0; t < T; t++)
-    for (int i = 0; i < half; i++) {
-      double ang = (double)(pos0 + t) * pow(theta, -2.0 * i / hd);
-      cs[((size_t)t * half + i) * 2] = (float)cos(ang);
-      cs[((size_t)t * half + i) * 2 + 1] = (float)sin(ang);
-    }
+  float *cs = e8q_rope_table(T, pos0, hd, theta); /* the forward's */
   int N = n_seq * T;
 #pragma omp parallel for schedule(static) if ((size_t)N * n_heads * hd > GRAD_PAR_MIN)
   for (int r = 0; r < N; r++) {
