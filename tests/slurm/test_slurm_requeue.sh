@@ -7,21 +7,8 @@
 # Exit 77 (skipped) when Slurm is not installed (scripts/deps.sh --slurm installs it).
 set -u
 E8Q=$1 SRC=$2
-SHARED=${E8Q_SHARED:?}
-MODEL=$SHARED/models/stories260K-hf
-TEXT=$SHARED/text/tinystories_valid_head.txt
-work=${E8Q_TEST_TMP:-/tmp}/slurm-requeue-$$
-rm -rf "$work"; mkdir -p "$work"
-fail() { echo "FAIL [slurm-requeue]: $*" >&2; exit 1; }
-
-# the trap comes first: an `up` that fails half-way has already started some daemons
-# (`down` skips the ones whose PID file was never written)
-trap '"$SRC/tests/slurm/slurm_cluster.sh" down "$work/cluster"' EXIT
-env_line=$("$SRC/tests/slurm/slurm_cluster.sh" up "$work/cluster" 4); rc=$?
-[ $rc -eq 77 ] && exit 77
-[ $rc -eq 0 ] || fail "the test cluster did not come up"
-eval "$env_line"
-export OMP_NUM_THREADS=1
+NAME=requeue
+. "$SRC/tests/slurm/slurm_test_env.sh" # MODEL, TEXT, $work, fail, the test cluster
 
 opts=(quantize --model "$MODEL" --bits 2 --calib "$TEXT" --calib-skip 1000 --devset 8 --ctx 64
       --tune-iters 2 --seed 11 --eval-text "$TEXT" --eval-lines 10)
