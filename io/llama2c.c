@@ -95,25 +95,26 @@ void e8q_llama2c_load(const char *path, e8q_llama2c *ck) {
 
   ck->data = d;
   float *p = d;
-  float *embed = p; p += n_embed;
-  float *rms_att = p; p += n_att;
-  float *wq = p; p += n_wq;
+  ck->embed = p; p += n_embed;
+  ck->rms_att = p; p += n_att;
+  float *wq = p; p += n_wq; /* permuted in place below */
   float *wk = p; p += n_wk;
-  float *wv = p; p += n_wk;
-  float *wo = p; p += n_wo;
-  float *rms_ffn = p; p += n_att;
-  float *w1 = p; p += n_w1;
-  float *w2 = p; p += n_w1;
-  float *w3 = p; p += n_w1;
-  float *rms_final = p; p += D;
+  ck->wq = wq, ck->wk = wk;
+  ck->wv = p; p += n_wk;
+  ck->wo = p; p += n_wo;
+  ck->rms_ffn = p; p += n_att;
+  ck->w1 = p; p += n_w1;
+  ck->w2 = p; p += n_w1;
+  ck->w3 = p; p += n_w1;
+  ck->rms_final = p; p += D;
   p += 2 * n_freq; /* freq_cis_real, freq_cis_imag: RoPE is recomputed from theta */
-  float *wcls = shared ? embed : p;
+  ck->wcls = shared ? ck->embed : p;
 
   struct { const char *name; const float *x; int64_t n; } all[] = {
-      {"token_embedding", embed, n_embed}, {"rms_att", rms_att, n_att}, {"wq", wq, n_wq},
-      {"wk", wk, n_wk}, {"wv", wv, n_wk}, {"wo", wo, n_wo}, {"rms_ffn", rms_ffn, n_att},
-      {"w1", w1, n_w1}, {"w2", w2, n_w1}, {"w3", w3, n_w1}, {"rms_final", rms_final, D},
-      {"wcls", wcls, shared ? 0 : n_embed}};
+      {"token_embedding", ck->embed, n_embed}, {"rms_att", ck->rms_att, n_att}, {"wq", wq, n_wq},
+      {"wk", wk, n_wk}, {"wv", ck->wv, n_wk}, {"wo", ck->wo, n_wo}, {"rms_ffn", ck->rms_ffn, n_att},
+      {"w1", ck->w1, n_w1}, {"w2", ck->w2, n_w1}, {"w3", ck->w3, n_w1}, {"rms_final", ck->rms_final, D},
+      {"wcls", ck->wcls, shared ? 0 : n_embed}};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) check_finite(path, all[i].name, all[i].x, all[i].n);
 
   /* interleaved-pair RoPE rows -> rotate-half rows */
@@ -123,19 +124,6 @@ void e8q_llama2c_load(const char *path, e8q_llama2c *ck) {
     permute_heads(wk + (size_t)l * kvd * D, nkv, (int)hd, dim, tmp);
   }
   free(tmp);
-
-  ck->embed = embed;
-  ck->rms_att = rms_att;
-  ck->wq = wq;
-  ck->wk = wk;
-  ck->wv = wv;
-  ck->wo = wo;
-  ck->rms_ffn = rms_ffn;
-  ck->w1 = w1;
-  ck->w2 = w2;
-  ck->w3 = w3;
-  ck->rms_final = rms_final;
-  ck->wcls = wcls;
 }
 
 void e8q_llama2c_free(e8q_llama2c *ck) {

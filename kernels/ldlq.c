@@ -73,34 +73,37 @@ static int all_finite_f(const float *a, int64_t count) {
 /* the default f64 Cholesky: LAPACK on this process's copy */
 static int cholesky_lapacke(int n, double *A) { return LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', n, A, n); }
 
+/* the Cholesky factor C (lower) in A -> the unit block-lower L = C diag(C's 8x8 diagonal blocks)^-1:
+ * the upper triangle zeroed, each column block below the diagonal solved against its diagonal
+ * block, which becomes I */
+#define UNIT_BLOCK_LOWER(name, T, trsm)                                                              \
+  static void name(T *A, int64_t n) {                                                                \
+    for (int64_t i = 0; i < n; i++)                                                                  \
+      for (int64_t j = i + 1; j < n; j++) A[i * n + j] = 0;                                          \
+    for (int64_t j0 = 0; j0 < n; j0 += 8) {                                                          \
+      if (j0 + 8 < n)                                                                                \
+        trsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, (int)(n - j0 - 8), 8, \
+             (T)1, A + j0 * n + j0, (int)n, A + (j0 + 8) * n + j0, (int)n);                          \
+      for (int a = 0; a < 8; a++)                                                                    \
+        for (int b = 0; b < 8; b++) A[(j0 + a) * n + j0 + b] = a == b;                               \
+    }                                                                                                \
+  }
+UNIT_BLOCK_LOWER(unit_block_lower_f64, double, cblas_dtrsm)
+UNIT_BLOCK_LOWER(unit_block_lower_f32, float, cblas_strsm)
+#undef UNIT_BLOCK_LOWER
+
 /* Cholesky (lower, by chol) of A in place, then unit block-lower L. Returns 0 on success, else a reason. */
 static const char *block_ldl_f64(double *A, int64_t n, e8q_ldl_cholesky chol) {
   int info = chol((int)n, A);
   if (info != 0) return info > 0 ? "not positive definite" : "invalid argument to dpotrf";
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t j = i + 1; j < n; j++) A[i * n + j] = 0;
-  for (int64_t j0 = 0; j0 < n; j0 += 8) {
-    if (j0 + 8 < n)
-      cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, (int)(n - j0 - 8), 8, 1.0,
-                  A + j0 * n + j0, (int)n, A + (j0 + 8) * n + j0, (int)n);
-    for (int a = 0; a < 8; a++)
-      for (int b = 0; b < 8; b++) A[(j0 + a) * n + j0 + b] = a == b;
-  }
+  unit_block_lower_f64(A, n);
   return all_finite_d(A, n * n) ? NULL : "non-finite factor";
 }
 
 static const char *block_ldl_f32(float *A, int64_t n) {
   int info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', (int)n, A, (int)n);
   if (info != 0) return info > 0 ? "not positive definite" : "invalid argument to spotrf";
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t j = i + 1; j < n; j++) A[i * n + j] = 0;
-  for (int64_t j0 = 0; j0 < n; j0 += 8) {
-    if (j0 + 8 < n)
-      cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, (int)(n - j0 - 8), 8, 1.0f,
-                  A + j0 * n + j0, (int)n, A + (j0 + 8) * n + j0, (int)n);
-    for (int a = 0; a < 8; a++)
-      for (int b = 0; b < 8; b++) A[(j0 + a) * n + j0 + b] = a == b;
-  }
+  unit_block_lower_f32(A, n);
   return all_finite_f(A, n * n) ? NULL : "non-finite factor";
 }
 

@@ -124,17 +124,14 @@ static inline void decode_f32(const e8q_qlinear *q, size_t idx, float w[8]) {
     case E8Q_CB_E8P12:
       e8q_e8p_decode(c, w);
       return;
-    case E8Q_CB_E8P12RVQ4B: {
-      float a[8], b[8];
-      e8q_e8p_decode(c, a);
-      e8q_e8p_decode(((const uint16_t *)q->d.codes2)[idx], b);
-      for (int t = 0; t < 8; t++) w[t] = a[t] + b[t] / q->resid_scale;
-      return;
-    }
+    case E8Q_CB_E8P12RVQ4B:
     case E8Q_CB_E8P12RVQ3B: {
       float a[8], b[8];
       e8q_e8p_decode(c, a);
-      e8q_e81b_decode(((const uint8_t *)q->d.codes2)[idx], b);
+      if (q->d.codebook == E8Q_CB_E8P12RVQ4B)
+        e8q_e8p_decode(((const uint16_t *)q->d.codes2)[idx], b);
+      else
+        e8q_e81b_decode(((const uint8_t *)q->d.codes2)[idx], b);
       for (int t = 0; t < 8; t++) w[t] = a[t] + b[t] / q->resid_scale;
       return;
     }
