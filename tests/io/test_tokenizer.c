@@ -17,6 +17,14 @@
 
 /* ---------------------------------------------------------------- helpers */
 
+/* e8q_tokenizer_load of a file under ../shared */
+static e8q_tokenizer *load_shared(const char *rel) {
+  char *p = t_shared_path(rel);
+  e8q_tokenizer *t = e8q_tokenizer_load(p);
+  free(p);
+  return t;
+}
+
 static void assert_ids_equal(const int *a, int na, const int *b, int nb, const char *what) {
   if (na != nb) fail_msg("%s: %d vs %d ids", what, na, nb);
   for (int i = 0; i < na; i++)
@@ -134,8 +142,7 @@ static void test_formats_agree_200_lines(void **state) {
  * encoder equals the _ref twin and decoding gives the bytes back */
 static void test_encode_matches_ref_random(void **state) {
   (void)state;
-  char *mpath = t_shared_path("models/stories260K/tok512.model");
-  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  e8q_tokenizer *t = load_shared("models/stories260K/tok512.model");
   t_rng rng = {t_fresh_seed("tok_random")};
   static const char *alphabet[] = {"a", "e", "t", "h", " ", "  ", "the", "\n", "\xc3\xa9", "\xe2\x80\x99", "\xf0\x9f\x98\x80",
                                    "\xff", "\x80", "\x01", "Once", ",", "\xe4\xb8\xad"};
@@ -178,7 +185,6 @@ static void test_encode_matches_ref_random(void **state) {
   assert_int_equal(ids[3], 0xad + 3);
   free(ids);
   e8q_tokenizer_free(t);
-  free(mpath);
 }
 
 /* the whole 800 KB text in one call: fast encoder equals the per-line ids joined where lines
@@ -187,8 +193,7 @@ static void test_encode_matches_ref_random(void **state) {
 static void test_encode_long_text(void **state) {
   (void)state;
   char *tpath = t_shared_path("text/tinystories_valid_head.txt");
-  char *mpath = t_shared_path("models/stories260K/tok512.model");
-  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  e8q_tokenizer *t = load_shared("models/stories260K/tok512.model");
   size_t len;
   char *text = e8q_text_read(tpath, &len);
   char saved = text[8000];
@@ -209,7 +214,6 @@ static void test_encode_long_text(void **state) {
   free(a);
   free(text);
   e8q_tokenizer_free(t);
-  free(mpath);
   free(tpath);
 }
 
@@ -245,8 +249,7 @@ static void test_write_spm_roundtrip(void **state) {
   assert_int_equal(e8q_tokenizer_vocab_size(back), n);
   for (int i = 0; i < n; i++) assert_string_equal(e8q_tokenizer_piece(back, i), pieces[i]);
   /* the written file is byte-identical in its pieces to the reference tok512.model */
-  char *mpath = t_shared_path("models/stories260K/tok512.model");
-  e8q_tokenizer *ref = e8q_tokenizer_load(mpath);
+  e8q_tokenizer *ref = load_shared("models/stories260K/tok512.model");
   const char *samples[] = {"Once upon a time, there was a little girl named Lily.", "  two  spaces ", "\xe4\xb8\xad!", ""};
   for (size_t s = 0; s < sizeof samples / sizeof samples[0]; s++) {
     int *a, *b;
@@ -295,7 +298,6 @@ static void test_write_spm_roundtrip(void **state) {
   e8q_tokenizer_free(ref);
   e8q_tokenizer_free(back);
   e8q_tokenizer_free(src);
-  free(mpath);
   free(raw);
   free(out);
   free(dir);
@@ -309,13 +311,11 @@ static void test_write_spm_roundtrip(void **state) {
 
 static void test_vocab_mismatch(void **state) {
   (void)state;
-  char *mpath = t_shared_path("models/stories260K/tok512.model");
-  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  e8q_tokenizer *t = load_shared("models/stories260K/tok512.model");
   e8q_tokenizer_check_vocab(t, 512, "stories260K");
   E8Q_EXPECT_FATAL(e8q_tokenizer_check_vocab(t, 32000, "llama-7b"), "tok512.model", "512", "32000", "llama-7b");
   E8Q_EXPECT_FATAL(e8q_tokenizer_decode(t, 1, 512), "tok512.model", "512");
   e8q_tokenizer_free(t);
-  free(mpath);
 }
 
 /* 1 when loading path is a fatal error naming it; 0 when it loads (a smaller vocabulary) */
@@ -370,8 +370,7 @@ static void test_truncated_model(void **state) {
  * the tokenizer's vocabulary is refused */
 static void test_encode_file_text_and_ids(void **state) {
   (void)state;
-  char *mpath = t_shared_path("models/stories260K/tok512.model");
-  e8q_tokenizer *t = e8q_tokenizer_load(mpath);
+  e8q_tokenizer *t = load_shared("models/stories260K/tok512.model");
   char *dir = t_tmpdir("tok_file");
   char *txt = t_join(dir, "calib.txt"), *idf = t_join(dir, "calib.ids");
   const char *s = "Lily and Ben went to the park.\nThey saw a big dog!\n";
@@ -392,7 +391,6 @@ static void test_encode_file_text_and_ids(void **state) {
   free(idf);
   free(dir);
   e8q_tokenizer_free(t);
-  free(mpath);
 }
 
 /* a truncated or corrupted tokenizer.bin is refused naming the file */
