@@ -88,6 +88,9 @@ __device__ static const void *row_codes2(int cb, const void *codes2, int row, in
                                  : (const void *)0;
 }
 
+// the row this warp computes: ROWS_PER_BLOCK warps a block, one row each
+__device__ __forceinline__ int warp_row() { return blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32; }
+
 __global__ void codes_kernel(int cb, const uint16_t *codes, const void *codes2, int m, int nc, float inv_rs,
                              const uint32_t *abs_g, const int8_t *grid_g, const float *u, int n_pad, int batch,
                              float *z) {
@@ -95,8 +98,7 @@ __global__ void codes_kernel(int cb, const uint16_t *codes, const void *codes2, 
   __shared__ int8_t grid2[256 * 8];
   stage_tables(cb, abs_g, grid_g, abs_tab, grid2);
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = blockIdx.x * ROWS_PER_BLOCK + warp;
+  const int row = warp_row(), lane = threadIdx.x % 32;
   if (row >= m) return;
   const uint16_t *c1 = codes + (size_t)row * nc;
   const void *c2 = row_codes2(cb, codes2, row, nc);
@@ -125,8 +127,7 @@ __global__ void codes_kernel_b1(int cb, const uint16_t *codes, const void *codes
   stage_tables(cb, abs_g, grid_g, abs_tab, grid2);
   for (int i = threadIdx.x; i < n_pad; i += blockDim.x) us[i] = u[i];
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = blockIdx.x * ROWS_PER_BLOCK + warp;
+  const int row = warp_row(), lane = threadIdx.x % 32;
   if (row >= m) return;
   const uint16_t *c1 = codes + (size_t)row * nc;
   const void *c2 = row_codes2(cb, codes2, row, nc);
