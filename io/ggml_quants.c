@@ -101,6 +101,12 @@ static inline float ld_f16(const uint8_t *p) {
   return e8q_f16_to_f32(h);
 }
 
+static inline float ld_bf16(const uint8_t *p) {
+  uint16_t h;
+  memcpy(&h, p, 2);
+  return e8q_bf16_to_f32(h);
+}
+
 static inline uint32_t ld_u32(const uint8_t *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
@@ -284,11 +290,7 @@ void e8q_ggml_dequant_row_ref(int type, const void *src, int64_t n, float *dst) 
       for (int64_t i = 0; i < n; i++) dst[i] = ld_f16(p + 2 * i);
       return;
     case E8Q_GGML_BF16:
-      for (int64_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * i, 2);
-        dst[i] = e8q_bf16_to_f32(h);
-      }
+      for (int64_t i = 0; i < n; i++) dst[i] = ld_bf16(p + 2 * i);
       return;
     default: break;
   }

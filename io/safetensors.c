@@ -401,6 +401,13 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
   if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
+/* an unaligned 16-bit load, host order */
+static inline uint16_t ld_u16(const uint8_t *p) {
+  uint16_t h;
+  memcpy(&h, p, 2);
+  return h;
+}
+
 /* converts elements [first, first + n) of t to f32 and checks them; `where` names the file (or
  * model directory) in messages */
 static void convert_range(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int64_t first,
@@ -410,18 +417,10 @@ static void convert_range(const e8q_safetensors *st, const e8q_st_tensor *t, con
   switch (t->dtype) {
     case E8Q_DT_F32: memcpy(dst, src, (size_t)n * 4); break;
     case E8Q_DT_F16:
-      for (int64_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, src + 2 * i, 2);
-        dst[i] = e8q_f16_to_f32(h);
-      }
+      for (int64_t i = 0; i < n; i++) dst[i] = e8q_f16_to_f32(ld_u16(src + 2 * i));
       break;
     case E8Q_DT_BF16:
-      for (int64_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, src + 2 * i, 2);
-        dst[i] = e8q_bf16_to_f32(h);
-      }
+      for (int64_t i = 0; i < n; i++) dst[i] = e8q_bf16_to_f32(ld_u16(src + 2 * i));
       break;
     case E8Q_DT_F64:
       for (int64_t i = 0; i < n; i++) {
@@ -688,6 +687,14 @@ static void gguf_read(const e8q_st_model *m, const char *name, int ndim, const i
   e8q_gguf_read_hf_f32(m->gguf, name, 0, shape[0] * (nd > 1 ? shape[1] : 1), dst);
 }
 
+/* e8q_st_model_find, fatal (naming the model directory) when the tensor is missing */
+static const e8q_st_tensor *model_need(const e8q_st_model *m, const char *name, const e8q_safetensors **f) {
+  const e8q_st_tensor *t = e8q_st_model_find(m, name, f);
+  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
+            m->dir, name);
+  return t;
+}
+
 void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, const int64_t *expect,
                            float *dst) {
   if (m->gguf) {
@@ -695,9 +702,7 @@ void e8q_st_model_read_f32(const e8q_st_model *m, const char *name, int ndim, co
     return;
   }
   const e8q_safetensors *f = NULL;
-  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
-  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
-            m->dir, name);
+  const e8q_st_tensor *t = model_need(m, name, &f);
   read_f32(f, t, f->path, ndim, expect, dst);
 }
 
@@ -708,9 +713,7 @@ void e8q_st_model_read_f32_range(const e8q_st_model *m, const char *name, int64_
     return;
   }
   const e8q_safetensors *f = NULL;
-  const e8q_st_tensor *t = e8q_st_model_find(m, name, &f);
-  E8Q_CHECK(t, "%s: missing tensor \"%s\"; the checkpoint is incomplete or not a supported architecture",
-            m->dir, name);
+  const e8q_st_tensor *t = model_need(m, name, &f);
   read_range(f, t, f->path, first, count, dst);
 }
 
