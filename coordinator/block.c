@@ -433,14 +433,7 @@ static void ft_block_round(e8q_run *R, int b, int g, const e8q_block *blk, int *
     targets_compute(R, blk);
     *y_valid = 1;
   }
-  e8q_ft_opts fo = {.epochs = R->o->ft_epochs,
-                    .lr = R->o->ft_lr,
-                    .susv_lr = R->o->ft_susv_lr,
-                    .batch = R->o->ft_batch,
-                    .early_stop = E8Q_FT_EARLY_STOP,
-                    .seed = R->o->seed,
-                    .layer = b,
-                    .group = g};
+  const e8q_ft_opts fo = {.hp = e8q_run_train_hparams(R, R->o->ft_epochs), .layer = b, .group = g};
   e8q_ft_hooks hk = {ft_epoch_end, &F};
   const int n_valid = R->o->ft_valid, n_train = R->plan.devset - n_valid;
   e8q_ft_round(&fo, R->comm, &R->cfg, &F.tb, &F.S, R->T, n_train, n_valid, R->s0, R->s1, R->X, R->Y, &hk);
@@ -471,7 +464,7 @@ static int hessian_resume(e8q_run *R, void *ctx) {
   block_ctx *C = ctx;
   const int loaded = hessians_load(R, C->b, C->H, &C->tokens);
   C->y_valid = !loaded; /* the Hessian pass leaves Y = block(X) */
-  return loaded ? E8Q_STAGE_RESUMED : E8Q_STAGE_TODO;
+  return loaded ? E8Q_STAGE_RESUMED : E8Q_STAGE_RUN;
 }
 
 static void hessian_run(e8q_run *R, void *ctx) {
@@ -551,7 +544,7 @@ static void quantize_run(e8q_run *R, void *ctx) {
 static int propagate_resume(e8q_run *R, void *ctx) {
   block_ctx *C = ctx;
   if (C->last) return E8Q_STAGE_NOTHING;
-  return e8q_run_acts_load(R, C->b + 1, R->Y) ? E8Q_STAGE_RESUMED : E8Q_STAGE_TODO;
+  return e8q_run_acts_load(R, C->b + 1, R->Y) ? E8Q_STAGE_RESUMED : E8Q_STAGE_RUN;
 }
 
 static void propagate_run(e8q_run *R, void *ctx) {
@@ -567,7 +560,7 @@ static void propagate_run(e8q_run *R, void *ctx) {
 static int e2e_targets_resume(e8q_run *R, void *ctx) {
   block_ctx *C = ctx;
   if (!C->last || !e8q_run_e2e_on(R)) return E8Q_STAGE_NOTHING;
-  return e8q_run_e2e_targets_have(R) ? E8Q_STAGE_RESUMED : E8Q_STAGE_TODO;
+  return e8q_run_e2e_targets_have(R) ? E8Q_STAGE_RESUMED : E8Q_STAGE_RUN;
 }
 
 static void e2e_targets_run(e8q_run *R, void *ctx) {

@@ -301,16 +301,11 @@ void e8q_run_e2e(e8q_run *R) {
     int *tid = e8q_malloc(sizeof(int) * (size_t)(n_my > 0 ? n_my : 1) * pk, "e2e target ids");       /* [n_my, T-1, k] */
     float *tprob = e8q_malloc(sizeof(float) * (size_t)(n_my > 0 ? n_my : 1) * pk, "e2e target probs"); /* [n_my, T-1, k] */
     targets_load(R, tid, tprob);
-    e8q_e2e_opts eo = {.epochs = R->o->e2e_epochs,
-                       .lr = R->o->ft_lr,
-                       .susv_lr = R->o->ft_susv_lr,
-                       .batch = R->o->ft_batch,
-                       .early_stop = E8Q_FT_EARLY_STOP,
-                       .seed = R->o->seed};
+    const e8q_train_hparams hp = e8q_run_train_hparams(R, R->o->e2e_epochs);
     e8q_e2e_hooks hk = {epoch_end, &C};
     const int n_valid = R->o->ft_valid, n_train = R->plan.devset - n_valid;
     const double t = e8q_run_stage_begin();
-    e8q_e2e_train(&eo, R->comm, &C.M, &C.S, T, k, n_train, n_valid, R->s0, R->s1,
+    e8q_e2e_train(&hp, R->comm, &C.M, &C.S, T, k, n_train, n_valid, R->s0, R->s1,
                   R->calib.ids + (size_t)R->s0 * T, tid, tprob, &hk);
     e8q_run_stage_end(R, E8Q_STAGE_E2E, t);
     free(tprob);

@@ -38,7 +38,7 @@ static cJSON *options_json(const e8q_run_opts *o, const e8q_run *R) {
   cJSON *j = cJSON_CreateObject();
   cJSON_AddNumberToObject(j, "bits", o->bits);
   cJSON_AddStringToObject(j, "method", e8q_method_cli_name(o->method));
-  cJSON_AddNumberToObject(j, "rho", R->q.rho);
+  cJSON_AddNumberToObject(j, "rho", e8q_qlin_rho(&R->q)); /* the one used, given or default */
   cJSON_AddNumberToObject(j, "tune_iters", o->tune_iters);
   cJSON_AddNumberToObject(j, "devset", o->devset);
   cJSON_AddNumberToObject(j, "ctx", R->T);
@@ -225,7 +225,7 @@ static int embed_resume(e8q_run *R, void *ctx) {
   R->Y = e8q_malloc(act_bytes, "activations X_b+1"); /* [s1-s0, T, dim] */
   R->block0 = e8q_run_blocks_resume(R);
   const int start = R->block0;
-  if (start == 0) return e8q_run_acts_load(R, 0, R->X) ? E8Q_STAGE_RESUMED : E8Q_STAGE_TODO;
+  if (start == 0) return e8q_run_acts_load(R, 0, R->X) ? E8Q_STAGE_RESUMED : E8Q_STAGE_RUN;
   if (start < R->cfg.n_layers && !e8q_run_acts_load(R, start, R->X)) {
     e8q_info("e8q: activations entering layer %d are missing or corrupt: recomputing them", start);
     e8q_run_acts_rebuild(R, start, R->X);
@@ -270,7 +270,7 @@ static int gather_resume(e8q_run *R, void *ctx) {
   (void)ctx;
   return e8q_run_has_step(R, "gather") && e8q_run_have(R, "model.safetensors") && e8q_run_have(R, "config.json")
              ? E8Q_STAGE_RESUMED
-             : E8Q_STAGE_TODO;
+             : E8Q_STAGE_RUN;
 }
 
 static void stage_gather(e8q_run *R, void *ctx) {
@@ -299,7 +299,7 @@ static int validate_resume(e8q_run *R, void *ctx) {
   (void)ctx;
   int validated = e8q_run_has_step(R, "validate") && e8q_run_have(R, "validation.json");
   if (validated) validated = e8q_run_bcast_int(R->rank == 0 ? validation_current(R) : 0);
-  return validated ? E8Q_STAGE_RESUMED : E8Q_STAGE_TODO;
+  return validated ? E8Q_STAGE_RESUMED : E8Q_STAGE_RUN;
 }
 
 static void stage_validate(e8q_run *R, void *ctx) {

@@ -35,14 +35,14 @@ void e8q_run_stage_end(e8q_run *R, e8q_run_stage s, double t) { R->stage_s[s] +=
 void e8q_stages_run(const e8q_stage *rows, int n, e8q_run *R, void *ctx, int layer) {
   for (int i = 0; i < n; i++) {
     const e8q_stage *s = &rows[i];
-    const int st = s->resume ? s->resume(R, ctx) : E8Q_STAGE_TODO;
-    if (st == E8Q_STAGE_TODO) {
+    const int st = s->resume ? s->resume(R, ctx) : E8Q_STAGE_RUN;
+    if (st == E8Q_STAGE_RUN) {
       const double t = e8q_run_stage_begin();
       s->run(R, ctx);
       if (s->timer != E8Q_STAGE_UNTIMED) e8q_run_stage_end(R, (e8q_run_stage)s->timer, t);
     }
     if (s->check) s->check(R, ctx);
-    if (s->fault && (st == E8Q_STAGE_TODO || (st == E8Q_STAGE_RESUMED && s->fault_resumed))) e8q_fault_point(s->fault);
+    if (s->fault && (st == E8Q_STAGE_RUN || (st == E8Q_STAGE_RESUMED && s->fault_resumed))) e8q_fault_point(s->fault);
     if (s->progress) e8q_progress_step(s->progress, layer, NULL, st == E8Q_STAGE_RESUMED);
   }
 }
@@ -298,6 +298,15 @@ void e8q_run_qlin_close(e8q_run_qlin *q) {
 }
 
 /* ================================================================ training checkpoints */
+e8q_train_hparams e8q_run_train_hparams(const e8q_run *R, int epochs) {
+  return (e8q_train_hparams){.epochs = epochs,
+                             .lr = R->o->ft_lr,
+                             .susv_lr = R->o->ft_susv_lr,
+                             .batch = R->o->ft_batch,
+                             .early_stop = E8Q_TRAIN_EARLY_STOP,
+                             .seed = R->o->seed};
+}
+
 void e8q_run_train_ckpt_write(const char *path, const char *kind, const e8q_train_state *S,
                               const char *const *extra, char sha[65], uint64_t *size) {
   enum { N_OWN = 9, MAX_EXTRA = 8 };

@@ -79,16 +79,16 @@ void e8q_run_stage_end(e8q_run *R, e8q_run_stage s, double t);
 /* ---------------------------------------------------------------- stage tables
  * A run is a table of stages (coordinator/run.c), a block a table of sub-stages
  * (coordinator/block.c); e8q_stages_run walks one in order, and for each row:
- *   st = resume(R, ctx)   collective (NULL: E8Q_STAGE_TODO, the stage resumes inside itself):
+ *   st = resume(R, ctx)   collective (NULL: E8Q_STAGE_RUN, the stage resumes inside itself):
  *                         restores what an earlier run committed and says what is left
- *   if st == TODO:        run(R, ctx), timed under `timer` (E8Q_STAGE_UNTIMED: it times itself)
+ *   if st == RUN:         run(R, ctx), timed under `timer` (E8Q_STAGE_UNTIMED: it times itself)
  *   check(R, ctx)         (NULL: none) whether it ran or not, e.g. a source model check
  *   fault                 the fault point passed after it ran (common/fault.h; NULL: none), and
  *                         also after it was resumed when fault_resumed
  *   progress              the progress step reported (resumed when st == RESUMED), or NULL when
  *                         the stage reports its own (per group, per block, with a detail) */
 enum {
-  E8Q_STAGE_TODO = 0,    /* run it */
+  E8Q_STAGE_RUN = 0,     /* run it */
   E8Q_STAGE_RESUMED = 1, /* committed by an earlier run: skipped, reported as resumed */
   E8Q_STAGE_NOTHING = 2  /* nothing to do in this run: skipped, reported as done */
 };
@@ -160,6 +160,10 @@ typedef struct {
 void e8q_run_qlin_open(e8q_run_qlin *q, const e8q_run *R, const e8q_safetensors *st, int shard, int b, int g,
                        float *SU, float *SV, const e8q_had_factor fac[2]);
 void e8q_run_qlin_close(e8q_run_qlin *q);
+
+/* ---------------------------------------------------------------- training
+ * the options' learning rates, batch and seed with `epochs` (--ft-epochs or --e2e-epochs) */
+e8q_train_hparams e8q_run_train_hparams(const e8q_run *R, int epochs);
 
 /* ---------------------------------------------------------------- training checkpoints
  * A fine-tuning state (worker/trainer.h) as a checkpoint of kind `kind` (io/ckpt.h): the caller's

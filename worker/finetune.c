@@ -165,12 +165,7 @@ void e8q_ft_round(const e8q_ft_opts *o, e8q_comm *comm, const e8q_config *cfg, e
   char what[160];
   snprintf(what, sizeof what, "fine-tuning layer %d group %s", o->layer, e8q_group_names[o->group]);
   const e8q_train_opts to = {
-      .epochs = o->epochs,
-      .lr = o->lr,
-      .susv_lr = o->susv_lr,
-      .batch = o->batch,
-      .early_stop = o->early_stop,
-      .seed = o->seed,
+      .hp = o->hp,
       /* the data order of epoch e of round (layer, group): its own stream under the run seed */
       .stream = E8Q_FT_RNG_STREAM + ((uint64_t)o->layer << 20) + ((uint64_t)o->group << 16),
       .elems_per_seq = (double)T * cfg->dim,

@@ -39,15 +39,8 @@
 #include "shard/model.h"
 #include "worker/trainer.h"
 
-#define E8Q_FT_EARLY_STOP 3 /* the reference's ft_early_stop */
-
 typedef struct {
-  int epochs;        /* --ft-epochs */
-  double lr;         /* --ft-lr: norms and dense weights */
-  double susv_lr;    /* --ft-susv-lr: SU and SV of the quantized linears */
-  int batch;         /* --ft-batch: sequences per Adam step */
-  int early_stop;    /* epochs without improvement before stopping (E8Q_FT_EARLY_STOP) */
-  uint64_t seed;     /* run seed */
+  e8q_train_hparams hp; /* epochs: --ft-epochs */
   int layer, group;  /* what is trained: the round after group `group` of block `layer` */
 } e8q_ft_opts;
 

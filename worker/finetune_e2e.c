@@ -234,17 +234,12 @@ double e8q_e2e_loss(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state 
 }
 
 /* ---------------------------------------------------------------- training */
-void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_e2e_state *S, int T, int k,
+void e8q_e2e_train(const e8q_train_hparams *hp, e8q_comm *comm, e8q_e2e_model *M, e8q_e2e_state *S, int T, int k,
                    int n_train, int n_valid, int s0, int s1, const int *ids, const int *tid, const float *tprob,
                    const e8q_e2e_hooks *hooks) {
   if (S->done) return;
   const e8q_train_opts to = {
-      .epochs = o->epochs,
-      .lr = o->lr,
-      .susv_lr = o->susv_lr,
-      .batch = o->batch,
-      .early_stop = o->early_stop,
-      .seed = o->seed,
+      .hp = *hp,
       .stream = E8Q_E2E_RNG_STREAM, /* + epoch: the data order of each epoch */
       .elems_per_seq = (double)(T - 1), /* scored positions */
       .what = "end-to-end fine-tuning",

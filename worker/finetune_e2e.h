@@ -44,15 +44,6 @@
 
 #define E8Q_E2E_TOPK_DEFAULT 64 /* --e2e-topk */
 
-typedef struct {
-  int epochs;        /* --e2e-epochs */
-  double lr;         /* --ft-lr: norms, final norm, lm_head */
-  double susv_lr;    /* --ft-susv-lr: SU and SV */
-  int batch;         /* --ft-batch: sequences per Adam step */
-  int early_stop;    /* epochs without improvement before stopping (E8Q_FT_EARLY_STOP) */
-  uint64_t seed;     /* run seed */
-} e8q_e2e_opts;
-
 /* ---------------------------------------------------------------- the trainable state */
 typedef struct {
   union { /* the shared training state (worker/trainer.h), also readable as S->p, S->epoch, ... */
@@ -133,7 +124,7 @@ typedef struct {
 /* Collective. Trains M (bound to S) from S (fresh or restored; nothing when S->done).
  * Sequences 0..n_train-1 train, n_train..n_train+n_valid-1 held out; this rank holds [s0, s1);
  * a step's (and the held-out) sequences are dealt evenly to the ranks (worker/seqdeal.h). On return S->done = 1 and S->p (and M) hold the best held-out state. */
-void e8q_e2e_train(const e8q_e2e_opts *o, e8q_comm *comm, e8q_e2e_model *M, e8q_e2e_state *S, int T, int k,
+void e8q_e2e_train(const e8q_train_hparams *hp, /* epochs: --e2e-epochs */ e8q_comm *comm, e8q_e2e_model *M, e8q_e2e_state *S, int T, int k,
                    int n_train, int n_valid, int s0, int s1, const int *ids, const int *tid, const float *tprob,
                    const e8q_e2e_hooks *hooks);
 

@@ -117,6 +117,11 @@ static void *gather_rows(const void *mine, int m, int nc, size_t el, const char 
   return dst;
 }
 
+double e8q_qlin_rho(const e8q_qlin_opts *o) {
+  if (o->rho > 0) return o->rho;
+  return o->method == E8Q_METHOD_NOE8 ? e8q_noe8_rho(o->bits) : e8q_cb_default_rho(e8q_cb_from_bits(o->bits));
+}
+
 /* ---------------------------------------------------------------- one group */
 void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int layer, int group, const float *W,
                         const double *H, long tokens, e8q_qlin_result *res) {
@@ -186,7 +191,7 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
     double ss = 0;
     for (size_t i = 0; i < (size_t)m * np; i++) ss += Wr[i] * Wr[i];
     const double wrms = sqrt(ss / ((double)m * np));
-    const double rho = o->rho > 0 ? o->rho : o->method == E8Q_METHOD_NOE8 ? e8q_noe8_rho(o->bits) : e8q_cb_default_rho(cb);
+    const double rho = e8q_qlin_rho(o);
     /* an all-zero group (or one whose scale underflows in float) gets Wscale 0: no codebook has a
      * zero point, so only a zero scale decodes it to exactly 0 */
     res->Wscale = (float)(wrms / rho);

@@ -54,6 +54,9 @@ typedef struct {
   int scalapack;     /* 1: factorise with ScaLAPACK across ranks */
 } e8q_qlin_opts;
 
+/* the RMS o's run rounds at: o->rho when given, else the codebook's default (noe8: its own) */
+double e8q_qlin_rho(const e8q_qlin_opts *o);
+
 typedef struct {
   int m, n, n_pad, nc, n_pieces;
   uint16_t *codes;   /* [m, nc] (rank 0); NULL for the dense ablations */

@@ -52,7 +52,7 @@ double e8q_train_loss(e8q_comm *comm, e8q_seqdeal *d, int v0, int v1, double ele
 /* perm [n] <- a shuffle of 0..n-1 (Fisher-Yates) of epoch e */
 static void epoch_order(const e8q_train_opts *o, int epoch, int n, int *perm) {
   e8q_rng r;
-  e8q_rng_init(&r, o->seed, o->stream + (uint64_t)epoch);
+  e8q_rng_init(&r, o->hp.seed, o->stream + (uint64_t)epoch);
   for (int i = 0; i < n; i++) perm[i] = i;
   for (int i = n - 1; i > 0; i--) {
     int j = (int)e8q_rng_below(&r, (uint64_t)i + 1);
@@ -67,7 +67,7 @@ void e8q_train_run(const e8q_train_opts *o, e8q_comm *comm, e8q_seqdeal *d, e8q_
   if (S->done) return;
   E8Q_CHECK(n_train >= 1 && n_valid >= 1,
             "%s: %d training and %d held-out sequences (at least one of each is needed)", o->what, n_train, n_valid);
-  E8Q_CHECK(o->batch >= 1 && o->epochs >= 0, "%s: batch %d, epochs %d", o->what, o->batch, o->epochs);
+  E8Q_CHECK(o->hp.batch >= 1 && o->hp.epochs >= 0, "%s: batch %d, epochs %d", o->what, o->hp.batch, o->hp.epochs);
   const int v0 = n_train, v1 = n_train + n_valid;
   const size_t n = S->n;
   if (!S->started) { /* the loss before training is the first best */
@@ -85,19 +85,19 @@ void e8q_train_run(const e8q_train_opts *o, e8q_comm *comm, e8q_seqdeal *d, e8q_
   e8q_adam_init(&A);
   A.step = S->step;
   e8q_adam_param ap[2] = {
-      {S->p, gmean, S->m, S->v, S->n_susv, (float)o->susv_lr},
-      {S->p + S->n_susv, gmean + S->n_susv, S->m + S->n_susv, S->v + S->n_susv, n - S->n_susv, (float)o->lr},
+      {S->p, gmean, S->m, S->v, S->n_susv, (float)o->hp.susv_lr},
+      {S->p + S->n_susv, gmean + S->n_susv, S->m + S->n_susv, S->v + S->n_susv, n - S->n_susv, (float)o->hp.lr},
   };
   const int n_ap = S->n_susv ? 2 : 1;
   const e8q_adam_param *aps = S->n_susv ? ap : ap + 1;
-  const int steps = (n_train + o->batch - 1) / o->batch;
+  const int steps = (n_train + o->hp.batch - 1) / o->hp.batch;
 
-  while (S->epoch < o->epochs && S->worse < o->early_stop) {
+  while (S->epoch < o->hp.epochs && S->worse < o->hp.early_stop) {
     epoch_order(o, S->epoch, n_train, perm);
     double train_sum = 0; /* the same doubles in the same order on every rank */
     for (int t = 0; t < steps; t++) {
       e8q_fault_point(o->fault_step);
-      const int k0 = t * o->batch, k1 = k0 + o->batch < n_train ? k0 + o->batch : n_train;
+      const int k0 = t * o->hp.batch, k1 = k0 + o->hp.batch < n_train ? k0 + o->hp.batch : n_train;
       e8q_xsum_zero(&xs);
       for (int r = 0; r < e8q_seqdeal_rounds(d, k1 - k0); r++) {
         const void *parts[E8Q_DEAL_MAX_PARTS];

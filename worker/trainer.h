@@ -51,12 +51,21 @@ typedef struct {
 void e8q_train_state_alloc(e8q_train_state *S);
 void e8q_train_state_release(e8q_train_state *S); /* frees p, best, m, v */
 
+/* the user's training choices, shared by block (--ft-epochs) and end-to-end (--e2e-epochs)
+ * fine-tuning; the learning rates, batch and seed come from the same options for both */
 typedef struct {
-  int epochs;
-  double lr, susv_lr; /* the two learning-rate groups */
-  int batch;          /* sequences per Adam step */
-  int early_stop;     /* epochs without improvement before stopping */
+  int epochs;         /* --ft-epochs or --e2e-epochs */
+  double lr;          /* --ft-lr: norms, dense weights, final norm, lm_head */
+  double susv_lr;     /* --ft-susv-lr: SU and SV of the quantized linears */
+  int batch;          /* --ft-batch: sequences per Adam step */
+  int early_stop;     /* epochs without improvement before stopping (E8Q_TRAIN_EARLY_STOP) */
   uint64_t seed;      /* run seed */
+} e8q_train_hparams;
+
+#define E8Q_TRAIN_EARLY_STOP 3 /* the reference's ft_early_stop */
+
+typedef struct {
+  e8q_train_hparams hp;
   uint64_t stream;    /* epoch e's order: e8q_rng stream `stream + e` */
   double elems_per_seq; /* the loss is a mean over the elements: T*dim (MSE) or T-1 positions (CE) */
   const char *what;   /* what is trained, in messages */

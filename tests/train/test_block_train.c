@@ -296,8 +296,10 @@ static void test_ft_round(void **state) {
   e8q_qlinear q, q2;
   e8q_block tb, tb2;
   bind_round(&S, &cfg, &Lqkv, &q, &tb);
-  e8q_ft_opts o = {.epochs = FT_EPOCHS, .lr = 1e-3, .susv_lr = 1e-2, .batch = 4, .early_stop = 3, .seed = 11,
-                   .layer = 0, .group = 0};
+  e8q_ft_opts o = {
+      .hp = {.epochs = FT_EPOCHS, .lr = 1e-3, .susv_lr = 1e-2, .batch = 4, .early_stop = 3, .seed = 11},
+      .layer = 0,
+      .group = 0};
   e8q_ft_hooks hk = {on_epoch, &hc};
   e8q_ft_round(&o, NULL, &cfg, &tb, &S, T, FT_SEQ - FT_VALID, FT_VALID, 0, FT_SEQ, X, Y, &hk);
   print_message("  held-out MSE %.6g -> %.6g after %d epochs (%ld Adam steps)\n", S.init_loss, S.best_loss, S.epoch,

@@ -324,7 +324,7 @@ static void test_e2e_train(void **state) {
 
   hook_ctx hc = {0};
   e8q_e2e_state_init(&hc.snap, &student.cfg);
-  e8q_e2e_opts o = {.epochs = EPOCHS, .lr = 1e-3, .susv_lr = 1e-2, .batch = 4, .early_stop = 3, .seed = 5};
+  e8q_train_hparams o = {.epochs = EPOCHS, .lr = 1e-3, .susv_lr = 1e-2, .batch = 4, .early_stop = 3, .seed = 5};
   e8q_e2e_hooks hk = {on_epoch, &hc};
   e8q_e2e_train(&o, NULL, &student.M, &student.S, TT, K, NS - NV, NV, 0, NS, ids, tid, tprob, &hk);
   const e8q_e2e_state *S = &student.S;
