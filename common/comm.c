@@ -13,6 +13,7 @@
 struct e8q_comm {
   MPI_Comm mpi;   /* duplicate of MPI_COMM_WORLD */
   int rank, size;
+  int node_rank, node_size; /* this rank among the ranks sharing its node (MPI_COMM_TYPE_SHARED) */
 #ifdef E8Q_HAVE_CUDA
   e8q_nccl *nccl; /* NULL for a host-only communicator */
 #endif
@@ -30,16 +31,25 @@ e8q_comm *e8q_comm_world(int cuda_device) {
   E8Q_CHECK_MPI(MPI_Comm_dup(MPI_COMM_WORLD, &c->mpi));
   E8Q_CHECK_MPI(MPI_Comm_rank(c->mpi, &c->rank));
   E8Q_CHECK_MPI(MPI_Comm_size(c->mpi, &c->size));
-  if (cuda_device >= 0) {
-#ifdef E8Q_HAVE_CUDA
-    c->nccl = e8q_nccl_open(c->mpi, cuda_device);
-#else
-    E8Q_FATAL("e8q_comm_world: CUDA device %d requested but e8q was built without CUDA/NCCL "
-              "(rebuild with the CUDA toolkit, or pass -1 for a host-only communicator)",
-              cuda_device);
-#endif
-  }
+  MPI_Comm node;
+  E8Q_CHECK_MPI(MPI_Comm_split_type(c->mpi, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node));
+  E8Q_CHECK_MPI(MPI_Comm_rank(node, &c->node_rank));
+  E8Q_CHECK_MPI(MPI_Comm_size(node, &c->node_size));
+  MPI_Comm_free(&node);
+  if (cuda_device >= 0) e8q_comm_device_open(c, cuda_device);
   return c;
+}
+
+void e8q_comm_device_open(e8q_comm *c, int cuda_device) {
+#ifdef E8Q_HAVE_CUDA
+  E8Q_CHECK(!c->nccl, "e8q_comm_device_open: the communicator already has a device");
+  c->nccl = e8q_nccl_open(c->mpi, cuda_device);
+#else
+  (void)c;
+  E8Q_FATAL("e8q_comm_device_open: CUDA device %d requested but e8q was built without CUDA/NCCL "
+            "(rebuild with the CUDA toolkit, or pass -1 for a host-only communicator)",
+            cuda_device);
+#endif
 }
 
 void e8q_comm_free(e8q_comm *c) {
@@ -53,6 +63,8 @@ void e8q_comm_free(e8q_comm *c) {
 
 int e8q_comm_rank(const e8q_comm *c) { return c->rank; }
 int e8q_comm_size(const e8q_comm *c) { return c->size; }
+int e8q_comm_node_rank(const e8q_comm *c) { return c->node_rank; }
+int e8q_comm_node_size(const e8q_comm *c) { return c->node_size; }
 
 int e8q_comm_has_device(const e8q_comm *c) {
 #ifdef E8Q_HAVE_CUDA

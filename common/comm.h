@@ -39,8 +39,15 @@ typedef struct e8q_comm e8q_comm;
 e8q_comm *e8q_comm_world(int cuda_device);
 void e8q_comm_free(e8q_comm *c); /* collective; NULL is a no-op */
 
+/* collective: opens NCCL on cuda_device for a communicator created host-only (the device is
+ * chosen after the options are read, common/device.h); fatal without CUDA or when it has one */
+void e8q_comm_device_open(e8q_comm *c, int cuda_device);
+
 int e8q_comm_rank(const e8q_comm *c);
 int e8q_comm_size(const e8q_comm *c);
+/* this rank's index among the ranks on its node, and their number (MPI_COMM_TYPE_SHARED) */
+int e8q_comm_node_rank(const e8q_comm *c);
+int e8q_comm_node_size(const e8q_comm *c);
 int e8q_comm_has_device(const e8q_comm *c); /* 1 when device buffers are accepted (NCCL open) */
 /* the cudaStream_t (as void*) device calls run on, NULL for a host-only communicator */
 void *e8q_comm_stream(const e8q_comm *c);

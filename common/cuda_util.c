@@ -2,6 +2,7 @@
 #include "common/cuda_util.h"
 
 #include <stddef.h>
+#include <stdio.h>
 #ifdef E8Q_HAVE_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -30,5 +31,18 @@ int e8q_cuda_device_count(void) {
   return n;
 #else
   return 0;
+#endif
+}
+
+void e8q_cuda_device_name(int device, char *buf, size_t n) {
+  snprintf(buf, n, "?");
+#ifdef E8Q_HAVE_CUDA
+  struct cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, device) == cudaSuccess)
+    snprintf(buf, n, "%s", p.name);
+  else
+    (void)cudaGetLastError();
+#else
+  (void)device;
 #endif
 }

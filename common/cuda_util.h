@@ -4,6 +4,8 @@
 #ifndef E8Q_COMMON_CUDA_UTIL_H
 #define E8Q_COMMON_CUDA_UTIL_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -14,6 +16,8 @@ int e8q_cuda_device_count(void);
 /* why there is no device: a static string ("built without CUDA", the CUDA error text,
  * "0 devices"), or NULL when at least one device is usable */
 const char *e8q_cuda_unavailable_reason(void);
+/* the device's name ("NVIDIA H200") into buf [n]; "?" when it cannot be read */
+void e8q_cuda_device_name(int device, char *buf, size_t n);
 
 #ifdef __cplusplus
 }

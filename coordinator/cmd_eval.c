@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/comm.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "coordinator/commands.h"
@@ -17,7 +18,7 @@
 static void eval_usage(FILE *f) {
   fprintf(f,
           "usage: [mpirun -np N] e8q eval --model PATH | --artifact OUT.e8q [--dense] --text FILE [--tokenizer FILE]\n"
-          "                               [--per-line N | --ctx T [--windows W]] [--pipeline P]\n\n"
+          "                               [--per-line N | --ctx T [--windows W]] [--pipeline P] [--device D]\n\n"
           "Perplexity of a model (Hugging Face directory, GGUF file or llama2.c .bin) on a text.\n\n"
           "  --model PATH      model directory (config.json + safetensors), .gguf file or llama2.c .bin\n"
           "  --artifact F      an .e8q archive from e8q quantize (linears through the fused kernels)\n"
@@ -36,6 +37,9 @@ static void eval_usage(FILE *f) {
           "                    only its contiguous range of layers (split by resident bytes, embeddings and\n"
           "                    head counted; e8q plan --artifact F --ranks N --pipeline P prints it), windows\n"
           "                    flow rank to rank, groups split the windows; the result is the same bits\n"
+          "  --device D        auto (default: CUDA when every rank has a device, else the CPU), cpu, or cuda\n"
+          "                    (fatal without one): an artifact's quantized linears run through the CUDA\n"
+          "                    fused kernels, uploaded once; the rest of the forward stays on the CPU for now\n"
           "  --help            this text\n\n"
           "Sequences are split across MPI ranks; the result does not depend on the rank count (nor on P).\n"
           "Rank 0 prints every rank's peak resident memory (stderr, and peak_rss_bytes in the JSON).\n"
@@ -47,6 +51,7 @@ int cmd_eval(int argc, char **argv) {
   const char *model_path = NULL, *text_path = NULL, *tok_path = NULL, *artifact = NULL;
   int dense = 0;
   int per_line = 0, ctx = 0, windows = 0, pipeline = 0;
+  e8q_device_mode device = E8Q_DEVICE_AUTO;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (e8q_opt_help(a, eval_usage)) {
@@ -61,6 +66,8 @@ int cmd_eval(int argc, char **argv) {
       ctx = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else if (!strcmp(a, "--pipeline")) { /* layer-pipelined groups of P ranks (coordinator/eval.h) */
       pipeline = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 20);
+    } else if (!strcmp(a, "--device")) {
+      device = e8q_device_parse(a, e8q_opt_value("eval", argc, argv, &i));
     } else if (!strcmp(a, "--windows")) {
       windows = e8q_opt_int(a, e8q_opt_value("eval", argc, argv, &i), 1, 1 << 30);
     } else {
@@ -84,6 +91,8 @@ int cmd_eval(int argc, char **argv) {
   E8Q_CHECK(!pipeline || size % pipeline == 0,
             "eval: --pipeline %d: the %d ranks do not form whole groups of %d; run a multiple of %d ranks", pipeline,
             size, pipeline, pipeline);
+  e8q_device dev;
+  e8q_device_select(&dev, device, "eval");
   double t0 = e8q_now();
   e8q_artifact_model am = {0};
   e8q_eval_plan plan = {0};
@@ -109,6 +118,10 @@ int cmd_eval(int argc, char **argv) {
   }
 
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
+  const int on_gpu = artifact && !am.q.dense && !dense && e8q_qmodel_upload(&am.q, m, dev.cuda) > 0;
+  if (dev.cuda >= 0 && !on_gpu && rank == 0)
+    e8q_info("eval: --device %s: no quantized linear to run there (%s): the forward runs on the CPU",
+             e8q_device_mode_name(device), artifact ? "dense weights" : "a --model is dense");
   const e8q_config *c = &m->cfg;
   if (!per_line && !ctx) ctx = e8q_default_ctx(c->max_seq_len);
   E8Q_CHECK(!ctx || ctx <= c->max_seq_len, "eval: --ctx %d exceeds the model's max_position_embeddings %d", ctx,
@@ -148,6 +161,7 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddStringToObject(o, "model", artifact ? artifact : model_path);
     if (artifact)
       cJSON_AddStringToObject(o, "linears", am.q.dense ? "dense (ablation)" : dense ? "dense decode" : "fused kernels");
+    cJSON_AddStringToObject(o, "device", on_gpu ? dev.name : "cpu");
     cJSON_AddStringToObject(o, "text", text_path);
     if (tok_used && !artifact) cJSON_AddStringToObject(o, "tokenizer", tok_used);
     cJSON_AddStringToObject(o, "mode", per_line ? "per-line" : "ctx");

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/device.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/rng.h"
@@ -22,7 +23,7 @@
 static void generate_usage(FILE *f) {
   fprintf(f,
           "usage: e8q generate --model PATH | --artifact OUT.e8q [--dense] [--tokenizer FILE] [--prompt TEXT]\n"
-          "                    [--tokens N] [--ids] [--temperature T [--top-p P] [--seed S]]\n\n"
+          "                    [--tokens N] [--ids] [--temperature T [--top-p P] [--seed S]] [--device D]\n\n"
           "Generation from [BOS] + prompt, stopping at EOS or after N tokens: greedy (argmax) by default,\n"
           "sampled from softmax(logits / T) (nucleus of probability P) with --temperature T > 0.\n"
           "Tokens per second are printed on stderr.\n\n"
@@ -40,6 +41,8 @@ static void generate_usage(FILE *f) {
           "  --temperature T   sample at temperature T (default 0: greedy)\n"
           "  --top-p P         sample from the smallest set of tokens with probability >= P (default 1)\n"
           "  --seed S          sampling seed (default 1; same seed, same text)\n"
+          "  --device D        auto (default: CUDA when every rank has a device, else the CPU), cpu, or cuda\n"
+          "                    (fatal without one): an artifact's quantized linears on the CUDA fused kernels\n"
           "  --help            this text\n");
 }
 
@@ -59,6 +62,7 @@ int cmd_generate(int argc, char **argv) {
   double temp = 0.0, top_p = 1.0;
   int top_p_given = 0;
   unsigned long long seed = 1;
+  e8q_device_mode device = E8Q_DEVICE_AUTO;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (e8q_opt_help(a, generate_usage)) {
@@ -78,6 +82,8 @@ int cmd_generate(int argc, char **argv) {
       top_p_given = 1;
     } else if (!strcmp(a, "--seed")) {
       seed = e8q_opt_u64(a, e8q_opt_value("generate", argc, argv, &i));
+    } else if (!strcmp(a, "--device")) {
+      device = e8q_device_parse(a, e8q_opt_value("generate", argc, argv, &i));
     } else {
       E8Q_FATAL("generate: unknown option '%s' (see e8q generate --help)", a);
     }
@@ -89,6 +95,8 @@ int cmd_generate(int argc, char **argv) {
             "generate: --top-p %g applies to sampling, and without --temperature T > 0 generation is greedy (argmax); "
             "give --temperature with it, or drop --top-p",
             top_p);
+  e8q_device dev;
+  e8q_device_select(&dev, device, "generate");
   e8q_artifact_model am = {0};
   if (artifact) { /* collective (every rank takes part in the verification), then rank 0 alone */
     e8q_artifact_model_open(&am, artifact, !dense);
@@ -101,6 +109,9 @@ int cmd_generate(int argc, char **argv) {
   if (e8q_rank() != 0) return 0; /* generation is not distributed */
 
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
+  if (!(artifact && !am.q.dense && !dense && e8q_qmodel_upload(&am.q, m, dev.cuda) > 0) && dev.cuda >= 0)
+    e8q_info("generate: --device %s: no quantized linear to run there (%s): the forward runs on the CPU",
+             e8q_device_mode_name(device), artifact ? "dense weights" : "a --model is dense");
   const e8q_config *c = &m->cfg;
   /* a tokenizer is needed for a prompt or for text output */
   e8q_tokenizer *tok = e8q_eval_open_tokenizer(model_path, c, tok_path, prompt || !want_ids, NULL);

@@ -66,6 +66,9 @@ static void quantize_usage(FILE *f) {
           "  --scalapack-min N    dimension from which auto uses ScaLAPACK (default %d)\n"
           "  --eval-text FILE     held-out text: perplexity recorded in the manifest\n"
           "  --eval-lines K       first K non-empty lines, each [BOS]+tokens (default 40)\n"
+          "  --device D           auto (default: CUDA when every rank has a device, else the CPU), cpu or\n"
+          "                       cuda (fatal without a device); the validation evaluation's quantized\n"
+          "                       linears run on it (the other stages are CPU code for now)\n"
           "  --ft MODE            fine-tuning: none, block, e2e, all (default all = block + e2e)\n"
           "  --ft-epochs E        block fine-tuning epochs per round (default %d; early stop after 3\n"
           "                       epochs without held-out improvement, the best held-out state kept)\n"
@@ -165,6 +168,7 @@ int cmd_quantize(int argc, char **argv) {
     else if (!strcmp(a, "--ft-batch")) o.ft_batch = e8q_opt_int(a, v, 1, 1 << 24);
     else if (!strcmp(a, "--e2e-epochs")) o.e2e_epochs = e8q_opt_int(a, v, 0, 1000000);
     else if (!strcmp(a, "--e2e-topk")) o.e2e_topk = e8q_opt_int(a, v, 1, 1 << 20);
+    else if (!strcmp(a, "--device")) o.device = e8q_device_parse(a, v);
     else E8Q_FATAL("quantize: unknown option '%s' (see e8q quantize --help)", a);
   }
   const int demo = o.model == NULL;

@@ -215,7 +215,7 @@ static void ctx_open(e8q_run *R, e2e_ctx *C) {
       const e8q_group_plan *gp = &R->plan.groups[g];
       const size_t q = (size_t)b * E8Q_N_GROUPS + g;
       e8q_run_qlin_open(&C->lin[q], R, sh, 1, b, g, C->S.p + C->S.off_SU[q], C->S.p + C->S.off_SV[q], C->fac[g]);
-      C->blocks[b].lin[g] = (e8q_linear){gp->m, gp->n, NULL, &C->lin[q].ql};
+      C->blocks[b].lin[g] = (e8q_linear){.m = gp->m, .n = gp->n, .w = NULL, .q = &C->lin[q].ql};
     }
     C->blocks[b].layer1 = b + 1;
     e8q_st_close(sh);

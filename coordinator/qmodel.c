@@ -9,9 +9,11 @@
 #include <stdint.h>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "io/config.h"
 #include "io/text.h"
 #include "kernels/e8p.h"
+#include "kernels/qlinear_gpu.h"
 #include "shard/layout.h"
 
 static void *own(e8q_qmodel *q, size_t bytes) {
@@ -155,7 +157,31 @@ void e8q_qmodel_open_st_range(e8q_qmodel *q, const char *dir, const char *config
   cJSON_Delete(cj);
 }
 
+int e8q_qmodel_upload(e8q_qmodel *q, e8q_model *m, int cuda) {
+  if (cuda < 0 || q->dense) return 0;
+  const int nl = q->cfg.n_layers;
+  if (!q->gpu) q->gpu = e8q_calloc((size_t)nl * E8Q_N_GROUPS, sizeof *q->gpu, "GPU linears");
+  int n = 0, refused = 0;
+  for (int l = q->lo; l < q->hi; l++)
+    for (int g = 0; g < E8Q_N_GROUPS; g++) {
+      e8q_linear *L = &m->blocks[l].lin[g];
+      E8Q_CHECK(L->q == (const struct e8q_qlinear *)e8q_qmodel_linear(q, l, g),
+                "%s: e8q_qmodel_upload needs the fused model of the same artifact", q->dir);
+      const char *why = NULL;
+      e8q_qlinear_gpu *G = q->gpu[l * E8Q_N_GROUPS + g];
+      if (!G) G = q->gpu[l * E8Q_N_GROUPS + g] = e8q_qlinear_gpu_create(e8q_qmodel_linear(q, l, g), cuda, &why);
+      if (!G && !refused++)
+        e8q_warn("%s: layer %d %s [%d x %d] stays on the CPU: %s", q->dir, l, e8q_group_names[g], L->m, L->n, why);
+      L->gpu = G;
+      n += G != NULL;
+    }
+  return n;
+}
+
 void e8q_qmodel_close(e8q_qmodel *q) {
+  if (q->gpu)
+    for (int i = 0; i < q->cfg.n_layers * E8Q_N_GROUPS; i++) e8q_qlinear_gpu_free(q->gpu[i]);
+  free(q->gpu);
   if (q->lin)
     for (int i = 0; i < q->cfg.n_layers * E8Q_N_GROUPS; i++) e8q_qlinear_free(&q->lin[i]);
   free(q->lin);

@@ -20,6 +20,8 @@ typedef struct {
   int n_owned;
   void **owned;             /* aligned copies of small tensors, owned */
   int lo, hi;               /* layers described: [lo, hi) (all unless opened with a range) */
+  struct e8q_qlinear_gpu **gpu; /* [n_layers * E8Q_N_GROUPS] uploaded linears (e8q_qmodel_upload), owned;
+                                   NULL entries: not uploaded */
 } e8q_qmodel;
 
 /* Fatal, naming the file and tensor, on anything missing or inconsistent. */
@@ -46,5 +48,11 @@ e8q_model *e8q_qmodel_fused(const e8q_qmodel *q);
 /* Only the blocks of q's layer range (fused, or dense decoded when `fused` is 0 or q is a dense
  * ablation): no embeddings, final norm or lm_head; blocks outside the range are zero (no weights). */
 e8q_model *e8q_qmodel_blocks(const e8q_qmodel *q, int fused);
+/* Uploads every quantized linear of q's layer range to CUDA device `cuda` once (codes, scales,
+ * Hadamard factors; kernels/qlinear_gpu.h) and points m's linears at them, so the forward runs
+ * them on the device. A linear the CUDA kernels refuse (shape) stays on the CPU, said once;
+ * m must be q's fused model; nothing for cuda < 0 or a dense ablation. Freed by close. Returns
+ * the number uploaded. */
+int e8q_qmodel_upload(e8q_qmodel *q, e8q_model *m, int cuda);
 
 #endif

@@ -363,6 +363,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   R->comm = e8q_comm_get();
   R->rank = e8q_comm_rank(R->comm);
   R->size = e8q_comm_size(R->comm);
+  e8q_device_select(&R->dev, o->device, "quantize"); /* before any work: --device cuda without one is fatal here */
   double t0 = e8q_now();
   /* Determinism: OpenBLAS's multi-threaded kernels can change the last bits of sums (Hessians,
    * LDLQ feedback, proxy losses) with the thread count; one BLAS thread per rank makes the

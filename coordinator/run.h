@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "common/device.h"
 #include "worker/quantize_linear.h"
 
 typedef enum { E8Q_SCALAPACK_AUTO = 0, E8Q_SCALAPACK_ALWAYS, E8Q_SCALAPACK_NEVER } e8q_scalapack_mode;
@@ -42,6 +43,7 @@ typedef struct {
   int ft_batch;            /* --ft-batch: sequences per Adam step */
   int e2e_epochs;          /* --e2e-epochs: end-to-end fine-tuning epochs */
   int e2e_topk;            /* --e2e-topk: ids kept per position of the original model's distribution */
+  e8q_device_mode device;  /* --device: what the run computes on (common/device.h) */
 } e8q_run_opts;
 
 /* collective; returns the exit code */

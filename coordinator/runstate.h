@@ -70,6 +70,7 @@ typedef struct {
   int n_src;
   int block0;            /* the first block not committed when the run started (resume point) */
   double stage_s[E8Q_N_STAGES]; /* wall seconds spent in each stage by this process */
+  e8q_device dev;        /* this rank's device (--device; common/device.h) */
 } e8q_run;
 
 /* stage timing: t = e8q_run_stage_begin(); ...; e8q_run_stage_end(R, stage, t) */

@@ -110,6 +110,7 @@ void e8q_run_validate(e8q_run *R) {
   cJSON *ev = NULL;
   if (R->o->eval_text) {
     e8q_model *m = q.dense ? e8q_qmodel_dense(&q) : e8q_qmodel_fused(&q);
+    if (!q.dense) e8q_qmodel_upload(&q, m, R->dev.cuda); /* --device cuda: the quantized linears on the GPU */
     /* a token id file needs no tokenizer (the model may have none: e8q_run_quantize checked
      * before any work that a text file has one) */
     e8q_tokenizer *tok = e8q_eval_open_tokenizer(R->o->model, &m->cfg, NULL, !e8q_ids_is_file(R->o->eval_text), NULL);
@@ -123,6 +124,7 @@ void e8q_run_validate(e8q_run *R) {
       cJSON_AddStringToObject(ev, "text_sha256", hex);
       cJSON_AddNumberToObject(ev, "per_line", R->o->eval_lines);
       cJSON_AddStringToObject(ev, "weights", q.dense ? "dense ablation weights" : "quantized linears through the fused kernels");
+      cJSON_AddStringToObject(ev, "device", R->dev.cuda >= 0 && !q.dense ? R->dev.name : "cpu"); /* rank 0's */
       cJSON_AddNumberToObject(ev, "mean_nll", r.mean_nll);
       cJSON_AddNumberToObject(ev, "ppl", r.ppl);
       cJSON_AddNumberToObject(ev, "tokens", (double)r.tokens);

@@ -21,6 +21,7 @@
 /* A quantized linear (codes, SU/SV, Hadamard factors): defined by the fused kernels
  * (kernels/qlinear.h), whose typedef must carry this tag: typedef struct e8q_qlinear {...}. */
 struct e8q_qlinear;
+struct e8q_qlinear_gpu; /* its copy on a CUDA device (kernels/qlinear_gpu.h) */
 
 /* A linear layer y = W x, W [m, n].
  * w is the dense row-major weight (owned by whoever filled it, see e8q_block_free); it is
@@ -31,6 +32,8 @@ typedef struct e8q_linear {
   int m, n;                      /* out features, in features */
   float *w;                      /* [m, n] row-major, NULL when quantized */
   const struct e8q_qlinear *q;   /* quantized form; not owned */
+  struct e8q_qlinear_gpu *gpu;   /* q uploaded to this rank's CUDA device (--device cuda), used by
+                                    e8q_linear_forward; not owned; NULL: the CPU kernels */
 } e8q_linear;
 
 /* linear groups of a block, in quantization order (the Hessian taps use the same ids) */

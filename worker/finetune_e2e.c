@@ -160,7 +160,7 @@ double e8q_e2e_seq_grad(const e8q_e2e_model *M, const e8q_e2e_state *S, int T, i
     e8q_block_train_forward(&M->blocks[b], c, 1, T, xb, w->x, w->bt);
   }
   e8q_rmsnorm(P, D, w->x, M->final_norm, eps, w->xn);
-  const e8q_linear head = {V, D, (float *)M->lm_head, NULL};
+  const e8q_linear head = {.m = V, .n = D, .w = (float *)M->lm_head, .q = NULL};
   e8q_linear_forward(&head, P, w->xn, w->logits);
   const double loss = e8q_xent_topk(P, V, w->logits, k, tid, tprob, grad ? w->logits : NULL);
   if (!grad) return loss;

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "kernels/qlinear.h"
+#include "kernels/qlinear_gpu.h"
 
 void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) { e8q_linear_forward_keep(L, T, x, y, NULL); }
 
@@ -22,7 +23,10 @@ void e8q_linear_forward_keep(const e8q_linear *L, int T, const float *x, float *
     const e8q_qlinear *q = (const e8q_qlinear *)L->q;
     E8Q_CHECK(q->d.m == L->m && q->d.n == L->n, "linear [%d x %d] has a quantized form of shape [%d x %d]", L->m, L->n,
               q->d.m, q->d.n);
-    e8q_qlinear_forward_keep(q, T, x, y, z);
+    if (L->gpu && !z) /* the CUDA fused kernels on host buffers; training (z) stays on the CPU */
+      e8q_qlinear_forward_gpu(q, L->gpu, T, x, y);
+    else
+      e8q_qlinear_forward_keep(q, T, x, y, z);
     return;
   }
   E8Q_FATAL("linear [%d x %d] has neither dense weights nor a quantized form", L->m, L->n);

@@ -2,7 +2,8 @@
  *
  * y = x Wᵀ for a batch of T input rows. Dense linears (L->w set) go through cblas_sgemv/sgemm.
  * Quantized linears (L->w NULL, L->q an e8q_qlinear) are decoded on the fly by the fused kernels
- * (e8q_qlinear_forward, kernels/qlinear.h): this is the single place where they plug in; a
+ * (e8q_qlinear_forward, kernels/qlinear.h), or by the CUDA ones when L->gpu is set
+ * (e8q_qlinear_forward_gpu, kernels/qlinear_gpu.h): this is the single place where they plug in; a
  * quantized form of another shape, or a linear with neither form, is refused with a message. */
 #ifndef E8Q_WORKER_LINEAR_H
 #define E8Q_WORKER_LINEAR_H

@@ -114,10 +114,10 @@ static e8q_block block_make(float *w1, float *w2, qlin *Lqkv, float *wo, float *
   memset(&b, 0, sizeof b);
   b.attn_norm = w1;
   b.ffn_norm = w2;
-  b.qkv = (e8q_linear){LD, D, NULL, &Lqkv->q};
-  b.o = (e8q_linear){D, QD, wo, NULL};
-  b.upgate = (e8q_linear){2 * H, D, wug, NULL};
-  b.down = (e8q_linear){D, H, wdown, Ldown ? &Ldown->q : NULL};
+  b.qkv = (e8q_linear){.m = LD, .n = D, .w = NULL, .q = &Lqkv->q};
+  b.o = (e8q_linear){.m = D, .n = QD, .w = wo, .q = NULL};
+  b.upgate = (e8q_linear){.m = 2 * H, .n = D, .w = wug, .q = NULL};
+  b.down = (e8q_linear){.m = D, .n = H, .w = wdown, .q = Ldown ? &Ldown->q : NULL};
   return b;
 }
 
@@ -256,7 +256,7 @@ static void bind_round(e8q_ft_state *S, const e8q_config *cfg, const qlin *L, e8
   d.SU = S->p + S->off_SU[0];
   d.SV = S->p + S->off_SV[0];
   e8q_qlinear_init(q, &d, "trained qkv");
-  tb->qkv = (e8q_linear){LD, D, NULL, q};
+  tb->qkv = (e8q_linear){.m = LD, .n = D, .w = NULL, .q = q};
   e8q_ft_bind(S, cfg, tb);
 }
 

@@ -102,7 +102,7 @@ static void tiny_init(tiny *m, t_rng *r) {
       d.SV = S->p + S->off_SV[b * 4 + g];
       d.fuse_scales = m->fs[b][g];
       e8q_qlinear_init(&m->ql[b][g], &d, "tiny linear");
-      m->blocks[b].lin[g] = (e8q_linear){mm, n, NULL, &m->ql[b][g]};
+      m->blocks[b].lin[g] = (e8q_linear){.m = mm, .n = n, .w = NULL, .q = &m->ql[b][g]};
     }
   m->M.cfg = &m->cfg;
   m->M.blocks = m->blocks;
