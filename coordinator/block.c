@@ -472,6 +472,7 @@ static void hessian_run(e8q_run *R, void *ctx) {
   const int n_my = R->s1 - R->s0;
   e8q_hessian_acc acc;
   e8q_hessian_acc_init(&acc, &R->cfg, R->T);
+  e8q_hessian_acc_use_device(&acc, R->dev.cuda); /* --device cuda: the Gram products on the GPU */
   e8q_fwd_scratch sc = {0};
   memcpy(R->Y, R->X, sizeof(float) * (size_t)n_my * e8q_run_act_floats(R));
   for (int i = 0; i < n_my; i++) {

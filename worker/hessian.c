@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/log.h"
+#include "kernels/gram_gpu.h"
 
 /* ---------------------------------------------------------------- Gram matrices */
 /* upper triangle of G (+)= xᵀ x, row blocks of E8Q_HESS_ROWS in order */
@@ -60,6 +62,7 @@ void e8q_hessian_acc_free(e8q_hessian_acc *a) {
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     e8q_xsum_free(&a->sum[g]);
     free(a->chunk[g]);
+    e8q_gram_gpu_free(a->gpu[g]);
   }
   free(a->xd);
   memset(a, 0, sizeof *a);
@@ -108,7 +111,24 @@ static void hessian_tap(void *ctx, int group, int rows, int cols, const float *x
               layer, e8q_group_names[group], isnan(x[i]) ? "NaN" : "Inf", i / (size_t)cols, i % (size_t)cols,
               (double)wmax, layer, wname);
   }
-  gram_upper(rows, cols, x, a->xd, a->chunk[group], 1.0);
+  if (a->gpu[group])
+    e8q_gram_gpu_add(a->gpu[group], rows, x, a->xd);
+  else
+    gram_upper(rows, cols, x, a->xd, a->chunk[group], 1.0);
+}
+
+int e8q_hessian_acc_use_device(e8q_hessian_acc *a, int cuda) {
+  if (cuda < 0) return 0;
+  E8Q_CHECK(E8Q_GRAM_GPU_ROWS <= E8Q_HESS_ROWS, "internal: GPU row blocks exceed the tap scratch");
+  int on = 0, off = 0;
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    const char *why = NULL;
+    a->gpu[g] = e8q_gram_gpu_create(cuda, a->n[g], &why);
+    if (!a->gpu[g] && !off++)
+      e8q_warn("Hessian of %s [%d x %d] stays on the CPU: %s", e8q_group_names[g], a->n[g], a->n[g], why);
+    on += a->gpu[g] != NULL;
+  }
+  return on;
 }
 
 void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_config *cfg, float *x,
@@ -126,7 +146,10 @@ void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_confi
 void e8q_hessian_acc_flush(e8q_hessian_acc *a) {
   if (a->in_chunk == 0) return;
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
-    mirror(a->n[g], a->chunk[g]);
+    if (a->gpu[g])
+      e8q_gram_gpu_take(a->gpu[g], a->chunk[g]); /* full and symmetric */
+    else
+      mirror(a->n[g], a->chunk[g]);
     e8q_xsum_add(&a->sum[g], a->chunk[g]);
     memset(a->chunk[g], 0, sizeof(double) * (size_t)a->n[g] * a->n[g]);
   }
@@ -140,6 +163,8 @@ void e8q_hessian_acc_reduce(e8q_hessian_acc *a, double *const H[E8Q_N_GROUPS], l
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     free(a->chunk[g]);
     a->chunk[g] = NULL;
+    e8q_gram_gpu_free(a->gpu[g]);
+    a->gpu[g] = NULL;
   }
   free(a->xd);
   a->xd = NULL;

@@ -27,12 +27,21 @@ typedef struct {
   int in_chunk;                      /* sequences in the current chunk */
   long tokens;                       /* tokens this rank added */
   double *xd;                        /* [E8Q_HESS_ROWS, max n] tap rows converted to double */
+  struct e8q_gram_gpu *gpu[E8Q_N_GROUPS]; /* the chunk sums on a CUDA device (e8q_hessian_acc_use_device),
+                                             owned; NULL: chunk[] on the CPU */
   const e8q_block *blk;              /* the block of the sequence being added (messages) */
   const e8q_config *cfg;
 } e8q_hessian_acc;
 
 void e8q_hessian_acc_init(e8q_hessian_acc *a, const e8q_config *cfg, int T);
 void e8q_hessian_acc_free(e8q_hessian_acc *a);
+/* --device cuda: the chunk sums' products on CUDA device `cuda` (kernels/gram_gpu.h: float64
+ * DSYRK, only the order of additions differs from the CPU's); they come back to the host at
+ * every flush, so the exact accumulators and the ordered reduction are unchanged and the result
+ * still does not depend on the rank count (among runs on the same GPU model). A group the device
+ * cannot hold stays on the CPU, said once. Call right after init; nothing for cuda < 0. Returns
+ * the number of groups on the device. */
+int e8q_hessian_acc_use_device(e8q_hessian_acc *a, int cuda);
 /* one sequence: x [T, dim] <- block(x) with the original weights, its four Gram matrices added.
  * A linear's input that is not finite (activations overflowing float32: a weight of 3e38) is a
  * fatal error naming the layer, the linear and the block's largest weight. */

@@ -7,9 +7,12 @@
 #      wrong value is refused naming the option. On a GPU machine: auto picks the device.
 # gpu: the CUDA path (exit 77, skipped, without a device): eval of a 2-bit artifact with its
 #      quantized linears on the GPU equals the CPU's mean NLL within 1e-4 (relative), on 1 and
-#      2 ranks (NCCL opened) and layer-pipelined; quantize --device cuda on 2 ranks writes the
-#      same weights as the CPU (only its validation evaluation runs on the device), records the
-#      device, and its recorded NLL is within 1e-4 of the CPU run's.
+#      2 ranks (NCCL opened) and layer-pipelined; quantize --device cuda (Hessian products and
+#      the validation evaluation on the device) gives the same bytes on 1 and 2 ranks, records
+#      the device, and is the CPU artifact within the stated tolerances: the Hessians differ from
+#      the CPU's only in the order of float64 additions, so at least 99% of the codes are equal
+#      (rounding ties can flip, and a flip changes the feedback of the row's later columns) and
+#      the recorded NLL is within 1e-3 (relative) of the CPU run's.
 set -u
 E8Q=$1; MPIEXEC=$2; CASE=$3
 SHARED=${E8Q_SHARED:?}
@@ -76,14 +79,26 @@ gpu)
     echo "eval ($run ranks): GPU $(js "$g" mean_nll) CPU $(js "$cpu" mean_nll)"
   done
   q 2 "$TMP/g.e8q" --device cuda --eval-text "$TEXT" > "$TMP/g.log" 2>&1 || { cat "$TMP/g.log"; fail "quantize --device cuda failed"; }
+  q 1 "$TMP/g1.e8q" --device cuda --eval-text "$TEXT" > "$TMP/g1.log" 2>&1 || { cat "$TMP/g1.log"; fail "1-rank quantize --device cuda failed"; }
+  cmp "$TMP/g.e8q" "$TMP/g1.e8q" || fail "quantize --device cuda: 1 and 2 ranks differ"
   q 2 "$TMP/c.e8q" --device cpu --eval-text "$TEXT" > "$TMP/c.log" 2>&1 || { cat "$TMP/c.log"; fail "quantize --device cpu failed"; }
-  cmp <(tar -xOf "$TMP/g.e8q" model.safetensors) <(tar -xOf "$TMP/c.e8q" model.safetensors) || fail "GPU and CPU runs wrote different weights"
-  python3 - "$TMP/g.e8q" "$TMP/c.e8q" <<'PY' || fail "quantize --device cuda: manifest"
-import json, subprocess, sys
-m = [json.loads(subprocess.check_output(["tar", "-xOf", a, "manifest.json"])) for a in sys.argv[1:]]
-g, c = (x["evaluation"] for x in m)
-assert g["device"].startswith("cuda:") and c["device"] == "cpu", (g["device"], c["device"])
-assert abs(g["mean_nll"] - c["mean_nll"]) <= 1e-4 * abs(c["mean_nll"]), (g["mean_nll"], c["mean_nll"])
+  python3 - "$TMP/g.e8q" "$TMP/c.e8q" <<'PY' || fail "quantize --device cuda: not the CPU artifact within the tolerances"
+import json, struct, subprocess, sys
+def member(a, name): return subprocess.check_output(["tar", "-xOf", a, name])
+def codes(a):  # every codes tensor of model.safetensors, as bytes by name
+    b = member(a, "model.safetensors"); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k.endswith("codes")}
+g, c = codes(sys.argv[1]), codes(sys.argv[2])
+assert g.keys() == c.keys() and g, (sorted(g)[:3], sorted(c)[:3])
+same = sum(sum(x == y for x, y in zip(memoryview(g[k]).cast("H"), memoryview(c[k]).cast("H"))) for k in g)
+total = sum(len(g[k]) // 2 for k in g)
+print(f"codes equal to the CPU run's: {same}/{total} ({100 * same / total:.3f}%)")
+assert same >= 0.99 * total
+m = [json.loads(member(a, "manifest.json")) for a in sys.argv[1:]]
+ge, ce = (x["evaluation"] for x in m)
+assert ge["device"].startswith("cuda:") and ce["device"] == "cpu", (ge["device"], ce["device"])
+print(f"recorded NLL: GPU {ge['mean_nll']} CPU {ce['mean_nll']}")
+assert abs(ge["mean_nll"] - ce["mean_nll"]) <= 1e-3 * abs(ce["mean_nll"]), (ge["mean_nll"], ce["mean_nll"])
 PY
   ;;
 *) fail "unknown case" ;;
