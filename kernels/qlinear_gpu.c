@@ -18,7 +18,10 @@ int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, voi
 struct e8q_qlinear_gpu {
   void *impl; /* e8q_cu_qlinear */
   int m, n;
+  int device;
 };
+
+int e8q_qlinear_gpu_device(const e8q_qlinear_gpu *g) { return g->device; }
 
 e8q_qlinear_gpu *e8q_qlinear_gpu_create(const e8q_qlinear *q, int device, const char **why_not) {
   static _Thread_local char reason[256];
@@ -32,6 +35,7 @@ e8q_qlinear_gpu *e8q_qlinear_gpu_create(const e8q_qlinear *q, int device, const 
   g->impl = impl;
   g->m = q->d.m;
   g->n = q->d.n;
+  g->device = device;
   if (why_not) *why_not = NULL;
   return g;
 #else

@@ -22,6 +22,7 @@ typedef struct e8q_qlinear_gpu e8q_qlinear_gpu;
 /* uploads q's codes, scales and factors to `device`; q must stay alive while g is used */
 e8q_qlinear_gpu *e8q_qlinear_gpu_create(const e8q_qlinear *q, int device, const char **why_not);
 void e8q_qlinear_gpu_free(e8q_qlinear_gpu *g);
+int e8q_qlinear_gpu_device(const e8q_qlinear_gpu *g); /* the CUDA device it was uploaded to */
 /* host buffers x [batch, n] -> y [batch, m]; g NULL runs e8q_qlinear_forward on the CPU */
 void e8q_qlinear_forward_gpu(const e8q_qlinear *q, e8q_qlinear_gpu *g, int batch, const float *x, float *y);
 /* device buffers, asynchronous on stream (a cudaStream_t; NULL = the layer's own stream); the

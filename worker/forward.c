@@ -6,13 +6,25 @@
 
 #include "common/error.h"
 #include "kernels/transformer.h"
+#include "kernels/transformer_gpu.h"
 #include "worker/linear.h"
 
 /* ---------------------------------------------------------------- scratch */
 
+static void host_free(e8q_fwd_scratch *s) {
+  free(s->xn);
+  free(s->qkv);
+  free(s->att);
+  free(s->proj);
+  free(s->ug);
+  free(s->h);
+  s->xn = s->qkv = s->att = s->proj = s->ug = s->h = NULL;
+  s->cap = 0;
+}
+
 static void scratch_ensure(e8q_fwd_scratch *s, const e8q_config *c, size_t N) {
   if (s->cap >= N) return;
-  e8q_fwd_scratch_free(s);
+  host_free(s);
   size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, hd = (size_t)c->head_dim;
   size_t q = (size_t)c->n_heads * hd, qkv = q + 2 * (size_t)c->n_kv_heads * hd;
   s->xn = e8q_alloc_aligned(sizeof(float) * N * D, "forward xn");
@@ -25,12 +37,8 @@ static void scratch_ensure(e8q_fwd_scratch *s, const e8q_config *c, size_t N) {
 }
 
 void e8q_fwd_scratch_free(e8q_fwd_scratch *s) {
-  free(s->xn);
-  free(s->qkv);
-  free(s->att);
-  free(s->proj);
-  free(s->ug);
-  free(s->h);
+  host_free(s);
+  e8q_tf_gpu_free(s->gpu);
   memset(s, 0, sizeof *s);
 }
 
@@ -45,6 +53,27 @@ static void tap(const e8q_taps *taps, int group, int rows, int cols, const float
 
 /* ---------------------------------------------------------------- batched block */
 
+/* --device cuda: the whole block on the GPU when its four linears were uploaded
+ * (e8q_qmodel_upload) and nothing taps the activations; 0: the CPU block below */
+static int block_gpu(const e8q_block *b, const e8q_config *c, int n_seq, int T, float *x, const e8q_taps *taps,
+                     e8q_fwd_scratch *s) {
+  if (taps || T > E8Q_TF_GPU_MAX_T) return 0;
+  e8q_qlinear_gpu *const lin[E8Q_N_GROUPS] = {b->qkv.gpu, b->o.gpu, b->upgate.gpu, b->down.gpu};
+  for (int g = 0; g < E8Q_N_GROUPS; g++)
+    if (!lin[g]) return 0;
+  if (!s->gpu) {
+    const e8q_tf_shape sh = {.dim = c->dim, .hidden = c->hidden_dim, .n_heads = c->n_heads,
+                             .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .rope_theta = c->rope_theta,
+                             .norm_eps = (float)c->norm_eps};
+    const char *why = NULL;
+    s->gpu = e8q_tf_gpu_create(e8q_qlinear_gpu_device(lin[0]), &sh, &why);
+    E8Q_CHECK(s->gpu, "layer %d: its linears are on CUDA device %d but the block's workspace is not: %s", b->layer1 - 1,
+              e8q_qlinear_gpu_device(lin[0]), why);
+  }
+  e8q_tf_gpu_block(s->gpu, n_seq, T, x, b->attn_norm, b->ffn_norm, lin);
+  return 1;
+}
+
 void e8q_block_forward(const e8q_block *b, const e8q_config *c, int n_seq, int T, float *x, const e8q_taps *taps,
                        e8q_fwd_scratch *scratch) {
   e8q_fwd_scratch local = {0};
@@ -54,6 +83,10 @@ void e8q_block_forward(const e8q_block *b, const e8q_config *c, int n_seq, int T
   E8Q_CHECK(c->sliding_window <= 0 || T <= c->sliding_window,
             "sequences of %d tokens exceed the model's sliding_window %d, which e8q does not implement: use a "
             "shorter context", T, c->sliding_window);
+  if (block_gpu(b, c, n_seq, T, x, taps, s)) {
+    if (s == &local) e8q_fwd_scratch_free(&local);
+    return;
+  }
   scratch_ensure(s, c, (size_t)N);
 
   /* attention */

@@ -33,6 +33,8 @@ typedef struct {
   float *proj;       /* [cap, dim] o_proj / down_proj output */
   float *ug;         /* [cap, 2*hidden] up | gate */
   float *h;          /* [cap, hidden] silu(gate)*up */
+  struct e8q_tf_gpu *gpu; /* the device workspace of blocks whose linears are on a GPU
+                             (kernels/transformer_gpu.h), created on first use; owned */
 } e8q_fwd_scratch;
 void e8q_fwd_scratch_free(e8q_fwd_scratch *s);
 
