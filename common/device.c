@@ -9,6 +9,10 @@
 #include "common/error.h"
 #include "common/log.h"
 
+static int g_cuda = -1; /* the process's device (e8q_device_cuda) */
+
+int e8q_device_cuda(void) { return g_cuda; }
+
 e8q_device_mode e8q_device_parse(const char *opt, const char *v) {
   if (!strcmp(v, "auto")) return E8Q_DEVICE_AUTO;
   if (!strcmp(v, "cpu")) return E8Q_DEVICE_CPU;
@@ -23,7 +27,7 @@ const char *e8q_device_mode_name(e8q_device_mode m) {
 void e8q_device_select(e8q_device *d, e8q_device_mode mode, const char *cmd) {
   memset(d, 0, sizeof *d);
   d->asked = mode;
-  d->cuda = -1;
+  d->cuda = g_cuda = -1;
   snprintf(d->name, sizeof d->name, "cpu");
   e8q_comm *c = e8q_comm_get();
   const int rank = e8q_comm_rank(c), size = e8q_comm_size(c);
@@ -55,6 +59,7 @@ void e8q_device_select(e8q_device *d, e8q_device_mode mode, const char *cmd) {
   e8q_cuda_device_name(d->cuda, dn, sizeof dn);
   snprintf(d->name, sizeof d->name, "cuda:%d (%s)", d->cuda, dn);
   e8q_comm_device_open(c, d->cuda);
+  g_cuda = d->cuda;
   if (rank == 0)
     e8q_info("%s: device %s on rank 0 (--device %s), %d rank%s, %d device%s seen per rank", cmd, d->name,
              e8q_device_mode_name(mode), size, size > 1 ? "s" : "", ndev, ndev > 1 ? "s" : "");

@@ -29,5 +29,8 @@ e8q_device_mode e8q_device_parse(const char *opt, const char *v);
 const char *e8q_device_mode_name(e8q_device_mode m);
 /* Collective over the process communicator (see above); cmd names the command in messages. */
 void e8q_device_select(e8q_device *d, e8q_device_mode mode, const char *cmd);
+/* this process's CUDA device from its last e8q_device_select, -1 for the CPU (or before any):
+ * for code below the commands that picks a device path itself (worker/cholesky_gpu.c) */
+int e8q_device_cuda(void);
 
 #endif

@@ -14,6 +14,11 @@
 int e8q_cholesky_lapack(int n, double *A);
 /* collective over MPI_COMM_WORLD; nb = block size (0: chosen from n and the grid) */
 int e8q_cholesky_scalapack(int n, double *A, int nb);
+/* on CUDA device `device` through cuSOLVER dpotrf (float64; equals LAPACK's to rounding); the
+ * same contract, so e8q_ldl_build_chol retries with more damping on info > 0 as for LAPACK */
+int e8q_cholesky_cusolver_on(int device, int n, double *A);
+/* the same on this rank's device (e8q_device_cuda(); fatal without one): --device cuda */
+int e8q_cholesky_cusolver(int n, double *A);
 /* the readable twin: textbook Cholesky-Banachiewicz in plain loops */
 int e8q_cholesky_ref(int n, double *A);
 /* call once before MPI_Finalize when ScaLAPACK was used (Cblacs_exit(1)) */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/comm.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/rng.h"
 #include "kernels/e8p.h"
@@ -205,11 +206,16 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
     /* ---------------------------------------------------------- factor (prepared H, block LDL) */
     e8q_ldl f;
     e8q_ldl_status st;
-    int ok = e8q_ldl_build_chol(&f, Hr, np, E8Q_SIGMA_REG, E8Q_PREC_F64, o->scalapack ? cholesky_scalapack : NULL, &st);
-    E8Q_CHECK(ok, "layer %d %s: %s%s", layer, g->name, o->scalapack ? "ScaLAPACK " : "", st.message);
+    /* the Cholesky: ScaLAPACK across the ranks, else cuSOLVER on this rank's GPU (--device cuda),
+     * else LAPACK; every rank factors the same Hr */
+    const int gpu = !o->scalapack && e8q_device_cuda() >= 0;
+    const char *via = o->scalapack ? "ScaLAPACK " : gpu ? "cuSOLVER " : "";
+    int ok = e8q_ldl_build_chol(&f, Hr, np, E8Q_SIGMA_REG, E8Q_PREC_F64,
+                                o->scalapack ? cholesky_scalapack : gpu ? e8q_cholesky_cusolver : NULL, &st);
+    E8Q_CHECK(ok, "layer %d %s: %s%s", layer, g->name, via, st.message);
     res->retries = st.attempts - 1;
     res->damp = st.sigma_reg;
-    snprintf(res->ldl_message, sizeof res->ldl_message, "%s%s", o->scalapack ? "ScaLAPACK " : "", st.message);
+    snprintf(res->ldl_message, sizeof res->ldl_message, "%s%s", via, st.message);
 
     /* ---------------------------------------------------------- LDLQ sweep
      * coded methods: this rank's row tiles, the proxy loss summed per tile (rank-count

@@ -7,8 +7,8 @@
 #      wrong value is refused naming the option. On a GPU machine: auto picks the device.
 # gpu: the CUDA path (exit 77, skipped, without a device): eval of a 2-bit artifact with its
 #      quantized linears on the GPU equals the CPU's mean NLL within 1e-4 (relative), on 1 and
-#      2 ranks (NCCL opened) and layer-pipelined; quantize --device cuda (Hessian products and
-#      the validation evaluation on the device) gives the same bytes on 1 and 2 ranks, records
+#      2 ranks (NCCL opened) and layer-pipelined; quantize --device cuda (Hessian products,
+#      their Cholesky and the validation evaluation on the device) gives the same bytes on 1 and 2 ranks, records
 #      the device, and is the CPU artifact within the stated tolerances: the Hessians differ from
 #      the CPU's only in the order of float64 additions, so at least 99% of the codes are equal
 #      (rounding ties can flip, and a flip changes the feedback of the row's later columns) and

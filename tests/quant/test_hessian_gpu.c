@@ -1,8 +1,11 @@
-/* tests/quant/test_gram_gpu.c: the Hessians' Gram products on a CUDA device (kernels/gram_gpu.h)
- * against the float64 loops (e8q_hessian_gram_ref) and the CPU DSYRK path (e8q_hessian_gram):
- * odd shapes, row counts across the upload blocks, sums over several adds, exact symmetry, and
- * a take that resets the sum. Without a device: the fallback contract (NULL and a reason, for
- * create and for the Hessian accumulator), then exit 77 (CTest: skipped) with the reason. */
+/* tests/quant/test_hessian_gpu.c: a Hessian's GPU paths (--device cuda) against float64 loops.
+ *   - Gram products (kernels/gram_gpu.h) vs e8q_hessian_gram_ref and the CPU DSYRK path
+ *     (e8q_hessian_gram): odd shapes, row counts across the upload blocks, sums over several
+ *     adds, exact symmetry, and a take that resets the sum;
+ *   - the cuSOLVER Cholesky (worker/cholesky.h) vs e8q_cholesky_ref on random SPD matrices, and
+ *     LAPACK's info (the failing minor) on one that is not positive definite.
+ * Without a device: the fallback contract (NULL and a reason, for create and for the Hessian
+ * accumulator), then exit 77 (CTest: skipped) with the reason. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +15,7 @@
 
 #include "common/cuda_util.h"
 #include "kernels/gram_gpu.h"
+#include "worker/cholesky.h"
 #include "worker/hessian.h"
 
 #include "../check.h" /* CHECK, n_pass/n_fail, g_seed, rnd/rndf */
@@ -32,7 +36,7 @@ int main(void) {
   const char *env = getenv("E8Q_TEST_SEED");
   g_seed = env ? strtoull(env, NULL, 0) : ((unsigned long long)time(NULL) << 20) ^ (unsigned long long)getpid();
   check_rs = g_seed * 0x9E3779B97F4A7C15ull + 1;
-  printf("test_gram_gpu: seed %llu (E8Q_TEST_SEED to repeat)\n", g_seed);
+  printf("test_hessian_gpu: seed %llu (E8Q_TEST_SEED to repeat)\n", g_seed);
 
   if (e8q_cuda_device_count() == 0) {
     const char *why = NULL;
@@ -45,9 +49,9 @@ int main(void) {
     CHECK(e8q_hessian_acc_use_device(&a, 0) == 0, "the accumulator put a group on a device that does not exist");
     for (int gr = 0; gr < E8Q_N_GROUPS; gr++) CHECK(a.gpu[gr] == NULL, "group %d has a GPU sum", gr);
     e8q_hessian_acc_free(&a);
-    printf("test_gram_gpu: fallback %d passed, %d failed\n", n_pass, n_fail);
+    printf("test_hessian_gpu: fallback %d passed, %d failed\n", n_pass, n_fail);
     if (n_fail) return 1;
-    printf("SKIP test_gram_gpu: no CUDA device (%s); the GPU comparison needs one\n",
+    printf("SKIP test_hessian_gpu: no CUDA device (%s); the GPU comparison needs one\n",
            e8q_cuda_unavailable_reason() ? e8q_cuda_unavailable_reason() : "?");
     return 77;
   }
@@ -86,6 +90,37 @@ int main(void) {
     e8q_gram_gpu_free(g);
     free(x); free(ref); free(cpu); free(gpu); free(xd); free(xdc);
   }
-  printf("test_gram_gpu: %d passed, %d failed\n", n_pass, n_fail);
+  /* Cholesky: A = B Bᵀ + n I, and one with a negative pivot at order 3 */
+  const int orders[] = {8, 97, 576};
+  for (size_t c = 0; c < sizeof orders / sizeof orders[0]; c++) {
+    const int n = orders[c];
+    double *B = malloc(sizeof(double) * (size_t)n * n), *A = malloc(sizeof(double) * (size_t)n * n);
+    double *L = malloc(sizeof(double) * (size_t)n * n), *R = malloc(sizeof(double) * (size_t)n * n);
+    for (size_t i = 0; i < (size_t)n * n; i++) B[i] = rndf();
+    for (int i = 0; i < n; i++)
+      for (int j = 0; j < n; j++) {
+        double s = i == j ? n : 0;
+        for (int k = 0; k < n; k++) s += B[(size_t)i * n + k] * B[(size_t)j * n + k];
+        A[(size_t)i * n + j] = s;
+      }
+    memcpy(L, A, sizeof(double) * (size_t)n * n);
+    memcpy(R, A, sizeof(double) * (size_t)n * n);
+    const int info = e8q_cholesky_cusolver_on(0, n, L), rinfo = e8q_cholesky_ref(n, R);
+    double worst = 0, scale = 0;
+    for (int i = 0; i < n; i++)
+      for (int j = 0; j <= i; j++) { /* the lower triangle is the factor */
+        worst = fmax(worst, fabs(L[(size_t)i * n + j] - R[(size_t)i * n + j]));
+        scale = fmax(scale, fabs(R[(size_t)i * n + j]));
+      }
+    CHECK(info == 0 && rinfo == 0, "Cholesky n %d: info %d (reference %d)", n, info, rinfo);
+    CHECK(worst <= 1e-12 * scale, "Cholesky n %d: max |L - L_ref| %.3g of %.3g", n, worst, scale);
+    printf("  Cholesky n %4d: max rel. difference to the float64 loops %.2e\n", n, worst / scale);
+    A[2 * n + 2] = -1.0; /* leading minor of order 3 not positive definite */
+    memcpy(L, A, sizeof(double) * (size_t)n * n);
+    const int bad = e8q_cholesky_cusolver_on(0, n, L);
+    CHECK(n < 3 || bad == 3, "Cholesky n %d of a matrix with a negative pivot at 3: info %d, expected 3", n, bad);
+    free(B); free(A); free(L); free(R);
+  }
+  printf("test_hessian_gpu: %d passed, %d failed\n", n_pass, n_fail);
   return n_fail ? 1 : 0;
 }
