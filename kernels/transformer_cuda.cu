@@ -25,36 +25,17 @@ static int tf_err(cudaError_t e, const char *what, char *err, size_t errlen) {
 }
 
 // ---------------------------------------------------------------- block reductions
-__device__ double block_sum_d(double v, double *sm) {
+// a tree over the block's threads (blockDim.x a power of two); every thread gets the result
+struct SumOp { template <class T> __device__ T operator()(T a, T b) const { return a + b; } };
+struct MaxOp { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+template <class T, class Op> __device__ T block_reduce(T v, T *sm, Op op) {
   sm[threadIdx.x] = v;
   __syncthreads();
   for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) sm[threadIdx.x] += sm[threadIdx.x + s];
+    if (threadIdx.x < s) sm[threadIdx.x] = op(sm[threadIdx.x], sm[threadIdx.x + s]);
     __syncthreads();
   }
-  double r = sm[0];
-  __syncthreads();
-  return r;
-}
-__device__ float block_max_f(float v, float *sm) {
-  sm[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) sm[threadIdx.x] = fmaxf(sm[threadIdx.x], sm[threadIdx.x + s]);
-    __syncthreads();
-  }
-  float r = sm[0];
-  __syncthreads();
-  return r;
-}
-__device__ float block_sum_f(float v, float *sm) {
-  sm[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) sm[threadIdx.x] += sm[threadIdx.x + s];
-    __syncthreads();
-  }
-  float r = sm[0];
+  T r = sm[0];
   __syncthreads();
   return r;
 }
@@ -64,7 +45,7 @@ __device__ float block_sum_f(float v, float *sm) {
 __global__ void rmsnorm_kernel(int d, const float *x, const float *w, float eps, float *y) {
   __shared__ double sm[TF_THREADS];
   const float *xr = x + (size_t)blockIdx.x * d;
-  const double ss = block_sum_d(e8q_tdev_sumsq(xr, d, threadIdx.x, blockDim.x), sm);
+  const double ss = block_reduce(e8q_tdev_sumsq(xr, d, threadIdx.x, blockDim.x), sm, SumOp());
   e8q_tdev_rmsnorm_apply(xr, w, e8q_tdev_rms_inv(ss, d, eps), y + (size_t)blockIdx.x * d, d, threadIdx.x, blockDim.x);
 }
 
@@ -85,9 +66,9 @@ __global__ void attention_kernel(int T, int n_heads, int n_kv_heads, int hd, flo
   const float *q = base + (size_t)t * ld + (size_t)h * hd;
   const float *k = base + (size_t)(n_heads + kvh) * hd;
   const float *v = base + (size_t)(n_heads + n_kv_heads + kvh) * hd;
-  const float mx = block_max_f(e8q_tdev_scores(t, q, k, ld, hd, scale, att, threadIdx.x, blockDim.x), red);
+  const float mx = block_reduce(e8q_tdev_scores(t, q, k, ld, hd, scale, att, threadIdx.x, blockDim.x), red, MaxOp());
   // the block sum also orders every lane's att writes before the reads of e8q_tdev_attend
-  const float sum = block_sum_f(e8q_tdev_exp(t, mx, att, threadIdx.x, blockDim.x), red);
+  const float sum = block_reduce(e8q_tdev_exp(t, mx, att, threadIdx.x, blockDim.x), red, SumOp());
   float *o = out + ((size_t)s * T + t) * ((size_t)n_heads * hd) + (size_t)h * hd;
   e8q_tdev_attend(t, att, 1.0f / sum, v, ld, hd, o, threadIdx.x, blockDim.x);
 }
