@@ -115,8 +115,8 @@ static struct {
   /* the reference's canonical half of D8^ (its "grid_part"): points decode(c) + 1/4 of the
    * parity-1 codes c in ascending order with at most one negative among the first seven
    * coordinates, none below -1/2 */
-  double part[2048][8];
-  double part_n2[2048];
+  double part[E8Q_E8P_PART_MAX][8];
+  double part_n2[E8Q_E8P_PART_MAX];
   int npart;
 } T;
 static pthread_once_t T_once = PTHREAD_ONCE_INIT;
@@ -150,7 +150,7 @@ static void tables_init(void) {
     for (int i = 0; i < 8; i++) g[i] = T.full[c][i] + 0.25;
     for (int i = 0; i < 7; i++) neg += g[i] < 0, mn = g[i] < mn ? g[i] : mn;
     if (neg > 1 || mn < -0.5) continue;
-    E8Q_CHECK(T.npart < 2048, "E8P canonical half: too many points");
+    E8Q_CHECK(T.npart < E8Q_E8P_PART_MAX, "E8P canonical half: too many points");
     for (int i = 0; i < 8; i++) T.part[T.npart][i] = g[i], n2 += g[i] * g[i];
     T.part_n2[T.npart++] = n2;
   }
@@ -165,6 +165,20 @@ static void tables_init(void) {
   }
 }
 static inline void tables_ready(void) { pthread_once(&T_once, tables_init); }
+
+void e8q_e8p_enc_tables_fill(e8q_e8p_enc_tables *t) {
+  tables_ready();
+  E8Q_CHECK(T.npart <= E8Q_E8P_PART_MAX, "E8P canonical half: %d points exceed %d", T.npart, E8Q_E8P_PART_MAX);
+  memcpy(t->a, T.a, sizeof t->a);
+  memcpy(t->n2, T.n2, sizeof t->n2);
+  memcpy(t->mismatch, T.mismatch, sizeof t->mismatch);
+  memcpy(t->odd, T.odd, sizeof t->odd);
+  memcpy(t->part, T.part, sizeof(double) * 8 * (size_t)T.npart);
+  memcpy(t->part_n2, T.part_n2, sizeof(double) * (size_t)T.npart);
+  t->npart = T.npart;
+  memcpy(t->e81b, T.e81b, sizeof t->e81b);
+  memcpy(t->e81b_n2, T.e81b_n2, sizeof t->e81b_n2);
+}
 
 /* ---------------------------------------------------------------- E8P encoder */
 /* score[r] = max over allowed signs of 2 y.v - |v|^2 for row r (v = signed row),

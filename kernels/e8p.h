@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "kernels/codebook.h"
+#include "kernels/e8p_encode_dev.h"
 
 /* ---------------------------------------------------------------- tables from definitions */
 /* the 256 abs rows |v| (227 enumerated + 29 norm-12 rows), in table order */
@@ -33,6 +34,9 @@ uint16_t e8q_e8p_encode(const double x[8], double xhat[8]);
 uint16_t e8q_e8p_encode_ref(const double x[8], double xhat[8]);
 /* n vectors: x [n, 8] -> codes [n], xhat [n, 8] (NULL to skip); OpenMP over vectors */
 void e8q_e8p_encode_batch(const double *x, size_t n, uint16_t *codes, double *xhat);
+
+/* the encoders' tables for their __host__ __device__ twins (kernels/e8p_encode_dev.h) */
+void e8q_e8p_enc_tables_fill(e8q_e8p_enc_tables *t);
 
 /* ---------------------------------------------------------------- RVQ */
 /* 4 bit: c1 = E8P(x), c2 = E8P((x - E8P(c1)) * 3.45); xhat = dec(c1) + dec(c2) / 3.45 */
