@@ -12,8 +12,10 @@
 #include "common/comm.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "common/rng.h"
 #include "kernels/e8p.h"
+#include "kernels/ldlq_gpu.h"
 #include "kernels/hadamard.h"
 #include "worker/cholesky.h"
 
@@ -232,7 +234,17 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
     const size_t c2sz = (size_t)e8q_cb_traits(cb)->codes2_bytes;
     uint16_t *codes = dense ? NULL : e8q_calloc((size_t)(my_rows ? my_rows : 1) * nc, sizeof(uint16_t), "codes");
     uint8_t *codes2 = dense || !c2sz ? NULL : e8q_calloc((size_t)(my_rows ? my_rows : 1) * nc, c2sz, "codes2");
-    double *What = dense ? NULL : e8q_malloc(sizeof(double) * (size_t)tile * np, "quantized rows");
+    /* --device cuda: all of this rank's rows in one GPU call (its tiles are the CPU's, r0 being a
+     * tile multiple), their decoded rows kept for the proxy; else tile by tile on the CPU */
+    const char *why_cpu = NULL;
+    e8q_ldlq_gpu *gl = !dense && my_rows > 0 && e8q_device_cuda() >= 0 ? e8q_ldlq_gpu_create(e8q_device_cuda(), &f, &why_cpu)
+                                                                      : NULL;
+    if (!gl && why_cpu && layer == 0 && rank == 0) e8q_warn("layer 0 %s: LDLQ stays on the CPU: %s", g->name, why_cpu);
+    const int on_gpu = gl != NULL;
+    double *What = dense ? NULL
+                         : e8q_malloc(sizeof(double) * (size_t)(on_gpu ? my_rows : tile) * np, "quantized rows");
+    if (on_gpu) e8q_ldlq_gpu_rows(gl, &lo, Wr + (size_t)r0 * np, my_rows, codes, codes2, What);
+    e8q_ldlq_gpu_free(gl);
     double *HE = dense ? NULL : e8q_malloc(sizeof(double) * (size_t)tile * np, "H E");
     e8q_xsum loss; /* [2] tr(E H Eᵀ), tr(W H Wᵀ) */
     e8q_xsum_init(&loss, 2, E8Q_XSUM_FRAC_DEFAULT);
@@ -240,12 +252,13 @@ void e8q_quantize_group(const e8q_qlin_opts *o, const e8q_group_plan *g, int lay
       int rows = (int)(a + tile < r1 ? tile : r1 - a);
       /* rows [a, a+rows) as their own matrix: tile boundaries are absolute, so the codes are
        * those of one call over all rows */
-      double *out = dense ? hat + (size_t)a * np : What;
-      e8q_ldlq_rows(&f, &lo, Wr + (size_t)a * np, rows, 0, rows, codes ? codes + (size_t)(a - r0) * nc : NULL,
-                    codes2 ? codes2 + (size_t)(a - r0) * nc * c2sz : NULL, out);
+      double *out = dense ? hat + (size_t)a * np : on_gpu ? What + (size_t)(a - r0) * np : What;
+      if (!on_gpu)
+        e8q_ldlq_rows(&f, &lo, Wr + (size_t)a * np, rows, 0, rows, codes ? codes + (size_t)(a - r0) * nc : NULL,
+                      codes2 ? codes2 + (size_t)(a - r0) * nc * c2sz : NULL, out);
       if (dense) continue;
       double t[2];
-      proxy_terms(Wr + (size_t)a * np, What, f.H, rows, np, HE, t);
+      proxy_terms(Wr + (size_t)a * np, out, f.H, rows, np, HE, t);
       e8q_xsum_add(&loss, t);
     }
     if (!dense) {

@@ -8,9 +8,10 @@
 # gpu: the CUDA path (exit 77, skipped, without a device): eval of a 2-bit artifact with its
 #      quantized linears on the GPU equals the CPU's mean NLL within 1e-4 (relative), on 1 and
 #      2 ranks (NCCL opened) and layer-pipelined; quantize --device cuda (Hessian products,
-#      their Cholesky and the validation evaluation on the device) gives the same bytes on 1 and 2 ranks, records
-#      the device, and is the CPU artifact within the stated tolerances: the Hessians differ from
-#      the CPU's only in the order of float64 additions, so at least 99% of the codes are equal
+#      their Cholesky, LDLQ and the validation evaluation on the device) gives the same bytes on 1 and 2 ranks, records
+#      the device, and is the CPU artifact within the stated tolerances: the Hessians and LDLQ's
+#      feedback products differ from the CPU's only in the order of float64 additions, so at
+#      least 99% of the codes are equal
 #      (rounding ties can flip, and a flip changes the feedback of the row's later columns) and
 #      the recorded NLL is within 1e-3 (relative) of the CPU run's.
 set -u
