@@ -8,7 +8,7 @@
  * Arithmetic (the choice the GPU issue asks to state): the host converts x to float64 (exact)
  * and cuBLAS DSYRK multiplies and adds in float64, the CPU path's arithmetic (cblas_dsyrk on the
  * same row blocks of E8Q_GRAM_GPU_ROWS); only the order of the additions is cuBLAS's, so each
- * entry agrees with the float64 sum to a relative ~n_tokens * 2^-53 (tests/quant/test_hessian_gpu
+ * entry agrees with the float64 sum to a relative ~n_tokens * 2^-53 (tests/quant/test_quantize_gpu
  * holds it to 1e-12 against e8q_hessian_gram_ref). TF32/FP32 products were not chosen: they
  * lose the low bits of the products that DESIGN §3's float64 Hessians keep.
  * Device memory: n*n doubles for the sum plus E8Q_GRAM_GPU_ROWS*n for one row block.
