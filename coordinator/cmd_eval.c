@@ -38,8 +38,9 @@ static void eval_usage(FILE *f) {
           "                    head counted; e8q plan --artifact F --ranks N --pipeline P prints it), windows\n"
           "                    flow rank to rank, groups split the windows; the result is the same bits\n"
           "  --device D        auto (default: CUDA when every rank has a device, else the CPU), cpu, or cuda\n"
-          "                    (fatal without one): an artifact's quantized linears run through the CUDA\n"
-          "                    fused kernels, uploaded once; the rest of the forward stays on the CPU for now\n"
+          "                    (fatal without one): the decoder blocks run on it (an artifact's quantized\n"
+          "                    linears through the CUDA fused kernels, uploaded once; dense ones through\n"
+          "                    cuBLAS); embeddings and the head stay on the CPU\n"
           "  --help            this text\n\n"
           "Sequences are split across MPI ranks; the result does not depend on the rank count (nor on P).\n"
           "Rank 0 prints every rank's peak resident memory (stderr, and peak_rss_bytes in the JSON).\n"
@@ -118,10 +119,9 @@ int cmd_eval(int argc, char **argv) {
   }
 
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
-  const int on_gpu = artifact && !am.q.dense && !dense && e8q_qmodel_upload(&am.q, m, dev.cuda) > 0;
-  if (dev.cuda >= 0 && !on_gpu && rank == 0)
-    e8q_info("eval: --device %s: no quantized linear to run there (%s): the forward runs on the CPU",
-             e8q_device_mode_name(device), artifact ? "dense weights" : "a --model is dense");
+  /* --device cuda: quantized linears uploaded once; every block then runs on the device (dense
+   * linears through cuBLAS, worker/forward.c); embeddings and the head stay on the CPU */
+  if (artifact && !am.q.dense && !dense) e8q_qmodel_upload(&am.q, m, dev.cuda);
   const e8q_config *c = &m->cfg;
   if (!per_line && !ctx) ctx = e8q_default_ctx(c->max_seq_len);
   E8Q_CHECK(!ctx || ctx <= c->max_seq_len, "eval: --ctx %d exceeds the model's max_position_embeddings %d", ctx,
@@ -161,7 +161,7 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddStringToObject(o, "model", artifact ? artifact : model_path);
     if (artifact)
       cJSON_AddStringToObject(o, "linears", am.q.dense ? "dense (ablation)" : dense ? "dense decode" : "fused kernels");
-    cJSON_AddStringToObject(o, "device", on_gpu ? dev.name : "cpu");
+    cJSON_AddStringToObject(o, "device", dev.name); /* rank 0's */
     cJSON_AddStringToObject(o, "text", text_path);
     if (tok_used && !artifact) cJSON_AddStringToObject(o, "tokenizer", tok_used);
     cJSON_AddStringToObject(o, "mode", per_line ? "per-line" : "ctx");

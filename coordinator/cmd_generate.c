@@ -42,7 +42,8 @@ static void generate_usage(FILE *f) {
           "  --top-p P         sample from the smallest set of tokens with probability >= P (default 1)\n"
           "  --seed S          sampling seed (default 1; same seed, same text)\n"
           "  --device D        auto (default: CUDA when every rank has a device, else the CPU), cpu, or cuda\n"
-          "                    (fatal without one): an artifact's quantized linears on the CUDA fused kernels\n"
+          "                    (fatal without one): an artifact's quantized linears on the CUDA fused kernels;\n"
+          "                    the rest of a token's step stays on the CPU\n"
           "  --help            this text\n");
 }
 
@@ -109,9 +110,8 @@ int cmd_generate(int argc, char **argv) {
   if (e8q_rank() != 0) return 0; /* generation is not distributed */
 
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
-  if (!(artifact && !am.q.dense && !dense && e8q_qmodel_upload(&am.q, m, dev.cuda) > 0) && dev.cuda >= 0)
-    e8q_info("generate: --device %s: no quantized linear to run there (%s): the forward runs on the CPU",
-             e8q_device_mode_name(device), artifact ? "dense weights" : "a --model is dense");
+  /* --device cuda: an artifact's quantized linears on the GPU (token by token, host buffers) */
+  if (artifact && !am.q.dense && !dense) e8q_qmodel_upload(&am.q, m, dev.cuda);
   const e8q_config *c = &m->cfg;
   /* a tokenizer is needed for a prompt or for text output */
   e8q_tokenizer *tok = e8q_eval_open_tokenizer(model_path, c, tok_path, prompt || !want_ids, NULL);

@@ -124,7 +124,7 @@ void e8q_run_validate(e8q_run *R) {
       cJSON_AddStringToObject(ev, "text_sha256", hex);
       cJSON_AddNumberToObject(ev, "per_line", R->o->eval_lines);
       cJSON_AddStringToObject(ev, "weights", q.dense ? "dense ablation weights" : "quantized linears through the fused kernels");
-      cJSON_AddStringToObject(ev, "device", R->dev.cuda >= 0 && !q.dense ? R->dev.name : "cpu"); /* rank 0's */
+      cJSON_AddStringToObject(ev, "device", R->dev.name); /* rank 0's: the blocks ran there */
       cJSON_AddNumberToObject(ev, "mean_nll", r.mean_nll);
       cJSON_AddNumberToObject(ev, "ppl", r.ppl);
       cJSON_AddNumberToObject(ev, "tokens", (double)r.tokens);

@@ -11,6 +11,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+/* kernels/gram_cuda.cu */
+int e8q_cu_f32_to_f64(size_t n, const float *src, double *dst, void *stream, char *err, size_t errlen);
+
 struct e8q_gram_gpu {
   int device, n;
   cublasHandle_t blas;
@@ -106,6 +109,29 @@ void e8q_gram_gpu_add(e8q_gram_gpu *g, int rows, const float *x, double *xd) {
   (void)rows;
   (void)x;
   (void)xd;
+#endif
+}
+
+void e8q_gram_gpu_add_dev(e8q_gram_gpu *g, int rows, const float *x_dev, void *stream) {
+  E8Q_CHECK(g, "e8q_gram_gpu_add_dev: no GPU Gram matrix");
+#ifdef E8Q_HAVE_CUDA
+  const int n = g->n;
+  const double one = 1.0;
+  char err[256];
+  GRAM_CUDA(cudaSetDevice(g->device));
+  GRAM_CUDA(cudaStreamSynchronize((cudaStream_t)stream)); /* x is complete */
+  for (int r0 = 0; r0 < rows; r0 += E8Q_GRAM_GPU_ROWS) {
+    const int k = rows - r0 < E8Q_GRAM_GPU_ROWS ? rows - r0 : E8Q_GRAM_GPU_ROWS;
+    /* g->xd is reused: the previous block's DSYRK is ordered before this conversion on g->stream */
+    E8Q_CHECK(e8q_cu_f32_to_f64((size_t)k * n, x_dev + (size_t)r0 * n, g->xd, g->stream, err, sizeof err) == 0,
+              "GPU Gram matrix [%d x %d]: %s", n, n, err);
+    GRAM_BLAS(cublasDsyrk(g->blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, n, k, &one, g->xd, n, &one, g->G, n));
+  }
+  GRAM_CUDA(cudaStreamSynchronize(g->stream)); /* x may be overwritten after return */
+#else
+  (void)rows;
+  (void)x_dev;
+  (void)stream;
 #endif
 }
 

@@ -26,6 +26,9 @@ e8q_gram_gpu *e8q_gram_gpu_create(int device, int n, const char **why_not);
 void e8q_gram_gpu_free(e8q_gram_gpu *g); /* NULL is a no-op */
 /* x [rows, n] f32 (host); xd [E8Q_GRAM_GPU_ROWS * n] f64 host scratch */
 void e8q_gram_gpu_add(e8q_gram_gpu *g, int rows, const float *x, double *xd);
+/* the same for x [rows, n] f32 on g's device (a block's activations, kernels/transformer_gpu.h),
+ * ready once `stream` (a cudaStream_t) has run to here: converted to float64 on the device */
+void e8q_gram_gpu_add_dev(e8q_gram_gpu *g, int rows, const float *x_dev, void *stream);
 /* G [n, n] host, overwritten with the full symmetric sum; the device sum is reset to 0 */
 void e8q_gram_gpu_take(e8q_gram_gpu *g, double *G);
 

@@ -2,13 +2,16 @@
  * and out (--device cuda in eval, generate and quantize's validation; worker/forward.c).
  *
  *   e8q_tf_gpu *w = e8q_tf_gpu_create(device, &shape, &why);   // NULL (and why): use the CPU
- *   e8q_tf_gpu_block(w, n_seq, T, x, attn_norm, ffn_norm, lin); // x [n_seq*T, dim] host, in place
+ *   e8q_tf_gpu_block(w, n_seq, T, x, attn_norm, ffn_norm, lin, tap, ctx); // x [n_seq*T, dim] host
  *
  * The block is kernels/transformer.h's ops in the same order as e8q_block_forward (RMSNorm, the
  * fused qkv product, rotate-half RoPE, causal GQA attention, o product and residual, RMSNorm,
- * up|gate product, SwiGLU, down product and residual), with the four quantized linears through
- * the CUDA fused kernels (kernels/qlinear_gpu.h, device buffers) and the activations staying on
- * the device between them: x goes up once and comes back once per block.
+ * up|gate product, SwiGLU, down product and residual), the activations staying on the device:
+ * x goes up once and comes back once per block. A linear is either quantized (the CUDA fused
+ * kernels, kernels/qlinear_gpu.h, on device buffers) or dense: its host weights are uploaded
+ * once and kept while the same pointers come back (the calibration forward and propagation of
+ * quantize run every sequence through one block), multiplied by cuBLAS SGEMM in pedantic
+ * float32 (no TF32). A tap sees each linear's input on the device, for the Hessians.
  * Arithmetic: RMSNorm sums squares in float64 like the CPU; RoPE angles in float64, rounded to
  * float like e8q_rope_table; attention and SwiGLU in float32. Results agree with the CPU block
  * to float32 rounding (the order of sums differs), held to the CPU by tests/pipeline/device.sh
@@ -30,11 +33,26 @@ typedef struct {
 
 typedef struct e8q_tf_gpu e8q_tf_gpu;
 
+/* one linear of a block: quantized on the device (q), or dense host weights (w [m, n], q NULL),
+ * uploaded by the workspace and cached by address (a caller that changes them in place between
+ * calls must free the workspace) */
+typedef struct {
+  e8q_qlinear_gpu *q;
+  const float *w;
+  int m, n;
+} e8q_tf_gpu_lin;
+
+/* the input x_dev [rows, cols] (device) of linear group `group` (E8Q_GROUP_* order: qkv, o,
+ * upgate, down) just before its product, complete once `stream` (a cudaStream_t) runs to here;
+ * valid during the call */
+typedef void (*e8q_tf_gpu_tap)(void *ctx, int group, int rows, int cols, const float *x_dev, void *stream);
+
 /* the device workspace of blocks of this shape (grows with the tokens of a call) */
 e8q_tf_gpu *e8q_tf_gpu_create(int device, const e8q_tf_shape *s, const char **why_not);
 void e8q_tf_gpu_free(e8q_tf_gpu *w); /* NULL is a no-op */
-/* lin: the block's qkv, o, upgate, down on w's device; norms [dim] host (uploaded per call) */
+/* lin: the block's qkv, o, upgate, down (quantized ones on w's device); norms [dim] host (uploaded
+ * per call); tap may be NULL */
 void e8q_tf_gpu_block(e8q_tf_gpu *w, int n_seq, int T, float *x, const float *attn_norm, const float *ffn_norm,
-                      e8q_qlinear_gpu *const lin[4]);
+                      const e8q_tf_gpu_lin lin[4], e8q_tf_gpu_tap tap, void *tap_ctx);
 
 #endif

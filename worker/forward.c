@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/device.h"
 #include "common/error.h"
 #include "kernels/transformer.h"
 #include "kernels/transformer_gpu.h"
@@ -53,24 +54,32 @@ static void tap(const e8q_taps *taps, int group, int rows, int cols, const float
 
 /* ---------------------------------------------------------------- batched block */
 
-/* --device cuda: the whole block on the GPU when its four linears were uploaded
- * (e8q_qmodel_upload) and nothing taps the activations; 0: the CPU block below */
+/* --device cuda: the whole block on the GPU when every linear is there (quantized ones uploaded
+ * by e8q_qmodel_upload) or dense with this process on a device (e8q_device_cuda), and the taps
+ * (if any) take device buffers; 0: the CPU block below */
 static int block_gpu(const e8q_block *b, const e8q_config *c, int n_seq, int T, float *x, const e8q_taps *taps,
                      e8q_fwd_scratch *s) {
-  if (taps || T > E8Q_TF_GPU_MAX_T) return 0;
-  e8q_qlinear_gpu *const lin[E8Q_N_GROUPS] = {b->qkv.gpu, b->o.gpu, b->upgate.gpu, b->down.gpu};
-  for (int g = 0; g < E8Q_N_GROUPS; g++)
-    if (!lin[g]) return 0;
+  if ((taps && !taps->dev_fn) || T > E8Q_TF_GPU_MAX_T) return 0;
+  e8q_tf_gpu_lin lin[E8Q_N_GROUPS];
+  int device = -1;
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    const e8q_linear *L = &b->lin[g];
+    lin[g] = (e8q_tf_gpu_lin){.q = L->gpu, .w = L->gpu ? NULL : L->w, .m = L->m, .n = L->n};
+    if (L->gpu) device = e8q_qlinear_gpu_device(L->gpu);
+    else if (!L->w || e8q_device_cuda() < 0) return 0;
+  }
+  if (device < 0) device = e8q_device_cuda();
   if (!s->gpu) {
     const e8q_tf_shape sh = {.dim = c->dim, .hidden = c->hidden_dim, .n_heads = c->n_heads,
                              .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .rope_theta = c->rope_theta,
                              .norm_eps = (float)c->norm_eps};
     const char *why = NULL;
-    s->gpu = e8q_tf_gpu_create(e8q_qlinear_gpu_device(lin[0]), &sh, &why);
+    s->gpu = e8q_tf_gpu_create(device, &sh, &why);
     E8Q_CHECK(s->gpu, "layer %d: its linears are on CUDA device %d but the block's workspace is not: %s", b->layer1 - 1,
-              e8q_qlinear_gpu_device(lin[0]), why);
+              device, why);
   }
-  e8q_tf_gpu_block(s->gpu, n_seq, T, x, b->attn_norm, b->ffn_norm, lin);
+  e8q_tf_gpu_block(s->gpu, n_seq, T, x, b->attn_norm, b->ffn_norm, lin, taps ? taps->dev_fn : NULL,
+                   taps ? taps->ctx : NULL);
   return 1;
 }
 

@@ -20,6 +20,9 @@
 typedef struct {
   void (*fn)(void *ctx, int group, int rows, int cols, const float *x);
   void *ctx;
+  /* the same on a GPU block (kernels/transformer_gpu.h: x on the device, ready once `stream`
+   * runs to here); NULL: a block with taps runs on the CPU */
+  void (*dev_fn)(void *ctx, int group, int rows, int cols, const float *x_dev, void *stream);
 } e8q_taps;
 
 /* ---------------------------------------------------------------- scratch

@@ -117,6 +117,15 @@ static void hessian_tap(void *ctx, int group, int rows, int cols, const float *x
     gram_upper(rows, cols, x, a->xd, a->chunk[group], 1.0);
 }
 
+/* the same tap on a GPU block: x on the device goes straight into the device sum */
+static void hessian_tap_dev(void *ctx, int group, int rows, int cols, const float *x_dev, void *stream) {
+  e8q_hessian_acc *a = ctx;
+  E8Q_CHECK(group >= 0 && group < E8Q_N_GROUPS && cols == a->n[group] && rows == a->T && a->gpu[group],
+            "internal: device Hessian tap of group %d got [%d, %d], expected [%d, %d]", group, rows, cols, a->T,
+            group >= 0 && group < E8Q_N_GROUPS ? a->n[group] : -1);
+  e8q_gram_gpu_add_dev(a->gpu[group], rows, x_dev, stream);
+}
+
 int e8q_hessian_acc_use_device(e8q_hessian_acc *a, int cuda) {
   if (cuda < 0) return 0;
   E8Q_CHECK(E8Q_GRAM_GPU_ROWS <= E8Q_HESS_ROWS, "internal: GPU row blocks exceed the tap scratch");
@@ -133,7 +142,11 @@ int e8q_hessian_acc_use_device(e8q_hessian_acc *a, int cuda) {
 
 void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_config *cfg, float *x,
                          e8q_fwd_scratch *scratch) {
-  e8q_taps taps = {hessian_tap, a};
+  /* every group's sum on the device: the block may run there too (worker/forward.c), its taps
+   * feeding the device sums; else the host taps */
+  int all_gpu = 1;
+  for (int g = 0; g < E8Q_N_GROUPS; g++) all_gpu &= a->gpu[g] != NULL;
+  const e8q_taps taps = {.fn = hessian_tap, .ctx = a, .dev_fn = all_gpu ? hessian_tap_dev : NULL};
   a->blk = b;
   a->cfg = cfg;
   e8q_block_forward(b, cfg, 1, a->T, x, &taps, scratch);
@@ -146,9 +159,15 @@ void e8q_hessian_acc_seq(e8q_hessian_acc *a, const e8q_block *b, const e8q_confi
 void e8q_hessian_acc_flush(e8q_hessian_acc *a) {
   if (a->in_chunk == 0) return;
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
-    if (a->gpu[g])
+    if (a->gpu[g]) {
       e8q_gram_gpu_take(a->gpu[g], a->chunk[g]); /* full and symmetric */
-    else
+      /* the device taps do not look at each input: a non-finite one shows here, per chunk */
+      for (int i = 0; i < a->n[g]; i++)
+        E8Q_CHECK(isfinite(a->chunk[g][(size_t)i * a->n[g] + i]),
+                  "the inputs of %s hold NaN or Inf (feature %d) while accumulating its Hessian on the GPU: the "
+                  "activations overflow float32; the checkpoint is corrupt or holds values e8q cannot run in float32",
+                  e8q_group_names[g], i);
+    } else
       mirror(a->n[g], a->chunk[g]);
     e8q_xsum_add(&a->sum[g], a->chunk[g]);
     memset(a->chunk[g], 0, sizeof(double) * (size_t)a->n[g] * a->n[g]);

@@ -159,7 +159,7 @@ static void test_forward_block_streaming(void **s) {
     e8q_block b;
     e8q_block_load(st, c, l, &b);
     tap_log tl = {0};
-    e8q_taps taps = {tap_fn, &tl};
+    e8q_taps taps = {.fn = tap_fn, .ctx = &tl};
     /* the qkv tap sees rmsnorm(x) with the block's attn_norm */
     float *xn = malloc(sizeof(float) * N * c->dim);
     e8q_rmsnorm_ref(N, c->dim, x, b.attn_norm, (float)c->norm_eps, xn);
