@@ -14,13 +14,15 @@
 
 static void plan_usage(FILE *f) {
   fprintf(f,
-          "usage: e8q plan --model DIR [--ranks N] [--gpu-mem G] [--devset S] [--ctx T]\n\n"
+          "usage: e8q plan --model DIR [--ranks N] [--mem G] [--gpu-mem G] [--devset S] [--ctx T]\n\n"
           "Prints the quantization schedule of a Hugging Face model directory (layers, linear groups,\n"
           "shapes, padding, Hadamard factors, rows and sequences per rank) and the peak memory of\n"
           "every rank, reading only config.json and the safetensors headers.\n"
           "  --model DIR    Hugging Face directory (config.json, model.safetensors[.index.json])\n"
           "  --ranks N      number of MPI ranks to plan for (default 1)\n"
-          "  --gpu-mem G    memory per rank in GiB: marks which ranks fit\n"
+          "  --mem G        host memory per rank in GiB: marks which ranks fit (peak; exit status 3 if not)\n"
+          "  --gpu-mem G    GPU memory per rank in GiB: marks which ranks fit with --device cuda (the device\n"
+          "                column: block, LDLQ and validation buffers; exit status 3 if not)\n"
           "  --devset S     calibration sequences (default %d)\n"
           "  --ctx T        tokens per sequence (default min(%d, max_position_embeddings))\n\n"
           "usage: e8q plan --artifact OUT.e8q --ranks N [--pipeline P] [--mem G] [--ctx T] [--dense]\n\n"
@@ -38,7 +40,7 @@ static void plan_usage(FILE *f) {
 int cmd_plan(int argc, char **argv) {
   const char *model = NULL, *artifact = NULL;
   int ranks = 1, devset = E8Q_DEFAULT_DEVSET, ctx = 0, pipeline = 0, dense = 0;
-  double gpu_mem = 0;
+  double gpu_mem = 0, host_mem = 0; /* --gpu-mem, --mem (the same for an artifact's evaluation) */
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (e8q_opt_help(a, plan_usage)) return 0;
@@ -54,7 +56,7 @@ int cmd_plan(int argc, char **argv) {
     if (!strcmp(a, "--model")) model = v;
     else if (!strcmp(a, "--artifact")) artifact = v;
     else if (!strcmp(a, "--pipeline")) pipeline = e8q_opt_int("--pipeline", v, 1, 1 << 20);
-    else if (!strcmp(a, "--mem")) gpu_mem = e8q_opt_double("--mem", v, 1e-9, 1e9);
+    else if (!strcmp(a, "--mem")) host_mem = e8q_opt_double("--mem", v, 1e-9, 1e9);
     else if (!strcmp(a, "--ranks")) ranks = e8q_opt_int("--ranks", v, 1, 1 << 20);
     else if (!strcmp(a, "--devset")) devset = e8q_opt_int("--devset", v, 1, 1 << 24);
     else if (!strcmp(a, "--ctx")) ctx = e8q_opt_int("--ctx", v, 2, 1 << 24);
@@ -78,7 +80,7 @@ int cmd_plan(int argc, char **argv) {
     e8q_eval_plan_build(&ep, &cfg, &eb, ranks, pipeline, ctx);
     printf("evaluation plan for %s (%d layers, dim %d, vocab %d%s)\n", artifact, cfg.n_layers, cfg.dim,
            cfg.vocab_size, cfg.tied ? ", tied head" : "");
-    int bad = e8q_eval_plan_print(&ep, gpu_mem, stdout);
+    int bad = e8q_eval_plan_print(&ep, host_mem > 0 ? host_mem : gpu_mem, stdout);
     if (pipeline) { /* the data-parallel rank, for comparison */
       e8q_eval_plan_build(&dp, &cfg, &eb, 1, 0, ctx);
       printf("data parallel, for comparison: %.1f MiB per rank\n", (double)dp.stage[0].total / (1 << 20));
@@ -102,10 +104,9 @@ int cmd_plan(int argc, char **argv) {
   e8q_plan p;
   e8q_plan_build(&p, model, ranks, devset, ctx);
   printf("plan for %s\n", model);
-  e8q_plan_print(&p, gpu_mem, stdout);
+  e8q_plan_print(&p, host_mem, gpu_mem, stdout);
   int fits = 1;
-  for (int r = 0; r < p.n_ranks; r++)
-    if (gpu_mem > 0 && (double)p.mem[r].peak > gpu_mem * (double)(1ull << 30)) fits = 0;
+  for (int r = 0; r < p.n_ranks; r++) fits &= e8q_plan_rank_fits(&p.mem[r], host_mem, gpu_mem);
   e8q_plan_free(&p);
   return fits ? 0 : 3;
 }

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "io/gguf.h"
 #include "io/safetensors.h"
+#include "kernels/e8p_encode_dev.h"
 #include "kernels/hadamard.h"
 #include "kernels/ldlq.h"
 #include "shard/layout.h"
@@ -52,7 +53,7 @@ static size_t mul3_sat(size_t a, size_t b, size_t c) { return mul_sat(mul_sat(a,
 
 static void plan_memory(e8q_plan *p) {
   const e8q_config *c = &p->cfg;
-  size_t weights = 2 * (size_t)c->dim, sum_n2 = 0, nmax = 0, ldlq = 0;
+  size_t weights = 2 * (size_t)c->dim, sum_n2 = 0, nmax = 0, ldlq = 0, sum_n = 0;
   size_t susv = 0, codes = 0; /* SU+SV floats and code bytes (4 bit: codes + codes2) of one block */
   size_t dense_tail = 0;      /* weights of o, upgate and down: dense in block round 0 */
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
@@ -60,6 +61,7 @@ static void plan_memory(e8q_plan *p) {
     size_t m = (size_t)gp->m, n = (size_t)gp->n, np = (size_t)gp->n_pad;
     weights = add_sat(weights, mul_sat(m, n));
     sum_n2 = add_sat(sum_n2, mul_sat(n, n));
+    sum_n = add_sat(sum_n, n);
     if (n > nmax) nmax = n;
     /* Wr, 3 n_pad^2 (Hessian, prepared H, L), quantized rows + H E per tile, codes */
     size_t need = add_sat(add_sat(mul3_sat(8, m, np), mul3_sat(24, np, np)),
@@ -92,9 +94,22 @@ static void plan_memory(e8q_plan *p) {
   size_t e2e_fixed = add_sat(add_sat(mul_sat(L, codes), mul3_sat(4, VD, c->tied ? 1 : 2)), mul_sat(48, n_e2e));
   e2e_fixed = add_sat(e2e_fixed, mul3_sat(4, T, add_sat(mul_sat(L + 3, (size_t)c->dim), (size_t)c->vocab_size)));
   e2e_fixed = add_sat(e2e_fixed, add_sat(bt, mul_sat(mul3_sat(4, (size_t)c->n_heads, T), T)));
+  /* the device path (shard/plan.h): a block, LDLQ of one group, the validation's fused model */
+  const size_t dev_ws = mul3_sat(4, T, add_sat(widths, (size_t)c->dim));
+  const size_t dev_block = add_sat(add_sat(weights, dev_ws), add_sat(mul_sat(8, sum_n2), mul3_sat(8, 256, sum_n)));
+  const size_t dev_eval = add_sat(mul_sat(L, add_sat(codes, mul_sat(4, susv))), dev_ws);
   for (int r = 0; r < p->n_ranks; r++) {
     e8q_rank_mem *m = &p->mem[r];
     size_t seqs = (size_t)(p->seq_start[r + 1] - p->seq_start[r]);
+    size_t dev_ldlq = 0;
+    for (int g = 0; g < E8Q_N_GROUPS; g++) {
+      const size_t np = (size_t)p->groups[g].n_pad, rows = (size_t)(p->row_start[g][r + 1] - p->row_start[g][r]);
+      size_t need = add_sat(mul3_sat(16, np, np), mul3_sat(8, rows, add_sat(mul_sat(4, np), 128)));
+      need = add_sat(add_sat(need, mul3_sat(4, rows, np) / 8), sizeof(e8q_e8p_enc_tables));
+      if (need > dev_ldlq) dev_ldlq = need;
+    }
+    m->device = dev_block > dev_ldlq ? dev_block : dev_ldlq;
+    if (dev_eval > m->device) m->device = dev_eval;
     m->weights = weights;
     m->acts = add_sat(mul_sat(mul3_sat(8, seqs, T), (size_t)c->dim), scratch);
     /* 256: E8Q_HESS_ROWS (worker/hessian.h, xd scratch), which shard/ cannot include (DESIGN §1) */
@@ -109,7 +124,7 @@ static void plan_memory(e8q_plan *p) {
     if (tune > quant) quant = tune;
     m->peak = add_sat(add_sat(m->weights, m->acts), m->hess_acc > quant ? m->hess_acc : quant);
     if (m->e2e > m->peak) m->peak = m->e2e;
-    E8Q_CHECK(m->peak < SIZE_MAX,
+    E8Q_CHECK(m->peak < SIZE_MAX && m->device < SIZE_MAX,
               "the memory a rank needs for this model overflows 64 bits (hidden_size %d, intermediate_size %d, "
               "%d heads, --ctx %d, %zu sequences): the config's sizes are implausible; check config.json",
               c->dim, c->hidden_dim, c->n_heads, p->ctx, seqs);
@@ -259,7 +274,11 @@ void e8q_plan_free(e8q_plan *p) {
 /* ---------------------------------------------------------------- print */
 static double gib(size_t b) { return (double)b / (double)(1ull << 30); }
 
-void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file) {
+int e8q_plan_rank_fits(const e8q_rank_mem *m, double host_mem_gib, double gpu_mem_gib) {
+  return (host_mem_gib <= 0 || gib(m->peak) <= host_mem_gib) && (gpu_mem_gib <= 0 || gib(m->device) <= gpu_mem_gib);
+}
+
+void e8q_plan_print(const e8q_plan *p, double host_mem_gib, double gpu_mem_gib, void *file) {
   FILE *f = file;
   const e8q_config *c = &p->cfg;
   fprintf(f, "model: %s, %d layers, dim %d, hidden %d, heads %d (kv %d, head_dim %d), vocab %d\n", c->model_type,
@@ -280,9 +299,11 @@ void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file) {
   }
   fprintf(f, "\nper rank (rows of qkv/o/upgate/down; memory in GiB,\n"
              "peak = max(weights + acts + max(hess_acc, hessians + ldlq + 16 n_ft, hessians + ft_block), e2e); the\n"
-             "fine-tuning terms are those of the default --ft all, see shard/plan.h):\n");
-  fprintf(f, "  %4s %11s %27s %9s %9s %9s %9s %9s %9s%s\n", "rank", "sequences", "rows", "weights", "acts", "hess_acc",
-          "hessians", "ldlq", "peak", gpu_mem_gib > 0 ? "  fits" : "");
+             "fine-tuning terms are those of the default --ft all; device = the GPU's bytes with --device cuda,\n"
+             "see shard/plan.h; fits: peak <= --mem and device <= --gpu-mem):\n");
+  const int check = host_mem_gib > 0 || gpu_mem_gib > 0;
+  fprintf(f, "  %4s %11s %27s %9s %9s %9s %9s %9s %9s %9s%s\n", "rank", "sequences", "rows", "weights", "acts",
+          "hess_acc", "hessians", "ldlq", "peak", "device", check ? "  fits" : "");
   int all_fit = 1;
   for (int r = 0; r < p->n_ranks; r++) {
     const e8q_rank_mem *m = &p->mem[r];
@@ -293,15 +314,18 @@ void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file) {
     char seqs[32];
     if (p->seq_start[r + 1] > p->seq_start[r]) snprintf(seqs, sizeof seqs, "%d-%d", p->seq_start[r], p->seq_start[r + 1] - 1);
     else snprintf(seqs, sizeof seqs, "none");
-    int fits = gib(m->peak) <= gpu_mem_gib;
+    const int fits = e8q_plan_rank_fits(m, host_mem_gib, gpu_mem_gib);
     all_fit &= fits;
-    fprintf(f, "  %4d %11s %27s %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f%s\n", r, seqs, rows, gib(m->weights), gib(m->acts),
-            gib(m->hess_acc), gib(m->hessians), gib(m->ldlq), gib(m->peak), gpu_mem_gib > 0 ? (fits ? "  yes" : "  NO") : "");
+    fprintf(f, "  %4d %11s %27s %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f%s\n", r, seqs, rows, gib(m->weights),
+            gib(m->acts), gib(m->hess_acc), gib(m->hessians), gib(m->ldlq), gib(m->peak), gib(m->device),
+            check ? (fits ? "  yes" : "  NO") : "");
     fprintf(f, "       ft_block %.3f, e2e %.3f; bytes: weights %zu acts %zu hess_acc %zu hessians %zu ldlq %zu ft_block %zu "
-               "e2e %zu peak %zu\n",
+               "e2e %zu peak %zu device %zu\n",
             gib(m->ft_block), gib(m->e2e), m->weights, m->acts, m->hess_acc, m->hessians, m->ldlq, m->ft_block, m->e2e,
-            m->peak);
+            m->peak, m->device);
   }
-  if (gpu_mem_gib > 0 && !all_fit)
-    fprintf(f, "\nsome ranks need more than %.1f GiB: use more ranks or a smaller --devset/--ctx\n", gpu_mem_gib);
+  if (check && !all_fit)
+    fprintf(f, "\nsome ranks need more than --mem %.1f GiB (host) or --gpu-mem %.1f GiB (device): use more ranks or a "
+               "smaller --devset/--ctx\n",
+            host_mem_gib, gpu_mem_gib);
 }

@@ -52,6 +52,20 @@
  * with seqs_r = the sequences of rank r. The fine-tuning terms are those of the default --ft all
  * (e2e runs after the blocks, when their buffers are freed; quantizing a group after a block round
  * holds that round's state, 16 bytes a parameter).
+ * On a GPU (--device cuda) the device holds, stage by stage (the buffers of the kernels' GPU paths):
+ *   dev_block = weights                                               the block in fp32 (cuBLAS)
+ *             + 4 * ctx * (widths + dim)                             one sequence's block workspace
+ *             + sum over groups of 8 * (n^2 + 256*n)                 Gram sums and one row block
+ *   dev_ldlq  = max over groups of  8 * 2*n_pad^2                    L and H
+ *                                 + 8 * rows_r*(4*n_pad + 128)       W, What, feedback, residual, buffer
+ *                                 + 4 * rows_r*n_pad/8               codes and second codes (u16)
+ *                                 + the encoder tables (~190 KB)
+ *   dev_eval  = layers * (sum over groups of m*n_pad/2 + 4*(n_pad + m))  codes at 4 bit, SU, SV
+ *             + 4 * ctx * (widths + dim)                             the block workspace
+ *   device    = max(dev_block, dev_ldlq, dev_eval)  (fine-tuning runs on the host: its terms stay in peak)
+ * with widths = dim + m_qkv + q_dim + dim + 3*hidden and rows_r = rank r's rows of the group.
+ * The eval term leaves out the fused kernels' per-layer work buffers (4 * batch * (n + n_pad + 2m)),
+ * small at the validation's per-line batches.
  */
 #ifndef E8Q_SHARD_PLAN_H
 #define E8Q_SHARD_PLAN_H
@@ -84,6 +98,7 @@ typedef struct {
 typedef struct {
   size_t weights, acts, hess_acc, hessians, ldlq, peak; /* bytes, see the formula above */
   size_t ft_block, e2e;                                /* fine-tuning, see the formula above */
+  size_t device;                                       /* --device cuda: device bytes, as above */
 } e8q_rank_mem;
 
 typedef struct {
@@ -114,6 +129,9 @@ void e8q_plan_from_config(e8q_plan *p, const e8q_config *cfg, int n_ranks, int d
 void e8q_plan_free(e8q_plan *p);
 
 /* prints the schedule and per-rank memory; gpu_mem_gib > 0 adds a "fits" column */
-void e8q_plan_print(const e8q_plan *p, double gpu_mem_gib, void *file /* FILE* */);
+/* host_mem_gib (--mem) against peak, gpu_mem_gib (--gpu-mem) against device; <= 0: not checked */
+void e8q_plan_print(const e8q_plan *p, double host_mem_gib, double gpu_mem_gib, void *file /* FILE* */);
+/* 1 when rank memory m fits both limits (a limit <= 0 is not checked) */
+int e8q_plan_rank_fits(const e8q_rank_mem *m, double host_mem_gib, double gpu_mem_gib);
 
 #endif

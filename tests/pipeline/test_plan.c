@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "kernels/e8p_encode_dev.h"
 #include "shard/plan.h"
 #include "testutil.h"
 
@@ -165,6 +166,20 @@ static void test_llama70b_8_ranks(void **state) {
   if (hess + ft_block > quant) quant = hess + ft_block;
   double peak = w + acts + (hess_acc > quant ? hess_acc : quant);
   if (e2e > peak) peak = e2e;
+  /* the device path (--device cuda): a block with its workspace and Gram sums, LDLQ of one group
+   * (L, H, the rank's rows), the validation's fused model (4-bit codes, SU, SV) */
+  const double dev_ws = 4.0 * 4096 * (8192 + 10240 + 8192 + 8192 + 3 * 28672.0 + 8192);
+  const double dev_block = w + dev_ws + 8 * sum_n2 + 8.0 * 256 * (3 * 8192 + 28672);
+  const double dev_eval = 80 * ((10240.0 * 8192 + 8192.0 * 8192 + 57344.0 * 8192 + 8192.0 * 28672) / 2 + 4 * susv) + dev_ws;
+  const double rows_r[4] = {1280, 1024, 7168, 1024}, np_g[4] = {8192, 8192, 8192, 28672};
+  double dev_ldlq = 0;
+  for (int g = 0; g < 4; g++) {
+    const double need = 16 * np_g[g] * np_g[g] + 8 * rows_r[g] * (4 * np_g[g] + 128) + 4 * rows_r[g] * np_g[g] / 8 +
+                        (double)sizeof(e8q_e8p_enc_tables);
+    if (need > dev_ldlq) dev_ldlq = need;
+  }
+  double device = dev_block > dev_ldlq ? dev_block : dev_ldlq;
+  if (dev_eval > device) device = dev_eval;
   for (int r = 0; r < R; r++) {
     assert_int_equal(p.seq_start[r + 1] - p.seq_start[r], 16);
     assert_int_equal(p.row_start[2][r + 1] - p.row_start[2][r], 7168);
@@ -176,7 +191,11 @@ static void test_llama70b_8_ranks(void **state) {
     assert_true((double)p.mem[r].ft_block == ft_block);
     assert_true((double)p.mem[r].e2e == e2e);
     assert_true((double)p.mem[r].peak == peak);
+    assert_true((double)p.mem[r].device == device);
   }
+  /* about 34 GiB on the device, the validation's 4-bit codes of 80 blocks: under 80 GB */
+  T_NEAR((double)p.mem[0].device / (1ull << 30), dev_eval / (1ull << 30), 1e-9, "device GiB");
+  assert_true(dev_eval > dev_block && dev_eval > dev_ldlq && device < 80.0 * (1ull << 30));
   /* about 65 GiB per rank, end-to-end fine-tuning's: 31.9 (4-bit codes of 80 blocks) + 12.3 (the
    * trained vector, lm_head's 262M parameters most of it, 48 bytes each) + 10.9 (one sequence's
    * inputs of 80 blocks and its logits) + 4.1 (a block's activations) + 4.0 (attention scores) +
@@ -195,19 +214,24 @@ static void test_llama70b_8_ranks(void **state) {
   char *txt = t_read_file(out, NULL);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("e8q plan failed:\n%s", txt);
   char want[256];
-  snprintf(want, sizeof want, "peak %.0f", peak);
+  snprintf(want, sizeof want, "peak %.0f device %.0f", peak, device);
   if (!strstr(txt, want)) fail_msg("e8q plan output lacks \"%s\":\n%s", want, txt);
   assert_non_null(strstr(txt, "mlp.down_proj"));
   assert_non_null(strstr(txt, "  yes"));
   free(txt);
-  /* too little memory: exit status 3 and a hint */
-  snprintf(cmd, sizeof cmd, "'%s' plan --model '%s' --ranks 8 --devset 128 --ctx 4096 --gpu-mem 24 > '%s' 2>&1", E8Q_BIN,
-           d, out);
-  st = system(cmd);
-  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 3);
-  txt = t_read_file(out, NULL);
-  assert_non_null(strstr(txt, "use more ranks"));
-  free(txt);
+  /* too little memory, on the device (34 GiB > 24) or on the host (65 GiB > 60 with --mem):
+   * exit status 3 and a hint; each limit checks its own column (host 70 and device 40 fit) */
+  const char *limits[3] = {"--gpu-mem 24", "--mem 60", "--mem 70 --gpu-mem 40"};
+  for (int k = 0; k < 3; k++) {
+    snprintf(cmd, sizeof cmd, "'%s' plan --model '%s' --ranks 8 --devset 128 --ctx 4096 %s > '%s' 2>&1", E8Q_BIN, d,
+             limits[k], out);
+    st = system(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == (k < 2 ? 3 : 0));
+    txt = t_read_file(out, NULL);
+    if (k < 2) assert_non_null(strstr(txt, "use more ranks"));
+    else assert_null(strstr(txt, "  NO"));
+    free(txt);
+  }
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", d); /* the sparse 138 GB files */
   assert_int_equal(system(cmd), 0);
   free(d);

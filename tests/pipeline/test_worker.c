@@ -81,7 +81,7 @@ static void test_hessian_acc(void **state) {
     rt.G[g] = calloc((size_t)rt.n[g] * rt.n[g], sizeof(double));
     H[g] = malloc(sizeof(double) * (size_t)rt.n[g] * rt.n[g]);
   }
-  e8q_taps taps = {ref_tap, &rt};
+  e8q_taps taps = {.fn = ref_tap, .ctx = &rt};
   e8q_fwd_scratch sc = {0};
   e8q_hessian_acc acc;
   e8q_hessian_acc_init(&acc, &cfg, T);
