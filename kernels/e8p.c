@@ -103,21 +103,12 @@ void e8q_e81b_build_grid2(int8_t g[E8Q_E81B_SIZE][8]) {
 /* ---------------------------------------------------------------- encoder tables
  * Structure of arrays so the 256-row search vectorises: a[i][r] = |v| of row r, element i. */
 static struct {
-  double a[8][E8Q_E8P_ROWS];
-  double n2[E8Q_E8P_ROWS];
-  double mismatch[2][E8Q_E8P_ROWS]; /* [parity of negatives in y][row]: 1 if a flip is forced */
-  uint32_t odd[E8Q_E8P_ROWS];      /* sum |v| odd: packed element 7 is negative */
+  e8q_e8p_enc_tables enc;          /* shared with the __host__ __device__ twins (e8p_encode_dev.h):
+                                      abs rows, norms, sign-parity mismatch, the canonical half of
+                                      D8^ for ties, the 1-bit grid */
   double full[E8Q_E8P_NCODES][8];  /* every point, for the brute force */
   double full_n2[E8Q_E8P_NCODES];
-  double e81b[E8Q_E81B_SIZE][8];
-  double e81b_n2[E8Q_E81B_SIZE];
-  double e81b_t[8][E8Q_E81B_SIZE]; /* transposed, for the vectorised scores */
-  /* the reference's canonical half of D8^ (its "grid_part"): points decode(c) + 1/4 of the
-   * parity-1 codes c in ascending order with at most one negative among the first seven
-   * coordinates, none below -1/2 */
-  double part[E8Q_E8P_PART_MAX][8];
-  double part_n2[E8Q_E8P_PART_MAX];
-  int npart;
+  double e81b_t[8][E8Q_E81B_SIZE]; /* the 1-bit grid transposed, for the vectorised scores */
 } T;
 static pthread_once_t T_once = PTHREAD_ONCE_INIT;
 
@@ -127,14 +118,14 @@ static void tables_init(void) {
     double n2 = 0, sum = 0;
     for (int i = 0; i < 8; i++) {
       double v = fabs((double)((int)((w >> (4 * e8q_e8p_sigma(i))) & 15u) - 8) * 0.5);
-      T.a[i][r] = v;
+      T.enc.a[i][r] = v;
       n2 += v * v;
       sum += v;
     }
-    T.n2[r] = n2;
-    T.odd[r] = (uint32_t)((int)sum & 1);
-    T.mismatch[0][r] = T.odd[r] ? 1.0 : 0.0;
-    T.mismatch[1][r] = T.odd[r] ? 0.0 : 1.0;
+    T.enc.n2[r] = n2;
+    T.enc.odd[r] = (uint32_t)((int)sum & 1);
+    T.enc.mismatch[0][r] = T.enc.odd[r] ? 1.0 : 0.0;
+    T.enc.mismatch[1][r] = T.enc.odd[r] ? 0.0 : 1.0;
   }
   for (uint32_t c = 0; c < E8Q_E8P_NCODES; c++) {
     e8q_e8p_decode_f64((uint16_t)c, T.full[c]);
@@ -142,7 +133,7 @@ static void tables_init(void) {
     for (int i = 0; i < 8; i++) n2 += T.full[c][i] * T.full[c][i];
     T.full_n2[c] = n2;
   }
-  T.npart = 0;
+  T.enc.npart = 0;
   for (uint32_t c = 0; c < E8Q_E8P_NCODES; c++) {
     if (!e8q_parity8(c)) continue;
     double g[8], mn = 1e9, n2 = 0;
@@ -150,34 +141,25 @@ static void tables_init(void) {
     for (int i = 0; i < 8; i++) g[i] = T.full[c][i] + 0.25;
     for (int i = 0; i < 7; i++) neg += g[i] < 0, mn = g[i] < mn ? g[i] : mn;
     if (neg > 1 || mn < -0.5) continue;
-    E8Q_CHECK(T.npart < E8Q_E8P_PART_MAX, "E8P canonical half: too many points");
-    for (int i = 0; i < 8; i++) T.part[T.npart][i] = g[i], n2 += g[i] * g[i];
-    T.part_n2[T.npart++] = n2;
+    E8Q_CHECK(T.enc.npart < E8Q_E8P_PART_MAX, "E8P canonical half: too many points");
+    for (int i = 0; i < 8; i++) T.enc.part[T.enc.npart][i] = g[i], n2 += g[i] * g[i];
+    T.enc.part_n2[T.enc.npart++] = n2;
   }
   for (int g = 0; g < E8Q_E81B_SIZE; g++) {
     double n2 = 0;
     for (int i = 0; i < 8; i++) {
-      T.e81b[g][i] = 0.5 * e8q_e81b_grid2_host[g][i];
-      T.e81b_t[i][g] = T.e81b[g][i];
-      n2 += T.e81b[g][i] * T.e81b[g][i];
+      T.enc.e81b[g][i] = 0.5 * e8q_e81b_grid2_host[g][i];
+      T.e81b_t[i][g] = T.enc.e81b[g][i];
+      n2 += T.enc.e81b[g][i] * T.enc.e81b[g][i];
     }
-    T.e81b_n2[g] = n2;
+    T.enc.e81b_n2[g] = n2;
   }
 }
 static inline void tables_ready(void) { pthread_once(&T_once, tables_init); }
 
 void e8q_e8p_enc_tables_fill(e8q_e8p_enc_tables *t) {
   tables_ready();
-  E8Q_CHECK(T.npart <= E8Q_E8P_PART_MAX, "E8P canonical half: %d points exceed %d", T.npart, E8Q_E8P_PART_MAX);
-  memcpy(t->a, T.a, sizeof t->a);
-  memcpy(t->n2, T.n2, sizeof t->n2);
-  memcpy(t->mismatch, T.mismatch, sizeof t->mismatch);
-  memcpy(t->odd, T.odd, sizeof t->odd);
-  memcpy(t->part, T.part, sizeof(double) * 8 * (size_t)T.npart);
-  memcpy(t->part_n2, T.part_n2, sizeof(double) * (size_t)T.npart);
-  t->npart = T.npart;
-  memcpy(t->e81b, T.e81b, sizeof t->e81b);
-  memcpy(t->e81b_n2, T.e81b_n2, sizeof t->e81b_n2);
+  *t = T.enc;
 }
 
 /* ---------------------------------------------------------------- E8P encoder */
@@ -186,10 +168,10 @@ void e8q_e8p_enc_tables_fill(e8q_e8p_enc_tables *t) {
  * runs in every clone (no FMA contraction without the fma target), so all machines agree. */
 __attribute__((target_clones("avx2", "default"), optimize("O3", "tree-vectorize")))
 static void row_scores(const double ay[8], int negpar, double *restrict score) {
-  const double *restrict mis = T.mismatch[negpar];
-  const double *restrict n2 = T.n2;
-  const double *restrict a0 = T.a[0], *restrict a1 = T.a[1], *restrict a2 = T.a[2], *restrict a3 = T.a[3];
-  const double *restrict a4 = T.a[4], *restrict a5 = T.a[5], *restrict a6 = T.a[6], *restrict a7 = T.a[7];
+  const double *restrict mis = T.enc.mismatch[negpar];
+  const double *restrict n2 = T.enc.n2;
+  const double *restrict a0 = T.enc.a[0], *restrict a1 = T.enc.a[1], *restrict a2 = T.enc.a[2], *restrict a3 = T.enc.a[3];
+  const double *restrict a4 = T.enc.a[4], *restrict a5 = T.enc.a[5], *restrict a6 = T.enc.a[6], *restrict a7 = T.enc.a[7];
   const double y0 = ay[0], y1 = ay[1], y2 = ay[2], y3 = ay[3], y4 = ay[4], y5 = ay[5], y6 = ay[6], y7 = ay[7];
 #pragma GCC ivdep
   for (int r = 0; r < E8Q_E8P_ROWS; r++) {
@@ -236,22 +218,22 @@ static double encode_shift(const double x[8], double shift, uint16_t *code, int 
   if (s2 >= s1 - tol) *tie = 1;
   /* signs of the best row: follow y; flip the weakest coordinate when the parity is wrong */
   int k = 0;
-  double mk = T.a[0][best] * ay[0];
+  double mk = T.enc.a[0][best] * ay[0];
   for (int i = 1; i < 8; i++)
-    if (T.a[i][best] * ay[i] < mk) {
-      mk = T.a[i][best] * ay[i];
+    if (T.enc.a[i][best] * ay[i] < mk) {
+      mk = T.enc.a[i][best] * ay[i];
       k = i;
     }
   for (int i = 0; i < 8; i++) {
-    double pi = T.a[i][best] * ay[i];
+    double pi = T.enc.a[i][best] * ay[i];
     if (pi <= tol || (i != k && pi <= mk + tol)) *tie = 1; /* a sign choice ties */
   }
-  if (T.odd[best] != (uint32_t)negpar) neg ^= 1u << k;
+  if (T.enc.odd[best] != (uint32_t)negpar) neg ^= 1u << k;
   /* sign bits relative to the packed row (its element 7 is already negative when odd) */
   uint32_t s = 0;
   for (int i = 0; i < 8; i++) {
     uint32_t t = (neg >> i) & 1u;
-    if (i == 7) t ^= T.odd[best];
+    if (i == 7) t ^= T.enc.odd[best];
     s |= t << e8q_e8p_sigma(i);
   }
   uint32_t b = shift > 0 ? s : (s ^ 1u); /* s has even parity; B = S ^ p */
@@ -269,31 +251,7 @@ static double encode_shift(const double x[8], double shift, uint16_t *code, int 
  * its error (the norm, squares summed pairwise) is strictly smaller. The floating-point
  * details were chosen because they reproduce every tie in golden [ldlq_example]. This path reproduces the golden codes on ties; it is used
  * only when the fast search sees a near tie, so generic inputs never pay for it. */
-static double compat_part(const double y[8], double vals[8]) {
-  double P[8], mask[8];
-  int cnt = 0;
-  for (int i = 0; i < 8; i++) {
-    P[i] = fabs(y[i]);
-    mask[i] = y[i] < 0 ? -1.0 : 1.0;
-    cnt += y[i] < 0;
-  }
-  if (cnt & 1) P[7] = -P[7], mask[7] = -mask[7];
-  int best = 0;
-  double bs = -INFINITY;
-  for (int k = 0; k < T.npart; k++) {
-    double d = 0;
-    for (int i = 0; i < 8; i++) d = fma(2.0 * P[i], T.part[k][i], d);
-    double sc = d - T.part_n2[k];
-    if (sc > bs) bs = sc, best = k;
-  }
-  double r[8];
-  for (int i = 0; i < 8; i++) {
-    vals[i] = T.part[best][i] * mask[i];
-    r[i] = (y[i] - vals[i]) * (y[i] - vals[i]);
-  }
-  /* pairwise sum, as numpy and torch reduce 8 elements */
-  return sqrt(((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])));
-}
+static double compat_part(const double y[8], double vals[8]) { return e8q_edev_compat_part(&T.enc, y, vals); }
 
 static uint16_t encode_compat(const double x[8]) {
   double yp[8], ym[8], vp[8], vm[8], q[8];
@@ -361,7 +319,7 @@ __attribute__((target_clones("avx2", "default")))
 static void e81b_scores(const double r[8], double *restrict s) {
   const double *restrict g0 = T.e81b_t[0], *restrict g1 = T.e81b_t[1], *restrict g2 = T.e81b_t[2], *restrict g3 = T.e81b_t[3];
   const double *restrict g4 = T.e81b_t[4], *restrict g5 = T.e81b_t[5], *restrict g6 = T.e81b_t[6], *restrict g7 = T.e81b_t[7];
-  const double *restrict n2 = T.e81b_n2;
+  const double *restrict n2 = T.enc.e81b_n2;
   const double r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3], r4 = r[4], r5 = r[5], r6 = r[6], r7 = r[7];
 #pragma GCC ivdep
   for (int g = 0; g < E8Q_E81B_SIZE; g++) {
@@ -393,7 +351,7 @@ uint16_t e8q_rvq3_encode(const double x[8], uint8_t *c2, double xhat[8]) {
   for (int i = 0; i < 8; i++) r[i] = (x[i] - q1[i]) * E8Q_RVQ3_RESID_SCALE;
   *c2 = e8q_e81b_encode(r);
   if (xhat)
-    for (int i = 0; i < 8; i++) xhat[i] = q1[i] + T.e81b[*c2][i] / E8Q_RVQ3_RESID_SCALE;
+    for (int i = 0; i < 8; i++) xhat[i] = q1[i] + T.enc.e81b[*c2][i] / E8Q_RVQ3_RESID_SCALE;
   return c1;
 }
 
