@@ -15,6 +15,8 @@
 #ifndef E8Q_SHARD_MODEL_H
 #define E8Q_SHARD_MODEL_H
 
+#include <stdint.h>
+
 #include "io/config.h"
 #include "io/safetensors.h"
 
@@ -55,6 +57,9 @@ typedef struct {
   float *embed;                  /* [vocab, dim] */
   float *final_norm;             /* [dim] */
   float *lm_head;                /* [vocab, dim]; == embed when cfg.tied */
+  const uint16_t *lm_head_f16;   /* [vocab, dim] the head as float16 bits where the source stores it so
+                                    (an artifact's tied embedding), read in place by one-token steps
+                                    (e8q_model_head: half the bytes); not owned; NULL: lm_head */
   e8q_block *blocks;             /* [n_layers], NULL when loaded without blocks */
   char *path;                    /* owned copy of the source path */
 } e8q_model;

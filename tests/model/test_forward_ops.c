@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/matvec_f16.h"
 #include "kernels/transformer.h"
 #include "testutil.h"
 #include "worker/linear.h"
@@ -239,11 +240,57 @@ static void test_linear(void **state) {
   E8Q_EXPECT_FATAL(e8q_linear_forward(&none, 1, x, y), "neither dense weights nor a quantized form");
 }
 
+/* ---------------------------------------------------------------- float16 head */
+static void test_matvec_f16(void **state) {
+  (void)state;
+  t_rng r = {g_seed + 7};
+  /* float16 bits of every kind: normal, subnormal, zero, both signs; odd widths for the tails */
+  const int shapes[][2] = {{1, 1}, {37, 15}, {300, 576}, {5, 1000}, {1030, 17}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    const int m = shapes[s][0], n = shapes[s][1];
+    uint16_t *W = malloc(sizeof(uint16_t) * (size_t)m * n + 2);
+    uint16_t *Wu = W + 1; /* odd address of a 2-byte element: unaligned to 4 */
+    for (size_t i = 0; i < (size_t)m * n; i++) {
+      uint16_t h = (uint16_t)(t_rng_u64(&r) & 0xffff);
+      if (((h >> 10) & 0x1f) == 0x1f) h &= 0xbfff; /* no Inf/NaN */
+      Wu[i] = h;
+    }
+    float *x = rand_vec(&r, (size_t)n, 1.0), *y = malloc(sizeof(float) * m), *yr = malloc(sizeof(float) * m);
+    double *ref = malloc(sizeof(double) * m), *mag = malloc(sizeof(double) * m);
+    e8q_matvec_f16(m, n, Wu, x, y);
+    e8q_matvec_f16_ref(m, n, Wu, x, yr);
+    for (int i = 0; i < m; i++) {
+      ref[i] = 0, mag[i] = 0;
+      for (int j = 0; j < n; j++) { /* the definition, from the float16 bits by hand */
+        const uint16_t h = Wu[(size_t)i * n + j];
+        const int e = (h >> 10) & 0x1f, f = h & 0x3ff;
+        const double v = (h & 0x8000 ? -1 : 1) * (e ? ldexp(1024 + f, e - 25) : ldexp(f, -24));
+        ref[i] += v * x[j];
+        mag[i] += fabs(v * x[j]);
+      }
+      if (!(fabs(y[i] - ref[i]) <= 1e-5 * mag[i] + 1e-30) || !(fabs(yr[i] - ref[i]) <= 1e-6 * mag[i] + 1e-30))
+        fail_msg("matvec_f16 [%d x %d] row %d: %.9g, _ref %.9g, definition %.9g (seed %llu)", m, n, i, (double)y[i],
+                 (double)yr[i], ref[i], (unsigned long long)g_seed);
+    }
+    free(W), free(x), free(y), free(yr), free(ref), free(mag);
+  }
+  for (uint32_t h = 0; h < 0x10000; h++) { /* the scalar conversion, every value */
+    const int e = (h >> 10) & 0x1f, f = h & 0x3ff;
+    const float v = e8q_half_to_float((uint16_t)h);
+    if (e == 0x1f) {
+      assert_true(f ? isnan(v) : isinf(v) && (v < 0) == ((h & 0x8000) != 0));
+    } else {
+      const double want = (h & 0x8000 ? -1 : 1) * (e ? ldexp(1024 + f, e - 25) : ldexp(f, -24));
+      assert_true(v == want && !!signbit(v) == ((h & 0x8000) != 0));
+    }
+  }
+}
+
 int main(void) {
   g_seed = t_fresh_seed("test_forward_ops");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm), cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
-      cmocka_unit_test(test_swiglu_softmax_nll), cmocka_unit_test(test_linear),
+      cmocka_unit_test(test_swiglu_softmax_nll), cmocka_unit_test(test_linear), cmocka_unit_test(test_matvec_f16),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

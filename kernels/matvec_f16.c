@@ -1,0 +1,113 @@
+/* kernels/matvec_f16.c: float16 matrix times float32 vector (kernels/matvec_f16.h). */
+#include "kernels/matvec_f16.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/qlinear.h" /* e8q_cpu_has_avx2 */
+
+float e8q_half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000u | (man << 13); /* Inf / NaN */
+  } else if (exp == 0) {
+    const float v = (float)man * 0x1p-24f; /* zero or subnormal: exact */
+    return sign ? -v : v;
+  } else {
+    u = sign | ((exp + 112u) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+void e8q_matvec_f16_ref(int m, int n, const uint16_t *W, const float *x, float *y) {
+  for (int i = 0; i < m; i++) {
+    double s = 0;
+    for (int j = 0; j < n; j++) s += (double)e8q_half_to_float(W[(size_t)i * n + j]) * x[j];
+    y[i] = (float)s;
+  }
+}
+
+/* ---------------------------------------------------------------- scalar (any CPU) */
+static void rows_scalar(int i0, int i1, int n, const uint16_t *W, const float *x, float *y) {
+  for (int i = i0; i < i1; i++) {
+    float s = 0;
+    for (int j = 0; j < n; j++) s += e8q_half_to_float(W[(size_t)i * n + j]) * x[j];
+    y[i] = s;
+  }
+}
+
+/* ---------------------------------------------------------------- AVX2 + F16C + FMA: 8 lanes */
+__attribute__((target("avx2,f16c,fma"))) static float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+__attribute__((target("avx2,f16c,fma"))) static void rows_avx2(int i0, int i1, int n, const uint16_t *W,
+                                                                 const float *x, float *y) {
+  const int n8 = n & ~7;
+  for (int i = i0; i < i1; i++) {
+    const uint16_t *w = W + (size_t)i * n;
+    __m256 acc = _mm256_setzero_ps();
+    for (int j = 0; j < n8; j += 8)
+      acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j))), _mm256_loadu_ps(x + j), acc);
+    float s = hsum8(acc);
+    for (int j = n8; j < n; j++) s += e8q_half_to_float(w[j]) * x[j];
+    y[i] = s;
+  }
+}
+
+/* ---------------------------------------------------------------- AVX-512F: 16 lanes
+ * One row at a time with four independent accumulators over its columns (64 per step): measured
+ * 2.5x faster here than four rows with one accumulator each (the FMA chains' latency). */
+/* the last k (< 16) halves of a row, zero-padded to 16 */
+__attribute__((target("avx512f"))) static __m512 tail_ph(const uint16_t *w, int k) {
+  uint16_t b[16] = {0};
+  memcpy(b, w, sizeof(uint16_t) * (size_t)k);
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)b));
+}
+__attribute__((target("avx512f"))) static __m512 ph16(const uint16_t *w) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)w));
+}
+__attribute__((target("avx512f"))) static void rows_avx512(int i0, int i1, int n, const uint16_t *W, const float *x,
+                                                            float *y) {
+  const int n16 = n & ~15, k = n - n16;
+  const __mmask16 tail = (__mmask16)((1u << k) - 1u);
+  for (int i = i0; i < i1; i++) {
+    const uint16_t *w = W + (size_t)i * n;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int j = 0;
+    for (; j + 64 <= n16; j += 64) {
+      a0 = _mm512_fmadd_ps(ph16(w + j), _mm512_loadu_ps(x + j), a0);
+      a1 = _mm512_fmadd_ps(ph16(w + j + 16), _mm512_loadu_ps(x + j + 16), a1);
+      a2 = _mm512_fmadd_ps(ph16(w + j + 32), _mm512_loadu_ps(x + j + 32), a2);
+      a3 = _mm512_fmadd_ps(ph16(w + j + 48), _mm512_loadu_ps(x + j + 48), a3);
+    }
+    for (; j < n16; j += 16) a0 = _mm512_fmadd_ps(ph16(w + j), _mm512_loadu_ps(x + j), a0);
+    if (k) a1 = _mm512_fmadd_ps(tail_ph(w + n16, k), _mm512_maskz_loadu_ps(tail, x + n16), a1);
+    y[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  }
+}
+
+/* ---------------------------------------------------------------- dispatch */
+typedef void (*rows_fn)(int, int, int, const uint16_t *, const float *, float *);
+static rows_fn pick(void) {
+  if (__builtin_cpu_supports("avx512f")) return rows_avx512;
+  if (e8q_cpu_has_avx2() && __builtin_cpu_supports("f16c")) return rows_avx2;
+  return rows_scalar;
+}
+
+void e8q_matvec_f16(int m, int n, const uint16_t *W, const float *x, float *y) {
+  static rows_fn fn; /* chosen once (a benign race: every thread picks the same) */
+  if (!fn) fn = pick();
+  enum { ROWS = 256 }; /* a block of rows per task: 256 x 576 halves = 288 KB of a head */
+  const int blocks = (m + ROWS - 1) / ROWS;
+#pragma omp parallel for schedule(static) if ((size_t)m * n > ((size_t)1 << 18))
+  for (int b = 0; b < blocks; b++) {
+    const int i0 = b * ROWS, i1 = i0 + ROWS < m ? i0 + ROWS : m;
+    fn(i0, i1, n, W, x, y);
+  }
+}
