@@ -40,7 +40,8 @@ e8q_comm *e8q_comm_world(int cuda_device);
 void e8q_comm_free(e8q_comm *c); /* collective; NULL is a no-op */
 
 /* collective: opens NCCL on cuda_device for a communicator created host-only (the device is
- * chosen after the options are read, common/device.h); fatal without CUDA or when it has one */
+ * chosen after the options are read, common/device.h); nothing when it is open on that device
+ * already; fatal without CUDA or when it uses another device */
 void e8q_comm_device_open(e8q_comm *c, int cuda_device);
 
 int e8q_comm_rank(const e8q_comm *c);

@@ -57,6 +57,7 @@ void e8q_nccl_close(e8q_nccl *g) {
 }
 
 void *e8q_nccl_stream(e8q_nccl *g) { return (void *)g->stream; }
+int e8q_nccl_device(const e8q_nccl *g) { return g->device; }
 
 static ncclDataType_t nccl_dt(int dt) {
   switch (dt) {

@@ -13,6 +13,7 @@ typedef struct e8q_nccl e8q_nccl;
 e8q_nccl *e8q_nccl_open(MPI_Comm comm, int cuda_device);
 void e8q_nccl_close(e8q_nccl *g);
 void *e8q_nccl_stream(e8q_nccl *g);
+int e8q_nccl_device(const e8q_nccl *g); /* the CUDA device it was opened on */
 /* reduction operations of e8q_nccl_allreduce (comm.c maps them to MPI_SUM / MPI_MAX on host) */
 enum { E8Q_NCCL_SUM = 0, E8Q_NCCL_MAX = 1 };
 /* dt: 0 f32, 1 f64, 2 i64, 3 i32 (e8q_comm_type); op: E8Q_NCCL_SUM or E8Q_NCCL_MAX */
