@@ -8,8 +8,9 @@
 #include "common/error.h"
 
 #ifdef E8Q_HAVE_CUDA
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
+
+#include "kernels/cuda_libs.h"
 
 /* kernels/gram_cuda.cu */
 int e8q_cu_f32_to_f64(size_t n, const float *src, double *dst, void *stream, char *err, size_t errlen);
@@ -46,6 +47,11 @@ e8q_gram_gpu *e8q_gram_gpu_create(int device, int n, const char **why_not) {
     snprintf(reason, sizeof reason, "CUDA device %d not usable (%s)", device,
              ce != cudaSuccess ? cudaGetErrorString(ce) : "fewer devices");
     (void)cudaGetLastError();
+    return NULL;
+  }
+  const char *lib_why = NULL;
+  if (!e8q_cuda_libs_load(&lib_why)) {
+    snprintf(reason, sizeof reason, "%s", lib_why);
     return NULL;
   }
   e8q_gram_gpu *g = e8q_calloc(1, sizeof *g, "GPU Gram matrix");

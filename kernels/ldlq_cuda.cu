@@ -7,11 +7,11 @@
 //                              tiles and shapes, so any split of the rows at tile multiples gives
 //                              the same bits (as on the CPU)
 // The launcher owns the geometry; errors come back as text (the C side makes them fatal).
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/cuda_libs.h"
 #include "kernels/ldlq.h"
 #include "kernels/ldlq_dev.h"
 

@@ -10,6 +10,10 @@
 #include "kernels/e8p.h"
 
 #ifdef E8Q_HAVE_CUDA
+#include "kernels/cuda_libs.h"
+#endif
+
+#ifdef E8Q_HAVE_CUDA
 /* kernels/ldlq_cuda.cu */
 int e8q_cu_ldlq_create(int device, const e8q_e8p_enc_tables *T, int64_t n, const double *L, const double *H,
                        const double *Hkk_inv, void **out, char *err, size_t errlen);
@@ -29,6 +33,11 @@ e8q_ldlq_gpu *e8q_ldlq_gpu_create(int device, const e8q_ldl *f, const char **why
 #ifdef E8Q_HAVE_CUDA
   if (f->prec != E8Q_PREC_F64 || !f->L || !f->H) {
     snprintf(reason, sizeof reason, "the CUDA LDLQ needs a float64 factorisation");
+    return NULL;
+  }
+  const char *lib_why = NULL;
+  if (!e8q_cuda_libs_load(&lib_why)) {
+    snprintf(reason, sizeof reason, "%s", lib_why);
     return NULL;
   }
   e8q_e8p_enc_tables *T = e8q_malloc(sizeof *T, "encoder tables");

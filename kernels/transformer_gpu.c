@@ -9,8 +9,9 @@
 #include "common/error.h"
 
 #ifdef E8Q_HAVE_CUDA
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
+
+#include "kernels/cuda_libs.h"
 
 /* kernels/transformer_cuda.cu */
 int e8q_cu_rmsnorm(int N, int d, const float *x, const float *w, float eps, float *y, void *stream, char *err,

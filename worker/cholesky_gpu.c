@@ -9,7 +9,8 @@
 
 #ifdef E8Q_HAVE_CUDA
 #include <cuda_runtime.h>
-#include <cusolverDn.h>
+
+#include "kernels/cuda_libs.h"
 
 #define CHOL_CUDA(call)                                                                                  \
   do {                                                                                                   \

@@ -18,6 +18,9 @@
 #include <unistd.h>
 
 #include "common/cuda_util.h"
+#ifdef E8Q_HAVE_CUDA
+#include "kernels/cuda_libs.h"
+#endif
 #include "kernels/e8p.h"
 #include "kernels/gram_gpu.h"
 #include "kernels/ldlq_gpu.h"
@@ -63,6 +66,12 @@ int main(void) {
     const char *lwhy = NULL;
     CHECK(e8q_ldlq_gpu_create(0, &f8, &lwhy) == NULL && lwhy && *lwhy, "LDLQ create without a device must return NULL");
     e8q_ldl_free(&f8);
+#ifdef E8Q_HAVE_CUDA
+    /* cuBLAS and cuSOLVER are loaded at run time (kernels/cuda_libs.h): a CUDA build finds them */
+    const char *lib_why = NULL;
+    CHECK(e8q_cuda_libs_load(&lib_why), "cuBLAS/cuSOLVER not loadable: %s", lib_why ? lib_why : "?");
+    CHECK(e8q_cuda_libs()->dgemm && e8q_cuda_libs()->dpotrf, "entry points missing");
+#endif
     printf("test_quantize_gpu: fallback %d passed, %d failed\n", n_pass, n_fail);
     if (n_fail) return 1;
     printf("SKIP test_quantize_gpu: no CUDA device (%s); the GPU comparison needs one\n",
