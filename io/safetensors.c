@@ -77,19 +77,6 @@ uint16_t e8q_f32_to_bf16(float f) {
   return (uint16_t)(u >> 16);
 }
 
-float e8q_f16_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t man = h & 0x3ffu;
-  if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (man << 13)); /* Inf / NaN */
-  if (exp == 0) {
-    /* zero or subnormal: man * 2^-24, exact in f32 */
-    float v = (float)man * 0x1p-24f;
-    return sign ? -v : v;
-  }
-  return bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
-}
-
 uint16_t e8q_f32_to_f16(float f) {
   uint32_t u = f32_bits(f);
   uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);

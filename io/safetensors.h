@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/f16.h" /* e8q_f16_to_f32 */
+
 typedef enum {
   E8Q_DT_F32 = 0,
   E8Q_DT_F16,
@@ -145,10 +147,9 @@ void e8q_st_writer_finish(e8q_st_writer *w);
  * disk space (a sparse file). For tests and planning on large model shapes. */
 void e8q_st_writer_skip(e8q_st_writer *w, uint64_t bytes);
 
-/* f32 <-> f16/bf16 (round to nearest even) */
+/* f32 <-> f16/bf16 (round to nearest even); f16 -> f32 is e8q_f16_to_f32 (common/f16.h) */
 float e8q_bf16_to_f32(uint16_t h);
 uint16_t e8q_f32_to_bf16(float f);
-float e8q_f16_to_f32(uint16_t h);
 uint16_t e8q_f32_to_f16(float f);
 /* n floats to dtype F32, F16 or BF16 (round to nearest even) into dst (n * dtype size bytes, any
  * alignment); for writing tensors */

@@ -4,28 +4,13 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "common/f16.h"
 #include "kernels/qlinear.h" /* e8q_cpu_has_avx2 */
-
-float e8q_half_to_float(uint16_t h) {
-  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  uint32_t u;
-  if (exp == 0x1f) {
-    u = sign | 0x7f800000u | (man << 13); /* Inf / NaN */
-  } else if (exp == 0) {
-    const float v = (float)man * 0x1p-24f; /* zero or subnormal: exact */
-    return sign ? -v : v;
-  } else {
-    u = sign | ((exp + 112u) << 23) | (man << 13);
-  }
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
 
 void e8q_matvec_f16_ref(int m, int n, const uint16_t *W, const float *x, float *y) {
   for (int i = 0; i < m; i++) {
     double s = 0;
-    for (int j = 0; j < n; j++) s += (double)e8q_half_to_float(W[(size_t)i * n + j]) * x[j];
+    for (int j = 0; j < n; j++) s += (double)e8q_f16_to_f32(W[(size_t)i * n + j]) * x[j];
     y[i] = (float)s;
   }
 }
@@ -34,7 +19,7 @@ void e8q_matvec_f16_ref(int m, int n, const uint16_t *W, const float *x, float *
 static void rows_scalar(int i0, int i1, int n, const uint16_t *W, const float *x, float *y) {
   for (int i = i0; i < i1; i++) {
     float s = 0;
-    for (int j = 0; j < n; j++) s += e8q_half_to_float(W[(size_t)i * n + j]) * x[j];
+    for (int j = 0; j < n; j++) s += e8q_f16_to_f32(W[(size_t)i * n + j]) * x[j];
     y[i] = s;
   }
 }
@@ -55,7 +40,7 @@ __attribute__((target("avx2,f16c,fma"))) static void rows_avx2(int i0, int i1, i
     for (int j = 0; j < n8; j += 8)
       acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j))), _mm256_loadu_ps(x + j), acc);
     float s = hsum8(acc);
-    for (int j = n8; j < n; j++) s += e8q_half_to_float(w[j]) * x[j];
+    for (int j = n8; j < n; j++) s += e8q_f16_to_f32(w[j]) * x[j];
     y[i] = s;
   }
 }

@@ -13,7 +13,5 @@
 /* W [m, n] float16 bits (any 2-byte alignment), x [n], y [m] */
 void e8q_matvec_f16(int m, int n, const uint16_t *W, const float *x, float *y);
 void e8q_matvec_f16_ref(int m, int n, const uint16_t *W, const float *x, float *y);
-/* the value of float16 bits h (exact) */
-float e8q_half_to_float(uint16_t h);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/f16.h"
 #include "kernels/matvec_f16.h"
 #include "kernels/transformer.h"
 #include "testutil.h"
@@ -276,7 +277,7 @@ static void test_matvec_f16(void **state) {
   }
   for (uint32_t h = 0; h < 0x10000; h++) { /* the scalar conversion, every value */
     const int e = (h >> 10) & 0x1f, f = h & 0x3ff;
-    const float v = e8q_half_to_float((uint16_t)h);
+    const float v = e8q_f16_to_f32((uint16_t)h);
     if (e == 0x1f) {
       assert_true(f ? isnan(v) : isinf(v) && (v < 0) == ((h & 0x8000) != 0));
     } else {
