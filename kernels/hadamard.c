@@ -20,29 +20,43 @@ typedef float e8q_v8f __attribute__((vector_size(32)));
 typedef double e8q_v4d __attribute__((vector_size(32)));
 
 /* ---------------------------------------------------------------- FWHT */
-/* One body for both precisions: T the element type, VT its 32-byte vector. Stages h = 1 and 2
- * are fused per 4 elements (same operations, same order: same bits); from h = 8 on, the
- * butterflies run 32 bytes at a time (h is a power of two >= 8, a multiple of the lane count). */
-#define E8Q_FWHT_DEFINE(name, T, VT)                                                               \
-  __attribute__((target_clones("avx2", "default"))) void name(T *x, int64_t n) {                  \
+/* One body for both precisions: T the element type, TI the integer of its width. The stages h
+ * below 64 bytes of elements run inside one register: the partner of lane i is lane i ^ h (a
+ * shuffle), and lane i takes x_i + x_(i^h) where bit h of i is clear, x_(i^h) - x_i where it is
+ * set: the operands and operations of the scalar butterfly, so the same bits. The stages from 64
+ * bytes on run 32 bytes at a time (h a power of two, a multiple of the lane count). Shorter
+ * vectors take the scalar butterflies. */
+#define E8Q_FWHT_DEFINE(name, T, TI, VT)                                                           \
+  __attribute__((target_clones("avx512f", "avx2", "default"))) void name(T *x, int64_t n) {       \
     E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", \
               (long long)n);                                                                       \
+    typedef T VW __attribute__((vector_size(64)));                                                 \
+    typedef TI VI __attribute__((vector_size(64)));                                                \
+    enum { LW = 64 / sizeof(T) };                                                                  \
     int64_t h0 = 1;                                                                                \
-    if (n >= 4) {                                                                                  \
-      for (int64_t i = 0; i < n; i += 4) {                                                         \
-        T a = x[i], b = x[i + 1], c = x[i + 2], d = x[i + 3];                                      \
-        T s0 = a + b, d0 = a - b, s1 = c + d, d1 = c - d;                                          \
-        x[i] = s0 + s1;                                                                            \
-        x[i + 1] = d0 + d1;                                                                        \
-        x[i + 2] = s0 - s1;                                                                        \
-        x[i + 3] = d0 - d1;                                                                        \
+    if (n >= LW) {                                                                                 \
+      VI perm[8], pick[8]; /* per stage: lane i ^ h; the sum (i) or the difference (LW + i) */    \
+      int ns = 0;                                                                                  \
+      for (int h = 1; h < LW; h <<= 1, ns++)                                                       \
+        for (int l = 0; l < LW; l++) {                                                             \
+          perm[ns][l] = (TI)(l ^ h);                                                               \
+          pick[ns][l] = (TI)((l & h) ? LW + l : l);                                                \
+        }                                                                                          \
+      for (int64_t i = 0; i < n; i += LW) {                                                        \
+        VW v;                                                                                      \
+        memcpy(&v, x + i, sizeof v);                                                               \
+        for (int st = 0; st < ns; st++) {                                                          \
+          VW p = __builtin_shuffle(v, perm[st]);                                                   \
+          v = __builtin_shuffle(v + p, p - v, pick[st]);                                           \
+        }                                                                                          \
+        memcpy(x + i, &v, sizeof v);                                                               \
       }                                                                                            \
-      h0 = 4;                                                                                      \
+      h0 = LW;                                                                                     \
     }                                                                                              \
     for (int64_t h = h0; h < n; h <<= 1)                                                           \
       for (int64_t i = 0; i < n; i += 2 * h) {                                                     \
         T *restrict u = x + i, *restrict v = x + i + h;                                            \
-        if (h >= 8) {                                                                              \
+        if (h >= LW) {                                                                             \
           for (int64_t j = 0; j < h; j += 32 / (int64_t)sizeof(T)) {                               \
             VT a, b, s, d;                                                                         \
             memcpy(&a, u + j, 32);                                                                 \
@@ -62,8 +76,8 @@ typedef double e8q_v4d __attribute__((vector_size(32)));
       }                                                                                            \
   }
 
-E8Q_FWHT_DEFINE(e8q_fwht_f64, double, e8q_v4d)
-E8Q_FWHT_DEFINE(e8q_fwht_f32, float, e8q_v8f)
+E8Q_FWHT_DEFINE(e8q_fwht_f64, double, int64_t, e8q_v4d)
+E8Q_FWHT_DEFINE(e8q_fwht_f32, float, int32_t, e8q_v8f)
 
 void e8q_fwht_f64_ref(const double *x, int64_t n, double *out) {
   E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", (long long)n);
@@ -329,88 +343,102 @@ void e8q_had_free(e8q_had *h) {
   memset(h, 0, sizeof *h);
 }
 
-/* y += r z over b entries (32-byte vectors when b allows; separate multiply and add, as the
- * scalar tail, so results do not depend on the path) */
-#define E8Q_AXPY(name, T, V, L)                                                     \
-  static inline void name(T *restrict y, T r, const T *restrict z, int64_t b) {     \
-    int64_t c = 0;                                                                  \
-    if (b % L == 0) {                                                               \
-      V rv;                                                                         \
-      for (int l = 0; l < L; l++) rv[l] = r;                                        \
-      for (; c < b; c += L) {                                                       \
-        V yv, zv;                                                                   \
-        memcpy(&yv, y + c, 32);                                                     \
-        memcpy(&zv, z + c, 32);                                                     \
-        yv = yv + rv * zv;                                                          \
-        memcpy(y + c, &yv, 32);                                                     \
-      }                                                                             \
-    }                                                                               \
-    for (; c < b; c++) y[c] += r * z[c];                                            \
+/* output blocks a0 .. a0+na-1 (na <= E8Q_MIX_RB) of the mixing: y_a = Σ_a' R[a][a'] z_a' (R^T
+ * when transposed), each element summed from 0 in the order a' = 0, 1, ... with separate
+ * multiplies and adds (hadamard.c is compiled with -ffp-contract=off). A tile of E8Q_MIX_RB
+ * output blocks x 64 bytes of columns stays in registers over the K terms: one load of z and
+ * E8Q_MIX_RB broadcasts per term, where a block at a time reloaded its partial sums per term (a
+ * 576-long vector has K = 36 blocks of b = 16). The clones only widen the vectors: every path
+ * gives the same bits. */
+#define E8Q_MIX_RB 4 /* the tile below names its four sums */
+#define DEFINE_MIX(NAME, T)                                                                              \
+  __attribute__((target_clones("avx512f", "avx2", "default"))) static void NAME(                        \
+      T *y, const T *R, const T *x, int K, int a0, int na, int64_t b, int transpose) {                  \
+    typedef T VT __attribute__((vector_size(64)));                                                      \
+    enum { L = 64 / sizeof(T) };                                                                        \
+    const int64_t rs = transpose ? 1 : K, cs = transpose ? K : 1; /* R[a][a'] at a*rs + a'*cs */         \
+    int64_t c = 0;                                                                                      \
+    if (na == E8Q_MIX_RB)                                                                               \
+      for (; c + L <= b; c += L) {                                                                      \
+        const T *r0 = R + a0 * rs, *r1 = r0 + rs, *r2 = r1 + rs, *r3 = r2 + rs;                         \
+        VT s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}; /* four named sums: an array stays on the stack */  \
+        for (int a2 = 0; a2 < K; a2++) {                                                                \
+          VT zv;                                                                                        \
+          memcpy(&zv, x + a2 * b + c, sizeof zv);                                                       \
+          s0 = s0 + r0[a2 * cs] * zv;                                                                   \
+          s1 = s1 + r1[a2 * cs] * zv;                                                                   \
+          s2 = s2 + r2[a2 * cs] * zv;                                                                   \
+          s3 = s3 + r3[a2 * cs] * zv;                                                                   \
+        }                                                                                               \
+        memcpy(y + (a0 + 0) * b + c, &s0, sizeof s0);                                                   \
+        memcpy(y + (a0 + 1) * b + c, &s1, sizeof s1);                                                   \
+        memcpy(y + (a0 + 2) * b + c, &s2, sizeof s2);                                                   \
+        memcpy(y + (a0 + 3) * b + c, &s3, sizeof s3);                                                   \
+      }                                                                                                 \
+    for (int t = 0; t < na; t++) /* a short tile, or b not a multiple of 64 bytes */                    \
+      for (int64_t c2 = c; c2 < b; c2++) {                                                              \
+        T acc = 0;                                                                                      \
+        for (int a2 = 0; a2 < K; a2++) acc = acc + R[(a0 + t) * rs + a2 * cs] * x[a2 * b + c2];         \
+        y[(a0 + t) * b + c2] = acc;                                                                     \
+      }                                                                                                 \
   }
-E8Q_AXPY(axpy_f64, double, e8q_v4d, 4)
-E8Q_AXPY(axpy_f32, float, e8q_v8f, 8)
-#undef E8Q_AXPY
+DEFINE_MIX(mix_f64, double)
+DEFINE_MIX(mix_f32, float)
 
-/* output block a of the mixing: y = Σ_a' R[a][a'] z_a' (R^T when transposed), each element
- * summed from 0 in the order a' = 0, 1, ... with separate multiplies and adds, 128 bytes of
- * columns at a time held in registers. The AVX2 clone only widens the vectors (no FMA is
- * enabled, so nothing is contracted): every path gives the same bits. */
-#define DEFINE_MIX(NAME, T, VT, AXPY)                                                              \
-  __attribute__((target_clones("avx2", "default"))) static void NAME(T *y, const T *R, const T *x, int K, int a, \
-                                                                     int64_t b, int transpose) {    \
-    const int L = (int)(32 / sizeof(T));                                                            \
-    if (b % (4 * L) == 0) {                                                                         \
-      for (int64_t c = 0; c < b; c += 4 * L) {                                                      \
-        VT acc[4] = {{0}, {0}, {0}, {0}};                                                           \
-        for (int a2 = 0; a2 < K; a2++) {                                                            \
-          const T r = transpose ? R[(size_t)a2 * K + a] : R[(size_t)a * K + a2];                    \
-          const VT rv = (VT){0} + r;                                                                \
-          for (int t = 0; t < 4; t++) {                                                             \
-            VT zv;                                                                                  \
-            memcpy(&zv, x + a2 * b + c + t * L, 32);                                                \
-            acc[t] = acc[t] + rv * zv;                                                              \
-          }                                                                                         \
-        }                                                                                           \
-        memcpy(y + c, acc, sizeof acc);                                                             \
-      }                                                                                             \
-      return;                                                                                       \
-    }                                                                                               \
-    for (int64_t c = 0; c < b; c++) y[c] = 0;                                                       \
-    for (int a2 = 0; a2 < K; a2++) {                                                                \
-      T r = transpose ? R[(size_t)a2 * K + a] : R[(size_t)a * K + a2];                              \
-      AXPY(y, r, x + a2 * b, b);                                                                    \
-    }                                                                                               \
+/* x[i] = src[i] / s (src may be x): an IEEE division per element, 64 bytes at a time, so every
+ * clone gives the bits of the scalar loop */
+#define DEFINE_DIV(NAME, T)                                                                         \
+  __attribute__((target_clones("avx512f", "avx2", "default"))) static void NAME(                   \
+      T *x, const T *src, int64_t n, T s) {                                                        \
+    typedef T VT __attribute__((vector_size(64)));                                                 \
+    enum { L = 64 / sizeof(T) };                                                                   \
+    int64_t i = 0;                                                                                 \
+    for (; i + L <= n; i += L) {                                                                   \
+      VT v;                                                                                        \
+      memcpy(&v, src + i, sizeof v);                                                               \
+      v = v / s;                                                                                   \
+      memcpy(x + i, &v, sizeof v);                                                                 \
+    }                                                                                              \
+    for (; i < n; i++) x[i] = src[i] / s;                                                          \
   }
-DEFINE_MIX(mix_f64, double, e8q_v4d, axpy_f64)
-DEFINE_MIX(mix_f32, float, e8q_v8f, axpy_f32)
+DEFINE_DIV(div_f64, double)
+DEFINE_DIV(div_f32, float)
 
 /* one vector: FWHT of each block, then y_a = sum_a' R[a][a'] z_a' (R^T when transposed),
  * divided by sqrt(n). tmp [n] scratch. par: split the blocks across the threads (one long
  * vector; a batch-1 product would otherwise rotate its input on one thread); the operations
  * per element are the same either way, so are the bits. */
-#define DEFINE_VEC(NAME, T, FWHT, RMEMBER, MIX)                                                    \
+#define DEFINE_VEC(NAME, T, FWHT, RMEMBER, MIX, DIV)                                               \
   static void NAME(const e8q_had *h, T *x, int transpose, T *tmp, int par) {                      \
     const int64_t n = h->n, b = h->b;                                                            \
     const int K = h->f.K;                                                                        \
     const T sn = (T)sqrt((double)n);                                                             \
     if (K == 1) {                                                                                \
       FWHT(x, n);                                                                                \
-      for (int64_t i = 0; i < n; i++) x[i] = x[i] / sn;                                          \
+      DIV(x, x, n, sn);                                                                          \
       return;                                                                                    \
     }                                                                                            \
     const T *R = h->f.RMEMBER;                                                                   \
-    _Pragma("omp parallel if (par)")                                                             \
+    if (!par) { /* the same steps with no parallel region (a short vector's usual case) */       \
+      for (int a = 0; a < K; a++) FWHT(x + a * b, b);                                            \
+      for (int a = 0; a < K; a += E8Q_MIX_RB)                                                    \
+        MIX(tmp, R, x, K, a, K - a < E8Q_MIX_RB ? K - a : E8Q_MIX_RB, b, transpose);             \
+      DIV(x, tmp, n, sn);                                                                        \
+      return;                                                                                    \
+    }                                                                                            \
+    _Pragma("omp parallel")                                                                      \
     {                                                                                            \
       _Pragma("omp for schedule(static)")                                                        \
       for (int a = 0; a < K; a++) FWHT(x + a * b, b);                                            \
       _Pragma("omp for schedule(static)")                                                        \
-      for (int a = 0; a < K; a++) MIX(tmp + a * b, R, x, K, a, b, transpose);                    \
+      for (int a = 0; a < K; a += E8Q_MIX_RB)                                                    \
+        MIX(tmp, R, x, K, a, K - a < E8Q_MIX_RB ? K - a : E8Q_MIX_RB, b, transpose);             \
       _Pragma("omp for schedule(static)")                                                        \
-      for (int64_t i = 0; i < n; i++) x[i] = tmp[i] / sn;                                        \
+      for (int a = 0; a < K; a++) DIV(x + a * b, tmp + a * b, b, sn);                            \
     }                                                                                            \
   }
-DEFINE_VEC(vec_f64, double, e8q_fwht_f64, R, mix_f64)
-DEFINE_VEC(vec_f32, float, e8q_fwht_f32, Rf, mix_f32)
+DEFINE_VEC(vec_f64, double, e8q_fwht_f64, R, mix_f64, div_f64)
+DEFINE_VEC(vec_f32, float, e8q_fwht_f32, Rf, mix_f32, div_f32)
 
 void e8q_had_vec_f64(const e8q_had *h, double *x, int transpose) {
   double *tmp = h->f.K > 1 ? e8q_malloc(sizeof(double) * h->n, "Hadamard scratch") : NULL;
@@ -424,9 +452,15 @@ void e8q_had_vec_f32(const e8q_had *h, float *x, int transpose) {
   free(tmp);
 }
 
-/* a single row with a factor (K > 1) and more than one thread: its blocks across the threads */
+/* Below this many elements a vector is rotated on one thread: a transform of n = 576 or 1536 (a
+ * 135M model's widths) takes about a microsecond, less than the fork and three barriers of a
+ * parallel region, and a decode step runs a few hundred of them. */
+#define E8Q_HAD_PAR_MIN 8192
+#define E8Q_HAD_STACK 4096 /* a serial transform's scratch is on the stack up to this length */
+
+/* a single long row with a factor (K > 1) and more than one thread: its blocks across the threads */
 static int one_row_parallel(const e8q_had *h, int64_t rows) {
-  return rows == 1 && h->f.K > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
+  return rows == 1 && h->n >= E8Q_HAD_PAR_MIN && h->f.K > 1 && omp_get_max_threads() > 1 && !omp_in_parallel();
 }
 
 /* rows of A (leading dimension ld), OpenMP over rows; one row on all threads */
@@ -436,6 +470,13 @@ static int one_row_parallel(const e8q_had *h, int64_t rows) {
       T *tmp = e8q_malloc(sizeof(T) * h->n, "Hadamard scratch");                                 \
       VEC(h, A, transpose, tmp, 1);                                                              \
       free(tmp);                                                                                 \
+      return;                                                                                    \
+    }                                                                                            \
+    if (rows == 1 || rows * h->n < E8Q_HAD_PAR_MIN) { /* no parallel region, scratch on the stack */ \
+      T stack[h->n <= E8Q_HAD_STACK ? h->n : 1];                                                 \
+      T *tmp = h->n <= E8Q_HAD_STACK ? stack : e8q_malloc(sizeof(T) * h->n, "Hadamard scratch"); \
+      for (int64_t r = 0; r < rows; r++) VEC(h, A + r * ld, transpose, tmp, 0);                  \
+      if (tmp != stack) free(tmp);                                                               \
       return;                                                                                    \
     }                                                                                            \
     _Pragma("omp parallel")                                                                      \

@@ -180,6 +180,65 @@ static void test_transform_vs_explicit(void **state) {
   }
 }
 
+/* ---------------------------------------------------------------- same bits on every path */
+/* The float transform in its documented order, one scalar at a time: butterflies stage by stage
+ * (u + v, u - v), then each output y_a = ((0 + R[a][0] z_0) + R[a][1] z_1) + ... with separate
+ * multiplies and adds, then y / sqrt(n) rounded once. Whatever SIMD clone or thread split
+ * e8q_had_rows_f32 takes, its bits must be these (they are what made artifacts before). */
+static void rows_f32_plain(const e8q_had *h, float *x, int transpose) {
+  const int64_t n = h->n, b = h->b;
+  const int K = h->f.K;
+  for (int a = 0; a < K; a++)
+    for (int64_t st = 1; st < b; st <<= 1)
+      for (int64_t i = 0; i < b; i += 2 * st)
+        for (int64_t j = i; j < i + st; j++) {
+          volatile float u = x[a * b + j], v = x[a * b + j + st];
+          x[a * b + j] = u + v;
+          x[a * b + j + st] = u - v;
+        }
+  float *y = malloc(sizeof(float) * (size_t)n);
+  for (int a = 0; a < K; a++)
+    for (int64_t c = 0; c < b; c++) {
+      float acc = 0;
+      for (int a2 = 0; a2 < K; a2++) {
+        float r = K == 1 ? 1.0f : h->f.Rf[transpose ? a2 * K + a : a * K + a2];
+        volatile float p = r * x[a2 * b + c]; /* volatile: no fused multiply-add here either */
+        acc = K == 1 ? x[c] : acc + p;
+      }
+      y[a * b + c] = acc;
+    }
+  const float sn = (float)sqrt((double)n);
+  for (int64_t i = 0; i < n; i++) x[i] = y[i] / sn;
+  free(y);
+}
+
+static void test_rows_f32_same_bits(void **state) {
+  (void)state;
+  /* b = 16 (576, 960), 128, 256 (1536, 3072), 64 (11008: K = 172), 512 (14336: long enough
+   * to be split across threads), 4096 (K = 1), 8 and 2 (shorter than a vector register) */
+  const int64_t sizes[] = {576, 960, 1536, 3072, 11008, 14336, 4096, 96, 24};
+  for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+    int64_t n = sizes[s];
+    e8q_had h;
+    e8q_had_init(&h, n, E8Q_HAD_SEED);
+    for (int rows = 1; rows <= 3; rows += 2)
+      for (int tr = 0; tr < 2; tr++) {
+        double *A = randvec(rows * n, 100 + s);
+        float *fast = malloc(sizeof(float) * (size_t)(rows * n)), *plain = malloc(sizeof(float) * (size_t)(rows * n));
+        for (int64_t i = 0; i < rows * n; i++) fast[i] = plain[i] = (float)A[i];
+        e8q_had_rows_f32(&h, fast, rows, n, tr);
+        for (int r = 0; r < rows; r++) rows_f32_plain(&h, plain + r * n, tr);
+        int64_t differ = 0;
+        for (int64_t i = 0; i < rows * n; i++) differ += memcmp(&fast[i], &plain[i], sizeof(float)) != 0;
+        if (differ) fprintf(stderr, "n=%lld K=%d rows=%d transpose=%d: %lld of %lld values differ in their bits\n",
+                            (long long)n, h.f.K, rows, tr, (long long)differ, (long long)(rows * n));
+        assert_int_equal(differ, 0);
+        free(A), free(fast), free(plain);
+      }
+    e8q_had_free(&h);
+  }
+}
+
 /* ---------------------------------------------------------------- golden */
 static double *read_ref_factor(const char *all, int K) {
   char tag[32];
@@ -326,6 +385,7 @@ int main(void) {
       cmocka_unit_test(test_choose_K),
       cmocka_unit_test(test_orthonormal_llama_sizes),
       cmocka_unit_test(test_transform_vs_explicit),
+      cmocka_unit_test(test_rows_f32_same_bits),
       cmocka_unit_test(test_golden_examples),
       cmocka_unit_test(test_rht_weight_and_hessian),
       cmocka_unit_test(test_padding),
