@@ -18,7 +18,7 @@
 static void eval_usage(FILE *f) {
   fprintf(f,
           "usage: [mpirun -np N] e8q eval --model PATH | --artifact OUT.e8q [--dense] --text FILE [--tokenizer FILE]\n"
-          "                               [--per-line N | --ctx T [--windows W]] [--pipeline P] [--device D]\n\n"
+          "                               [--per-line N | --ctx T [--windows W]] [--pipeline P] [--head H] [--device D]\n\n"
           "Perplexity of a model (Hugging Face directory, GGUF file or llama2.c .bin) on a text.\n\n"
           "  --model PATH      model directory (config.json + safetensors), .gguf file or llama2.c .bin\n"
           "  --artifact F      an .e8q archive from e8q quantize (linears through the fused kernels)\n"
@@ -37,6 +37,7 @@ static void eval_usage(FILE *f) {
           "                    only its contiguous range of layers (split by resident bytes, embeddings and\n"
           "                    head counted; e8q plan --artifact F --ranks N --pipeline P prints it), windows\n"
           "                    flow rank to rank, groups split the windows; the result is the same bits\n"
+          E8Q_OPT_HEAD_HELP
           "  --device D        auto (default: CUDA when every rank has a device, else the CPU), cpu, or cuda\n"
           "                    (fatal without one): the decoder blocks run on it (an artifact's quantized\n"
           "                    linears through the CUDA fused kernels, uploaded once; dense ones through\n"
@@ -50,14 +51,15 @@ static void eval_usage(FILE *f) {
 
 int cmd_eval(int argc, char **argv) {
   const char *model_path = NULL, *text_path = NULL, *tok_path = NULL, *artifact = NULL;
-  int dense = 0;
+  int dense = 0, head_q8 = 0;
   int per_line = 0, ctx = 0, windows = 0, pipeline = 0;
   e8q_device_mode device = E8Q_DEVICE_AUTO;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (e8q_opt_help(a, eval_usage)) {
       return 0;
-    } else if (e8q_opt_model("eval", argc, argv, &i, &model_path, &artifact, &dense, &tok_path)) {
+    } else if (e8q_opt_model("eval", argc, argv, &i, &model_path, &artifact, &dense, &tok_path) ||
+               e8q_opt_head("eval", argc, argv, &i, &head_q8)) {
       continue;
     } else if (!strcmp(a, "--text")) {
       text_path = e8q_opt_value("eval", argc, argv, &i);
@@ -88,6 +90,9 @@ int cmd_eval(int argc, char **argv) {
   E8Q_CHECK(!pipeline || artifact,
             "eval: --pipeline splits an artifact's layers across ranks; give --artifact OUT.e8q (a --model is "
             "evaluated data parallel: drop --pipeline)");
+  E8Q_CHECK(!(pipeline && head_q8),
+            "eval: --head q8 is not implemented with --pipeline (the last stage's head is read apart from the model); "
+            "drop one of them");
   int size = e8q_comm_size(e8q_comm_get()), rank = e8q_rank();
   E8Q_CHECK(!pipeline || size % pipeline == 0,
             "eval: --pipeline %d: the %d ranks do not form whole groups of %d; run a multiple of %d ranks", pipeline,
@@ -119,6 +124,7 @@ int cmd_eval(int argc, char **argv) {
   }
 
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
+  if (head_q8) e8q_model_head_to_q8(m);
   /* --device cuda: quantized linears uploaded once; every block then runs on the device (dense
    * linears through cuBLAS, worker/forward.c); embeddings and the head stay on the CPU */
   if (artifact && !am.q.dense && !dense) e8q_qmodel_upload(&am.q, m, dev.cuda);
@@ -162,6 +168,7 @@ int cmd_eval(int argc, char **argv) {
     if (artifact)
       cJSON_AddStringToObject(o, "linears", am.q.dense ? "dense (ablation)" : dense ? "dense decode" : "fused kernels");
     cJSON_AddStringToObject(o, "device", dev.name); /* rank 0's */
+    cJSON_AddStringToObject(o, "head", head_q8 ? "q8" : "source");
     cJSON_AddStringToObject(o, "text", text_path);
     if (tok_used && !artifact) cJSON_AddStringToObject(o, "tokenizer", tok_used);
     cJSON_AddStringToObject(o, "mode", per_line ? "per-line" : "ctx");

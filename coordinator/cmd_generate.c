@@ -23,7 +23,7 @@
 static void generate_usage(FILE *f) {
   fprintf(f,
           "usage: e8q generate --model PATH | --artifact OUT.e8q [--dense] [--tokenizer FILE] [--prompt TEXT]\n"
-          "                    [--tokens N] [--ids] [--temperature T [--top-p P] [--seed S]] [--device D]\n\n"
+          "                    [--tokens N] [--ids] [--temperature T [--top-p P] [--seed S]] [--head H] [--device D]\n\n"
           "Generation from [BOS] + prompt, stopping at EOS or after N tokens: greedy (argmax) by default,\n"
           "sampled from softmax(logits / T) (nucleus of probability P) with --temperature T > 0.\n"
           "Tokens per second are printed on stderr.\n\n"
@@ -40,7 +40,7 @@ static void generate_usage(FILE *f) {
           "  --ids             print the generated ids as a JSON list instead of text\n"
           "  --temperature T   sample at temperature T (default 0: greedy)\n"
           "  --top-p P         sample from the smallest set of tokens with probability >= P (default 1)\n"
-          "  --seed S          sampling seed (default 1; same seed, same text)\n"
+          "  --seed S          sampling seed (default 1; same seed, same text)\n" E8Q_OPT_HEAD_HELP
           "  --device D        auto (default: CUDA when every rank has a device, else the CPU), cpu, or cuda\n"
           "                    (fatal without one): an artifact's quantized linears on the CUDA fused kernels;\n"
           "                    the rest of a token's step stays on the CPU\n"
@@ -59,7 +59,7 @@ static void print_piece(const char *p) {
 
 int cmd_generate(int argc, char **argv) {
   const char *model_path = NULL, *tok_path = NULL, *prompt = NULL, *artifact = NULL;
-  int n_tokens = 100, want_ids = 0, dense = 0;
+  int n_tokens = 100, want_ids = 0, dense = 0, head_q8 = 0;
   double temp = 0.0, top_p = 1.0;
   int top_p_given = 0;
   unsigned long long seed = 1;
@@ -68,7 +68,8 @@ int cmd_generate(int argc, char **argv) {
     const char *a = argv[i];
     if (e8q_opt_help(a, generate_usage)) {
       return 0;
-    } else if (e8q_opt_model("generate", argc, argv, &i, &model_path, &artifact, &dense, &tok_path)) {
+    } else if (e8q_opt_model("generate", argc, argv, &i, &model_path, &artifact, &dense, &tok_path) ||
+               e8q_opt_head("generate", argc, argv, &i, &head_q8)) {
       continue;
     } else if (!strcmp(a, "--prompt")) {
       prompt = e8q_opt_value("generate", argc, argv, &i);
@@ -110,6 +111,7 @@ int cmd_generate(int argc, char **argv) {
   if (e8q_rank() != 0) return 0; /* generation is not distributed */
 
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
+  if (head_q8) e8q_model_head_to_q8(m);
   /* --device cuda: an artifact's quantized linears on the GPU (token by token, host buffers) */
   if (artifact && !am.q.dense && !dense) e8q_qmodel_upload(&am.q, m, dev.cuda);
   const e8q_config *c = &m->cfg;

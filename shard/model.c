@@ -155,11 +155,26 @@ e8q_model *e8q_model_load_ex(const char *path, int with_blocks) {
 
 e8q_model *e8q_model_load(const char *path) { return e8q_model_load_ex(path, 1); }
 
+void e8q_model_head_to_q8(e8q_model *m) {
+  if (m->lm_head_q8) return;
+  E8Q_CHECK(m->lm_head, "--head q8: model %s has no head loaded on this rank", m->path ? m->path : "(memory)");
+  const int V = m->cfg.vocab_size, D = m->cfg.dim;
+  char what[64];
+  snprintf(what, sizeof what, "--head q8 (head [%d x %d])", V, D);
+  m->lm_head_q8 = e8q_malloc(sizeof *m->lm_head_q8, "8-bit head");
+  e8q_q8_quantize(m->lm_head_q8, V, D, m->lm_head, what);
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < V; r++) e8q_q8_dequant_row(m->lm_head_q8, r, m->lm_head + (size_t)r * D);
+  m->lm_head_f16 = NULL;
+}
+
 void e8q_model_free(e8q_model *m) {
   if (!m) return;
   if (m->blocks)
     for (int i = 0; i < m->cfg.n_layers; i++) e8q_block_free(&m->blocks[i]);
   free(m->blocks);
+  if (m->lm_head_q8) e8q_q8_free(m->lm_head_q8);
+  free(m->lm_head_q8);
   if (m->lm_head != m->embed) free(m->lm_head);
   free(m->embed);
   free(m->final_norm);

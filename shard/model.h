@@ -19,6 +19,7 @@
 
 #include "io/config.h"
 #include "io/safetensors.h"
+#include "kernels/matvec_q8.h"
 
 /* A quantized linear (codes, SU/SV, Hadamard factors): defined by the fused kernels
  * (kernels/qlinear.h), whose typedef must carry this tag: typedef struct e8q_qlinear {...}. */
@@ -60,6 +61,8 @@ typedef struct {
   const uint16_t *lm_head_f16;   /* [vocab, dim] the head as float16 bits where the source stores it so
                                     (an artifact's tied embedding), read in place by one-token steps
                                     (e8q_model_head: half the bytes); not owned; NULL: lm_head */
+  e8q_q8_matrix *lm_head_q8;     /* the head at 8 bits (e8q_model_head_to_q8), read by one-token steps
+                                    in place of lm_head_f16 / lm_head; owned; NULL: none */
   e8q_block *blocks;             /* [n_layers], NULL when loaded without blocks */
   char *path;                    /* owned copy of the source path */
 } e8q_model;
@@ -73,6 +76,11 @@ void e8q_group_shape(const e8q_config *cfg, int group, int *m, int *n);
 e8q_model *e8q_model_load(const char *path);
 e8q_model *e8q_model_load_ex(const char *path, int with_blocks);
 void e8q_model_free(e8q_model *m);
+/* --head q8: the head rounded to 8 bits with a scale per 32 weights (kernels/matvec_q8.h). One-
+ * token steps read the 8-bit form; lm_head (f32) is overwritten with its dequantized values, so
+ * batched products (eval) use the same weights; a tied embedding is the same tensor and is
+ * rounded with it. lm_head_f16 is dropped. Idempotent. */
+void e8q_model_head_to_q8(e8q_model *m);
 
 /* ---------------------------------------------------------------- one block at a time
  * Reads block i of a HF model (its 9 tensors) into freshly allocated fp32 buffers. */

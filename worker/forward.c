@@ -7,6 +7,7 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "kernels/matvec_f16.h"
+#include "kernels/matvec_q8.h"
 #include "kernels/transformer.h"
 #include "kernels/transformer_gpu.h"
 #include "worker/linear.h"
@@ -141,6 +142,10 @@ static e8q_linear head_linear(const e8q_model *m) {
 
 void e8q_model_head(const e8q_model *m, int N, float *x, float *logits) {
   e8q_rmsnorm(N, m->cfg.dim, x, m->final_norm, (float)m->cfg.norm_eps, x);
+  if (N == 1 && m->lm_head_q8) { /* a decode step, --head q8: 1.125 bytes per weight */
+    e8q_matvec_q8(m->lm_head_q8, x, logits);
+    return;
+  }
   if (N == 1 && m->lm_head_f16) { /* a decode step: the float16 head in place, half the bytes */
     e8q_matvec_f16(m->cfg.vocab_size, m->cfg.dim, m->lm_head_f16, x, logits);
     return;
