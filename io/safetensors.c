@@ -62,20 +62,6 @@ static inline uint32_t f32_bits(float f) {
   memcpy(&u, &f, 4);
   return u;
 }
-static inline float bits_f32(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-float e8q_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
-
-uint16_t e8q_f32_to_bf16(float f) {
-  uint32_t u = f32_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN */
-  u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
-  return (uint16_t)(u >> 16);
-}
 
 uint16_t e8q_f32_to_f16(float f) {
   uint32_t u = f32_bits(f);

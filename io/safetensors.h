@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common/f16.h" /* e8q_f16_to_f32 */
+#include "common/f16.h" /* e8q_f16_to_f32, e8q_bf16_to_f32, e8q_f32_to_bf16 */
 
 typedef enum {
   E8Q_DT_F32 = 0,
@@ -147,9 +147,7 @@ void e8q_st_writer_finish(e8q_st_writer *w);
  * disk space (a sparse file). For tests and planning on large model shapes. */
 void e8q_st_writer_skip(e8q_st_writer *w, uint64_t bytes);
 
-/* f32 <-> f16/bf16 (round to nearest even); f16 -> f32 is e8q_f16_to_f32 (common/f16.h) */
-float e8q_bf16_to_f32(uint16_t h);
-uint16_t e8q_f32_to_bf16(float f);
+/* f32 -> f16 (round to nearest even); f16/bf16 -> f32 and f32 -> bf16 are in common/f16.h */
 uint16_t e8q_f32_to_f16(float f);
 /* n floats to dtype F32, F16 or BF16 (round to nearest even) into dst (n * dtype size bytes, any
  * alignment); for writing tensors */

@@ -1,4 +1,4 @@
-/* kernels/matvec_f16.c: float16 matrix times float32 vector (kernels/matvec_f16.h). */
+/* kernels/matvec_f16.c: float16 and bfloat16 matrices times a float32 vector (kernels/matvec_f16.h). */
 #include "kernels/matvec_f16.h"
 
 #include <immintrin.h>
@@ -95,4 +95,111 @@ void e8q_matvec_f16(int m, int n, const uint16_t *W, const float *x, float *y) {
     const int i0 = b * ROWS, i1 = i0 + ROWS < m ? i0 + ROWS : m;
     fn(i0, i1, n, W, x, y);
   }
+}
+
+/* ================================================================ bfloat16
+ * The float16 kernels above with the conversion swapped: bfloat16 -> float32 is the 16 bits
+ * shifted to the top of the word (exact for every value, Inf and NaN included). */
+
+void e8q_matvec_bf16_ref(int m, int n, const uint16_t *W, const float *x, float *y) {
+  for (int i = 0; i < m; i++) {
+    double s = 0;
+    for (int j = 0; j < n; j++) s += (double)e8q_bf16_to_f32(W[(size_t)i * n + j]) * x[j];
+    y[i] = (float)s;
+  }
+}
+
+static void bf_rows_scalar(int i0, int i1, int n, const uint16_t *W, const float *x, float *y) {
+  for (int i = i0; i < i1; i++) {
+    float s = 0;
+    for (int j = 0; j < n; j++) s += e8q_bf16_to_f32(W[(size_t)i * n + j]) * x[j];
+    y[i] = s;
+  }
+}
+
+/* 8 bfloat16 -> 8 float32: zero-extend to 32 bits, shift into the top half */
+__attribute__((target("avx2,fma"))) static __m256 bf8(const uint16_t *w) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)w)), 16));
+}
+__attribute__((target("avx2,fma"))) static float bf_hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+__attribute__((target("avx2,fma"))) static void bf_rows_avx2(int i0, int i1, int n, const uint16_t *W, const float *x,
+                                                              float *y) {
+  const int n8 = n & ~7;
+  for (int i = i0; i < i1; i++) {
+    const uint16_t *w = W + (size_t)i * n;
+    __m256 acc = _mm256_setzero_ps();
+    for (int j = 0; j < n8; j += 8) acc = _mm256_fmadd_ps(bf8(w + j), _mm256_loadu_ps(x + j), acc);
+    float s = bf_hsum8(acc);
+    for (int j = n8; j < n; j++) s += e8q_bf16_to_f32(w[j]) * x[j];
+    y[i] = s;
+  }
+}
+
+/* 16 bfloat16 -> 16 float32 */
+__attribute__((target("avx512f"))) static __m512 bf16x16(const uint16_t *w) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)w)), 16));
+}
+/* the last k (< 16) values of a row, zero-padded to 16 */
+__attribute__((target("avx512f"))) static __m512 bf_tail(const uint16_t *w, int k) {
+  uint16_t b[16] = {0};
+  memcpy(b, w, sizeof(uint16_t) * (size_t)k);
+  return bf16x16(b);
+}
+/* one row at a time, four independent accumulators (as rows_avx512) */
+__attribute__((target("avx512f"))) static void bf_rows_avx512(int i0, int i1, int n, const uint16_t *W, const float *x,
+                                                               float *y) {
+  const int n16 = n & ~15, k = n - n16;
+  const __mmask16 tail = (__mmask16)((1u << k) - 1u);
+  for (int i = i0; i < i1; i++) {
+    const uint16_t *w = W + (size_t)i * n;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int j = 0;
+    for (; j + 64 <= n16; j += 64) {
+      a0 = _mm512_fmadd_ps(bf16x16(w + j), _mm512_loadu_ps(x + j), a0);
+      a1 = _mm512_fmadd_ps(bf16x16(w + j + 16), _mm512_loadu_ps(x + j + 16), a1);
+      a2 = _mm512_fmadd_ps(bf16x16(w + j + 32), _mm512_loadu_ps(x + j + 32), a2);
+      a3 = _mm512_fmadd_ps(bf16x16(w + j + 48), _mm512_loadu_ps(x + j + 48), a3);
+    }
+    for (; j < n16; j += 16) a0 = _mm512_fmadd_ps(bf16x16(w + j), _mm512_loadu_ps(x + j), a0);
+    if (k) a1 = _mm512_fmadd_ps(bf_tail(w + n16, k), _mm512_maskz_loadu_ps(tail, x + n16), a1);
+    y[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  }
+}
+
+/* the rows of `path` (2 AVX-512F, 1 AVX2+FMA, 0 scalar), NULL when this CPU lacks it */
+static rows_fn bf_path_fn(int path) {
+  switch (path) {
+  case 2: return __builtin_cpu_supports("avx512f") ? bf_rows_avx512 : NULL;
+  case 1: return e8q_cpu_has_avx2() ? bf_rows_avx2 : NULL;
+  case 0: return bf_rows_scalar;
+  default: return NULL;
+  }
+}
+
+static void bf_run(rows_fn fn, int m, int n, const uint16_t *W, const float *x, float *y) {
+  enum { ROWS = 256 }; /* rows per task, as e8q_matvec_f16 */
+  const int blocks = (m + ROWS - 1) / ROWS;
+#pragma omp parallel for schedule(static) if ((size_t)m * n > ((size_t)1 << 18))
+  for (int b = 0; b < blocks; b++) {
+    const int i0 = b * ROWS, i1 = i0 + ROWS < m ? i0 + ROWS : m;
+    fn(i0, i1, n, W, x, y);
+  }
+}
+
+void e8q_matvec_bf16(int m, int n, const uint16_t *W, const float *x, float *y) {
+  static rows_fn fn; /* chosen once (a benign race: every thread picks the same) */
+  if (!fn) fn = bf_path_fn(2) ? bf_path_fn(2) : bf_path_fn(1) ? bf_path_fn(1) : bf_rows_scalar;
+  bf_run(fn, m, n, W, x, y);
+}
+
+int e8q_matvec_bf16_path(int path, int m, int n, const uint16_t *W, const float *x, float *y) {
+  const rows_fn fn = bf_path_fn(path);
+  if (!fn) return 0;
+  bf_run(fn, m, n, W, x, y);
+  return 1;
 }

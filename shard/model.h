@@ -37,6 +37,8 @@ typedef struct e8q_linear {
   const struct e8q_qlinear *q;   /* quantized form; not owned */
   struct e8q_qlinear_gpu *gpu;   /* q uploaded to this rank's CUDA device (--device cuda), used by
                                     e8q_linear_forward; not owned; NULL: the CPU kernels */
+  const uint16_t *w_bf16;        /* [m, n] row-major bfloat16 bits, the dense weight read in place when w
+                                    is NULL (worker/linear.h); not owned; NULL: none */
 } e8q_linear;
 
 /* linear groups of a block, in quantization order (the Hessian taps use the same ids) */

@@ -1,13 +1,38 @@
-/* worker/linear.c: y = x Wᵀ, dense through BLAS, quantized through the fused kernels (worker/linear.h). */
+/* worker/linear.c: y = x Wᵀ, dense through BLAS (bfloat16: e8q_matvec_bf16 or converted panels),
+ * quantized through the fused kernels (worker/linear.h). */
 #include "worker/linear.h"
 
 #include <cblas.h>
+#include <stdlib.h>
 
 #include "common/error.h"
+#include "common/f16.h"
+#include "kernels/matvec_f16.h"
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_gpu.h"
 
 void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) { e8q_linear_forward_keep(L, T, x, y, NULL); }
+
+/* y [T, m] = x [T, n] Wᵀ with W [m, n] bfloat16: one token through the in-place matvec, more tokens
+ * through float32 panels of PANEL rows and sgemm (the panel converted once for all T tokens) */
+static void bf16_forward(const e8q_linear *L, int T, const float *x, float *y) {
+  const int m = L->m, n = L->n;
+  if (T == 1) {
+    e8q_matvec_bf16(m, n, L->w_bf16, x, y);
+    return;
+  }
+  enum { PANEL = 256 };
+  float *P = e8q_alloc_aligned(sizeof(float) * PANEL * (size_t)n, "bf16 linear panel"); /* [PANEL, n] */
+  for (int r0 = 0; r0 < m; r0 += PANEL) {
+    const int rows = m - r0 < PANEL ? m - r0 : PANEL;
+    const uint16_t *w = L->w_bf16 + (size_t)r0 * n;
+#pragma omp parallel for schedule(static) if ((size_t)rows * n > ((size_t)1 << 18))
+    for (int r = 0; r < rows; r++)
+      for (int j = 0; j < n; j++) P[(size_t)r * n + j] = e8q_bf16_to_f32(w[(size_t)r * n + j]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, rows, n, 1.0f, x, n, P, n, 0.0f, y + r0, m);
+  }
+  free(P);
+}
 
 void e8q_linear_forward_keep(const e8q_linear *L, int T, const float *x, float *y, float *z) {
   if (T <= 0) return;
@@ -16,6 +41,10 @@ void e8q_linear_forward_keep(const e8q_linear *L, int T, const float *x, float *
       cblas_sgemv(CblasRowMajor, CblasNoTrans, L->m, L->n, 1.0f, L->w, L->n, x, 1, 0.0f, y, 1);
     else
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L->m, L->n, 1.0f, x, L->n, L->w, L->n, 0.0f, y, L->m);
+    return;
+  }
+  if (L->w_bf16) {
+    bf16_forward(L, T, x, y);
     return;
   }
   /* the quantized path: fused decode kernels (kernels/qlinear.h; L->q points at an e8q_qlinear) */
@@ -33,6 +62,10 @@ void e8q_linear_forward_keep(const e8q_linear *L, int T, const float *x, float *
 }
 
 void e8q_linear_forward_ref(const e8q_linear *L, int T, const float *x, float *y) {
+  if (!L->w && L->w_bf16) {
+    for (int t = 0; t < T; t++) e8q_matvec_bf16_ref(L->m, L->n, L->w_bf16, x + (size_t)t * L->n, y + (size_t)t * L->m);
+    return;
+  }
   E8Q_CHECK(L->w, "e8q_linear_forward_ref: linear [%d x %d] has no dense weights", L->m, L->n);
   for (int t = 0; t < T; t++)
     for (int i = 0; i < L->m; i++) {

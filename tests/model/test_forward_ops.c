@@ -236,6 +236,26 @@ static void test_linear(void **state) {
     expect_close(y, ref, (size_t)T * m, 1e-5, 1e-5, "linear vs _ref");
     free(L.w), free(x), free(y), free(yr), free(ref);
   }
+  /* dense bfloat16 (shard/model.h: w_bf16): one token through e8q_matvec_bf16, more through f32
+   * panels of 256 rows and sgemm (300 rows: two panels); against the float64 _ref, within the
+   * summation bound of any order, gamma(n + 1) * sum |w x| (see test_matvec_bf16) */
+  for (int T = 1; T <= 6; T += 5) {
+    const int m = 300, n = 131;
+    uint16_t *Wb = malloc(sizeof(uint16_t) * (size_t)m * n);
+    for (size_t i = 0; i < (size_t)m * n; i++) Wb[i] = e8q_f32_to_bf16((float)t_rng_normal(&r));
+    e8q_linear L = {.m = m, .n = n, .w = NULL, .q = NULL, .w_bf16 = Wb};
+    float *x = rand_vec(&r, (size_t)T * n, 1.0), *y = malloc(sizeof(float) * T * m), *yr = malloc(sizeof(float) * T * m);
+    e8q_linear_forward(&L, T, x, y);
+    e8q_linear_forward_ref(&L, T, x, yr);
+    for (int t = 0; t < T; t++)
+      for (int i = 0; i < m; i++) {
+        double mag = 0;
+        for (int j = 0; j < n; j++) mag += fabs((double)e8q_bf16_to_f32(Wb[(size_t)i * n + j]) * x[(size_t)t * n + j]);
+        const double tol = (n + 1) * 0x1p-24 / (1 - (n + 1) * 0x1p-24) * mag + 0x1p-24 * mag;
+        T_NEAR(y[(size_t)t * m + i], yr[(size_t)t * m + i], tol, T == 1 ? "bf16 linear, 1 token" : "bf16 linear, 6 tokens");
+      }
+    free(Wb), free(x), free(y), free(yr);
+  }
   e8q_linear none = {.m = 3, .n = 4, .w = NULL, .q = NULL};
   float x[4] = {0}, y[3];
   E8Q_EXPECT_FATAL(e8q_linear_forward(&none, 1, x, y), "neither dense weights nor a quantized form");
@@ -287,11 +307,107 @@ static void test_matvec_f16(void **state) {
   }
 }
 
+/* ---------------------------------------------------------------- bfloat16 dense weights
+ * Error bound: a sum of n products evaluated in float32, where each term reaches the total
+ * through at most d roundings (one per FMA or addition on its way), differs from the exact sum
+ * by at most gamma(d) * sum_j |w_j x_j| with gamma(d) = d u / (1 - d u), u = 2^-24 (Higham,
+ * Accuracy and Stability, §3.1; the products are exact inside an FMA, or add one rounding).
+ * d per path (rows_* in kernels/matvec_f16.c): scalar n + 1 (product, addition); AVX2 n/8 FMAs
+ * per lane + 3 (lane sum) + 7 (scalar tail) + 1; AVX-512 n/64 + 3 FMAs in a0 (every 64-block and
+ * the last 16-blocks) + 2 (accumulator sums) + 4 (lane sum) + 1. A product that underflows loses
+ * up to 2^-150 more, in absolute terms: n * 2^-149 covers them. */
+static double sum_gamma(double d) { return d * 0x1p-24 / (1 - d * 0x1p-24); }
+static double bf16_depth(int path, int n) {
+  return path == 2 ? n / 64 + 10 : path == 1 ? n / 8 + 11 : n + 1;
+}
+
+/* bfloat16 bits of every finite kind (normal, subnormal, zero, both signs), exponents limited so
+ * that no sum overflows float32 */
+static uint16_t rand_bf16(t_rng *r) {
+  const uint64_t v = t_rng_u64(r);
+  const uint16_t sign = (uint16_t)(v & 0x8000), man = (uint16_t)((v >> 16) & 0x7f);
+  const unsigned e = (unsigned)((v >> 32) % 160u); /* 0 (subnormal/zero) .. 2^32 */
+  return (uint16_t)(sign | (e << 7) | man);
+}
+/* the value of bfloat16 bits from the definition (not the shift the kernels use) */
+static double bf16_def(uint16_t h) {
+  const int e = (h >> 7) & 0xff, f = h & 0x7f;
+  return (h & 0x8000 ? -1 : 1) * (e ? ldexp(128 + f, e - 134) : ldexp(f, -133));
+}
+
+static void test_matvec_bf16(void **state) {
+  (void)state;
+  t_rng r = {g_seed + 8};
+  /* odd widths for the tails (n % 64, n % 16, n % 8), a shape over the OpenMP threshold */
+  const int shapes[][2] = {{1, 1}, {37, 15}, {300, 576}, {5, 1000}, {1030, 17}, {3, 4103}, {777, 515}};
+  int ran[3] = {0, 0, 0};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    const int m = shapes[s][0], n = shapes[s][1];
+    uint16_t *W = malloc(sizeof(uint16_t) * (size_t)m * n + 2);
+    uint16_t *Wu = W + 1; /* odd address of a 2-byte element: unaligned to 4 */
+    for (size_t i = 0; i < (size_t)m * n; i++) Wu[i] = rand_bf16(&r);
+    Wu[0] = 0x8000;                    /* -0 */
+    if ((size_t)m * n > 2) Wu[1] = 1; /* the smallest subnormal */
+    float *x = rand_vec(&r, (size_t)n, 1.0), *y = malloc(sizeof(float) * m), *yr = malloc(sizeof(float) * m);
+    double *ref = malloc(sizeof(double) * m), *mag = malloc(sizeof(double) * m);
+    for (int i = 0; i < m; i++) {
+      ref[i] = 0, mag[i] = 0;
+      for (int j = 0; j < n; j++) { /* exact: 8-bit significands times 24-bit ones, in double */
+        const double v = bf16_def(Wu[(size_t)i * n + j]) * x[j];
+        ref[i] += v;
+        mag[i] += fabs(v);
+      }
+    }
+    const double tiny = n * 0x1p-149;
+    e8q_matvec_bf16_ref(m, n, Wu, x, yr); /* double sums (error n 2^-53 mag), then one rounding to float */
+    for (int i = 0; i < m; i++)
+      if (!(fabs(yr[i] - ref[i]) <= 0x1p-24 * fabs(ref[i]) + (n + 1) * 0x1p-53 * mag[i] + 0x1p-149))
+        fail_msg("matvec_bf16_ref [%d x %d] row %d: %.9g, definition %.9g (seed %llu)", m, n, i, (double)yr[i], ref[i],
+                 (unsigned long long)g_seed);
+    for (int path = -1; path <= 2; path++) { /* -1: the dispatch (whichever path it picked) */
+      for (int i = 0; i < m; i++) y[i] = NAN;
+      if (path < 0)
+        e8q_matvec_bf16(m, n, Wu, x, y);
+      else if (!e8q_matvec_bf16_path(path, m, n, Wu, x, y))
+        continue;
+      else
+        ran[path]++;
+      const double g = sum_gamma(path < 0 ? bf16_depth(0, n) : bf16_depth(path, n));
+      for (int i = 0; i < m; i++)
+        if (!(fabs(y[i] - ref[i]) <= g * mag[i] + tiny))
+          fail_msg("matvec_bf16 path %d [%d x %d] row %d: %.9g, definition %.9g, bound %.3g (seed %llu)", path, m, n, i,
+                   (double)y[i], ref[i], g * mag[i] + tiny, (unsigned long long)g_seed);
+    }
+    free(W), free(x), free(y), free(yr), free(ref), free(mag);
+  }
+  assert_true(ran[0] > 0); /* the scalar path runs everywhere */
+  if (!ran[1]) printf("test_matvec_bf16: this CPU has no AVX2+FMA: that path not tested\n");
+  if (!ran[2]) printf("test_matvec_bf16: this CPU has no AVX-512F: that path not tested\n");
+  /* the conversions, every value: bf16 -> f32 against the definition, and back unchanged */
+  for (uint32_t h = 0; h < 0x10000; h++) {
+    const int e = (h >> 7) & 0xff, f = h & 0x7f;
+    const float v = e8q_bf16_to_f32((uint16_t)h);
+    if (e == 0xff) {
+      assert_true(f ? isnan(v) : isinf(v) && (v < 0) == ((h & 0x8000) != 0));
+      if (f) assert_true((e8q_f32_to_bf16(v) & 0x7fc0) == 0x7fc0); /* a quiet NaN */
+    } else {
+      assert_true(v == bf16_def((uint16_t)h) && !!signbit(v) == ((h & 0x8000) != 0));
+      assert_int_equal(e8q_f32_to_bf16(v), h);
+    }
+  }
+  /* rounding to nearest, ties to even: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 */
+  assert_int_equal(e8q_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);
+  assert_int_equal(e8q_f32_to_bf16(1.0f + 0x1p-7f + 0x1p-8f), 0x3f82);
+  assert_int_equal(e8q_f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);
+  assert_int_equal(e8q_f32_to_bf16(0x1.fffffep127f), 0x7f80); /* FLT_MAX rounds up to Inf */
+}
+
 int main(void) {
   g_seed = t_fresh_seed("test_forward_ops");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm), cmocka_unit_test(test_rope), cmocka_unit_test(test_attention),
       cmocka_unit_test(test_swiglu_softmax_nll), cmocka_unit_test(test_linear), cmocka_unit_test(test_matvec_f16),
+      cmocka_unit_test(test_matvec_bf16),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
