@@ -1,5 +1,6 @@
 /* coordinator/main.c: `e8q <command> [options]`, one MPI program.
  * Rank 0 is the coordinator; every rank is also a worker. */
+#include <cblas.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,6 +23,12 @@ int main(int argc, char **argv) {
   int provided = 0;
   E8Q_CHECK_MPI(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided));
   e8q_comm_global_open(-1); /* host-only: every collective of the pipeline goes through it */
+  /* One BLAS thread in every command; OpenMP is the only source of threads. The quantizer's bits
+   * then do not depend on OPENBLAS_NUM_THREADS (threaded kernels change the last bits of sums:
+   * Hessians, LDLQ feedback, proxy losses), and inference's batched products run as OpenMP
+   * panels of single-threaded BLAS (kernels/gemm_panels.h), whose pthreads would otherwise fight
+   * OpenMP's waiting threads for the cores. */
+  openblas_set_num_threads(1);
   int rc = 2;
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     if (e8q_rank() == 0) usage(argc < 2 ? stderr : stdout);

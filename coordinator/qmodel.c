@@ -153,6 +153,7 @@ void e8q_qmodel_open_st_range(e8q_qmodel *q, const char *dir, const char *config
       }
       e8q_layout_layer_tensor(name, sizeof name, b, G);
       e8q_qlinear_init(&q->lin[b * E8Q_N_GROUPS + g], &d, name);
+      q->lin[b * E8Q_N_GROUPS + g].gemm_min = E8Q_QLINEAR_GEMM_MIN; /* inference: batches through BLAS */
     }
   cJSON_Delete(cj);
 }

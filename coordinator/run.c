@@ -365,11 +365,7 @@ int e8q_run_quantize(const e8q_run_opts *o) {
   R->size = e8q_comm_size(R->comm);
   e8q_device_select(&R->dev, o->device, "quantize"); /* before any work: --device cuda without one is fatal here */
   double t0 = e8q_now();
-  /* Determinism: OpenBLAS's multi-threaded kernels can change the last bits of sums (Hessians,
-   * LDLQ feedback, proxy losses) with the thread count; one BLAS thread per rank makes the
-   * artifact independent of OPENBLAS_NUM_THREADS. Parallelism comes from the ranks (and from
-   * OpenMP in the kernels, whose results do not depend on the thread count). */
-  openblas_set_num_threads(1);
+  /* one BLAS thread (set in coordinator/main.c): the artifact does not depend on OPENBLAS_NUM_THREADS */
   struct sigaction old_sigbus;
   e8q_run_source_sigbus_install(o, &old_sigbus);
 

@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/rng.h"
 #include "kernels/e8p.h"
+#include "kernels/gemm_panels.h"
 
 static int env_set(const char *name) {
   const char *env = getenv(name);
@@ -165,6 +166,27 @@ void e8q_qlinear_codes_matmul_ref(const e8q_qlinear *q, int batch, const float *
   }
 }
 
+/* ---------------------------------------------------------------- batched: decode, then GEMM */
+static void panel_decode(const void *ctx, int r0, int rows, float *W) {
+  const e8q_qlinear *q = ctx;
+#if defined(__x86_64__) || defined(__i386__)
+  if (e8q_cpu_has_avx2()) {
+    e8q_qlinear_decode_rows_avx2(q, r0, rows, W);
+    return;
+  }
+#endif
+  for (int r = 0; r < rows; r++)
+    for (int j = 0; j < q->nc; j++) decode_f32(q, (size_t)(r0 + r) * q->nc + j, W + (size_t)r * q->d.n_pad + 8 * j);
+}
+
+void e8q_qlinear_codes_matmul_gemm_rows(const e8q_qlinear *q, int batch, const float *u, float *z, int P) {
+  e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, P, z);
+}
+
+void e8q_qlinear_codes_matmul_gemm(const e8q_qlinear *q, int batch, const float *u, float *z) {
+  e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, E8Q_GEMM_PANEL_ROWS, z);
+}
+
 /* the shared frame of both paths: rotate inputs, run the core, rotate outputs */
 typedef void (*core_fn)(const e8q_qlinear *, int, const float *, float *);
 
@@ -175,6 +197,8 @@ static void forward_with(const e8q_qlinear *q, int batch, const float *x, float 
   if (batch == 0) return;
   float *u = e8q_alloc_aligned(sizeof(float) * (size_t)batch * np, "qlinear rotated input");
   float *z = zk ? zk : e8q_alloc_aligned(sizeof(float) * (size_t)batch * m, "qlinear rotated output");
+  const int par = batch > 1 && (size_t)batch * (np + m) >= ((size_t)1 << 16); /* a batch worth a team */
+#pragma omp parallel for schedule(static) if (par)
   for (int b = 0; b < batch; b++) {
     float *ub = u + (size_t)b * np;
     const float *xb = x + (size_t)b * n;
@@ -183,8 +207,11 @@ static void forward_with(const e8q_qlinear *q, int batch, const float *x, float 
   }
   e8q_had_rows_f32(&q->h_in, u, batch, np, 1); /* M_n_padᵀ, OpenMP over the batch */
   core(q, batch, u, z);
-  for (size_t i = 0; i < (size_t)batch * m; i++) z[i] *= q->d.Wscale;
+#pragma omp parallel for schedule(static) if (par)
+  for (int b = 0; b < batch; b++)
+    for (int r = 0; r < m; r++) z[(size_t)b * m + r] *= q->d.Wscale;
   e8q_had_rows_f32(&q->h_out, z, batch, m, 0); /* M_m */
+#pragma omp parallel for schedule(static) if (par)
   for (int b = 0; b < batch; b++)
     for (int r = 0; r < m; r++) y[(size_t)b * m + r] = q->out_scale[r] * z[(size_t)b * m + r];
   free(u);
@@ -245,6 +272,10 @@ const char *e8q_qlinear_path(const e8q_qlinear *q) {
 }
 
 void e8q_qlinear_forward_keep(const e8q_qlinear *q, int batch, const float *x, float *y, float *z) {
+  if (q->gemm_min > 0 && batch >= q->gemm_min && e8q_qlinear_simd_level() > 0) {
+    forward_with(q, batch, x, y, z, e8q_qlinear_codes_matmul_gemm);
+    return;
+  }
 #if defined(__x86_64__) || defined(__i386__)
   switch (e8q_qlinear_simd_level()) {
     case 2: forward_with(q, batch, x, y, z, e8q_qlinear_codes_matmul_avx512); return;

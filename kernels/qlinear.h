@@ -67,7 +67,14 @@ typedef struct e8q_qlinear { /* tag named: shard/model.h (fwd) forward-declares 
   e8q_had h_out;                 /* M_m from (K_out, R_out), owned */
   struct e8q_qlinear_vnni *vnni; /* repacked codes of the VNNI core (kernels/qlinear_vnni.h), owned; NULL
                                     when the CPU, codebook or E8Q_NO_VNNI rules that path out */
+  int gemm_min;                  /* batches of at least this many inputs are decoded to f32 panels and
+                                    multiplied by BLAS (e8q_qlinear_codes_matmul_gemm); 0 (the init
+                                    default): never. Inference models set E8Q_QLINEAR_GEMM_MIN; the
+                                    quantizer and fine-tuning keep 0, so their bits stay those of the
+                                    fused cores */
 } e8q_qlinear;
+/* the batch from which decode + GEMM beats the fused cores (bench/README.md, "Prefill") */
+#define E8Q_QLINEAR_GEMM_MIN 16
 
 /* Validates the description (fatal with a message naming `name` and the bad field; a factor
  * with R Rᵀ != K·I is refused) and builds the per-row scales and the two transforms.
@@ -109,8 +116,16 @@ int e8q_qlinear_simd_level(void);
  * z[b, r] = Σ_k Ŵr[r, k] · u[b, k]: the decoded codes times already-rotated inputs, no scales.
  * u: [batch, n_pad], z: [batch, m]. */
 void e8q_qlinear_codes_matmul_ref(const e8q_qlinear *q, int batch, const float *u, float *z);
+/* Batches through BLAS: rows decoded exactly to f32 in panels, each multiplied by the batch with
+ * a single-threaded sgemm, the panels shared out to the OpenMP threads (kernels/gemm_panels.h).
+ * Used when q->gemm_min says so; the _rows form takes the panel height (tests). */
+void e8q_qlinear_codes_matmul_gemm(const e8q_qlinear *q, int batch, const float *u, float *z);
+void e8q_qlinear_codes_matmul_gemm_rows(const e8q_qlinear *q, int batch, const float *u, float *z, int P);
 #if defined(__x86_64__) || defined(__i386__)
 void e8q_qlinear_codes_matmul_avx2(const e8q_qlinear *q, int batch, const float *u, float *z);
+/* W [rows, n_pad] <- Ŵr rows r0..r0+rows-1 in f32 through the int8 tables: the bits of the _ref's
+ * decode, a table load per code instead of codebook arithmetic */
+void e8q_qlinear_decode_rows_avx2(const e8q_qlinear *q, int r0, int rows, float *W);
 #endif
 
 /* ---------------------------------------------------------------- dense float64 decodes */

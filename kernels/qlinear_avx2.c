@@ -186,6 +186,28 @@ void e8q_qlinear_codes_matmul_avx2(const e8q_qlinear *q, int batch, const float 
   }
   free(ut);
 }
+
+/* ---------------------------------------------------------------- rows decoded to f32 */
+void e8q_qlinear_decode_rows_avx2(const e8q_qlinear *q, int r0, int rows, float *W) {
+  e8q_avx2_tables_init();
+  const int nc = q->nc, np = q->d.n_pad, cb = q->d.codebook;
+  const float rs = q->resid_scale;
+  for (int r = 0; r < rows; r++)
+    for (int j = 0; j < nc; j++) {
+      const size_t idx = (size_t)(r0 + r) * nc + j;
+      float a[8], b[8];
+      for (int t = 0; t < 8; t++) a[t] = 0.25f * (float)e8q_avx2_e8p_q4[q->d.codes[idx]][t]; /* exact */
+      if (cb == E8Q_CB_E8P12RVQ4B)
+        for (int t = 0; t < 8; t++) b[t] = 0.25f * (float)e8q_avx2_e8p_q4[((const uint16_t *)q->d.codes2)[idx]][t];
+      else if (cb == E8Q_CB_E8P12RVQ3B)
+        for (int t = 0; t < 8; t++) b[t] = 0.5f * (float)e8q_avx2_e81b_h2[((const uint8_t *)q->d.codes2)[idx]][t];
+      float *w = W + (size_t)r * np + 8 * j;
+      if (cb == E8Q_CB_E8P12)
+        memcpy(w, a, sizeof a);
+      else
+        for (int t = 0; t < 8; t++) w[t] = a[t] + b[t] / rs; /* decode_f32's operations (qlinear.c) */
+    }
+}
 #else
 typedef int e8q_qlinear_avx2_unused;
 #endif

@@ -307,13 +307,18 @@ double e8q_nll(int n, const float *logits, int target) {
 }
 
 void e8q_nll_rows(int rows, int n, const float *logits, const int *targets, double *sum, long *count) {
-  for (int r = 0; r < rows; r++) {
-    int tgt = targets[r];
-    if (tgt < 0) continue;
-    E8Q_CHECK(tgt < n, "target token id %d is outside the model's vocabulary [0, %d)", tgt, n);
-    *sum += e8q_nll(n, logits + (size_t)r * n, tgt);
-    (*count)++;
-  }
+  for (int r = 0; r < rows; r++)
+    E8Q_CHECK(targets[r] < n, "target token id %d is outside the model's vocabulary [0, %d)", targets[r], n);
+  double *v = e8q_malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1), "NLL of each row"); /* [rows] */
+  /* rows across the threads, then summed in row order: the bits of a serial loop */
+#pragma omp parallel for schedule(static) if (rows > 1 && (size_t)rows * n > E8Q_PAR_MIN)
+  for (int r = 0; r < rows; r++) v[r] = targets[r] < 0 ? 0.0 : e8q_nll(n, logits + (size_t)r * n, targets[r]);
+  for (int r = 0; r < rows; r++)
+    if (targets[r] >= 0) {
+      *sum += v[r];
+      (*count)++;
+    }
+  free(v);
 }
 
 int e8q_argmax(int n, const float *x) {

@@ -2,45 +2,37 @@
  * quantized through the fused kernels (worker/linear.h). */
 #include "worker/linear.h"
 
-#include <cblas.h>
 #include <stdlib.h>
 
 #include "common/error.h"
 #include "common/f16.h"
+#include "kernels/gemm_panels.h"
 #include "kernels/matvec_f16.h"
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_gpu.h"
 
 void e8q_linear_forward(const e8q_linear *L, int T, const float *x, float *y) { e8q_linear_forward_keep(L, T, x, y, NULL); }
 
+/* a panel of a bfloat16 weight converted to float32 (exact) */
+static void bf16_panel(const void *ctx, int r0, int rows, float *P) {
+  const e8q_linear *L = ctx;
+  const uint16_t *w = L->w_bf16 + (size_t)r0 * L->n;
+  for (size_t i = 0; i < (size_t)rows * L->n; i++) P[i] = e8q_bf16_to_f32(w[i]);
+}
+
 /* y [T, m] = x [T, n] Wᵀ with W [m, n] bfloat16: one token through the in-place matvec, more tokens
- * through float32 panels of PANEL rows and sgemm (the panel converted once for all T tokens) */
+ * through float32 panels (each converted once for all T tokens) and sgemm */
 static void bf16_forward(const e8q_linear *L, int T, const float *x, float *y) {
-  const int m = L->m, n = L->n;
-  if (T == 1) {
-    e8q_matvec_bf16(m, n, L->w_bf16, x, y);
-    return;
-  }
-  enum { PANEL = 256 };
-  float *P = e8q_alloc_aligned(sizeof(float) * PANEL * (size_t)n, "bf16 linear panel"); /* [PANEL, n] */
-  for (int r0 = 0; r0 < m; r0 += PANEL) {
-    const int rows = m - r0 < PANEL ? m - r0 : PANEL;
-    const uint16_t *w = L->w_bf16 + (size_t)r0 * n;
-#pragma omp parallel for schedule(static) if ((size_t)rows * n > ((size_t)1 << 18))
-    for (int r = 0; r < rows; r++)
-      for (int j = 0; j < n; j++) P[(size_t)r * n + j] = e8q_bf16_to_f32(w[(size_t)r * n + j]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, rows, n, 1.0f, x, n, P, n, 0.0f, y + r0, m);
-  }
-  free(P);
+  if (T == 1)
+    e8q_matvec_bf16(L->m, L->n, L->w_bf16, x, y);
+  else
+    e8q_gemm_panels(T, L->m, L->n, x, NULL, bf16_panel, L, E8Q_GEMM_PANEL_ROWS, y);
 }
 
 void e8q_linear_forward_keep(const e8q_linear *L, int T, const float *x, float *y, float *z) {
   if (T <= 0) return;
-  if (L->w) {
-    if (T == 1)
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, L->m, L->n, 1.0f, L->w, L->n, x, 1, 0.0f, y, 1);
-    else
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L->m, L->n, 1.0f, x, L->n, L->w, L->n, 0.0f, y, L->m);
+  if (L->w) { /* row panels across the OpenMP threads, single-threaded BLAS each */
+    e8q_gemm_panels(T, L->m, L->n, x, L->w, NULL, NULL, E8Q_GEMM_PANEL_ROWS, y);
     return;
   }
   if (L->w_bf16) {

@@ -84,6 +84,47 @@ static void test_core_avx2_vs_ref(void **state) {
   }
 }
 
+/* decode + GEMM (inference batches): panels of 1, 5 and all rows, so the panel seams are crossed */
+static int g_panel;
+static void core_gemm_panel(const e8q_qlinear *q, int batch, const float *u, float *z) {
+  e8q_qlinear_codes_matmul_gemm_rows(q, batch, u, z, g_panel);
+}
+
+static void test_core_gemm_vs_ref(void **state) {
+  (void)state;
+  t_rng g = {g_seed ^ 0x7777};
+  const int panels[] = {1, 5, 1 << 20};
+  const int bs[] = {1, 2, 16, 17, 64};
+  for (int cbi = 0; cbi < 3; cbi++)
+    for (int p = 0; p < 3; p++) {
+      g_panel = panels[p];
+      for (int i = 0; i < 5; i++) {
+        core_case_with(&g, 13, 172, 13, 11, cbi, bs[i], core_gemm_panel, "decode + GEMM");
+        core_case_with(&g, 96, 512, 3, 1, cbi, bs[i], core_gemm_panel, "decode + GEMM");
+        core_case_with(&g, 7, 1000, 7, 125, cbi, bs[i], core_gemm_panel, "decode + GEMM");
+      }
+    }
+  /* the whole forward with gemm_min set: the same product as the _ref frame */
+  for (int cbi = 0; cbi < 3; cbi++) {
+    qlayer L;
+    qlayer_make(&L, &g, 40, 96, 5, 3, QLAYER_CBS[cbi]);
+    e8q_qlinear q;
+    e8q_qlinear_init(&q, &L.d, "test layer");
+    assert_int_equal(q.gemm_min, 0); /* off unless an inference model asks */
+    q.gemm_min = E8Q_QLINEAR_GEMM_MIN;
+    const int batch = E8Q_QLINEAR_GEMM_MIN + 3;
+    float *x = qlayer_random_input(&g, (size_t)batch * 96), *y = malloc(sizeof(float) * batch * 40),
+          *yr = malloc(sizeof(float) * batch * 40);
+    e8q_qlinear_forward(&q, batch, x, y);
+    e8q_qlinear_forward_ref(&q, batch, x, yr);
+    double e = rel_err_rows(y, yr, batch, 40);
+    if (!(e <= 1e-5)) fail_msg("%s: forward through decode + GEMM differs from _ref by %.3g relative", QLAYER_CBN[cbi], e);
+    free(x), free(y), free(yr);
+    e8q_qlinear_free(&q);
+    qlayer_free(&L);
+  }
+}
+
 /* AVX-512: same shapes, plus rows of several 32-code chunks with a ragged tail (nc = 67, 33, 1)
  * and row counts that leave 1..7 rows outside the 8-row groups */
 static void avx512_case(t_rng *g, int m, int n, int K_out, int K_in, int cbi, int batch) {
@@ -375,6 +416,7 @@ int main(void) {
       cmocka_unit_test(test_core_avx2_vs_ref),
       cmocka_unit_test(test_core_avx512_vs_ref),
       cmocka_unit_test(test_core_vnni),
+      cmocka_unit_test(test_core_gemm_vs_ref),
       cmocka_unit_test(test_forward_vs_dense),
       cmocka_unit_test(test_f64_ref_and_validate),
       cmocka_unit_test(test_bad_desc),
