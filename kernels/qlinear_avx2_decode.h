@@ -1,6 +1,7 @@
 /* kernels/qlinear_avx2_decode.h: the AVX2 decode tables shared by the forward core
- * (kernels/qlinear_avx2.c) and the backward's transpose product (kernels/qlinear_grad_avx2.c).
- * Private to those two files (x86 only, included after <immintrin.h>).
+ * (kernels/qlinear_avx2.c), the backward's transpose product (kernels/qlinear_grad_avx2.c)
+ * and the AMX core's weight tiles (kernels/qlinear_amx.c). Private to those files (x86 only,
+ * included after <immintrin.h>).
  *
  *   e8q_avx2_e8p_q4   [E8Q_E8P_NCODES][8] int8: 4 · E8P(c), 512 KiB (L2 resident)
  *   e8q_avx2_e81b_h2  [E8Q_E81B_SIZE][8] int8: 2 · E81B(i) (RVQ3's second stage)

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "kernels/qlinear.h"
+#include "kernels/qlinear_amx.h"
 #include "kernels/qlinear_avx512.h"
 #include "kernels/qlinear_vnni.h"
 #include "qlayer.h"
@@ -123,6 +124,41 @@ static void test_core_gemm_vs_ref(void **state) {
     e8q_qlinear_free(&q);
     qlayer_free(&L);
   }
+}
+
+/* AMX-INT8 (Sapphire Rapids and later): token blocks of 16 and row groups of 16 with ragged
+ * edges, n_pad not a multiple of 64; the fixed-point contract of the VNNI core */
+static void core_amx(const e8q_qlinear *q, int batch, const float *u, float *z) {
+  assert_int_equal(e8q_qlinear_amx_matmul(q, batch, u, z), 1);
+}
+
+static void test_core_amx_vs_ref(void **state) {
+  (void)state;
+  if (!e8q_qlinear_amx_available()) {
+    print_message("test_core_amx_vs_ref: SKIPPED, no AMX-INT8 here (CPU flags, kernel permission or E8Q_NO_AMX)\n");
+    skip();
+  }
+  t_rng g = {g_seed ^ 0x8888};
+  const int bs[] = {1, 15, 16, 17, 40};
+  for (int cbi = 0; cbi < 3; cbi++)
+    for (int i = 0; i < 5; i++) {
+      core_case_with(&g, 13, 172, 13, 11, cbi, bs[i], core_amx, "AMX");   /* n_pad 176: 2 k-blocks + 48 */
+      core_case_with(&g, 96, 512, 3, 1, cbi, bs[i], core_amx, "AMX");     /* 6 whole row groups */
+      core_case_with(&g, 37, 104, 37, 13, cbi, bs[i], core_amx, "AMX");   /* 2 groups + 5 rows */
+    }
+  /* a NaN anywhere in the batch: refused (0), z untouched, the caller takes a float path */
+  qlayer L;
+  qlayer_make(&L, &g, 16, 64, 1, 1, QLAYER_CBS[0]);
+  e8q_qlinear q;
+  e8q_qlinear_init(&q, &L.d, "test layer");
+  float *u = qlayer_random_input(&g, 3 * 64), z[3 * 16];
+  for (int i = 0; i < 3 * 16; i++) z[i] = 7.0f;
+  u[64 + 5] = NAN;
+  assert_int_equal(e8q_qlinear_amx_matmul(&q, 3, u, z), 0);
+  for (int i = 0; i < 3 * 16; i++) assert_true(z[i] == 7.0f);
+  free(u);
+  e8q_qlinear_free(&q);
+  qlayer_free(&L);
 }
 
 /* AVX-512: same shapes, plus rows of several 32-code chunks with a ragged tail (nc = 67, 33, 1)
@@ -417,6 +453,7 @@ int main(void) {
       cmocka_unit_test(test_core_avx512_vs_ref),
       cmocka_unit_test(test_core_vnni),
       cmocka_unit_test(test_core_gemm_vs_ref),
+      cmocka_unit_test(test_core_amx_vs_ref),
       cmocka_unit_test(test_forward_vs_dense),
       cmocka_unit_test(test_f64_ref_and_validate),
       cmocka_unit_test(test_bad_desc),
