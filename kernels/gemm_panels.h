@@ -16,6 +16,13 @@
 #define E8Q_KERNELS_GEMM_PANELS_H
 
 #define E8Q_GEMM_PANEL_ROWS 64
+/* the panel height for m rows: m/16 rounded to 64 rows, within [64, 512]: enough panels to
+ * share out, and few enough that a tall matrix (a 49152-row head) does not repack its input
+ * hundreds of times. A function of m alone, so the calls do not depend on the thread count. */
+static inline int e8q_gemm_panel_rows(int m) {
+  int p = m / 16 / 64 * 64;
+  return p < E8Q_GEMM_PANEL_ROWS ? E8Q_GEMM_PANEL_ROWS : p > 512 ? 512 : p;
+}
 
 /* fills panel [rows, n] with rows r0 .. r0+rows-1 of the weight, as f32 */
 typedef void (*e8q_panel_fill_fn)(const void *ctx, int r0, int rows, float *panel);

@@ -187,7 +187,7 @@ void e8q_qlinear_codes_matmul_gemm_rows(const e8q_qlinear *q, int batch, const f
 void e8q_qlinear_codes_matmul_gemm(const e8q_qlinear *q, int batch, const float *u, float *z) {
   if (e8q_qlinear_amx_available() && q->d.n_pad <= E8Q_QLINEAR_AMX_MAX_NPAD && e8q_qlinear_amx_matmul(q, batch, u, z))
     return; /* AMX-INT8 tiles; a non-finite input takes the float panels below */
-  e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, E8Q_GEMM_PANEL_ROWS, z);
+  e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, e8q_gemm_panel_rows(q->d.m), z);
 }
 
 /* the shared frame of both paths: rotate inputs, run the core, rotate outputs */

@@ -88,10 +88,10 @@ static void group_pack(const e8q_qlinear *q, int g, int stage, int KP, int8_t *W
         w8 = e8q_avx2_e8p_q4[((const uint16_t *)q->d.codes2)[row + j]];
       else
         w8 = e8q_avx2_e81b_h2[((const uint8_t *)q->d.codes2)[row + j]];
-      for (int t = 0; t < 8; t++) {
-        const int k = 8 * j + t, kb = k / AMX_K, kk = k % AMX_K;
-        W[(size_t)kb * AMX_R * AMX_K + (size_t)(kk / 4) * AMX_K + r * 4 + kk % 4] = w8[t];
-      }
+      /* weights 8j..8j+7: k-block 8j / 64, rows 2(j % 8) and 2(j % 8) + 1 of its B tile, 4 each */
+      int8_t *dst = W + (size_t)(j / 8) * AMX_R * AMX_K + (size_t)(2 * (j % 8)) * AMX_K + r * 4;
+      memcpy(dst, w8, 4);
+      memcpy(dst + AMX_K, w8 + 4, 4);
     }
   }
 }
@@ -135,6 +135,18 @@ static AMX void block_dot(const int8_t *D, int Bp, int KP, int tb, const int8_t 
 
 static AMX void tiles_release(void) { _tile_release(); }
 
+/* acc (=, or += when add) (Y0 + 256 Y1 + 65536 Y2) · unit: the digit sums recombined in double,
+ * exactly (|Y| < 2^31, so the sum stays below 2^53), then one scaling */
+__attribute__((target("avx512f"), noinline)) static void combine(int32_t Y[3][AMX_R][AMX_R], double unit, int add,
+                                                                  double acc[AMX_R * AMX_R]) {
+  const int32_t *y0 = &Y[0][0][0], *y1 = &Y[1][0][0], *y2 = &Y[2][0][0];
+#pragma omp simd
+  for (int i = 0; i < AMX_R * AMX_R; i++) {
+    const double v = ((double)y0[i] + 256.0 * (double)y1[i] + 65536.0 * (double)y2[i]) * unit;
+    acc[i] = add ? acc[i] + v : v;
+  }
+}
+
 /* ---------------------------------------------------------------- entry */
 int e8q_qlinear_amx_matmul(const e8q_qlinear *q, int batch, const float *u, float *z) {
   E8Q_CHECK(e8q_qlinear_amx_available(), "e8q_qlinear_amx_matmul: AMX is not available to this process");
@@ -162,18 +174,15 @@ int e8q_qlinear_amx_matmul(const e8q_qlinear *q, int batch, const float *u, floa
     for (int g = 0; g < groups; g++) {
       for (int s = 0; s < stages; s++) group_pack(q, g, s, KP, W + (size_t)s * AMX_R * KP);
       for (int tb = 0; tb < Bp / AMX_R; tb++) {
-        double acc[AMX_R][AMX_R] = {{0}};
+        double acc[AMX_R * AMX_R];
         for (int s = 0; s < stages; s++) {
           block_dot(D, Bp, KP, tb, W + (size_t)s * AMX_R * KP, Y);
-          for (int i = 0; i < AMX_R; i++)
-            for (int j = 0; j < AMX_R; j++) {
-              const int64_t t = (int64_t)Y[0][i][j] + 256 * (int64_t)Y[1][i][j] + 65536 * (int64_t)Y[2][i][j];
-              acc[i][j] += (double)t * unit[s];
-            }
+          combine(Y, unit[s], s > 0, acc);
         }
         for (int i = 0; i < AMX_R && tb * AMX_R + i < batch; i++) {
           const int b = tb * AMX_R + i;
-          for (int j = 0; j < AMX_R && g * AMX_R + j < m; j++) z[(size_t)b * m + g * AMX_R + j] = (float)(acc[i][j] * scale[b]);
+          for (int j = 0; j < AMX_R && g * AMX_R + j < m; j++)
+            z[(size_t)b * m + g * AMX_R + j] = (float)(acc[i * AMX_R + j] * scale[b]);
         }
       }
     }
