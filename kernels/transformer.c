@@ -110,8 +110,10 @@ static int kv_group(int n_heads, int n_kv_heads) {
 }
 
 /* One query row: scores against keys 0..n-1 (row stride ldk), softmax, weighted sum of
- * values (row stride ldv). att: scratch [n]. */
-static void attend_row(int n, int hd, float scale, const float *q, const float *k, size_t ldk,
+ * values (row stride ldv). att: scratch [n]. Clones for AVX-512 and AVX2 widen the simd loops
+ * (a head of 64 is then 4 vectors, not 16): the order of the dot products' additions follows the
+ * vector width, within the tests' tolerance of the double _ref. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void attend_row(int n, int hd, float scale, const float *q, const float *k, size_t ldk,
                        const float *v, size_t ldv, float *att, float *out) {
   float mx = -INFINITY;
   for (int j = 0; j < n; j++) {
@@ -219,7 +221,9 @@ void e8q_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const floa
   size_t ldkv = (size_t)n_kv_heads * hd;
   int group = kv_group(n_heads, n_kv_heads);
   float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for schedule(static) if ((size_t)pos * n_heads * hd > E8Q_PAR_MIN)
+  /* heads across the threads from a few hundred keys' worth of work (a step is small: the
+   * threshold of the batched kernels would leave every position below ~450 of SmolLM2 serial) */
+#pragma omp parallel for schedule(static) if ((size_t)(pos + 1) * n_heads * hd > ((size_t)1 << 13))
   for (int h = 0; h < n_heads; h++) {
     int kvh = h / group;
     attend_row(pos + 1, hd, scale, q + (size_t)h * hd, kc + (size_t)kvh * hd, ldkv, vc + (size_t)kvh * hd, ldkv,
