@@ -2,7 +2,7 @@
  * all measured in the same run.
  *
  *   bench_qlinear [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R]
- *                 [--matrices N|auto]
+ *                 [--matrices N|auto] [--inference]
  *
  * For each shape (default 4096x14336 and 8192x28672), threads (1, 2) and batch (1, 8):
  *   - e8q_qlinear_forward (the whole fused call: SU, input Hadamard, decode product, output
@@ -19,6 +19,10 @@
  * as one matrix's do; `auto` takes the smallest N whose E8P codes exceed twice the last-level
  * cache size read from sysfs. The time printed is per product; the bandwidth is then a DRAM
  * figure, compared with the DRAM copy of the same run.
+ *
+ * --inference sets the layers' gemm_min as an artifact's model does (coordinator/qmodel.c):
+ * batches of E8Q_QLINEAR_GEMM_MIN or more then take the AMX-INT8 tiles (or decoded panels and
+ * sgemm), the prefill path, to compare with the f32 sgemm rate (GFLOP/s) of the same shape.
  */
 #include <cblas.h>
 #include <math.h>
@@ -31,6 +35,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "kernels/qlinear.h"
+#include "kernels/qlinear_amx.h"
 #include "kernels/qlinear_avx512.h"
 #include "kernels/qlinear_vnni.h"
 #include "bench_qlayer.h"
@@ -92,6 +97,7 @@ static int K_of(int d) { return e8q_had_choose_K(d); } /* the factor e8q would c
 
 static int g_kernels_only, g_cb = -1; /* --cb 0|1|2: only E8P, RVQ3 or RVQ4 */
 static int g_matrices = 1;            /* --matrices: distinct weight matrices cycled; 0 = auto */
+static int g_inference;               /* --inference: the layers as an artifact's model has them (gemm_min) */
 
 /* the last-level cache of cpu0 in bytes (the highest-level unified cache sysfs lists), or 0 */
 static size_t llc_bytes(void) {
@@ -158,9 +164,9 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
                                           0.f, y, m));
   free(W);
   double cpu_blas = g_cpu;
-  printf("%5dx%-5d thr %d batch %2d | f32 %s %8.3f ms (cpu %7.3f ms; %5.1f GB/s of weights) | copy DRAM %5.1f GB/s, codes-sized %5.1f GB/s\n",
-         m, n, threads, batch, batch == 1 ? "sgemv" : "sgemm", t_blas * 1e3, cpu_blas * 1e3, 4.0 * m * n / t_blas / 1e9, bw_dram / 1e9,
-         bw_codes / 1e9);
+  printf("%5dx%-5d thr %d batch %2d | f32 %s %8.3f ms (cpu %7.3f ms; %5.1f GB/s of weights, %6.1f GFLOP/s) | copy DRAM %5.1f GB/s, codes-sized %5.1f GB/s\n",
+         m, n, threads, batch, batch == 1 ? "sgemv" : "sgemm", t_blas * 1e3, cpu_blas * 1e3, 4.0 * m * n / t_blas / 1e9,
+         2.0 * m * n * batch / t_blas / 1e9, bw_dram / 1e9, bw_codes / 1e9);
   }
 
   const char *const *names = BENCH_CB_NAMES;
@@ -172,7 +178,11 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
     for (int k = 0; k < nmat; k++) {
       e8q_qlinear_desc d = bench_qcodes_desc(&C[k], c, m, n, np, K_in, K_out);
       e8q_qlinear_init(&q[k], &d, names[c]);
+      if (g_inference) q[k].gemm_min = E8Q_QLINEAR_GEMM_MIN;
     }
+    const char *path = e8q_qlinear_path(q);
+    if (g_inference && batch >= E8Q_QLINEAR_GEMM_MIN)
+      path = e8q_qlinear_amx_available() ? "AMX-INT8 tiles (inference batch)" : "decoded panels + sgemm (inference batch)";
     double t;
     TIME_MEDIAN(reps, t, for (int k = 0; k < nmat; k++) e8q_qlinear_forward(&q[k], batch, x, y));
     t /= nmat; /* per product */
@@ -181,11 +191,11 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
     double wb = bytes_per_code[c] * (double)ncodes / t;
     if (g_kernels_only) /* no BLAS or copy reference measured */
       printf("    %s %8.3f ms (cpu %7.3f ms) | weights %5.1f GB/s | %.3f ns per code per thread (cpu) | %s\n",
-             names[c], t * 1e3, g_cpu * 1e3, wb / 1e9, g_cpu * 1e9 / ((double)ncodes / threads), e8q_qlinear_path(q));
+             names[c], t * 1e3, g_cpu * 1e3, wb / 1e9, g_cpu * 1e9 / ((double)ncodes / threads), path);
     else
       printf("    %s %8.3f ms (cpu %7.3f ms) | %5.1fx f32 | weights %5.1f GB/s = %3.0f%% of DRAM copy, %3.0f%% of codes-sized copy%s | %s\n",
              names[c], t * 1e3, g_cpu * 1e3, t_blas / t, wb / 1e9, 100 * wb / bw_dram, 100 * wb / bw_codes,
-             c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "", e8q_qlinear_path(q));
+             c == 2 ? (t <= 2 * t_e8p ? " | RVQ4 <= 2x E8P" : " | RVQ4 > 2x E8P") : "", path);
     for (int k = 0; k < nmat; k++) e8q_qlinear_free(&q[k]);
     free(q);
   }
@@ -206,12 +216,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) { thr_list[0] = atoi(argv[++i]); nthr = 1; }
     else if (!strcmp(argv[i], "--batch") && i + 1 < argc) { b_list[0] = atoi(argv[++i]); nb = 1; }
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--inference")) g_inference = 1;
     else if (!strcmp(argv[i], "--matrices") && i + 1 < argc) {
       i++;
       g_matrices = strcmp(argv[i], "auto") ? atoi(argv[i]) : 0;
       if (g_matrices < 0 || (g_matrices == 0 && strcmp(argv[i], "auto"))) { fprintf(stderr, "--matrices N|auto\n"); return 2; }
     }
-    else { fprintf(stderr, "usage: %s [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R] [--matrices N|auto]\n", argv[0]); return 2; }
+    else { fprintf(stderr, "usage: %s [--quick] [--kernels-only] [--cb 0|1|2] [--shape MxN] [--threads T] [--batch B] [--reps R] [--matrices N|auto] [--inference]\n", argv[0]); return 2; }
   }
   /* each product line ends with the core e8q_qlinear_forward ran (e8q_qlinear_path) */
   printf("bench_qlinear: CPU: AVX2 %s, AVX-512 %s, VNNI %s (E8Q_NO_VNNI=1 / E8Q_NO_AVX512=1 / E8Q_NO_AVX2=1 "
