@@ -43,6 +43,21 @@ int e8q_qlinear_amx_available(void) {
 }
 
 /* ---------------------------------------------------------------- input digits */
+/* one token: X = round(u·inv) (to nearest, ties to even: lrint's rounding), |X| <= 2^23 - 2^16,
+ * as balanced digits d0 + 256 d1 + 65536 d2 into the three planes (plane stride ps) */
+__attribute__((target("avx512f,avx512vl,avx512bw"))) static void digits_row(const float *u, int np, double inv,
+                                                                            int8_t *d, size_t ps) {
+#pragma omp simd
+  for (int k = 0; k < np; k++) {
+    const int32_t X = (int32_t)nearbyint((double)u[k] * inv);
+    const int32_t d0 = ((X + 128) & 255) - 128, X1 = (X - d0) >> 8; /* X - d0 is a multiple of 256 */
+    const int32_t d1 = ((X1 + 128) & 255) - 128, d2 = (X1 - d1) >> 8;
+    d[k] = (int8_t)d0;
+    d[ps + k] = (int8_t)d1;
+    d[2 * ps + k] = (int8_t)d2;
+  }
+}
+
 /* D [3][Bp][KP] int8: the three balanced digits of each token's fixed-point copy (zeros past
  * batch and n_pad); scale [batch] max|u| / AMX_XMAX (0 for a zero column). 0 on a non-finite. */
 static int digits_make(int batch, int np, int Bp, int KP, const float *u, int8_t *D, double *scale) {
@@ -59,15 +74,7 @@ static int digits_make(int batch, int np, int Bp, int KP, const float *u, int8_t
     }
     scale[b] = (double)mx / AMX_XMAX;
     if (!finite || mx == 0) continue;
-    const double inv = AMX_XMAX / (double)mx;
-    for (int k = 0; k < np; k++) {
-      const int32_t X = (int32_t)lrint((double)ub[k] * inv); /* |X| <= 2^23 - 2^16 */
-      const int32_t d0 = ((X + 128) & 255) - 128, X1 = (X - d0) / 256;
-      const int32_t d1 = ((X1 + 128) & 255) - 128, d2 = (X1 - d1) / 256;
-      D[((size_t)0 * Bp + b) * KP + k] = (int8_t)d0;
-      D[((size_t)1 * Bp + b) * KP + k] = (int8_t)d1;
-      D[((size_t)2 * Bp + b) * KP + k] = (int8_t)d2;
-    }
+    digits_row(ub, np, AMX_XMAX / (double)mx, D + (size_t)b * KP, (size_t)Bp * KP);
   }
   return finite;
 }
