@@ -199,11 +199,13 @@ e8q_model *e8q_qmodel_head(const e8q_qmodel *q) {
   m->cfg = q->cfg;
   m->path = strdup(q->dir);
   int64_t D = q->cfg.dim, V = q->cfg.vocab_size;
-  /* the head as stored, when float16 and 2-byte aligned in the mapping: one-token steps read it in
-   * place (e8q_matvec_f16), half the bytes of the float32 copy made below */
+  /* the head as stored, when float16 or bfloat16 and 2-byte aligned in the mapping: one-token
+   * steps read it in place (e8q_matvec_f16 / _bf16), half the bytes of the float32 copy below */
   const e8q_st_tensor *ht = e8q_st_find(q->st, q->cfg.tied ? E8Q_LAYOUT_EMBED : E8Q_LAYOUT_LM_HEAD);
-  if (ht && ht->dtype == E8Q_DT_F16 && e8q_st_numel(ht) == V * D && ((uintptr_t)e8q_st_data(q->st, ht) & 1) == 0)
-    m->lm_head_f16 = e8q_st_data(q->st, ht);
+  if (ht && e8q_st_numel(ht) == V * D && ((uintptr_t)e8q_st_data(q->st, ht) & 1) == 0) {
+    if (ht->dtype == E8Q_DT_F16) m->lm_head_f16 = e8q_st_data(q->st, ht);
+    if (ht->dtype == E8Q_DT_BF16) m->lm_head_bf16 = e8q_st_data(q->st, ht); /* a bf16 source's */
+  }
   int64_t s_embed[2] = {V, D};
   m->embed = e8q_malloc(sizeof(float) * (size_t)(V * D), "embed_tokens");
   e8q_st_read_f32(q->st, E8Q_LAYOUT_EMBED, 2, s_embed, m->embed);

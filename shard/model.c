@@ -165,7 +165,7 @@ void e8q_model_head_to_q8(e8q_model *m) {
   e8q_q8_quantize(m->lm_head_q8, V, D, m->lm_head, what);
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < V; r++) e8q_q8_dequant_row(m->lm_head_q8, r, m->lm_head + (size_t)r * D);
-  m->lm_head_f16 = NULL;
+  m->lm_head_f16 = m->lm_head_bf16 = NULL;
 }
 
 void e8q_model_free(e8q_model *m) {

@@ -150,6 +150,10 @@ void e8q_model_head(const e8q_model *m, int N, float *x, float *logits) {
     e8q_matvec_f16(m->cfg.vocab_size, m->cfg.dim, m->lm_head_f16, x, logits);
     return;
   }
+  if (N == 1 && m->lm_head_bf16) { /* the same for a bfloat16 head */
+    e8q_matvec_bf16(m->cfg.vocab_size, m->cfg.dim, m->lm_head_bf16, x, logits);
+    return;
+  }
   e8q_linear L = head_linear(m);
   e8q_linear_forward(&L, N, x, logits);
 }

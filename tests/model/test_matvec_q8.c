@@ -1,13 +1,15 @@
 /* tests/model/test_matvec_q8.c: the 8-bit head (kernels/matvec_q8.h, --head q8). The rounding
  * bound of every weight, the product against its `_ref` and against the definition in double,
  * refusals that name the matrix, and a model's one-token head against its batched head on the
- * same rounded weights. Registered three times: the dispatched path, E8Q_NO_AVX512 (AVX2) and
+ * same rounded weights; and the bfloat16 head read in place (an artifact of a bf16 source) against
+ * the batched head on its float32 copy. Registered three times: the dispatched path, E8Q_NO_AVX512 (AVX2) and
  * E8Q_NO_AVX2 (scalar). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/f16.h"
 #include "kernels/matvec_q8.h"
 #include "shard/model.h"
 #include "testutil.h"
@@ -140,6 +142,43 @@ static void test_model_head_q8(void **state) {
   free(path), free(x), free(x1), free(xs), free(batch), free(one), free(ls);
 }
 
+/* ---------------------------------------------------------------- a bfloat16 head in place */
+static void test_model_head_bf16(void **state) {
+  (void)state;
+  char *path = t_shared_path("models/stories260K-hf-bf16");
+  e8q_model *m = e8q_model_load(path);
+  const int D = m->cfg.dim, V = m->cfg.vocab_size;
+  /* the f32 copy holds bfloat16 values exactly, so its bits are the stored tensor's */
+  uint16_t *bits = malloc(sizeof(uint16_t) * (size_t)V * D);
+  for (size_t i = 0; i < (size_t)V * D; i++) {
+    bits[i] = e8q_f32_to_bf16(m->lm_head[i]);
+    assert_true(e8q_bf16_to_f32(bits[i]) == m->lm_head[i]);
+  }
+  m->lm_head_bf16 = bits;
+  t_rng r = {g_seed + 3};
+  float *x = malloc(sizeof(float) * 2 * D), *x1 = malloc(sizeof(float) * D), *x0 = malloc(sizeof(float) * D);
+  for (int j = 0; j < D; j++) x[j] = x[D + j] = x1[j] = x0[j] = (float)t_rng_normal(&r);
+  float *batch = malloc(sizeof(float) * 2 * V), *one = malloc(sizeof(float) * V);
+  e8q_model_head(m, 2, x, batch); /* BLAS on the f32 copy */
+  e8q_model_head(m, 1, x1, one);  /* e8q_matvec_bf16 on the bits */
+  for (int v = 0; v < V; v++) {
+    double mag = 0;
+    for (int j = 0; j < D; j++) mag += fabs((double)m->lm_head[(size_t)v * D + j] * x1[j]);
+    T_NEAR(one[v], batch[v], 1e-5 * mag + 1e-30, "one-token bfloat16 head vs batched head on its f32 copy");
+  }
+  /* the step really reads the bits: a changed weight of row 0 moves logit 0 by its product */
+  const float before = one[0], w_old = e8q_bf16_to_f32(bits[0]);
+  bits[0] = e8q_f32_to_bf16(w_old + 8.0f);
+  memcpy(x1, x0, sizeof(float) * D); /* the head norms its input in place: the raw input again */
+  e8q_model_head(m, 1, x1, one);
+  const double moved = ((double)e8q_bf16_to_f32(bits[0]) - w_old) * x1[0];
+  T_NEAR(one[0] - before, moved, 1e-4 * fabs(moved) + 1e-5, "logit 0 after changing one bfloat16 weight");
+  assert_true(fabs(moved) > 1e-3);
+  m->lm_head_bf16 = NULL; /* not owned */
+  e8q_model_free(m);
+  free(path), free(bits), free(x), free(x1), free(x0), free(batch), free(one);
+}
+
 int main(void) {
   g_seed = t_fresh_seed("test_matvec_q8");
   const struct CMUnitTest tests[] = {
@@ -147,6 +186,7 @@ int main(void) {
       cmocka_unit_test(test_q8_matvec),
       cmocka_unit_test(test_q8_refusals),
       cmocka_unit_test(test_model_head_q8),
+      cmocka_unit_test(test_model_head_bf16),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
