@@ -1,7 +1,6 @@
 /* coordinator/eval.c: building evaluation sequences and scoring them across ranks. */
 #include "coordinator/eval.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +9,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "io/text.h"
+#include "kernels/gemm_panels.h"
 #include "kernels/transformer.h"
 #include "worker/forward.h"
 
@@ -175,10 +175,8 @@ static double ends_nll(const e8q_eval_ends *e, int N, float *x, const int *targe
       int vb = V - v0 < E8Q_EVAL_VOCAB_BLOCK ? V - v0 : E8Q_EVAL_VOCAB_BLOCK;
       const float *W = e->lm_head ? e->lm_head + (size_t)v0 * D : wblk; /* [vb, dim] */
       if (!e->lm_head) e8q_st_read_f32_range(e->st, e->head_name, (int64_t)v0 * D, (int64_t)vb * D, wblk);
-      if (rows == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, vb, D, 1.0f, W, D, xr, 1, 0.0f, logits + v0, 1);
-      else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, vb, D, 1.0f, xr, D, W, D, 0.0f, logits + v0, V);
+      /* OpenMP panels of single-threaded BLAS, as every batched product (kernels/gemm_panels.h) */
+      e8q_gemm_panels(rows, vb, D, xr, W, NULL, NULL, e8q_gemm_panel_rows(vb), logits + v0, V);
     }
     e8q_nll_rows(rows, V, logits, targets + r0, &sum, &cnt);
   }

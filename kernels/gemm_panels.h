@@ -27,9 +27,9 @@ static inline int e8q_gemm_panel_rows(int m) {
 /* fills panel [rows, n] with rows r0 .. r0+rows-1 of the weight, as f32 */
 typedef void (*e8q_panel_fill_fn)(const void *ctx, int r0, int rows, float *panel);
 
-/* x [batch, n], y [batch, m] (row-major, ld n and m). W [m, n] f32, or NULL with fill set.
- * panel_rows: rows per panel (E8Q_GEMM_PANEL_ROWS; tests pass others). */
+/* x [batch, n], y [batch, ldy >= m] (row-major; the first m of each row written). W [m, n] f32, or
+ * NULL with fill set. panel_rows: rows per panel (e8q_gemm_panel_rows(m); tests pass others). */
 void e8q_gemm_panels(int batch, int m, int n, const float *x, const float *W, e8q_panel_fill_fn fill,
-                     const void *ctx, int panel_rows, float *y);
+                     const void *ctx, int panel_rows, float *y, int ldy);
 
 #endif

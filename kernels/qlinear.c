@@ -181,13 +181,13 @@ static void panel_decode(const void *ctx, int r0, int rows, float *W) {
 }
 
 void e8q_qlinear_codes_matmul_gemm_rows(const e8q_qlinear *q, int batch, const float *u, float *z, int P) {
-  e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, P, z);
+  e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, P, z, q->d.m);
 }
 
 void e8q_qlinear_codes_matmul_gemm(const e8q_qlinear *q, int batch, const float *u, float *z) {
   if (e8q_qlinear_amx_available() && q->d.n_pad <= E8Q_QLINEAR_AMX_MAX_NPAD && e8q_qlinear_amx_matmul(q, batch, u, z))
     return; /* AMX-INT8 tiles; a non-finite input takes the float panels below */
-  e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, e8q_gemm_panel_rows(q->d.m), z);
+  e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, e8q_gemm_panel_rows(q->d.m), z, q->d.m);
 }
 
 /* the shared frame of both paths: rotate inputs, run the core, rotate outputs */

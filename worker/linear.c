@@ -26,13 +26,13 @@ static void bf16_forward(const e8q_linear *L, int T, const float *x, float *y) {
   if (T == 1)
     e8q_matvec_bf16(L->m, L->n, L->w_bf16, x, y);
   else
-    e8q_gemm_panels(T, L->m, L->n, x, NULL, bf16_panel, L, e8q_gemm_panel_rows(L->m), y);
+    e8q_gemm_panels(T, L->m, L->n, x, NULL, bf16_panel, L, e8q_gemm_panel_rows(L->m), y, L->m);
 }
 
 void e8q_linear_forward_keep(const e8q_linear *L, int T, const float *x, float *y, float *z) {
   if (T <= 0) return;
   if (L->w) { /* row panels across the OpenMP threads, single-threaded BLAS each */
-    e8q_gemm_panels(T, L->m, L->n, x, L->w, NULL, NULL, e8q_gemm_panel_rows(L->m), y);
+    e8q_gemm_panels(T, L->m, L->n, x, L->w, NULL, NULL, e8q_gemm_panel_rows(L->m), y, L->m);
     return;
   }
   if (L->w_bf16) {
