@@ -12,6 +12,7 @@
 #include "common/cleanup.h"
 #include "common/comm.h"
 #include "common/error.h"
+#include "common/f16.h" /* the 8-bit head's scales suffix */
 #include "common/log.h"
 #include "io/artifact.h"
 
@@ -146,10 +147,12 @@ void e8q_artifact_eval_bytes(const char *artifact, int fused, e8q_config *cfg, e
       if (strstr(t->name, ".codes")) codes += bytes;
     } else if (!strncmp(t->name, "hadamard.", 9)) {
       b->shared += bytes;
-    } else if (!strcmp(t->name, "model.embed_tokens.weight")) {
-      b->embed = bytes;
+    } else if (!strcmp(t->name, "model.embed_tokens.weight") ||
+               !strcmp(t->name, "model.embed_tokens.weight" E8Q_Q8_SCALES_SUFFIX)) { /* --head q8: + scales */
+      b->embed += bytes;
       if (c->tied) b->head += bytes;
-    } else if (!strcmp(t->name, "lm_head.weight") || !strcmp(t->name, "model.norm.weight")) {
+    } else if (!strcmp(t->name, "lm_head.weight") || !strcmp(t->name, "lm_head.weight" E8Q_Q8_SCALES_SUFFIX) ||
+               !strcmp(t->name, "model.norm.weight")) {
       b->head += bytes;
     }
   }

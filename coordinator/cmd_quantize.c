@@ -83,6 +83,9 @@ static void quantize_usage(FILE *f) {
           "                       untied lm_head on cross-entropy against the original model's next-token\n"
           "                       distribution; --ft-lr, --ft-susv-lr, --ft-batch, --ft-valid as above)\n"
           "  --e2e-topk K         ids kept per position of the original distribution (default %d)\n"
+          "  --head H             source (default: the head and embeddings in the source's precision) or\n"
+          "                       q8: stored at 8 bits with a float scale per 32 weights (1.125 bytes per\n"
+          "                       weight), read so by eval and generate\n"
           "  --log-json FILE      append one JSON event per step\n"
           "  --help               this text\n",
           E8Q_DEMO_VOCAB, E8Q_DEMO_BITS, E8Q_DEMO_DEVSET, E8Q_DEMO_CTX, E8Q_DEFAULT_DEVSET, E8Q_DEMO_DEVSET, E8Q_DEFAULT_CTX, E8Q_DEMO_CTX, E8Q_DEFAULT_SEED, E8Q_DEFAULT_TUNE, E8Q_DEFAULT_SCALAPACK_MIN,
@@ -172,6 +175,7 @@ int cmd_quantize(int argc, char **argv) {
     else if (!strcmp(a, "--e2e-epochs")) o.e2e_epochs = e8q_opt_int(a, v, 0, 1000000);
     else if (!strcmp(a, "--e2e-topk")) o.e2e_topk = e8q_opt_int(a, v, 1, 1 << 20);
     else if (!strcmp(a, "--device")) o.device = e8q_device_parse(a, v);
+    else if (!strcmp(a, "--head")) o.head_q8 = e8q_head_parse("quantize", v);
     else E8Q_FATAL("quantize: unknown option '%s' (see e8q quantize --help)", a);
   }
   const int demo = o.model == NULL;

@@ -31,6 +31,7 @@
 #include "io/tokenizer.h"
 #include "kernels/e8p.h"
 #include "kernels/hadamard.h"
+#include "kernels/matvec_q8.h"
 #include "shard/layout.h"
 
 /* ---------------------------------------------------------------- quantization_config */
@@ -115,6 +116,36 @@ static void *gguf_tensor_keep(const e8q_run *R, const char *name, int64_t numel,
   free(h);
   *dt = E8Q_DT_F32;
   return f;
+}
+
+/* --head q8: the head or embedding o ([V, D], F32/F16/BF16) replaced by its 8-bit form (the block
+ * format of common/f16.h, rounded by kernels/matvec_q8.c), its scales written into s */
+static void head_to_q8(out_tensor *o, out_tensor *s) {
+  E8Q_CHECK(o->ndim == 2, "--head q8: tensor %s has %d dimensions, not 2", o->name, o->ndim);
+  const int64_t V = o->shape[0], D = o->shape[1];
+  float *f = e8q_malloc(sizeof(float) * (size_t)(V * D), "head in f32"); /* [V, D] */
+  const uint8_t *src = o->data;
+  for (int64_t i = 0; i < V * D; i++) {
+    uint16_t h;
+    switch (o->dt) {
+    case E8Q_DT_F32: memcpy(&f[i], src + 4 * i, 4); break;
+    case E8Q_DT_F16: memcpy(&h, src + 2 * i, 2), f[i] = e8q_f16_to_f32(h); break;
+    case E8Q_DT_BF16: memcpy(&h, src + 2 * i, 2), f[i] = e8q_bf16_to_f32(h); break;
+    default: E8Q_FATAL("--head q8: tensor %s has dtype %s, not a float", o->name, e8q_dtype_name(o->dt));
+    }
+  }
+  e8q_q8_matrix M;
+  e8q_q8_quantize(&M, (int)V, (int)D, f, o->name); /* fatal, naming it, on a NaN/Inf or D % 32 */
+  free(f);
+  free(o->owned);
+  o->dt = E8Q_DT_I8;
+  o->data = o->owned = M.q;
+  snprintf(s->name, sizeof s->name, "%s%s", o->name, E8Q_Q8_SCALES_SUFFIX);
+  s->dt = E8Q_DT_F32;
+  s->ndim = 2;
+  s->shape[0] = V;
+  s->shape[1] = D / E8Q_Q8_BLOCK;
+  s->data = s->owned = M.scale;
 }
 
 void e8q_run_gather(e8q_run *R) {
@@ -218,6 +249,9 @@ void e8q_run_gather(e8q_run *R) {
         o->data = o->owned = gguf_tensor_keep(R, names[j], o->shape[0] * (o->ndim > 1 ? o->shape[1] : 1), &o->dt);
     }
   }
+  if (R->o->head_q8) /* the head and embeddings at 8 bits, their scales beside them */
+    for (int i = 0, n0 = n; i < n0; i++)
+      if (!strcmp(t[i].name, E8Q_LAYOUT_EMBED) || !strcmp(t[i].name, E8Q_LAYOUT_LM_HEAD)) head_to_q8(&t[i], &t[n++]);
   e8q_rundir_path(R->rd, "model.safetensors", path, sizeof path);
   e8q_st_writer *w = e8q_st_writer_begin(path);
   e8q_st_writer_meta(w, "format", "e8q");

@@ -35,17 +35,16 @@ int e8q_opt_model(const char *cmd, int argc, char **argv, int *i, const char **m
   return 1;
 }
 
+int e8q_head_parse(const char *cmd, const char *v) {
+  if (!strcmp(v, "q8")) return 1;
+  if (!strcmp(v, "source")) return 0;
+  E8Q_FATAL("%s: --head '%s': give source (the stored precision, the default) or q8 (8 bits, a scale per 32 weights)",
+            cmd, v);
+}
+
 int e8q_opt_head(const char *cmd, int argc, char **argv, int *i, int *head_q8) {
   if (strcmp(argv[*i], "--head")) return 0;
-  const char *v = e8q_opt_value(cmd, argc, argv, i);
-  if (!strcmp(v, "q8"))
-    *head_q8 = 1;
-  else if (!strcmp(v, "source"))
-    *head_q8 = 0;
-  else
-    E8Q_FATAL("%s: --head '%s': give source (the stored precision, the default) or q8 (8 bits, a scale per 32 "
-              "weights)",
-              cmd, v);
+  *head_q8 = e8q_head_parse(cmd, e8q_opt_value(cmd, argc, argv, i));
   return 1;
 }
 

@@ -27,6 +27,8 @@ int e8q_opt_model(const char *cmd, int argc, char **argv, int *i, const char **m
  * (default) or rounded to 8 bits with a scale per 32 weights (e8q_model_head_to_q8). 1 when
  * argv[*i] is --head (*head_q8 set, *i advanced), else 0; fatal on another value. */
 int e8q_opt_head(const char *cmd, int argc, char **argv, int *i, int *head_q8);
+/* the value of --head: 1 for q8, 0 for source; fatal naming cmd otherwise */
+int e8q_head_parse(const char *cmd, const char *v);
 #define E8Q_OPT_HEAD_HELP                                                                          \
   "  --head H          source (default: the head in its stored precision, float16 in place for an\n" \
   "                    artifact) or q8: rounded to 8 bits with a scale per 32 weights (1.125 bytes\n" \

@@ -57,6 +57,7 @@ static cJSON *options_json(const e8q_run_opts *o, const e8q_run *R) {
   cJSON_AddNumberToObject(j, "ft_batch", o->ft_batch);
   cJSON_AddNumberToObject(j, "e2e_epochs", o->e2e_epochs);
   cJSON_AddNumberToObject(j, "e2e_topk", o->e2e_topk);
+  cJSON_AddStringToObject(j, "head", o->head_q8 ? "q8" : "source");
   /* --eval-text, --eval-lines and --log-json only affect reporting: not part of the run's
    * identity (a rerun may change or drop them; validation_current decides whether the recorded
    * evaluation still holds) */

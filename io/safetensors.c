@@ -402,9 +402,28 @@ static void convert_range(const e8q_safetensors *st, const e8q_st_tensor *t, con
         dst[i] = (float)d;
       }
       break;
+    case E8Q_DT_I8: { /* the 8-bit block format (common/f16.h): its scales beside it */
+      char sname[512];
+      snprintf(sname, sizeof sname, "%s%s", name, E8Q_Q8_SCALES_SUFFIX);
+      const e8q_st_tensor *s = e8q_st_find(st, sname);
+      const int64_t numel = e8q_st_numel(t);
+      E8Q_CHECK(s && s->dtype == E8Q_DT_F32 && t->ndim >= 1 && t->shape[t->ndim - 1] % E8Q_Q8_BLOCK == 0 &&
+                    e8q_st_numel(s) * E8Q_Q8_BLOCK == numel,
+                "%s: tensor \"%s\" is I8 without an F32 tensor \"%s\" of one scale per %d values (rows of a "
+                "multiple of %d); the file is damaged or not e8q's 8-bit format",
+                where, name, sname, E8Q_Q8_BLOCK, E8Q_Q8_BLOCK);
+      const uint8_t *sc = e8q_st_data(st, s);
+      for (int64_t i = 0; i < n; i++) {
+        float scale; /* the mapping may be unaligned */
+        memcpy(&scale, sc + sizeof scale * (size_t)((first + i) / E8Q_Q8_BLOCK), sizeof scale);
+        dst[i] = e8q_q8_value(scale, (int8_t)src[i]);
+      }
+      break;
+    }
     default:
-      E8Q_FATAL("%s: tensor \"%s\" has dtype %s, expected a float dtype (F32, F16, BF16, F64)", where, name,
-                g_dtype_names[t->dtype]);
+      E8Q_FATAL("%s: tensor \"%s\" has dtype %s, expected a float dtype (F32, F16, BF16, F64, or I8 with "
+                "scales)",
+                where, name, g_dtype_names[t->dtype]);
   }
   for (int64_t i = 0; i < n; i++)
     if (!isfinite(dst[i])) {

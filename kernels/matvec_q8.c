@@ -53,8 +53,7 @@ void e8q_q8_free(e8q_q8_matrix *M) {
 
 void e8q_q8_dequant_row(const e8q_q8_matrix *M, int r, float *out) {
   const int nb = M->n / E8Q_Q8_BLOCK;
-  for (int j = 0; j < M->n; j++)
-    out[j] = M->scale[(size_t)r * nb + j / E8Q_Q8_BLOCK] * (float)M->q[(size_t)r * M->n + j];
+  for (int j = 0; j < M->n; j++) out[j] = e8q_q8_value(M->scale[(size_t)r * nb + j / E8Q_Q8_BLOCK], M->q[(size_t)r * M->n + j]);
 }
 
 /* ---------------------------------------------------------------- reference */
@@ -63,7 +62,7 @@ void e8q_matvec_q8_ref(const e8q_q8_matrix *M, const float *x, float *y) {
   for (int i = 0; i < M->m; i++) {
     double s = 0;
     for (int j = 0; j < M->n; j++) {
-      float w = M->scale[(size_t)i * nb + j / E8Q_Q8_BLOCK] * (float)M->q[(size_t)i * M->n + j];
+      const float w = e8q_q8_value(M->scale[(size_t)i * nb + j / E8Q_Q8_BLOCK], M->q[(size_t)i * M->n + j]);
       s += (double)w * x[j];
     }
     y[i] = (float)s;

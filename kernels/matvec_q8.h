@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 
-#define E8Q_Q8_BLOCK 32 /* weights per scale; n must be a multiple */
+#include "common/f16.h" /* E8Q_Q8_BLOCK (weights per scale; n must be a multiple), e8q_q8_value */
 
 typedef struct {
   int m, n;     /* rows, columns */

@@ -557,6 +557,47 @@ source)
   q 1 "$TMP/flip.e8q" --model "$TMP/m" --run-dir "$TMP/R_flip" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "flip: rerun after restoring failed"; }
   cmp "$TMP/solo.e8q" "$TMP/flip.e8q" || fail "flip: resumed artifact differs"
   ;;
+head)
+  # --head q8: the artifact stores the tied embedding at 8 bits (an I8 tensor and its F32 scales),
+  # is smaller, and evaluates and generates with exactly the bits of the default artifact rounded
+  # at load (eval/generate --head q8); a pipelined eval reads the 8-bit head as the others do
+  q 1 "$TMP/a.e8q" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "default quantize failed"; }
+  q 1 "$TMP/h.e8q" --head q8 > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "--head q8 quantize failed"; }
+  "$E8Q" inspect "$TMP/h.e8q" --verify > "$TMP/inspect" 2>&1 || { cat "$TMP/inspect"; fail "inspect --verify"; }
+  ev() { timeout -k 5 120 "$@" --text "$TEXT" --per-line 40 2> "$TMP/ev.err" | tail -1 || { cat "$TMP/ev.err"; fail "eval: $*"; }; }
+  ev "$E8Q" eval --artifact "$TMP/h.e8q" > "$TMP/eh"
+  ev "$E8Q" eval --artifact "$TMP/a.e8q" --head q8 > "$TMP/ea"
+  ev "$E8Q" eval --artifact "$TMP/a.e8q" > "$TMP/e0"
+  ev "$MPIEXEC" -np 2 "$E8Q" eval --artifact "$TMP/h.e8q" --pipeline 2 > "$TMP/ep"
+  gen() { timeout -k 5 60 "$E8Q" generate "$@" --prompt "Once upon a time" --tokens 40 --ids 2> /dev/null; }
+  gen --artifact "$TMP/h.e8q" > "$TMP/gh" || fail "generate with the 8-bit artifact"
+  gen --artifact "$TMP/a.e8q" --head q8 > "$TMP/ga" || fail "generate --head q8"
+  cmp "$TMP/gh" "$TMP/ga" || fail "generated ids differ between the stored and the load-time 8-bit head"
+  member "$TMP/h.e8q" manifest.json > "$TMP/m.json"
+  member "$TMP/h.e8q" model.safetensors > "$TMP/h.st"
+  member "$TMP/a.e8q" model.safetensors > "$TMP/a.st"
+  python3 - "$TMP/eh" "$TMP/ea" "$TMP/e0" "$TMP/ep" "$TMP/m.json" "$TMP/h.st" "$TMP/a.st" <<'PY' || fail "8-bit head"
+import json, os, struct, sys
+eh, ea, e0, ep = (json.loads(open(p).read()) for p in sys.argv[1:5])
+m = json.load(open(sys.argv[5]))
+def header(p):
+    f = open(p, "rb"); n = struct.unpack("<Q", f.read(8))[0]; return json.loads(f.read(n))
+h, a = header(sys.argv[6]), header(sys.argv[7])
+E = "model.embed_tokens.weight"
+assert h[E]["dtype"] == "I8" and h[E + ".q8_scales"]["dtype"] == "F32", (h[E], h.get(E + ".q8_scales"))
+V, D = h[E]["shape"]
+assert h[E + ".q8_scales"]["shape"] == [V, D // 32] and a[E]["shape"] == [V, D] and a[E]["dtype"] != "I8"
+assert E + ".q8_scales" not in a
+saved = os.path.getsize(sys.argv[7]) - os.path.getsize(sys.argv[6])
+assert saved > 0.6 * V * D, (saved, V, D)  # F32 (4 bytes) -> 1 + 4/32 bytes per weight
+assert eh["sum_nll"] == ea["sum_nll"], (eh["sum_nll"], ea["sum_nll"])  # the same bits
+assert eh["sum_nll"] == ep["sum_nll"], (eh["sum_nll"], ep["sum_nll"])  # pipelined: the same bits
+assert eh["sum_nll"] != e0["sum_nll"] and abs(eh["mean_nll"] - e0["mean_nll"]) < 0.05, (eh["mean_nll"], e0["mean_nll"])
+assert m["options"]["head"] == "q8", m["options"].get("head")
+assert abs(m["evaluation"]["mean_nll"] - eh["mean_nll"]) < 1e-12
+print("8-bit head: mean NLL", eh["mean_nll"], "against", e0["mean_nll"], "; saved", saved, "bytes")
+PY
+  ;;
 *) fail "unknown case" ;;
 esac
 rm -rf "$TMP"
