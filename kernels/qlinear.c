@@ -185,8 +185,11 @@ void e8q_qlinear_codes_matmul_gemm_rows(const e8q_qlinear *q, int batch, const f
 }
 
 void e8q_qlinear_codes_matmul_gemm(const e8q_qlinear *q, int batch, const float *u, float *z) {
-  if (e8q_qlinear_amx_available() && q->d.n_pad <= E8Q_QLINEAR_AMX_MAX_NPAD && e8q_qlinear_amx_matmul(q, batch, u, z))
-    return; /* AMX-INT8 tiles; a non-finite input takes the float panels below */
+  /* AMX-INT8 tiles (E8Q_NO_AVX512 turns them off with the other AVX-512 paths); a non-finite input
+   * takes the float panels below */
+  if (e8q_qlinear_simd_level() == 2 && e8q_qlinear_amx_available() && q->d.n_pad <= E8Q_QLINEAR_AMX_MAX_NPAD &&
+      e8q_qlinear_amx_matmul(q, batch, u, z))
+    return;
   e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, e8q_gemm_panel_rows(q->d.m), z, q->d.m);
 }
 
