@@ -90,9 +90,6 @@ int cmd_eval(int argc, char **argv) {
   E8Q_CHECK(!pipeline || artifact,
             "eval: --pipeline splits an artifact's layers across ranks; give --artifact OUT.e8q (a --model is "
             "evaluated data parallel: drop --pipeline)");
-  E8Q_CHECK(!(pipeline && head_q8),
-            "eval: --head q8 is not implemented with --pipeline (the last stage's head is read apart from the model); "
-            "drop one of them");
   int size = e8q_comm_size(e8q_comm_get()), rank = e8q_rank();
   E8Q_CHECK(!pipeline || size % pipeline == 0,
             "eval: --pipeline %d: the %d ranks do not form whole groups of %d; run a multiple of %d ranks", pipeline,
@@ -112,6 +109,9 @@ int cmd_eval(int argc, char **argv) {
     const e8q_eval_stage *me = e8q_eval_plan_rank(&plan, rank);
     e8q_artifact_model_open_layers(&am, artifact, !dense, me->lo, me->hi);
     e8q_eval_ends_from_st(&ends, &am.q.cfg, am.q.st, me->head);
+    const e8q_st_tensor *ht = e8q_st_find(am.q.st, ends.head_name);
+    /* the ends read head and embedding from the mapping: rounded there, unless stored at 8 bits */
+    ends.head_q8 = head_q8 && !(ht && ht->dtype == E8Q_DT_I8);
     if (rank == 0)
       for (int st = 0; st < pipeline; st++)
         e8q_info("eval: pipeline stage %d: layers %d-%d%s%s, about %.1f MiB resident", st, plan.stage[st].lo,
@@ -124,7 +124,7 @@ int cmd_eval(int argc, char **argv) {
   }
 
   e8q_model *m = artifact ? am.m : e8q_model_load(model_path);
-  if (head_q8) e8q_model_head_to_q8(m);
+  if (head_q8 && !pipeline) e8q_model_head_to_q8(m); /* a pipeline's head is in its ends (above) */
   /* --device cuda: quantized linears uploaded once; every block then runs on the device (dense
    * linears through cuBLAS, worker/forward.c); embeddings and the head stay on the CPU */
   if (artifact && !am.q.dense && !dense) e8q_qmodel_upload(&am.q, m, dev.cuda);

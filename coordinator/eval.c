@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "io/text.h"
 #include "kernels/gemm_panels.h"
+#include "kernels/matvec_q8.h"
 #include "kernels/transformer.h"
 #include "worker/forward.h"
 
@@ -152,8 +153,10 @@ static void ends_embed(const e8q_eval_ends *e, int T, const int *ids, float *x) 
               t, e->cfg.vocab_size);
     if (e->embed)
       memcpy(x + (size_t)t * D, e->embed + (size_t)ids[t] * D, sizeof(float) * (size_t)D);
-    else
+    else {
       e8q_st_read_f32_range(e->st, e->embed_name, (int64_t)ids[t] * D, D, x + (size_t)t * D);
+      if (e->head_q8) e8q_q8_round(1, D, x + (size_t)t * D, e->embed_name, NULL);
+    }
   }
 }
 
@@ -174,7 +177,10 @@ static double ends_nll(const e8q_eval_ends *e, int N, float *x, const int *targe
     for (int v0 = 0; v0 < V; v0 += E8Q_EVAL_VOCAB_BLOCK) {
       int vb = V - v0 < E8Q_EVAL_VOCAB_BLOCK ? V - v0 : E8Q_EVAL_VOCAB_BLOCK;
       const float *W = e->lm_head ? e->lm_head + (size_t)v0 * D : wblk; /* [vb, dim] */
-      if (!e->lm_head) e8q_st_read_f32_range(e->st, e->head_name, (int64_t)v0 * D, (int64_t)vb * D, wblk);
+      if (!e->lm_head) {
+        e8q_st_read_f32_range(e->st, e->head_name, (int64_t)v0 * D, (int64_t)vb * D, wblk);
+        if (e->head_q8) e8q_q8_round(vb, D, wblk, e->head_name, NULL);
+      }
       /* OpenMP panels of single-threaded BLAS, as every batched product (kernels/gemm_panels.h) */
       e8q_gemm_panels(rows, vb, D, xr, W, NULL, NULL, e8q_gemm_panel_rows(vb), logits + v0, V);
     }

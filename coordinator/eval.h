@@ -56,6 +56,9 @@ typedef struct {
   const char *embed_name, *head_name; /* their tensors in st */
   const char *label;                  /* for messages */
   float *norm_owned;                  /* [dim], owned */
+  int head_q8;                        /* --head q8 on rows read from st: head blocks and embedding
+                                         rows rounded as they are read (e8q_q8_round), the bits of
+                                         e8q_model_head_to_q8 on the whole tables */
 } e8q_eval_ends;
 void e8q_eval_ends_from_model(e8q_eval_ends *e, const e8q_model *m);
 /* head: also the final norm (read now) and lm_head (checked now, read while scoring) */

@@ -23,7 +23,7 @@ int e8q_opt_help(const char *a, void (*usage)(FILE *));
  * stored, *i advanced past it), else 0. */
 int e8q_opt_model(const char *cmd, int argc, char **argv, int *i, const char **model, const char **artifact,
                   int *dense, const char **tokenizer);
-/* --head source|q8 (eval, generate): the head, and a tied embedding, in their stored precision
+/* --head source|q8 (eval, generate): the head and the embedding in their stored precision
  * (default) or rounded to 8 bits with a scale per 32 weights (e8q_model_head_to_q8). 1 when
  * argv[*i] is --head (*head_q8 set, *i advanced), else 0; fatal on another value. */
 int e8q_opt_head(const char *cmd, int argc, char **argv, int *i, int *head_q8);
@@ -32,7 +32,7 @@ int e8q_head_parse(const char *cmd, const char *v);
 #define E8Q_OPT_HEAD_HELP                                                                          \
   "  --head H          source (default: the head in its stored precision, float16 in place for an\n" \
   "                    artifact) or q8: rounded to 8 bits with a scale per 32 weights (1.125 bytes\n" \
-  "                    per weight; a tied embedding is rounded with it), read so by one-token steps\n"
+  "                    per weight; the embedding is rounded with it), read so by one-token steps\n"
 /* integer/double option values in [lo, hi]; fatal naming the option otherwise */
 int e8q_opt_int(const char *opt, const char *v, int lo, int hi);
 double e8q_opt_double(const char *opt, const char *v, double lo, double hi);

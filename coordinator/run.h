@@ -44,7 +44,7 @@ typedef struct {
   int e2e_epochs;          /* --e2e-epochs: end-to-end fine-tuning epochs */
   int e2e_topk;            /* --e2e-topk: ids kept per position of the original model's distribution */
   e8q_device_mode device;  /* --device: what the run computes on (common/device.h) */
-  int head_q8;             /* --head q8: the artifact stores the head (and a tied embedding) at 8 bits */
+  int head_q8;             /* --head q8: the artifact stores the head and the embedding at 8 bits */
 } e8q_run_opts;
 
 /* collective; returns the exit code */

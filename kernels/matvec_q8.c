@@ -56,6 +56,17 @@ void e8q_q8_dequant_row(const e8q_q8_matrix *M, int r, float *out) {
   for (int j = 0; j < M->n; j++) out[j] = e8q_q8_value(M->scale[(size_t)r * nb + j / E8Q_Q8_BLOCK], M->q[(size_t)r * M->n + j]);
 }
 
+void e8q_q8_round(int m, int n, float *W, const char *what, e8q_q8_matrix *keep) {
+  e8q_q8_matrix M;
+  e8q_q8_quantize(&M, m, n, W, what);
+#pragma omp parallel for schedule(static) if ((size_t)m * n > ((size_t)1 << 18))
+  for (int r = 0; r < m; r++) e8q_q8_dequant_row(&M, r, W + (size_t)r * n);
+  if (keep)
+    *keep = M;
+  else
+    e8q_q8_free(&M);
+}
+
 /* ---------------------------------------------------------------- reference */
 void e8q_matvec_q8_ref(const e8q_q8_matrix *M, const float *x, float *y) {
   const int nb = M->n / E8Q_Q8_BLOCK;

@@ -1,5 +1,5 @@
 /* kernels/matvec_q8.h: a matrix at 8 bits per weight with one float scale per block of 32
- * consecutive weights of a row, and y = W x on it. This is the 8-bit head (and tied embedding)
+ * consecutive weights of a row, and y = W x on it. This is the 8-bit head (and embedding)
  * of `e8q generate|eval --head q8`. A decode step reads the whole head for every token; this
  * form reads 1.125 bytes per weight, where float16 reads 2 and float32 reads 4.
  *
@@ -28,6 +28,11 @@ void e8q_q8_quantize(e8q_q8_matrix *M, int m, int n, const float *W, const char 
 void e8q_q8_free(e8q_q8_matrix *M);
 /* out [n] <- row r of M dequantized (scale·q, the values every product uses) */
 void e8q_q8_dequant_row(const e8q_q8_matrix *M, int r, float *out);
+/* W [m, n] <- its values through the 8-bit format (e8q_q8_quantize, then dequantized in place);
+ * the 8-bit form goes to *keep (owned by the caller) or, keep NULL, is dropped. A block's rounding
+ * depends on its own 32 values only, so rounding rows one block of rows at a time gives the bits
+ * of rounding the whole matrix. Fatal (naming `what`) as e8q_q8_quantize. */
+void e8q_q8_round(int m, int n, float *W, const char *what, e8q_q8_matrix *keep);
 
 /* x [n], y [m] */
 void e8q_matvec_q8(const e8q_q8_matrix *M, const float *x, float *y);

@@ -162,9 +162,11 @@ void e8q_model_head_to_q8(e8q_model *m) {
   char what[64];
   snprintf(what, sizeof what, "--head q8 (head [%d x %d])", V, D);
   m->lm_head_q8 = e8q_malloc(sizeof *m->lm_head_q8, "8-bit head");
-  e8q_q8_quantize(m->lm_head_q8, V, D, m->lm_head, what);
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < V; r++) e8q_q8_dequant_row(m->lm_head_q8, r, m->lm_head + (size_t)r * D);
+  e8q_q8_round(V, D, m->lm_head, what, m->lm_head_q8);
+  if (m->embed && m->embed != m->lm_head) { /* an untied embedding too, as quantize --head q8 stores it */
+    snprintf(what, sizeof what, "--head q8 (embedding [%d x %d])", V, D);
+    e8q_q8_round(V, D, m->embed, what, NULL);
+  }
   m->lm_head_f16 = m->lm_head_bf16 = NULL;
 }
 

@@ -64,7 +64,7 @@ typedef struct {
                                     (an artifact's tied embedding), read in place by one-token steps
                                     (e8q_model_head: half the bytes); not owned; NULL: lm_head */
   const uint16_t *lm_head_bf16;  /* the same for a head stored as bfloat16 (e8q_matvec_bf16); not owned */
-  e8q_q8_matrix *lm_head_q8;     /* the head at 8 bits (e8q_model_head_to_q8), read by one-token steps
+  e8q_q8_matrix *lm_head_q8;     /* the head at 8 bits (e8q_model_head_to_q8, or stored), read by one-token steps
                                     in place of lm_head_f16 / _bf16 / lm_head; owned; NULL: none */
   e8q_block *blocks;             /* [n_layers], NULL when loaded without blocks */
   char *path;                    /* owned copy of the source path */
@@ -79,10 +79,11 @@ void e8q_group_shape(const e8q_config *cfg, int group, int *m, int *n);
 e8q_model *e8q_model_load(const char *path);
 e8q_model *e8q_model_load_ex(const char *path, int with_blocks);
 void e8q_model_free(e8q_model *m);
-/* --head q8: the head rounded to 8 bits with a scale per 32 weights (kernels/matvec_q8.h). One-
- * token steps read the 8-bit form; lm_head (f32) is overwritten with its dequantized values, so
- * batched products (eval) use the same weights; a tied embedding is the same tensor and is
- * rounded with it. lm_head_f16 and lm_head_bf16 are dropped. Idempotent. */
+/* --head q8: the head and the embedding rounded to 8 bits with a scale per 32 weights
+ * (kernels/matvec_q8.h), as `quantize --head q8` stores them. One-token steps read the head's
+ * 8-bit form; lm_head and embed (f32) are overwritten with their dequantized values, so batched
+ * products (eval) use the same weights. lm_head_f16 and lm_head_bf16 are dropped. Idempotent (a
+ * stored 8-bit head is left as it is). */
 void e8q_model_head_to_q8(e8q_model *m);
 
 /* ---------------------------------------------------------------- one block at a time

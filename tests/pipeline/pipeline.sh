@@ -558,7 +558,7 @@ source)
   cmp "$TMP/solo.e8q" "$TMP/flip.e8q" || fail "flip: resumed artifact differs"
   ;;
 head)
-  # --head q8: the artifact stores the tied embedding at 8 bits (an I8 tensor and its F32 scales),
+  # --head q8: the artifact stores the (tied) embedding at 8 bits (an I8 tensor and its F32 scales),
   # is smaller, and evaluates and generates with exactly the bits of the default artifact rounded
   # at load (eval/generate --head q8); a pipelined eval reads the 8-bit head as the others do
   q 1 "$TMP/a.e8q" > "$TMP/log" 2>&1 || { cat "$TMP/log"; fail "default quantize failed"; }
@@ -569,6 +569,7 @@ head)
   ev "$E8Q" eval --artifact "$TMP/a.e8q" --head q8 > "$TMP/ea"
   ev "$E8Q" eval --artifact "$TMP/a.e8q" > "$TMP/e0"
   ev "$MPIEXEC" -np 2 "$E8Q" eval --artifact "$TMP/h.e8q" --pipeline 2 > "$TMP/ep"
+  ev "$MPIEXEC" -np 2 "$E8Q" eval --artifact "$TMP/a.e8q" --pipeline 2 --head q8 > "$TMP/epa"
   gen() { timeout -k 5 60 "$E8Q" generate "$@" --prompt "Once upon a time" --tokens 40 --ids 2> /dev/null; }
   gen --artifact "$TMP/h.e8q" > "$TMP/gh" || fail "generate with the 8-bit artifact"
   gen --artifact "$TMP/a.e8q" --head q8 > "$TMP/ga" || fail "generate --head q8"
@@ -576,22 +577,23 @@ head)
   member "$TMP/h.e8q" manifest.json > "$TMP/m.json"
   member "$TMP/h.e8q" model.safetensors > "$TMP/h.st"
   member "$TMP/a.e8q" model.safetensors > "$TMP/a.st"
-  python3 - "$TMP/eh" "$TMP/ea" "$TMP/e0" "$TMP/ep" "$TMP/m.json" "$TMP/h.st" "$TMP/a.st" <<'PY' || fail "8-bit head"
+  python3 - "$TMP/eh" "$TMP/ea" "$TMP/e0" "$TMP/ep" "$TMP/epa" "$TMP/m.json" "$TMP/h.st" "$TMP/a.st" <<'PY' || fail "8-bit head"
 import json, os, struct, sys
-eh, ea, e0, ep = (json.loads(open(p).read()) for p in sys.argv[1:5])
-m = json.load(open(sys.argv[5]))
+eh, ea, e0, ep, epa = (json.loads(open(p).read()) for p in sys.argv[1:6])
+m = json.load(open(sys.argv[6]))
 def header(p):
     f = open(p, "rb"); n = struct.unpack("<Q", f.read(8))[0]; return json.loads(f.read(n))
-h, a = header(sys.argv[6]), header(sys.argv[7])
+h, a = header(sys.argv[7]), header(sys.argv[8])
 E = "model.embed_tokens.weight"
 assert h[E]["dtype"] == "I8" and h[E + ".q8_scales"]["dtype"] == "F32", (h[E], h.get(E + ".q8_scales"))
 V, D = h[E]["shape"]
 assert h[E + ".q8_scales"]["shape"] == [V, D // 32] and a[E]["shape"] == [V, D] and a[E]["dtype"] != "I8"
 assert E + ".q8_scales" not in a
-saved = os.path.getsize(sys.argv[7]) - os.path.getsize(sys.argv[6])
+saved = os.path.getsize(sys.argv[8]) - os.path.getsize(sys.argv[7])
 assert saved > 0.6 * V * D, (saved, V, D)  # F32 (4 bytes) -> 1 + 4/32 bytes per weight
 assert eh["sum_nll"] == ea["sum_nll"], (eh["sum_nll"], ea["sum_nll"])  # the same bits
 assert eh["sum_nll"] == ep["sum_nll"], (eh["sum_nll"], ep["sum_nll"])  # pipelined: the same bits
+assert eh["sum_nll"] == epa["sum_nll"], (eh["sum_nll"], epa["sum_nll"])  # rounded as the pipeline reads
 assert eh["sum_nll"] != e0["sum_nll"] and abs(eh["mean_nll"] - e0["mean_nll"]) < 0.05, (eh["mean_nll"], e0["mean_nll"])
 assert m["options"]["head"] == "q8", m["options"].get("head")
 assert abs(m["evaluation"]["mean_nll"] - eh["mean_nll"]) < 1e-12
