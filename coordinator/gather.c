@@ -124,16 +124,8 @@ static void head_to_q8(out_tensor *o, out_tensor *s) {
   E8Q_CHECK(o->ndim == 2, "--head q8: tensor %s has %d dimensions, not 2", o->name, o->ndim);
   const int64_t V = o->shape[0], D = o->shape[1];
   float *f = e8q_malloc(sizeof(float) * (size_t)(V * D), "head in f32"); /* [V, D] */
-  const uint8_t *src = o->data;
-  for (int64_t i = 0; i < V * D; i++) {
-    uint16_t h;
-    switch (o->dt) {
-    case E8Q_DT_F32: memcpy(&f[i], src + 4 * i, 4); break;
-    case E8Q_DT_F16: memcpy(&h, src + 2 * i, 2), f[i] = e8q_f16_to_f32(h); break;
-    case E8Q_DT_BF16: memcpy(&h, src + 2 * i, 2), f[i] = e8q_bf16_to_f32(h); break;
-    default: E8Q_FATAL("--head q8: tensor %s has dtype %s, not a float", o->name, e8q_dtype_name(o->dt));
-    }
-  }
+  E8Q_CHECK(e8q_f32_from(o->data, o->dt, f, (size_t)(V * D)), "--head q8: tensor %s has dtype %s, not a float",
+            o->name, e8q_dtype_name(o->dt));
   e8q_q8_matrix M;
   e8q_q8_quantize(&M, (int)V, (int)D, f, o->name); /* fatal, naming it, on a NaN/Inf or D % 32 */
   free(f);

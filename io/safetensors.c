@@ -107,6 +107,28 @@ void e8q_f32_convert(const float *src, e8q_dtype dt, void *dst, size_t n) {
   }
 }
 
+int e8q_f32_from(const void *src, e8q_dtype dt, float *dst, size_t n) {
+  const uint8_t *s = src;
+  uint16_t h;
+  switch (dt) {
+    case E8Q_DT_F32: memcpy(dst, src, n * 4); return 1;
+    case E8Q_DT_F16:
+      for (size_t i = 0; i < n; i++) memcpy(&h, s + 2 * i, 2), dst[i] = e8q_f16_to_f32(h);
+      return 1;
+    case E8Q_DT_BF16:
+      for (size_t i = 0; i < n; i++) memcpy(&h, s + 2 * i, 2), dst[i] = e8q_bf16_to_f32(h);
+      return 1;
+    case E8Q_DT_F64:
+      for (size_t i = 0; i < n; i++) {
+        double d;
+        memcpy(&d, s + 8 * i, 8);
+        dst[i] = (float)d;
+      }
+      return 1;
+    default: return 0;
+  }
+}
+
 /* ---------------------------------------------------------------- reading */
 
 static int cmp_tensor_name(const void *a, const void *b) {
@@ -374,13 +396,6 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
   if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
-/* an unaligned 16-bit load, host order */
-static inline uint16_t ld_u16(const uint8_t *p) {
-  uint16_t h;
-  memcpy(&h, p, 2);
-  return h;
-}
-
 /* converts elements [first, first + n) of t to f32 and checks them; `where` names the file (or
  * model directory) in messages */
 static void convert_range(const e8q_safetensors *st, const e8q_st_tensor *t, const char *where, int64_t first,
@@ -388,20 +403,10 @@ static void convert_range(const e8q_safetensors *st, const e8q_st_tensor *t, con
   const char *name = t->name;
   const uint8_t *src = (const uint8_t *)e8q_st_data(st, t) + (size_t)first * g_dtype_sizes[t->dtype];
   switch (t->dtype) {
-    case E8Q_DT_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case E8Q_DT_F32:
     case E8Q_DT_F16:
-      for (int64_t i = 0; i < n; i++) dst[i] = e8q_f16_to_f32(ld_u16(src + 2 * i));
-      break;
     case E8Q_DT_BF16:
-      for (int64_t i = 0; i < n; i++) dst[i] = e8q_bf16_to_f32(ld_u16(src + 2 * i));
-      break;
-    case E8Q_DT_F64:
-      for (int64_t i = 0; i < n; i++) {
-        double d;
-        memcpy(&d, src + 8 * i, 8);
-        dst[i] = (float)d;
-      }
-      break;
+    case E8Q_DT_F64: e8q_f32_from(src, t->dtype, dst, (size_t)n); break;
     case E8Q_DT_I8: { /* the 8-bit block format (common/f16.h): its scales beside it */
       char sname[512];
       snprintf(sname, sizeof sname, "%s%s", name, E8Q_Q8_SCALES_SUFFIX);

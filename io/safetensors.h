@@ -152,5 +152,8 @@ uint16_t e8q_f32_to_f16(float f);
 /* n floats to dtype F32, F16 or BF16 (round to nearest even) into dst (n * dtype size bytes, any
  * alignment); for writing tensors */
 void e8q_f32_convert(const float *src, e8q_dtype dt, void *dst, size_t n);
+/* the reverse: n values of dtype F32, F16, BF16 or F64 at src (any alignment) to floats (exact but
+ * for F64); 0, nothing written, for another dtype */
+int e8q_f32_from(const void *src, e8q_dtype dt, float *dst, size_t n);
 
 #endif
