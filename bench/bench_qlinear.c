@@ -35,7 +35,6 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "kernels/qlinear.h"
-#include "kernels/qlinear_amx.h"
 #include "kernels/qlinear_avx512.h"
 #include "kernels/qlinear_vnni.h"
 #include "bench_qlayer.h"
@@ -180,9 +179,7 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
       e8q_qlinear_init(&q[k], &d, names[c]);
       if (g_inference) q[k].gemm_min = E8Q_QLINEAR_GEMM_MIN;
     }
-    const char *path = e8q_qlinear_path(q);
-    if (g_inference && batch >= E8Q_QLINEAR_GEMM_MIN)
-      path = e8q_qlinear_amx_available() ? "AMX-INT8 tiles (inference batch)" : "decoded panels + sgemm (inference batch)";
+    const char *path = e8q_qlinear_path_batch(q, batch);
     double t;
     TIME_MEDIAN(reps, t, for (int k = 0; k < nmat; k++) e8q_qlinear_forward(&q[k], batch, x, y));
     t /= nmat; /* per product */

@@ -184,12 +184,18 @@ void e8q_qlinear_codes_matmul_gemm_rows(const e8q_qlinear *q, int batch, const f
   e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, P, z, q->d.m);
 }
 
+/* the AMX-INT8 tiles for q's batches (E8Q_NO_AVX512 turns them off with the other AVX-512 paths) */
+static int use_amx(const e8q_qlinear *q) {
+  return e8q_qlinear_simd_level() == 2 && e8q_qlinear_amx_available() && q->d.n_pad <= E8Q_QLINEAR_AMX_MAX_NPAD;
+}
+
+/* decode + GEMM for q at this batch (its gemm_min, set by inference models) */
+static int use_gemm(const e8q_qlinear *q, int batch) {
+  return q->gemm_min > 0 && batch >= q->gemm_min && e8q_qlinear_simd_level() > 0;
+}
+
 void e8q_qlinear_codes_matmul_gemm(const e8q_qlinear *q, int batch, const float *u, float *z) {
-  /* AMX-INT8 tiles (E8Q_NO_AVX512 turns them off with the other AVX-512 paths); a non-finite input
-   * takes the float panels below */
-  if (e8q_qlinear_simd_level() == 2 && e8q_qlinear_amx_available() && q->d.n_pad <= E8Q_QLINEAR_AMX_MAX_NPAD &&
-      e8q_qlinear_amx_matmul(q, batch, u, z))
-    return;
+  if (use_amx(q) && e8q_qlinear_amx_matmul(q, batch, u, z)) return; /* a non-finite input: the panels */
   e8q_gemm_panels(batch, q->d.m, q->d.n_pad, u, NULL, panel_decode, q, e8q_gemm_panel_rows(q->d.m), z, q->d.m);
 }
 
@@ -265,6 +271,11 @@ int e8q_qlinear_simd_level(void) {
   return v;
 }
 
+const char *e8q_qlinear_path_batch(const e8q_qlinear *q, int batch) {
+  if (use_gemm(q, batch)) return use_amx(q) ? "AMX-INT8 tiles (inference batch)" : "decoded panels + sgemm (inference batch)";
+  return e8q_qlinear_path(q);
+}
+
 const char *e8q_qlinear_path(const e8q_qlinear *q) {
 #if defined(__x86_64__) || defined(__i386__)
   switch (e8q_qlinear_simd_level()) {
@@ -278,7 +289,7 @@ const char *e8q_qlinear_path(const e8q_qlinear *q) {
 }
 
 void e8q_qlinear_forward_keep(const e8q_qlinear *q, int batch, const float *x, float *y, float *z) {
-  if (q->gemm_min > 0 && batch >= q->gemm_min && e8q_qlinear_simd_level() > 0) {
+  if (use_gemm(q, batch)) {
     forward_with(q, batch, x, y, z, e8q_qlinear_codes_matmul_gemm);
     return;
   }

@@ -100,6 +100,8 @@ void e8q_qlinear_forward_keep(const e8q_qlinear *q, int batch, const float *x, f
 void e8q_qlinear_forward_keep_ref(const e8q_qlinear *q, int batch, const float *x, float *y, float *z);
 /* the core e8q_qlinear_forward runs for q, in words (benchmarks, logs) */
 const char *e8q_qlinear_path(const e8q_qlinear *q);
+/* the same for a batch of that many inputs (inference batches may take decode + GEMM) */
+const char *e8q_qlinear_path_batch(const e8q_qlinear *q, int batch);
 /* the scalar reference of the same product (same arithmetic in plain loops, OpenMP rows) */
 void e8q_qlinear_forward_ref(const e8q_qlinear *q, int batch, const float *x, float *y);
 #if defined(__x86_64__) || defined(__i386__)
