@@ -14,19 +14,14 @@
 
 static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
 
-/* 32-byte GCC vectors for the wide butterfly stages (lowered to SSE2 pairs in the default
- * clone); element-wise adds and subtracts, so every clone gives the same bits */
-typedef float e8q_v8f __attribute__((vector_size(32)));
-typedef double e8q_v4d __attribute__((vector_size(32)));
-
 /* ---------------------------------------------------------------- FWHT */
 /* One body for both precisions: T the element type, TI the integer of its width. The stages h
  * below 64 bytes of elements run inside one register: the partner of lane i is lane i ^ h (a
  * shuffle), and lane i takes x_i + x_(i^h) where bit h of i is clear, x_(i^h) - x_i where it is
  * set: the operands and operations of the scalar butterfly, so the same bits. The stages from 64
- * bytes on run 32 bytes at a time (h a power of two, a multiple of the lane count). Shorter
- * vectors take the scalar butterflies. */
-#define E8Q_FWHT_DEFINE(name, T, TI, VT)                                                           \
+ * bytes on add and subtract whole 64-byte vectors (h a power of two, a multiple of the lane
+ * count; GCC lowers them to the clone's widths). Shorter vectors take the scalar butterflies. */
+#define E8Q_FWHT_DEFINE(name, T, TI)                                                               \
   __attribute__((target_clones("avx512f", "avx2", "default"))) void name(T *x, int64_t n) {       \
     E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", \
               (long long)n);                                                                       \
@@ -57,14 +52,14 @@ typedef double e8q_v4d __attribute__((vector_size(32)));
       for (int64_t i = 0; i < n; i += 2 * h) {                                                     \
         T *restrict u = x + i, *restrict v = x + i + h;                                            \
         if (h >= LW) {                                                                             \
-          for (int64_t j = 0; j < h; j += 32 / (int64_t)sizeof(T)) {                               \
-            VT a, b, s, d;                                                                         \
-            memcpy(&a, u + j, 32);                                                                 \
-            memcpy(&b, v + j, 32);                                                                 \
+          for (int64_t j = 0; j < h; j += LW) {                                                    \
+            VW a, b, s, d;                                                                         \
+            memcpy(&a, u + j, sizeof a);                                                           \
+            memcpy(&b, v + j, sizeof b);                                                           \
             s = a + b;                                                                             \
             d = a - b;                                                                             \
-            memcpy(u + j, &s, 32);                                                                 \
-            memcpy(v + j, &d, 32);                                                                 \
+            memcpy(u + j, &s, sizeof s);                                                           \
+            memcpy(v + j, &d, sizeof d);                                                           \
           }                                                                                        \
         } else {                                                                                   \
           for (int64_t j = 0; j < h; j++) {                                                        \
@@ -76,8 +71,8 @@ typedef double e8q_v4d __attribute__((vector_size(32)));
       }                                                                                            \
   }
 
-E8Q_FWHT_DEFINE(e8q_fwht_f64, double, int64_t, e8q_v4d)
-E8Q_FWHT_DEFINE(e8q_fwht_f32, float, int32_t, e8q_v8f)
+E8Q_FWHT_DEFINE(e8q_fwht_f64, double, int64_t)
+E8Q_FWHT_DEFINE(e8q_fwht_f32, float, int32_t)
 
 void e8q_fwht_f64_ref(const double *x, int64_t n, double *out) {
   E8Q_CHECK(is_pow2(n), "Walsh-Hadamard transform of length %lld: the length must be a power of two", (long long)n);
