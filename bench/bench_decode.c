@@ -121,33 +121,6 @@ static void fill_f16(uint16_t *w, size_t n, uint64_t seed) {
 }
 
 /* ---------------------------------------------------------------- the DRAM bound */
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* STREAM copy with the current OpenMP thread count over two arrays of `bytes`: bytes read +
- * written per second, median of reps (after one untimed pass that also faults the pages in) */
-static double copy_bw(size_t bytes, int reps) {
-  const size_t n = bytes / sizeof(float);
-  float *a = e8q_alloc_aligned(n * sizeof(float), "stream a"), *b = e8q_alloc_aligned(n * sizeof(float), "stream b");
-  fill_f32(a, n, 1, 1.0f);
-  double t[16];
-  if (reps > 16) reps = 16;
-  for (int r = -1; r < reps; r++) {
-    const double t0 = bench_now();
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) b[i] = a[i];
-    if (r >= 0) t[r] = bench_now() - t0;
-  }
-  volatile float sink = b[n / 3];
-  (void)sink;
-  free(a);
-  free(b);
-  qsort(t, (size_t)reps, sizeof(double), cmp_d);
-  return 2.0 * (double)n * sizeof(float) / t[reps / 2];
-}
-
 /* read-only streaming with the current OpenMP thread count over one array of `bytes` (an xor
  * reduction): bytes read per second, median of reps (after one untimed pass). A decode step
  * mostly reads; the copy also writes. */
@@ -170,7 +143,7 @@ static double read_bw(size_t bytes, int reps) {
   volatile uint64_t sink = x;
   (void)sink;
   free(a);
-  qsort(t, (size_t)reps, sizeof(double), cmp_d);
+  qsort(t, (size_t)reps, sizeof(double), bench_cmp_d);
   return (double)n * sizeof(uint64_t) / t[reps / 2];
 }
 
@@ -397,7 +370,7 @@ static void run_case(int c, const bench_opts *o, double bw, double bw_read) {
     for (int i = 0; i < B.m.cfg.vocab_size; i += 97) finite &= isfinite(logits[i]);
     tok = e8q_argmax(B.m.cfg.vocab_size, logits);
   }
-  qsort(t, (size_t)o->steps, sizeof(double), cmp_d);
+  qsort(t, (size_t)o->steps, sizeof(double), bench_cmp_d);
   const double med = t[o->steps / 2], best = t[0], bound = bytes / bw;
   /* the 32-layer bytes at the middle timed position, for the estimate */
   const double bytes32 = 32 * layer_bytes(c, &full) + step_other_bytes(&full, o->context + o->warmup + o->steps / 2);
@@ -449,7 +422,7 @@ int main(int argc, char **argv) {
   omp_set_num_threads(o.threads);
   openblas_set_num_threads(1); /* as in the e8q commands: dense products are OpenMP panels (kernels/gemm_panels.h) */
 
-  const double bw = copy_bw((size_t)1 << 30, o.quick ? 3 : 5); /* 2 x 1 GiB: far beyond the 480 MiB L3 */
+  const double bw = bench_copy_bw_omp((size_t)1 << 30, o.quick ? 3 : 5); /* 2 x 1 GiB: far beyond the 480 MiB L3 */
   const double bw_read = read_bw((size_t)2 << 30, o.quick ? 3 : 5);
   printf("bench_decode: Llama-2-7B-shaped model (dim 4096, hidden 11008, 32 heads / 32 KV heads of 128, vocab 32000), "
          "random weights, %d layers asked\n", o.layers);

@@ -37,12 +37,8 @@
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_avx512.h"
 #include "kernels/qlinear_vnni.h"
+#include "bench_common.h"
 #include "bench_qlayer.h"
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
 
 /* median seconds of reps runs (one warm-up run first) */
 /* also sets g_cpu: mean CPU seconds of the calling thread per run, a noise-robust figure on a
@@ -67,29 +63,9 @@ static double cpu_now(void) {
       t_[i_] = e8q_now() - t0_;                             \
     }                                                       \
     g_cpu = (cpu_now() - c0_) / r_;                         \
-    qsort(t_, r_, sizeof(double), cmp_d);                   \
+    qsort(t_, r_, sizeof(double), bench_cmp_d);                   \
     (out) = t_[r_ / 2];                                     \
   } while (0)
-
-static void copy_once(float *restrict b, const float *restrict a, size_t n) {
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; i++) b[i] = a[i];
-}
-
-/* STREAM copy: bytes moved (read + write) per second */
-static double copy_bw(size_t bytes, int reps) {
-  size_t n = bytes / sizeof(float);
-  float *a = e8q_alloc_aligned(n * sizeof(float), "stream a"), *b = e8q_alloc_aligned(n * sizeof(float), "stream b");
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; i++) a[i] = (float)i;
-  double t;
-  TIME_MEDIAN(reps, t, copy_once(b, a, n));
-  volatile float sink = b[n / 3];
-  (void)sink;
-  free(a);
-  free(b);
-  return 2.0 * (double)n * sizeof(float) / t;
-}
 
 static int K_of(int d) { return e8q_had_choose_K(d); } /* the factor e8q would choose */
 
@@ -150,7 +126,7 @@ static void run_shape(int m, int n, int threads, int batch, int reps, double bw_
   openblas_set_num_threads(threads);
   double bw_codes = 1, t_blas = 1;
   if (!g_kernels_only) {
-  bw_codes = copy_bw(ncodes * 2, reps * 4); /* copy of arrays the size of the E8P codes */
+  bw_codes = bench_copy_bw_omp(ncodes * 2, reps * 4); /* copy of arrays the size of the E8P codes */
 
   /* f32 BLAS on the same shape */
   float *W = e8q_malloc(sizeof(float) * (size_t)m * n, "f32 weight");
@@ -227,7 +203,7 @@ int main(int argc, char **argv) {
          e8q_cpu_has_avx512() ? "yes" : "no", e8q_cpu_has_vnni() ? "yes" : "no", reps);
   for (int t = 0; t < nthr; t++) {
     omp_set_num_threads(thr_list[t]);
-    double bw = g_kernels_only ? 1 : copy_bw((size_t)1 << 29, 5); /* 2 x 512 MiB: beyond any cache */
+    double bw = g_kernels_only ? 1 : bench_copy_bw_omp((size_t)1 << 29, 5); /* 2 x 512 MiB: beyond any cache */
     for (int s = 0; s < nshapes; s++)
       for (int b = 0; b < nb; b++) run_shape(shapes[s][0], shapes[s][1], thr_list[t], b_list[b], reps, bw);
   }
