@@ -16,11 +16,11 @@
 #include <unistd.h>
 
 #include "kernels/qlinear_avx2_decode.h" /* the int8 decode tables */
+#include "kernels/qlinear_vnni.h"       /* the input digits */
 
 #define AMX __attribute__((target("amx-tile,amx-int8")))
 #define AMX_K 64                /* int8 per tile row: weights of a k-block */
 #define AMX_R 16                /* tile rows: tokens (A, C) or k/4 (B); rows of a group (C columns) */
-#define AMX_XMAX 8323072.0      /* 2^23 - 2^16: the top balanced digit stays within [-127, 127] */
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
@@ -43,23 +43,22 @@ int e8q_qlinear_amx_available(void) {
 }
 
 /* ---------------------------------------------------------------- input digits */
-/* one token: X = round(u·inv) (to nearest, ties to even: lrint's rounding), |X| <= 2^23 - 2^16,
- * as balanced digits d0 + 256 d1 + 65536 d2 into the three planes (plane stride ps) */
+/* one token's digits (kernels/qlinear_vnni.h: e8q_digits3, nearbyint rounding as lrint's) into
+ * the three planes (plane stride ps) */
 __attribute__((target("avx512f,avx512vl,avx512bw"))) static void digits_row(const float *u, int np, double inv,
                                                                             int8_t *d, size_t ps) {
 #pragma omp simd
   for (int k = 0; k < np; k++) {
-    const int32_t X = (int32_t)nearbyint((double)u[k] * inv);
-    const int32_t d0 = ((X + 128) & 255) - 128, X1 = (X - d0) >> 8; /* X - d0 is a multiple of 256 */
-    const int32_t d1 = ((X1 + 128) & 255) - 128, d2 = (X1 - d1) >> 8;
-    d[k] = (int8_t)d0;
-    d[ps + k] = (int8_t)d1;
-    d[2 * ps + k] = (int8_t)d2;
+    int32_t dg[3];
+    e8q_digits3((int32_t)nearbyint((double)u[k] * inv), dg);
+    d[k] = (int8_t)dg[0];
+    d[ps + k] = (int8_t)dg[1];
+    d[2 * ps + k] = (int8_t)dg[2];
   }
 }
 
 /* D [3][Bp][KP] int8: the three balanced digits of each token's fixed-point copy (zeros past
- * batch and n_pad); scale [batch] max|u| / AMX_XMAX (0 for a zero column). 0 on a non-finite. */
+ * batch and n_pad); scale [batch] max|u| / E8Q_DIGITS_XMAX (0 for a zero column). 0 on a non-finite. */
 static int digits_make(int batch, int np, int Bp, int KP, const float *u, int8_t *D, double *scale) {
   int finite = 1;
   memset(D, 0, (size_t)3 * Bp * KP);
@@ -72,9 +71,9 @@ static int digits_make(int batch, int np, int Bp, int KP, const float *u, int8_t
       if (!(a <= FLT_MAX)) finite = 0;
       mx = a > mx ? a : mx;
     }
-    scale[b] = (double)mx / AMX_XMAX;
+    scale[b] = (double)mx / E8Q_DIGITS_XMAX;
     if (!finite || mx == 0) continue;
-    digits_row(ub, np, AMX_XMAX / (double)mx, D + (size_t)b * KP, (size_t)Bp * KP);
+    digits_row(ub, np, E8Q_DIGITS_XMAX / (double)mx, D + (size_t)b * KP, (size_t)Bp * KP);
   }
   return finite;
 }

@@ -38,7 +38,6 @@
 #define VQ_ROWS 16  /* rows per group: one int32 lane each */
 #define VQ_CODES 4  /* consecutive codes per lane: one VNNI dword */
 #define VQ_PREFETCH 4096 /* bytes ahead of the codes being decoded (32 quads) */
-#define VQ_XMAX 8323072.0 /* 2^23 - 2^16: the top balanced digit stays within [-127, 127] */
 
 /* ---------------------------------------------------------------- tables */
 static uint8_t tpair[4][256] __attribute__((aligned(64))); /* [k][A]: b1..b3 of elements 2k (bits 0-2), 2k+1 (4-6) */
@@ -305,7 +304,7 @@ static double digits_make(const float *u, int nc, int nq, int32_t *xd, int64_t *
     memset(xd, 0, sizeof(int32_t) * (size_t)nq * 24);
     return 0;
   }
-  const double inv = VQ_XMAX / (double)mx;
+  const double inv = E8Q_DIGITS_XMAX / (double)mx;
   int64_t s0 = 0, s1 = 0, s2 = 0;
 #pragma omp parallel for schedule(static) reduction(+ : s0, s1, s2) if (!omp_in_parallel() && nq >= 256)
   for (int q = 0; q < nq; q++) {
@@ -313,21 +312,19 @@ static double digits_make(const float *u, int nc, int nq, int32_t *xd, int64_t *
     for (int c = 0; c < VQ_CODES; c++) {
       const int j = VQ_CODES * q + c;
       for (int i = 0; i < 8; i++) {
-        /* |X| <= 8323072: balanced digits d0, d1 in [-128, 127], the rest d2 in [-127, 127] */
-        const int32_t X = j < nc ? (int32_t)lrint((double)u[8 * j + i] * inv) : 0;
-        const int32_t d0 = ((X + 128) & 255) - 128, X1 = (X - d0) / 256;
-        const int32_t d1 = ((X1 + 128) & 255) - 128, d2 = (X1 - d1) / 256;
-        dq[12 * i + c] = (int8_t)d0;
-        dq[12 * i + 4 + c] = (int8_t)d1;
-        dq[12 * i + 8 + c] = (int8_t)d2;
-        s0 += d0;
-        s1 += d1;
-        s2 += d2;
+        int32_t d[3];
+        e8q_digits3(j < nc ? (int32_t)lrint((double)u[8 * j + i] * inv) : 0, d);
+        dq[12 * i + c] = (int8_t)d[0];
+        dq[12 * i + 4 + c] = (int8_t)d[1];
+        dq[12 * i + 8 + c] = (int8_t)d[2];
+        s0 += d[0];
+        s1 += d[1];
+        s2 += d[2];
       }
     }
   }
   *offset = 128 * (s0 + 256 * s1 + 65536 * s2);
-  return (double)mx / VQ_XMAX;
+  return (double)mx / E8Q_DIGITS_XMAX;
 }
 
 /* rows of group g for columns b0..b0+BT-1 */

@@ -20,6 +20,18 @@
 extern "C" {
 #endif
 
+/* The input's fixed point, shared by the integer cores (this one and kernels/qlinear_amx.c): a
+ * column u becomes X = round(u · E8Q_DIGITS_XMAX / max|u|) (to nearest, ties to even), and X the
+ * balanced digits d0 + 256 d1 + 65536 d2 with d0, d1 in [-128, 127] and d2 in [-127, 127]
+ * (2^23 - 2^16 keeps the top digit there). */
+#define E8Q_DIGITS_XMAX 8323072.0
+static inline void e8q_digits3(int32_t X, int32_t d[3]) {
+  d[0] = ((X + 128) & 255) - 128;
+  const int32_t X1 = (X - d[0]) >> 8; /* X - d0 is a multiple of 256: the shift is exact */
+  d[1] = ((X1 + 128) & 255) - 128;
+  d[2] = (X1 - d[1]) >> 8;
+}
+
 /* largest n_pad whose int32 digit sums cannot overflow: 143 * 128 * n_pad < 2^31 */
 #define E8Q_VNNI_MAX_NPAD 114688
 
