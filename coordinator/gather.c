@@ -131,13 +131,13 @@ static void head_to_q8(out_tensor *o, out_tensor *s) {
   free(f);
   free(o->owned);
   o->dt = E8Q_DT_I8;
-  o->data = o->owned = M.q;
+  o->data = o->owned = (void *)M.q; /* quantize allocated them: ours to free after writing */
   snprintf(s->name, sizeof s->name, "%s%s", o->name, E8Q_Q8_SCALES_SUFFIX);
   s->dt = E8Q_DT_F32;
   s->ndim = 2;
   s->shape[0] = V;
   s->shape[1] = D / E8Q_Q8_BLOCK;
-  s->data = s->owned = M.scale;
+  s->data = s->owned = (void *)M.scale;
 }
 
 void e8q_run_gather(e8q_run *R) {

@@ -194,7 +194,9 @@ void e8q_qmodel_close(e8q_qmodel *q) {
   memset(q, 0, sizeof *q);
 }
 
-/* the head stored at 8 bits (an I8 tensor and its scales, common/f16.h) as the kernel's matrix */
+/* the head stored at 8 bits (an I8 tensor and its scales, common/f16.h) as the kernel's matrix,
+ * read in place from the mapping (the scales are 4-byte aligned there: F32 tensors, after an I8
+ * one of a multiple of 32 bytes), copied where they are not */
 static e8q_q8_matrix *q8_from_st(const e8q_qmodel *q, const e8q_st_tensor *t, int64_t V, int64_t D) {
   char sname[256];
   snprintf(sname, sizeof sname, "%s%s", t->name, E8Q_Q8_SCALES_SUFFIX);
@@ -203,13 +205,23 @@ static e8q_q8_matrix *q8_from_st(const e8q_qmodel *q, const e8q_st_tensor *t, in
                 e8q_st_numel(s) * E8Q_Q8_BLOCK == V * D,
             "%s: the 8-bit head %s [%lld x %lld] lacks its F32 scales %s (one per %d weights)", q->dir, t->name,
             (long long)V, (long long)D, sname, E8Q_Q8_BLOCK);
-  e8q_q8_matrix *M = e8q_malloc(sizeof *M, "8-bit head");
+  e8q_q8_matrix *M = e8q_calloc(1, sizeof *M, "8-bit head");
   M->m = (int)V;
   M->n = (int)D;
-  M->q = e8q_alloc_aligned((size_t)(V * D), "8-bit head");
-  M->scale = e8q_alloc_aligned(sizeof(float) * (size_t)(V * D / E8Q_Q8_BLOCK), "8-bit head scales");
-  memcpy(M->q, e8q_st_data(q->st, t), (size_t)(V * D));
-  memcpy(M->scale, e8q_st_data(q->st, s), sizeof(float) * (size_t)(V * D / E8Q_Q8_BLOCK));
+  M->q = e8q_st_data(q->st, t);
+  const float *sc = e8q_st_data(q->st, s);
+  if (((uintptr_t)sc & 3) == 0) {
+    M->scale = sc;
+    M->borrowed = 1;
+  } else { /* both copied, so that one free releases the pair */
+    const size_t ns = (size_t)(V * D / E8Q_Q8_BLOCK);
+    int8_t *qc = e8q_alloc_aligned((size_t)(V * D), "8-bit head");
+    float *scc = e8q_alloc_aligned(sizeof(float) * ns, "8-bit head scales");
+    memcpy(qc, M->q, (size_t)(V * D));
+    memcpy(scc, sc, sizeof(float) * ns);
+    M->q = qc;
+    M->scale = scc;
+  }
   return M;
 }
 
@@ -225,7 +237,7 @@ e8q_model *e8q_qmodel_head(const e8q_qmodel *q) {
     if (ht->dtype == E8Q_DT_F16) m->lm_head_f16 = e8q_st_data(q->st, ht);
     if (ht->dtype == E8Q_DT_BF16) m->lm_head_bf16 = e8q_st_data(q->st, ht); /* a bf16 source's */
   }
-  if (ht && ht->dtype == E8Q_DT_I8) /* quantize --head q8: the stored 8-bit form, copied as it is */
+  if (ht && ht->dtype == E8Q_DT_I8) /* quantize --head q8: the stored 8-bit form, in place */
     m->lm_head_q8 = q8_from_st(q, ht, V, D);
   int64_t s_embed[2] = {V, D};
   m->embed = e8q_malloc(sizeof(float) * (size_t)(V * D), "embed_tokens");

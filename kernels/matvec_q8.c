@@ -19,14 +19,16 @@ void e8q_q8_quantize(e8q_q8_matrix *M, int m, int n, const float *W, const char 
   const int nb = n / E8Q_Q8_BLOCK;
   M->m = m;
   M->n = n;
-  M->q = e8q_alloc_aligned((size_t)m * n, "8-bit matrix");
-  M->scale = e8q_alloc_aligned(sizeof(float) * (size_t)m * nb, "8-bit matrix scales");
+  int8_t *Q = e8q_alloc_aligned((size_t)m * n, "8-bit matrix");                        /* [m, n] */
+  float *S = e8q_alloc_aligned(sizeof(float) * (size_t)m * nb, "8-bit matrix scales"); /* [m, nb] */
+  M->q = Q;
+  M->scale = S;
   int bad = -1;
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < m; r++)
     for (int b = 0; b < nb; b++) {
       const float *w = W + (size_t)r * n + (size_t)b * E8Q_Q8_BLOCK;
-      int8_t *q = M->q + (size_t)r * n + (size_t)b * E8Q_Q8_BLOCK;
+      int8_t *q = Q + (size_t)r * n + (size_t)b * E8Q_Q8_BLOCK;
       float amax = 0;
       for (int j = 0; j < E8Q_Q8_BLOCK; j++) {
         if (!isfinite(w[j])) {
@@ -36,7 +38,7 @@ void e8q_q8_quantize(e8q_q8_matrix *M, int m, int n, const float *W, const char 
         amax = fmaxf(amax, fabsf(w[j]));
       }
       const float s = amax / 127.0f;
-      M->scale[(size_t)r * nb + b] = s;
+      S[(size_t)r * nb + b] = s;
       for (int j = 0; j < E8Q_Q8_BLOCK; j++) {
         float v = s > 0 ? nearbyintf(w[j] / s) : 0.0f;
         q[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
@@ -46,8 +48,10 @@ void e8q_q8_quantize(e8q_q8_matrix *M, int m, int n, const float *W, const char 
 }
 
 void e8q_q8_free(e8q_q8_matrix *M) {
-  free(M->q);
-  free(M->scale);
+  if (!M->borrowed) {
+    free((void *)M->q);
+    free((void *)M->scale);
+  }
   memset(M, 0, sizeof *M);
 }
 

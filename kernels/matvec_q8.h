@@ -17,9 +17,10 @@
 #include "common/f16.h" /* E8Q_Q8_BLOCK (weights per scale; n must be a multiple), e8q_q8_value */
 
 typedef struct {
-  int m, n;     /* rows, columns */
-  int8_t *q;    /* [m, n] round(w / scale), 64-byte aligned; owned */
-  float *scale; /* [m, n / E8Q_Q8_BLOCK] max|w| / 127 of each block; owned */
+  int m, n;           /* rows, columns */
+  const int8_t *q;    /* [m, n] round(w / scale); owned (64-byte aligned) unless borrowed */
+  const float *scale; /* [m, n / E8Q_Q8_BLOCK] max|w| / 127 of each block; owned unless borrowed */
+  int borrowed;       /* 1: q and scale point into a mapping (a stored 8-bit head), not freed */
 } e8q_q8_matrix;
 
 /* M <- W [m, n] f32 rounded as above; fatal (naming `what`) unless n % E8Q_Q8_BLOCK == 0 and
