@@ -470,6 +470,41 @@ void e8q_xsum_get(const e8q_xsum *s, double *out) {
   for (size_t i = 0; i < s->n; i++) out[i] = e8q_xsum_to_double(s->v[i], s->frac_bits);
 }
 
+/* ---------------------------------------------------------------- limbs (NCCL transport) */
+#define LIMB_MASK ((UINT64_C(1) << E8Q_XSUM_LIMB_BITS) - 1)
+
+void e8q_xsum_limbs(const __int128 *v, size_t n, int64_t *limbs) {
+  for (size_t i = 0; i < n; i++) {
+    const unsigned __int128 u = (unsigned __int128)v[i]; /* two's-complement bits */
+    limbs[3 * i + 0] = (int64_t)((uint64_t)u & LIMB_MASK);
+    limbs[3 * i + 1] = (int64_t)((uint64_t)(u >> E8Q_XSUM_LIMB_BITS) & LIMB_MASK);
+    limbs[3 * i + 2] = (int64_t)(v[i] >> (2 * E8Q_XSUM_LIMB_BITS)); /* arithmetic: keeps the sign */
+  }
+}
+
+/* The low limbs (any int64, summed limbs may be negative too) form a = l0 + l1 * 2^42,
+ * |a| < 2^106; its bits from 2^84 up are carried into the top limb, so that
+ * total = hi * 2^84 + lo with lo in [0, 2^84): total fits 128 bits exactly when
+ * hi is in [-2^43, 2^43). */
+int e8q_xsum_limbs_join(const int64_t l[3], __int128 *v) {
+  const int top = 2 * E8Q_XSUM_LIMB_BITS; /* 84 */
+  const __int128 a = (__int128)l[0] + (__int128)l[1] * ((__int128)1 << E8Q_XSUM_LIMB_BITS);
+  const __int128 lo = a & ((((__int128)1) << top) - 1);
+  const __int128 hi = (__int128)l[2] + (a >> top); /* a >> top: floor, |.| < 2^22 */
+  const __int128 lim = (__int128)1 << (127 - top); /* 2^43 */
+  if (hi < -lim || hi >= lim) return 0;
+  *v = hi * ((__int128)1 << top) + lo;
+  return 1;
+}
+
+void e8q_xsum_from_limbs(const int64_t *limbs, size_t n, __int128 *v) {
+  for (size_t i = 0; i < n; i++)
+    E8Q_CHECK(e8q_xsum_limbs_join(limbs + 3 * i, &v[i]),
+              "e8q_xsum: exact accumulator overflow (|sum| >= 2^127 units) in value %zu of %zu after "
+              "the NCCL reduction; lower frac_bits", i, n);
+}
+
+/* ---------------------------------------------------------------- ordered all-reduce */
 /* MPI user op on 16-byte two's-complement integers (byte blocks; commutative, exact) */
 static void xsum_mpi_op(void *in, void *inout, int *len, MPI_Datatype *dt) {
   (void)dt;
@@ -483,14 +518,8 @@ static void xsum_mpi_op(void *in, void *inout, int *len, MPI_Datatype *dt) {
   }
 }
 
-void e8q_comm_allreduce_sum_ordered(e8q_comm *c, e8q_xsum *s, double *out) {
-  long long mine[2] = {(long long)s->n, s->frac_bits}, lo[2], hi[2];
-  E8Q_CHECK_MPI(MPI_Allreduce(mine, lo, 2, MPI_LONG_LONG, MPI_MIN, c->mpi));
-  E8Q_CHECK_MPI(MPI_Allreduce(mine, hi, 2, MPI_LONG_LONG, MPI_MAX, c->mpi));
-  E8Q_CHECK(lo[0] == hi[0] && lo[1] == hi[1],
-            "e8q_comm_allreduce_sum_ordered: ranks disagree on the accumulator (n %lld..%lld, "
-            "frac_bits %lld..%lld); every rank must init the same shape",
-            lo[0], hi[0], lo[1], hi[1]);
+/* s->v [n] summed over ranks through MPI, 16-byte blocks with xsum_mpi_op */
+static void xsum_allreduce_mpi(e8q_comm *c, e8q_xsum *s) {
   MPI_Datatype t;
   MPI_Op op;
   E8Q_CHECK_MPI(MPI_Type_contiguous(16, MPI_BYTE, &t));
@@ -503,5 +532,40 @@ void e8q_comm_allreduce_sum_ordered(e8q_comm *c, e8q_xsum *s, double *out) {
   }
   MPI_Op_free(&op);
   MPI_Type_free(&t);
+}
+
+#ifdef E8Q_HAVE_CUDA
+/* s->v [n] summed over ranks through NCCL: per segment of k values, limbs [k][3] int64 on the
+ * host, summed by an int64 NCCL all-reduce staged through device memory, recombined into v */
+static void xsum_allreduce_nccl(e8q_comm *c, e8q_xsum *s) {
+  E8Q_CHECK(c->size <= E8Q_XSUM_LIMB_MAX_RANKS,
+            "e8q_comm_allreduce_sum_ordered: %d ranks exceed the %d the NCCL limb transport can sum "
+            "without int64 overflow", c->size, E8Q_XSUM_LIMB_MAX_RANKS);
+  const size_t seg = (size_t)1 << 22; /* values per segment: limbs of 96 MiB */
+  const size_t cap = s->n < seg ? s->n : seg;
+  int64_t *limbs = e8q_malloc(3 * (cap ? cap : 1) * sizeof(int64_t), "exact sum limbs"); /* [cap][3] */
+  for (size_t off = 0; off < s->n; off += seg) {
+    const size_t k = s->n - off < seg ? s->n - off : seg;
+    e8q_xsum_limbs(s->v + off, k, limbs);
+    e8q_nccl_allreduce_i64_host(c->nccl, limbs, 3 * k);
+    e8q_xsum_from_limbs(limbs, k, s->v + off);
+  }
+  free(limbs);
+}
+#endif
+
+void e8q_comm_allreduce_sum_ordered(e8q_comm *c, e8q_xsum *s, double *out) {
+  long long mine[2] = {(long long)s->n, s->frac_bits}, lo[2], hi[2];
+  E8Q_CHECK_MPI(MPI_Allreduce(mine, lo, 2, MPI_LONG_LONG, MPI_MIN, c->mpi));
+  E8Q_CHECK_MPI(MPI_Allreduce(mine, hi, 2, MPI_LONG_LONG, MPI_MAX, c->mpi));
+  E8Q_CHECK(lo[0] == hi[0] && lo[1] == hi[1],
+            "e8q_comm_allreduce_sum_ordered: ranks disagree on the accumulator (n %lld..%lld, "
+            "frac_bits %lld..%lld); every rank must init the same shape",
+            lo[0], hi[0], lo[1], hi[1]);
+#ifdef E8Q_HAVE_CUDA
+  if (c->nccl) xsum_allreduce_nccl(c, s);
+  else
+#endif
+    xsum_allreduce_mpi(c, s);
   if (out) e8q_xsum_get(s, out);
 }

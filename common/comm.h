@@ -142,8 +142,30 @@ double e8q_xsum_to_double_ref(__int128 v, int frac_bits); /* ldexp of the 128-bi
 
 /* Collective: replaces every rank's s by the exact sum of all ranks' s (integer reduction,
  * order-independent), then writes the rounded total to out [n] (may be NULL) on every rank.
- * All ranks must pass the same n and frac_bits (checked). */
+ * All ranks must pass the same n and frac_bits (checked, over MPI).
+ * Transport: on a communicator with NCCL open (e8q_comm_has_device) each value is split into
+ * three int64 limbs (e8q_xsum_limbs below), the limbs are summed as int64 by NCCL (integer
+ * addition: exact, so NCCL's ring order does not matter) and recombined in 128 bits; otherwise
+ * the 128-bit values go through an MPI user op. Both give the same bits. Overflow of the total
+ * (|sum| >= 2^127 units) is fatal either way; MPI may also stop on an intermediate partial sum
+ * that overflows, NCCL only on the final total. The NCCL path needs at most
+ * E8Q_XSUM_LIMB_MAX_RANKS ranks (checked). */
 void e8q_comm_allreduce_sum_ordered(e8q_comm *c, e8q_xsum *s, double *out);
+
+/* Limbs of the NCCL transport: v = l0 + l1 * 2^42 + l2 * 2^84 with l0, l1 in [0, 2^42) and
+ * l2 = v >> 84 (arithmetic shift) in [-2^43, 2^43). Summed elementwise as int64 over R ranks,
+ * l0 and l1 stay below R * 2^42 and |l2| <= R * 2^43, so no int64 sum wraps while
+ * R <= 2^20 = E8Q_XSUM_LIMB_MAX_RANKS (the signed top limb sets the bound). */
+#define E8Q_XSUM_LIMB_BITS 42
+#define E8Q_XSUM_LIMB_MAX_RANKS (1 << 20)
+/* limbs [n][3] (value-major: limbs[3i + j] = limb j of v[i]) from v [n] */
+void e8q_xsum_limbs(const __int128 *v, size_t n, int64_t *limbs);
+/* One value from the three summed limbs l [3]: *v = l[0] + l[1] * 2^42 + l[2] * 2^84 exactly;
+ * returns 1, or 0 (*v untouched) when that total is outside [-2^127, 2^127). Exact for any
+ * int64 limbs (no false overflow when the top limb alone would be out of range). */
+int e8q_xsum_limbs_join(const int64_t l[3], __int128 *v);
+/* v [n] from summed limbs [n][3]; a total outside 128 bits is fatal (accumulator overflow) */
+void e8q_xsum_from_limbs(const int64_t *limbs, size_t n, __int128 *v);
 
 #ifdef __cplusplus
 }

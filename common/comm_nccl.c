@@ -77,6 +77,26 @@ void e8q_nccl_allreduce(e8q_nccl *g, int dt, int op, void *buf, size_t n) {
   sync_stream(g);
 }
 
+/* host [n] int64 -> device stage [<= E8Q_NCCL_STAGE] -> int64 sum all-reduce -> back to host,
+ * one segment at a time; the copies run on the backend's stream, synchronised per segment */
+void e8q_nccl_allreduce_i64_host(e8q_nccl *g, int64_t *host, size_t n) {
+  if (n == 0) return;
+  CUDA_OK(cudaSetDevice(g->device));
+  const size_t cap = n < E8Q_NCCL_STAGE ? n : E8Q_NCCL_STAGE;
+  int64_t *stage = NULL; /* [cap] on the device */
+  cudaError_t ce = cudaMalloc((void **)&stage, cap * sizeof(int64_t));
+  E8Q_CHECK(ce == cudaSuccess, "NCCL communicator: cannot allocate %zu bytes of device memory to stage an "
+            "int64 all-reduce of %zu values (%s)", cap * sizeof(int64_t), n, cudaGetErrorString(ce));
+  for (size_t off = 0; off < n; off += cap) {
+    const size_t k = n - off < cap ? n - off : cap, bytes = k * sizeof(int64_t);
+    CUDA_OK(cudaMemcpyAsync(stage, host + off, bytes, cudaMemcpyHostToDevice, g->stream));
+    e8q_nccl_allreduce(g, 2 /* int64 */, E8Q_NCCL_SUM, stage, k); /* same stream, synchronised */
+    CUDA_OK(cudaMemcpyAsync(host + off, stage, bytes, cudaMemcpyDeviceToHost, g->stream));
+    sync_stream(g);
+  }
+  CUDA_OK(cudaFree(stage));
+}
+
 void e8q_nccl_reduce_sum(e8q_nccl *g, int dt, void *buf, size_t n, int root) {
   CUDA_OK(cudaSetDevice(g->device));
   NCCL_OK(ncclReduce(buf, buf, n, nccl_dt(dt), ncclSum, root, g->comm, g->stream));

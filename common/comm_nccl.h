@@ -5,6 +5,7 @@
 #define E8Q_COMMON_COMM_NCCL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <mpi.h>
 
 typedef struct e8q_nccl e8q_nccl;
@@ -18,6 +19,10 @@ int e8q_nccl_device(const e8q_nccl *g); /* the CUDA device it was opened on */
 enum { E8Q_NCCL_SUM = 0, E8Q_NCCL_MAX = 1 };
 /* dt: 0 f32, 1 f64, 2 i64, 3 i32 (e8q_comm_type); op: E8Q_NCCL_SUM or E8Q_NCCL_MAX */
 void e8q_nccl_allreduce(e8q_nccl *g, int dt, int op, void *buf, size_t n);
+/* in place on HOST memory: host[i] = sum over ranks of host[i] (int64); host: [n]. Staged
+ * through one device buffer of at most E8Q_NCCL_STAGE elements, segment by segment. */
+#define E8Q_NCCL_STAGE ((size_t)1 << 24)
+void e8q_nccl_allreduce_i64_host(e8q_nccl *g, int64_t *host, size_t n);
 void e8q_nccl_reduce_sum(e8q_nccl *g, int dt, void *buf, size_t n, int root);
 void e8q_nccl_bcast(e8q_nccl *g, void *buf, size_t bytes, int root);
 /* counts [size] in bytes; root < 0 means allgatherv */

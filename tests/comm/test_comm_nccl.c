@@ -1,8 +1,11 @@
 /* tests/comm/test_comm_nccl.c: e8q_comm on device buffers (NCCL), one GPU per rank.
  * Skips (exit code 77, with the reason) when there are fewer CUDA devices than ranks.
- * Values are exact; results are copied back to the host and checked there. */
+ * Values are exact; results are copied back to the host and checked there. The exact ordered
+ * sum (e8q_xsum) on the NCCL communicator is checked bit for bit against MPI and a local sum. */
 #include <cuda_runtime.h>
+#include <math.h>
 #include <mpi.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +15,71 @@
 #include "common/error.h"
 #include "comm_check.h"
 #define CU(call) E8Q_CHECK((call) == cudaSuccess, "%s failed", #call)
+
+/* chunk k of rank r's contribution to the ordered sum: x [n] from (r, k) only, both signs,
+ * magnitudes 2^-70 .. 2^58 (|sum| of up to 32 chunks stays inside the default range 2^62),
+ * exact zeros, one negative unit (-2^-64: every limb bit set) and exact 2^58s */
+static uint64_t xs_mix(uint64_t z) { /* splitmix64 */
+  z += 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+static void xsum_chunk(int r, int k, double *x, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    const uint64_t h = xs_mix(((uint64_t)r << 40) ^ ((uint64_t)k << 32) ^ i);
+    const double m = (double)(h >> 11) * 0x1p-53 * (h & 1 ? -1 : 1); /* (-1, 1) */
+    if (i % 13 == 0) x[i] = 0;
+    else if (i % 7 == 0) x[i] = -0x1p-64;
+    else if (i % 11 == 0) x[i] = r % 2 ? -0x1p58 : 0x1p58;
+    else x[i] = ldexp(m, (int)((h >> 1) % 129) - 70);
+  }
+}
+
+/* every rank adds its chunks; e8q_comm_allreduce_sum_ordered on the NCCL communicator c must
+ * give the bits of the same call on a host-only (MPI) communicator and of all ranks' chunks
+ * summed here without communication */
+static void test_ordered_sum_nccl(e8q_comm *c, int p) {
+  enum { NX = 5003, K = 3 };
+  e8q_comm *h = e8q_comm_world(-1); /* host-only: MPI path */
+  CHECK(e8q_comm_has_device(c) && !e8q_comm_has_device(h), "communicator kinds");
+  e8q_xsum sn, sh, sl; /* NCCL, MPI, local */
+  e8q_xsum_init(&sn, NX, E8Q_XSUM_FRAC_DEFAULT);
+  e8q_xsum_init(&sh, NX, E8Q_XSUM_FRAC_DEFAULT);
+  e8q_xsum_init(&sl, NX, E8Q_XSUM_FRAC_DEFAULT);
+  double *x = malloc(sizeof(double) * NX), *on = malloc(sizeof(double) * NX),
+         *oh = malloc(sizeof(double) * NX), *ol = malloc(sizeof(double) * NX);
+  for (int k = 0; k < K; k++) {
+    xsum_chunk(g_rank, k, x, NX);
+    e8q_xsum_add(&sn, x);
+    e8q_xsum_add(&sh, x);
+  }
+  for (int r = 0; r < p; r++)
+    for (int k = 0; k < K; k++) {
+      xsum_chunk(r, k, x, NX);
+      e8q_xsum_add(&sl, x);
+    }
+  e8q_comm_allreduce_sum_ordered(c, &sn, on);
+  e8q_comm_allreduce_sum_ordered(h, &sh, oh);
+  e8q_xsum_get(&sl, ol);
+  int bad_h = 0, bad_l = 0, neg = 0;
+  for (int i = 0; i < NX; i++) {
+    bad_h += sn.v[i] != sh.v[i];
+    bad_l += sn.v[i] != sl.v[i];
+    neg += sl.v[i] < 0;
+  }
+  CHECK(bad_h == 0, "ordered sum: %d of %d fixed-point totals over NCCL differ from MPI's", bad_h, NX);
+  CHECK(bad_l == 0, "ordered sum: %d of %d fixed-point totals over NCCL differ from the local sum", bad_l, NX);
+  CHECK(memcmp(on, oh, sizeof(double) * NX) == 0, "ordered sum: doubles over NCCL differ from MPI's");
+  CHECK(memcmp(on, ol, sizeof(double) * NX) == 0, "ordered sum: doubles over NCCL differ from the local sum");
+  CHECK(neg > NX / 4 && neg < 3 * NX / 4, "ordered sum: %d of %d totals negative (test data lost its signs)",
+        neg, NX);
+  e8q_xsum_free(&sn);
+  e8q_xsum_free(&sh);
+  e8q_xsum_free(&sl);
+  free(x); free(on); free(oh); free(ol);
+  e8q_comm_free(h);
+}
 
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
@@ -111,6 +179,8 @@ int main(int argc, char **argv) {
       for (size_t j = 0; j < counts[k]; j++) bad += hr[off++] != (unsigned char)(11 * k + j);
     CHECK(bad == 0, "device %s: %d wrong bytes", pass ? "gatherv" : "allgatherv", bad);
   }
+
+  test_ordered_sum_nccl(c, p);
 
   int rc = check_report("test_comm_nccl");
   cudaFree(df); cudaFree(dd); cudaFree(ds); cudaFree(dr);
