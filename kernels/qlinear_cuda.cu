@@ -10,6 +10,12 @@
 //                 to 8 batch columns at a time, warp-shuffle reduction, lane 0 writes z.
 //   codes_kernel_b1  the same at batch 1 with the input vector staged in shared memory per
 //                 block (used when n_pad floats fit).
+// Fine-tuning (the backward, qlinear_grad.h's chain on device buffers):
+//   codes_t_kernel  the transpose product: one thread per (code column, tile of 8 batch rows,
+//                 chunk of rows), 128 threads a block; rows summed in order within a chunk
+//   sum_chunks_kernel  the chunks' partial products added in chunk order (grid-stride)
+//   coldot_kernel one thread per column: a float64 sum over the batch in order (dSU, dSV)
+//   rowscale_kernel  out[b, i] = s[i] · in[b, i] (grid-stride): y from the kept z, dx from v
 // The launchers own the geometry and report unsupported shapes instead of launching; the C
 // side (qlinear_gpu.c) then falls back to the CPU path. No e8q_common calls here: errors are
 // returned as text.
@@ -31,12 +37,15 @@ struct e8q_cu_qlinear {
   uint16_t *codes;      // [m, nc] device
   void *codes2;         // [m, nc] u16 or u8, device (NULL at 2 bit)
   float *SU;            // [n_pad]
-  float *out_scale;     // [m]
+  float *out_scale;     // [m] fs(piece(r)) · SV[r]
+  float *fs_row;        // [m] fs(piece(r)): dSV's factor
   float *R_in, *R_out;  // [K, K] or NULL
   uint32_t *abs_tab;    // [256] packed abs rows (codebook.h host table, uploaded)
   int8_t *grid2;        // [256 * 8] 1-bit grid in half units
   int cap_batch;        // capacity of the work buffers below
   float *x, *u, *z, *y; // [cap, n], [cap, n_pad], [cap, m], [cap, m]
+  float *tpart;         // [chunks, batch, n_pad] the transpose product's partials (backward)
+  size_t tpart_cap;     // floats allocated in tpart
   cudaStream_t stream;  // every product of the layer runs here: the work buffers are single-use
   cudaEvent_t ev_in, ev_out; // a caller's stream -> stream -> the caller's stream
 };
@@ -140,12 +149,71 @@ __global__ void codes_kernel_b1(int cb, const uint16_t *codes, const void *codes
   if (lane == 0) z[row] = v;
 }
 
+// ---------------------------------------------------------------- backward kernels
+// grid (ceil(nc / 128), batch tiles, chunks), 128 threads; out: t [batch, n_pad] when there is
+// one chunk, else the chunk's slice of the partials [chunks, batch, n_pad]
+#define T_THREADS 128
+__global__ void codes_t_kernel(int cb, const uint16_t *codes, const void *codes2, int m, int nc, float inv_rs,
+                               const uint32_t *abs_g, const int8_t *grid_g, const float *g, int batch, int n_pad,
+                               int rows_per_chunk, float *out) {
+  __shared__ uint32_t abs_tab[256];
+  __shared__ int8_t grid2[256 * 8];
+  stage_tables(cb, abs_g, grid_g, abs_tab, grid2);
+  __syncthreads();
+  const int j = blockIdx.x * T_THREADS + threadIdx.x, b0 = blockIdx.y * E8Q_QDEV_BT, c = blockIdx.z;
+  if (j >= nc) return;
+  const int bt = batch - b0 < E8Q_QDEV_BT ? batch - b0 : E8Q_QDEV_BT;
+  const int r0 = c * rows_per_chunk, r1 = r0 + rows_per_chunk < m ? r0 + rows_per_chunk : m;
+  float acc[E8Q_QDEV_BT][8];
+#pragma unroll
+  for (int t = 0; t < E8Q_QDEV_BT; t++)
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[t][e] = 0.0f;
+  e8q_qdev_col_partial(cb, abs_tab, grid2, codes, codes2, nc, inv_rs, g, m, r0, r1, j, b0, bt, acc);
+  float *o = out + (size_t)c * batch * n_pad;
+  for (int t = 0; t < bt; t++)
+#pragma unroll
+    for (int e = 0; e < 8; e++) o[(size_t)(b0 + t) * n_pad + 8 * j + e] = acc[t][e];
+}
+
+__global__ void sum_chunks_kernel(size_t total, int chunks, const float *part, float *t) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    float s = part[i];
+    for (int c = 1; c < chunks; c++) s += part[(size_t)c * total + i];
+    t[i] = s;
+  }
+}
+
+// acc[k] += (float)(Σ_b a[b, k] c[b, k] · scale[k]) for k < cols (scale NULL: 1)
+__global__ void coldot_kernel(int batch, int cols, const float *a, int lda, const float *c, int ldc,
+                              const float *scale, float *acc) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= cols) return;
+  double s = e8q_qdev_coldot(batch, a, lda, c, ldc, k);
+  if (scale) s *= (double)scale[k];
+  acc[k] += (float)s;
+}
+
+__global__ void rowscale_kernel(int batch, int cols, const float *s, const float *in, int ldi, float *out, int ldo) {
+  const size_t total = (size_t)batch * cols;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t b = i / cols, k = i % cols;
+    out[b * ldo + k] = s[k] * in[b * ldi + k];
+  }
+}
+
+static unsigned grid_1d(size_t n, int threads) {
+  size_t g = (n + threads - 1) / threads;
+  return (unsigned)(g < 65535 ? (g > 0 ? g : 1) : 65535);
+}
+
 // ---------------------------------------------------------------- host side
 extern "C" void e8q_cu_qlinear_free(void *h) {
   e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
   if (!g) return;
   cudaSetDevice(g->device);
-  cudaFree(g->codes); cudaFree(g->codes2); cudaFree(g->SU); cudaFree(g->out_scale);
+  cudaFree(g->codes); cudaFree(g->codes2); cudaFree(g->SU); cudaFree(g->out_scale); cudaFree(g->fs_row);
+  cudaFree(g->tpart);
   cudaFree(g->R_in); cudaFree(g->R_out); cudaFree(g->abs_tab); cudaFree(g->grid2);
   cudaFree(g->x); cudaFree(g->u); cudaFree(g->z); cudaFree(g->y);
   if (g->ev_in) cudaEventDestroy(g->ev_in);
@@ -207,6 +275,15 @@ extern "C" int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **ou
     rc |= upload(&g->codes2, q->d.codes2, ncodes * (q->d.codebook == E8Q_CB_E8P12RVQ4B ? 2 : 1), err, errlen);
   if (!rc) rc |= upload((void **)&g->SU, q->d.SU, sizeof(float) * q->d.n_pad, err, errlen);
   if (!rc) rc |= upload((void **)&g->out_scale, q->out_scale, sizeof(float) * q->d.m, err, errlen);
+  if (!rc) { // each row's fuse scale (the walk over pieces of e8q_qlinear_init)
+    float *fs = new float[q->d.m];
+    for (int r = 0, piece = 0, left = q->d.piece_rows ? q->d.piece_rows[0] : q->d.m; r < q->d.m; r++, left--) {
+      while (left == 0) left = q->d.piece_rows[++piece];
+      fs[r] = q->d.fuse_scales ? q->d.fuse_scales[piece] : 1.0f;
+    }
+    rc |= upload((void **)&g->fs_row, fs, sizeof(float) * q->d.m, err, errlen);
+    delete[] fs;
+  }
   // the factors from the layer's own transforms (the desc's R pointers are only valid during init)
   if (!rc && q->d.K_in > 1) rc |= upload((void **)&g->R_in, q->h_in.f.Rf, sizeof(float) * q->d.K_in * q->d.K_in, err, errlen);
   if (!rc && q->d.K_out > 1) rc |= upload((void **)&g->R_out, q->h_out.f.Rf, sizeof(float) * q->d.K_out * q->d.K_out, err, errlen);
@@ -245,21 +322,26 @@ static int grow(e8q_cu_qlinear *g, int batch, char *err, size_t errlen) {
   return 0;
 }
 
-// device pointers: x [batch, n] -> y [batch, m], asynchronous on `stream` (NULL: the layer's own
-// stream). The kernels always run on the layer's stream, ordered after the caller's stream and
-// before its later work by two events: products of one layer from several streams serialise
-// instead of sharing the work buffers u, z (grown as needed; cudaFree synchronises).
-extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, void *stream_,
-                                          char *err, size_t errlen) {
-  e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
-  const cudaStream_t st = g->stream, caller = stream_ ? (cudaStream_t)stream_ : g->stream;
-  if (batch <= 0) return 0;
-  CU_TRY(cudaSetDevice(g->device));
-  if (grow(g, batch, err, errlen)) return -1;
-  if (caller != st) {
-    CU_TRY(cudaEventRecord(g->ev_in, caller));
-    CU_TRY(cudaStreamWaitEvent(st, g->ev_in, 0));
-  }
+// the caller's stream -> the layer's stream (begin) and back (end): the layer's kernels always
+// run on its own stream, so products of one layer from several streams serialise instead of
+// sharing the work buffers u, z, tpart (grown as needed; cudaFree synchronises)
+static int stream_begin(e8q_cu_qlinear *g, cudaStream_t caller, char *err, size_t errlen) {
+  if (caller == g->stream) return 0;
+  CU_TRY(cudaEventRecord(g->ev_in, caller));
+  CU_TRY(cudaStreamWaitEvent(g->stream, g->ev_in, 0));
+  return 0;
+}
+static int stream_end(e8q_cu_qlinear *g, cudaStream_t caller, char *err, size_t errlen) {
+  if (caller == g->stream) return 0;
+  CU_TRY(cudaEventRecord(g->ev_out, g->stream));
+  CU_TRY(cudaStreamWaitEvent(caller, g->ev_out, 0));
+  return 0;
+}
+
+// x [batch, n] -> y [batch, m] on the layer's stream; zk [batch, m] (or NULL): the output
+// before the per-row scales, Wscale · M_m z (e8q_qlinear_forward_keep's z), for the backward
+static int forward_run(e8q_cu_qlinear *g, int batch, const float *x, float *y, float *zk, char *err, size_t errlen) {
+  const cudaStream_t st = g->stream;
   had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->n_pad, st>>>(x, g->n, g->n, g->SU, g->n_pad, g->K_in, g->R_in, 1,
                                                                    1.0f, NULL, g->u);
   CU_TRY(cudaGetLastError());
@@ -272,12 +354,97 @@ extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, fl
                                                         g->abs_tab, g->grid2, g->u, g->n_pad, batch, g->z);
   CU_TRY(cudaGetLastError());
   had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->m, st>>>(g->z, g->m, g->m, NULL, g->m, g->K_out, g->R_out, 0,
-                                                               g->Wscale, g->out_scale, y);
+                                                               g->Wscale, zk ? NULL : g->out_scale, zk ? zk : y);
   CU_TRY(cudaGetLastError());
-  if (caller != st) {
-    CU_TRY(cudaEventRecord(g->ev_out, st));
-    CU_TRY(cudaStreamWaitEvent(caller, g->ev_out, 0));
+  if (zk) {
+    rowscale_kernel<<<grid_1d((size_t)batch * g->m, 256), 256, 0, st>>>(batch, g->m, g->out_scale, zk, g->m, y, g->m);
+    CU_TRY(cudaGetLastError());
   }
+  return 0;
+}
+
+// device pointers: x [batch, n] -> y [batch, m], asynchronous on `stream` (NULL: the layer's own
+// stream), ordered after the caller's stream and before its later work by two events
+extern "C" int e8q_cu_qlinear_forward_keep_dev(void *h, int batch, const float *x, float *y, float *zk,
+                                               void *stream_, char *err, size_t errlen);
+extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, void *stream_,
+                                          char *err, size_t errlen) {
+  return e8q_cu_qlinear_forward_keep_dev(h, batch, x, y, NULL, stream_, err, errlen);
+}
+
+extern "C" int e8q_cu_qlinear_forward_keep_dev(void *h, int batch, const float *x, float *y, float *zk,
+                                               void *stream_, char *err, size_t errlen) {
+  e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
+  const cudaStream_t caller = stream_ ? (cudaStream_t)stream_ : g->stream;
+  if (batch <= 0) return 0;
+  CU_TRY(cudaSetDevice(g->device));
+  if (grow(g, batch, err, errlen)) return -1;
+  if (stream_begin(g, caller, err, errlen) || forward_run(g, batch, x, y, zk, err, errlen)) return -1;
+  return stream_end(g, caller, err, errlen);
+}
+
+// the backward chain of qlinear_grad.h on device buffers (see qlinear_gpu.h)
+extern "C" int e8q_cu_qlinear_backward_dev(void *h, int batch, const float *x, const float *zk, const float *dy,
+                                           float *dx, float *dSU, float *dSV, void *stream_, char *err,
+                                           size_t errlen) {
+  e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
+  const cudaStream_t st = g->stream, caller = stream_ ? (cudaStream_t)stream_ : g->stream;
+  if (batch <= 0) return 0;
+  CU_TRY(cudaSetDevice(g->device));
+  if (grow(g, batch, err, errlen)) return -1;
+  const int chunks = e8q_qdev_t_chunks(g->m, g->nc, batch, g->n_pad);
+  const size_t part = chunks > 1 ? (size_t)chunks * batch * g->n_pad : 0;
+  if (part > g->tpart_cap) {
+    CU_TRY(cudaFree(g->tpart));
+    g->tpart = NULL;
+    g->tpart_cap = 0;
+    CU_TRY(cudaMalloc((void **)&g->tpart, sizeof(float) * part));
+    g->tpart_cap = part;
+  }
+  if (stream_begin(g, caller, err, errlen)) return -1;
+  if (dSV) { // dSV[r] += fs[r] · Σ_b dy[b, r] zk[b, r]
+    coldot_kernel<<<grid_1d(g->m, 256), 256, 0, st>>>(batch, g->m, dy, g->m, zk, g->m, g->fs_row, dSV);
+    CU_TRY(cudaGetLastError());
+  }
+  if (dx || dSU) {
+    // dz = Wscale · M_mᵀ (os ⊙ dy)
+    had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->m, st>>>(dy, g->m, g->m, g->out_scale, g->m, g->K_out, g->R_out,
+                                                                 1, g->Wscale, NULL, g->z);
+    CU_TRY(cudaGetLastError());
+    // t = Ŵrᵀ dz into u, by chunks of rows added in order
+    const int rows = (g->m + chunks - 1) / chunks;
+    const dim3 grid((g->nc + T_THREADS - 1) / T_THREADS, (batch + E8Q_QDEV_BT - 1) / E8Q_QDEV_BT, chunks);
+    codes_t_kernel<<<grid, T_THREADS, 0, st>>>(g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs, g->abs_tab,
+                                               g->grid2, g->z, batch, g->n_pad, rows, chunks > 1 ? g->tpart : g->u);
+    CU_TRY(cudaGetLastError());
+    if (chunks > 1) {
+      const size_t total = (size_t)batch * g->n_pad;
+      sum_chunks_kernel<<<grid_1d(total, 256), 256, 0, st>>>(total, chunks, g->tpart, g->u);
+      CU_TRY(cudaGetLastError());
+    }
+    // v = M_n_pad t, in place (each block stages its row before writing it)
+    had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->n_pad, st>>>(g->u, g->n_pad, g->n_pad, NULL, g->n_pad, g->K_in,
+                                                                     g->R_in, 0, 1.0f, NULL, g->u);
+    CU_TRY(cudaGetLastError());
+    if (dSU) { // dSU[k] += Σ_b x[b, k] v[b, k], k < n
+      coldot_kernel<<<grid_1d(g->n, 256), 256, 0, st>>>(batch, g->n, x, g->n, g->u, g->n_pad, NULL, dSU);
+      CU_TRY(cudaGetLastError());
+    }
+    if (dx) { // dx = SU ⊙ v (the padding columns have no input)
+      rowscale_kernel<<<grid_1d((size_t)batch * g->n, 256), 256, 0, st>>>(batch, g->n, g->SU, g->u, g->n_pad, dx, g->n);
+      CU_TRY(cudaGetLastError());
+    }
+  }
+  return stream_end(g, caller, err, errlen);
+}
+
+// SU [n_pad] and the output scales [m] again (after a fine-tuning step changed them)
+extern "C" int e8q_cu_qlinear_set_scales(void *h, const float *SU, const float *out_scale, char *err, size_t errlen) {
+  e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
+  CU_TRY(cudaSetDevice(g->device));
+  CU_TRY(cudaStreamSynchronize(g->stream)); // no product of the layer still reads them
+  CU_TRY(cudaMemcpy(g->SU, SU, sizeof(float) * g->n_pad, cudaMemcpyHostToDevice));
+  CU_TRY(cudaMemcpy(g->out_scale, out_scale, sizeof(float) * g->m, cudaMemcpyHostToDevice));
   return 0;
 }
 

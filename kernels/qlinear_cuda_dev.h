@@ -76,4 +76,55 @@ static inline E8Q_HD float e8q_qdev_had_mix(const float *X, const float *R, int 
   return acc * sc;
 }
 
+/* ---------------------------------------------------------------- the transpose product (backward)
+ * t[b, 8j+e] = Σ_r Ŵr[r, 8j+e] · g[b, r] (e8q_qlinear_codes_matmul_t_ref's product). A thread owns
+ * one code column j, a tile of up to E8Q_QDEV_BT batch rows and one chunk of rows r0..r1-1,
+ * summed in row order; the launcher splits the rows into e8q_qdev_t_chunks chunks (a function
+ * of the shape and batch only, so the bits do not depend on the device) and adds the chunks'
+ * partial products in chunk order. */
+#define E8Q_QDEV_T_ROWS_MIN 64          /* rows per chunk at least */
+#define E8Q_QDEV_T_THREADS 65536L       /* threads the split aims at (a device's worth) */
+#define E8Q_QDEV_T_SCRATCH (1L << 26)   /* floats of partial products at most (256 MiB) */
+
+static inline E8Q_HD int e8q_qdev_t_chunks(int m, int nc, int batch, int n_pad) {
+  const long cols = (long)nc * ((batch + E8Q_QDEV_BT - 1) / E8Q_QDEV_BT);
+  long c = (E8Q_QDEV_T_THREADS + cols - 1) / (cols > 0 ? cols : 1);
+  const long by_rows = (m + E8Q_QDEV_T_ROWS_MIN - 1) / E8Q_QDEV_T_ROWS_MIN;
+  const long by_mem = E8Q_QDEV_T_SCRATCH / ((long)(batch > 0 ? batch : 1) * n_pad);
+  if (c > by_rows) c = by_rows;
+  if (c > by_mem) c = by_mem;
+  return c > 1 ? (int)c : 1;
+}
+
+/* acc[t][e] += Σ_{r0 ≤ r < r1} Ŵr[r, 8j+e] · g[(b0+t)·m + r] for t < bt, rows in order.
+ * codes1 [m, nc], codes2 [m, nc] (u16 RVQ4, u8 RVQ3, ignored at 2 bit), g [batch, m]. */
+static inline E8Q_HD void e8q_qdev_col_partial(int cb, const uint32_t *abs_tab, const int8_t *grid2,
+                                               const uint16_t *codes1, const void *codes2, int nc, float inv_rs,
+                                               const float *g, int m, int r0, int r1, int j, int b0, int bt,
+                                               float acc[E8Q_QDEV_BT][8]) {
+  for (int r = r0; r < r1; r++) {
+    const size_t idx = (size_t)r * nc + j;
+    uint32_t c2 = 0;
+    if (cb == E8Q_CB_E8P12RVQ4B) c2 = ((const uint16_t *)codes2)[idx];
+    else if (cb == E8Q_CB_E8P12RVQ3B) c2 = ((const uint8_t *)codes2)[idx];
+    float w[8];
+    e8q_qdev_decode(cb, abs_tab, grid2, codes1[idx], c2, inv_rs, w);
+    for (int t = 0; t < E8Q_QDEV_BT; t++) {
+      if (t < bt) {
+        const float gv = g[(size_t)(b0 + t) * m + r];
+        for (int e = 0; e < 8; e++) acc[t][e] += w[e] * gv;
+      }
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- scale gradients (backward)
+ * Σ_b a[b·lda + k] · c[b·ldc + k] over b = 0..batch-1 in order, in double: dSV's and dSU's sums
+ * (e8q_qlinear_backward's, the same order and precision) */
+static inline E8Q_HD double e8q_qdev_coldot(int batch, const float *a, int lda, const float *c, int ldc, int k) {
+  double s = 0;
+  for (int b = 0; b < batch; b++) s += (double)a[(size_t)b * lda + k] * (double)c[(size_t)b * ldc + k];
+  return s;
+}
+
 #endif

@@ -13,6 +13,11 @@ int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **out, char *er
 void e8q_cu_qlinear_free(void *h);
 int e8q_cu_qlinear_forward_host(void *h, int batch, const float *x, float *y, char *err, size_t errlen);
 int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, void *stream, char *err, size_t errlen);
+int e8q_cu_qlinear_forward_keep_dev(void *h, int batch, const float *x, float *y, float *zk, void *stream, char *err,
+                                    size_t errlen);
+int e8q_cu_qlinear_backward_dev(void *h, int batch, const float *x, const float *zk, const float *dy, float *dx,
+                                float *dSU, float *dSV, void *stream, char *err, size_t errlen);
+int e8q_cu_qlinear_set_scales(void *h, const float *SU, const float *out_scale, char *err, size_t errlen);
 #endif
 
 struct e8q_qlinear_gpu {
@@ -75,5 +80,40 @@ void e8q_qlinear_forward_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, 
             "GPU quantized linear [%d x %d], batch %d: %s", g->m, g->n, batch, err);
 #else
   (void)batch; (void)x; (void)y; (void)stream;
+#endif
+}
+
+/* ---------------------------------------------------------------- fine-tuning */
+void e8q_qlinear_forward_keep_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, float *y, float *zk, void *stream) {
+  E8Q_CHECK(g && zk, "e8q_qlinear_forward_keep_gpu_dev: needs a GPU layer and a zk buffer");
+#ifdef E8Q_HAVE_CUDA
+  char err[256];
+  E8Q_CHECK(e8q_cu_qlinear_forward_keep_dev(g->impl, batch, x, y, zk, stream, err, sizeof err) == 0,
+            "GPU quantized linear [%d x %d] (fine-tuning forward), batch %d: %s", g->m, g->n, batch, err);
+#else
+  (void)batch; (void)x; (void)y; (void)stream;
+#endif
+}
+
+void e8q_qlinear_backward_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, const float *zk, const float *dy,
+                                  float *dx, float *dSU, float *dSV, void *stream) {
+  E8Q_CHECK(g && dy && (x || !dSU) && (zk || !dSV),
+            "e8q_qlinear_backward_gpu_dev: needs a GPU layer, dy, x for dSU and zk for dSV");
+#ifdef E8Q_HAVE_CUDA
+  char err[256];
+  E8Q_CHECK(e8q_cu_qlinear_backward_dev(g->impl, batch, x, zk, dy, dx, dSU, dSV, stream, err, sizeof err) == 0,
+            "GPU quantized linear [%d x %d] (backward), batch %d: %s", g->m, g->n, batch, err);
+#else
+  (void)batch; (void)dx; (void)stream;
+#endif
+}
+
+void e8q_qlinear_gpu_set_scales(e8q_qlinear_gpu *g, const e8q_qlinear *q) {
+  E8Q_CHECK(g && q->d.m == g->m && q->d.n == g->n, "e8q_qlinear_gpu_set_scales: layer [%d x %d] is not this GPU layer's",
+            q->d.m, q->d.n);
+#ifdef E8Q_HAVE_CUDA
+  char err[256];
+  E8Q_CHECK(e8q_cu_qlinear_set_scales(g->impl, q->d.SU, q->out_scale, err, sizeof err) == 0,
+            "GPU quantized linear [%d x %d]: uploading the trained scales: %s", g->m, g->n, err);
 #endif
 }

@@ -30,6 +30,24 @@ void e8q_qlinear_forward_gpu(const e8q_qlinear *q, e8q_qlinear_gpu *g, int batch
  * from several streams serialise on the layer's work buffers */
 void e8q_qlinear_forward_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, float *y, void *stream);
 
+/* ---------------------------------------------------------------- fine-tuning (device buffers)
+ * The backward of kernels/qlinear_grad.h on the device, the codes frozen (fuse scales are not
+ * trained here: no dfs). The same chain and the same float64 sums over the batch in batch order
+ * for dSU and dSV; the transpose product Ŵrᵀ dz sums rows in order within fixed chunks of rows
+ * and the chunks in order (kernels/qlinear_cuda_dev.h: e8q_qdev_t_chunks depends on the shape
+ * and batch only), so results are deterministic and independent of the device; they differ
+ * from the CPU paths by float32 rounding (tests/fused/test_qlinear_cuda_host.cu: 1e-5). */
+/* y [batch, m] and zk [batch, m] = the output before the per-row scales (e8q_qlinear_forward_keep's
+ * z), for e8q_qlinear_backward_gpu_dev; x, y, zk device buffers, asynchronous on stream */
+void e8q_qlinear_forward_keep_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, float *y, float *zk, void *stream);
+/* x [batch, n] and zk [batch, m] of the forward, dy [batch, m]: dx [batch, n] written (or NULL),
+ * dSU [n] and dSV [m] ACCUMULATED (+=, or NULL; dSV needs zk); device buffers, on stream */
+void e8q_qlinear_backward_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, const float *zk, const float *dy,
+                                  float *dx, float *dSU, float *dSV, void *stream);
+/* after q's SU or output scales changed (e8q_qlinear_set_scales): uploads them again (waits for
+ * the layer's pending products first) */
+void e8q_qlinear_gpu_set_scales(e8q_qlinear_gpu *g, const e8q_qlinear *q);
+
 #ifdef __cplusplus
 }
 #endif

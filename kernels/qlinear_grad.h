@@ -33,8 +33,8 @@
  * (no path caches it: the VNNI core repacks codes only), so training may update SU in place;
  * after changing SV or the fuse scales, call e8q_qlinear_set_scales (the per-row output scales
  * are cached): the backward checks os[r] == fs(r) · SV[r] and is fatal otherwise.
- * (The CUDA layer of kernels/qlinear_gpu.h uploads SU and the output scales at creation: it must
- * be recreated after either changes.)
+ * (The CUDA layer of kernels/qlinear_gpu.h keeps device copies of SU and the output scales:
+ * e8q_qlinear_gpu_set_scales uploads them again after either changes.)
  */
 #ifndef E8Q_KERNELS_QLINEAR_GRAD_H
 #define E8Q_KERNELS_QLINEAR_GRAD_H

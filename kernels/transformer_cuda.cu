@@ -51,7 +51,7 @@ __global__ void rmsnorm_kernel(int d, const float *x, const float *w, float eps,
 
 __global__ void rope_kernel(size_t pairs, int T, int n_heads, int hd, double theta, float *x, int ld) {
   for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < pairs; k += (size_t)gridDim.x * blockDim.x)
-    e8q_tdev_rope_pair(k, T, n_heads, hd, theta, x, ld);
+    e8q_tdev_rope_pair(k, T, n_heads, hd, theta, 1.0f, x, ld);
 }
 
 // grid (T, n_heads, n_seq); dynamic shared memory: T floats of scores + TF_THREADS floats

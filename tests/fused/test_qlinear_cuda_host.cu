@@ -5,7 +5,11 @@
 //   - a warp's partial sums (32 lanes emulated) == e8q_qlinear_codes_matmul_ref, every codebook,
 //     batch sizes 1..20 and 64, odd shapes;
 //   - the Hadamard kernel's butterflies + mix == e8q_had_vec_f32 (CPU, kernels/hadamard.h), both ways;
-//   - the three kernels chained as the launcher chains them == e8q_qlinear_forward_ref.
+//   - the three kernels chained as the launcher chains them == e8q_qlinear_forward_ref;
+//   - the backward: the transpose product's column partials, split into row chunks as the
+//     launcher splits them and added in chunk order == e8q_qlinear_codes_matmul_t_ref, every
+//     codebook, one chunk and several; the backward chain (output transform, transpose product,
+//     input transform, float64 column sums) == e8q_qlinear_backward_ref (dx, dSU, dSV).
 // Fresh random data each run (seed printed; E8Q_TEST_SEED repeats it). Prints "N passed, M failed".
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +21,7 @@
 #include <vector>
 
 #include "kernels/qlinear.h"
+#include "kernels/qlinear_grad.h"
 #include "kernels/qlinear_cuda_dev.h"
 
 #include "../check.h" // CHECK, n_pass/n_fail, g_seed, rnd/rndf, rel_err
@@ -192,6 +197,99 @@ static void test_forward() {
   }
 }
 
+// ---------------------------------------------------------------- the backward
+// what codes_t_kernel + sum_chunks_kernel compute, on the host, with `chunks` row chunks
+static void emulate_codes_t(const e8q_qlinear *q, int batch, const float *g, float *t, int chunks) {
+  const int m = q->d.m, nc = q->nc, np = q->d.n_pad, rows = (m + chunks - 1) / chunks;
+  std::vector<float> part((size_t)chunks * batch * np, 0.0f);
+  for (int c = 0; c < chunks; c++)
+    for (int j = 0; j < nc; j++)
+      for (int b0 = 0; b0 < batch; b0 += E8Q_QDEV_BT) {
+        const int bt = batch - b0 < E8Q_QDEV_BT ? batch - b0 : E8Q_QDEV_BT;
+        const int r0 = c * rows, r1 = r0 + rows < m ? r0 + rows : m;
+        float acc[E8Q_QDEV_BT][8] = {{0}};
+        e8q_qdev_col_partial((int)q->d.codebook, e8q_e8p_packed_abs_host, &e8q_e81b_grid2_host[0][0], q->d.codes,
+                             q->d.codes2, nc, 1.0f / q->resid_scale, g, m, r0, r1, j, b0, bt, acc);
+        for (int tt = 0; tt < bt; tt++)
+          for (int e = 0; e < 8; e++) part[((size_t)c * batch + b0 + tt) * np + 8 * j + e] = acc[tt][e];
+      }
+  for (size_t i = 0; i < (size_t)batch * np; i++) {
+    float v = part[i];
+    for (int c = 1; c < chunks; c++) v += part[(size_t)c * batch * np + i];
+    t[i] = v;
+  }
+}
+
+static void test_codes_t() {
+  const int shapes[][4] = {{13, 172, 13, 11}, {208, 104, 13, 13}, {16, 512, 1, 1}};
+  for (int s = 0; s < 3; s++)
+    for (int c = 0; c < 3; c++) {
+      Layer L;
+      make(L, shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], CBS[c]);
+      const int m = L.q.d.m, np = L.q.d.n_pad;
+      for (int batch : {1, 5, 9, 64}) {
+        std::vector<float> g((size_t)batch * m), t1((size_t)batch * np), t2(t1.size());
+        for (auto &v : g) v = rndf();
+        e8q_qlinear_codes_matmul_t_ref(&L.q, batch, g.data(), t1.data());
+        const int auto_chunks = e8q_qdev_t_chunks(m, L.q.nc, batch, np);
+        for (int chunks : {1, auto_chunks, 7}) {
+          emulate_codes_t(&L.q, batch, g.data(), t2.data(), chunks);
+          double e = rel_err(t2.data(), t1.data(), t1.size());
+          CHECK(e <= 1e-5, "transpose product (host) vs _t_ref: cb %d m %d n %d batch %d chunks %d: %.3g", (int)CBS[c],
+                m, L.q.d.n, batch, chunks, e);
+        }
+      }
+      e8q_qlinear_free(&L.q);
+    }
+  // the split itself: several chunks on a tall layer at batch 1, one when the columns fill a device
+  CHECK(e8q_qdev_t_chunks(208, 13, 1, 104) == 4, "chunks of a 208-row layer: %d", e8q_qdev_t_chunks(208, 13, 1, 104));
+  CHECK(e8q_qdev_t_chunks(28672, 1024, 4096, 8192) == 1, "chunks of a 70B down product: %d",
+        e8q_qdev_t_chunks(28672, 1024, 4096, 8192));
+}
+
+// the launcher's backward chain on the host (fs = 1: the test layers have one piece, no fuse scale)
+static void test_backward() {
+  for (int c = 0; c < 3; c++) {
+    Layer L;
+    make(L, 208, 104, 13, 13, CBS[c]);
+    const e8q_qlinear *q = &L.q;
+    const int batch = 6, m = q->d.m, n = q->d.n, np = q->d.n_pad;
+    std::vector<float> x((size_t)batch * n), dy((size_t)batch * m), u((size_t)batch * np), z((size_t)batch * m);
+    for (auto &v : x) v = rndf();
+    for (auto &v : dy) v = rndf();
+    std::vector<float> dx_ref((size_t)batch * n), dSU_ref(np, 0.5f), dSV_ref(m, 0.25f);
+    e8q_qlinear_backward_ref(q, batch, x.data(), dy.data(), dx_ref.data(), dSU_ref.data(), dSV_ref.data(), NULL);
+    // the kept forward output zk (forward_run with zk)
+    for (int b = 0; b < batch; b++) {
+      for (int i = 0; i < np; i++) u[(size_t)b * np + i] = i < n ? q->d.SU[i] * x[(size_t)b * n + i] : 0.0f;
+      emulate_had(np, q->d.K_in, q->d.R_in, 1, &u[(size_t)b * np]);
+    }
+    emulate_codes(q, batch, u.data(), z.data());
+    for (int b = 0; b < batch; b++) {
+      for (int r = 0; r < m; r++) z[(size_t)b * m + r] *= q->d.Wscale;
+      emulate_had(m, q->d.K_out, q->d.R_out, 0, &z[(size_t)b * m]);
+    }
+    std::vector<float> dSU(np, 0.5f), dSV(m, 0.25f), dz((size_t)batch * m), v((size_t)batch * np), dx((size_t)batch * n);
+    for (int r = 0; r < m; r++) dSV[r] += (float)(e8q_qdev_coldot(batch, dy.data(), m, z.data(), m, r) * 1.0);
+    for (int b = 0; b < batch; b++) {
+      for (int r = 0; r < m; r++) dz[(size_t)b * m + r] = q->out_scale[r] * dy[(size_t)b * m + r] * q->d.Wscale;
+      emulate_had(m, q->d.K_out, q->d.R_out, 1, &dz[(size_t)b * m]);
+    }
+    emulate_codes_t(q, batch, dz.data(), v.data(), e8q_qdev_t_chunks(m, q->nc, batch, np));
+    for (int b = 0; b < batch; b++) emulate_had(np, q->d.K_in, q->d.R_in, 0, &v[(size_t)b * np]);
+    for (int k = 0; k < n; k++) dSU[k] += (float)e8q_qdev_coldot(batch, x.data(), n, v.data(), np, k);
+    for (int b = 0; b < batch; b++)
+      for (int i = 0; i < n; i++) dx[(size_t)b * n + i] = q->d.SU[i] * v[(size_t)b * np + i];
+    CHECK(rel_err(dx.data(), dx_ref.data(), dx.size()) <= 1e-5, "backward chain (host) dx vs _ref, cb %d: %.3g",
+          (int)CBS[c], rel_err(dx.data(), dx_ref.data(), dx.size()));
+    CHECK(rel_err(dSU.data(), dSU_ref.data(), np) <= 1e-5, "backward chain (host) dSU vs _ref, cb %d: %.3g", (int)CBS[c],
+          rel_err(dSU.data(), dSU_ref.data(), np));
+    CHECK(rel_err(dSV.data(), dSV_ref.data(), m) <= 1e-5, "backward chain (host) dSV vs _ref, cb %d: %.3g", (int)CBS[c],
+          rel_err(dSV.data(), dSV_ref.data(), m));
+    e8q_qlinear_free(&L.q);
+  }
+}
+
 int main() {
   const char *env = getenv("E8Q_TEST_SEED");
   g_seed = env ? strtoull(env, NULL, 0) : ((unsigned long long)time(NULL) << 20) ^ (unsigned long long)getpid();
@@ -201,5 +299,7 @@ int main() {
   test_codes();
   test_hadamard();
   test_forward();
+  test_codes_t();
+  test_backward();
   return check_report_local("test_qlinear_cuda_host");
 }

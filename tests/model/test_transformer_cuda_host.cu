@@ -54,7 +54,7 @@ static void test_rope(int n_seq, int T, int n_heads, int hd, int ld) {
   const size_t N = (size_t)n_seq * T;
   std::vector<float> x = randv(N * ld, 2.0f), ref = x;
   const double theta = 10000.0;
-  for (size_t k = 0; k < N * n_heads * (hd / 2); k++) e8q_tdev_rope_pair(k, T, n_heads, hd, theta, x.data(), ld);
+  for (size_t k = 0; k < N * n_heads * (hd / 2); k++) e8q_tdev_rope_pair(k, T, n_heads, hd, theta, 1.0f, x.data(), ld);
   e8q_rope_ref(n_seq, T, 0, n_heads, hd, theta, ref.data(), ld);
   const double e = rel_err(x.data(), ref.data(), x.size());
   CHECK(e < 1e-6, "rope %d x %d, %d heads of %d (ld %d): rel. error %.3g", n_seq, T, n_heads, hd, ld, e);
