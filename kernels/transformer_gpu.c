@@ -22,6 +22,35 @@ int e8q_cu_attention(int n_seq, int T, int n_heads, int n_kv_heads, int hd, cons
                      char *err, size_t errlen);
 int e8q_cu_swiglu(int N, int hidden, const float *ug, float *h, void *stream, char *err, size_t errlen);
 int e8q_cu_add(size_t n, float *x, const float *y, void *stream, char *err, size_t errlen);
+/* kernels/transformer_grad_cuda.cu */
+size_t e8q_cu_rmsnorm_backward_scratch(int N);
+int e8q_cu_rmsnorm_backward(int N, int d, const float *x, const float *w, float eps, const float *dy, float *dx,
+                            float *dw, void *scratch, void *stream, char *err, size_t errlen);
+int e8q_cu_rope_backward(int N, int T, int n_heads, int hd, double theta, float *dx, int ld, void *stream, char *err,
+                         size_t errlen);
+int e8q_cu_swiglu_backward(int N, int hidden, const float *ug, const float *dh, float *dug, void *stream, char *err,
+                           size_t errlen);
+size_t e8q_cu_attention_backward_scratch(int n_seq, int T, int n_heads);
+int e8q_cu_attention_backward(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv,
+                              const float *dout, float *dqkv, void *scratch, void *stream, char *err, size_t errlen);
+
+/* the fine-tuning activations and gradients of one call's tokens (device) */
+typedef struct {
+  size_t cap;                    /* tokens the buffers hold */
+  int n_seq, T;                  /* the last train forward's shape */
+  float *x0, *xn1, *x1, *xn2, *y; /* [cap, dim] block input, normed, mid residual, normed, output */
+  float *qkv, *att;              /* [cap, qkv] rotated, [cap, n_heads hd] */
+  float *ug, *h;                 /* [cap, 2 hidden], [cap, hidden] */
+  float *z[4];                   /* [cap, m_g] the quantized linears' outputs before the row scales */
+  float *d1, *dn, *dt;           /* [cap, dim] residual gradient, normed-input gradient, norm gradient */
+  float *dh, *dug, *datt, *dqkv; /* [cap, hidden], [cap, 2 hidden], [cap, n_heads hd], [cap, qkv] */
+  void *rms_scratch;             /* e8q_cu_rmsnorm_backward_scratch(cap) bytes */
+  void *att_scratch;             /* e8q_cu_attention_backward_scratch(n_seq, T, n_heads) bytes */
+  size_t att_bytes;
+  float *grad;                   /* [grad_cap] device gradient accumulators of one backward */
+  size_t grad_cap;
+  float *host;                   /* [grad_cap] host staging of grad */
+} tf_train;
 
 struct e8q_tf_gpu {
   int device;
@@ -40,6 +69,7 @@ struct e8q_tf_gpu {
   const float *dsrc[4]; /* host weights the device copies below hold (NULL: none) */
   float *dw[4];         /* [m, n] device copies of a block's dense linears */
   size_t dcap[4];       /* floats allocated in dw[g] */
+  tf_train tr;          /* fine-tuning buffers (allocated by the first train forward) */
 };
 
 #define TF_CUDA(call)                                                                                       \
@@ -61,19 +91,18 @@ struct e8q_tf_gpu {
               #call, cublasGetStatusString(e8q_bs_));                                                         \
   } while (0)
 
-/* y [N, m] = x [N, n] Wᵀ on the device: the quantized kernels, or SGEMM on the cached dense copy */
-static void lin_forward(e8q_tf_gpu *w, int g, const e8q_tf_gpu_lin *L, int N, const float *x, float *y) {
-  if (L->q) {
-    e8q_qlinear_forward_gpu_dev(L->q, N, x, y, (void *)w->stream);
-    return;
-  }
-  E8Q_CHECK(L->w, "GPU decoder block: linear %d has neither a device form nor dense weights", g);
-  const size_t mn = (size_t)L->m * L->n;
+/* the cuBLAS handle on the workspace's stream (created on first use) */
+static void blas_ready(e8q_tf_gpu *w, int N) {
   if (!w->blas) {
     TF_BLAS(cublasCreate(&w->blas));
     TF_BLAS(cublasSetMathMode(w->blas, CUBLAS_PEDANTIC_MATH)); /* float32 products: no TF32 */
   }
   TF_BLAS(cublasSetStream(w->blas, w->stream));
+}
+
+/* dense linear g's device copy of L->w (uploaded when the pointer is new or forgotten) */
+static const float *dense_weights(e8q_tf_gpu *w, int g, const e8q_tf_gpu_lin *L, int N) {
+  const size_t mn = (size_t)L->m * L->n;
   if (w->dsrc[g] != L->w || w->dcap[g] < mn) {
     if (w->dcap[g] < mn) {
       cudaFree(w->dw[g]);
@@ -84,9 +113,45 @@ static void lin_forward(e8q_tf_gpu *w, int g, const e8q_tf_gpu_lin *L, int N, co
     TF_CUDA(cudaMemcpyAsync(w->dw[g], L->w, sizeof(float) * mn, cudaMemcpyHostToDevice, w->stream));
     w->dsrc[g] = L->w;
   }
+  return w->dw[g];
+}
+
+/* y [N, m] = x [N, n] Wᵀ on the device: the quantized kernels (zk: also the output before the
+ * row scales, for the backward), or SGEMM on the cached dense copy */
+static void lin_forward_keep(e8q_tf_gpu *w, int g, const e8q_tf_gpu_lin *L, int N, const float *x, float *y, float *zk) {
+  if (L->q) {
+    if (zk) e8q_qlinear_forward_keep_gpu_dev(L->q, N, x, y, zk, (void *)w->stream);
+    else e8q_qlinear_forward_gpu_dev(L->q, N, x, y, (void *)w->stream);
+    return;
+  }
+  E8Q_CHECK(L->w, "GPU decoder block: linear %d has neither a device form nor dense weights", g);
+  blas_ready(w, N);
+  const float *W = dense_weights(w, g, L, N);
   const float one = 1.0f, zero = 0.0f;
   /* row-major y = x Wᵀ is column-major yᵀ = W xᵀ, W being column-major [n, m] */
-  TF_BLAS(cublasSgemm(w->blas, CUBLAS_OP_T, CUBLAS_OP_N, L->m, N, L->n, &one, w->dw[g], L->n, x, L->n, &zero, y, L->m));
+  TF_BLAS(cublasSgemm(w->blas, CUBLAS_OP_T, CUBLAS_OP_N, L->m, N, L->n, &one, W, L->n, x, L->n, &zero, y, L->m));
+}
+
+static void lin_forward(e8q_tf_gpu *w, int g, const e8q_tf_gpu_lin *L, int N, const float *x, float *y) {
+  lin_forward_keep(w, g, L, N, x, y, NULL);
+}
+
+/* the backward of linear g: dx [N, n] written; dSU/dSV (quantized) or dW (dense) accumulated
+ * (device arrays, or NULL) */
+static void lin_backward(e8q_tf_gpu *w, int g, const e8q_tf_gpu_lin *L, int N, const float *x, const float *zk,
+                         const float *dy, float *dx, float *dSU, float *dSV, float *dW) {
+  if (L->q) {
+    e8q_qlinear_backward_gpu_dev(L->q, N, x, zk, dy, dx, dSU, dSV, (void *)w->stream);
+    return;
+  }
+  blas_ready(w, N);
+  const float *W = dense_weights(w, g, L, N);
+  const float one = 1.0f, zero = 0.0f;
+  /* dx = dy W: column-major dxᵀ [n, N] = Wᵀ-as-stored [n, m] · dyᵀ [m, N] */
+  TF_BLAS(cublasSgemm(w->blas, CUBLAS_OP_N, CUBLAS_OP_N, L->n, N, L->m, &one, W, L->n, dy, L->m, &zero, dx, L->n));
+  /* dW += dyᵀ x: column-major dWᵀ [n, m] += xᵀ [n, N] · dy [N, m] */
+  if (dW)
+    TF_BLAS(cublasSgemm(w->blas, CUBLAS_OP_N, CUBLAS_OP_T, L->n, L->m, N, &one, x, L->n, dy, L->m, &one, dW, L->n));
 }
 
 static void bufs_free(e8q_tf_gpu *w) {
@@ -108,6 +173,57 @@ static void bufs_ensure(e8q_tf_gpu *w, int N) {
                                                    {&w->h, n * H}};
   for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) TF_CUDA(cudaMalloc((void **)b[i].p, sizeof(float) * b[i].floats));
   w->cap = n;
+}
+
+/* ---------------------------------------------------------------- fine-tuning buffers */
+/* the activation buffers (grown with the tokens) */
+static void train_acts_free(tf_train *t) {
+  float **b[] = {&t->x0, &t->xn1, &t->x1,  &t->xn2, &t->y,  &t->qkv, &t->att, &t->ug,   &t->h,    &t->z[0],
+                 &t->z[1], &t->z[2], &t->z[3], &t->d1, &t->dn, &t->dt, &t->dh, &t->dug, &t->datt, &t->dqkv};
+  for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) {
+    cudaFree(*b[i]);
+    *b[i] = NULL;
+  }
+  cudaFree(t->rms_scratch);
+  t->rms_scratch = NULL;
+  t->cap = 0;
+}
+
+static void train_free(tf_train *t) {
+  train_acts_free(t);
+  cudaFree(t->att_scratch);
+  cudaFree(t->grad);
+  free(t->host);
+  memset(t, 0, sizeof *t);
+}
+
+static void train_ensure(e8q_tf_gpu *w, int n_seq, int T) {
+  tf_train *t = &w->tr;
+  const int N = n_seq * T;
+  if (t->cap < (size_t)N) {
+    train_acts_free(t);
+    const size_t n = (size_t)N, D = (size_t)w->s.dim, H = (size_t)w->s.hidden, hd = (size_t)w->s.head_dim;
+    const size_t q = (size_t)w->s.n_heads * hd, qkv = q + 2 * (size_t)w->s.n_kv_heads * hd;
+    const struct { float **p; size_t floats; } b[] = {
+        {&t->x0, n * D},   {&t->xn1, n * D},      {&t->x1, n * D},   {&t->xn2, n * D},   {&t->y, n * D},
+        {&t->qkv, n * qkv}, {&t->att, n * q},     {&t->ug, n * 2 * H}, {&t->h, n * H},   {&t->z[0], n * qkv},
+        {&t->z[1], n * D}, {&t->z[2], n * 2 * H}, {&t->z[3], n * D}, {&t->d1, n * D},    {&t->dn, n * D},
+        {&t->dt, n * D},   {&t->dh, n * H},       {&t->dug, n * 2 * H}, {&t->datt, n * q}, {&t->dqkv, n * qkv}};
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++)
+      TF_CUDA(cudaMalloc((void **)b[i].p, sizeof(float) * b[i].floats));
+    TF_CUDA(cudaMalloc(&t->rms_scratch, e8q_cu_rmsnorm_backward_scratch(N)));
+    t->cap = n;
+  }
+  const size_t ab = e8q_cu_attention_backward_scratch(n_seq, T, w->s.n_heads);
+  if (ab > t->att_bytes) {
+    cudaFree(t->att_scratch);
+    t->att_scratch = NULL;
+    t->att_bytes = 0;
+    TF_CUDA(cudaMalloc(&t->att_scratch, ab));
+    t->att_bytes = ab;
+  }
+  t->n_seq = n_seq;
+  t->T = T;
 }
 #endif
 
@@ -144,6 +260,7 @@ void e8q_tf_gpu_free(e8q_tf_gpu *w) {
 #ifdef E8Q_HAVE_CUDA
   cudaSetDevice(w->device);
   bufs_free(w);
+  train_free(&w->tr);
   for (int g = 0; g < 4; g++) cudaFree(w->dw[g]);
   if (w->blas) cublasDestroy(w->blas);
   cudaFree(w->norms);
@@ -188,5 +305,157 @@ void e8q_tf_gpu_block(e8q_tf_gpu *w, int n_seq, int T, float *x, const float *at
   TF_CUDA(cudaStreamSynchronize(w->stream));
 #else
   (void)n_seq; (void)T; (void)x; (void)attn_norm; (void)ffn_norm; (void)lin; (void)tap; (void)tap_ctx;
+#endif
+}
+
+/* ---------------------------------------------------------------- fine-tuning */
+void e8q_tf_gpu_forget_weights(e8q_tf_gpu *w) {
+  if (!w) return;
+  for (int g = 0; g < 4; g++) w->dsrc[g] = NULL;
+}
+
+void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, float *y, const float *attn_norm,
+                              const float *ffn_norm, const e8q_tf_gpu_lin lin[4]) {
+  E8Q_CHECK(w, "e8q_tf_gpu_train_forward: no GPU workspace (e8q_tf_gpu_create returned NULL)");
+#ifdef E8Q_HAVE_CUDA
+  const int N = n_seq * T, D = w->s.dim, hd = w->s.head_dim, nh = w->s.n_heads, nkv = w->s.n_kv_heads;
+  const int ld = (nh + 2 * nkv) * hd;
+  const float eps = w->s.norm_eps;
+  E8Q_CHECK(N > 0 && T <= E8Q_TF_GPU_MAX_T, "GPU fine-tuning: %d sequences of %d tokens (1..%d tokens each)", n_seq,
+            T, E8Q_TF_GPU_MAX_T);
+  void *st = (void *)w->stream;
+  tf_train *t = &w->tr;
+  TF_CUDA(cudaSetDevice(w->device));
+  train_ensure(w, n_seq, T);
+  const size_t ND = (size_t)N * D;
+  TF_CUDA(cudaMemcpyAsync(t->x0, x, sizeof(float) * ND, cudaMemcpyHostToDevice, w->stream));
+  TF_CUDA(cudaMemcpyAsync(w->norms, attn_norm, sizeof(float) * D, cudaMemcpyHostToDevice, w->stream));
+  TF_CUDA(cudaMemcpyAsync(w->norms + D, ffn_norm, sizeof(float) * D, cudaMemcpyHostToDevice, w->stream));
+  /* attention (worker/block_train.c's order) */
+  TF_LAUNCH(e8q_cu_rmsnorm(N, D, t->x0, w->norms, eps, t->xn1, st, err_, sizeof err_));
+  lin_forward_keep(w, 0, &lin[0], N, t->xn1, t->qkv, t->z[0]);
+  TF_LAUNCH(e8q_cu_rope(N, T, nh + nkv, hd, w->s.rope_theta, t->qkv, ld, st, err_, sizeof err_));
+  TF_LAUNCH(e8q_cu_attention(n_seq, T, nh, nkv, hd, t->qkv, t->att, st, err_, sizeof err_));
+  lin_forward_keep(w, 1, &lin[1], N, t->att, t->x1, t->z[1]);
+  TF_LAUNCH(e8q_cu_add(ND, t->x1, t->x0, st, err_, sizeof err_));
+  /* feed-forward */
+  TF_LAUNCH(e8q_cu_rmsnorm(N, D, t->x1, w->norms + D, eps, t->xn2, st, err_, sizeof err_));
+  lin_forward_keep(w, 2, &lin[2], N, t->xn2, t->ug, t->z[2]);
+  TF_LAUNCH(e8q_cu_swiglu(N, w->s.hidden, t->ug, t->h, st, err_, sizeof err_));
+  lin_forward_keep(w, 3, &lin[3], N, t->h, t->y, t->z[3]);
+  TF_LAUNCH(e8q_cu_add(ND, t->y, t->x1, st, err_, sizeof err_));
+  TF_CUDA(cudaMemcpyAsync(y, t->y, sizeof(float) * ND, cudaMemcpyDeviceToHost, w->stream));
+  TF_CUDA(cudaStreamSynchronize(w->stream));
+#else
+  (void)n_seq; (void)T; (void)x; (void)y; (void)attn_norm; (void)ffn_norm; (void)lin;
+#endif
+}
+
+#ifdef E8Q_HAVE_CUDA
+/* the device accumulators of the gradients g asks for, zeroed: dev[k] for host array k of
+ * (dSU, dSV, dW per group; the two norms), NULL where g's is NULL */
+typedef struct {
+  float *host[14], *dev[14];
+  size_t len[14];
+} grad_map;
+
+static void grads_open(e8q_tf_gpu *w, int N, const e8q_tf_gpu_lin lin[4], const e8q_tf_gpu_grads *g, grad_map *M) {
+  memset(M, 0, sizeof *M);
+  for (int k = 0; k < 4; k++) {
+    const size_t m = (size_t)lin[k].m, n = (size_t)lin[k].n, n_pad = (n + 7) / 8 * 8;
+    M->host[3 * k] = lin[k].q ? g->dSU[k] : NULL;
+    M->len[3 * k] = n_pad;
+    M->host[3 * k + 1] = lin[k].q ? g->dSV[k] : NULL;
+    M->len[3 * k + 1] = m;
+    M->host[3 * k + 2] = lin[k].q ? NULL : g->dW[k];
+    M->len[3 * k + 2] = m * n;
+  }
+  M->host[12] = g->d_attn_norm;
+  M->host[13] = g->d_ffn_norm;
+  M->len[12] = M->len[13] = (size_t)w->s.dim;
+  size_t total = 0;
+  for (int k = 0; k < 14; k++)
+    if (M->host[k]) total += M->len[k];
+  tf_train *t = &w->tr;
+  if (total > t->grad_cap) {
+    cudaFree(t->grad);
+    free(t->host);
+    t->grad = NULL;
+    t->grad_cap = 0;
+    TF_CUDA(cudaMalloc((void **)&t->grad, sizeof(float) * total));
+    t->host = e8q_malloc(sizeof(float) * total, "GPU fine-tuning gradient staging");
+    t->grad_cap = total;
+  }
+  if (total) TF_CUDA(cudaMemsetAsync(t->grad, 0, sizeof(float) * total, w->stream));
+  size_t off = 0;
+  for (int k = 0; k < 14; k++)
+    if (M->host[k]) {
+      M->dev[k] = t->grad + off;
+      off += M->len[k];
+    }
+}
+
+/* the device sums added (+=) into the host arrays (after the stream's work) */
+static void grads_close(e8q_tf_gpu *w, int N, grad_map *M) {
+  tf_train *t = &w->tr;
+  size_t total = 0;
+  for (int k = 0; k < 14; k++)
+    if (M->host[k]) total += M->len[k];
+  if (total) TF_CUDA(cudaMemcpyAsync(t->host, t->grad, sizeof(float) * total, cudaMemcpyDeviceToHost, w->stream));
+  TF_CUDA(cudaStreamSynchronize(w->stream));
+  size_t off = 0;
+  for (int k = 0; k < 14; k++)
+    if (M->host[k]) {
+      for (size_t i = 0; i < M->len[k]; i++) M->host[k][i] += t->host[off + i];
+      off += M->len[k];
+    }
+}
+#endif
+
+void e8q_tf_gpu_train_backward(e8q_tf_gpu *w, const float *dy, float *dx, const e8q_tf_gpu_lin lin[4],
+                               const e8q_tf_gpu_grads *g) {
+  E8Q_CHECK(w && w->tr.cap, "e8q_tf_gpu_train_backward: no fine-tuning forward ran on this workspace");
+#ifdef E8Q_HAVE_CUDA
+  tf_train *t = &w->tr;
+  const int n_seq = t->n_seq, T = t->T, N = n_seq * T, D = w->s.dim, hd = w->s.head_dim, nh = w->s.n_heads,
+            nkv = w->s.n_kv_heads;
+  const int ld = (nh + 2 * nkv) * hd;
+  const float eps = w->s.norm_eps;
+  const size_t ND = (size_t)N * D;
+  void *st = (void *)w->stream;
+  const e8q_tf_gpu_grads none = {0};
+  if (!g) g = &none;
+  TF_CUDA(cudaSetDevice(w->device));
+  grad_map M;
+  grads_open(w, N, lin, g, &M);
+#define GSU(k) M.dev[3 * (k)]
+#define GSV(k) M.dev[3 * (k) + 1]
+#define GW(k) M.dev[3 * (k) + 2]
+  TF_CUDA(cudaMemcpyAsync(t->d1, dy, sizeof(float) * ND, cudaMemcpyHostToDevice, w->stream)); /* dL/dx1 starts as dy */
+  /* feed-forward */
+  lin_backward(w, 3, &lin[3], N, t->h, t->z[3], t->d1, t->dh, GSU(3), GSV(3), GW(3));
+  TF_LAUNCH(e8q_cu_swiglu_backward(N, w->s.hidden, t->ug, t->dh, t->dug, st, err_, sizeof err_));
+  lin_backward(w, 2, &lin[2], N, t->xn2, t->z[2], t->dug, t->dn, GSU(2), GSV(2), GW(2));
+  TF_LAUNCH(e8q_cu_rmsnorm_backward(N, D, t->x1, w->norms + D, eps, t->dn, t->dt, M.dev[13], t->rms_scratch, st, err_,
+                                    sizeof err_));
+  TF_LAUNCH(e8q_cu_add(ND, t->d1, t->dt, st, err_, sizeof err_));
+  /* attention: x1 = x0 + o(att) */
+  lin_backward(w, 1, &lin[1], N, t->att, t->z[1], t->d1, t->datt, GSU(1), GSV(1), GW(1));
+  TF_LAUNCH(e8q_cu_attention_backward(n_seq, T, nh, nkv, hd, t->qkv, t->datt, t->dqkv, t->att_scratch, st, err_,
+                                      sizeof err_));
+  TF_LAUNCH(e8q_cu_rope_backward(N, T, nh + nkv, hd, w->s.rope_theta, t->dqkv, ld, st, err_, sizeof err_));
+  lin_backward(w, 0, &lin[0], N, t->xn1, t->z[0], t->dqkv, t->dn, GSU(0), GSV(0), GW(0));
+  TF_LAUNCH(e8q_cu_rmsnorm_backward(N, D, t->x0, w->norms, eps, t->dn, t->dt, M.dev[12], t->rms_scratch, st, err_,
+                                    sizeof err_));
+#undef GSU
+#undef GSV
+#undef GW
+  if (dx) {
+    TF_LAUNCH(e8q_cu_add(ND, t->d1, t->dt, st, err_, sizeof err_));
+    TF_CUDA(cudaMemcpyAsync(dx, t->d1, sizeof(float) * ND, cudaMemcpyDeviceToHost, w->stream));
+  }
+  grads_close(w, N, &M);
+#else
+  (void)dy; (void)dx; (void)lin; (void)g;
 #endif
 }

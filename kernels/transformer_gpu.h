@@ -55,4 +55,36 @@ void e8q_tf_gpu_free(e8q_tf_gpu *w); /* NULL is a no-op */
 void e8q_tf_gpu_block(e8q_tf_gpu *w, int n_seq, int T, float *x, const float *attn_norm, const float *ffn_norm,
                       const e8q_tf_gpu_lin lin[4], e8q_tf_gpu_tap tap, void *tap_ctx);
 
+/* ---------------------------------------------------------------- fine-tuning
+ * The block forward with its activations kept on the device, and its backward: the computation
+ * of worker/block_train.h (the same ops in the same order), with the backward ops of
+ * kernels/transformer_grad_cuda.cu and, for quantized linears, e8q_qlinear_backward_gpu_dev
+ * (kernels/qlinear_gpu.h). Dense linears: cuBLAS SGEMM in pedantic float32, dx = dy W and
+ * dW += dyᵀ x. Every kernel sums in a fixed order (no atomics), so a sequence's gradient has
+ * the same bits whichever rank computes it: worker/trainer.h's contract holds on GPU ranks.
+ * The results differ from the CPU block by float32 rounding (tests/train/test_block_train_gpu.c).
+ *
+ *   e8q_tf_gpu_train_forward(w, n_seq, T, x, y, attn_norm, ffn_norm, lin);   // host x, y [N, dim]
+ *   e8q_tf_gpu_train_backward(w, dy, dx, lin, &grads);                       // host dy, dx, grads
+ *   e8q_tf_gpu_forget_weights(w);   // after a step changed dense weights in place
+ *
+ * lin[g].q must have been created from layers whose device scales are current
+ * (e8q_qlinear_gpu_set_scales after each step). */
+typedef struct {
+  float *dSU[4];                   /* [n_pad] of quantized group g (host), or NULL */
+  float *dSV[4];                   /* [m] of quantized group g, or NULL */
+  float *dW[4];                    /* [m, n] of dense group g, or NULL */
+  float *d_attn_norm, *d_ffn_norm; /* [dim] each, or NULL */
+} e8q_tf_gpu_grads;
+
+/* x, y [n_seq*T, dim] host; the activations stay in w for the backward that follows */
+void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, float *y, const float *attn_norm,
+                              const float *ffn_norm, const e8q_tf_gpu_lin lin[4]);
+/* dy [N, dim] host (the loss gradient at the last forward's y); dx [N, dim] host written, or
+ * NULL; the gradients of g ACCUMULATED (+=) into its host arrays */
+void e8q_tf_gpu_train_backward(e8q_tf_gpu *w, const float *dy, float *dx, const e8q_tf_gpu_lin lin[4],
+                               const e8q_tf_gpu_grads *g);
+/* the dense weights' device copies are stale (changed in place): uploaded again at next use */
+void e8q_tf_gpu_forget_weights(e8q_tf_gpu *w);
+
 #endif

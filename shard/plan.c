@@ -14,6 +14,7 @@
 #include "kernels/e8p_encode_dev.h"
 #include "kernels/hadamard.h"
 #include "kernels/ldlq.h"
+#include "kernels/qlinear_cuda_dev.h" /* e8q_qdev_t_chunks: the transpose product's partials */
 #include "shard/layout.h"
 
 /* ---------------------------------------------------------------- small rules */
@@ -98,6 +99,20 @@ static void plan_memory(e8q_plan *p) {
   const size_t dev_ws = mul3_sat(4, T, add_sat(widths, (size_t)c->dim));
   const size_t dev_block = add_sat(add_sat(weights, dev_ws), add_sat(mul_sat(8, sum_n2), mul3_sat(8, 256, sum_n)));
   const size_t dev_eval = add_sat(mul_sat(L, add_sat(codes, mul_sat(4, susv))), dev_ws);
+  /* block fine-tuning on the device (kernels/transformer_gpu.h), bounded over the rounds: the
+   * block's dense weights and codes, one sequence's kept activations and their gradients, the
+   * attention backward's P and dS, the RMSNorm backward's row factors, the gradient sums, and
+   * each quantized layer's work buffers and transpose-product partials (kernels/qlinear_cuda.cu) */
+  size_t dev_ft = add_sat(add_sat(weights, codes), mul_sat(4, n_ft));
+  dev_ft = add_sat(dev_ft, mul3_sat(4, T, 10 * (size_t)c->dim + 3 * (size_t)gq->m + 2 * (size_t)p->groups[E8Q_GROUP_O].n +
+                                              8 * (size_t)c->hidden_dim));
+  dev_ft = add_sat(dev_ft, add_sat(mul_sat(mul3_sat(8, (size_t)c->n_heads, T), T), mul_sat(16, T)));
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    const e8q_group_plan *gp = &p->groups[g];
+    const size_t work = (size_t)gp->n + (size_t)gp->n_pad + 2 * (size_t)gp->m;
+    const int chunks = e8q_qdev_t_chunks(gp->m, gp->n_pad / 8, (int)T, gp->n_pad);
+    dev_ft = add_sat(dev_ft, mul3_sat(4, T, add_sat(work, chunks > 1 ? mul_sat((size_t)chunks, (size_t)gp->n_pad) : 0)));
+  }
   for (int r = 0; r < p->n_ranks; r++) {
     e8q_rank_mem *m = &p->mem[r];
     size_t seqs = (size_t)(p->seq_start[r + 1] - p->seq_start[r]);
@@ -110,6 +125,8 @@ static void plan_memory(e8q_plan *p) {
     }
     m->device = dev_block > dev_ldlq ? dev_block : dev_ldlq;
     if (dev_eval > m->device) m->device = dev_eval;
+    if (dev_ft > m->device) m->device = dev_ft;
+    m->dev_ft = dev_ft;
     m->weights = weights;
     m->acts = add_sat(mul_sat(mul3_sat(8, seqs, T), (size_t)c->dim), scratch);
     /* 256: E8Q_HESS_ROWS (worker/hessian.h, xd scratch), which shard/ cannot include (DESIGN §1) */

@@ -62,7 +62,17 @@
  *                                 + the encoder tables (~190 KB)
  *   dev_eval  = layers * (sum over groups of m*n_pad/2 + 4*(n_pad + m))  codes at 4 bit, SU, SV
  *             + 4 * ctx * (widths + dim)                             the block workspace
- *   device    = max(dev_block, dev_ldlq, dev_eval)  (fine-tuning runs on the host: its terms stay in peak)
+ *   dev_ft    = weights + sum over groups of m*n_pad/2              the block: dense fp32 and codes
+ *             + 4 * n_ft                                             the gradient sums
+ *             + 4 * ctx * (10*dim + 3*m_qkv + 2*q_dim + 8*hidden)    one sequence's kept activations
+ *                                                                    and their gradients
+ *             + 8 * n_heads*ctx*ctx + 16 * ctx                       attention backward's P and dS,
+ *                                                                    RMSNorm backward's row factors
+ *             + sum over groups of 4 * ctx * (n + n_pad + 2m         each quantized layer's work
+ *                                    + chunks*n_pad if chunks > 1)   buffers and transpose partials
+ *                                                                    (e8q_qdev_t_chunks at batch ctx)
+ *   device    = max(dev_block, dev_ldlq, dev_eval, dev_ft)  (block fine-tuning on the device; its
+ *               host terms stay in peak: the trainer's state and exact sums live on the host)
  * with widths = dim + m_qkv + q_dim + dim + 3*hidden and rows_r = rank r's rows of the group.
  * The eval term leaves out the fused kernels' per-layer work buffers (4 * batch * (n + n_pad + 2m)),
  * small at the validation's per-line batches.
@@ -99,6 +109,7 @@ typedef struct {
   size_t weights, acts, hess_acc, hessians, ldlq, peak; /* bytes, see the formula above */
   size_t ft_block, e2e;                                /* fine-tuning, see the formula above */
   size_t device;                                       /* --device cuda: device bytes, as above */
+  size_t dev_ft;                                       /* its block fine-tuning term (dev_ft) */
 } e8q_rank_mem;
 
 typedef struct {

@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/device.h"
 #include "common/error.h"
 #include "kernels/hadamard.h"
+#include "kernels/qlinear_gpu.h"
+#include "kernels/transformer_gpu.h"
 #include "kernels/transformer_grad.h"
 #include "worker/block_train.h"
 #include "worker/seqdeal.h"
@@ -84,35 +87,55 @@ typedef struct {
   float *y;                   /* [T, dim] the block's output, then dL/dy */
   e8q_bt_saved sv;            /* the forward's activations */
   const e8q_ft_hooks *hooks;  /* the caller's, or NULL */
+  /* --device cuda: the block on this rank's GPU (gw NULL: the CPU) */
+  e8q_tf_gpu *gw;                      /* the device workspace, activations and gradients */
+  e8q_qlinear_gpu *gq[E8Q_N_GROUPS];   /* the quantized groups' device layers (owned) */
+  e8q_tf_gpu_lin lin[E8Q_N_GROUPS];    /* each group's device form or dense host weights */
 } ft_ctx;
+
+/* the block's output y [T, dim] for x on the CPU or the device (activations kept for a backward) */
+static void ft_forward(ft_ctx *c, const float *x) {
+  if (c->gw) {
+    e8q_tf_gpu_train_forward(c->gw, 1, c->T, x, c->y, c->tb->attn_norm, c->tb->ffn_norm, c->lin);
+  } else {
+    e8q_block_train_forward(c->tb, c->cfg, 1, c->T, x, c->y, &c->sv);
+  }
+}
 
 /* parts: X [T, dim], Y [T, dim] (the original block's output) */
 static double ft_seq(void *ctx, const void *const *parts, float *grad) {
   ft_ctx *c = ctx;
   const size_t TD = (size_t)c->T * c->cfg->dim;
-  e8q_block_train_forward(c->tb, c->cfg, 1, c->T, parts[0], c->y, &c->sv);
+  ft_forward(c, parts[0]);
   if (!grad) return e8q_mse(TD, c->y, parts[1], NULL);
   const double l = e8q_mse(TD, c->y, parts[1], c->y); /* y <- dL/dy */
   const e8q_ft_state *S = c->S;
   e8q_bt_grads gr;
+  e8q_tf_gpu_grads gg;
   memset(&gr, 0, sizeof gr);
-  gr.d_attn_norm = grad + S->off_attn;
-  gr.d_ffn_norm = grad + S->off_ffn;
+  memset(&gg, 0, sizeof gg);
+  gr.d_attn_norm = gg.d_attn_norm = grad + S->off_attn;
+  gr.d_ffn_norm = gg.d_ffn_norm = grad + S->off_ffn;
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     if (g < S->n_quant) {
-      gr.dSU[g] = grad + S->off_SU[g];
-      gr.dSV[g] = grad + S->off_SV[g];
+      gr.dSU[g] = gg.dSU[g] = grad + S->off_SU[g];
+      gr.dSV[g] = gg.dSV[g] = grad + S->off_SV[g];
     } else {
-      gr.dW[g] = grad + S->off_W[g];
+      gr.dW[g] = gg.dW[g] = grad + S->off_W[g];
     }
   }
-  e8q_block_train_backward(c->tb, c->cfg, &c->sv, c->y, NULL, &gr);
+  if (c->gw) e8q_tf_gpu_train_backward(c->gw, c->y, NULL, c->lin, &gg);
+  else e8q_block_train_backward(c->tb, c->cfg, &c->sv, c->y, NULL, &gr);
   return l;
 }
 
 static void ft_refresh_cb(void *ctx) {
   ft_ctx *c = ctx;
   e8q_ft_refresh(c->S, c->tb);
+  if (!c->gw) return;
+  for (int g = 0; g < E8Q_N_GROUPS; g++)
+    if (c->gq[g]) e8q_qlinear_gpu_set_scales(c->gq[g], (const e8q_qlinear *)c->tb->lin[g].q);
+  e8q_tf_gpu_forget_weights(c->gw); /* the dense weights changed in place */
 }
 
 static void ft_epoch_cb(void *ctx, const e8q_train_state *S) {
@@ -128,6 +151,29 @@ static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int s0, int s1, size_t TD,
   e8q_seqdeal_init(d, comm, s0, s1, 2, base, bytes);
 }
 
+/* --device cuda (e8q_device_cuda): the block's workspace and quantized layers on this rank's
+ * GPU; a rank on a device that cannot take them is fatal (the CPU would give other bits) */
+static void ctx_gpu_open(ft_ctx *c) {
+  const int dev = e8q_device_cuda();
+  if (dev < 0 || c->T > E8Q_TF_GPU_MAX_T) return;
+  const e8q_config *cfg = c->cfg;
+  const e8q_tf_shape sh = {.dim = cfg->dim, .hidden = cfg->hidden_dim, .n_heads = cfg->n_heads,
+                           .n_kv_heads = cfg->n_kv_heads, .head_dim = cfg->head_dim, .rope_theta = cfg->rope_theta,
+                           .norm_eps = (float)cfg->norm_eps};
+  const char *why = NULL;
+  c->gw = e8q_tf_gpu_create(dev, &sh, &why);
+  E8Q_CHECK(c->gw, "fine-tuning on CUDA device %d: the block's workspace: %s (run with --device cpu)", dev, why);
+  for (int g = 0; g < E8Q_N_GROUPS; g++) {
+    const e8q_linear *L = &c->tb->lin[g];
+    c->lin[g] = (e8q_tf_gpu_lin){.w = L->w, .m = L->m, .n = L->n};
+    if (!L->q) continue;
+    c->gq[g] = e8q_qlinear_gpu_create((const e8q_qlinear *)L->q, dev, &why);
+    E8Q_CHECK(c->gq[g], "fine-tuning on CUDA device %d: quantized %s [%d x %d]: %s (run with --device cpu)", dev,
+              e8q_group_names[g], L->m, L->n, why);
+    c->lin[g] = (e8q_tf_gpu_lin){.q = c->gq[g], .m = L->m, .n = L->n};
+  }
+}
+
 static void ctx_init(ft_ctx *c, const e8q_config *cfg, e8q_block *tb, e8q_ft_state *S, int T,
                      const e8q_ft_hooks *hooks) {
   memset(c, 0, sizeof *c);
@@ -137,10 +183,13 @@ static void ctx_init(ft_ctx *c, const e8q_config *cfg, e8q_block *tb, e8q_ft_sta
   c->T = T;
   c->hooks = hooks;
   c->y = e8q_alloc_aligned(sizeof(float) * (size_t)T * cfg->dim, "fine-tuning output"); /* [T, dim] */
+  ctx_gpu_open(c);
 }
 
 static void ctx_free(ft_ctx *c) {
   e8q_bt_saved_free(&c->sv);
+  for (int g = 0; g < E8Q_N_GROUPS; g++) e8q_qlinear_gpu_free(c->gq[g]);
+  e8q_tf_gpu_free(c->gw);
   free(c->y);
 }
 

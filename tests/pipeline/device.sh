@@ -13,7 +13,10 @@
 #      feedback products differ from the CPU's only in the order of float64 additions, so at
 #      least 99% of the codes are equal
 #      (rounding ties can flip, and a flip changes the feedback of the row's later columns) and
-#      the recorded NLL is within 1e-3 (relative) of the CPU run's.
+#      the recorded NLL is within 1e-3 (relative) of the CPU run's. With block fine-tuning on the
+#      device (--ft block): 1 and 2 GPU ranks give the same bytes (each sequence's gradient from
+#      fixed-order kernels, exact sums through NCCL), and the recorded NLL is within 1e-2
+#      (relative) of the CPU's fine-tuned run (float32 gradients in another order, one epoch).
 set -u
 E8Q=$1; MPIEXEC=$2; CASE=$3
 SHARED=${E8Q_SHARED:?}
@@ -26,7 +29,7 @@ fail() { echo "FAIL [device $CASE]: $*" >&2; exit 1; }
 q() { # q NP OUT [extra options...]
   local np=$1 out=$2; shift 2
   timeout -k 5 120 "$MPIEXEC" -np "$np" "$E8Q" quantize --model "$MODEL" --calib "$TEXT" --calib-skip 1000 --devset 16 \
-    --ctx 64 --tune-iters 1 --seed 3 --ft none --bits 2 --out "$out" "$@"
+    --ctx 64 --tune-iters 1 --seed 3 --ft "${FT:-none}" --ft-epochs 1 --bits 2 --out "$out" "$@"
 }
 ev() { # ev NP [extra options...]: the eval JSON line of $TMP/a.e8q on the first 20 lines
   local np=$1; shift
@@ -100,6 +103,17 @@ ge, ce = (x["evaluation"] for x in m)
 assert ge["device"].startswith("cuda:") and ce["device"] == "cpu", (ge["device"], ce["device"])
 print(f"recorded NLL: GPU {ge['mean_nll']} CPU {ce['mean_nll']}")
 assert abs(ge["mean_nll"] - ce["mean_nll"]) <= 1e-3 * abs(ce["mean_nll"]), (ge["mean_nll"], ce["mean_nll"])
+PY
+  for np in 1 2; do
+    FT=block q $np "$TMP/f$np.e8q" --device cuda --eval-text "$TEXT" > "$TMP/f.log" 2>&1 || { cat "$TMP/f.log"; fail "quantize --device cuda --ft block on $np ranks failed"; }
+  done
+  cmp "$TMP/f1.e8q" "$TMP/f2.e8q" || fail "quantize --device cuda --ft block: 1 and 2 ranks differ"
+  FT=block q 2 "$TMP/fc.e8q" --device cpu --eval-text "$TEXT" > "$TMP/fc.log" 2>&1 || { cat "$TMP/fc.log"; fail "quantize --device cpu --ft block failed"; }
+  python3 - "$TMP/f2.e8q" "$TMP/fc.e8q" <<'PY' || fail "block fine-tuning on the GPU: NLL not the CPU's within 1e-2"
+import json, subprocess, sys
+g, c = (json.loads(subprocess.check_output(["tar", "-xOf", a, "manifest.json"]))["evaluation"] for a in sys.argv[1:])
+print(f"fine-tuned, recorded NLL: GPU {g['mean_nll']} CPU {c['mean_nll']}")
+assert abs(g["mean_nll"] - c["mean_nll"]) <= 1e-2 * abs(c["mean_nll"]), (g["mean_nll"], c["mean_nll"])
 PY
   ;;
 *) fail "unknown case" ;;

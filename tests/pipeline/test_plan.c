@@ -178,8 +178,19 @@ static void test_llama70b_8_ranks(void **state) {
                         (double)sizeof(e8q_e8p_enc_tables);
     if (need > dev_ldlq) dev_ldlq = need;
   }
+  /* block fine-tuning on the device: dense fp32 block and its codes, the gradient sums, one
+   * sequence's activations and gradients (10 dim + 3 m_qkv + 2 q_dim + 8 hidden per token), the
+   * attention backward's P and dS, RMSNorm row factors, the quantized layers' work buffers (the
+   * transpose product needs no partials at 4096 tokens: 512 batch tiles x >= 1024 code columns
+   * fill a device) */
+  const double dev_ft = w + (10240.0 * 8192 + 8192.0 * 8192 + 57344.0 * 8192 + 8192.0 * 28672) / 2 + 4 * n_ft +
+                        4.0 * 4096 * (10 * 8192 + 3 * 10240 + 2 * 8192 + 8 * 28672.0) + 8.0 * 64 * 4096 * 4096 +
+                        16.0 * 4096 +
+                        4.0 * 4096 * ((8192 + 8192 + 2 * 10240.0) + (8192 + 8192 + 2 * 8192.0) +
+                                      (8192 + 8192 + 2 * 57344.0) + (28672 + 28672 + 2 * 8192.0));
   double device = dev_block > dev_ldlq ? dev_block : dev_ldlq;
   if (dev_eval > device) device = dev_eval;
+  if (dev_ft > device) device = dev_ft;
   for (int r = 0; r < R; r++) {
     assert_int_equal(p.seq_start[r + 1] - p.seq_start[r], 16);
     assert_int_equal(p.row_start[2][r + 1] - p.row_start[2][r], 7168);
@@ -192,10 +203,11 @@ static void test_llama70b_8_ranks(void **state) {
     assert_true((double)p.mem[r].e2e == e2e);
     assert_true((double)p.mem[r].peak == peak);
     assert_true((double)p.mem[r].device == device);
+    assert_true((double)p.mem[r].dev_ft == dev_ft);
   }
   /* about 34 GiB on the device, the validation's 4-bit codes of 80 blocks: under 80 GB */
   T_NEAR((double)p.mem[0].device / (1ull << 30), dev_eval / (1ull << 30), 1e-9, "device GiB");
-  assert_true(dev_eval > dev_block && dev_eval > dev_ldlq && device < 80.0 * (1ull << 30));
+  assert_true(dev_eval > dev_block && dev_eval > dev_ldlq && dev_eval > dev_ft && device < 80.0 * (1ull << 30));
   /* about 65 GiB per rank, end-to-end fine-tuning's: 31.9 (4-bit codes of 80 blocks) + 12.3 (the
    * trained vector, lm_head's 262M parameters most of it, 48 bytes each) + 10.9 (one sequence's
    * inputs of 80 blocks and its logits) + 4.1 (a block's activations) + 4.0 (attention scores) +
