@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <mutex>
+
 #include "kernels/codebook.h"
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_cuda_dev.h"
@@ -42,12 +44,7 @@ struct e8q_cu_qlinear {
   float *R_in, *R_out;  // [K, K] or NULL
   uint32_t *abs_tab;    // [256] packed abs rows (codebook.h host table, uploaded)
   int8_t *grid2;        // [256 * 8] 1-bit grid in half units
-  int cap_batch;        // capacity of the work buffers below
-  float *x, *u, *z, *y; // [cap, n], [cap, n_pad], [cap, m], [cap, m]
-  float *tpart;         // [chunks, batch, n_pad] the transpose product's partials (backward)
-  size_t tpart_cap;     // floats allocated in tpart
-  cudaStream_t stream;  // every product of the layer runs here: the work buffers are single-use
-  cudaEvent_t ev_in, ev_out; // a caller's stream -> stream -> the caller's stream
+  struct e8q_cu_pool *pool; // the device's stream and work buffers, shared by its layers
 };
 
 static int cu_err(cudaError_t e, const char *what, char *err, size_t errlen) {
@@ -59,6 +56,79 @@ static int cu_err(cudaError_t e, const char *what, char *err, size_t errlen) {
   do {                                                          \
     if (cu_err((call), #call, err, errlen)) return -1;          \
   } while (0)
+
+// ---------------------------------------------------------------- the device's shared work buffers
+// Every layer on a device runs its products on the device's one stream with the device's one set
+// of work buffers, each grown to the largest product seen: a model's hundreds of layers hold one
+// set, not one each. Products of different layers serialise on that stream; two events order
+// them after and before each caller's stream. Refcounted by the layers (create / free), under a
+// mutex (layers may be created from several threads; products are issued from one at a time).
+enum { POOL_X, POOL_U, POOL_Z, POOL_Y, POOL_T, POOL_BUFS };
+struct e8q_cu_pool {
+  int device, refs;
+  cudaStream_t stream;
+  cudaEvent_t ev_in, ev_out;   // a caller's stream -> stream -> the caller's stream
+  float *buf[POOL_BUFS];       // x [batch, n], u [batch, n_pad], z [batch, m], y [batch, m],
+                               // t [chunks, batch, n_pad] (the transpose product's partials)
+  size_t cap[POOL_BUFS];       // floats allocated in buf[i]
+};
+#define POOL_MAX_DEVICES 64
+static e8q_cu_pool *g_pools[POOL_MAX_DEVICES];
+static std::mutex g_pools_mu;
+
+static void pool_destroy(e8q_cu_pool *p) {
+  cudaSetDevice(p->device);
+  if (p->stream) cudaStreamSynchronize(p->stream);
+  for (int i = 0; i < POOL_BUFS; i++) cudaFree(p->buf[i]);
+  if (p->ev_in) cudaEventDestroy(p->ev_in);
+  if (p->ev_out) cudaEventDestroy(p->ev_out);
+  if (p->stream) cudaStreamDestroy(p->stream);
+  delete p;
+}
+
+static e8q_cu_pool *pool_acquire(int device, char *err, size_t errlen) {
+  if (device < 0 || device >= POOL_MAX_DEVICES) {
+    snprintf(err, errlen, "CUDA device %d: at most %d devices per process", device, POOL_MAX_DEVICES);
+    return NULL;
+  }
+  std::lock_guard<std::mutex> lock(g_pools_mu);
+  e8q_cu_pool *p = g_pools[device];
+  if (!p) {
+    p = new e8q_cu_pool();
+    memset(p, 0, sizeof *p);
+    p->device = device;
+    if (cu_err(cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking), "cudaStreamCreate", err, errlen) ||
+        cu_err(cudaEventCreateWithFlags(&p->ev_in, cudaEventDisableTiming), "cudaEventCreate", err, errlen) ||
+        cu_err(cudaEventCreateWithFlags(&p->ev_out, cudaEventDisableTiming), "cudaEventCreate", err, errlen)) {
+      pool_destroy(p);
+      return NULL;
+    }
+    g_pools[device] = p;
+  }
+  p->refs++;
+  return p;
+}
+
+static void pool_release(e8q_cu_pool *p) {
+  if (!p) return;
+  std::lock_guard<std::mutex> lock(g_pools_mu);
+  if (--p->refs > 0) return;
+  g_pools[p->device] = NULL;
+  pool_destroy(p);
+}
+
+// buffer i of at least `floats` floats (the pool's stream drained before a smaller one is freed)
+static float *pool_buf(e8q_cu_pool *p, int i, size_t floats, char *err, size_t errlen) {
+  if (floats <= p->cap[i]) return p->buf[i];
+  if (cu_err(cudaStreamSynchronize(p->stream), "cudaStreamSynchronize", err, errlen)) return NULL;
+  cudaFree(p->buf[i]);
+  p->buf[i] = NULL;
+  p->cap[i] = 0;
+  if (cu_err(cudaMalloc((void **)&p->buf[i], sizeof(float) * floats), "cudaMalloc (work buffer)", err, errlen))
+    return NULL;
+  p->cap[i] = floats;
+  return p->buf[i];
+}
 
 // ---------------------------------------------------------------- kernels
 __global__ void had_kernel(const float *in, int in_stride, int n_valid, const float *pre, int k, int K,
@@ -212,13 +282,10 @@ extern "C" void e8q_cu_qlinear_free(void *h) {
   e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
   if (!g) return;
   cudaSetDevice(g->device);
+  if (g->pool) cudaStreamSynchronize(g->pool->stream); // no product of this layer in flight
   cudaFree(g->codes); cudaFree(g->codes2); cudaFree(g->SU); cudaFree(g->out_scale); cudaFree(g->fs_row);
-  cudaFree(g->tpart);
   cudaFree(g->R_in); cudaFree(g->R_out); cudaFree(g->abs_tab); cudaFree(g->grid2);
-  cudaFree(g->x); cudaFree(g->u); cudaFree(g->z); cudaFree(g->y);
-  if (g->ev_in) cudaEventDestroy(g->ev_in);
-  if (g->ev_out) cudaEventDestroy(g->ev_out);
-  if (g->stream) cudaStreamDestroy(g->stream);
+  pool_release(g->pool);
   delete g;
 }
 
@@ -289,9 +356,7 @@ extern "C" int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **ou
   if (!rc && q->d.K_out > 1) rc |= upload((void **)&g->R_out, q->h_out.f.Rf, sizeof(float) * q->d.K_out * q->d.K_out, err, errlen);
   if (!rc) rc |= upload((void **)&g->abs_tab, e8q_e8p_packed_abs_host, sizeof e8q_e8p_packed_abs_host, err, errlen);
   if (!rc) rc |= upload((void **)&g->grid2, e8q_e81b_grid2_host, sizeof e8q_e81b_grid2_host, err, errlen);
-  if (!rc) rc |= cu_err(cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking), "cudaStreamCreate", err, errlen);
-  if (!rc) rc |= cu_err(cudaEventCreateWithFlags(&g->ev_in, cudaEventDisableTiming), "cudaEventCreate", err, errlen);
-  if (!rc) rc |= cu_err(cudaEventCreateWithFlags(&g->ev_out, cudaEventDisableTiming), "cudaEventCreate", err, errlen);
+  if (!rc && !(g->pool = pool_acquire(device, err, errlen))) rc = -1;
   if (!rc) rc |= cu_err(cudaFuncSetAttribute(had_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem(device)),
                         "cudaFuncSetAttribute(had_kernel)", err, errlen);
   // static shared memory of codes_kernel_b1: 1 KiB abs table + 2 KiB grid
@@ -308,52 +373,51 @@ extern "C" int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **ou
   return 0;
 }
 
-// work buffers for `batch` rows (kept between calls, grown when needed)
-static int grow(e8q_cu_qlinear *g, int batch, char *err, size_t errlen) {
-  if (batch <= g->cap_batch) return 0;
-  cudaFree(g->x); cudaFree(g->u); cudaFree(g->z); cudaFree(g->y);
-  g->x = g->u = g->z = g->y = NULL;
-  g->cap_batch = 0;
-  CU_TRY(cudaMalloc((void **)&g->x, sizeof(float) * (size_t)batch * g->n));
-  CU_TRY(cudaMalloc((void **)&g->u, sizeof(float) * (size_t)batch * g->n_pad));
-  CU_TRY(cudaMalloc((void **)&g->z, sizeof(float) * (size_t)batch * g->m));
-  CU_TRY(cudaMalloc((void **)&g->y, sizeof(float) * (size_t)batch * g->m));
-  g->cap_batch = batch;
+// the pool's x, u, z, y for `batch` rows of this layer (tpart: e8q_cu_qlinear_backward_dev)
+struct work {
+  float *x, *u, *z, *y;
+};
+static int work_get(e8q_cu_qlinear *g, int batch, work *w, char *err, size_t errlen) {
+  const size_t b = (size_t)batch;
+  w->x = pool_buf(g->pool, POOL_X, b * g->n, err, errlen);
+  w->u = w->x ? pool_buf(g->pool, POOL_U, b * g->n_pad, err, errlen) : NULL;
+  w->z = w->u ? pool_buf(g->pool, POOL_Z, b * g->m, err, errlen) : NULL;
+  w->y = w->z ? pool_buf(g->pool, POOL_Y, b * g->m, err, errlen) : NULL;
+  return w->y ? 0 : -1;
+}
+
+// the caller's stream -> the pool's stream (begin) and back (end): the kernels always run on
+// the pool's stream, so products from several streams serialise on the shared work buffers
+static int stream_begin(e8q_cu_pool *p, cudaStream_t caller, char *err, size_t errlen) {
+  if (caller == p->stream) return 0;
+  CU_TRY(cudaEventRecord(p->ev_in, caller));
+  CU_TRY(cudaStreamWaitEvent(p->stream, p->ev_in, 0));
+  return 0;
+}
+static int stream_end(e8q_cu_pool *p, cudaStream_t caller, char *err, size_t errlen) {
+  if (caller == p->stream) return 0;
+  CU_TRY(cudaEventRecord(p->ev_out, p->stream));
+  CU_TRY(cudaStreamWaitEvent(caller, p->ev_out, 0));
   return 0;
 }
 
-// the caller's stream -> the layer's stream (begin) and back (end): the layer's kernels always
-// run on its own stream, so products of one layer from several streams serialise instead of
-// sharing the work buffers u, z, tpart (grown as needed; cudaFree synchronises)
-static int stream_begin(e8q_cu_qlinear *g, cudaStream_t caller, char *err, size_t errlen) {
-  if (caller == g->stream) return 0;
-  CU_TRY(cudaEventRecord(g->ev_in, caller));
-  CU_TRY(cudaStreamWaitEvent(g->stream, g->ev_in, 0));
-  return 0;
-}
-static int stream_end(e8q_cu_qlinear *g, cudaStream_t caller, char *err, size_t errlen) {
-  if (caller == g->stream) return 0;
-  CU_TRY(cudaEventRecord(g->ev_out, g->stream));
-  CU_TRY(cudaStreamWaitEvent(caller, g->ev_out, 0));
-  return 0;
-}
-
-// x [batch, n] -> y [batch, m] on the layer's stream; zk [batch, m] (or NULL): the output
+// x [batch, n] -> y [batch, m] on the pool's stream; zk [batch, m] (or NULL): the output
 // before the per-row scales, Wscale · M_m z (e8q_qlinear_forward_keep's z), for the backward
-static int forward_run(e8q_cu_qlinear *g, int batch, const float *x, float *y, float *zk, char *err, size_t errlen) {
-  const cudaStream_t st = g->stream;
+static int forward_run(e8q_cu_qlinear *g, const work *w, int batch, const float *x, float *y, float *zk, char *err,
+                       size_t errlen) {
+  const cudaStream_t st = g->pool->stream;
   had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->n_pad, st>>>(x, g->n, g->n, g->SU, g->n_pad, g->K_in, g->R_in, 1,
-                                                                   1.0f, NULL, g->u);
+                                                                   1.0f, NULL, w->u);
   CU_TRY(cudaGetLastError());
   int blocks = (g->m + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
   if (batch == 1 && g->b1_smem)
     codes_kernel_b1<<<blocks, 32 * ROWS_PER_BLOCK, sizeof(float) * g->n_pad, st>>>(
-        g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs, g->abs_tab, g->grid2, g->u, g->n_pad, g->z);
+        g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs, g->abs_tab, g->grid2, w->u, g->n_pad, w->z);
   else
     codes_kernel<<<blocks, 32 * ROWS_PER_BLOCK, 0, st>>>(g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs,
-                                                        g->abs_tab, g->grid2, g->u, g->n_pad, batch, g->z);
+                                                        g->abs_tab, g->grid2, w->u, g->n_pad, batch, w->z);
   CU_TRY(cudaGetLastError());
-  had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->m, st>>>(g->z, g->m, g->m, NULL, g->m, g->K_out, g->R_out, 0,
+  had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->m, st>>>(w->z, g->m, g->m, NULL, g->m, g->K_out, g->R_out, 0,
                                                                g->Wscale, zk ? NULL : g->out_scale, zk ? zk : y);
   CU_TRY(cudaGetLastError());
   if (zk) {
@@ -363,24 +427,23 @@ static int forward_run(e8q_cu_qlinear *g, int batch, const float *x, float *y, f
   return 0;
 }
 
-// device pointers: x [batch, n] -> y [batch, m], asynchronous on `stream` (NULL: the layer's own
+// device pointers: x [batch, n] -> y [batch, m], asynchronous on `stream` (NULL: the pool's
 // stream), ordered after the caller's stream and before its later work by two events
-extern "C" int e8q_cu_qlinear_forward_keep_dev(void *h, int batch, const float *x, float *y, float *zk,
-                                               void *stream_, char *err, size_t errlen);
-extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, void *stream_,
-                                          char *err, size_t errlen) {
-  return e8q_cu_qlinear_forward_keep_dev(h, batch, x, y, NULL, stream_, err, errlen);
-}
-
 extern "C" int e8q_cu_qlinear_forward_keep_dev(void *h, int batch, const float *x, float *y, float *zk,
                                                void *stream_, char *err, size_t errlen) {
   e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
-  const cudaStream_t caller = stream_ ? (cudaStream_t)stream_ : g->stream;
+  const cudaStream_t caller = stream_ ? (cudaStream_t)stream_ : g->pool->stream;
   if (batch <= 0) return 0;
   CU_TRY(cudaSetDevice(g->device));
-  if (grow(g, batch, err, errlen)) return -1;
-  if (stream_begin(g, caller, err, errlen) || forward_run(g, batch, x, y, zk, err, errlen)) return -1;
-  return stream_end(g, caller, err, errlen);
+  work w;
+  if (work_get(g, batch, &w, err, errlen)) return -1;
+  if (stream_begin(g->pool, caller, err, errlen) || forward_run(g, &w, batch, x, y, zk, err, errlen)) return -1;
+  return stream_end(g->pool, caller, err, errlen);
+}
+
+extern "C" int e8q_cu_qlinear_forward_dev(void *h, int batch, const float *x, float *y, void *stream_,
+                                          char *err, size_t errlen) {
+  return e8q_cu_qlinear_forward_keep_dev(h, batch, x, y, NULL, stream_, err, errlen);
 }
 
 // the backward chain of qlinear_grad.h on device buffers (see qlinear_gpu.h)
@@ -388,20 +451,15 @@ extern "C" int e8q_cu_qlinear_backward_dev(void *h, int batch, const float *x, c
                                            float *dx, float *dSU, float *dSV, void *stream_, char *err,
                                            size_t errlen) {
   e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
-  const cudaStream_t st = g->stream, caller = stream_ ? (cudaStream_t)stream_ : g->stream;
+  const cudaStream_t st = g->pool->stream, caller = stream_ ? (cudaStream_t)stream_ : st;
   if (batch <= 0) return 0;
   CU_TRY(cudaSetDevice(g->device));
-  if (grow(g, batch, err, errlen)) return -1;
+  work w;
+  if (work_get(g, batch, &w, err, errlen)) return -1;
   const int chunks = e8q_qdev_t_chunks(g->m, g->nc, batch, g->n_pad);
-  const size_t part = chunks > 1 ? (size_t)chunks * batch * g->n_pad : 0;
-  if (part > g->tpart_cap) {
-    CU_TRY(cudaFree(g->tpart));
-    g->tpart = NULL;
-    g->tpart_cap = 0;
-    CU_TRY(cudaMalloc((void **)&g->tpart, sizeof(float) * part));
-    g->tpart_cap = part;
-  }
-  if (stream_begin(g, caller, err, errlen)) return -1;
+  float *tpart = NULL; // [chunks, batch, n_pad]
+  if (chunks > 1 && !(tpart = pool_buf(g->pool, POOL_T, (size_t)chunks * batch * g->n_pad, err, errlen))) return -1;
+  if (stream_begin(g->pool, caller, err, errlen)) return -1;
   if (dSV) { // dSV[r] += fs[r] · Σ_b dy[b, r] zk[b, r]
     coldot_kernel<<<grid_1d(g->m, 256), 256, 0, st>>>(batch, g->m, dy, g->m, zk, g->m, g->fs_row, dSV);
     CU_TRY(cudaGetLastError());
@@ -409,40 +467,40 @@ extern "C" int e8q_cu_qlinear_backward_dev(void *h, int batch, const float *x, c
   if (dx || dSU) {
     // dz = Wscale · M_mᵀ (os ⊙ dy)
     had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->m, st>>>(dy, g->m, g->m, g->out_scale, g->m, g->K_out, g->R_out,
-                                                                 1, g->Wscale, NULL, g->z);
+                                                                 1, g->Wscale, NULL, w.z);
     CU_TRY(cudaGetLastError());
     // t = Ŵrᵀ dz into u, by chunks of rows added in order
     const int rows = (g->m + chunks - 1) / chunks;
     const dim3 grid((g->nc + T_THREADS - 1) / T_THREADS, (batch + E8Q_QDEV_BT - 1) / E8Q_QDEV_BT, chunks);
     codes_t_kernel<<<grid, T_THREADS, 0, st>>>(g->cb, g->codes, g->codes2, g->m, g->nc, g->inv_rs, g->abs_tab,
-                                               g->grid2, g->z, batch, g->n_pad, rows, chunks > 1 ? g->tpart : g->u);
+                                               g->grid2, w.z, batch, g->n_pad, rows, chunks > 1 ? tpart : w.u);
     CU_TRY(cudaGetLastError());
     if (chunks > 1) {
       const size_t total = (size_t)batch * g->n_pad;
-      sum_chunks_kernel<<<grid_1d(total, 256), 256, 0, st>>>(total, chunks, g->tpart, g->u);
+      sum_chunks_kernel<<<grid_1d(total, 256), 256, 0, st>>>(total, chunks, tpart, w.u);
       CU_TRY(cudaGetLastError());
     }
     // v = M_n_pad t, in place (each block stages its row before writing it)
-    had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->n_pad, st>>>(g->u, g->n_pad, g->n_pad, NULL, g->n_pad, g->K_in,
-                                                                     g->R_in, 0, 1.0f, NULL, g->u);
+    had_kernel<<<batch, HAD_THREADS, sizeof(float) * g->n_pad, st>>>(w.u, g->n_pad, g->n_pad, NULL, g->n_pad, g->K_in,
+                                                                     g->R_in, 0, 1.0f, NULL, w.u);
     CU_TRY(cudaGetLastError());
     if (dSU) { // dSU[k] += Σ_b x[b, k] v[b, k], k < n
-      coldot_kernel<<<grid_1d(g->n, 256), 256, 0, st>>>(batch, g->n, x, g->n, g->u, g->n_pad, NULL, dSU);
+      coldot_kernel<<<grid_1d(g->n, 256), 256, 0, st>>>(batch, g->n, x, g->n, w.u, g->n_pad, NULL, dSU);
       CU_TRY(cudaGetLastError());
     }
     if (dx) { // dx = SU ⊙ v (the padding columns have no input)
-      rowscale_kernel<<<grid_1d((size_t)batch * g->n, 256), 256, 0, st>>>(batch, g->n, g->SU, g->u, g->n_pad, dx, g->n);
+      rowscale_kernel<<<grid_1d((size_t)batch * g->n, 256), 256, 0, st>>>(batch, g->n, g->SU, w.u, g->n_pad, dx, g->n);
       CU_TRY(cudaGetLastError());
     }
   }
-  return stream_end(g, caller, err, errlen);
+  return stream_end(g->pool, caller, err, errlen);
 }
 
 // SU [n_pad] and the output scales [m] again (after a fine-tuning step changed them)
 extern "C" int e8q_cu_qlinear_set_scales(void *h, const float *SU, const float *out_scale, char *err, size_t errlen) {
   e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
   CU_TRY(cudaSetDevice(g->device));
-  CU_TRY(cudaStreamSynchronize(g->stream)); // no product of the layer still reads them
+  CU_TRY(cudaStreamSynchronize(g->pool->stream)); // no product still reads them
   CU_TRY(cudaMemcpy(g->SU, SU, sizeof(float) * g->n_pad, cudaMemcpyHostToDevice));
   CU_TRY(cudaMemcpy(g->out_scale, out_scale, sizeof(float) * g->m, cudaMemcpyHostToDevice));
   return 0;
@@ -451,12 +509,14 @@ extern "C" int e8q_cu_qlinear_set_scales(void *h, const float *SU, const float *
 // host pointers: copies in, runs, copies out, synchronises
 extern "C" int e8q_cu_qlinear_forward_host(void *h, int batch, const float *x, float *y, char *err, size_t errlen) {
   e8q_cu_qlinear *g = (e8q_cu_qlinear *)h;
+  const cudaStream_t st = g->pool->stream;
   if (batch <= 0) return 0;
   CU_TRY(cudaSetDevice(g->device));
-  if (grow(g, batch, err, errlen)) return -1;
-  CU_TRY(cudaMemcpyAsync(g->x, x, sizeof(float) * (size_t)batch * g->n, cudaMemcpyHostToDevice, g->stream));
-  if (e8q_cu_qlinear_forward_dev(h, batch, g->x, g->y, g->stream, err, errlen)) return -1;
-  CU_TRY(cudaMemcpyAsync(y, g->y, sizeof(float) * (size_t)batch * g->m, cudaMemcpyDeviceToHost, g->stream));
-  CU_TRY(cudaStreamSynchronize(g->stream));
+  work w;
+  if (work_get(g, batch, &w, err, errlen)) return -1;
+  CU_TRY(cudaMemcpyAsync(w.x, x, sizeof(float) * (size_t)batch * g->n, cudaMemcpyHostToDevice, st));
+  if (forward_run(g, &w, batch, w.x, w.y, NULL, err, errlen)) return -1;
+  CU_TRY(cudaMemcpyAsync(y, w.y, sizeof(float) * (size_t)batch * g->m, cudaMemcpyDeviceToHost, st));
+  CU_TRY(cudaStreamSynchronize(st));
   return 0;
 }

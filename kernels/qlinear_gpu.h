@@ -25,9 +25,11 @@ void e8q_qlinear_gpu_free(e8q_qlinear_gpu *g);
 int e8q_qlinear_gpu_device(const e8q_qlinear_gpu *g); /* the CUDA device it was uploaded to */
 /* host buffers x [batch, n] -> y [batch, m]; g NULL runs e8q_qlinear_forward on the CPU */
 void e8q_qlinear_forward_gpu(const e8q_qlinear *q, e8q_qlinear_gpu *g, int batch, const float *x, float *y);
-/* device buffers, asynchronous on stream (a cudaStream_t; NULL = the layer's own stream); the
- * kernels run on the layer's stream, ordered after and before the caller's by events, so calls
- * from several streams serialise on the layer's work buffers */
+/* device buffers, asynchronous on stream (a cudaStream_t; NULL = the device's shared stream).
+ * Every layer on a device shares one stream and one set of work buffers (grown to the largest
+ * product seen; kernels/qlinear_cuda.cu): the kernels run on that stream, ordered after and
+ * before the caller's by events, so calls from several streams serialise on the buffers, and a
+ * model of hundreds of layers holds one set of buffers, not one per layer. */
 void e8q_qlinear_forward_gpu_dev(e8q_qlinear_gpu *g, int batch, const float *x, float *y, void *stream);
 
 /* ---------------------------------------------------------------- fine-tuning (device buffers)

@@ -102,17 +102,20 @@ static void plan_memory(e8q_plan *p) {
   /* block fine-tuning on the device (kernels/transformer_gpu.h), bounded over the rounds: the
    * block's dense weights and codes, one sequence's kept activations and their gradients, the
    * attention backward's P and dS, the RMSNorm backward's row factors, the gradient sums, and
-   * each quantized layer's work buffers and transpose-product partials (kernels/qlinear_cuda.cu) */
+   * the device's shared work buffers of the quantized layers (kernels/qlinear_cuda.cu) */
   size_t dev_ft = add_sat(add_sat(weights, codes), mul_sat(4, n_ft));
   dev_ft = add_sat(dev_ft, mul3_sat(4, T, 10 * (size_t)c->dim + 3 * (size_t)gq->m + 2 * (size_t)p->groups[E8Q_GROUP_O].n +
                                               8 * (size_t)c->hidden_dim));
   dev_ft = add_sat(dev_ft, add_sat(mul_sat(mul3_sat(8, (size_t)c->n_heads, T), T), mul_sat(16, T)));
+  size_t wmax[4] = {0, 0, 0, 0}; /* the device's shared work buffers: widest n, n_pad, m, partials */
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     const e8q_group_plan *gp = &p->groups[g];
-    const size_t work = (size_t)gp->n + (size_t)gp->n_pad + 2 * (size_t)gp->m;
     const int chunks = e8q_qdev_t_chunks(gp->m, gp->n_pad / 8, (int)T, gp->n_pad);
-    dev_ft = add_sat(dev_ft, mul3_sat(4, T, add_sat(work, chunks > 1 ? mul_sat((size_t)chunks, (size_t)gp->n_pad) : 0)));
+    const size_t w[4] = {(size_t)gp->n, (size_t)gp->n_pad, (size_t)gp->m,
+                         chunks > 1 ? mul_sat((size_t)chunks, (size_t)gp->n_pad) : 0};
+    for (int i = 0; i < 4; i++) wmax[i] = w[i] > wmax[i] ? w[i] : wmax[i];
   }
+  dev_ft = add_sat(dev_ft, mul3_sat(4, T, add_sat(add_sat(wmax[0], wmax[1]), add_sat(mul_sat(2, wmax[2]), wmax[3]))));
   for (int r = 0; r < p->n_ranks; r++) {
     e8q_rank_mem *m = &p->mem[r];
     size_t seqs = (size_t)(p->seq_start[r + 1] - p->seq_start[r]);

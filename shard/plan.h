@@ -68,14 +68,15 @@
  *                                                                    and their gradients
  *             + 8 * n_heads*ctx*ctx + 16 * ctx                       attention backward's P and dS,
  *                                                                    RMSNorm backward's row factors
- *             + sum over groups of 4 * ctx * (n + n_pad + 2m         each quantized layer's work
- *                                    + chunks*n_pad if chunks > 1)   buffers and transpose partials
- *                                                                    (e8q_qdev_t_chunks at batch ctx)
+ *             + 4 * ctx * (max n + max n_pad + 2 max m               the quantized layers' shared
+ *                          + max chunks*n_pad over chunks > 1)       work buffers and transpose
+ *                                                                    partials (e8q_qdev_t_chunks,
+ *                                                                    batch ctx; max over groups)
  *   device    = max(dev_block, dev_ldlq, dev_eval, dev_ft)  (block fine-tuning on the device; its
  *               host terms stay in peak: the trainer's state and exact sums live on the host)
  * with widths = dim + m_qkv + q_dim + dim + 3*hidden and rows_r = rank r's rows of the group.
- * The eval term leaves out the fused kernels' per-layer work buffers (4 * batch * (n + n_pad + 2m)),
- * small at the validation's per-line batches.
+ * The eval term leaves out the fused kernels' work buffers (one set per device, shared by its
+ * layers: 4 * batch * (n + n_pad + 2m) of the largest group), small at the validation's batches.
  */
 #ifndef E8Q_SHARD_PLAN_H
 #define E8Q_SHARD_PLAN_H
