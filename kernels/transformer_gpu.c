@@ -34,6 +34,24 @@ size_t e8q_cu_attention_backward_scratch(int n_seq, int T, int n_heads);
 int e8q_cu_attention_backward(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv,
                               const float *dout, float *dqkv, void *scratch, void *stream, char *err, size_t errlen);
 
+enum { TF_HEAD = 4, TF_DENSE = 5 }; /* the dense weight slots: the four groups, then the head */
+
+/* the final norm and the head of end-to-end fine-tuning (device) */
+typedef struct {
+  int P, V;                 /* the last head forward's positions and vocabulary */
+  size_t cap_x, cap_l;      /* floats allocated: x-sized buffers, logits */
+  float *x, *xn, *dxn;      /* [P, dim] stream, normed, gradient */
+  float *logits;            /* [P, V] logits, then their gradient */
+  float *norm;              /* [dim] the final norm (uploaded by the forward) */
+  float *dnorm;             /* [dim] the final norm's gradient */
+  const float *head;        /* the host head of the last forward (the dense slot TF_HEAD holds it) */
+  float *dhead;             /* [V, dim] the head's gradient (when asked) */
+  size_t cap_dhead;
+  float *host;              /* [V*dim + dim] host staging of the gradients */
+  size_t cap_host;
+  void *rms_scratch;        /* e8q_cu_rmsnorm_backward_scratch(P) bytes */
+} tf_head;
+
 /* the fine-tuning activations and gradients of one call's tokens (device) */
 typedef struct {
   size_t cap;                    /* tokens the buffers hold */
@@ -66,10 +84,11 @@ struct e8q_tf_gpu {
   float *h;     /* [cap, hidden] */
   float *norms; /* [2, dim] attn_norm | ffn_norm of the current block */
   cublasHandle_t blas;  /* dense products (created on first use) */
-  const float *dsrc[4]; /* host weights the device copies below hold (NULL: none) */
-  float *dw[4];         /* [m, n] device copies of a block's dense linears */
-  size_t dcap[4];       /* floats allocated in dw[g] */
+  const float *dsrc[TF_DENSE]; /* host weights the device copies below hold (NULL: none) */
+  float *dw[TF_DENSE];         /* [m, n] device copies of a block's dense linears, [vocab, dim] the head */
+  size_t dcap[TF_DENSE];       /* floats allocated in dw[g] */
   tf_train tr;          /* fine-tuning buffers (allocated by the first train forward) */
+  tf_head hd;           /* end-to-end fine-tuning's head (allocated by the first head forward) */
 };
 
 #define TF_CUDA(call)                                                                                       \
@@ -225,6 +244,14 @@ static void train_ensure(e8q_tf_gpu *w, int n_seq, int T) {
   t->n_seq = n_seq;
   t->T = T;
 }
+
+static void head_free(tf_head *h) {
+  float **b[] = {&h->x, &h->xn, &h->dxn, &h->logits, &h->norm, &h->dnorm, &h->dhead};
+  for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) cudaFree(*b[i]);
+  cudaFree(h->rms_scratch);
+  free(h->host);
+  memset(h, 0, sizeof *h);
+}
 #endif
 
 e8q_tf_gpu *e8q_tf_gpu_create(int device, const e8q_tf_shape *s, const char **why_not) {
@@ -261,7 +288,8 @@ void e8q_tf_gpu_free(e8q_tf_gpu *w) {
   cudaSetDevice(w->device);
   bufs_free(w);
   train_free(&w->tr);
-  for (int g = 0; g < 4; g++) cudaFree(w->dw[g]);
+  head_free(&w->hd);
+  for (int g = 0; g < TF_DENSE; g++) cudaFree(w->dw[g]);
   if (w->blas) cublasDestroy(w->blas);
   cudaFree(w->norms);
   cudaStreamDestroy(w->stream);
@@ -311,7 +339,7 @@ void e8q_tf_gpu_block(e8q_tf_gpu *w, int n_seq, int T, float *x, const float *at
 /* ---------------------------------------------------------------- fine-tuning */
 void e8q_tf_gpu_forget_weights(e8q_tf_gpu *w) {
   if (!w) return;
-  for (int g = 0; g < 4; g++) w->dsrc[g] = NULL;
+  for (int g = 0; g < TF_DENSE; g++) w->dsrc[g] = NULL;
 }
 
 void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, float *y, const float *attn_norm,
@@ -457,5 +485,95 @@ void e8q_tf_gpu_train_backward(e8q_tf_gpu *w, const float *dy, float *dx, const 
   grads_close(w, N, &M);
 #else
   (void)dy; (void)dx; (void)lin; (void)g;
+#endif
+}
+
+/* ---------------------------------------------------------------- end-to-end: the head */
+#ifdef E8Q_HAVE_CUDA
+/* device buffer *p of at least `floats` floats (*cap: allocated), contents not kept */
+static void head_buf(e8q_tf_gpu *w, int N, float **p, size_t *cap, size_t floats) {
+  if (*cap >= floats) return;
+  cudaFree(*p);
+  *p = NULL;
+  *cap = 0;
+  TF_CUDA(cudaMalloc((void **)p, sizeof(float) * floats));
+  *cap = floats;
+}
+#endif
+
+void e8q_tf_gpu_head_forward(e8q_tf_gpu *w, int P, const float *x, const float *norm, const float *head, int V,
+                             float *logits) {
+  E8Q_CHECK(w, "e8q_tf_gpu_head_forward: no GPU workspace (e8q_tf_gpu_create returned NULL)");
+#ifdef E8Q_HAVE_CUDA
+  const int N = P, D = w->s.dim;
+  tf_head *h = &w->hd;
+  E8Q_CHECK(P > 0 && V > 0, "GPU head: %d positions, vocabulary %d", P, V);
+  TF_CUDA(cudaSetDevice(w->device));
+  const size_t PD = (size_t)P * D, PV = (size_t)P * V;
+  if (h->cap_x < PD) { /* x, xn, dxn and the row factors grow together */
+    float **b[] = {&h->x, &h->xn, &h->dxn};
+    for (int i = 0; i < 3; i++) {
+      cudaFree(*b[i]);
+      *b[i] = NULL;
+      TF_CUDA(cudaMalloc((void **)b[i], sizeof(float) * PD));
+    }
+    cudaFree(h->rms_scratch);
+    h->rms_scratch = NULL;
+    TF_CUDA(cudaMalloc(&h->rms_scratch, e8q_cu_rmsnorm_backward_scratch(P)));
+    h->cap_x = PD;
+  }
+  head_buf(w, N, &h->logits, &h->cap_l, PV);
+  if (!h->norm) {
+    TF_CUDA(cudaMalloc((void **)&h->norm, sizeof(float) * D));
+    TF_CUDA(cudaMalloc((void **)&h->dnorm, sizeof(float) * D));
+  }
+  TF_CUDA(cudaMemcpyAsync(h->x, x, sizeof(float) * PD, cudaMemcpyHostToDevice, w->stream));
+  TF_CUDA(cudaMemcpyAsync(h->norm, norm, sizeof(float) * D, cudaMemcpyHostToDevice, w->stream));
+  TF_LAUNCH(e8q_cu_rmsnorm(P, D, h->x, h->norm, w->s.norm_eps, h->xn, (void *)w->stream, err_, sizeof err_));
+  const e8q_tf_gpu_lin L = {.w = head, .m = V, .n = D};
+  lin_forward_keep(w, TF_HEAD, &L, P, h->xn, h->logits, NULL);
+  TF_CUDA(cudaMemcpyAsync(logits, h->logits, sizeof(float) * PV, cudaMemcpyDeviceToHost, w->stream));
+  TF_CUDA(cudaStreamSynchronize(w->stream));
+  h->P = P;
+  h->V = V;
+  h->head = head;
+#else
+  (void)P; (void)x; (void)norm; (void)head; (void)V; (void)logits;
+#endif
+}
+
+void e8q_tf_gpu_head_backward(e8q_tf_gpu *w, const float *dlogits, float *dx, float *d_norm, float *d_head) {
+  E8Q_CHECK(w && w->hd.P > 0, "e8q_tf_gpu_head_backward: no head forward ran on this workspace");
+#ifdef E8Q_HAVE_CUDA
+  tf_head *h = &w->hd;
+  const int P = h->P, V = h->V, N = P, D = w->s.dim;
+  const size_t PD = (size_t)P * D, VD = (size_t)V * D;
+  TF_CUDA(cudaSetDevice(w->device));
+  TF_CUDA(cudaMemcpyAsync(h->logits, dlogits, sizeof(float) * (size_t)P * V, cudaMemcpyHostToDevice, w->stream));
+  if (d_head) {
+    head_buf(w, N, &h->dhead, &h->cap_dhead, VD);
+    TF_CUDA(cudaMemsetAsync(h->dhead, 0, sizeof(float) * VD, w->stream));
+  }
+  const e8q_tf_gpu_lin L = {.w = h->head, .m = V, .n = D};
+  lin_backward(w, TF_HEAD, &L, P, h->xn, NULL, h->logits, h->dxn, NULL, NULL, d_head ? h->dhead : NULL);
+  TF_CUDA(cudaMemsetAsync(h->dnorm, 0, sizeof(float) * D, w->stream));
+  TF_LAUNCH(e8q_cu_rmsnorm_backward(P, D, h->x, h->norm, w->s.norm_eps, h->dxn, h->dxn, h->dnorm, h->rms_scratch,
+                                    (void *)w->stream, err_, sizeof err_));
+  const size_t staged = (size_t)D + (d_head ? VD : 0);
+  if (h->cap_host < staged) {
+    free(h->host);
+    h->host = e8q_malloc(sizeof(float) * staged, "GPU head gradient staging");
+    h->cap_host = staged;
+  }
+  TF_CUDA(cudaMemcpyAsync(dx, h->dxn, sizeof(float) * PD, cudaMemcpyDeviceToHost, w->stream));
+  TF_CUDA(cudaMemcpyAsync(h->host, h->dnorm, sizeof(float) * D, cudaMemcpyDeviceToHost, w->stream));
+  if (d_head)
+    TF_CUDA(cudaMemcpyAsync(h->host + D, h->dhead, sizeof(float) * VD, cudaMemcpyDeviceToHost, w->stream));
+  TF_CUDA(cudaStreamSynchronize(w->stream));
+  for (int i = 0; i < D; i++) d_norm[i] += h->host[i];
+  if (d_head)
+    for (size_t i = 0; i < VD; i++) d_head[i] += h->host[D + i];
+#else
+  (void)dlogits; (void)dx; (void)d_norm; (void)d_head;
 #endif
 }

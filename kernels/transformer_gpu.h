@@ -62,7 +62,7 @@ void e8q_tf_gpu_block(e8q_tf_gpu *w, int n_seq, int T, float *x, const float *at
  * (kernels/qlinear_gpu.h). Dense linears: cuBLAS SGEMM in pedantic float32, dx = dy W and
  * dW += dyᵀ x. Every kernel sums in a fixed order (no atomics), so a sequence's gradient has
  * the same bits whichever rank computes it: worker/trainer.h's contract holds on GPU ranks.
- * The results differ from the CPU block by float32 rounding (tests/train/test_block_train_gpu.c).
+ * The results differ from the CPU block by float32 rounding (tests/train/test_finetune_gpu.c).
  *
  *   e8q_tf_gpu_train_forward(w, n_seq, T, x, y, attn_norm, ffn_norm, lin);   // host x, y [N, dim]
  *   e8q_tf_gpu_train_backward(w, dy, dx, lin, &grads);                       // host dy, dx, grads
@@ -84,7 +84,15 @@ void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, f
  * NULL; the gradients of g ACCUMULATED (+=) into its host arrays */
 void e8q_tf_gpu_train_backward(e8q_tf_gpu *w, const float *dy, float *dx, const e8q_tf_gpu_lin lin[4],
                                const e8q_tf_gpu_grads *g);
-/* the dense weights' device copies are stale (changed in place): uploaded again at next use */
+/* End-to-end fine-tuning's final norm and head: logits [P, V] (host) = rmsnorm(x [P, dim] host,
+ * norm [dim]) headᵀ, head [V, dim] host (uploaded once and cached by address, like the dense
+ * linears); then the backward from dlogits [P, V] (host): dx [P, dim] (host) written, d_norm
+ * [dim] and d_head [V, dim] (or NULL: a frozen, tied head) ACCUMULATED (+=) */
+void e8q_tf_gpu_head_forward(e8q_tf_gpu *w, int P, const float *x, const float *norm, const float *head, int V,
+                             float *logits);
+void e8q_tf_gpu_head_backward(e8q_tf_gpu *w, const float *dlogits, float *dx, float *d_norm, float *d_head);
+/* the dense weights' (and the head's) device copies are stale (changed in place): uploaded
+ * again at next use */
 void e8q_tf_gpu_forget_weights(e8q_tf_gpu *w);
 
 #endif

@@ -99,23 +99,31 @@ static void plan_memory(e8q_plan *p) {
   const size_t dev_ws = mul3_sat(4, T, add_sat(widths, (size_t)c->dim));
   const size_t dev_block = add_sat(add_sat(weights, dev_ws), add_sat(mul_sat(8, sum_n2), mul3_sat(8, 256, sum_n)));
   const size_t dev_eval = add_sat(mul_sat(L, add_sat(codes, mul_sat(4, susv))), dev_ws);
-  /* block fine-tuning on the device (kernels/transformer_gpu.h), bounded over the rounds: the
-   * block's dense weights and codes, one sequence's kept activations and their gradients, the
-   * attention backward's P and dS, the RMSNorm backward's row factors, the gradient sums, and
-   * the device's shared work buffers of the quantized layers (kernels/qlinear_cuda.cu) */
-  size_t dev_ft = add_sat(add_sat(weights, codes), mul_sat(4, n_ft));
-  dev_ft = add_sat(dev_ft, mul3_sat(4, T, 10 * (size_t)c->dim + 3 * (size_t)gq->m + 2 * (size_t)p->groups[E8Q_GROUP_O].n +
-                                              8 * (size_t)c->hidden_dim));
-  dev_ft = add_sat(dev_ft, add_sat(mul_sat(mul3_sat(8, (size_t)c->n_heads, T), T), mul_sat(16, T)));
-  size_t wmax[4] = {0, 0, 0, 0}; /* the device's shared work buffers: widest n, n_pad, m, partials */
+  /* fine-tuning on the device (kernels/transformer_gpu.h): one sequence's kept block activations
+   * and their gradients, the attention backward's P and dS, the RMSNorm backward's row factors,
+   * and the device's shared work buffers of the quantized layers (kernels/qlinear_cuda.cu) */
+  size_t dev_acts = mul3_sat(4, T, 10 * (size_t)c->dim + 3 * (size_t)gq->m + 2 * (size_t)p->groups[E8Q_GROUP_O].n +
+                                       8 * (size_t)c->hidden_dim);
+  dev_acts = add_sat(dev_acts, add_sat(mul_sat(mul3_sat(8, (size_t)c->n_heads, T), T), mul_sat(16, T)));
+  size_t wmax[4] = {0, 0, 0, 0}, sum_m = 0; /* widest n, n_pad, m, partials; the block's rows */
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     const e8q_group_plan *gp = &p->groups[g];
     const int chunks = e8q_qdev_t_chunks(gp->m, gp->n_pad / 8, (int)T, gp->n_pad);
     const size_t w[4] = {(size_t)gp->n, (size_t)gp->n_pad, (size_t)gp->m,
                          chunks > 1 ? mul_sat((size_t)chunks, (size_t)gp->n_pad) : 0};
     for (int i = 0; i < 4; i++) wmax[i] = w[i] > wmax[i] ? w[i] : wmax[i];
+    sum_m += (size_t)gp->m;
   }
-  dev_ft = add_sat(dev_ft, mul3_sat(4, T, add_sat(add_sat(wmax[0], wmax[1]), add_sat(mul_sat(2, wmax[2]), wmax[3]))));
+  dev_acts = add_sat(dev_acts, mul3_sat(4, T, add_sat(add_sat(wmax[0], wmax[1]), add_sat(mul_sat(2, wmax[2]), wmax[3]))));
+  /* block rounds (bounded over the rounds): the block's dense weights and codes, the gradient sums */
+  const size_t dev_ft = add_sat(add_sat(add_sat(weights, codes), mul_sat(4, n_ft)), dev_acts);
+  /* end to end: every layer's codes and device scales (SU, output scales, fuse scales, 3 KiB of
+   * codebook tables a layer), the head (and its gradient when untied), the logits, the head's
+   * stream buffers, one block's gradient sums */
+  size_t dev_layer = add_sat(codes, add_sat(mul_sat(4, add_sat(susv, sum_m)), (size_t)E8Q_N_GROUPS * 3072));
+  size_t dev_e2e = add_sat(mul_sat(L, dev_layer), mul3_sat(4, VD, c->tied ? 1 : 2));
+  dev_e2e = add_sat(dev_e2e, add_sat(mul3_sat(4, T, (size_t)c->vocab_size), mul3_sat(12, T, (size_t)c->dim)));
+  dev_e2e = add_sat(add_sat(dev_e2e, mul_sat(4, add_sat(susv, 2 * (size_t)c->dim))), dev_acts);
   for (int r = 0; r < p->n_ranks; r++) {
     e8q_rank_mem *m = &p->mem[r];
     size_t seqs = (size_t)(p->seq_start[r + 1] - p->seq_start[r]);
@@ -129,7 +137,9 @@ static void plan_memory(e8q_plan *p) {
     m->device = dev_block > dev_ldlq ? dev_block : dev_ldlq;
     if (dev_eval > m->device) m->device = dev_eval;
     if (dev_ft > m->device) m->device = dev_ft;
+    if (dev_e2e > m->device) m->device = dev_e2e;
     m->dev_ft = dev_ft;
+    m->dev_e2e = dev_e2e;
     m->weights = weights;
     m->acts = add_sat(mul_sat(mul3_sat(8, seqs, T), (size_t)c->dim), scratch);
     /* 256: E8Q_HESS_ROWS (worker/hessian.h, xd scratch), which shard/ cannot include (DESIGN §1) */

@@ -62,18 +62,24 @@
  *                                 + the encoder tables (~190 KB)
  *   dev_eval  = layers * (sum over groups of m*n_pad/2 + 4*(n_pad + m))  codes at 4 bit, SU, SV
  *             + 4 * ctx * (widths + dim)                             the block workspace
- *   dev_ft    = weights + sum over groups of m*n_pad/2              the block: dense fp32 and codes
- *             + 4 * n_ft                                             the gradient sums
- *             + 4 * ctx * (10*dim + 3*m_qkv + 2*q_dim + 8*hidden)    one sequence's kept activations
- *                                                                    and their gradients
+ *   dev_acts  = 4 * ctx * (10*dim + 3*m_qkv + 2*q_dim + 8*hidden)    one sequence's kept block
+ *                                                                    activations and their gradients
  *             + 8 * n_heads*ctx*ctx + 16 * ctx                       attention backward's P and dS,
  *                                                                    RMSNorm backward's row factors
  *             + 4 * ctx * (max n + max n_pad + 2 max m               the quantized layers' shared
  *                          + max chunks*n_pad over chunks > 1)       work buffers and transpose
  *                                                                    partials (e8q_qdev_t_chunks,
  *                                                                    batch ctx; max over groups)
- *   device    = max(dev_block, dev_ldlq, dev_eval, dev_ft)  (block fine-tuning on the device; its
- *               host terms stay in peak: the trainer's state and exact sums live on the host)
+ *   dev_ft    = weights + sum over groups of m*n_pad/2              block fine-tuning: the block in
+ *             + 4 * n_ft + dev_acts                                  fp32 and codes, gradient sums
+ *   dev_e2e   = layers * (sum over groups of m*n_pad/2                end to end: every layer's codes,
+ *                         + 4*(n_pad + 2m) + 3072)                   SU, output and fuse scales, tables
+ *             + 4 * vocab*dim * (tied ? 1 : 2)                       the head (and its gradient)
+ *             + 4 * ctx * vocab + 12 * ctx * dim                     logits, the head's stream buffers
+ *             + 4 * (sum over groups of n_pad + m, + 2*dim)          one block's gradient sums
+ *             + dev_acts
+ *   device    = max(dev_block, dev_ldlq, dev_eval, dev_ft, dev_e2e)  (fine-tuning's host terms stay
+ *               in peak: the trainer's state and exact sums live on the host)
  * with widths = dim + m_qkv + q_dim + dim + 3*hidden and rows_r = rank r's rows of the group.
  * The eval term leaves out the fused kernels' work buffers (one set per device, shared by its
  * layers: 4 * batch * (n + n_pad + 2m) of the largest group), small at the validation's batches.
@@ -111,6 +117,7 @@ typedef struct {
   size_t ft_block, e2e;                                /* fine-tuning, see the formula above */
   size_t device;                                       /* --device cuda: device bytes, as above */
   size_t dev_ft;                                       /* its block fine-tuning term (dev_ft) */
+  size_t dev_e2e;                                      /* its end-to-end fine-tuning term (dev_e2e) */
 } e8q_rank_mem;
 
 typedef struct {

@@ -5,8 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/device.h"
 #include "common/error.h"
+#include "kernels/qlinear_gpu.h"
 #include "kernels/transformer.h"
+#include "kernels/transformer_gpu.h"
 #include "kernels/transformer_grad.h"
 #include "worker/block_train.h"
 #include "worker/linear.h"
@@ -119,7 +122,10 @@ void e8q_e2e_topk(int n_pos, int V, const float *logits, int k, int *ids, float 
 /* ---------------------------------------------------------------- one sequence */
 static void work_ensure(e8q_e2e_work *w, const e8q_config *c, int T) {
   if (w->T == T && w->xs) return;
+  void *gpu = w->gpu; /* the device side does not depend on T */
+  w->gpu = NULL;
   e8q_e2e_work_free(w);
+  w->gpu = gpu;
   const size_t TD = (size_t)T * c->dim;
   w->T = T;
   w->xs = e8q_alloc_aligned(sizeof(float) * TD * (size_t)c->n_layers, "e2e block inputs"); /* [L, T, dim] */
@@ -130,7 +136,59 @@ static void work_ensure(e8q_e2e_work *w, const e8q_config *c, int T) {
   w->bt = e8q_calloc(1, sizeof(e8q_bt_saved), "e2e block activations");
 }
 
+/* ---------------------------------------------------------------- the device side */
+typedef struct {
+  e8q_tf_gpu *tf;        /* one block workspace for every layer (same shape), and the head */
+  int n;                 /* n_layers * E8Q_N_GROUPS */
+  e8q_qlinear_gpu **q;   /* [n] every quantized linear on the device, owned */
+  e8q_tf_gpu_lin *lin;   /* [n] layer b's groups at lin + 4b */
+} e2e_gpu;
+
+static void e2e_gpu_free(e2e_gpu *g) {
+  if (!g) return;
+  for (int i = 0; i < g->n; i++) e8q_qlinear_gpu_free(g->q[i]);
+  e8q_tf_gpu_free(g->tf);
+  free(g->q);
+  free(g->lin);
+  free(g);
+}
+
+void e8q_e2e_work_use_device(e8q_e2e_work *w, const e8q_e2e_model *M, int device) {
+  if (w->gpu) return;
+  const e8q_config *c = M->cfg;
+  e2e_gpu *g = e8q_calloc(1, sizeof *g, "end-to-end GPU state");
+  const e8q_tf_shape sh = {.dim = c->dim, .hidden = c->hidden_dim, .n_heads = c->n_heads,
+                           .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .rope_theta = c->rope_theta,
+                           .norm_eps = (float)c->norm_eps};
+  const char *why = NULL;
+  g->tf = e8q_tf_gpu_create(device, &sh, &why);
+  E8Q_CHECK(g->tf, "end-to-end fine-tuning on CUDA device %d: the block workspace: %s (run with --device cpu)", device,
+            why);
+  g->n = c->n_layers * E8Q_N_GROUPS;
+  g->q = e8q_calloc((size_t)g->n, sizeof *g->q, "end-to-end GPU layers");    /* [n] */
+  g->lin = e8q_calloc((size_t)g->n, sizeof *g->lin, "end-to-end GPU linears"); /* [n] */
+  for (int i = 0; i < g->n; i++) {
+    const e8q_linear *L = &M->blocks[i / E8Q_N_GROUPS].lin[i % E8Q_N_GROUPS];
+    E8Q_CHECK(L->q, "end-to-end fine-tuning: layer %d %s is not quantized", i / E8Q_N_GROUPS,
+              e8q_group_names[i % E8Q_N_GROUPS]);
+    g->q[i] = e8q_qlinear_gpu_create((const e8q_qlinear *)L->q, device, &why);
+    E8Q_CHECK(g->q[i], "end-to-end fine-tuning on CUDA device %d: layer %d %s [%d x %d]: %s (run with --device cpu)",
+              device, i / E8Q_N_GROUPS, e8q_group_names[i % E8Q_N_GROUPS], L->m, L->n, why);
+    g->lin[i] = (e8q_tf_gpu_lin){.q = g->q[i], .m = L->m, .n = L->n};
+  }
+  w->gpu = g;
+}
+
+void e8q_e2e_work_refresh(e8q_e2e_work *w, const e8q_e2e_model *M) {
+  e2e_gpu *g = w->gpu;
+  if (!g) return;
+  for (int i = 0; i < g->n; i++)
+    e8q_qlinear_gpu_set_scales(g->q[i], (const e8q_qlinear *)M->blocks[i / E8Q_N_GROUPS].lin[i % E8Q_N_GROUPS].q);
+  e8q_tf_gpu_forget_weights(g->tf); /* an untied head is trained in place */
+}
+
 void e8q_e2e_work_free(e8q_e2e_work *w) {
+  e2e_gpu_free(w->gpu);
   free(w->xs);
   free(w->x);
   free(w->xn);
@@ -139,6 +197,15 @@ void e8q_e2e_work_free(e8q_e2e_work *w) {
   if (w->bt) e8q_bt_saved_free(w->bt);
   free(w->bt);
   memset(w, 0, sizeof *w);
+}
+
+/* block b's forward from x [T, dim] into y, its activations kept (in bt, or on the device) */
+static void block_forward(const e8q_e2e_model *M, const e2e_gpu *G, int b, int T, const float *x, float *y, void *bt) {
+  const e8q_block *blk = &M->blocks[b];
+  if (G)
+    e8q_tf_gpu_train_forward(G->tf, 1, T, x, y, blk->attn_norm, blk->ffn_norm, G->lin + (size_t)b * E8Q_N_GROUPS);
+  else
+    e8q_block_train_forward(blk, M->cfg, 1, T, x, y, bt);
 }
 
 double e8q_e2e_seq_grad(const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, const int *ids,
@@ -154,33 +221,46 @@ double e8q_e2e_seq_grad(const e8q_e2e_model *M, const e8q_e2e_state *S, int T, i
     E8Q_CHECK(ids[t] >= 0 && ids[t] < V, "end-to-end fine-tuning: token id %d outside the vocabulary of %d", ids[t], V);
     memcpy(w->x + (size_t)t * D, M->embed + (size_t)ids[t] * D, sizeof(float) * (size_t)D);
   }
+  const e2e_gpu *G = w->gpu;
   for (int b = 0; b < L; b++) {
     float *xb = w->xs + (size_t)b * TD;
     memcpy(xb, w->x, sizeof(float) * TD);
-    e8q_block_train_forward(&M->blocks[b], c, 1, T, xb, w->x, w->bt);
+    block_forward(M, G, b, T, xb, w->x, w->bt);
   }
-  e8q_rmsnorm(P, D, w->x, M->final_norm, eps, w->xn);
-  const e8q_linear head = {.m = V, .n = D, .w = (float *)M->lm_head, .q = NULL};
-  e8q_linear_forward(&head, P, w->xn, w->logits);
+  if (G) {
+    e8q_tf_gpu_head_forward(G->tf, P, w->x, M->final_norm, M->lm_head, V, w->logits);
+  } else {
+    e8q_rmsnorm(P, D, w->x, M->final_norm, eps, w->xn);
+    const e8q_linear head = {.m = V, .n = D, .w = (float *)M->lm_head, .q = NULL};
+    e8q_linear_forward(&head, P, w->xn, w->logits);
+  }
   const double loss = e8q_xent_topk(P, V, w->logits, k, tid, tprob, grad ? w->logits : NULL);
   if (!grad) return loss;
   /* ---------------------------------------------------------- backward */
-  e8q_linear_backward(P, V, D, w->xn, M->lm_head, w->logits, w->dxn, S->train_head ? grad + S->off_head : NULL);
-  e8q_rmsnorm_backward(P, D, w->x, M->final_norm, eps, w->dxn, w->dxn, grad + S->off_final);
+  float *d_head = S->train_head ? grad + S->off_head : NULL;
+  if (G) {
+    e8q_tf_gpu_head_backward(G->tf, w->logits, w->dxn, grad + S->off_final, d_head);
+  } else {
+    e8q_linear_backward(P, V, D, w->xn, M->lm_head, w->logits, w->dxn, d_head);
+    e8q_rmsnorm_backward(P, D, w->x, M->final_norm, eps, w->dxn, w->dxn, grad + S->off_final);
+  }
   memcpy(w->x, w->dxn, sizeof(float) * (size_t)P * D);
   memset(w->x + (size_t)P * D, 0, sizeof(float) * (size_t)D); /* the last position is not scored */
   for (int b = L - 1; b >= 0; b--) {
     e8q_bt_grads gr;
+    e8q_tf_gpu_grads gg;
     memset(&gr, 0, sizeof gr);
-    gr.d_attn_norm = grad + S->off_attn[b];
-    gr.d_ffn_norm = grad + S->off_ffn[b];
+    memset(&gg, 0, sizeof gg);
+    gr.d_attn_norm = gg.d_attn_norm = grad + S->off_attn[b];
+    gr.d_ffn_norm = gg.d_ffn_norm = grad + S->off_ffn[b];
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
-      gr.dSU[g] = grad + S->off_SU[(size_t)b * E8Q_N_GROUPS + g];
-      gr.dSV[g] = grad + S->off_SV[(size_t)b * E8Q_N_GROUPS + g];
+      gr.dSU[g] = gg.dSU[g] = grad + S->off_SU[(size_t)b * E8Q_N_GROUPS + g];
+      gr.dSV[g] = gg.dSV[g] = grad + S->off_SV[(size_t)b * E8Q_N_GROUPS + g];
     }
     /* the block's internals again, from its saved input (its output is not needed) */
-    e8q_block_train_forward(&M->blocks[b], c, 1, T, w->xs + (size_t)b * TD, w->dxn, w->bt);
-    e8q_block_train_backward(&M->blocks[b], c, w->bt, w->x, w->x, &gr);
+    block_forward(M, G, b, T, w->xs + (size_t)b * TD, w->dxn, w->bt);
+    if (G) e8q_tf_gpu_train_backward(G->tf, w->x, w->x, G->lin + (size_t)b * E8Q_N_GROUPS, &gg);
+    else e8q_block_train_backward(&M->blocks[b], c, w->bt, w->x, w->x, &gr);
   }
   return loss;
 }
@@ -203,6 +283,7 @@ static double e2e_seq(void *ctx, const void *const *parts, float *grad) {
 static void e2e_refresh_cb(void *ctx) {
   e2e_ctx *c = ctx;
   e8q_e2e_refresh(c->S, (e8q_e2e_model *)c->M);
+  e8q_e2e_work_refresh(&c->w, c->M);
 }
 
 static void e2e_epoch_cb(void *ctx, const e8q_train_state *S) {
@@ -224,6 +305,7 @@ static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int T, int k, int s0, int 
 double e8q_e2e_loss(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, int v0, int v1,
                     int s0, int s1, const int *ids, const int *tid, const float *tprob) {
   e2e_ctx c = {.M = M, .S = (e8q_e2e_state *)S, .T = T, .k = k}; /* forward only: S is not changed */
+  if (e8q_device_cuda() >= 0) e8q_e2e_work_use_device(&c.w, M, e8q_device_cuda());
   e8q_seqdeal d;
   deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
   const e8q_train_fns f = {e2e_seq, NULL, NULL, &c};
@@ -246,6 +328,7 @@ void e8q_e2e_train(const e8q_train_hparams *hp, e8q_comm *comm, e8q_e2e_model *M
       .fault_step = "e2e.step",
   };
   e2e_ctx c = {.M = M, .S = S, .T = T, .k = k, .hooks = hooks};
+  if (e8q_device_cuda() >= 0) e8q_e2e_work_use_device(&c.w, M, e8q_device_cuda());
   e8q_seqdeal d; /* a step's sequences dealt evenly to the ranks */
   deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
   const e8q_train_fns f = {e2e_seq, e2e_refresh_cb, e2e_epoch_cb, &c};

@@ -1,9 +1,10 @@
 /* worker/finetune_e2e.h: end-to-end fine-tuning (DESIGN §3, Fine-tuning; QuIP#'s
- * finetune_susv_e2e), fp32 on the CPU.
+ * finetune_susv_e2e).
  *
  * After every block is quantized (and block-tuned), the whole quantized model is trained on the
  * cross-entropy of its next-token logits against the ORIGINAL model's distribution on the
- * calibration sequences. Trainable, as one flat vector (e8q_e2e_state):
+ * calibration sequences (fp32 on the CPU, or with --device cuda the blocks and the head on the
+ * GPU: e8q_e2e_work_use_device). Trainable, as one flat vector (e8q_e2e_state):
  *   [ SU, SV of every quantized linear, layer by layer, groups in order ]   lr susv_lr (Adam)
  *   [ attn_norm, ffn_norm of every layer | final norm | lm_head (untied) ]   lr lr
  * A TIED model's head is its embedding: it stays frozen (the artifact has no separate lm_head to
@@ -98,8 +99,18 @@ typedef struct {
   float *dxn;      /* [T, dim] its gradient */
   float *logits;   /* [T, vocab] logits, then their gradient */
   void *bt;        /* e8q_bt_saved of the block forward (worker/block_train.h), owned */
+  void *gpu;       /* the device side (e8q_e2e_work_use_device), owned; NULL: the CPU */
 } e8q_e2e_work;
 void e8q_e2e_work_free(e8q_e2e_work *w);
+/* --device cuda: the blocks (every quantized linear of M uploaded once), the final norm and the
+ * head of every later e8q_e2e_seq_grad through w run on CUDA device `device` (kernels/
+ * transformer_gpu.h: fixed-order kernels, so a sequence's gradient has the same bits on any
+ * rank); the embedding lookup, the top-k cross-entropy and the trainer stay on the host. After
+ * the trained scales or the head change, e8q_e2e_work_refresh. Fatal when the device cannot
+ * take the model (the CPU would give other bits). e8q_e2e_train and e8q_e2e_loss call it
+ * themselves when this process computes on a device (e8q_device_cuda). */
+void e8q_e2e_work_use_device(e8q_e2e_work *w, const e8q_e2e_model *M, int device);
+void e8q_e2e_work_refresh(e8q_e2e_work *w, const e8q_e2e_model *M);
 
 /* Sum over positions t < T-1 of the top-k cross-entropy of sequence ids [T] against its targets
  * tid/tprob [T-1, k]. With grad != NULL ([S->n], ACCUMULATED +=): the gradient of that sum with

@@ -13,10 +13,11 @@
 #      feedback products differ from the CPU's only in the order of float64 additions, so at
 #      least 99% of the codes are equal
 #      (rounding ties can flip, and a flip changes the feedback of the row's later columns) and
-#      the recorded NLL is within 1e-3 (relative) of the CPU run's. With block fine-tuning on the
-#      device (--ft block): 1 and 2 GPU ranks give the same bytes (each sequence's gradient from
-#      fixed-order kernels, exact sums through NCCL), and the recorded NLL is within 1e-2
-#      (relative) of the CPU's fine-tuned run (float32 gradients in another order, one epoch).
+#      the recorded NLL is within 1e-3 (relative) of the CPU run's. With block and end-to-end
+#      fine-tuning on the device (--ft all, one epoch each): 1 and 2 GPU ranks give the same bytes
+#      (each sequence's gradient from fixed-order kernels, exact sums through NCCL), and the
+#      recorded NLL is within 1e-2 (relative) of the CPU's fine-tuned run (float32 gradients
+#      summed in other orders).
 set -u
 E8Q=$1; MPIEXEC=$2; CASE=$3
 SHARED=${E8Q_SHARED:?}
@@ -105,11 +106,11 @@ print(f"recorded NLL: GPU {ge['mean_nll']} CPU {ce['mean_nll']}")
 assert abs(ge["mean_nll"] - ce["mean_nll"]) <= 1e-3 * abs(ce["mean_nll"]), (ge["mean_nll"], ce["mean_nll"])
 PY
   for np in 1 2; do
-    FT=block q $np "$TMP/f$np.e8q" --device cuda --eval-text "$TEXT" > "$TMP/f.log" 2>&1 || { cat "$TMP/f.log"; fail "quantize --device cuda --ft block on $np ranks failed"; }
+    FT=all q $np "$TMP/f$np.e8q" --device cuda --e2e-epochs 1 --eval-text "$TEXT" > "$TMP/f.log" 2>&1 || { cat "$TMP/f.log"; fail "quantize --device cuda --ft all on $np ranks failed"; }
   done
-  cmp "$TMP/f1.e8q" "$TMP/f2.e8q" || fail "quantize --device cuda --ft block: 1 and 2 ranks differ"
-  FT=block q 2 "$TMP/fc.e8q" --device cpu --eval-text "$TEXT" > "$TMP/fc.log" 2>&1 || { cat "$TMP/fc.log"; fail "quantize --device cpu --ft block failed"; }
-  python3 - "$TMP/f2.e8q" "$TMP/fc.e8q" <<'PY' || fail "block fine-tuning on the GPU: NLL not the CPU's within 1e-2"
+  cmp "$TMP/f1.e8q" "$TMP/f2.e8q" || fail "quantize --device cuda --ft all: 1 and 2 ranks differ"
+  FT=all q 2 "$TMP/fc.e8q" --device cpu --e2e-epochs 1 --eval-text "$TEXT" > "$TMP/fc.log" 2>&1 || { cat "$TMP/fc.log"; fail "quantize --device cpu --ft all failed"; }
+  python3 - "$TMP/f2.e8q" "$TMP/fc.e8q" <<'PY' || fail "fine-tuning on the GPU: NLL not the CPU's within 1e-2"
 import json, subprocess, sys
 g, c = (json.loads(subprocess.check_output(["tar", "-xOf", a, "manifest.json"]))["evaluation"] for a in sys.argv[1:])
 print(f"fine-tuned, recorded NLL: GPU {g['mean_nll']} CPU {c['mean_nll']}")
