@@ -34,7 +34,16 @@ size_t e8q_cu_attention_backward_scratch(int n_seq, int T, int n_heads);
 int e8q_cu_attention_backward(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv,
                               const float *dout, float *dqkv, void *scratch, void *stream, char *err, size_t errlen);
 
-enum { TF_HEAD = 4, TF_DENSE = 5 }; /* the dense weight slots: the four groups, then the head */
+enum { TF_HEAD = 4 }; /* the head's "group" in messages (the four linear groups are 0..3) */
+static const char *const tf_group_names[4] = {"qkv", "o", "up|gate", "down"};
+
+/* a dense weight's device copy (the cache below) */
+typedef struct {
+  const float *src; /* the host weights it copies */
+  float *dev;       /* [floats] */
+  size_t floats;
+  unsigned long used; /* the cache clock at its last use */
+} tf_wentry;
 
 /* the final norm and the head of end-to-end fine-tuning (device) */
 typedef struct {
@@ -44,7 +53,7 @@ typedef struct {
   float *logits;            /* [P, V] logits, then their gradient */
   float *norm;              /* [dim] the final norm (uploaded by the forward) */
   float *dnorm;             /* [dim] the final norm's gradient */
-  const float *head;        /* the host head of the last forward (the dense slot TF_HEAD holds it) */
+  const float *head;        /* the host head of the last forward (its copy is in the weight cache) */
   float *dhead;             /* [V, dim] the head's gradient (when asked) */
   size_t cap_dhead;
   float *host;              /* [V*dim + dim] host staging of the gradients */
@@ -84,9 +93,13 @@ struct e8q_tf_gpu {
   float *h;     /* [cap, hidden] */
   float *norms; /* [2, dim] attn_norm | ffn_norm of the current block */
   cublasHandle_t blas;  /* dense products (created on first use) */
-  const float *dsrc[TF_DENSE]; /* host weights the device copies below hold (NULL: none) */
-  float *dw[TF_DENSE];         /* [m, n] device copies of a block's dense linears, [vocab, dim] the head */
-  size_t dcap[TF_DENSE];       /* floats allocated in dw[g] */
+  /* device copies of dense weights (blocks' dense linears, the head), keyed by host address and
+   * kept while they fit the budget (half the device memory free at the first upload), least
+   * recently used evicted first: a dense model that fits is uploaded once, not per forward */
+  tf_wentry *wc;        /* [wc_n] */
+  int wc_n, wc_cap;
+  size_t wc_bytes, wc_budget;
+  unsigned long wc_clock;
   tf_train tr;          /* fine-tuning buffers (allocated by the first train forward) */
   tf_head hd;           /* end-to-end fine-tuning's head (allocated by the first head forward) */
 };
@@ -119,20 +132,60 @@ static void blas_ready(e8q_tf_gpu *w, int N) {
   TF_BLAS(cublasSetStream(w->blas, w->stream));
 }
 
-/* dense linear g's device copy of L->w (uploaded when the pointer is new or forgotten) */
+static void wcache_drop(e8q_tf_gpu *w, int i) {
+  cudaFree(w->wc[i].dev);
+  w->wc_bytes -= sizeof(float) * w->wc[i].floats;
+  w->wc[i] = w->wc[--w->wc_n];
+}
+
+static void wcache_clear(e8q_tf_gpu *w) {
+  if (w->wc_n) cudaStreamSynchronize(w->stream); /* no product still reads them */
+  while (w->wc_n) wcache_drop(w, w->wc_n - 1);
+}
+
+/* dense linear g's device copy of L->w: cached by address, uploaded when new or forgotten */
 static const float *dense_weights(e8q_tf_gpu *w, int g, const e8q_tf_gpu_lin *L, int N) {
-  const size_t mn = (size_t)L->m * L->n;
-  if (w->dsrc[g] != L->w || w->dcap[g] < mn) {
-    if (w->dcap[g] < mn) {
-      cudaFree(w->dw[g]);
-      w->dw[g] = NULL;
-      TF_CUDA(cudaMalloc((void **)&w->dw[g], sizeof(float) * mn));
-      w->dcap[g] = mn;
+  const size_t mn = (size_t)L->m * L->n, bytes = sizeof(float) * mn;
+  for (int i = 0; i < w->wc_n; i++)
+    if (w->wc[i].src == L->w && w->wc[i].floats == mn) {
+      w->wc[i].used = ++w->wc_clock;
+      return w->wc[i].dev;
     }
-    TF_CUDA(cudaMemcpyAsync(w->dw[g], L->w, sizeof(float) * mn, cudaMemcpyHostToDevice, w->stream));
-    w->dsrc[g] = L->w;
+  if (!w->wc_budget) {
+    size_t free_b = 0, total_b = 0;
+    TF_CUDA(cudaMemGetInfo(&free_b, &total_b));
+    w->wc_budget = free_b / 2;
   }
-  return w->dw[g];
+  if (w->wc_n && w->wc_bytes + bytes > w->wc_budget) {
+    TF_CUDA(cudaStreamSynchronize(w->stream)); /* evicted copies may still be read */
+    while (w->wc_n && w->wc_bytes + bytes > w->wc_budget) {
+      int lru = 0;
+      for (int i = 1; i < w->wc_n; i++)
+        if (w->wc[i].used < w->wc[lru].used) lru = i;
+      wcache_drop(w, lru);
+    }
+  }
+  if (w->wc_n == w->wc_cap) {
+    const int cap = w->wc_cap ? 2 * w->wc_cap : 16;
+    tf_wentry *grown = e8q_calloc((size_t)cap, sizeof *grown, "GPU weight cache"); /* [cap] */
+    if (w->wc_n) memcpy(grown, w->wc, sizeof *grown * (size_t)w->wc_n);
+    free(w->wc);
+    w->wc = grown;
+    w->wc_cap = cap;
+  }
+  tf_wentry *e = &w->wc[w->wc_n];
+  e->dev = NULL;
+  E8Q_CHECK(cudaMalloc((void **)&e->dev, bytes) == cudaSuccess,
+            "GPU decoder block: no device memory for the dense weights of %s [%d x %d] (%zu MiB; %zu MiB cached): "
+            "use fewer ranks per GPU or --device cpu",
+            g == TF_HEAD ? "the head" : tf_group_names[g], L->m, L->n, bytes >> 20, w->wc_bytes >> 20);
+  TF_CUDA(cudaMemcpyAsync(e->dev, L->w, bytes, cudaMemcpyHostToDevice, w->stream));
+  e->src = L->w;
+  e->floats = mn;
+  e->used = ++w->wc_clock;
+  w->wc_n++;
+  w->wc_bytes += bytes;
+  return e->dev;
 }
 
 /* y [N, m] = x [N, n] Wᵀ on the device: the quantized kernels (zk: also the output before the
@@ -289,7 +342,8 @@ void e8q_tf_gpu_free(e8q_tf_gpu *w) {
   bufs_free(w);
   train_free(&w->tr);
   head_free(&w->hd);
-  for (int g = 0; g < TF_DENSE; g++) cudaFree(w->dw[g]);
+  wcache_clear(w);
+  free(w->wc);
   if (w->blas) cublasDestroy(w->blas);
   cudaFree(w->norms);
   cudaStreamDestroy(w->stream);
@@ -339,7 +393,10 @@ void e8q_tf_gpu_block(e8q_tf_gpu *w, int n_seq, int T, float *x, const float *at
 /* ---------------------------------------------------------------- fine-tuning */
 void e8q_tf_gpu_forget_weights(e8q_tf_gpu *w) {
   if (!w) return;
-  for (int g = 0; g < TF_DENSE; g++) w->dsrc[g] = NULL;
+#ifdef E8Q_HAVE_CUDA
+  cudaSetDevice(w->device);
+  wcache_clear(w);
+#endif
 }
 
 void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, float *y, const float *attn_norm,
@@ -502,7 +559,7 @@ static void head_buf(e8q_tf_gpu *w, int N, float **p, size_t *cap, size_t floats
 #endif
 
 void e8q_tf_gpu_head_forward(e8q_tf_gpu *w, int P, const float *x, const float *norm, const float *head, int V,
-                             float *logits) {
+                             float *logits, float *xn) {
   E8Q_CHECK(w, "e8q_tf_gpu_head_forward: no GPU workspace (e8q_tf_gpu_create returned NULL)");
 #ifdef E8Q_HAVE_CUDA
   const int N = P, D = w->s.dim;
@@ -533,12 +590,13 @@ void e8q_tf_gpu_head_forward(e8q_tf_gpu *w, int P, const float *x, const float *
   const e8q_tf_gpu_lin L = {.w = head, .m = V, .n = D};
   lin_forward_keep(w, TF_HEAD, &L, P, h->xn, h->logits, NULL);
   TF_CUDA(cudaMemcpyAsync(logits, h->logits, sizeof(float) * PV, cudaMemcpyDeviceToHost, w->stream));
+  if (xn) TF_CUDA(cudaMemcpyAsync(xn, h->xn, sizeof(float) * PD, cudaMemcpyDeviceToHost, w->stream));
   TF_CUDA(cudaStreamSynchronize(w->stream));
   h->P = P;
   h->V = V;
   h->head = head;
 #else
-  (void)P; (void)x; (void)norm; (void)head; (void)V; (void)logits;
+  (void)P; (void)x; (void)norm; (void)head; (void)V; (void)logits; (void)xn;
 #endif
 }
 

@@ -9,8 +9,9 @@
  * up|gate product, SwiGLU, down product and residual), the activations staying on the device:
  * x goes up once and comes back once per block. A linear is either quantized (the CUDA fused
  * kernels, kernels/qlinear_gpu.h, on device buffers) or dense: its host weights are uploaded
- * once and kept while the same pointers come back (the calibration forward and propagation of
- * quantize run every sequence through one block), multiplied by cuBLAS SGEMM in pedantic
+ * once into the workspace's weight cache, keyed by host address, and kept while they fit (half
+ * the device memory free at the first upload; least recently used evicted first), so a dense
+ * model that fits is uploaded once for all its forwards; multiplied by cuBLAS SGEMM in pedantic
  * float32 (no TF32). A tap sees each linear's input on the device, for the Hessians.
  * Arithmetic: RMSNorm sums squares in float64 like the CPU; RoPE angles in float64, rounded to
  * float like e8q_rope_table; attention and SwiGLU in float32. Results agree with the CPU block
@@ -35,7 +36,7 @@ typedef struct e8q_tf_gpu e8q_tf_gpu;
 
 /* one linear of a block: quantized on the device (q), or dense host weights (w [m, n], q NULL),
  * uploaded by the workspace and cached by address (a caller that changes them in place between
- * calls must free the workspace) */
+ * calls must call e8q_tf_gpu_forget_weights) */
 typedef struct {
   e8q_qlinear_gpu *q;
   const float *w;
@@ -84,12 +85,13 @@ void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, f
  * NULL; the gradients of g ACCUMULATED (+=) into its host arrays */
 void e8q_tf_gpu_train_backward(e8q_tf_gpu *w, const float *dy, float *dx, const e8q_tf_gpu_lin lin[4],
                                const e8q_tf_gpu_grads *g);
-/* End-to-end fine-tuning's final norm and head: logits [P, V] (host) = rmsnorm(x [P, dim] host,
- * norm [dim]) headᵀ, head [V, dim] host (uploaded once and cached by address, like the dense
- * linears); then the backward from dlogits [P, V] (host): dx [P, dim] (host) written, d_norm
- * [dim] and d_head [V, dim] (or NULL: a frozen, tied head) ACCUMULATED (+=) */
+/* The final norm and the head (eval and end-to-end fine-tuning): logits [P, V] (host) =
+ * rmsnorm(x [P, dim] host, norm [dim]) headᵀ, head [V, dim] host (uploaded once and cached by
+ * address, like the dense linears); xn [P, dim] (host, may be x, or NULL) gets the normed x.
+ * Then the backward from dlogits [P, V] (host): dx [P, dim] (host) written, d_norm [dim] and
+ * d_head [V, dim] (or NULL: a frozen, tied head) ACCUMULATED (+=) */
 void e8q_tf_gpu_head_forward(e8q_tf_gpu *w, int P, const float *x, const float *norm, const float *head, int V,
-                             float *logits);
+                             float *logits, float *xn);
 void e8q_tf_gpu_head_backward(e8q_tf_gpu *w, const float *dlogits, float *dx, float *d_norm, float *d_head);
 /* the dense weights' (and the head's) device copies are stale (changed in place): uploaded
  * again at next use */

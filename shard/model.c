@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "io/gguf.h"
 #include "io/llama2c.h"
+#include "kernels/transformer_gpu.h"
 #include "shard/layout.h"
 
 const char *const e8q_group_names[E8Q_N_GROUPS] = {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.upgate_proj",
@@ -172,6 +173,7 @@ void e8q_model_head_to_q8(e8q_model *m) {
 
 void e8q_model_free(e8q_model *m) {
   if (!m) return;
+  e8q_tf_gpu_free(m->gpu);
   if (m->blocks)
     for (int i = 0; i < m->cfg.n_layers; i++) e8q_block_free(&m->blocks[i]);
   free(m->blocks);

@@ -25,6 +25,7 @@
  * (kernels/qlinear.h), whose typedef must carry this tag: typedef struct e8q_qlinear {...}. */
 struct e8q_qlinear;
 struct e8q_qlinear_gpu; /* its copy on a CUDA device (kernels/qlinear_gpu.h) */
+struct e8q_tf_gpu;      /* a decoder block's device workspace (kernels/transformer_gpu.h) */
 
 /* A linear layer y = W x, W [m, n].
  * w is the dense row-major weight (owned by whoever filled it, see e8q_block_free); it is
@@ -68,6 +69,9 @@ typedef struct {
                                     in place of lm_head_f16 / _bf16 / lm_head; owned; NULL: none */
   e8q_block *blocks;             /* [n_layers], NULL when loaded without blocks */
   char *path;                    /* owned copy of the source path */
+  struct e8q_tf_gpu *gpu;        /* the device workspace of its forwards (--device cuda; worker/forward.c):
+                                    activations, cached dense weights and head; created on first use,
+                                    owned; NULL: none */
 } e8q_model;
 
 /* shape of group g of a block: rows m, columns n */

@@ -228,7 +228,7 @@ double e8q_e2e_seq_grad(const e8q_e2e_model *M, const e8q_e2e_state *S, int T, i
     block_forward(M, G, b, T, xb, w->x, w->bt);
   }
   if (G) {
-    e8q_tf_gpu_head_forward(G->tf, P, w->x, M->final_norm, M->lm_head, V, w->logits);
+    e8q_tf_gpu_head_forward(G->tf, P, w->x, M->final_norm, M->lm_head, V, w->logits, NULL);
   } else {
     e8q_rmsnorm(P, D, w->x, M->final_norm, eps, w->xn);
     const e8q_linear head = {.m = V, .n = D, .w = (float *)M->lm_head, .q = NULL};

@@ -141,6 +141,10 @@ static e8q_linear head_linear(const e8q_model *m) {
 }
 
 void e8q_model_head(const e8q_model *m, int N, float *x, float *logits) {
+  if (m->gpu && N > 1 && m->lm_head) { /* its blocks ran on a device: the head too (cuBLAS) */
+    e8q_tf_gpu_head_forward(m->gpu, N, x, m->final_norm, m->lm_head, m->cfg.vocab_size, logits, x);
+    return;
+  }
   e8q_rmsnorm(N, m->cfg.dim, x, m->final_norm, (float)m->cfg.norm_eps, x);
   if (N == 1 && m->lm_head_q8) { /* a decode step, --head q8: 1.125 bytes per weight */
     e8q_matvec_q8(m->lm_head_q8, x, logits);
@@ -164,8 +168,12 @@ static float *model_trunk(const e8q_model *m, int n_seq, int T, const int *ids) 
   int N = n_seq * T;
   float *x = e8q_alloc_aligned(sizeof(float) * (size_t)N * m->cfg.dim, "residual stream");
   e8q_model_embed(m, N, ids, x);
-  e8q_fwd_scratch s = {0};
+  /* the device workspace (blocks on a GPU) persists with the model: its dense weights and head
+   * are uploaded once for all forwards, not per sequence (m->gpu is a cache of the model's) */
+  e8q_fwd_scratch s = {.gpu = m->gpu};
   for (int l = 0; l < m->cfg.n_layers; l++) e8q_block_forward(&m->blocks[l], &m->cfg, n_seq, T, x, NULL, &s);
+  ((e8q_model *)m)->gpu = s.gpu;
+  s.gpu = NULL;
   e8q_fwd_scratch_free(&s);
   return x;
 }

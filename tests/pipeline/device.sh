@@ -7,7 +7,8 @@
 #      wrong value is refused naming the option. On a GPU machine: auto picks the device.
 # gpu: the CUDA path (exit 77, skipped, without a device): eval of a 2-bit artifact with its
 #      quantized linears on the GPU equals the CPU's mean NLL within 1e-4 (relative), on 1 and
-#      2 ranks (NCCL opened) and layer-pipelined; quantize --device cuda (Hessian products,
+#      2 ranks (NCCL opened) and layer-pipelined, and so does eval of the dense model (blocks and
+#      head on the device); quantize --device cuda (Hessian products,
 #      their Cholesky, LDLQ and the validation evaluation on the device) gives the same bytes on 1 and 2 ranks, records
 #      the device, and is the CPU artifact within the stated tolerances: the Hessians and LDLQ's
 #      feedback products differ from the CPU's only in the order of float64 additions, so at
@@ -83,6 +84,15 @@ gpu)
     close "$(js "$g" mean_nll)" "$(js "$cpu" mean_nll)" || fail "eval on the GPU ($run): NLL $(js "$g" mean_nll) vs CPU $(js "$cpu" mean_nll)"
     echo "eval ($run ranks): GPU $(js "$g" mean_nll) CPU $(js "$cpu" mean_nll)"
   done
+  # the dense model: its blocks (dense weights uploaded once into the workspace's cache, for every
+  # line) and its final norm and head on the device, the CPU's NLL within 1e-4
+  for dev in cpu cuda; do
+    timeout -k 5 120 "$MPIEXEC" -np 1 "$E8Q" eval --model "$MODEL" --text "$TEXT" --per-line 20 --device $dev \
+      2> "$TMP/ev.err" | tail -1 > "$TMP/dense.$dev" || { cat "$TMP/ev.err"; fail "eval --model --device $dev failed"; }
+  done
+  dg=$(cat "$TMP/dense.cuda"); dc=$(cat "$TMP/dense.cpu")
+  close "$(js "$dg" mean_nll)" "$(js "$dc" mean_nll)" || fail "dense eval on the GPU: NLL $(js "$dg" mean_nll) vs CPU $(js "$dc" mean_nll)"
+  echo "eval --model: GPU $(js "$dg" mean_nll) CPU $(js "$dc" mean_nll)"
   q 2 "$TMP/g.e8q" --device cuda --eval-text "$TEXT" > "$TMP/g.log" 2>&1 || { cat "$TMP/g.log"; fail "quantize --device cuda failed"; }
   q 1 "$TMP/g1.e8q" --device cuda --eval-text "$TEXT" > "$TMP/g1.log" 2>&1 || { cat "$TMP/g1.log"; fail "1-rank quantize --device cuda failed"; }
   cmp "$TMP/g.e8q" "$TMP/g1.e8q" || fail "quantize --device cuda: 1 and 2 ranks differ"
