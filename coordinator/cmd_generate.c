@@ -42,8 +42,9 @@ static void generate_usage(FILE *f) {
           "  --top-p P         sample from the smallest set of tokens with probability >= P (default 1)\n"
           "  --seed S          sampling seed (default 1; same seed, same text)\n" E8Q_OPT_HEAD_HELP
           "  --device D        auto (default: CUDA when every rank has a device, else the CPU), cpu, or cuda\n"
-          "                    (fatal without one): an artifact's quantized linears on the CUDA fused kernels;\n"
-          "                    the rest of a token's step stays on the CPU\n"
+          "                    (fatal without one): each token's whole step on the device (the quantized\n"
+          "                    linears on the CUDA fused kernels, the KV cache and the head there too;\n"
+          "                    with --head q8 the step stays on the CPU)\n"
           "  --help            this text\n");
 }
 

@@ -36,16 +36,16 @@ static inline E8Q_HD void e8q_tdev_rmsnorm_apply(const float *x, const float *w,
 }
 
 /* ---------------------------------------------------------------- RoPE
- * flat index k over [N rows, n_heads, hd/2 pairs]; row r is position r % T; rotate-half pairs
+ * flat index k over [N rows, n_heads, hd/2 pairs]; row r is position pos0 + r % T; rotate-half pairs
  * (i, i + hd/2); the angle in float64, its cos and sin rounded to float (e8q_rope_table).
  * sgn = +1: the forward (a, b) -> (a c - b s, b c + a s); sgn = -1: its inverse, the backward
  * (a, b) -> (a c + b s, b c - a s) of e8q_rope_backward (the sine negated, exactly) */
-static inline E8Q_HD void e8q_tdev_rope_pair(size_t k, int T, int n_heads, int hd, double theta, float sgn, float *x,
-                                             int ld) {
+static inline E8Q_HD void e8q_tdev_rope_pair(size_t k, int T, int pos0, int n_heads, int hd, double theta, float sgn,
+                                             float *x, int ld) {
   const int half = hd / 2;
   const int i = (int)(k % half), h = (int)(k / half % n_heads);
   const size_t r = k / half / n_heads;
-  const double ang = (double)(r % T) * pow(theta, -2.0 * i / hd);
+  const double ang = (double)(pos0 + (int)(r % T)) * pow(theta, -2.0 * i / hd);
   const float co = (float)cos(ang), si = sgn * (float)sin(ang);
   float *v = x + r * ld + (size_t)h * hd;
   const float a = v[i], b = v[i + half];

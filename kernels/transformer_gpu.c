@@ -16,10 +16,12 @@
 /* kernels/transformer_cuda.cu */
 int e8q_cu_rmsnorm(int N, int d, const float *x, const float *w, float eps, float *y, void *stream, char *err,
                    size_t errlen);
-int e8q_cu_rope(int N, int T, int n_heads, int hd, double theta, float *x, int ld, void *stream, char *err,
+int e8q_cu_rope(int N, int T, int pos0, int n_heads, int hd, double theta, float *x, int ld, void *stream, char *err,
                 size_t errlen);
 int e8q_cu_attention(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv, float *out, void *stream,
                      char *err, size_t errlen);
+int e8q_cu_attention_step(int pos, int n_heads, int n_kv_heads, int hd, const float *q, const float *kc,
+                          const float *vc, float *out, void *stream, char *err, size_t errlen);
 int e8q_cu_swiglu(int N, int hidden, const float *ug, float *h, void *stream, char *err, size_t errlen);
 int e8q_cu_add(size_t n, float *x, const float *y, void *stream, char *err, size_t errlen);
 /* kernels/transformer_grad_cuda.cu */
@@ -34,7 +36,7 @@ size_t e8q_cu_attention_backward_scratch(int n_seq, int T, int n_heads);
 int e8q_cu_attention_backward(int n_seq, int T, int n_heads, int n_kv_heads, int hd, const float *qkv,
                               const float *dout, float *dqkv, void *scratch, void *stream, char *err, size_t errlen);
 
-enum { TF_HEAD = 4 }; /* the head's "group" in messages (the four linear groups are 0..3) */
+enum { TF_HEAD = 4, TF_NORM = 5 }; /* the head's and a norm's "group" in messages (the groups are 0..3) */
 static const char *const tf_group_names[4] = {"qkv", "o", "up|gate", "down"};
 
 /* a dense weight's device copy (the cache below) */
@@ -102,6 +104,8 @@ struct e8q_tf_gpu {
   unsigned long wc_clock;
   tf_train tr;          /* fine-tuning buffers (allocated by the first train forward) */
   tf_head hd;           /* end-to-end fine-tuning's head (allocated by the first head forward) */
+  float *kc, *vc;       /* [kv_layers, kv_T, n_kv_heads hd] the decode steps' KV cache */
+  int kv_layers, kv_T;
 };
 
 #define TF_CUDA(call)                                                                                       \
@@ -178,7 +182,8 @@ static const float *dense_weights(e8q_tf_gpu *w, int g, const e8q_tf_gpu_lin *L,
   E8Q_CHECK(cudaMalloc((void **)&e->dev, bytes) == cudaSuccess,
             "GPU decoder block: no device memory for the dense weights of %s [%d x %d] (%zu MiB; %zu MiB cached): "
             "use fewer ranks per GPU or --device cpu",
-            g == TF_HEAD ? "the head" : tf_group_names[g], L->m, L->n, bytes >> 20, w->wc_bytes >> 20);
+            g == TF_HEAD ? "the head" : g == TF_NORM ? "a norm" : tf_group_names[g], L->m, L->n, bytes >> 20,
+            w->wc_bytes >> 20);
   TF_CUDA(cudaMemcpyAsync(e->dev, L->w, bytes, cudaMemcpyHostToDevice, w->stream));
   e->src = L->w;
   e->floats = mn;
@@ -342,6 +347,8 @@ void e8q_tf_gpu_free(e8q_tf_gpu *w) {
   bufs_free(w);
   train_free(&w->tr);
   head_free(&w->hd);
+  cudaFree(w->kc);
+  cudaFree(w->vc);
   wcache_clear(w);
   free(w->wc);
   if (w->blas) cublasDestroy(w->blas);
@@ -370,7 +377,7 @@ void e8q_tf_gpu_block(e8q_tf_gpu *w, int n_seq, int T, float *x, const float *at
   if (tap) tap(tap_ctx, 0, N, D, w->xn, st);
   lin_forward(w, 0, &lin[0], N, w->xn, w->qkv);
   /* q and k heads sit side by side at stride hd in each qkv row: one pass rotates both */
-  TF_LAUNCH(e8q_cu_rope(N, T, nh + nkv, hd, w->s.rope_theta, w->qkv, ld, st, err_, sizeof err_));
+  TF_LAUNCH(e8q_cu_rope(N, T, 0, nh + nkv, hd, w->s.rope_theta, w->qkv, ld, st, err_, sizeof err_));
   TF_LAUNCH(e8q_cu_attention(n_seq, T, nh, nkv, hd, w->qkv, w->att, st, err_, sizeof err_));
   if (tap) tap(tap_ctx, 1, N, nh * hd, w->att, st);
   lin_forward(w, 1, &lin[1], N, w->att, w->proj);
@@ -419,7 +426,7 @@ void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, f
   /* attention (worker/block_train.c's order) */
   TF_LAUNCH(e8q_cu_rmsnorm(N, D, t->x0, w->norms, eps, t->xn1, st, err_, sizeof err_));
   lin_forward_keep(w, 0, &lin[0], N, t->xn1, t->qkv, t->z[0]);
-  TF_LAUNCH(e8q_cu_rope(N, T, nh + nkv, hd, w->s.rope_theta, t->qkv, ld, st, err_, sizeof err_));
+  TF_LAUNCH(e8q_cu_rope(N, T, 0, nh + nkv, hd, w->s.rope_theta, t->qkv, ld, st, err_, sizeof err_));
   TF_LAUNCH(e8q_cu_attention(n_seq, T, nh, nkv, hd, t->qkv, t->att, st, err_, sizeof err_));
   lin_forward_keep(w, 1, &lin[1], N, t->att, t->x1, t->z[1]);
   TF_LAUNCH(e8q_cu_add(ND, t->x1, t->x0, st, err_, sizeof err_));
@@ -633,5 +640,82 @@ void e8q_tf_gpu_head_backward(e8q_tf_gpu *w, const float *dlogits, float *dx, fl
     for (size_t i = 0; i < VD; i++) d_head[i] += h->host[D + i];
 #else
   (void)dlogits; (void)dx; (void)d_norm; (void)d_head;
+#endif
+}
+
+/* ---------------------------------------------------------------- one decode step */
+void e8q_tf_gpu_step_begin(e8q_tf_gpu *w, int n_layers, int max_T, const float *x) {
+  E8Q_CHECK(w, "e8q_tf_gpu_step_begin: no GPU workspace (e8q_tf_gpu_create returned NULL)");
+#ifdef E8Q_HAVE_CUDA
+  const int N = 1;
+  TF_CUDA(cudaSetDevice(w->device));
+  bufs_ensure(w, 1);
+  if (w->kv_layers != n_layers || w->kv_T != max_T) { /* a new cache (a new generation) */
+    cudaFree(w->kc);
+    cudaFree(w->vc);
+    w->kc = w->vc = NULL;
+    w->kv_layers = w->kv_T = 0;
+    const size_t floats = (size_t)n_layers * max_T * w->s.n_kv_heads * w->s.head_dim;
+    TF_CUDA(cudaMalloc((void **)&w->kc, sizeof(float) * floats));
+    TF_CUDA(cudaMalloc((void **)&w->vc, sizeof(float) * floats));
+    w->kv_layers = n_layers;
+    w->kv_T = max_T;
+  }
+  TF_CUDA(cudaMemcpyAsync(w->x, x, sizeof(float) * w->s.dim, cudaMemcpyHostToDevice, w->stream));
+#else
+  (void)n_layers; (void)max_T; (void)x;
+#endif
+}
+
+void e8q_tf_gpu_step_layer(e8q_tf_gpu *w, int layer, int pos, const float *attn_norm, const float *ffn_norm,
+                           const e8q_tf_gpu_lin lin[4]) {
+  E8Q_CHECK(w && layer >= 0 && layer < w->kv_layers && pos >= 0 && pos < w->kv_T,
+            "e8q_tf_gpu_step_layer: layer %d, position %d outside the device cache (e8q_tf_gpu_step_begin first)",
+            layer, pos);
+#ifdef E8Q_HAVE_CUDA
+  const int N = 1, D = w->s.dim, hd = w->s.head_dim, nh = w->s.n_heads, nkv = w->s.n_kv_heads;
+  const int ld = (nh + 2 * nkv) * hd;
+  const size_t kvd = (size_t)nkv * hd, at = ((size_t)layer * w->kv_T + pos) * kvd;
+  const size_t lay = (size_t)layer * w->kv_T * kvd;
+  const float eps = w->s.norm_eps;
+  void *st = (void *)w->stream;
+  const e8q_tf_gpu_lin n1 = {.w = attn_norm, .m = 1, .n = D}, n2 = {.w = ffn_norm, .m = 1, .n = D};
+  const float *dn1 = dense_weights(w, TF_NORM, &n1, N), *dn2 = dense_weights(w, TF_NORM, &n2, N);
+  /* attention: the new key and value join the cache at pos, the query attends to 0..pos */
+  TF_LAUNCH(e8q_cu_rmsnorm(1, D, w->x, dn1, eps, w->xn, st, err_, sizeof err_));
+  lin_forward(w, 0, &lin[0], 1, w->xn, w->qkv);
+  TF_LAUNCH(e8q_cu_rope(1, 1, pos, nh + nkv, hd, w->s.rope_theta, w->qkv, ld, st, err_, sizeof err_));
+  TF_CUDA(cudaMemcpyAsync(w->kc + at, w->qkv + (size_t)nh * hd, sizeof(float) * kvd, cudaMemcpyDeviceToDevice,
+                          w->stream));
+  TF_CUDA(cudaMemcpyAsync(w->vc + at, w->qkv + (size_t)nh * hd + kvd, sizeof(float) * kvd, cudaMemcpyDeviceToDevice,
+                          w->stream));
+  TF_LAUNCH(e8q_cu_attention_step(pos, nh, nkv, hd, w->qkv, w->kc + lay, w->vc + lay, w->att, st, err_, sizeof err_));
+  lin_forward(w, 1, &lin[1], 1, w->att, w->proj);
+  TF_LAUNCH(e8q_cu_add((size_t)D, w->x, w->proj, st, err_, sizeof err_));
+  /* feed-forward */
+  TF_LAUNCH(e8q_cu_rmsnorm(1, D, w->x, dn2, eps, w->xn, st, err_, sizeof err_));
+  lin_forward(w, 2, &lin[2], 1, w->xn, w->ug);
+  TF_LAUNCH(e8q_cu_swiglu(1, w->s.hidden, w->ug, w->h, st, err_, sizeof err_));
+  lin_forward(w, 3, &lin[3], 1, w->h, w->proj);
+  TF_LAUNCH(e8q_cu_add((size_t)D, w->x, w->proj, st, err_, sizeof err_));
+#else
+  (void)attn_norm; (void)ffn_norm; (void)lin;
+#endif
+}
+
+void e8q_tf_gpu_step_head(e8q_tf_gpu *w, const float *norm, const float *head, int V, float *logits) {
+  E8Q_CHECK(w && w->kv_layers, "e8q_tf_gpu_step_head: no decode step on this workspace");
+#ifdef E8Q_HAVE_CUDA
+  const int N = 1, D = w->s.dim;
+  tf_head *h = &w->hd;
+  const e8q_tf_gpu_lin nf = {.w = norm, .m = 1, .n = D}, L = {.w = head, .m = V, .n = D};
+  const float *dnf = dense_weights(w, TF_NORM, &nf, N);
+  head_buf(w, N, &h->logits, &h->cap_l, (size_t)V);
+  TF_LAUNCH(e8q_cu_rmsnorm(1, D, w->x, dnf, w->s.norm_eps, w->xn, (void *)w->stream, err_, sizeof err_));
+  lin_forward_keep(w, TF_HEAD, &L, 1, w->xn, h->logits, NULL);
+  TF_CUDA(cudaMemcpyAsync(logits, h->logits, sizeof(float) * (size_t)V, cudaMemcpyDeviceToHost, w->stream));
+  TF_CUDA(cudaStreamSynchronize(w->stream));
+#else
+  (void)norm; (void)head; (void)V; (void)logits;
 #endif
 }

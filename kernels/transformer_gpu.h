@@ -93,6 +93,20 @@ void e8q_tf_gpu_train_backward(e8q_tf_gpu *w, const float *dy, float *dx, const 
 void e8q_tf_gpu_head_forward(e8q_tf_gpu *w, int P, const float *x, const float *norm, const float *head, int V,
                              float *logits, float *xn);
 void e8q_tf_gpu_head_backward(e8q_tf_gpu *w, const float *dlogits, float *dx, float *d_norm, float *d_head);
+/* ---------------------------------------------------------------- one decode step (generate)
+ * worker/forward.c's e8q_model_step on the device: the residual stream and the KV cache
+ * [n_layers, max_T, n_kv_heads hd] stay on the device (a new cache when n_layers or max_T
+ * change), so a token costs one upload (its embedding row) and one download (the logits). The
+ * norms and the head are cached by address like dense weights. The same ops and rounding as the
+ * batched block: a step's logits agree with e8q_model_step's to float32 rounding.
+ *   e8q_tf_gpu_step_begin(w, n_layers, max_T, x);              // x [dim] host
+ *   for l: e8q_tf_gpu_step_layer(w, l, pos, attn_norm, ffn_norm, lin);
+ *   e8q_tf_gpu_step_head(w, final_norm, head, V, logits);      // logits [V] host */
+void e8q_tf_gpu_step_begin(e8q_tf_gpu *w, int n_layers, int max_T, const float *x);
+void e8q_tf_gpu_step_layer(e8q_tf_gpu *w, int layer, int pos, const float *attn_norm, const float *ffn_norm,
+                           const e8q_tf_gpu_lin lin[4]);
+void e8q_tf_gpu_step_head(e8q_tf_gpu *w, const float *norm, const float *head, int V, float *logits);
+
 /* the dense weights' (and the head's) device copies are stale (changed in place): uploaded
  * again at next use */
 void e8q_tf_gpu_forget_weights(e8q_tf_gpu *w);

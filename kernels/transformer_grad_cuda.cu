@@ -91,7 +91,7 @@ __global__ void rms_dx_kernel(size_t total, int d, const float *x, const float *
 // ---------------------------------------------------------------- RoPE and SwiGLU backward
 __global__ void rope_back_kernel(size_t pairs, int T, int n_heads, int hd, double theta, float *dx, int ld) {
   for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < pairs; k += (size_t)gridDim.x * blockDim.x)
-    e8q_tdev_rope_pair(k, T, n_heads, hd, theta, -1.0f, dx, ld);
+    e8q_tdev_rope_pair(k, T, 0, n_heads, hd, theta, -1.0f, dx, ld);
 }
 
 // ug, dug [N, 2*hidden]; dh [N, hidden]

@@ -56,32 +56,44 @@ static void tap(const e8q_taps *taps, int group, int rows, int cols, const float
 
 /* ---------------------------------------------------------------- batched block */
 
-/* --device cuda: the whole block on the GPU when every linear is there (quantized ones uploaded
- * by e8q_qmodel_upload) or dense with this process on a device (e8q_device_cuda), and the taps
- * (if any) take device buffers; 0: the CPU block below */
-static int block_gpu(const e8q_block *b, const e8q_config *c, int n_seq, int T, float *x, const e8q_taps *taps,
-                     e8q_fwd_scratch *s) {
-  if ((taps && !taps->dev_fn) || T > E8Q_TF_GPU_MAX_T) return 0;
-  e8q_tf_gpu_lin lin[E8Q_N_GROUPS];
+/* --device cuda: lin [4] <- block b's linears on a device when every one is there (quantized
+ * ones uploaded by e8q_qmodel_upload) or dense with this process on a device (e8q_device_cuda);
+ * returns that device, or -1: the CPU */
+static int block_device(const e8q_block *b, e8q_tf_gpu_lin lin[E8Q_N_GROUPS]) {
   int device = -1;
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     const e8q_linear *L = &b->lin[g];
     lin[g] = (e8q_tf_gpu_lin){.q = L->gpu, .w = L->gpu ? NULL : L->w, .m = L->m, .n = L->n};
     if (L->gpu) device = e8q_qlinear_gpu_device(L->gpu);
-    else if (!L->w || e8q_device_cuda() < 0) return 0;
+    else if (!L->w || e8q_device_cuda() < 0) return -1;
   }
-  if (device < 0) device = e8q_device_cuda();
-  if (!s->gpu) {
+  return device >= 0 ? device : e8q_device_cuda();
+}
+
+/* *ws, the device workspace of blocks of shape c, created on first use */
+static e8q_tf_gpu *workspace(e8q_tf_gpu **ws, const e8q_config *c, int device, int layer) {
+  if (!*ws) {
     const e8q_tf_shape sh = {.dim = c->dim, .hidden = c->hidden_dim, .n_heads = c->n_heads,
                              .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .rope_theta = c->rope_theta,
                              .norm_eps = (float)c->norm_eps};
     const char *why = NULL;
-    s->gpu = e8q_tf_gpu_create(device, &sh, &why);
-    E8Q_CHECK(s->gpu, "layer %d: its linears are on CUDA device %d but the block's workspace is not: %s", b->layer1 - 1,
-              device, why);
+    *ws = e8q_tf_gpu_create(device, &sh, &why);
+    E8Q_CHECK(*ws, "layer %d: its linears are on CUDA device %d but the block's workspace is not: %s", layer, device,
+              why);
   }
-  e8q_tf_gpu_block(s->gpu, n_seq, T, x, b->attn_norm, b->ffn_norm, lin, taps ? taps->dev_fn : NULL,
-                   taps ? taps->ctx : NULL);
+  return *ws;
+}
+
+/* --device cuda: the whole block on the GPU when block_device says so, and the taps (if any)
+ * take device buffers; 0: the CPU block below */
+static int block_gpu(const e8q_block *b, const e8q_config *c, int n_seq, int T, float *x, const e8q_taps *taps,
+                     e8q_fwd_scratch *s) {
+  if ((taps && !taps->dev_fn) || T > E8Q_TF_GPU_MAX_T) return 0;
+  e8q_tf_gpu_lin lin[E8Q_N_GROUPS];
+  const int device = block_device(b, lin);
+  if (device < 0) return 0;
+  e8q_tf_gpu_block(workspace(&s->gpu, c, device, b->layer1 - 1), n_seq, T, x, b->attn_norm, b->ffn_norm, lin,
+                   taps ? taps->dev_fn : NULL, taps ? taps->ctx : NULL);
   return 1;
 }
 
@@ -245,6 +257,27 @@ void e8q_kv_free(e8q_kv_cache *c) {
   memset(c, 0, sizeof *c);
 }
 
+/* --device cuda: the step on the device when every block is there and the head is a float32
+ * one (not --head q8); decided by the cache's size, not the position, so a generation never
+ * mixes the device's cache with the host's. The model's workspace holds the device cache. */
+static int step_gpu(const e8q_model *m, e8q_kv_cache *c, int pos) {
+  const e8q_config *cfg = &m->cfg;
+  if (!m->lm_head || m->lm_head_q8 || c->max_T > E8Q_TF_GPU_MAX_T) return 0;
+  e8q_tf_gpu_lin lin[E8Q_N_GROUPS];
+  int device = -1;
+  for (int l = 0; l < cfg->n_layers; l++)
+    if ((device = block_device(&m->blocks[l], lin)) < 0) return 0;
+  e8q_tf_gpu *w = workspace(&((e8q_model *)m)->gpu, cfg, device, 0); /* a cache of the model's */
+  e8q_tf_gpu_step_begin(w, cfg->n_layers, c->max_T, c->x);
+  for (int l = 0; l < cfg->n_layers; l++) {
+    const e8q_block *b = &m->blocks[l];
+    block_device(b, lin);
+    e8q_tf_gpu_step_layer(w, l, pos, b->attn_norm, b->ffn_norm, lin);
+  }
+  e8q_tf_gpu_step_head(w, m->final_norm, m->lm_head, cfg->vocab_size, c->logits);
+  return 1;
+}
+
 const float *e8q_model_step(const e8q_model *m, e8q_kv_cache *c, int token, int pos) {
   const e8q_config *cfg = &m->cfg;
   E8Q_CHECK(m->blocks, "model %s was loaded without its blocks", m->path ? m->path : "(memory)");
@@ -256,6 +289,7 @@ const float *e8q_model_step(const e8q_model *m, e8q_kv_cache *c, int token, int 
   size_t kvd = (size_t)nkv * hd;
   float eps = (float)cfg->norm_eps;
   e8q_model_embed(m, 1, &token, c->x);
+  if (step_gpu(m, c, pos)) return c->logits;
   for (int l = 0; l < cfg->n_layers; l++) {
     const e8q_block *b = &m->blocks[l];
     float *kc = c->k + (size_t)l * c->max_T * kvd, *vc = c->v + (size_t)l * c->max_T * kvd;

@@ -50,14 +50,16 @@ static void test_rmsnorm(int T, int d) {
   CHECK(e < 1e-6, "rmsnorm T %d d %d: rel. error %.3g", T, d, e);
 }
 
-static void test_rope(int n_seq, int T, int n_heads, int hd, int ld) {
+static void test_rope(int n_seq, int T, int pos0, int n_heads, int hd, int ld) {
   const size_t N = (size_t)n_seq * T;
   std::vector<float> x = randv(N * ld, 2.0f), ref = x;
   const double theta = 10000.0;
-  for (size_t k = 0; k < N * n_heads * (hd / 2); k++) e8q_tdev_rope_pair(k, T, n_heads, hd, theta, 1.0f, x.data(), ld);
-  e8q_rope_ref(n_seq, T, 0, n_heads, hd, theta, ref.data(), ld);
+  for (size_t k = 0; k < N * n_heads * (hd / 2); k++)
+    e8q_tdev_rope_pair(k, T, pos0, n_heads, hd, theta, 1.0f, x.data(), ld);
+  e8q_rope_ref(n_seq, T, pos0, n_heads, hd, theta, ref.data(), ld);
   const double e = rel_err(x.data(), ref.data(), x.size());
-  CHECK(e < 1e-6, "rope %d x %d, %d heads of %d (ld %d): rel. error %.3g", n_seq, T, n_heads, hd, ld, e);
+  CHECK(e < 1e-6, "rope %d x %d from position %d, %d heads of %d (ld %d): rel. error %.3g", n_seq, T, pos0, n_heads,
+        hd, ld, e);
 }
 
 static void test_attention(int n_seq, int T, int nh, int nkv, int hd) {
@@ -84,6 +86,29 @@ static void test_attention(int n_seq, int T, int nh, int nkv, int hd) {
   CHECK(e < 1e-5, "attention %d x %d, %d/%d heads of %d: rel. error %.3g", n_seq, T, nh, nkv, hd, e);
 }
 
+// attention_step_kernel: one decode step at position pos against a KV cache, one block per head
+static void test_attention_step(int pos, int nh, int nkv, int hd) {
+  const size_t kvd = (size_t)nkv * hd;
+  std::vector<float> q = randv((size_t)nh * hd, 1.5f), kc = randv((size_t)(pos + 1) * kvd, 1.5f),
+                     vc = randv((size_t)(pos + 1) * kvd, 1.5f), out((size_t)nh * hd), ref(out.size()),
+                     att(pos + 1), sref((size_t)nh * (pos + 1));
+  const float scale = 1.0f / sqrtf((float)hd);
+  for (int h = 0; h < nh; h++) {
+    const int kvh = h / (nh / nkv);
+    const float *qh = q.data() + (size_t)h * hd, *k = kc.data() + (size_t)kvh * hd, *v = vc.data() + (size_t)kvh * hd;
+    std::vector<float> part(LANES);
+    for (int l = 0; l < LANES; l++) part[l] = e8q_tdev_scores(pos, qh, k, kvd, hd, scale, att.data(), l, LANES);
+    const float mx = tree(part, [](float a, float b) { return fmaxf(a, b); });
+    for (int l = 0; l < LANES; l++) part[l] = e8q_tdev_exp(pos, mx, att.data(), l, LANES);
+    const float sum = tree(part, [](float a, float b) { return a + b; });
+    for (int l = 0; l < LANES; l++)
+      e8q_tdev_attend(pos, att.data(), 1.0f / sum, v, kvd, hd, out.data() + (size_t)h * hd, l, LANES);
+  }
+  e8q_attention_step_ref(pos, nh, nkv, hd, q.data(), kc.data(), vc.data(), ref.data(), sref.data());
+  const double e = rel_err(out.data(), ref.data(), out.size());
+  CHECK(e < 1e-5, "attention step at %d, %d/%d heads of %d: rel. error %.3g", pos, nh, nkv, hd, e);
+}
+
 static void test_swiglu(int N, int hidden) {
   std::vector<float> ug = randv((size_t)N * 2 * hidden, 4.0f), h((size_t)N * hidden), ref((size_t)N * hidden);
   for (size_t k = 0; k < h.size(); k++) e8q_tdev_swiglu(k, hidden, ug.data(), h.data());
@@ -100,13 +125,17 @@ int main(void) {
   test_rmsnorm(1, 8);
   test_rmsnorm(5, 577);
   test_rmsnorm(3, 4096);
-  test_rope(1, 1, 1, 2, 2);
-  test_rope(2, 7, 5, 16, 5 * 16 + 3 * 16);
-  test_rope(3, 33, 3, 64, 4 * 64);
+  test_rope(1, 1, 0, 1, 2, 2);
+  test_rope(2, 7, 0, 5, 16, 5 * 16 + 3 * 16);
+  test_rope(3, 33, 0, 3, 64, 4 * 64);
+  test_rope(1, 1, 417, 6, 64, 8 * 64); // a decode step at position 417 (generate on a device)
+  test_rope(2, 5, 9, 3, 16, 3 * 16);
   test_attention(1, 1, 1, 1, 8);
   test_attention(2, 9, 4, 2, 12);
   test_attention(1, 300, 6, 3, 64); // more keys than lanes
   test_attention(2, 17, 3, 3, 10);
+  test_attention_step(0, 4, 2, 16);
+  test_attention_step(300, 9, 3, 64); // more keys than lanes
   test_swiglu(1, 1);
   test_swiglu(7, 129);
   printf("test_transformer_cuda_host: %d passed, %d failed\n", n_pass, n_fail);

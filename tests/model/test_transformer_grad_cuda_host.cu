@@ -102,7 +102,7 @@ static void test_rmsnorm(int N, int d, int alias) {
 // ---------------------------------------------------------------- RoPE
 static void rope_host(int n_seq, int T, int n_heads, int hd, float sgn, float *x, int ld) { // rope(_back)_kernel
   for (size_t k = 0; k < (size_t)n_seq * T * n_heads * (hd / 2); k++)
-    e8q_tdev_rope_pair(k, T, n_heads, hd, 10000.0, sgn, x, ld);
+    e8q_tdev_rope_pair(k, T, 0, n_heads, hd, 10000.0, sgn, x, ld);
 }
 
 static void test_rope_backward(int n_seq, int T, int n_heads, int hd, int ld) {
