@@ -70,15 +70,15 @@ static int block_device(const e8q_block *b, e8q_tf_gpu_lin lin[E8Q_N_GROUPS]) {
   return device >= 0 ? device : e8q_device_cuda();
 }
 
-/* *ws, the device workspace of blocks of shape c, created on first use */
-static e8q_tf_gpu *workspace(e8q_tf_gpu **ws, const e8q_config *c, int device, int layer) {
+/* *ws, the device workspace of blocks of shape c, created on first use (what: for messages) */
+static e8q_tf_gpu *workspace(e8q_tf_gpu **ws, const e8q_config *c, int device, const char *what) {
   if (!*ws) {
     const e8q_tf_shape sh = {.dim = c->dim, .hidden = c->hidden_dim, .n_heads = c->n_heads,
                              .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .rope_theta = c->rope_theta,
                              .norm_eps = (float)c->norm_eps};
     const char *why = NULL;
     *ws = e8q_tf_gpu_create(device, &sh, &why);
-    E8Q_CHECK(*ws, "layer %d: its linears are on CUDA device %d but the block's workspace is not: %s", layer, device,
+    E8Q_CHECK(*ws, "%s: CUDA device %d cannot take the decoder's workspace: %s (run with --device cpu)", what, device,
               why);
   }
   return *ws;
@@ -92,7 +92,9 @@ static int block_gpu(const e8q_block *b, const e8q_config *c, int n_seq, int T, 
   e8q_tf_gpu_lin lin[E8Q_N_GROUPS];
   const int device = block_device(b, lin);
   if (device < 0) return 0;
-  e8q_tf_gpu_block(workspace(&s->gpu, c, device, b->layer1 - 1), n_seq, T, x, b->attn_norm, b->ffn_norm, lin,
+  char what[64];
+  snprintf(what, sizeof what, "layer %d", b->layer1 - 1);
+  e8q_tf_gpu_block(workspace(&s->gpu, c, device, what), n_seq, T, x, b->attn_norm, b->ffn_norm, lin,
                    taps ? taps->dev_fn : NULL, taps ? taps->ctx : NULL);
   return 1;
 }
@@ -153,8 +155,11 @@ static e8q_linear head_linear(const e8q_model *m) {
 }
 
 void e8q_model_head(const e8q_model *m, int N, float *x, float *logits) {
-  if (m->gpu && N > 1 && m->lm_head) { /* its blocks ran on a device: the head too (cuBLAS) */
-    e8q_tf_gpu_head_forward(m->gpu, N, x, m->final_norm, m->lm_head, m->cfg.vocab_size, logits, x);
+  /* on a device (its blocks ran there, or this process computes on one): the head too (cuBLAS);
+   * m->gpu is a cache of the model's */
+  if (N > 1 && m->lm_head && (m->gpu || e8q_device_cuda() >= 0)) {
+    e8q_tf_gpu *w = workspace(&((e8q_model *)m)->gpu, &m->cfg, e8q_device_cuda(), "the head");
+    e8q_tf_gpu_head_forward(w, N, x, m->final_norm, m->lm_head, m->cfg.vocab_size, logits, x);
     return;
   }
   e8q_rmsnorm(N, m->cfg.dim, x, m->final_norm, (float)m->cfg.norm_eps, x);
@@ -267,7 +272,7 @@ static int step_gpu(const e8q_model *m, e8q_kv_cache *c, int pos) {
   int device = -1;
   for (int l = 0; l < cfg->n_layers; l++)
     if ((device = block_device(&m->blocks[l], lin)) < 0) return 0;
-  e8q_tf_gpu *w = workspace(&((e8q_model *)m)->gpu, cfg, device, 0); /* a cache of the model's */
+  e8q_tf_gpu *w = workspace(&((e8q_model *)m)->gpu, cfg, device, "generate's step"); /* a cache of the model's */
   e8q_tf_gpu_step_begin(w, cfg->n_layers, c->max_T, c->x);
   for (int l = 0; l < cfg->n_layers; l++) {
     const e8q_block *b = &m->blocks[l];
