@@ -1,6 +1,7 @@
 /* worker/forward.c: batched and KV-cached Llama forward passes (fp32). */
 #include "worker/forward.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
