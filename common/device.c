@@ -58,9 +58,14 @@ void e8q_device_select(e8q_device *d, e8q_device_mode mode, const char *cmd) {
   char dn[128];
   e8q_cuda_device_name(d->cuda, dn, sizeof dn);
   snprintf(d->name, sizeof d->name, "cuda:%d (%s)", d->cuda, dn);
-  e8q_comm_device_open(c, d->cuda);
+  /* NCCL refuses two ranks of one communicator on one GPU: with more ranks on a node than the
+   * devices they see, the ranks share devices for compute and their collectives stay on MPI */
+  int shared = e8q_comm_node_rank(c) >= ndev;
+  e8q_comm_allreduce_max(c, E8Q_MEM_HOST, E8Q_COMM_I32, &shared, 1);
+  if (!shared) e8q_comm_device_open(c, d->cuda);
   g_cuda = d->cuda;
   if (rank == 0)
-    e8q_info("%s: device %s on rank 0 (--device %s), %d rank%s, %d device%s seen per rank", cmd, d->name,
-             e8q_device_mode_name(mode), size, size > 1 ? "s" : "", ndev, ndev > 1 ? "s" : "");
+    e8q_info("%s: device %s on rank 0 (--device %s), %d rank%s, %d device%s seen per rank%s", cmd, d->name,
+             e8q_device_mode_name(mode), size, size > 1 ? "s" : "", ndev, ndev > 1 ? "s" : "",
+             shared ? "; ranks share devices, so collectives stay on MPI (NCCL needs one GPU per rank)" : "");
 }

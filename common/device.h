@@ -11,8 +11,11 @@
  * auto: cuda when every rank sees a device, else the CPU on every rank (NCCL needs all of them),
  *       with one line saying why.
  * cpu:  no CUDA call at all.
- * Rank 0 prints the choice in one line. With a CUDA device the process communicator opens NCCL
- * on it (e8q_comm_device_open), so device-buffer collectives go through NCCL. */
+ * Rank 0 prints the choice in one line. With a CUDA device per rank the process communicator
+ * opens NCCL on it (e8q_comm_device_open), so device-buffer collectives and the exact sums go
+ * through NCCL; when a node runs more ranks than the devices they see, the ranks share devices
+ * for compute and their collectives stay on MPI (NCCL refuses two ranks on one GPU), said in
+ * the same line. */
 #ifndef E8Q_COMMON_DEVICE_H
 #define E8Q_COMMON_DEVICE_H
 

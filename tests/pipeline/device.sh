@@ -7,7 +7,8 @@
 #      wrong value is refused naming the option. On a GPU machine: auto picks the device.
 # gpu: the CUDA path (exit 77, skipped, without a device): eval of a 2-bit artifact with its
 #      quantized linears on the GPU equals the CPU's mean NLL within 1e-4 (relative), on 1 and
-#      2 ranks (NCCL opened) and layer-pipelined, and so does eval of the dense model (blocks and
+#      2 ranks (NCCL opened when each rank has its own GPU, else the ranks share one and keep
+#      MPI: NCCL refuses two ranks on one GPU) and layer-pipelined, and so does eval of the dense model (blocks and
 #      head on the device); quantize --device cuda (Hessian products,
 #      their Cholesky, LDLQ and the validation evaluation on the device) gives the same bytes on 1 and 2 ranks, records
 #      the device, and is the CPU artifact within the stated tolerances: the Hessians and LDLQ's
