@@ -98,7 +98,11 @@ static void plan_memory(e8q_plan *p) {
   /* the device path (shard/plan.h): a block, LDLQ of one group, the validation's fused model */
   const size_t dev_ws = mul3_sat(4, T, add_sat(widths, (size_t)c->dim));
   const size_t dev_block = add_sat(add_sat(weights, dev_ws), add_sat(mul_sat(8, sum_n2), mul3_sat(8, 256, sum_n)));
-  const size_t dev_eval = add_sat(mul_sat(L, add_sat(codes, mul_sat(4, susv))), dev_ws);
+  /* the validation: every layer's codes and scales, the block workspace, the cached head and its
+   * buffers for at most ctx rows (logits, the stream and its norm) */
+  const size_t dev_eval =
+      add_sat(add_sat(mul_sat(L, add_sat(codes, mul_sat(4, susv))), dev_ws),
+              add_sat(mul_sat(4, VD), mul3_sat(4, T, add_sat((size_t)c->vocab_size, 3 * (size_t)c->dim))));
   /* fine-tuning on the device (kernels/transformer_gpu.h): one sequence's kept block activations
    * and their gradients, the attention backward's P and dS, the RMSNorm backward's row factors,
    * and the device's shared work buffers of the quantized layers (kernels/qlinear_cuda.cu) */

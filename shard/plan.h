@@ -62,6 +62,7 @@
  *                                 + the encoder tables (~190 KB)
  *   dev_eval  = layers * (sum over groups of m*n_pad/2 + 4*(n_pad + m))  codes at 4 bit, SU, SV
  *             + 4 * ctx * (widths + dim)                             the block workspace
+ *             + 4 * vocab*dim + 4 * ctx * (vocab + 3*dim)            the cached head, its buffers
  *   dev_acts  = 4 * ctx * (10*dim + 3*m_qkv + 2*q_dim + 8*hidden)    one sequence's kept block
  *                                                                    activations and their gradients
  *             + 8 * n_heads*ctx*ctx + 16 * ctx                       attention backward's P and dS,

@@ -170,7 +170,8 @@ static void test_llama70b_8_ranks(void **state) {
    * (L, H, the rank's rows), the validation's fused model (4-bit codes, SU, SV) */
   const double dev_ws = 4.0 * 4096 * (8192 + 10240 + 8192 + 8192 + 3 * 28672.0 + 8192);
   const double dev_block = w + dev_ws + 8 * sum_n2 + 8.0 * 256 * (3 * 8192 + 28672);
-  const double dev_eval = 80 * ((10240.0 * 8192 + 8192.0 * 8192 + 57344.0 * 8192 + 8192.0 * 28672) / 2 + 4 * susv) + dev_ws;
+  const double dev_eval = 80 * ((10240.0 * 8192 + 8192.0 * 8192 + 57344.0 * 8192 + 8192.0 * 28672) / 2 + 4 * susv) +
+                          dev_ws + 4.0 * 32000 * 8192 + 4.0 * 4096 * (32000 + 3 * 8192);
   const double rows_r[4] = {1280, 1024, 7168, 1024}, np_g[4] = {8192, 8192, 8192, 28672};
   double dev_ldlq = 0;
   for (int g = 0; g < 4; g++) {
