@@ -305,7 +305,7 @@ static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int T, int k, int s0, int 
 double e8q_e2e_loss(e8q_comm *comm, const e8q_e2e_model *M, const e8q_e2e_state *S, int T, int k, int v0, int v1,
                     int s0, int s1, const int *ids, const int *tid, const float *tprob) {
   e2e_ctx c = {.M = M, .S = (e8q_e2e_state *)S, .T = T, .k = k}; /* forward only: S is not changed */
-  if (e8q_device_cuda() >= 0) e8q_e2e_work_use_device(&c.w, M, e8q_device_cuda());
+  if (e8q_device_cuda() >= 0 && T <= E8Q_TF_GPU_MAX_T) e8q_e2e_work_use_device(&c.w, M, e8q_device_cuda());
   e8q_seqdeal d;
   deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
   const e8q_train_fns f = {e2e_seq, NULL, NULL, &c};
@@ -328,7 +328,7 @@ void e8q_e2e_train(const e8q_train_hparams *hp, e8q_comm *comm, e8q_e2e_model *M
       .fault_step = "e2e.step",
   };
   e2e_ctx c = {.M = M, .S = S, .T = T, .k = k, .hooks = hooks};
-  if (e8q_device_cuda() >= 0) e8q_e2e_work_use_device(&c.w, M, e8q_device_cuda());
+  if (e8q_device_cuda() >= 0 && T <= E8Q_TF_GPU_MAX_T) e8q_e2e_work_use_device(&c.w, M, e8q_device_cuda());
   e8q_seqdeal d; /* a step's sequences dealt evenly to the ranks */
   deal_init(&d, comm, T, k, s0, s1, ids, tid, tprob);
   const e8q_train_fns f = {e2e_seq, e2e_refresh_cb, e2e_epoch_cb, &c};

@@ -108,7 +108,8 @@ void e8q_e2e_work_free(e8q_e2e_work *w);
  * rank); the embedding lookup, the top-k cross-entropy and the trainer stay on the host. After
  * the trained scales or the head change, e8q_e2e_work_refresh. Fatal when the device cannot
  * take the model (the CPU would give other bits). e8q_e2e_train and e8q_e2e_loss call it
- * themselves when this process computes on a device (e8q_device_cuda). */
+ * themselves when this process computes on a device (e8q_device_cuda) and T is at most
+ * E8Q_TF_GPU_MAX_T (the device attention's limit; longer sequences train on the CPU). */
 void e8q_e2e_work_use_device(e8q_e2e_work *w, const e8q_e2e_model *M, int device);
 void e8q_e2e_work_refresh(e8q_e2e_work *w, const e8q_e2e_model *M);
 
