@@ -35,6 +35,16 @@ static inline E8Q_HD void e8q_qdev_decode(int cb, const uint32_t *abs_tab /* [25
   }
 }
 
+/* Ŵr values of code idx of codes1 / codes2 (u16 RVQ4, u8 RVQ3, ignored at 2 bit) */
+static inline E8Q_HD void e8q_qdev_decode_at(int cb, const uint32_t *abs_tab, const int8_t *grid2,
+                                             const uint16_t *codes1, const void *codes2, size_t idx, float inv_rs,
+                                             float w[8]) {
+  uint32_t c2 = 0;
+  if (cb == E8Q_CB_E8P12RVQ4B) c2 = ((const uint16_t *)codes2)[idx];
+  else if (cb == E8Q_CB_E8P12RVQ3B) c2 = ((const uint8_t *)codes2)[idx];
+  e8q_qdev_decode(cb, abs_tab, grid2, codes1[idx], c2, inv_rs, w);
+}
+
 /* acc[t] += Σ_{j ≡ lane mod nlanes} Ŵr[row, 8j..8j+7] · u[b0+t, 8j..8j+7] for t < bt.
  * codes1/codes2: the row's codes (codes2 u16 for RVQ4, u8 for RVQ3, ignored at 2 bit);
  * u: [batch, n_pad] row-major. */
@@ -43,11 +53,8 @@ static inline E8Q_HD void e8q_qdev_row_partial(int cb, const uint32_t *abs_tab, 
                                                float inv_rs, const float *u, int n_pad, int b0, int bt,
                                                int lane, int nlanes, float acc[E8Q_QDEV_BT]) {
   for (int j = lane; j < nc; j += nlanes) {
-    uint32_t c2 = 0;
-    if (cb == E8Q_CB_E8P12RVQ4B) c2 = ((const uint16_t *)codes2)[j];
-    else if (cb == E8Q_CB_E8P12RVQ3B) c2 = ((const uint8_t *)codes2)[j];
     float w[8];
-    e8q_qdev_decode(cb, abs_tab, grid2, codes1[j], c2, inv_rs, w);
+    e8q_qdev_decode_at(cb, abs_tab, grid2, codes1, codes2, (size_t)j, inv_rs, w);
     for (int t = 0; t < E8Q_QDEV_BT; t++) {
       if (t < bt) {
         const float *x = u + (long)(b0 + t) * n_pad + 8 * j;
@@ -103,12 +110,8 @@ static inline E8Q_HD void e8q_qdev_col_partial(int cb, const uint32_t *abs_tab, 
                                                const float *g, int m, int r0, int r1, int j, int b0, int bt,
                                                float acc[E8Q_QDEV_BT][8]) {
   for (int r = r0; r < r1; r++) {
-    const size_t idx = (size_t)r * nc + j;
-    uint32_t c2 = 0;
-    if (cb == E8Q_CB_E8P12RVQ4B) c2 = ((const uint16_t *)codes2)[idx];
-    else if (cb == E8Q_CB_E8P12RVQ3B) c2 = ((const uint8_t *)codes2)[idx];
     float w[8];
-    e8q_qdev_decode(cb, abs_tab, grid2, codes1[idx], c2, inv_rs, w);
+    e8q_qdev_decode_at(cb, abs_tab, grid2, codes1, codes2, (size_t)r * nc + j, inv_rs, w);
     for (int t = 0; t < E8Q_QDEV_BT; t++) {
       if (t < bt) {
         const float gv = g[(size_t)(b0 + t) * m + r];
