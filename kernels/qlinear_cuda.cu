@@ -373,16 +373,20 @@ extern "C" int e8q_cu_qlinear_create(const e8q_qlinear *q, int device, void **ou
   return 0;
 }
 
-// the pool's x, u, z, y for `batch` rows of this layer (tpart: e8q_cu_qlinear_backward_dev)
+// the pool's u, z for `batch` rows of this layer, and with host = 1 the staging x, y of host
+// buffers (e8q_cu_qlinear_forward_host; NULL otherwise); tpart: e8q_cu_qlinear_backward_dev
 struct work {
   float *x, *u, *z, *y;
 };
-static int work_get(e8q_cu_qlinear *g, int batch, work *w, char *err, size_t errlen) {
+static int work_get(e8q_cu_qlinear *g, int batch, int host, work *w, char *err, size_t errlen) {
   const size_t b = (size_t)batch;
-  w->x = pool_buf(g->pool, POOL_X, b * g->n, err, errlen);
-  w->u = w->x ? pool_buf(g->pool, POOL_U, b * g->n_pad, err, errlen) : NULL;
+  w->x = w->y = NULL;
+  w->u = pool_buf(g->pool, POOL_U, b * g->n_pad, err, errlen);
   w->z = w->u ? pool_buf(g->pool, POOL_Z, b * g->m, err, errlen) : NULL;
-  w->y = w->z ? pool_buf(g->pool, POOL_Y, b * g->m, err, errlen) : NULL;
+  if (!w->z) return -1;
+  if (!host) return 0;
+  w->x = pool_buf(g->pool, POOL_X, b * g->n, err, errlen);
+  w->y = w->x ? pool_buf(g->pool, POOL_Y, b * g->m, err, errlen) : NULL;
   return w->y ? 0 : -1;
 }
 
@@ -436,7 +440,7 @@ extern "C" int e8q_cu_qlinear_forward_keep_dev(void *h, int batch, const float *
   if (batch <= 0) return 0;
   CU_TRY(cudaSetDevice(g->device));
   work w;
-  if (work_get(g, batch, &w, err, errlen)) return -1;
+  if (work_get(g, batch, 0, &w, err, errlen)) return -1;
   if (stream_begin(g->pool, caller, err, errlen) || forward_run(g, &w, batch, x, y, zk, err, errlen)) return -1;
   return stream_end(g->pool, caller, err, errlen);
 }
@@ -455,7 +459,7 @@ extern "C" int e8q_cu_qlinear_backward_dev(void *h, int batch, const float *x, c
   if (batch <= 0) return 0;
   CU_TRY(cudaSetDevice(g->device));
   work w;
-  if (work_get(g, batch, &w, err, errlen)) return -1;
+  if (work_get(g, batch, 0, &w, err, errlen)) return -1;
   const int chunks = e8q_qdev_t_chunks(g->m, g->nc, batch, g->n_pad);
   float *tpart = NULL; // [chunks, batch, n_pad]
   if (chunks > 1 && !(tpart = pool_buf(g->pool, POOL_T, (size_t)chunks * batch * g->n_pad, err, errlen))) return -1;
@@ -513,7 +517,7 @@ extern "C" int e8q_cu_qlinear_forward_host(void *h, int batch, const float *x, f
   if (batch <= 0) return 0;
   CU_TRY(cudaSetDevice(g->device));
   work w;
-  if (work_get(g, batch, &w, err, errlen)) return -1;
+  if (work_get(g, batch, 1, &w, err, errlen)) return -1;
   CU_TRY(cudaMemcpyAsync(w.x, x, sizeof(float) * (size_t)batch * g->n, cudaMemcpyHostToDevice, st));
   if (forward_run(g, &w, batch, w.x, w.y, NULL, err, errlen)) return -1;
   CU_TRY(cudaMemcpyAsync(y, w.y, sizeof(float) * (size_t)batch * g->m, cudaMemcpyDeviceToHost, st));

@@ -436,8 +436,10 @@ void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, f
   TF_LAUNCH(e8q_cu_swiglu(N, w->s.hidden, t->ug, t->h, st, err_, sizeof err_));
   lin_forward_keep(w, 3, &lin[3], N, t->h, t->y, t->z[3]);
   TF_LAUNCH(e8q_cu_add(ND, t->y, t->x1, st, err_, sizeof err_));
-  TF_CUDA(cudaMemcpyAsync(y, t->y, sizeof(float) * ND, cudaMemcpyDeviceToHost, w->stream));
-  TF_CUDA(cudaStreamSynchronize(w->stream));
+  if (y) { /* NULL: a recompute for the backward, whose output is not needed */
+    TF_CUDA(cudaMemcpyAsync(y, t->y, sizeof(float) * ND, cudaMemcpyDeviceToHost, w->stream));
+    TF_CUDA(cudaStreamSynchronize(w->stream));
+  }
 #else
   (void)n_seq; (void)T; (void)x; (void)y; (void)attn_norm; (void)ffn_norm; (void)lin;
 #endif

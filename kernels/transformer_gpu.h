@@ -76,9 +76,10 @@ typedef struct {
   float *dSV[4];                   /* [m] of quantized group g, or NULL */
   float *dW[4];                    /* [m, n] of dense group g, or NULL */
   float *d_attn_norm, *d_ffn_norm; /* [dim] each, or NULL */
-} e8q_tf_gpu_grads;
+} e8q_tf_gpu_grads;                /* also the CPU block's (worker/block_train.h: e8q_bt_grads) */
 
-/* x, y [n_seq*T, dim] host; the activations stay in w for the backward that follows */
+/* x, y [n_seq*T, dim] host (y NULL: not downloaded, a recompute for the backward); the
+ * activations stay in w for the backward that follows */
 void e8q_tf_gpu_train_forward(e8q_tf_gpu *w, int n_seq, int T, const float *x, float *y, const float *attn_norm,
                               const float *ffn_norm, const e8q_tf_gpu_lin lin[4]);
 /* dy [N, dim] host (the loss gradient at the last forward's y); dx [N, dim] host written, or

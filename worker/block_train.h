@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 
+#include "kernels/transformer_gpu.h"
 #include "shard/model.h"
 
 /* ---------------------------------------------------------------- saved activations
@@ -51,14 +52,9 @@ void e8q_bt_saved_free(e8q_bt_saved *s);
 
 /* ---------------------------------------------------------------- gradients
  * Destinations of the parameter gradients, accumulated (+=); NULL: not computed.
- * dW[g] only for a dense linear g, dSU[g] / dSV[g] only for a quantized one. */
-typedef struct {
-  float *d_attn_norm;              /* [dim] */
-  float *d_ffn_norm;               /* [dim] */
-  float *dW[E8Q_N_GROUPS];         /* [m, n] of dense linear g */
-  float *dSU[E8Q_N_GROUPS];        /* [n_pad] of quantized linear g */
-  float *dSV[E8Q_N_GROUPS];        /* [m] of quantized linear g */
-} e8q_bt_grads;
+ * dW[g] only for a dense linear g, dSU[g] / dSV[g] only for a quantized one. The device
+ * block's own (kernels/transformer_gpu.h), so one filled struct serves either backward. */
+typedef e8q_tf_gpu_grads e8q_bt_grads;
 
 /* ---------------------------------------------------------------- forward / backward
  * x [n_seq*T, dim] (not modified), y [n_seq*T, dim] <- block(x); the activations go into s. */

@@ -13,6 +13,7 @@
 #include "kernels/transformer_gpu.h"
 #include "kernels/transformer_grad.h"
 #include "worker/block_train.h"
+#include "worker/forward.h"
 #include "worker/seqdeal.h"
 
 /* the streams of the rounds' data orders (e8q_train_opts.stream) */
@@ -111,20 +112,18 @@ static double ft_seq(void *ctx, const void *const *parts, float *grad) {
   const double l = e8q_mse(TD, c->y, parts[1], c->y); /* y <- dL/dy */
   const e8q_ft_state *S = c->S;
   e8q_bt_grads gr;
-  e8q_tf_gpu_grads gg;
   memset(&gr, 0, sizeof gr);
-  memset(&gg, 0, sizeof gg);
-  gr.d_attn_norm = gg.d_attn_norm = grad + S->off_attn;
-  gr.d_ffn_norm = gg.d_ffn_norm = grad + S->off_ffn;
+  gr.d_attn_norm = grad + S->off_attn;
+  gr.d_ffn_norm = grad + S->off_ffn;
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     if (g < S->n_quant) {
-      gr.dSU[g] = gg.dSU[g] = grad + S->off_SU[g];
-      gr.dSV[g] = gg.dSV[g] = grad + S->off_SV[g];
+      gr.dSU[g] = grad + S->off_SU[g];
+      gr.dSV[g] = grad + S->off_SV[g];
     } else {
-      gr.dW[g] = gg.dW[g] = grad + S->off_W[g];
+      gr.dW[g] = grad + S->off_W[g];
     }
   }
-  if (c->gw) e8q_tf_gpu_train_backward(c->gw, c->y, NULL, c->lin, &gg);
+  if (c->gw) e8q_tf_gpu_train_backward(c->gw, c->y, NULL, c->lin, &gr);
   else e8q_block_train_backward(c->tb, c->cfg, &c->sv, c->y, NULL, &gr);
   return l;
 }
@@ -156,13 +155,8 @@ static void deal_init(e8q_seqdeal *d, e8q_comm *comm, int s0, int s1, size_t TD,
 static void ctx_gpu_open(ft_ctx *c) {
   const int dev = e8q_device_cuda();
   if (dev < 0 || c->T > E8Q_TF_GPU_MAX_T) return;
-  const e8q_config *cfg = c->cfg;
-  const e8q_tf_shape sh = {.dim = cfg->dim, .hidden = cfg->hidden_dim, .n_heads = cfg->n_heads,
-                           .n_kv_heads = cfg->n_kv_heads, .head_dim = cfg->head_dim, .rope_theta = cfg->rope_theta,
-                           .norm_eps = (float)cfg->norm_eps};
   const char *why = NULL;
-  c->gw = e8q_tf_gpu_create(dev, &sh, &why);
-  E8Q_CHECK(c->gw, "fine-tuning on CUDA device %d: the block's workspace: %s (run with --device cpu)", dev, why);
+  c->gw = e8q_block_gpu_open(c->cfg, dev, "block fine-tuning");
   for (int g = 0; g < E8Q_N_GROUPS; g++) {
     const e8q_linear *L = &c->tb->lin[g];
     c->lin[g] = (e8q_tf_gpu_lin){.w = L->w, .m = L->m, .n = L->n};

@@ -12,6 +12,7 @@
 #include "kernels/transformer_gpu.h"
 #include "kernels/transformer_grad.h"
 #include "worker/block_train.h"
+#include "worker/forward.h"
 #include "worker/linear.h"
 #include "worker/seqdeal.h"
 
@@ -157,13 +158,8 @@ void e8q_e2e_work_use_device(e8q_e2e_work *w, const e8q_e2e_model *M, int device
   if (w->gpu) return;
   const e8q_config *c = M->cfg;
   e2e_gpu *g = e8q_calloc(1, sizeof *g, "end-to-end GPU state");
-  const e8q_tf_shape sh = {.dim = c->dim, .hidden = c->hidden_dim, .n_heads = c->n_heads,
-                           .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .rope_theta = c->rope_theta,
-                           .norm_eps = (float)c->norm_eps};
   const char *why = NULL;
-  g->tf = e8q_tf_gpu_create(device, &sh, &why);
-  E8Q_CHECK(g->tf, "end-to-end fine-tuning on CUDA device %d: the block workspace: %s (run with --device cpu)", device,
-            why);
+  g->tf = e8q_block_gpu_open(c, device, "end-to-end fine-tuning");
   g->n = c->n_layers * E8Q_N_GROUPS;
   g->q = e8q_calloc((size_t)g->n, sizeof *g->q, "end-to-end GPU layers");    /* [n] */
   g->lin = e8q_calloc((size_t)g->n, sizeof *g->lin, "end-to-end GPU linears"); /* [n] */
@@ -199,7 +195,8 @@ void e8q_e2e_work_free(e8q_e2e_work *w) {
   memset(w, 0, sizeof *w);
 }
 
-/* block b's forward from x [T, dim] into y, its activations kept (in bt, or on the device) */
+/* block b's forward from x [T, dim] into y (on the device, y may be NULL: not downloaded), its
+ * activations kept (in bt, or on the device) */
 static void block_forward(const e8q_e2e_model *M, const e2e_gpu *G, int b, int T, const float *x, float *y, void *bt) {
   const e8q_block *blk = &M->blocks[b];
   if (G)
@@ -248,18 +245,16 @@ double e8q_e2e_seq_grad(const e8q_e2e_model *M, const e8q_e2e_state *S, int T, i
   memset(w->x + (size_t)P * D, 0, sizeof(float) * (size_t)D); /* the last position is not scored */
   for (int b = L - 1; b >= 0; b--) {
     e8q_bt_grads gr;
-    e8q_tf_gpu_grads gg;
     memset(&gr, 0, sizeof gr);
-    memset(&gg, 0, sizeof gg);
-    gr.d_attn_norm = gg.d_attn_norm = grad + S->off_attn[b];
-    gr.d_ffn_norm = gg.d_ffn_norm = grad + S->off_ffn[b];
+    gr.d_attn_norm = grad + S->off_attn[b];
+    gr.d_ffn_norm = grad + S->off_ffn[b];
     for (int g = 0; g < E8Q_N_GROUPS; g++) {
-      gr.dSU[g] = gg.dSU[g] = grad + S->off_SU[(size_t)b * E8Q_N_GROUPS + g];
-      gr.dSV[g] = gg.dSV[g] = grad + S->off_SV[(size_t)b * E8Q_N_GROUPS + g];
+      gr.dSU[g] = grad + S->off_SU[(size_t)b * E8Q_N_GROUPS + g];
+      gr.dSV[g] = grad + S->off_SV[(size_t)b * E8Q_N_GROUPS + g];
     }
     /* the block's internals again, from its saved input (its output is not needed) */
-    block_forward(M, G, b, T, w->xs + (size_t)b * TD, w->dxn, w->bt);
-    if (G) e8q_tf_gpu_train_backward(G->tf, w->x, w->x, G->lin + (size_t)b * E8Q_N_GROUPS, &gg);
+    block_forward(M, G, b, T, w->xs + (size_t)b * TD, G ? NULL : w->dxn, w->bt);
+    if (G) e8q_tf_gpu_train_backward(G->tf, w->x, w->x, G->lin + (size_t)b * E8Q_N_GROUPS, &gr);
     else e8q_block_train_backward(&M->blocks[b], c, w->bt, w->x, w->x, &gr);
   }
   return loss;

@@ -71,17 +71,19 @@ static int block_device(const e8q_block *b, e8q_tf_gpu_lin lin[E8Q_N_GROUPS]) {
   return device >= 0 ? device : e8q_device_cuda();
 }
 
+e8q_tf_gpu *e8q_block_gpu_open(const e8q_config *c, int device, const char *what) {
+  const e8q_tf_shape sh = {.dim = c->dim, .hidden = c->hidden_dim, .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
+                           .head_dim = c->head_dim, .rope_theta = c->rope_theta, .norm_eps = (float)c->norm_eps};
+  const char *why = NULL;
+  e8q_tf_gpu *w = e8q_tf_gpu_create(device, &sh, &why);
+  E8Q_CHECK(w, "%s: CUDA device %d cannot take the decoder's workspace: %s (run with --device cpu)", what, device,
+            why);
+  return w;
+}
+
 /* *ws, the device workspace of blocks of shape c, created on first use (what: for messages) */
 static e8q_tf_gpu *workspace(e8q_tf_gpu **ws, const e8q_config *c, int device, const char *what) {
-  if (!*ws) {
-    const e8q_tf_shape sh = {.dim = c->dim, .hidden = c->hidden_dim, .n_heads = c->n_heads,
-                             .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .rope_theta = c->rope_theta,
-                             .norm_eps = (float)c->norm_eps};
-    const char *why = NULL;
-    *ws = e8q_tf_gpu_create(device, &sh, &why);
-    E8Q_CHECK(*ws, "%s: CUDA device %d cannot take the decoder's workspace: %s (run with --device cpu)", what, device,
-              why);
-  }
+  if (!*ws) *ws = e8q_block_gpu_open(c, device, what);
   return *ws;
 }
 

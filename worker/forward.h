@@ -40,6 +40,9 @@ typedef struct {
                              (kernels/transformer_gpu.h), created on first use; owned */
 } e8q_fwd_scratch;
 void e8q_fwd_scratch_free(e8q_fwd_scratch *s);
+/* a device workspace for blocks of c's shape on CUDA `device` (kernels/transformer_gpu.h);
+ * fatal, naming `what`, when the device cannot take it */
+struct e8q_tf_gpu *e8q_block_gpu_open(const e8q_config *c, int device, const char *what);
 
 /* ---------------------------------------------------------------- batched
  * x [n_seq*T, dim] in/out: x <- block(x). taps may be NULL; scratch may be NULL (temporary). */
